@@ -1,0 +1,8 @@
+// The element types a CUDA launcher accepts; shared by the torch glue and the torch-free kernels.
+#pragma once
+
+namespace gan_kernels {
+
+enum class DType { Float32, Float64, Float16, BFloat16 };
+
+}  // namespace gan_kernels
