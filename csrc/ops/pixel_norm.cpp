@@ -57,7 +57,7 @@ void pixel_norm_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& gra
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
-  m.def("pixel_norm(Tensor x, int dim=1, float eps=1e-08) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("pixel_norm(Tensor x, int dim, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pixel_norm_backward(Tensor grad, Tensor x, int dim, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 

@@ -1,0 +1,51 @@
+"""Shared test helpers: devices, dtypes, tolerances, layouts."""
+import contextlib
+import warnings
+
+import pytest
+import torch
+
+from gan_kernels import _backend
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+
+# Ours vs the reference, both accumulating in float: differences come from summation order (float64,
+# float32) or from a final rounding to the output dtype landing on the other side (fp16, bf16: ~1 ulp).
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+    torch.float32: dict(rtol=1e-5, atol=1e-6),
+    torch.float16: dict(rtol=2e-3, atol=2e-3),
+    torch.bfloat16: dict(rtol=1.6e-2, atol=1.6e-2),
+}
+
+OPS_REGISTERED = _backend._C is not None
+requires_ops = pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
+
+LAYOUTS = ["contiguous", "channels_last", "strided", "permuted"]
+
+
+def make_4d(shape, layout, dtype=torch.float64, device="cpu", generator=None):
+    """Random N(0, 1) data of the given NCHW shape in one of LAYOUTS (never zeros)."""
+    n, c, h, w = shape
+    if layout == "contiguous":
+        return torch.randn(shape, dtype=dtype, device=device)
+    if layout == "channels_last":
+        return torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=torch.channels_last)
+    if layout == "strided":  # not dense: every other channel and column of a larger tensor
+        return torch.randn(n, 2 * c, h, 2 * w, dtype=dtype, device=device)[:, ::2, :, ::2]
+    if layout == "permuted":  # dense, but in W, N, H, C memory order
+        return torch.randn(w, n, h, c, dtype=dtype, device=device).permute(1, 3, 2, 0)
+    raise ValueError(layout)
+
+
+def assert_close(actual, expected, dtype=None):
+    torch.testing.assert_close(actual, expected, **TOLERANCES[dtype or expected.dtype])
+
+
+@contextlib.contextmanager
+def unregistered_autograd_is_an_error():
+    """A missing autograd kernel silently gives a penalty no gradient; PyTorch only warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*autograd kernel was not registered.*")
+        yield

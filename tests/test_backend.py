@@ -1,0 +1,130 @@
+"""The fallback policy: the package works without _C, says why once, and can be forced to the reference."""
+import os
+import subprocess
+import sys
+import textwrap
+import types
+import warnings
+
+import pytest
+from helpers import OPS_REGISTERED
+
+import gan_kernels
+from gan_kernels import _backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, **env):
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+BLOCK_EXTENSION = """
+    import importlib.abc, sys, warnings
+    class BlockExtension(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "gan_kernels._C":
+                raise ImportError("blocked by the test")
+    sys.meta_path.insert(0, BlockExtension())
+"""
+
+
+def test_without_extension_imports_warns_once_and_runs_the_reference():
+    out = run_python(
+        BLOCK_EXTENSION
+        + """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import torch, gan_kernels
+        from gan_kernels import reference
+        x = torch.randn(2, 5, 3, 3, requires_grad=True)
+        y = gan_kernels.pixel_norm(x)
+        y.sum().backward()
+        gan_kernels.nn.PixelNorm()(x)
+    fallback = [w for w in caught if issubclass(w.category, gan_kernels.FallbackWarning)]
+    print(len(fallback))
+    print(fallback[0].message)
+    print(gan_kernels.backend().impl)
+    print(torch.equal(y, reference.pixel_norm(x)))
+    """,
+        GAN_KERNELS_IMPL="auto",
+    )
+    count, message, impl, equal = out.strip().splitlines()
+    assert count == "1"
+    assert "gan_kernels._C could not be loaded" in message and "blocked by the test" in message
+    assert impl == "reference"
+    assert equal == "True"
+
+
+def test_forced_reference_is_silent_and_reported():
+    out = run_python(
+        """
+    import warnings
+    warnings.simplefilter("error")
+    import gan_kernels
+    print(gan_kernels.backend())
+    """,
+        GAN_KERNELS_IMPL="reference",
+    )
+    assert out.strip() == "reference (forced by GAN_KERNELS_IMPL=reference)"
+
+
+def test_unknown_impl_is_a_clear_error():
+    result = subprocess.run(
+        [sys.executable, "-c", "import gan_kernels"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT, "GAN_KERNELS_IMPL": "fast"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "GAN_KERNELS_IMPL='fast' is not one of auto, reference" in result.stderr
+
+
+def test_cuda_tensors_fall_back_with_one_warning_when_built_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(_backend, "_C", types.SimpleNamespace(cuda_compiled=False, cuda_archs=[]))
+    monkeypatch.setattr(_backend, "IMPL", "auto")
+    monkeypatch.setattr(_backend, "_warned_devices", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _backend.use_compiled(torch.device("cuda")) is False
+        assert _backend.use_compiled(torch.device("cuda")) is False
+        assert _backend.use_compiled(torch.device("cpu")) is True
+    assert len(caught) == 1 and "built without CUDA kernels" in str(caught[0].message)
+    assert "CUDA tensors use the reference" in _backend.backend().reason
+
+
+def test_backend_reports_this_build():
+    info = gan_kernels.backend()
+    if _backend.IMPL == "reference":
+        assert info.impl == "reference"
+    elif OPS_REGISTERED:
+        assert info.impl == "compiled"
+        assert info.cuda == _backend._C.cuda_compiled
+    else:
+        assert info.impl == "reference" and "could not be loaded" in info.reason
+
+
+def test_module_entry_point_prints_the_build_facts():
+    out = run_python("import runpy; runpy.run_module('gan_kernels', run_name='__main__')")
+    assert f"gan_kernels {gan_kernels.__version__}" in out
+    assert "backend" in out
+    if OPS_REGISTERED:
+        assert "gan_kernels::pixel_norm_backward" in out
+        assert f"built with  torch {_backend._C.torch_version}" in out
+
+
+@pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
+def test_extension_version_matches_the_package():
+    assert _backend._C.__version__ == gan_kernels.__version__
