@@ -45,11 +45,13 @@ def extension():
     with_cuda = cuda_wanted()
     write_build_info(with_cuda)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3"]
+    # at::parallel_for is inline OpenMP: without -fopenmp our CPU kernels would run on one thread.
+    cxx_flags = ["-O3", "-fopenmp"]
     kwargs = dict(
         name="gan_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc"), GENERATED],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
     )
     if not with_cuda:
         return CppExtension(sources=sources, **kwargs)

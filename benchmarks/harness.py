@@ -1,0 +1,122 @@
+"""What every benchmark case plugs into: the Case record, timing, and the copy-bandwidth baseline.
+
+A case is one (op, shape, dtype, mode) with a zero-argument closure per implementation:
+"eager" (the pure-PyTorch reference), "compile" (torch.compile of the reference, where it can
+run) and "ours". Ratios are against "ours"; GB/s use the case's ideal DRAM traffic.
+"""
+import dataclasses
+import statistics
+from typing import Callable, Dict, Optional
+
+import torch
+import torch.utils.benchmark
+
+IMPLS = ("eager", "compile", "ours")
+
+
+@dataclasses.dataclass
+class Case:
+    op: str
+    shape: str
+    dtype: str
+    mode: str  # fwd, bwd, fwd+bwd, r1, step ...
+    impls: Dict[str, Callable[[], object]]
+    bytes: Optional[int] = None  # ideal DRAM traffic of one call of "ours"
+
+
+def dtype_name(dtype):
+    return str(dtype).replace("torch.", "")
+
+
+def shape_name(shape):
+    return "x".join(str(s) for s in shape)
+
+
+def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd):
+    """fwd, bwd and fwd+bwd cases for a function of one differentiable tensor inputs[0].
+
+    fwd runs under no_grad; bwd replays the backward of a graph built once (retain_graph);
+    fwd+bwd builds the graph and runs the backward, as a training step does.
+    """
+    x = inputs[0]
+    shape, dtype = shape_name(x.shape), dtype_name(x.dtype)
+    leaf = x.detach().requires_grad_()
+    rest = inputs[1:]
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                return fn(x, *rest)
+
+        return run
+
+    def bwd(fn):
+        out = fn(leaf, *rest)
+        return lambda: torch.autograd.grad(out, leaf, grad_out, retain_graph=True)
+
+    def fwd_bwd(fn):
+        return lambda: torch.autograd.grad(fn(leaf, *rest), leaf, grad_out)
+
+    cases = []
+    for mode, make, traffic in (
+        ("fwd", fwd, bytes_fwd),
+        ("bwd", bwd, bytes_bwd),
+        ("fwd+bwd", fwd_bwd, bytes_fwd + bytes_bwd),
+    ):
+        impls = {}
+        for name, fn in fns.items():
+            try:
+                impls[name] = make(fn)
+            except Exception as error:  # e.g. torch.compile failing to build the graph
+                impls[name] = error
+        cases.append(Case(op, shape, dtype, mode, impls, traffic))
+    return cases
+
+
+class Timer:
+    """Median milliseconds of a closure: CUDA events on GPU, torch.utils.benchmark on CPU."""
+
+    def __init__(self, device, quick=False):
+        self.device = device
+        self.quick = quick
+
+    def __call__(self, fn):
+        if self.device.type == "cuda":
+            return self._cuda(fn)
+        timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        fn()  # first call: compilation, allocator warm-up
+        measurement = timer.blocked_autorange(min_run_time=0.2 if self.quick else 1.0)
+        return measurement.median * 1e3
+
+    def _cuda(self, fn):
+        warmup, reps = (3, 10) if self.quick else (10, 50)
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        return statistics.median(start.elapsed_time(end) for start, end in events)
+
+    def peak_memory_mb(self, fn):
+        """Peak CUDA memory allocated during one call, above what was allocated before it."""
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def copy_bandwidth_gbs(device, timer):
+    """Device-to-device copy bandwidth measured now: the ceiling for a memory-bound op."""
+    numel = 2**26 if device.type == "cuda" else 2**24
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    ms = timer(lambda: dst.copy_(src))
+    return 2 * src.nbytes / (ms * 1e-3) / 1e9

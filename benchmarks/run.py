@@ -1,0 +1,174 @@
+"""Benchmarks of every op against eager PyTorch and torch.compile, on any device.
+
+    python benchmarks/run.py [--device cpu|cuda] [--ops pixel_norm,...] [--quick] [--no-compile] [--plot]
+
+Prints a table, writes JSON (and with --plot a PNG of the speedups) under benchmarks/results/.
+Performance targets are read off here, never asserted in timed tests.
+"""
+import argparse
+import datetime
+import importlib
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+from harness import IMPLS, Timer, copy_bandwidth_gbs  # noqa: E402
+
+import gan_kernels  # noqa: E402
+
+
+def available_ops():
+    return sorted(p.stem for p in (HERE / "cases").glob("*.py") if not p.stem.startswith("_"))
+
+
+def device_label(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except OSError:
+        return "unknown"
+
+
+def make_compile_fn(enabled):
+    def compile_fn(fn):
+        if not enabled:
+            return RuntimeError("torch.compile disabled (--no-compile)")
+        return torch.compile(fn, dynamic=False)
+
+    return compile_fn
+
+
+def measure(case, timer):
+    row = {"op": case.op, "shape": case.shape, "dtype": case.dtype, "mode": case.mode, "bytes": case.bytes}
+    for name in IMPLS:
+        fn = case.impls.get(name)
+        if fn is None or isinstance(fn, Exception):
+            row[f"{name}_ms"] = None
+            row[f"{name}_error"] = None if fn is None else f"{type(fn).__name__}: {fn}".splitlines()[0][:200]
+            continue
+        try:
+            row[f"{name}_ms"] = timer(fn)
+            if case.mode == "fwd+bwd":
+                row[f"{name}_peak_mb"] = timer.peak_memory_mb(fn)
+        except Exception as error:  # torch.compile can fail late, e.g. on double backward
+            row[f"{name}_ms"] = None
+            row[f"{name}_error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+    return row
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def print_table(rows, copy_gbs):
+    header = ["op", "shape", "dtype", "mode", "eager ms", "compile ms", "ours ms", "ours GB/s", "% copy",
+              "x eager", "x compile"]
+    lines = [header]
+    for r in rows:
+        ours = r["ours_ms"]
+        gbs = r["bytes"] / (ours * 1e-3) / 1e9 if ours and r["bytes"] else None
+        r["ours_gbs"] = gbs
+        r["ours_pct_copy"] = 100 * gbs / copy_gbs if gbs else None
+        r["speedup_eager"] = r["eager_ms"] / ours if ours and r["eager_ms"] else None
+        r["speedup_compile"] = r["compile_ms"] / ours if ours and r["compile_ms"] else None
+        lines.append([r["op"], r["shape"], r["dtype"], r["mode"], fmt(r["eager_ms"], ".3f"),
+                      fmt(r["compile_ms"], ".3f"), fmt(ours, ".3f"), fmt(gbs, ".1f"),
+                      fmt(r["ours_pct_copy"], ".0f"), fmt(r["speedup_eager"], ".2f"),
+                      fmt(r["speedup_compile"], ".2f")])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(cell).ljust(w) if j < 4 else str(cell).rjust(w)
+                        for j, (cell, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    errors = {(r["op"], r["mode"], name): r[f"{name}_error"] for r in rows for name in IMPLS if r.get(f"{name}_error")}
+    for (op, mode, name), error in sorted(errors.items()):
+        print(f"note: {op} {mode} {name}: {error}")
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib (pip install matplotlib); no plot written")
+        return
+    rows = [r for r in rows if r.get("speedup_eager")]
+    labels = [f'{r["op"]} {r["shape"]} {r["dtype"]} {r["mode"]}' for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.barh([i + 0.2 for i in y], [r["speedup_eager"] for r in rows], height=0.4, label="vs eager")
+    ax.barh([i - 0.2 for i in y], [r["speedup_compile"] or 0 for r in rows], height=0.4, label="vs torch.compile")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.set_xlabel("speedup of gan_kernels (higher is better)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--ops", default=",".join(available_ops()), help="comma-separated, from: " +
+                        ", ".join(available_ops()))
+    parser.add_argument("--quick", action="store_true", help="one shape and dtype per op, short timings")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    parser.add_argument("--plot", action="store_true", help="also write a PNG bar chart of the speedups")
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>.json)")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    timer = Timer(device, quick=args.quick)
+    copy_gbs = copy_bandwidth_gbs(device, timer)
+    meta = {
+        "device": device_label(device),
+        "torch": torch.__version__,
+        "gan_kernels": gan_kernels.__version__,
+        "backend": str(gan_kernels.backend()),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "copy_gbs": copy_gbs,
+    }
+    print(f"device {meta['device']} | torch {meta['torch']} | backend {meta['backend']} | commit {meta['commit']}")
+    print(f"device copy bandwidth (measured now): {copy_gbs:.1f} GB/s\n")
+
+    rows = []
+    for op in args.ops.split(","):
+        module = importlib.import_module(f"cases.{op}")
+        for case in module.cases(device, args.quick, make_compile_fn(not args.no_compile)):
+            rows.append(measure(case, timer))
+            print(f"  measured {case.op} {case.shape} {case.dtype} {case.mode}", file=sys.stderr, flush=True)
+    print()
+    print_table(rows, copy_gbs)
+
+    slug = "cuda-" + meta["device"].replace(" ", "_") if device.type == "cuda" else "cpu"
+    out = pathlib.Path(args.out) if args.out else HERE / "results" / f"{slug}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    print(f"\njson: {out}")
+    if args.plot:
+        plot(rows, out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
