@@ -13,10 +13,12 @@ deps:
 build: deps
 	$(PYTHON) setup.py build_ext --inplace
 
-# Compile-checks the torch-free CUDA kernels with plain nvcc (sm_80, sm_90): no GPU or CUDA torch needed.
-cuda-check:
+# Compile-checks the torch-free CUDA kernels with plain nvcc (sm_80, sm_90), and the CUDA branch of
+# the torch glue against the headers every torch wheel ships: no GPU or CUDA build of torch needed.
+cuda-check: build
 	@if command -v nvcc >/dev/null; then \
-		cmake -S . -B build/cuda-check -G Ninja >/dev/null && cmake --build build/cuda-check; \
+		cmake -S . -B build/cuda-check -G Ninja >/dev/null && cmake --build build/cuda-check && \
+		$(PYTHON) scripts/check_cuda_glue.py; \
 	else echo "nvcc not found: skipping the CUDA compile check"; fi
 
 test: build cuda-check

@@ -9,8 +9,9 @@
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/pixel_norm.h"
 #endif
@@ -50,7 +51,7 @@ void pixel_norm_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& gra
   const PixelNormParams params{out.data_ptr(),  x.const_data_ptr(), grad.defined() ? grad.const_data_ptr() : nullptr,
                                view.outer,      view.channels,      view.inner,
                                eps,             cuda_dtype(x.scalar_type())};
-  C10_CUDA_CHECK(launch_pixel_norm(params, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_pixel_norm(params, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 
