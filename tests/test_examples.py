@@ -1,0 +1,72 @@
+"""Smoke tests of the examples (a few iterations each) and their metrics on hand-made samples."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+import mixture_of_gaussians as mog  # noqa: E402
+
+RING, RING_STD = mog.DATASETS["ring8"]
+
+
+def test_all_points_on_one_mode_cover_one_mode():
+    samples = RING[3] + 0.01 * torch.randn(800, 2)
+    modes, quality = mog.mode_metrics(samples, RING, RING_STD)
+    assert modes == 1
+    assert quality == 1.0
+
+
+def test_points_on_every_mode_cover_all_modes():
+    samples = RING.repeat(100, 1) + 0.01 * torch.randn(800, 2)
+    modes, quality = mog.mode_metrics(samples, RING, RING_STD)
+    assert modes == 8
+    assert quality == 1.0
+
+
+def test_points_between_modes_are_low_quality():
+    samples = RING.repeat(100, 1) * 0.5  # on a ring of radius 1, far from every mode
+    modes, quality = mog.mode_metrics(samples, RING, RING_STD)
+    assert modes == 0
+    assert quality == 0.0
+
+
+def test_a_mode_with_a_few_stray_points_is_not_covered():
+    samples = torch.cat([RING[0] + 0.01 * torch.randn(795, 2), RING[1].repeat(5, 1)])
+    modes, _ = mog.mode_metrics(samples, RING, RING_STD)
+    assert modes == 1
+
+
+def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
+    results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path)])
+    assert set(results) == {(c, d) for c in mog.CONFIGS for d in mog.DATASETS}
+    for r in results.values():
+        assert r["samples"].shape == (2500, 2) and torch.isfinite(r["samples"]).all()
+    sn = results["sn", "ring8"]["curves"]["sigma"]
+    assert len(sn) == 3 and len(sn[0]) == 4 and all(s > 0 for s in sn[-1])
+    if os.environ.get("GAN_KERNELS_EXAMPLE_PICTURES", "1") == "1":
+        pytest.importorskip("matplotlib")
+        assert (tmp_path / "mog_samples.png").exists() and (tmp_path / "mog_curves.png").exists()
+
+
+def test_digits_runs_and_measures_coverage(tmp_path):
+    pytest.importorskip("sklearn")
+    import digits
+
+    result = digits.main(["--steps", "4", "--out", str(tmp_path)])
+    assert 0 <= result["classes"] <= 10
+    assert 0.0 <= result["entropy"] <= 2.31
+
+
+def test_digits_coverage_metric_on_real_digits():
+    pytest.importorskip("sklearn")
+    import digits
+
+    images, labels = digits.load_digits()
+    classifier = digits.train_classifier(images, labels)
+    produced, entropy, _ = digits.class_coverage(classifier, images)
+    assert produced == 10 and entropy > 2.2
+    one_class = images[labels == 7]
+    produced, entropy, _ = digits.class_coverage(classifier, one_class)
+    assert produced <= 2 and entropy < 0.3
