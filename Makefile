@@ -7,7 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
-	@$(PYTHON) -c "import pytest, hypothesis, numpy" 2>/dev/null || $(PIP) install pytest hypothesis numpy
+	@$(PYTHON) -c "import pytest, hypothesis, numpy, matplotlib, sklearn" 2>/dev/null || \
+		$(PIP) install pytest hypothesis numpy matplotlib scikit-learn
 	@command -v ninja >/dev/null || $(PIP) install ninja
 
 build: deps
