@@ -14,8 +14,9 @@ namespace {
 // Each sample is reduced in chunks of this many elements, in parallel, and the chunk sums are added
 // in chunk order. The chunking is a constant, so the result does not depend on the thread count.
 constexpr int64_t kChunk = 16384;
-// Independent partial sums within a chunk, so the reduction pipelines (fixed order: deterministic).
-constexpr int64_t kLanes = 8;
+// Independent partial sums within a chunk: enough for several SIMD accumulators, so the adds pipeline
+// (fixed order: deterministic).
+constexpr int64_t kLanes = 32;
 
 int64_t chunks_per_sample(SampleView v) { return (v.per_sample + kChunk - 1) / kChunk; }
 
