@@ -135,7 +135,9 @@ def test_third_derivative_matches_reference(device, center):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("center", [0.0, 1.0])
-@pytest.mark.parametrize("fn", [gan_kernels.per_sample_penalty, reference.per_sample_penalty], ids=["ours", "reference"])
+@pytest.mark.parametrize(
+    "fn", [gan_kernels.per_sample_penalty, reference.per_sample_penalty], ids=["ours", "reference"]
+)
 def test_zero_rows_give_finite_derivatives_of_every_order(device, center, fn):
     torch.manual_seed(7)
     g = torch.randn(3, 4, 3, dtype=torch.float64, device=device)

@@ -39,7 +39,9 @@ def make_discriminator(kind):
             torch.nn.Linear(8 * 2 * 2, 1),
         )
     elif kind == "patch":  # returns a [N, 1, 2, 2] map: summed per sample
-        d = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 2, stride=2))
+        d = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 2, stride=2)
+        )
     elif kind == "conditional":
         d = Conditional()
     else:
@@ -253,8 +255,8 @@ def constant_d(x):
         (lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r, center=-1.0), ValueError,
          "center must be a finite number >= 0, got -1.0"),
         (lambda D, r, f: gan_kernels.gradient_penalty([1.0], r), TypeError, "outputs must be a torch.Tensor"),
-        (lambda D, r, f: penalties.r1(D, r.long(), 1.0), TypeError, "real must be float64, float32, float16 or bfloat16"),
-        (lambda D, r, f: penalties.r2(D, f.long(), 1.0), TypeError, "fake must be float64, float32, float16 or bfloat16"),
+        (lambda D, r, f: penalties.r1(D, r.long(), 1.0), TypeError, "real must be float64, float32, float16"),
+        (lambda D, r, f: penalties.r2(D, f.long(), 1.0), TypeError, "fake must be float64, float32, float16"),
         (lambda D, r, f: penalties.wgan_gp(D, r, f[:2]), ValueError,
          r"fake has shape \[2, 3, 4, 4\] but real has shape \[4, 3, 4, 4\]"),
         (lambda D, r, f: penalties.zero_centered_gp(D, r, f.float(), 1.0), TypeError,

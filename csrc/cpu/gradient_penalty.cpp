@@ -38,7 +38,8 @@ template <typename scalar_t, typename acc_t> acc_t sum_squares(const scalar_t* x
   return sum;
 }
 
-template <typename scalar_t, typename acc_t> std::vector<acc_t> per_sample_sum_squares(const scalar_t* g, SampleView v) {
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> per_sample_sum_squares(const scalar_t* g, SampleView v) {
   const int64_t chunks = chunks_per_sample(v);
   std::vector<acc_t> partial(v.samples * chunks);
   at::parallel_for(0, v.samples * chunks, 1, [&](int64_t begin, int64_t end) {

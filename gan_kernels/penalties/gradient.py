@@ -34,8 +34,11 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
         )
     if not outputs.requires_grad:
         raise ValueError("outputs does not depend on inputs (outputs.requires_grad is False)")
-    scaled = outputs if scaler is None else scaler.scale(outputs)
-    (g,) = torch.autograd.grad(scaled.sum(), inputs, create_graph=True, allow_unused=True)
+    # Summed in at least float32: fp16 logits of a large batch can overflow their own sum.
+    total = outputs.sum(dtype=torch.promote_types(outputs.dtype, torch.float32))
+    if scaler is not None:
+        total = scaler.scale(total)
+    (g,) = torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)
     if g is None:
         raise ValueError("outputs does not depend on inputs (autograd found no path from inputs to outputs)")
     if scaler is not None:
