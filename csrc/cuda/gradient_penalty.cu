@@ -31,10 +31,13 @@ template <typename A> __device__ A block_sum(A v) {
   return total;
 }
 
-template <typename A> __device__ A sample_sum_squares(const A* partials, int64_t sample, int64_t chunks) {
+// A sample's sum of squares from its chunk sums, by one whole warp: lane l adds chunks l, l + 32, ...
+// (independent loads, so the latency is paid once), then a fixed butterfly. Every caller adds the same
+// values in the same order, so all blocks of a sample see the same norm, on every run.
+template <typename A> __device__ A warp_sample_sum(const A* partials, int64_t sample, int64_t chunks) {
   A sum = 0;
-  for (int64_t c = 0; c < chunks; ++c) sum += partials[sample * chunks + c];
-  return sum;
+  for (int64_t c = threadIdx.x % 32; c < chunks; c += 32) sum += partials[sample * chunks + c];
+  return warp_sum(sum);
 }
 
 // d/dg (||g|| - c)^2 = 2 (1 - c / ||g||) g. Undefined at ||g|| = 0 when c != 0: 0 there, as
@@ -57,6 +60,7 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_s
     const int64_t len = chunk_length(p.per_sample, first);
     const T* x = static_cast<const T*>(p.g) + (task / chunks) * p.per_sample + first;
     A sum = 0;
+#pragma unroll 4
     for (int64_t i = int64_t(threadIdx.x) * V; i < len; i += int64_t(kThreads) * V) {
       const VecT xv = *reinterpret_cast<const VecT*>(x + i);
 #pragma unroll
@@ -70,20 +74,21 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_s
   }
 }
 
-// Pass 2 of the forward: a thread per sample adds its chunk sums in chunk order.
+// Pass 2 of the forward: a warp per sample adds its chunk sums.
 template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty(GradientPenaltyParams p) {
   using A = acc_t<T>;
   const int64_t chunks = ceil_div(p.per_sample, kChunk);
   const A center = A(p.center);
-  for (int64_t s = int64_t(blockIdx.x) * kThreads + threadIdx.x; s < p.samples; s += int64_t(gridDim.x) * kThreads) {
-    const A sum = sample_sum_squares(static_cast<const A*>(p.partials), s, chunks);
+  const int64_t warps = int64_t(gridDim.x) * kWarps;
+  for (int64_t s = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; s < p.samples; s += warps) {
+    const A sum = warp_sample_sum(static_cast<const A*>(p.partials), s, chunks);
     const A distance = sqrt(sum) - center;
-    static_cast<T*>(p.out)[s] = from_acc<T>(center == A(0) ? sum : distance * distance);
+    if (threadIdx.x % 32 == 0) static_cast<T*>(p.out)[s] = from_acc<T>(center == A(0) ? sum : distance * distance);
   }
 }
 
 // The backward: dL/dg = scale_i * g, one block per (sample, chunk) task. With kNormed the sample's
-// scale needs its norm, summed from pass 1's chunk sums by thread 0 in chunk order.
+// scale needs its norm, summed from pass 1's chunk sums by the first warp.
 template <typename T, int V, bool kNormed>
 __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams p) {
   using A = acc_t<T>;
@@ -94,9 +99,9 @@ __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams 
   const A center = A(p.center);
   for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
     const int64_t sample = task / chunks;
-    if (threadIdx.x == 0) {
-      const A sum = kNormed ? sample_sum_squares(static_cast<const A*>(p.partials), sample, chunks) : A(0);
-      sample_scale = gradient_scale(sum, to_acc(static_cast<const T*>(p.grad)[sample]), center);
+    if (threadIdx.x < 32) {
+      const A sum = kNormed ? warp_sample_sum(static_cast<const A*>(p.partials), sample, chunks) : A(0);
+      if (threadIdx.x == 0) sample_scale = gradient_scale(sum, to_acc(static_cast<const T*>(p.grad)[sample]), center);
     }
     __syncthreads();
     const A scale = sample_scale;
@@ -105,6 +110,7 @@ __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams 
     const int64_t base = sample * p.per_sample + first;
     const T* x = static_cast<const T*>(p.g) + base;
     T* out = static_cast<T*>(p.out) + base;
+#pragma unroll 4
     for (int64_t i = int64_t(threadIdx.x) * V; i < len; i += int64_t(kThreads) * V) {
       const VecT xv = *reinterpret_cast<const VecT*>(x + i);
       VecT ov;
@@ -125,7 +131,7 @@ template <typename T, int V> cudaError_t launch_typed(const GradientPenaltyParam
     if (error != cudaSuccess) return error;
   }
   if (p.grad == nullptr) {
-    finish_penalty<T><<<std::min(ceil_div(p.samples, kThreads), kMaxBlocks), kThreads, 0, stream>>>(p);
+    finish_penalty<T><<<std::min(ceil_div(p.samples, kWarps), kMaxBlocks), kThreads, 0, stream>>>(p);
   } else if (p.center != 0) {
     scale_samples<T, V, true><<<blocks, kThreads, 0, stream>>>(p);
   } else {
