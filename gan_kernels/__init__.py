@@ -1,10 +1,21 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
-from . import nn, reference
+from . import nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
-from .ops import pixel_norm
+from .ops import per_sample_penalty, pixel_norm
+from .penalties import gradient_penalty
 
 __version__ = "0.1.0"
 
-__all__ = ["Backend", "FallbackWarning", "backend", "nn", "pixel_norm", "reference"]
+__all__ = [
+    "Backend",
+    "FallbackWarning",
+    "backend",
+    "gradient_penalty",
+    "nn",
+    "penalties",
+    "per_sample_penalty",
+    "pixel_norm",
+    "reference",
+]

@@ -1,11 +1,14 @@
 """Public functional ops: each picks the compiled op or its reference (see gan_kernels.backend())."""
 from .. import _backend
+from . import gradient_penalty as _gradient_penalty
 from . import pixel_norm as _pixel_norm
+from .gradient_penalty import per_sample_penalty
 from .pixel_norm import pixel_norm
 
 if _backend._C is not None:
     # Registered whenever _C is loaded, also under GAN_KERNELS_IMPL=reference, so that direct
     # torch.ops.gan_kernels calls stay differentiable and traceable.
     _pixel_norm.register()
+    _gradient_penalty.register()
 
-__all__ = ["pixel_norm"]
+__all__ = ["per_sample_penalty", "pixel_norm"]

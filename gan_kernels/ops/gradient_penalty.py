@@ -1,0 +1,92 @@
+"""Per-sample gradient penalty of a gradient tensor ``g`` of shape [N, ...]:
+``(||g_i||_2 - center)^2``, and exactly ``sum(g_i^2)`` (no sqrt) for ``center == 0``.
+
+Derivatives at ``||g_i|| = 0``: for ``center == 0`` the formula is smooth (the gradient ``2 g`` is
+0 there). For ``center != 0`` the gradient ``2 (1 - center/||g||) g`` has no limit at 0; every
+derivative of every order is defined as 0 there, as ``torch.linalg.vector_norm``'s backward does
+for the first derivative. No derivative is ever NaN or Inf.
+"""
+import math
+
+import torch
+
+from .. import _backend, _checks, reference
+
+
+def per_sample_penalty(g, center=1.0):
+    """``(||g_i||_2 - center)^2`` for each sample ``g_i`` of ``g`` ([N, ...] -> [N]), reduced over
+    every non-batch dim; ``sum(g_i^2)`` exactly when ``center == 0``.
+
+    Any floating dtype (fp16/bf16 accumulate in float32 and return their own dtype), any layout,
+    differentiable to any order. One deterministic pass forward, one pass backward.
+    """
+    _checks.check_floating(g, "g")
+    if g.dim() == 0:
+        raise ValueError("g must have a batch dimension, got a 0-dimensional tensor")
+    _checks.check_nonnegative(center, "center")
+    if _backend.use_compiled(g.device):
+        return torch.ops.gan_kernels.gradient_penalty(g, float(center))
+    return reference.per_sample_penalty(g, center)
+
+
+def _backward_of_backward(upstream, grad, g, center):
+    """Derivatives of the backward ``dL/dg = grad_i * s_i * g`` with ``s_i = 2 (1 - center/||g_i||)``
+    (0 where ``||g_i|| = 0`` and center != 0), contracted with ``upstream`` (shaped like g):
+
+      d/dgrad_i = s_i <u_i, g_i>
+      d/dg      = grad_i s_i u + 2 center grad_i <u_i, g_i> / ||g_i||^3 g
+
+    Written in aten ops, with the zero-norm branch kept out of every division, so that it is itself
+    differentiable (third and higher derivatives) and finite at ||g_i|| = 0.
+    """
+    compute = reference._compute_dtype(g)
+    n, m = g.shape[0], math.prod(g.shape[1:])
+    u = upstream.to(compute).reshape(n, m)
+    gc = g.to(compute).reshape(n, m)
+    go = grad.to(compute)
+    dot = (u * gc).sum(1)
+    if center == 0:
+        grad_grad = 2 * dot
+        grad_g = (2 * go)[:, None] * u
+    else:
+        sum_squares = gc.square().sum(1)
+        nonzero = sum_squares > 0
+        inv_norm = torch.where(nonzero, sum_squares.where(nonzero, 1.0).rsqrt(), 0.0)
+        scale = torch.where(nonzero, 2 * (1 - center * inv_norm), 0.0)
+        grad_grad = scale * dot
+        grad_g = (go * scale)[:, None] * u + (2 * center * go * dot * inv_norm.pow(3))[:, None] * gc
+    return grad_grad.to(grad.dtype), grad_g.reshape(g.shape).to(g.dtype)
+
+
+def _setup_forward(ctx, inputs, output):
+    g, center = inputs
+    ctx.save_for_backward(g)
+    ctx.center = center
+
+
+def _forward_backward(ctx, grad):
+    (g,) = ctx.saved_tensors
+    return torch.ops.gan_kernels.gradient_penalty_backward(grad, g, ctx.center), None
+
+
+def _setup_backward(ctx, inputs, output):
+    grad, g, center = inputs
+    ctx.save_for_backward(grad, g)
+    ctx.center = center
+
+
+def _backward_backward(ctx, upstream):
+    grad, g = ctx.saved_tensors
+    grad_grad, grad_g = _backward_of_backward(upstream, grad, g, ctx.center)
+    return grad_grad, grad_g, None
+
+
+def register():
+    torch.library.register_fake("gan_kernels::gradient_penalty", lambda g, center: g.new_empty(g.shape[:1]))
+    torch.library.register_fake(
+        "gan_kernels::gradient_penalty_backward", lambda grad, g, center: torch.empty_like(g)
+    )
+    torch.library.register_autograd("gan_kernels::gradient_penalty", _forward_backward, setup_context=_setup_forward)
+    torch.library.register_autograd(
+        "gan_kernels::gradient_penalty_backward", _backward_backward, setup_context=_setup_backward
+    )

@@ -1,0 +1,130 @@
+"""Gradient penalties on a discriminator: the generic ``gradient_penalty(outputs, inputs)`` and
+one-line helpers for WGAN-GP, R1, R2, DRAGAN and the zero-centred GP.
+
+Every helper takes plain tensors, detaches them and enables gradients on its own copy, calls
+``D(x, *d_args, **d_kwargs)`` (D may return any shape; outputs are summed per sample), and returns
+the weighted scalar loss to add to the discriminator loss.
+"""
+import torch
+
+from .. import _checks
+from ..ops.gradient_penalty import per_sample_penalty
+
+
+def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
+    """Per-sample penalty ``(||g_i||_2 - center)^2`` of ``g = d(sum(outputs))/d(inputs)`` -> [N];
+    ``sum(g_i^2)`` exactly for ``center == 0``. Differentiable (``create_graph=True``), so adding it
+    to a loss trains D through the double backward.
+
+    Works on outputs the caller already has (StyleGAN's R1 reuses the real logits): ``inputs`` must
+    require grad and ``outputs`` must have been computed from it.
+
+    ``scaler``: a ``torch.amp.GradScaler`` whose scaled loss the caller backpropagates. Following
+    PyTorch's AMP gradient-penalty recipe, the gradient is taken of the *scaled* outputs (so fp16
+    gradients do not underflow) and unscaled before the penalty.
+    """
+    _checks.check_floating(outputs, "outputs")
+    _checks.check_floating(inputs, "inputs")
+    _checks.check_nonnegative(center, "center")
+    if inputs.dim() == 0:
+        raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
+    if not inputs.requires_grad:
+        raise ValueError(
+            "inputs does not require grad: call inputs.requires_grad_() before computing outputs from it"
+        )
+    if not outputs.requires_grad:
+        raise ValueError("outputs does not depend on inputs (outputs.requires_grad is False)")
+    # Summed in at least float32: fp16 logits of a large batch can overflow their own sum.
+    total = outputs.sum(dtype=torch.promote_types(outputs.dtype, torch.float32))
+    if scaler is not None:
+        total = scaler.scale(total)
+    (g,) = torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)
+    if g is None:
+        raise ValueError("outputs does not depend on inputs (autograd found no path from inputs to outputs)")
+    if scaler is not None:
+        g = g * (1.0 / scaler.get_scale())
+    return per_sample_penalty(g, center)
+
+
+def _check_samples(x, arg):
+    _checks.check_floating(x, arg)
+    if x.dim() == 0:
+        raise ValueError(f"{arg} must have a batch dimension, got a 0-dimensional tensor")
+
+
+def _check_pair(real, fake):
+    _check_samples(real, "real")
+    _check_samples(fake, "fake")
+    if fake.device != real.device:
+        raise ValueError(f"fake is on {fake.device} but real is on {real.device}")
+    if fake.dtype != real.dtype:
+        raise TypeError(f"fake has dtype {fake.dtype} but real has dtype {real.dtype}")
+    if fake.shape != real.shape:
+        raise ValueError(f"fake has shape {list(fake.shape)} but real has shape {list(real.shape)}")
+
+
+def _per_sample_uniform(x, generator):
+    """U(0,1) per sample, broadcastable against x."""
+    return torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device, generator=generator)
+
+
+def _penalty_at(D, x, center, d_args, d_kwargs, scaler):
+    if not callable(D):
+        raise TypeError(f"D must be callable (a module or function), got {type(D).__name__}")
+    x = x.detach().requires_grad_(True)
+    return gradient_penalty(D(x, *d_args, **(d_kwargs or {})), x, center, scaler)
+
+
+def interpolates(real, fake, generator=None):
+    """``eps * real + (1 - eps) * fake`` with ``eps ~ U(0,1)`` per sample, detached."""
+    _check_pair(real, fake)
+    eps = _per_sample_uniform(real, generator)
+    return (eps * real.detach() + (1 - eps) * fake.detach()).detach()
+
+
+def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
+    """WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` on per-sample
+    interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
+    _checks.check_nonnegative(weight, "weight")
+    x = interpolates(real, fake, generator)
+    return weight * _penalty_at(D, x, 1.0, d_args, d_kwargs, scaler).mean()
+
+
+def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
+    """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
+    _checks.check_nonnegative(gamma, "gamma")
+    _check_samples(real, "real")
+    return gamma / 2 * _penalty_at(D, real, 0.0, d_args, d_kwargs, scaler).mean()
+
+
+def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
+    """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
+    _checks.check_nonnegative(gamma, "gamma")
+    _check_samples(fake, "fake")
+    return gamma / 2 * _penalty_at(D, fake, 0.0, d_args, d_kwargs, scaler).mean()
+
+
+def dragan(D, real, weight=10.0, *, perturbation=0.5, d_args=(), d_kwargs=None, scaler=None, generator=None):
+    """DRAGAN (Kodali et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` around the real data, at
+
+        x = real + alpha * perturbation * std(real) * U,   alpha ~ U(0,1) per sample, U ~ U(0,1) per element,
+
+    the perturbation of the authors' code (``X + 0.5 * X.std() * np.random.random(X.shape)``, then a
+    per-sample interpolation between X and the perturbed X); std over the whole batch, population std.
+    """
+    _checks.check_nonnegative(weight, "weight")
+    _checks.check_nonnegative(perturbation, "perturbation")
+    _check_samples(real, "real")
+    r = real.detach()
+    noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
+    alpha = _per_sample_uniform(r, generator)
+    x = r + alpha * (perturbation * r.std(correction=0) * noise)
+    return weight * _penalty_at(D, x, 1.0, d_args, d_kwargs, scaler).mean()
+
+
+def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
+    """Zero-centred GP (Thanh-Tung et al. 2019): ``weight * mean_i sum(g_i^2)`` on per-sample
+    interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
+    _checks.check_nonnegative(weight, "weight")
+    x = interpolates(real, fake, generator)
+    return weight * _penalty_at(D, x, 0.0, d_args, d_kwargs, scaler).mean()

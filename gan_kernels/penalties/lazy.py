@@ -1,0 +1,44 @@
+"""Lazy regularisation (StyleGAN2): run the penalty every ``interval`` steps only, scaled by
+``interval`` so its average strength is unchanged, and correct Adam for the extra steps."""
+
+
+def _check_interval(interval):
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+
+
+class LazyRegularizer:
+    """``lazy(step, penalty_fn, *args, **kwargs)`` returns ``interval * penalty_fn(*args, **kwargs)``
+    on steps where ``step % interval == 0``, else None (and does not call ``penalty_fn``)::
+
+        lazy = LazyRegularizer(16)
+        reg = lazy(step, gan_kernels.penalties.r1, D, real, gamma=10.0)
+        if reg is not None:
+            reg.backward()
+    """
+
+    def __init__(self, interval):
+        _check_interval(interval)
+        self.interval = interval
+
+    def due(self, step):
+        return step % self.interval == 0
+
+    def __call__(self, step, penalty_fn, *args, **kwargs):
+        if not self.due(step):
+            return None
+        return penalty_fn(*args, **kwargs) * self.interval
+
+    def adam_hyperparameters(self, lr, betas):
+        return lazy_adam_hyperparameters(lr, betas, self.interval)
+
+    def __repr__(self):
+        return f"LazyRegularizer(interval={self.interval})"
+
+
+def lazy_adam_hyperparameters(lr, betas, interval):
+    """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
+    ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
+    _check_interval(interval)
+    ratio = interval / (interval + 1)
+    return lr * ratio, tuple(beta**ratio for beta in betas)

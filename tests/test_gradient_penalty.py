@@ -1,0 +1,303 @@
+"""The per-sample penalty op: (||g_i|| - center)^2, sum(g_i^2) for center 0."""
+import pytest
+import torch
+from helpers import (
+    DEVICES,
+    FLOAT_DTYPES,
+    LAYOUTS,
+    OPS_REGISTERED,
+    assert_close,
+    make_4d,
+    requires_ops,
+    unregistered_autograd_is_an_error,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gan_kernels
+from gan_kernels import _backend, reference
+
+penalty_op = torch.ops.gan_kernels.gradient_penalty.default if OPS_REGISTERED else None
+penalty_backward_op = torch.ops.gan_kernels.gradient_penalty_backward.default if OPS_REGISTERED else None
+
+CENTERS = [0.0, 1.0, 0.5]
+
+
+def value_and_grad(fn, g, center, grad_out):
+    g = g.detach().requires_grad_()
+    out = fn(g, center)
+    (dg,) = torch.autograd.grad(out, g, grad_out)
+    return out, dg
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("center", CENTERS)
+def test_forward_and_backward_match_reference(device, dtype, layout, center):
+    torch.manual_seed(0)
+    g = make_4d((4, 6, 5, 7), layout, dtype, device)
+    grad_out = torch.randn(4, dtype=dtype, device=device)
+    out, dg = value_and_grad(gan_kernels.per_sample_penalty, g, center, grad_out)
+    out_ref, dg_ref = value_and_grad(reference.per_sample_penalty, g, center, grad_out)
+    assert out.shape == (4,) and out.dtype == dtype and dg.dtype == dtype
+    assert_close(out, out_ref)
+    assert_close(dg, dg_ref)
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_gradient_is_laid_out_like_g(device, layout, center):
+    g = make_4d((2, 3, 4, 5), layout, torch.float32, device)
+    grad = torch.randn(2, device=device)
+    dg = penalty_backward_op(grad, g, center)
+    assert dg.stride() == torch.empty_like(g).stride()
+    assert_close(dg, penalty_backward_op(grad, g.contiguous(), center))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_samples_larger_than_one_chunk(device, center):
+    # 3 * 80 * 80 = 19200 elements per sample: several reduction chunks on CPU and GPU.
+    torch.manual_seed(1)
+    g = torch.randn(3, 3, 80, 80, dtype=torch.float64, device=device)
+    grad_out = torch.randn(3, dtype=torch.float64, device=device)
+    out, dg = value_and_grad(gan_kernels.per_sample_penalty, g, center, grad_out)
+    out_ref, dg_ref = value_and_grad(reference.per_sample_penalty, g, center, grad_out)
+    assert_close(out, out_ref)
+    assert_close(dg, dg_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_accumulates_in_float(device, dtype):
+    # 4096 squares near 1: an fp16/bf16 accumulator stalls far below the true sum (~4096).
+    torch.manual_seed(2)
+    g = (1 + 0.1 * torch.rand(2, 4096, device=device)).to(dtype)
+    out = gan_kernels.per_sample_penalty(g, 0.0)
+    expected = g.double().square().sum(1).to(dtype)
+    assert_close(out, expected, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_center_zero_is_the_plain_sum_of_squares(device):
+    torch.manual_seed(3)
+    g = torch.randn(5, 3, 4, 4, dtype=torch.float64, device=device)
+    assert_close(gan_kernels.per_sample_penalty(g, 0.0), g.square().sum(dim=[1, 2, 3]))
+    norm = g.flatten(1).norm(dim=1)
+    assert_close(gan_kernels.per_sample_penalty(g, 1.0), (norm - 1).square())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_gradcheck_and_gradgradcheck(device, layout, center):
+    torch.manual_seed(4)
+    g = make_4d((3, 2, 3, 2), layout, torch.float64, device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: gan_kernels.per_sample_penalty(t, center), (g,))
+    assert torch.autograd.gradgradcheck(lambda t: gan_kernels.per_sample_penalty(t, center), (g,))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_gradcheck_and_gradgradcheck_of_the_backward_op(device, center):
+    torch.manual_seed(5)
+    grad = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+
+    def backward_op(grad_, g_):
+        return penalty_backward_op(grad_, g_, center)
+
+    assert torch.autograd.gradcheck(backward_op, (grad, g))
+    assert torch.autograd.gradgradcheck(backward_op, (grad, g))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [1.0, 0.5])  # for center 0 the penalty is quadratic: no third derivative
+def test_third_derivative_matches_reference(device, center):
+    torch.manual_seed(6)
+    g0 = torch.randn(3, 4, 2, 2, dtype=torch.float64, device=device)
+    w1 = torch.randn(3, dtype=torch.float64, device=device)
+    w2, w3 = torch.randn_like(g0), torch.randn_like(g0)
+
+    def third(fn):
+        g = g0.clone().requires_grad_()
+        (d1,) = torch.autograd.grad((fn(g, center) * w1).sum(), g, create_graph=True)
+        (d2,) = torch.autograd.grad((d1 * w2).sum(), g, create_graph=True)
+        (d3,) = torch.autograd.grad((d2 * w3).sum(), g)
+        return d3
+
+    assert_close(third(gan_kernels.per_sample_penalty), third(reference.per_sample_penalty))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+@pytest.mark.parametrize(
+    "fn", [gan_kernels.per_sample_penalty, reference.per_sample_penalty], ids=["ours", "reference"]
+)
+def test_zero_rows_give_finite_derivatives_of_every_order(device, center, fn):
+    torch.manual_seed(7)
+    g = torch.randn(3, 4, 3, dtype=torch.float64, device=device)
+    g[1] = 0
+    g.requires_grad_()
+    out = fn(g, center)
+    assert out[1].item() == center**2
+    (d1,) = torch.autograd.grad(out.sum(), g, create_graph=True)
+    (d2,) = torch.autograd.grad((d1 * torch.randn_like(g)).sum(), g, create_graph=center != 0)
+    derivatives = [d1, d2]
+    if center != 0:  # for center 0 the penalty is quadratic: d2 is constant
+        (d3,) = torch.autograd.grad((d2 * torch.randn_like(g)).sum(), g)
+        derivatives.append(d3)
+    for d in derivatives:
+        assert torch.isfinite(d).all()
+    # The gradient of sum(g^2) is 2 g, i.e. 0 at g = 0; for center != 0 the undefined derivatives are 0.
+    assert (d1[1] == 0).all()
+    if center != 0:
+        assert (d2[1] == 0).all() and (d3[1] == 0).all()
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_opcheck(device, layout):
+    torch.manual_seed(8)
+    g = make_4d((2, 3, 3, 2), layout, torch.float32, device).requires_grad_()
+    grad = torch.randn(2, device=device, requires_grad=True)
+    torch.library.opcheck(penalty_op, (g, 1.0))
+    torch.library.opcheck(penalty_op, (g, 0.0))
+    torch.library.opcheck(penalty_backward_op, (grad, g, 1.0))
+    torch.library.opcheck(penalty_backward_op, (grad, g, 0.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_penalty_through_the_op_matches_reference(device, center):
+    """A penalty on a tiny D: every parameter gradient equals the reference path's, and no op on the
+    path lacks an autograd kernel."""
+    torch.manual_seed(9)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1).double().to(device)
+    head = torch.nn.Linear(4 * 4 * 4, 1).double().to(device)
+    params = [conv.weight, conv.bias, head.weight]  # head.bias does not reach the input gradient
+    x0 = torch.randn(4, 3, 4, 4, dtype=torch.float64, device=device)
+
+    def penalty_and_grads(per_sample):
+        x = x0.clone().requires_grad_()
+        logits = head(torch.tanh(conv(x)).flatten(1))  # smooth, so conv.bias reaches the gradient
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        penalty = per_sample(g, center).mean()
+        return penalty, torch.autograd.grad(penalty, params)
+
+    with unregistered_autograd_is_an_error():
+        penalty, param_grads = penalty_and_grads(gan_kernels.per_sample_penalty)
+    penalty_ref, param_grads_ref = penalty_and_grads(reference.per_sample_penalty)
+    assert_close(penalty, penalty_ref)
+    for got, want in zip(param_grads, param_grads_ref):
+        assert want.abs().sum() > 0
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    torch.manual_seed(10)
+    g = torch.randn(4, 3, 6, 6, device=device, requires_grad=True)
+    compiled = torch.compile(lambda t: gan_kernels.per_sample_penalty(t, 1.0).mean(), fullgraph=True)
+    out = compiled(g)
+    (dg,) = torch.autograd.grad(out, g)
+    out_ref = reference.per_sample_penalty(g, 1.0).mean()
+    (dg_ref,) = torch.autograd.grad(out_ref, g)
+    torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dg, dg_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+@pytest.mark.parametrize("shape", [(0, 3, 2), (3, 0, 2), (1,), (5,), (3, 1, 1, 1), (1, 7, 1)])
+def test_empty_and_odd_shapes(device, center, shape):
+    torch.manual_seed(11)
+    g = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    out = gan_kernels.per_sample_penalty(g, center)
+    assert out.shape == shape[:1]
+    assert_close(out, reference.per_sample_penalty(g, center))
+    (dg,) = torch.autograd.grad(out.sum(), g, allow_unused=True, materialize_grads=True)
+    (dg_ref,) = torch.autograd.grad(reference.per_sample_penalty(g, center).sum(), g, materialize_grads=True)
+    assert dg.shape == g.shape
+    assert_close(dg, dg_ref)
+
+
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_deterministic_whatever_the_thread_count(center):
+    torch.manual_seed(12)
+    g = torch.randn(4, 5, 70, 70)  # several reduction chunks per sample
+    grad_out = torch.randn(4)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 1):
+            torch.set_num_threads(n)
+            results.append(value_and_grad(gan_kernels.per_sample_penalty, g, center, grad_out))
+    finally:
+        torch.set_num_threads(threads)
+    for out, dg in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(dg, results[0][1])
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_public_function_runs_the_compiled_ops():
+    g = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with torch.autograd.profiler.profile() as prof:
+        gan_kernels.per_sample_penalty(g).sum().backward()
+    names = {event.name for event in prof.function_events}
+    assert {"gan_kernels::gradient_penalty", "gan_kernels::gradient_penalty_backward"} <= names
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((torch.ones(2, 3, dtype=torch.int64),), TypeError, "g must be float64, float32, float16 or bfloat16"),
+        (([1.0, 2.0],), TypeError, "g must be a torch.Tensor"),
+        ((torch.tensor(1.0),), ValueError, "g must have a batch dimension"),
+        ((torch.randn(2, 3), -1.0), ValueError, "center must be a finite number >= 0, got -1.0"),
+        ((torch.randn(2, 3), float("inf")), ValueError, "center must be a finite number >= 0, got inf"),
+    ],
+)
+def test_bad_input_names_the_argument(args, error, match):
+    with pytest.raises(error, match=match):
+        gan_kernels.per_sample_penalty(*args)
+
+
+@requires_ops
+def test_bad_input_to_the_ops_names_the_argument():
+    g = torch.randn(2, 3)
+    with pytest.raises(TypeError, match="g must be float64, float32, float16 or bfloat16"):
+        penalty_op(torch.ones(2, 3, dtype=torch.int32), 1.0)
+    with pytest.raises(ValueError, match="g must have a batch dimension"):
+        penalty_op(torch.tensor(1.0), 1.0)
+    with pytest.raises(ValueError, match="center must be a finite number >= 0, got -1"):
+        penalty_op(g, -1.0)
+    with pytest.raises(ValueError, match=r"grad has shape \[3\] but expected \[2\], one value per sample of g"):
+        penalty_backward_op(torch.randn(3), g, 1.0)
+    with pytest.raises(ValueError, match=r"grad has shape \[2, 1\] but expected \[2\]"):
+        penalty_backward_op(torch.randn(2, 1), g, 1.0)
+    with pytest.raises(TypeError, match="grad has dtype Double but g has dtype Float"):
+        penalty_backward_op(torch.randn(2, dtype=torch.float64), g, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    center=st.sampled_from([0.0, 1.0, 2.5]),
+    data=st.data(),
+)
+def test_random_shapes_and_layouts_match_reference(shape, center, data):
+    order = data.draw(st.permutations(range(len(shape))), label="memory order")
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    g = torch.randn([shape[i] for i in order], dtype=torch.float64).permute([order.index(i) for i in range(len(shape))])
+    grad_out = torch.randn(shape[0], dtype=torch.float64)
+    out, dg = value_and_grad(gan_kernels.per_sample_penalty, g, center, grad_out)
+    out_ref, dg_ref = value_and_grad(reference.per_sample_penalty, g, center, grad_out)
+    assert_close(out, out_ref)
+    assert_close(dg, dg_ref)

@@ -1,0 +1,281 @@
+"""gan_kernels.penalties: gradient_penalty, the WGAN-GP / R1 / R2 / DRAGAN / zero-centred helpers and
+lazy regularisation, against the textbook pure-PyTorch computation on small discriminators."""
+import pytest
+import torch
+from helpers import DEVICES, assert_close, unregistered_autograd_is_an_error
+
+import gan_kernels
+from gan_kernels import penalties
+
+SHAPE = (4, 3, 4, 4)
+CLASSES = 3
+
+
+class Conditional(torch.nn.Module):
+    """Projection discriminator: D(x, labels, scale=...) = scale * (head(phi(x)) + <embed(labels), phi(x)>)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.Softplus())
+        self.head = torch.nn.Linear(16, 1)
+        self.embed = torch.nn.Embedding(CLASSES, 16)
+
+    def forward(self, x, labels, scale=1.0):
+        phi = self.features(x)
+        return scale * (self.head(phi).squeeze(1) + (self.embed(labels) * phi).sum(1))
+
+
+def make_discriminator(kind):
+    torch.manual_seed(100)
+    if kind == "mlp":
+        d = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.LeakyReLU(0.2), torch.nn.Linear(16, 16),
+            torch.nn.Softplus(), torch.nn.Linear(16, 1),
+        )
+    elif kind == "conv_pixelnorm":
+        d = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LeakyReLU(0.2), gan_kernels.nn.PixelNorm(),
+            torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+            torch.nn.Linear(8 * 2 * 2, 1),
+        )
+    elif kind == "patch":  # returns a [N, 1, 2, 2] map: summed per sample
+        d = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.Conv2d(4, 1, 2, stride=2)
+        )
+    elif kind == "conditional":
+        d = Conditional()
+    else:
+        raise ValueError(kind)
+    return d.double()
+
+
+D_KINDS = ["mlp", "conv_pixelnorm", "patch", "conditional"]
+
+
+def d_arguments(kind, n):
+    if kind == "conditional":
+        return (torch.arange(n) % CLASSES,), {"scale": 0.7}
+    return (), {}
+
+
+def textbook_penalty(D, x, center, d_args, d_kwargs):
+    """The usual hand-written penalty: grad of the summed outputs, norm (or squared norm) per sample."""
+    x = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(D(x, *d_args, **d_kwargs).sum(), x, create_graph=True)
+    g = g.flatten(1)
+    return (g.norm(dim=1) - center).square() if center else g.square().sum(1)
+
+
+def uniform_per_sample(x, generator):
+    return torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, generator=generator)
+
+
+def textbook(helper, D, real, fake, seed, d_args, d_kwargs):
+    """Each helper written out by hand, drawing its randomness in the documented order."""
+    gen = torch.Generator().manual_seed(seed)
+    if helper == "wgan_gp":
+        eps = uniform_per_sample(real, gen)
+        return 10.0 * textbook_penalty(D, eps * real + (1 - eps) * fake, 1.0, d_args, d_kwargs).mean()
+    if helper == "r1":
+        return 5.0 / 2 * textbook_penalty(D, real, 0.0, d_args, d_kwargs).mean()
+    if helper == "r2":
+        return 0.3 / 2 * textbook_penalty(D, fake, 0.0, d_args, d_kwargs).mean()
+    if helper == "dragan":
+        noise = torch.rand(real.shape, dtype=real.dtype, generator=gen)
+        alpha = uniform_per_sample(real, gen)
+        x = real + alpha * (0.5 * real.std(correction=0) * noise)
+        return 7.0 * textbook_penalty(D, x, 1.0, d_args, d_kwargs).mean()
+    if helper == "zero_centered_gp":
+        eps = uniform_per_sample(real, gen)
+        return 2.0 * textbook_penalty(D, eps * real + (1 - eps) * fake, 0.0, d_args, d_kwargs).mean()
+    raise ValueError(helper)
+
+
+def ours(helper, D, real, fake, seed, d_args, d_kwargs, **extra):
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(d_args=d_args, d_kwargs=d_kwargs, **extra)
+    if helper == "wgan_gp":
+        return penalties.wgan_gp(D, real, fake, generator=gen, **kw)
+    if helper == "r1":
+        return penalties.r1(D, real, 5.0, **kw)
+    if helper == "r2":
+        return penalties.r2(D, fake, 0.3, **kw)
+    if helper == "dragan":
+        return penalties.dragan(D, real, 7.0, generator=gen, **kw)
+    if helper == "zero_centered_gp":
+        return penalties.zero_centered_gp(D, real, fake, 2.0, generator=gen, **kw)
+    raise ValueError(helper)
+
+
+HELPERS = ["wgan_gp", "r1", "r2", "dragan", "zero_centered_gp"]
+
+
+def loss_and_param_grads(loss, D):
+    params = [p for p in D.parameters()]
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("kind", D_KINDS)
+@pytest.mark.parametrize("helper", HELPERS)
+def test_helper_matches_the_textbook_computation(helper, kind):
+    D = make_discriminator(kind)
+    torch.manual_seed(1)
+    real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
+    d_args, d_kwargs = d_arguments(kind, SHAPE[0])
+    with unregistered_autograd_is_an_error():
+        loss, grads = loss_and_param_grads(ours(helper, D, real, fake, 7, d_args, d_kwargs), D)
+    loss_ref, grads_ref = loss_and_param_grads(textbook(helper, D, real, fake, 7, d_args, d_kwargs), D)
+    assert loss.shape == () and loss > 0
+    assert_close(loss, loss_ref)
+    assert sum(g.abs().sum() for g in grads_ref) > 0
+    for got, want in zip(grads, grads_ref):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("helper", HELPERS)
+def test_zero_gradient_rows_stay_finite(helper):
+    torch.manual_seed(2)
+    model = make_discriminator("conv_pixelnorm")
+    mask = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)[:, None]
+
+    def D(x):  # samples 1 and 3 do not influence the output: their input gradients are exactly 0
+        return model(x) * mask
+
+    real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
+    loss, grads = loss_and_param_grads(ours(helper, D, real, fake, 3, (), None), model)
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_gradient_penalty_reuses_outputs_the_caller_has():
+    """StyleGAN's R1: the real logits feed both the main loss and the penalty."""
+    D = make_discriminator("conv_pixelnorm")
+    torch.manual_seed(3)
+    real = torch.randn(SHAPE, dtype=torch.float64).requires_grad_()
+    logits = D(real)
+    r1 = gan_kernels.gradient_penalty(logits, real, center=0.0)
+    assert r1.shape == (SHAPE[0],)
+    assert_close(r1, textbook_penalty(D, real, 0.0, (), {}))
+    loss = torch.nn.functional.softplus(-logits).mean() + 5.0 * r1.mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.parameters())
+
+
+def test_helpers_leave_the_callers_tensors_alone():
+    D = make_discriminator("mlp")
+    G = torch.nn.Linear(48, 48).double()
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    fake = G(torch.randn(4, 48, dtype=torch.float64)).view(SHAPE)  # part of G's graph
+    penalties.wgan_gp(D, real, fake).backward()
+    penalties.r1(D, real, 1.0).backward()
+    assert not real.requires_grad and real.grad is None
+    assert G.weight.grad is None  # the penalty trains D only
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grad_scaler_follows_the_amp_recipe(device):
+    """Gradient of the scaled outputs, unscaled, then the penalty: the same as without scaling."""
+    D = make_discriminator("conv_pixelnorm").to(device)
+    torch.manual_seed(4)
+    real = torch.randn(SHAPE, dtype=torch.float64, device=device)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
+    assert_close(penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D, real, 10.0))
+    x = real.clone().requires_grad_()
+    assert_close(gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler), gan_kernels.gradient_penalty(D(x), x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_autocast_path_matches_float32(device):
+    low = torch.float16 if device == "cuda" else torch.bfloat16
+    torch.manual_seed(5)
+    D = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Softplus(), torch.nn.Flatten(), torch.nn.Linear(16 * 16, 1)
+    ).to(device)
+    real = torch.randn(SHAPE, device=device)
+    fake = torch.randn(SHAPE, device=device)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**10)
+    with torch.autocast(device, dtype=low):
+        r1_amp = penalties.r1(D, real, 10.0, scaler=scaler)
+        gp_amp = penalties.wgan_gp(D, real, fake, scaler=scaler, generator=torch.Generator(device).manual_seed(0))
+    r1_fp32 = penalties.r1(D, real, 10.0)
+    gp_fp32 = penalties.wgan_gp(D, real, fake, generator=torch.Generator(device).manual_seed(0))
+    assert r1_amp.dtype == torch.float32  # the gradient w.r.t. the fp32 input is fp32
+    # Stated tolerance: a few ulps of the low-precision convolution and matmul.
+    tol = dict(rtol=5e-2, atol=1e-3) if low == torch.bfloat16 else dict(rtol=1e-2, atol=1e-4)
+    torch.testing.assert_close(r1_amp, r1_fp32, **tol)
+    torch.testing.assert_close(gp_amp, gp_fp32, **tol)
+
+
+def test_lazy_regularizer_applies_every_interval_steps_scaled_by_it():
+    lazy = penalties.LazyRegularizer(4)
+    calls = []
+
+    def penalty(value):
+        calls.append(value)
+        return torch.tensor(value)
+
+    results = [lazy(step, penalty, 1.5) for step in range(9)]
+    assert calls == [1.5, 1.5, 1.5]
+    assert [r is not None for r in results] == [step % 4 == 0 for step in range(9)]
+    assert results[4].item() == 6.0
+    assert "interval=4" in repr(lazy)
+
+
+def test_lazy_adam_correction_is_stylegan2s():
+    # StyleGAN2, D with R1 every 16 steps: lr 0.0025 and betas (0, 0.99) become lr * 16/17, beta ** (16/17).
+    lr, betas = penalties.lazy_adam_hyperparameters(0.0025, (0.0, 0.99), 16)
+    assert lr == pytest.approx(0.0025 * 16 / 17)
+    assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
+    assert penalties.LazyRegularizer(16).adam_hyperparameters(0.0025, (0.0, 0.99)) == (lr, betas)
+
+
+def test_lazy_r1_step():
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    reg = penalties.LazyRegularizer(16)(0, penalties.r1, D, real, 10.0)
+    assert_close(reg, 16 * penalties.r1(D, real, 10.0))
+
+
+def constant_d(x):
+    return torch.ones(x.shape[0], dtype=x.dtype)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r.detach()), ValueError,
+         "inputs does not require grad"),
+        (lambda D, r, f: gan_kernels.gradient_penalty(D(f), r.requires_grad_()), ValueError,
+         "outputs does not depend on inputs"),
+        (lambda D, r, f: gan_kernels.gradient_penalty(D(f.requires_grad_()), r.requires_grad_()), ValueError,
+         "outputs does not depend on inputs"),
+        (lambda D, r, f: penalties.r1(constant_d, r, 1.0), ValueError, "outputs does not depend on inputs"),
+        (lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r, center=-1.0), ValueError,
+         "center must be a finite number >= 0, got -1.0"),
+        (lambda D, r, f: gan_kernels.gradient_penalty([1.0], r), TypeError, "outputs must be a torch.Tensor"),
+        (lambda D, r, f: penalties.r1(D, r.long(), 1.0), TypeError, "real must be float64, float32, float16"),
+        (lambda D, r, f: penalties.r2(D, f.long(), 1.0), TypeError, "fake must be float64, float32, float16"),
+        (lambda D, r, f: penalties.wgan_gp(D, r, f[:2]), ValueError,
+         r"fake has shape \[2, 3, 4, 4\] but real has shape \[4, 3, 4, 4\]"),
+        (lambda D, r, f: penalties.zero_centered_gp(D, r, f.float(), 1.0), TypeError,
+         "fake has dtype torch.float32 but real has dtype torch.float64"),
+        (lambda D, r, f: penalties.wgan_gp(D, r, f.to("meta")), ValueError, "fake is on meta but real is on cpu"),
+        (lambda D, r, f: penalties.wgan_gp(D, r, f, weight=-10.0), ValueError, "weight must be a finite number >= 0"),
+        (lambda D, r, f: penalties.r1(D, r, -1.0), ValueError, "gamma must be a finite number >= 0, got -1.0"),
+        (lambda D, r, f: penalties.r2(D, f, float("nan")), ValueError, "gamma must be a finite number >= 0"),
+        (lambda D, r, f: penalties.dragan(D, r, 10.0, perturbation=-0.5), ValueError,
+         "perturbation must be a finite number >= 0"),
+        (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
+        (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
+        (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be an integer >= 1, got 0"),
+        (lambda D, r, f: penalties.lazy_adam_hyperparameters(1e-3, (0.0, 0.99), 2.5), ValueError,
+         "interval must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_bad_input_names_the_argument(call, error, match):
+    D = make_discriminator("mlp")
+    real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        call(D, real, fake)
