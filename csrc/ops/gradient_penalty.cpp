@@ -9,8 +9,9 @@
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/gradient_penalty.h"
 #endif
@@ -94,7 +95,7 @@ void gradient_penalty_cuda(at::Tensor& out, const at::Tensor& g, const at::Tenso
                                      view.per_sample,
                                      center,
                                      cuda_dtype(g.scalar_type())};
-  C10_CUDA_CHECK(launch_gradient_penalty(params, at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_CHECK(launch_gradient_penalty(params, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
 
