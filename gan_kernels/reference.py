@@ -14,3 +14,44 @@ def pixel_norm(x, dim=1, eps=1e-8):
     """ProGAN's PixelNorm, StyleGAN's ``normalize_2nd_moment``: ``x * rsqrt(mean(x^2, dim) + eps)``."""
     xc = x.to(_compute_dtype(x))
     return (xc * (xc.square().mean(dim=dim, keepdim=True) + eps).rsqrt()).to(x.dtype)
+
+
+# --- spectral norm -------------------------------------------------------------------------------
+# torch.nn.utils.parametrizations.spectral_norm, batched over lists of weights. A weight is seen as
+# the matrix with `dim` moved first and the other dims flattened, as PyTorch's _SpectralNorm does.
+
+
+def spectral_weight_matrix(weight, dim):
+    """``weight`` as PyTorch's spectral norm sees it: ``dim`` first, the rest flattened."""
+    if dim != 0:
+        weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
+    return weight.flatten(1)
+
+
+def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, eps):
+    """Updates every ``us[i]``, ``vs[i]`` in place by ``n_power_iterations`` steps of
+    ``u = normalize(W v)``, ``v = normalize(W^T u)`` (``normalize(x) = x / max(||x||, eps)``) and
+    returns the sigmas ``u . (W v)`` as one 1-D tensor. Not differentiable: u, v and sigma are
+    constants for autograd, as in PyTorch; spectral_norm_normalize carries sigma's derivative."""
+    sigmas = []
+    for weight, u, v, dim in zip(weights, us, vs, dims):
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            matrix = spectral_weight_matrix(weight, dim)
+            for _ in range(n_power_iterations):
+                torch.nn.functional.normalize(torch.mv(matrix, v), dim=0, eps=eps, out=u)
+                torch.nn.functional.normalize(torch.mv(matrix.H, u), dim=0, eps=eps, out=v)
+            sigmas.append(torch.vdot(u, torch.mv(matrix, v)))
+    if not sigmas:
+        return torch.empty(0)
+    return torch.stack(sigmas)
+
+
+def spectral_norm_normalize(weights, us, vs, dims):
+    """``W / sigma`` with ``sigma = u . (W v)`` for each weight, differentiable in W (u, v constant):
+    PyTorch's _SpectralNorm.forward, whose backward is ``(G - <G, W/sigma> u v^T) / sigma``."""
+    out = []
+    for weight, u, v, dim in zip(weights, us, vs, dims):
+        with torch.autocast(weight.device.type, enabled=False):
+            sigma = torch.vdot(u, torch.mv(spectral_weight_matrix(weight, dim), v))
+            out.append(weight / sigma)
+    return out

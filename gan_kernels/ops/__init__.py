@@ -1,11 +1,14 @@
 """Public functional ops: each picks the compiled op or its reference (see gan_kernels.backend())."""
 from .. import _backend
 from . import pixel_norm as _pixel_norm
+from . import spectral_norm as _spectral_norm
 from .pixel_norm import pixel_norm
+from .spectral_norm import spectral_norm_normalize, spectral_norm_power_iteration_
 
 if _backend._C is not None:
     # Registered whenever _C is loaded, also under GAN_KERNELS_IMPL=reference, so that direct
     # torch.ops.gan_kernels calls stay differentiable and traceable.
     _pixel_norm.register()
+    _spectral_norm.register()
 
-__all__ = ["pixel_norm"]
+__all__ = ["pixel_norm", "spectral_norm_normalize", "spectral_norm_power_iteration_"]
