@@ -36,11 +36,13 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, ep
     sigmas = []
     for weight, u, v, dim in zip(weights, us, vs, dims):
         with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-            matrix = spectral_weight_matrix(weight, dim)
+            compute = _compute_dtype(weight)
+            matrix = spectral_weight_matrix(weight, dim).to(compute)
             for _ in range(n_power_iterations):
-                torch.nn.functional.normalize(torch.mv(matrix, v), dim=0, eps=eps, out=u)
-                torch.nn.functional.normalize(torch.mv(matrix.H, u), dim=0, eps=eps, out=v)
-            sigmas.append(torch.vdot(u, torch.mv(matrix, v)))
+                # Stored in the buffers' dtype after each half step, as the kernels do.
+                u.copy_(torch.nn.functional.normalize(torch.mv(matrix, v.to(compute)), dim=0, eps=eps))
+                v.copy_(torch.nn.functional.normalize(torch.mv(matrix.H, u.to(compute)), dim=0, eps=eps))
+            sigmas.append(torch.vdot(u.to(compute), torch.mv(matrix, v.to(compute))).to(weight.dtype))
     if not sigmas:
         return torch.empty(0)
     return torch.stack(sigmas)
@@ -52,6 +54,12 @@ def spectral_norm_normalize(weights, us, vs, dims):
     out = []
     for weight, u, v, dim in zip(weights, us, vs, dims):
         with torch.autocast(weight.device.type, enabled=False):
-            sigma = torch.vdot(u, torch.mv(spectral_weight_matrix(weight, dim), v))
-            out.append(weight / sigma)
+            compute = _compute_dtype(weight)
+            wc = weight.to(compute)
+            sigma = torch.vdot(u.to(compute), torch.mv(spectral_weight_matrix(wc, dim), v.to(compute)))
+            if compute != weight.dtype:
+                # sigma takes the weight's dtype (as the power iteration returns it) in value
+                # only: its derivative stays unrounded, as in the kernels.
+                sigma = sigma + (sigma.to(weight.dtype).to(compute) - sigma).detach()
+            out.append((wc / sigma).to(weight.dtype))
     return out
