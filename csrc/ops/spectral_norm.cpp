@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -129,6 +130,75 @@ std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList 
   return out;
 }
 
+#ifdef WITH_CUDA
+at::ScalarType accumulator_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The layers [begin, end) as the CUDA params' table; out and grads may be empty.
+SpectralParams cuda_params(const std::vector<SpectralLayer>& layers, size_t begin, size_t end,
+                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out) {
+  SpectralParams p{};
+  p.count = static_cast<int>(end - begin);
+  p.dtype = cuda_dtype(layers[begin].weight.scalar_type());
+  int64_t offset = 0;
+  for (size_t l = begin; l < end; ++l) {
+    const SpectralLayer& layer = layers[l];
+    p.layers[l - begin] = {layer.weight.const_data_ptr(),
+                           layer.u.data_ptr(),
+                           layer.v.data_ptr(),
+                           grads.empty() ? nullptr : grads[l].const_data_ptr(),
+                           out.empty() ? nullptr : out[l].data_ptr(),
+                           layer.view.outer,
+                           layer.view.channels,
+                           layer.view.inner,
+                           offset};
+    offset += layer.view.channels + layer.view.outer * layer.view.inner;
+  }
+  return p;
+}
+
+void spectral_power_iteration_cuda(const std::vector<SpectralLayer>& layers, at::Tensor& sigmas,
+                                   int64_t n_power_iterations, double eps) {
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  std::vector<at::Tensor> none;
+  for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
+    const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
+    SpectralParams p = cuda_params(layers, begin, end, none, none);
+    int64_t accumulators = 0;
+    for (size_t l = begin; l < end; ++l) accumulators += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
+    const at::Tensor workspace = at::empty({accumulators}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
+    p.workspace = workspace.data_ptr();
+    p.sigmas = static_cast<char*>(sigmas.data_ptr()) + begin * sigmas.element_size();
+    p.n_power_iterations = n_power_iterations;
+    p.eps = eps;
+    C10_CUDA_CHECK(launch_spectral_power_iteration(p, at::cuda::getCurrentCUDAStream()));
+  }
+}
+
+void spectral_normalize_cuda(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
+                             const at::Tensor& sigmas, std::vector<at::Tensor>& out) {
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  // Enough blocks per layer to fill the GPU for the largest weight; few enough that the backward's
+  // per-block partial sums stay a short fixed-order loop.
+  constexpr int64_t kElementsPerBlock = 512 * 8;
+  constexpr int64_t kMaxBlocksPerLayer = 256;
+  for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
+    const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
+    SpectralParams p = cuda_params(layers, begin, end, grads, out);
+    int64_t largest = 1;
+    for (size_t l = begin; l < end; ++l) largest = std::max(largest, layers[l].weight.numel());
+    p.blocks_per_layer = static_cast<int>(std::min(kMaxBlocksPerLayer, (largest + kElementsPerBlock - 1) / kElementsPerBlock));
+    p.backward = !grads.empty();
+    at::Tensor workspace;
+    if (p.backward) {
+      workspace = at::empty({p.count * p.blocks_per_layer}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
+      p.workspace = workspace.data_ptr();
+    }
+    p.sigmas = const_cast<char*>(static_cast<const char*>(sigmas.const_data_ptr())) + begin * sigmas.element_size();
+    C10_CUDA_CHECK(launch_spectral_normalize(p, at::cuda::getCurrentCUDAStream()));
+  }
+}
+#endif
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -149,5 +219,13 @@ TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cpu>);
   m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cpu>);
 }
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+  m.impl("spectral_norm_power_iteration_", &power_iteration<spectral_power_iteration_cuda>);
+  m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cuda>);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cuda>);
+}
+#endif
 
 }  // namespace gan_kernels
