@@ -352,6 +352,27 @@ def test_gradcheck_and_gradgradcheck_of_the_normalised_weight(device):
     assert torch.autograd.gradgradcheck(fn, leaves)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batched", [False, True])
+def test_gradcheck_through_a_layer_in_training_with_u_v_reset(device, batched):
+    """As PyTorch's own test: every call iterates (training), from the same u, v."""
+    torch.manual_seed(14)
+    layer = spectral_norm(torch.nn.Conv2d(2, 3, 2).to(device, torch.float64))
+    model = torch.nn.Sequential(layer)
+    if batched:
+        batch_spectral_norm(model)
+    u0, v0 = (b.clone() for b in buffers(layer))
+
+    def fn(x):
+        buffers(layer)[0].copy_(u0)
+        buffers(layer)[1].copy_(v0)
+        return model(x)
+
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
 @requires_ops
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradgradcheck_of_the_backward_op(device):

@@ -2,6 +2,7 @@
 grouping that runs the power iterations of every such layer of a model as one batched op call."""
 import torch
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
 from .. import _checks
 from ..ops.spectral_norm import (
@@ -78,7 +79,7 @@ def _is_spectrally_normalised(module, name):
     if not parametrize.is_parametrized(module, name):
         return False
     return any(
-        isinstance(p, SpectralNorm) or type(p).__name__ == "_SpectralNorm" for p in module.parametrizations[name]
+        isinstance(p, (SpectralNorm, _TorchSpectralNorm)) for p in module.parametrizations[name]
     )
 
 
