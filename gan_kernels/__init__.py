@@ -3,7 +3,7 @@ import torch  # noqa: F401  (must be loaded before the compiled extension)
 
 from . import nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
-from .ops import per_sample_penalty, pixel_norm
+from .ops import per_sample_penalty, pixel_norm, spectral_norm_normalize, spectral_norm_power_iteration_
 from .penalties import gradient_penalty
 
 __version__ = "0.1.0"
@@ -18,4 +18,6 @@ __all__ = [
     "per_sample_penalty",
     "pixel_norm",
     "reference",
+    "spectral_norm_normalize",
+    "spectral_norm_power_iteration_",
 ]

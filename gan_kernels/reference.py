@@ -38,3 +38,50 @@ def gradient_penalty(outputs, inputs, center=1.0):
     """Per-sample penalty of ``g = d(sum(outputs))/d(inputs)``, differentiable (create_graph)."""
     (g,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
     return per_sample_penalty(g, center)
+# --- spectral norm -------------------------------------------------------------------------------
+# torch.nn.utils.parametrizations.spectral_norm, batched over lists of weights. A weight is seen as
+# the matrix with `dim` moved first and the other dims flattened, as PyTorch's _SpectralNorm does.
+
+
+def spectral_weight_matrix(weight, dim):
+    """``weight`` as PyTorch's spectral norm sees it: ``dim`` first, the rest flattened."""
+    if dim != 0:
+        weight = weight.permute(dim, *(d for d in range(weight.dim()) if d != dim))
+    return weight.flatten(1)
+
+
+def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, eps):
+    """Updates every ``us[i]``, ``vs[i]`` in place by ``n_power_iterations`` steps of
+    ``u = normalize(W v)``, ``v = normalize(W^T u)`` (``normalize(x) = x / max(||x||, eps)``) and
+    returns the sigmas ``u . (W v)`` as one 1-D tensor. Not differentiable: u, v and sigma are
+    constants for autograd, as in PyTorch; spectral_norm_normalize carries sigma's derivative."""
+    sigmas = []
+    for weight, u, v, dim in zip(weights, us, vs, dims):
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            compute = _compute_dtype(weight)
+            matrix = spectral_weight_matrix(weight, dim).to(compute)
+            for _ in range(n_power_iterations):
+                # Stored in the buffers' dtype after each half step, as the kernels do.
+                u.copy_(torch.nn.functional.normalize(torch.mv(matrix, v.to(compute)), dim=0, eps=eps))
+                v.copy_(torch.nn.functional.normalize(torch.mv(matrix.H, u.to(compute)), dim=0, eps=eps))
+            sigmas.append(torch.vdot(u.to(compute), torch.mv(matrix, v.to(compute))).to(weight.dtype))
+    if not sigmas:
+        return torch.empty(0)
+    return torch.stack(sigmas)
+
+
+def spectral_norm_normalize(weights, us, vs, dims):
+    """``W / sigma`` with ``sigma = u . (W v)`` for each weight, differentiable in W (u, v constant):
+    PyTorch's _SpectralNorm.forward, whose backward is ``(G - <G, W/sigma> u v^T) / sigma``."""
+    out = []
+    for weight, u, v, dim in zip(weights, us, vs, dims):
+        with torch.autocast(weight.device.type, enabled=False):
+            compute = _compute_dtype(weight)
+            wc = weight.to(compute)
+            sigma = torch.vdot(u.to(compute), torch.mv(spectral_weight_matrix(wc, dim), v.to(compute)))
+            if compute != weight.dtype:
+                # sigma takes the weight's dtype (as the power iteration returns it) in value
+                # only: its derivative stays unrounded, as in the kernels.
+                sigma = sigma + (sigma.to(weight.dtype).to(compute) - sigma).detach()
+            out.append((wc / sigma).to(weight.dtype))
+    return out

@@ -1,4 +1,20 @@
 """Drop-in layers for existing PyTorch GANs."""
 from .pixel_norm import PixelNorm
+from .spectral_norm import (
+    SpectralNorm,
+    SpectralNormGroup,
+    batch_spectral_norm,
+    spectral_norm,
+    spectral_norm_layers,
+    spectral_sigmas,
+)
 
-__all__ = ["PixelNorm"]
+__all__ = [
+    "PixelNorm",
+    "SpectralNorm",
+    "SpectralNormGroup",
+    "batch_spectral_norm",
+    "spectral_norm",
+    "spectral_norm_layers",
+    "spectral_sigmas",
+]

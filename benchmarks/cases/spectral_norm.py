@@ -1,0 +1,131 @@
+"""Spectral norm: PyTorch's parametrization ("eager") against ours, batched over the model ("ours").
+
+Cases: the spectral-norm part of a training step (power iteration, normalisation and their
+backward for every layer of an SNGAN-ResNet-like D) and a whole WGAN-GP D step on that D. On CUDA
+it also prints the kernel launches of the spectral-norm work of one forward with 12 and 24 layers.
+torch.compile is not timed: the power iteration mutates buffers and the GP step needs double backward.
+"""
+import torch
+from harness import Case, dtype_name
+
+from gan_kernels.nn import batch_spectral_norm, spectral_norm
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+NOT_COMPILED = RuntimeError("not applicable: mutating power iteration / double backward")
+
+
+class DisBlock(torch.nn.Module):
+    """SNGAN's ResNet discriminator block: two 3x3 convs, optional 2x average-pool, 1x1 shortcut
+    when the shape changes."""
+
+    def __init__(self, cin, cout, normalise, downsample, first=False):
+        super().__init__()
+        self.first, self.downsample = first, downsample
+        self.c1 = normalise(torch.nn.Conv2d(cin, cout, 3, padding=1))
+        self.c2 = normalise(torch.nn.Conv2d(cout, cout, 3, padding=1))
+        self.shortcut = normalise(torch.nn.Conv2d(cin, cout, 1)) if cin != cout or downsample else None
+
+    def forward(self, x):
+        h = x if self.first else torch.relu(x)
+        h = self.c2(torch.relu(self.c1(h)))
+        s = x
+        if self.downsample:
+            h = torch.nn.functional.avg_pool2d(h, 2)
+        if self.shortcut is not None:
+            s = self.shortcut(torch.nn.functional.avg_pool2d(s, 2) if self.first else s)
+            if self.downsample and not self.first:
+                s = torch.nn.functional.avg_pool2d(s, 2)
+        return h + s
+
+
+class SNGANResNetD(torch.nn.Module):
+    """CIFAR-10 SNGAN ResNet D (Miyato et al.): 11 spectrally normalised layers at width 128."""
+
+    def __init__(self, normalise, width=128):
+        super().__init__()
+        self.blocks = torch.nn.Sequential(
+            DisBlock(3, width, normalise, True, first=True),
+            DisBlock(width, width, normalise, True),
+            DisBlock(width, width, normalise, False),
+            DisBlock(width, width, normalise, False),
+        )
+        self.head = normalise(torch.nn.Linear(width, 1))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.blocks(x)).sum(dim=(2, 3)))
+
+
+class NormalisedWeights(torch.nn.Module):
+    """Returns every spectrally normalised weight of a model: the spectral-norm work of one forward."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.owners = [m for m in model.modules() if hasattr(m, "parametrizations")]
+
+    def forward(self):
+        return [m.weight for m in self.owners]
+
+
+def make_d(normalise, device, dtype):
+    torch.manual_seed(0)
+    return SNGANResNetD(lambda layer: normalise(layer.to(device, dtype)))
+
+
+def gp_step(d, real, fake, eps):
+    def run():
+        d.zero_grad(set_to_none=True)
+        x_hat = (eps * real + (1 - eps) * fake).requires_grad_()
+        (g,) = torch.autograd.grad(d(x_hat).sum(), x_hat, create_graph=True)
+        penalty = 10 * (g.flatten(1).norm(dim=1) - 1).square().mean()
+        (d(fake).mean() - d(real).mean() + penalty).backward()
+
+    return run
+
+
+def launches(device, n_layers, normalise, batched):
+    """Kernel launches of the spectral-norm work of one training forward of n_layers conv layers."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[normalise(torch.nn.Conv2d(64, 64, 3).to(device)) for _ in range(n_layers)])
+    weights = NormalisedWeights(model)
+    if batched:
+        batch_spectral_norm(weights)
+    weights()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        weights()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def cases(device, quick, compile_fn):
+    dtype = torch.float32
+    out = []
+    models = {"eager": make_d(torch_spectral_norm, device, dtype), "ours": make_d(spectral_norm, device, dtype)}
+    batch_spectral_norm(models["ours"])
+    n_layers = len(NormalisedWeights(models["ours"]).owners)
+
+    def sn_part_run(model):
+        weights = NormalisedWeights(model)
+        if model is models["ours"]:
+            batch_spectral_norm(weights)
+        grads = [torch.randn_like(w) for w in weights()]
+        return lambda: torch.autograd.backward(weights(), grads)
+
+    out.append(Case("spectral_norm", f"sngan_d_{n_layers}_layers", dtype_name(dtype), "sn fwd+bwd",
+                    {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED,
+                     "ours": sn_part_run(models["ours"])}))
+    batch = 64 if device.type == "cuda" else 8  # CPU double backward of convs is slow: keep the run short
+    torch.manual_seed(1)
+    real, fake = (torch.randn(batch, 3, 32, 32, device=device, dtype=dtype) for _ in range(2))
+    eps = torch.rand(batch, 1, 1, 1, device=device, dtype=dtype)
+    if not quick:
+        out.append(Case("spectral_norm", f"sngan_d_{batch}x3x32x32", dtype_name(dtype), "wgan-gp step",
+                        {"eager": gp_step(models["eager"], real, fake, eps), "compile": NOT_COMPILED,
+                         "ours": gp_step(models["ours"], real, fake, eps)}))
+    if device.type == "cuda":
+        for n in (12, 24):
+            print(f"spectral_norm: kernel launches of the SN work of one forward with {n} SN layers: "
+                  f"ours {launches(device, n, spectral_norm, True)}, "
+                  f"PyTorch {launches(device, n, torch_spectral_norm, False)}")
+    return out

@@ -1,0 +1,232 @@
+// Contract of the batched spectral-norm ops: gan_kernels::spectral_norm_power_iteration_ (updates every
+// u, v in place and returns the sigmas), gan_kernels::spectral_norm_normalize (W / sigma for every
+// weight) and gan_kernels::spectral_norm_normalize_backward. Each takes whole lists, so the work of
+// all the spectrally normalised layers of a model is a constant number of kernel calls.
+// Autograd and fake kernels: gan_kernels/ops/spectral_norm.py.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cpu/spectral_norm.h"
+#include "ops/common.h"
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/spectral_norm.h"
+#endif
+
+namespace gan_kernels {
+namespace {
+
+std::string item(const char* list, size_t index) { return std::string(list) + "[" + std::to_string(index) + "]"; }
+
+void check_vector(const at::Tensor& t, const at::Tensor& weight, int64_t length, const std::string& arg,
+                  const std::string& weight_arg) {
+  TORCH_CHECK_VALUE(t.device() == weight.device(), arg, " is on ", t.device(), " but ", weight_arg, " is on ",
+                    weight.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), arg, " has dtype ", t.scalar_type(), " but ",
+                   weight_arg, " has dtype ", weight.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, arg, " must have shape [", length, "] to match ",
+                    weight_arg, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), arg, " must be contiguous");
+}
+
+// Checks the lists and describes each weight as the matrix PyTorch's spectral norm uses.
+std::vector<SpectralLayer> layers_of(const at::TensorList weights, const at::TensorList us, const at::TensorList vs,
+                                     const at::IntArrayRef dims) {
+  const size_t count = weights.size();
+  TORCH_CHECK_VALUE(us.size() == count, "us has ", us.size(), " tensors but weights has ", count);
+  TORCH_CHECK_VALUE(vs.size() == count, "vs has ", vs.size(), " tensors but weights has ", count);
+  TORCH_CHECK_VALUE(dims.size() == count, "dims has ", dims.size(), " entries but weights has ", count);
+  std::vector<SpectralLayer> layers;
+  layers.reserve(count);
+  for (size_t l = 0; l < count; ++l) {
+    const at::Tensor& w = weights[l];
+    const std::string arg = item("weights", l);
+    check_floating(w, arg.c_str());
+    TORCH_CHECK_VALUE(w.dim() >= 2, arg, " must have at least 2 dimensions, got shape ", w.sizes());
+    if (l > 0) {
+      TORCH_CHECK_VALUE(w.device() == weights[0].device(), arg, " is on ", w.device(), " but weights[0] is on ",
+                        weights[0].device());
+      TORCH_CHECK_TYPE(w.scalar_type() == weights[0].scalar_type(), arg, " has dtype ", w.scalar_type(),
+                       " but weights[0] has dtype ", weights[0].scalar_type());
+    }
+    const int64_t dim = wrap_dim(dims[l], w, item("dims", l).c_str());
+    int64_t outer = 1;
+    int64_t inner = 1;
+    for (int64_t d = 0; d < dim; ++d) outer *= w.size(d);
+    for (int64_t d = dim + 1; d < w.dim(); ++d) inner *= w.size(d);
+    const int64_t rows = w.size(dim);
+    check_vector(us[l], w, rows, item("us", l), arg);
+    check_vector(vs[l], w, outer * inner, item("vs", l), arg);
+    layers.push_back({w.contiguous(), us[l], vs[l], {outer, rows, inner}});
+  }
+  return layers;
+}
+
+void check_sigmas(const at::Tensor& sigmas, const at::TensorList weights) {
+  TORCH_CHECK_VALUE(sigmas.dim() == 1 && sigmas.size(0) == static_cast<int64_t>(weights.size()),
+                    "sigmas must have shape [", weights.size(), "] (one per weight), got ", sigmas.sizes());
+  if (!weights.empty()) check_vector(sigmas, weights[0], sigmas.size(0), "sigmas", "weights[0]");
+}
+
+at::Tensor empty_sigmas(const at::TensorList weights) {
+  return weights.empty() ? at::empty({0}, at::kFloat) : at::empty({static_cast<int64_t>(weights.size())}, weights[0].options());
+}
+
+std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) {
+  std::vector<at::Tensor> out;
+  out.reserve(layers.size());
+  for (const SpectralLayer& l : layers) out.push_back(at::empty_like(l.weight, at::MemoryFormat::Contiguous));
+  return out;
+}
+
+using PowerKernel = void (*)(const std::vector<SpectralLayer>&, at::Tensor&, int64_t, double);
+using NormalizeKernel = void (*)(const std::vector<SpectralLayer>&, const std::vector<at::Tensor>&, const at::Tensor&,
+                                 std::vector<at::Tensor>&);
+
+template <PowerKernel kernel>
+at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                           int64_t n_power_iterations, double eps) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
+  at::Tensor sigmas = empty_sigmas(weights);
+  if (!layers.empty()) kernel(layers, sigmas, n_power_iterations, eps);
+  return sigmas;
+}
+
+template <NormalizeKernel kernel>
+std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                  const at::Tensor& sigmas, at::IntArrayRef dims) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_sigmas(sigmas, weights);
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  if (!layers.empty()) kernel(layers, {}, sigmas.contiguous(), out);
+  return out;
+}
+
+template <NormalizeKernel kernel>
+std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                           at::TensorList vs, const at::Tensor& sigmas, at::IntArrayRef dims) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_sigmas(sigmas, weights);
+  TORCH_CHECK_VALUE(grads.size() == weights.size(), "grads has ", grads.size(), " tensors but weights has ",
+                    weights.size());
+  std::vector<at::Tensor> dense_grads;
+  dense_grads.reserve(grads.size());
+  for (size_t l = 0; l < grads.size(); ++l) {
+    check_same(grads[l], weights[l], item("grads", l).c_str(), item("weights", l).c_str());
+    dense_grads.push_back(grads[l].contiguous());
+  }
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  if (!layers.empty()) kernel(layers, dense_grads, sigmas.contiguous(), out);
+  return out;
+}
+
+#ifdef WITH_CUDA
+at::ScalarType accumulator_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The layers [begin, end) as the CUDA params' table; out and grads may be empty.
+SpectralParams cuda_params(const std::vector<SpectralLayer>& layers, size_t begin, size_t end,
+                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out) {
+  SpectralParams p{};
+  p.count = static_cast<int>(end - begin);
+  p.dtype = cuda_dtype(layers[begin].weight.scalar_type());
+  int64_t offset = 0;
+  for (size_t l = begin; l < end; ++l) {
+    const SpectralLayer& layer = layers[l];
+    p.layers[l - begin] = {layer.weight.const_data_ptr(),
+                           layer.u.data_ptr(),
+                           layer.v.data_ptr(),
+                           grads.empty() ? nullptr : grads[l].const_data_ptr(),
+                           out.empty() ? nullptr : out[l].data_ptr(),
+                           layer.view.outer,
+                           layer.view.channels,
+                           layer.view.inner,
+                           offset};
+    offset += layer.view.channels + layer.view.outer * layer.view.inner;
+  }
+  return p;
+}
+
+void spectral_power_iteration_cuda(const std::vector<SpectralLayer>& layers, at::Tensor& sigmas,
+                                   int64_t n_power_iterations, double eps) {
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  std::vector<at::Tensor> none;
+  for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
+    const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
+    SpectralParams p = cuda_params(layers, begin, end, none, none);
+    int64_t accumulators = 0;
+    for (size_t l = begin; l < end; ++l) accumulators += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
+    const at::Tensor workspace = at::empty({accumulators}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
+    p.workspace = workspace.data_ptr();
+    p.sigmas = static_cast<char*>(sigmas.data_ptr()) + begin * sigmas.element_size();
+    p.n_power_iterations = n_power_iterations;
+    p.eps = eps;
+    C10_CUDA_CHECK(launch_spectral_power_iteration(p, c10::cuda::getCurrentCUDAStream()));
+  }
+}
+
+void spectral_normalize_cuda(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
+                             const at::Tensor& sigmas, std::vector<at::Tensor>& out) {
+  const c10::cuda::CUDAGuard guard(sigmas.device());
+  // Enough blocks per layer to fill the GPU for the largest weight; few enough that the backward's
+  // per-block partial sums stay a short fixed-order loop.
+  constexpr int64_t kElementsPerBlock = 512 * 8;
+  constexpr int64_t kMaxBlocksPerLayer = 256;
+  for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
+    const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
+    SpectralParams p = cuda_params(layers, begin, end, grads, out);
+    int64_t largest = 1;
+    for (size_t l = begin; l < end; ++l) largest = std::max(largest, layers[l].weight.numel());
+    p.blocks_per_layer = static_cast<int>(std::min(kMaxBlocksPerLayer, (largest + kElementsPerBlock - 1) / kElementsPerBlock));
+    p.backward = !grads.empty();
+    at::Tensor workspace;
+    if (p.backward) {
+      workspace = at::empty({p.count * p.blocks_per_layer}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
+      p.workspace = workspace.data_ptr();
+    }
+    p.sigmas = const_cast<char*>(static_cast<const char*>(sigmas.const_data_ptr())) + begin * sigmas.element_size();
+    C10_CUDA_CHECK(launch_spectral_normalize(p, c10::cuda::getCurrentCUDAStream()));
+  }
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
+  m.def(
+      "spectral_norm_power_iteration_(Tensor[] weights, Tensor(a!)[] us, Tensor(b!)[] vs, int[] dims, "
+      "int n_power_iterations, float eps) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def("spectral_norm_normalize(Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor sigmas, int[] dims) -> Tensor[]",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "spectral_norm_normalize_backward(Tensor[] grads, Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor sigmas, "
+      "int[] dims) -> Tensor[]",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
+  m.impl("spectral_norm_power_iteration_", &power_iteration<spectral_power_iteration_cpu>);
+  m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cpu>);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cpu>);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+  m.impl("spectral_norm_power_iteration_", &power_iteration<spectral_power_iteration_cuda>);
+  m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cuda>);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cuda>);
+}
+#endif
+
+}  // namespace gan_kernels

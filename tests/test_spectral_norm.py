@@ -1,0 +1,526 @@
+import copy
+
+import pytest
+import torch
+from helpers import DEVICES, FLOAT_DTYPES, OPS_REGISTERED, assert_close, requires_ops, unregistered_autograd_is_an_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
+
+import gan_kernels
+from gan_kernels import _backend, reference
+from gan_kernels.nn import batch_spectral_norm, spectral_norm, spectral_sigmas
+
+power_op = torch.ops.gan_kernels.spectral_norm_power_iteration_.default if OPS_REGISTERED else None
+normalize_op = torch.ops.gan_kernels.spectral_norm_normalize.default if OPS_REGISTERED else None
+normalize_backward_op = torch.ops.gan_kernels.spectral_norm_normalize_backward.default if OPS_REGISTERED else None
+
+LAYERS = {
+    "linear": (lambda: torch.nn.Linear(7, 5), (3, 7)),
+    "conv1d": (lambda: torch.nn.Conv1d(3, 4, 3), (2, 3, 6)),
+    "conv2d": (lambda: torch.nn.Conv2d(3, 6, 3), (2, 3, 5, 5)),
+    "conv3d": (lambda: torch.nn.Conv3d(2, 3, 2), (2, 2, 3, 3, 3)),
+    "conv_transpose2d": (lambda: torch.nn.ConvTranspose2d(4, 6, 3), (2, 4, 3, 3)),
+    "embedding": (lambda: torch.nn.Embedding(10, 4), None),
+}
+# Ours vs PyTorch: the same formulas, with matrix-vector products summed in another order.
+VS_TORCH = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-6)}
+
+
+def assert_close_to_torch(got, want):
+    """Elementwise for float64; for float32 relative to the tensor's largest entry, because the
+    weight gradient (G - <G, W_sn> u v^T) / sigma cancels in some entries, where a few float32
+    ulps of summation-order difference are large relative to the entry itself."""
+    if want.dtype == torch.float64:
+        torch.testing.assert_close(got, want, **VS_TORCH[torch.float64])
+    else:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.detach().abs().max()))
+
+
+def layer_input(kind, dtype, device):
+    shape = LAYERS[kind][1]
+    if shape is None:
+        return torch.randint(0, 10, (3, 5), device=device)
+    return torch.randn(shape, dtype=dtype, device=device)
+
+
+def pair(kind, dtype, device, **kwargs):
+    """The same layer normalised by PyTorch and by us, from the same seed (so the same u, v draws)."""
+    make = LAYERS[kind][0]
+    torch.manual_seed(0)
+    ours = spectral_norm(make().to(device, dtype), **kwargs)
+    torch.manual_seed(0)
+    theirs = torch_spectral_norm(make().to(device, dtype), **kwargs)
+    return ours, theirs
+
+
+def buffers(module):
+    return module.parametrizations.weight[0]._u, module.parametrizations.weight[0]._v
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_matches_pytorch_over_training_steps_then_eval(device, dtype, kind):
+    ours, theirs = pair(kind, dtype, device)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for module in (ours, theirs):
+        module.optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    for step in range(4):
+        if step == 3:
+            ours.eval()
+            theirs.eval()
+        x = layer_input(kind, dtype, device)
+        outputs = []
+        for module in (ours, theirs):
+            module.optimizer.zero_grad()
+            y = module(x)
+            y.square().sum().backward()
+            module.optimizer.step()
+            outputs.append((y, module.parametrizations.weight.original.grad, *buffers(module)))
+        for got, want in zip(*outputs):
+            assert_close_to_torch(got, want)
+
+
+def test_conv_transpose_normalises_dim_1_and_sigma_is_the_spectral_norm():
+    torch.manual_seed(1)
+    layer = spectral_norm(torch.nn.ConvTranspose2d(4, 6, 3).double(), n_power_iterations=50)
+    assert layer.parametrizations.weight[0].dim == 1
+    layer.weight  # one more forward: 50 more iterations
+    matrix = reference.spectral_weight_matrix(layer.parametrizations.weight.original.detach(), 1)
+    sigma = spectral_sigmas(layer)["weight"]
+    assert_close(sigma, torch.linalg.matrix_norm(matrix, 2))
+    assert_close(torch.linalg.matrix_norm(reference.spectral_weight_matrix(layer.weight.detach(), 1), 2),
+                 torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_one_dimensional_weight_is_normalised_as_pytorch_does():
+    torch.manual_seed(2)
+    ours = spectral_norm(torch.nn.Linear(4, 3), name="bias")
+    theirs = torch_spectral_norm(copy.deepcopy(torch.nn.Linear(4, 3)), name="bias")
+    theirs.parametrizations.bias.original.data.copy_(ours.parametrizations.bias.original)
+    torch.testing.assert_close(ours.bias, theirs.bias)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+@pytest.mark.parametrize("kind", ["conv2d", "conv_transpose2d"])
+def test_checkpoints_load_both_ways(kind):
+    ours, theirs = pair(kind, torch.float32, "cpu")
+    for _ in range(2):  # move u, v away from the registration values
+        ours.weight
+        theirs.weight
+    x = layer_input(kind, torch.float32, "cpu")
+    # PyTorch's checkpoint into ours
+    fresh_ours = spectral_norm(LAYERS[kind][0]())
+    fresh_ours.load_state_dict(theirs.state_dict())
+    fresh_ours.eval(), theirs.eval()
+    torch.testing.assert_close(fresh_ours(x), theirs(x), **VS_TORCH[torch.float32])
+    # ours into PyTorch's
+    fresh_theirs = torch_spectral_norm(LAYERS[kind][0]()).eval()
+    fresh_theirs.load_state_dict(ours.state_dict())
+    ours.eval()
+    torch.testing.assert_close(ours(x), fresh_theirs(x), **VS_TORCH[torch.float32])
+
+
+def test_loads_checkpoints_of_the_older_spectral_norm():
+    torch.manual_seed(3)
+    old = torch.nn.Sequential(torch.nn.utils.spectral_norm(torch.nn.Conv2d(3, 5, 3)), torch.nn.Flatten(),
+                              torch.nn.utils.spectral_norm(torch.nn.Linear(5 * 9, 1)))
+    x = torch.randn(2, 3, 5, 5)
+    for _ in range(3):
+        old(x)
+    old.eval()
+    ours = torch.nn.Sequential(spectral_norm(torch.nn.Conv2d(3, 5, 3)), torch.nn.Flatten(),
+                               spectral_norm(torch.nn.Linear(5 * 9, 1))).eval()
+    assert "0.weight_orig" in old.state_dict()
+    ours.load_state_dict(old.state_dict())
+    assert torch.equal(ours[0].parametrizations.weight[0]._u, old[0].weight_u)
+    assert torch.equal(ours[0].parametrizations.weight.original, old[0].weight_orig)
+    torch.testing.assert_close(ours(x), old(x), **VS_TORCH[torch.float32])
+
+
+def test_remove_parametrizations_keeps_the_normalised_weight():
+    ours, theirs = pair("conv2d", torch.float64, "cpu")
+    ours.eval(), theirs.eval()
+    expected = theirs.weight.detach()
+    parametrize.remove_parametrizations(ours, "weight")
+    assert isinstance(ours.weight, torch.nn.Parameter) and not parametrize.is_parametrized(ours)
+    torch.testing.assert_close(ours.weight.detach(), expected, **VS_TORCH[torch.float64])
+    spectral_norm(ours)  # can be normalised again after removal
+
+
+def test_power_iteration_runs_in_float32_under_autocast():
+    torch.manual_seed(4)
+    layer = spectral_norm(torch.nn.Linear(16, 8))
+    twin = copy.deepcopy(layer)
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w = layer.weight
+        layer(x)
+    twin.weight
+    u, v = buffers(layer)
+    assert u.dtype == torch.float32 and w.dtype == torch.float32
+    # the second access in autocast and one more outside give the same u, v as two in float32
+    twin.weight
+    torch.testing.assert_close(u, buffers(twin)[0], rtol=0, atol=0)
+    torch.testing.assert_close(v, buffers(twin)[1], rtol=0, atol=0)
+
+
+class SNDiscriminator(torch.nn.Module):
+    """A small SNGAN-like D: conv, transposed conv, conv, linear head with one output."""
+
+    def __init__(self, normalise):
+        super().__init__()
+        self.c1 = normalise(torch.nn.Conv2d(3, 8, 3, padding=1))
+        self.c2 = normalise(torch.nn.ConvTranspose2d(8, 6, 3, padding=1))
+        self.c3 = normalise(torch.nn.Conv2d(6, 8, 4, stride=2, padding=1))
+        self.head = normalise(torch.nn.Linear(8 * 4 * 4, 1))
+
+    def forward(self, x):
+        h = x
+        for conv in (self.c1, self.c2, self.c3):
+            h = torch.nn.functional.leaky_relu(conv(h), 0.1)
+        return self.head(h.flatten(1))
+
+
+def make_d(normalise, dtype=torch.float64, device="cpu"):
+    torch.manual_seed(5)
+    # Registered in the final dtype: the 15 warm-up iterations are part of what we compare.
+    return SNDiscriminator(lambda layer: normalise(layer.to(device, dtype)))
+
+
+def wgan_gp_step(d, real, fake, eps):
+    """One WGAN-GP critic step: D(fake) - D(real) + 10 * GP on interpolates; returns loss and grads."""
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_()
+    (g,) = torch.autograd.grad(d(x_hat).sum(), x_hat, create_graph=True)
+    penalty = 10 * (g.flatten(1).norm(dim=1) - 1).square().mean()
+    loss = d(fake).mean() - d(real).mean() + penalty
+    params = [p for _, p in sorted(d.named_parameters())]
+    return loss, torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_wgan_gp_step_matches_pytorch(device):
+    theirs = make_d(torch_spectral_norm, device=device)
+    ours = make_d(spectral_norm, device=device)
+    batched = make_d(spectral_norm, device=device)
+    batch_spectral_norm(batched)
+    torch.manual_seed(6)
+    real, fake = (torch.randn(4, 3, 8, 8, dtype=torch.float64, device=device) for _ in range(2))
+    eps = torch.rand(4, 1, 1, 1, dtype=torch.float64, device=device)
+    with unregistered_autograd_is_an_error():
+        loss_ours, grads_ours = wgan_gp_step(ours, real, fake, eps)
+        loss_batched, grads_batched = wgan_gp_step(batched, real, fake, eps)
+    loss_theirs, grads_theirs = wgan_gp_step(theirs, real, fake, eps)
+    torch.testing.assert_close(loss_ours, loss_theirs, **VS_TORCH[torch.float64])
+    assert sum(want.abs().sum() for want in grads_theirs) > 0
+    for got, batched_got, want in zip(grads_ours, grads_batched, grads_theirs):
+        torch.testing.assert_close(got, want, **VS_TORCH[torch.float64])
+        assert_identical(batched_got, got)
+
+
+def assert_identical(got, want):
+    """Bitwise with our kernels: a layer's arithmetic does not depend on the rest of the batch. The
+    reference's BLAS matrix-vector products may round differently on the batched path's snapshot
+    views (other alignment), so there only to the last bits."""
+    if _backend.compiled_available():
+        assert torch.equal(got, want)
+    else:
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_equals_per_layer_exactly(device, dtype):
+    per_layer = make_d(spectral_norm, dtype, device)
+    batched = make_d(spectral_norm, dtype, device)
+    group = batch_spectral_norm(batched)
+    optimizers = [torch.optim.SGD(d.parameters(), lr=0.05) for d in (per_layer, batched)]
+    torch.manual_seed(7)
+    for step in range(3):
+        real, fake = (torch.randn(3, 3, 8, 8, dtype=dtype, device=device) for _ in range(2))
+        results = []
+        for d, opt in zip((per_layer, batched), optimizers):
+            opt.zero_grad()
+            out_real, out_fake = d(real), d(fake)  # two forwards, one backward
+            (out_real - out_fake).mean().backward()
+            opt.step()
+            state = [t.clone() for t in d.state_dict().values()]
+            sigmas = list(spectral_sigmas(d).values())
+            results.append([out_real, out_fake, *state, *sigmas])
+        for got, want in zip(results[1], results[0]):
+            assert_identical(got, want)
+    per_layer.eval(), batched.eval()
+    x = torch.randn(2, 3, 8, 8, dtype=dtype, device=device)
+    assert_identical(batched(x), per_layer(x))
+    group.remove()
+    assert_identical(batched(x), per_layer(x))
+
+
+def test_batched_runs_one_power_iteration_per_forward():
+    if not (_backend.compiled_available()):
+        pytest.skip("counts calls of the compiled ops")
+    d = make_d(spectral_norm)
+    batch_spectral_norm(d)
+    with torch.autograd.profiler.profile() as prof:
+        d(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    names = [e.name for e in prof.function_events]
+    assert names.count("gan_kernels::spectral_norm_power_iteration_") == 1
+    assert names.count("gan_kernels::spectral_norm_normalize") == 1
+
+
+def test_sigma_is_readable_after_each_forward():
+    d = make_d(spectral_norm)
+    d(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+    sigmas = spectral_sigmas(d)
+    assert set(sigmas) == {"c1.weight", "c2.weight", "c3.weight", "head.weight"}
+    sn = d.c1.parametrizations.weight[0]
+    u, v = sn._u, sn._v
+    matrix = reference.spectral_weight_matrix(d.c1.parametrizations.weight.original.detach(), 0)
+    assert_close(sigmas["c1.weight"], torch.vdot(u, matrix @ v))
+    assert not sigmas["c1.weight"].requires_grad
+
+
+# ---- the ops -------------------------------------------------------------------------------------
+
+SHAPES = [((5, 7), 0), ((4, 3, 3, 2), 0), ((3, 4, 2, 2), 1), ((1, 6), 0), ((6, 2, 3), 2)]
+
+
+def random_layers(dtype=torch.float64, device="cpu", shapes=SHAPES):
+    weights, us, vs, dims = [], [], [], []
+    for shape, dim in shapes:
+        w = torch.randn(shape, dtype=dtype, device=device)
+        rows = shape[dim]
+        weights.append(w)
+        us.append(torch.nn.functional.normalize(torch.randn(rows, dtype=dtype, device=device), dim=0))
+        vs.append(torch.nn.functional.normalize(torch.randn(w.numel() // rows, dtype=dtype, device=device), dim=0))
+        dims.append(dim)
+    return weights, us, vs, dims
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_ops_match_reference(device, dtype, steps):
+    """Ours in ``dtype`` (float accumulation) against the reference in float64 on the same values."""
+    torch.manual_seed(8)
+    weights, us, vs, dims = random_layers(dtype, device)
+
+    def wide(ts):
+        return [t.detach().double().clone() for t in ts]
+
+    us_ref, vs_ref = wide(us), wide(vs)
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, steps, 1e-12)
+    sigmas_ref = reference.spectral_norm_power_iteration_(wide(weights), us_ref, vs_ref, dims, steps, 1e-12)
+    assert sigmas.dtype == dtype
+    assert_close(sigmas, sigmas_ref.to(dtype))
+    for got, want in zip(us + vs, us_ref + vs_ref):
+        assert_close(got, want.to(dtype))
+    leaves = [w.detach().requires_grad_() for w in weights]
+    leaves_ref = [w.requires_grad_() for w in wide(weights)]
+    out = gan_kernels.spectral_norm_normalize(leaves, us, vs, sigmas, dims)
+    out_ref = reference.spectral_norm_normalize(leaves_ref, wide(us), wide(vs), dims)
+    upstream = [torch.randn_like(w) for w in weights]
+    grads = torch.autograd.grad(out, leaves, upstream)
+    grads_ref = torch.autograd.grad(out_ref, leaves_ref, wide(upstream))
+    for got, want in zip(out + list(grads), out_ref + list(grads_ref)):
+        assert got.dtype == dtype
+        assert_close(got, want.to(dtype))
+
+
+def normalised_weights(weights, us, vs, dims, steps=1):
+    """The normalised weights as a function of W alone: u, v reset before each call (as PyTorch's
+    own gradcheck of spectral norm does), so gradcheck's perturbed calls see the same start."""
+    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_([w.detach() for w in weights], us, vs, dims, steps, 1e-12)
+    return gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_gradgradcheck_of_the_normalised_weight(device):
+    torch.manual_seed(9)
+    weights, us, vs, dims = random_layers(torch.float64, device, SHAPES[:3])
+    leaves = tuple(w.requires_grad_() for w in weights)
+
+    def fn(*ws):
+        # u, v after the power iteration do not depend on W in PyTorch's graph: only sigma's
+        # explicit u^T W v does. Iterating on W's value outside the graph keeps that.
+        return tuple(normalised_weights(list(ws), us, vs, dims, steps=0))
+
+    assert torch.autograd.gradcheck(fn, leaves)
+    assert torch.autograd.gradgradcheck(fn, leaves)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batched", [False, True])
+def test_gradcheck_through_a_layer_in_training_with_u_v_reset(device, batched):
+    """As PyTorch's own test: every call iterates (training), from the same u, v."""
+    torch.manual_seed(14)
+    layer = spectral_norm(torch.nn.Conv2d(2, 3, 2).to(device, torch.float64))
+    model = torch.nn.Sequential(layer)
+    if batched:
+        batch_spectral_norm(model)
+    u0, v0 = (b.clone() for b in buffers(layer))
+
+    def fn(x):
+        buffers(layer)[0].copy_(u0)
+        buffers(layer)[1].copy_(v0)
+        return model(x)
+
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradgradcheck_of_the_backward_op(device):
+    torch.manual_seed(10)
+    weights, us, vs, dims = random_layers(torch.float64, device, [((3, 2, 2), 0), ((2, 3, 2), 1)])
+    grads = [torch.randn_like(w) for w in weights]
+    n = len(weights)
+
+    def backward(*tensors):
+        gs, ws = list(tensors[:n]), list(tensors[n:])
+        sigmas = power_op([w.detach() for w in ws], [u.clone() for u in us], [v.clone() for v in vs], dims, 0, 1e-12)
+        return tuple(normalize_backward_op(gs, ws, us, vs, sigmas, dims))
+
+    inputs = tuple(t.requires_grad_() for t in grads + weights)
+    assert torch.autograd.gradcheck(backward, inputs)
+    assert torch.autograd.gradgradcheck(backward, inputs)
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    torch.manual_seed(11)
+    weights, us, vs, dims = random_layers(torch.float32, device, SHAPES[:3])
+    torch.library.opcheck(power_op, (weights, us, vs, dims, 2, 1e-12))
+    sigmas = power_op(weights, us, vs, dims, 0, 1e-12)
+    leaves = [w.requires_grad_() for w in weights]
+    torch.library.opcheck(normalize_op, (leaves, us, vs, sigmas, dims))
+    grads = [torch.randn_like(w).requires_grad_() for w in weights]
+    torch.library.opcheck(normalize_backward_op, (grads, leaves, us, vs, sigmas, dims))
+
+
+@requires_ops
+def test_torch_compile_fullgraph_of_the_normalisation():
+    torch.manual_seed(12)
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    sigmas = power_op(weights, us, vs, dims, 0, 1e-12)
+
+    def fn(ws):
+        return [w.square().sum() for w in normalize_op(ws, us, vs, sigmas, dims)]
+
+    leaves = [w.requires_grad_() for w in weights]
+    got = torch.compile(fn, fullgraph=True)(leaves)
+    want = fn(leaves)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(sum(got), leaves), torch.autograd.grad(sum(want), leaves))
+
+
+def test_empty_list_and_non_contiguous_weight():
+    assert gan_kernels.spectral_norm_power_iteration_([], [], [], [], 1, 1e-12).shape == (0,)
+    assert gan_kernels.spectral_norm_normalize([], [], [], torch.empty(0), []) == []
+    torch.manual_seed(13)
+    w = torch.randn(4, 6, dtype=torch.float64).t()  # not contiguous
+    u, v = torch.randn(6, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    u_ref, v_ref = u.clone(), v.clone()
+    s = gan_kernels.spectral_norm_power_iteration_([w], [u], [v], [0], 2, 1e-12)
+    s_ref = reference.spectral_norm_power_iteration_([w], [u_ref], [v_ref], [0], 2, 1e-12)
+    assert_close(s, s_ref)
+    assert_close(gan_kernels.spectral_norm_normalize([w], [u], [v], s, [0])[0], w / s_ref[0])
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_public_layer_runs_the_compiled_ops():
+    layer = spectral_norm(torch.nn.Linear(4, 3))
+    with torch.autograd.profiler.profile() as prof:
+        layer.weight
+    names = {e.name for e in prof.function_events}
+    assert {"gan_kernels::spectral_norm_power_iteration_", "gan_kernels::spectral_norm_normalize"} <= names
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+class IntWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(3, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    "make, kwargs, error, match",
+    [
+        (IntWeight, {}, TypeError, "IntWeight.weight must be float64, float32, float16 or bfloat16, got torch.int64"),
+        (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=0), ValueError,
+         "n_power_iterations must be an integer >= 1, got 0"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=0.0), ValueError, "eps must be a finite number > 0, got 0.0"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=-1e-3), ValueError, "eps must be a finite number > 0, got -0.001"),
+        (lambda: torch.nn.Linear(3, 2), dict(name="wieght"), ValueError,
+         "name='wieght' is not a parameter or buffer of Linear"),
+        (lambda: torch.nn.Linear(3, 2), dict(dim=2), IndexError, "dim=2 is out of range"),
+        (lambda: spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "Linear.weight is already spectrally normalised"),
+        (lambda: torch_spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
+        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
+    ],
+)
+def test_bad_input_names_the_argument(make, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        spectral_norm(make(), **kwargs)
+
+
+def test_bad_input_to_the_functions_names_the_argument():
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    with pytest.raises(ValueError, match="us has 1 entries but weights has 2"):
+        gan_kernels.spectral_norm_power_iteration_(weights, us[:1], vs, dims)
+    with pytest.raises(TypeError, match=r"weights\[1\] must be float64"):
+        gan_kernels.spectral_norm_power_iteration_([weights[0], weights[1].int()], us, vs, dims)
+    with pytest.raises(ValueError, match="n_power_iterations must be an integer >= 0, got -1"):
+        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, -1)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 1, 0)
+
+
+@requires_ops
+def test_bad_input_to_the_ops_names_the_argument():
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    with pytest.raises(ValueError, match=r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]"):
+        power_op(weights, [us[0], us[0]], vs, dims, 1, 1e-12)
+    with pytest.raises(TypeError, match=r"weights\[1\] has dtype Double but weights\[0\] has dtype Float"):
+        power_op([weights[0], weights[1].double()], us, vs, dims, 1, 1e-12)
+    with pytest.raises(TypeError, match=r"weights\[0\] must be float64"):
+        power_op([weights[0].int(), weights[1]], us, vs, dims, 1, 1e-12)
+    with pytest.raises(ValueError, match=r"weights\[0\] must have at least 2 dimensions"):
+        power_op([us[0], weights[1]], us, vs, dims, 1, 1e-12)
+    with pytest.raises(IndexError, match=r"dims\[1\]=4 is out of range"):
+        power_op(weights, us, vs, [0, 4], 1, 1e-12)
+    with pytest.raises(ValueError, match="n_power_iterations must be >= 0, got -2"):
+        power_op(weights, us, vs, dims, -2, 1e-12)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+        power_op(weights, us, vs, dims, 1, 0.0)
+    with pytest.raises(ValueError, match=r"sigmas must have shape \[2\]"):
+        normalize_op(weights, us, vs, torch.ones(3), dims)
+    with pytest.raises(ValueError, match=r"grads\[0\] has shape \[5, 7\] but weights\[0\] has shape \[5, 7\]|"
+                       r"grads has 1 tensors but weights has 2"):
+        normalize_backward_op(weights[:1], weights, us, vs, torch.ones(2), dims)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), shape=st.lists(st.integers(1, 5), min_size=2, max_size=4))
+def test_random_shapes_and_dims_match_reference(data, shape):
+    dim = data.draw(st.integers(0, len(shape) - 1), label="dim")
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    weights, us, vs, dims = random_layers(torch.float64, "cpu", [(tuple(shape), dim), ((3, 4), 0)])
+    us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
+    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, dims, 2, 1e-12)
+    assert_close(sigmas, sigmas_ref)
+    for got, want in zip(us + vs, us_ref + vs_ref):
+        assert_close(got, want)
+    for got, want in zip(gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
+                         reference.spectral_norm_normalize(weights, us, vs, dims)):
+        assert_close(got, want)
