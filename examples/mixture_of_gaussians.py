@@ -84,12 +84,13 @@ def make_discriminator(config):
         for layer in d:
             if isinstance(layer, nn.Linear):
                 gan_kernels.nn.spectral_norm(layer)
+        gan_kernels.nn.batch_spectral_norm(d)  # one batched power iteration for all layers per forward
     return d
 
 
 def sigmas(d):
-    return [float(layer.parametrizations.weight[0].sigma) for layer in d if isinstance(layer, nn.Linear)
-            and hasattr(layer, "parametrizations")]
+    """Each spectrally normalised layer's sigma from its latest forward (no extra work)."""
+    return [float(sigma) for sigma in gan_kernels.nn.spectral_sigmas(d).values() if sigma is not None]
 
 
 def discriminator_loss(config, d, real, fake):
