@@ -1,4 +1,5 @@
 """Drop-in layers for existing PyTorch GANs."""
+from .minibatch_std import MinibatchStd
 from .pixel_norm import PixelNorm
 
-__all__ = ["PixelNorm"]
+__all__ = ["MinibatchStd", "PixelNorm"]
