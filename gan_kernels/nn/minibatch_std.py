@@ -1,6 +1,6 @@
 import torch
 
-from ..ops.minibatch_std import minibatch_std
+from ..ops.minibatch_std import _check_count, minibatch_std
 
 
 class MinibatchStd(torch.nn.Module):
@@ -10,11 +10,10 @@ class MinibatchStd(torch.nn.Module):
 
     def __init__(self, group_size=4, num_channels=1):
         super().__init__()
-        for value, arg in ((group_size, "group_size"), (num_channels, "num_channels")):
-            if value is None and arg == "group_size":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+        # Checked here too, so a bad layer fails where it is built, not at its first batch.
+        if group_size is not None:
+            _check_count(group_size, "group_size")
+        _check_count(num_channels, "num_channels")
         self.group_size = group_size
         self.num_channels = num_channels
 

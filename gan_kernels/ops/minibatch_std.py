@@ -6,16 +6,20 @@ from .. import _backend, _checks, reference
 EPS = 1e-8  # StyleGAN2's, inside the sqrt; not a parameter of the layer
 
 
+def _check_count(value, arg):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{arg} must be >= 1, got {value}")
+
+
 def _check_args(x, group_size, num_channels):
     """The checks of csrc/ops/minibatch_std.cpp, with the same messages."""
     _checks.check_floating(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
-    for value, arg in ((group_size, "group_size"), (num_channels, "num_channels")):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
-        if value < 1:
-            raise ValueError(f"{arg} must be >= 1, got {value}")
+    _check_count(group_size, "group_size")
+    _check_count(num_channels, "num_channels")
     n, c = x.shape[0], x.shape[1]
     if not (c > 0 and c % num_channels == 0):
         raise ValueError(
