@@ -1,11 +1,13 @@
-// Contract of gan_kernels::minibatch_std and gan_kernels::minibatch_std_backward: schemas, checks,
-// output and workspace allocation, and the CPU/CUDA registrations. Autograd and fake kernels:
-// gan_kernels/ops/minibatch_std.py.
+// Contract of gan_kernels::minibatch_std, minibatch_std_backward and minibatch_std_double_backward:
+// schemas, checks, output and workspace allocation, and the CPU/CUDA registrations. Autograd and
+// fake kernels: gan_kernels/ops/minibatch_std.py.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
+#include <vector>
 
 #include "cpu/minibatch_std.h"
 #include "ops/common.h"
@@ -47,10 +49,23 @@ MinibatchStdShape check_args(const at::Tensor& x, int64_t group_size, int64_t nu
 }
 
 #ifdef WITH_CUDA
-MinibatchStdParams cuda_params(void* out, const at::Tensor& x, const at::Tensor& grad, const MinibatchStdShape& s) {
-  const void* grad_ptr = grad.defined() ? grad.const_data_ptr() : nullptr;
-  return {out,        x.const_data_ptr(), grad_ptr, /*workspace=*/nullptr, s.groups, s.group_size,
-          s.features, s.channels,         s.pixels, s.channels_last,         cuda_dtype(x.scalar_type())};
+// Undefined tensors are the ones the mode (forward, backward, double backward) does not use.
+MinibatchStdParams cuda_params(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& upstream,
+                               const at::Tensor& y_out, const at::Tensor& x_out, const MinibatchStdShape& s) {
+  MinibatchStdParams p{};
+  p.x = x.const_data_ptr();
+  p.grad = grad.defined() ? grad.const_data_ptr() : nullptr;
+  p.upstream = upstream.defined() ? upstream.const_data_ptr() : nullptr;
+  p.y_out = y_out.defined() ? y_out.mutable_data_ptr() : nullptr;
+  p.x_out = x_out.defined() ? x_out.mutable_data_ptr() : nullptr;
+  p.groups = s.groups;
+  p.group_size = s.group_size;
+  p.features = s.features;
+  p.channels = s.channels;
+  p.pixels = s.pixels;
+  p.channels_last = s.channels_last;
+  p.dtype = cuda_dtype(x.scalar_type());
+  return p;
 }
 
 void launch(MinibatchStdParams params, const at::Tensor& x) {
@@ -66,32 +81,37 @@ at::Tensor accumulators(const at::Tensor& x, int64_t count) {
   return at::empty({count}, x.options().dtype(at::toOpMathType(x.scalar_type())));
 }
 
+std::vector<int64_t> output_shape(const at::Tensor& x, int64_t num_channels) {
+  return {x.size(0), x.size(1) + num_channels, x.size(2), x.size(3)};
+}
+
+void check_like(const at::Tensor& t, const char* arg, const at::Tensor& x, at::IntArrayRef shape, const char* what) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), arg, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), arg, " has dtype ", t.scalar_type(), " but x has dtype ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, arg, " has shape ", t.sizes(), " but ", what, " has shape ", shape);
+}
+
 at::Tensor forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   const MinibatchStdShape shape = check_args(x, group_size, num_channels);
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
-  at::Tensor out = at::empty({x.size(0), x.size(1) + num_channels, x.size(2), x.size(3)},
-                             x.options().memory_format(format));
+  at::Tensor out = at::empty(output_shape(x, num_channels), x.options().memory_format(format));
   if (out.numel() == 0) return out;
 #ifdef WITH_CUDA
   if (x.is_cuda()) {
-    launch(cuda_params(out.mutable_data_ptr(), xd, at::Tensor(), shape), xd);
+    launch(cuda_params(xd, at::Tensor(), at::Tensor(), out, at::Tensor(), shape), xd);
     return out;
   }
 #endif
-  at::Tensor partials = accumulators(xd, shape.groups * shape.features * minibatch_std_rows(shape));
+  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
   minibatch_std_cpu(out, xd, partials, shape);
   return out;
 }
 
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   const MinibatchStdShape shape = check_args(x, group_size, num_channels);
-  TORCH_CHECK_VALUE(grad.device() == x.device(), "grad is on ", grad.device(), " but x is on ", x.device());
-  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), "grad has dtype ", grad.scalar_type(),
-                   " but x has dtype ", x.scalar_type());
-  const std::vector<int64_t> out_shape{x.size(0), x.size(1) + num_channels, x.size(2), x.size(3)};
-  TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(out_shape), "grad has shape ", grad.sizes(),
-                    " but the output of minibatch_std has shape ", at::IntArrayRef(out_shape));
+  check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
   const at::Tensor gd = grad.contiguous(format);
@@ -99,7 +119,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_s
   if (grad_x.numel() == 0) return grad_x;
 #ifdef WITH_CUDA
   if (x.is_cuda()) {
-    launch(cuda_params(grad_x.mutable_data_ptr(), xd, gd, shape), xd);
+    launch(cuda_params(xd, gd, at::Tensor(), at::Tensor(), grad_x, shape), xd);
     return grad_x;
   }
 #endif
@@ -108,23 +128,53 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_s
   return grad_x;
 }
 
+std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, const at::Tensor& grad,
+                                                   const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  check_like(upstream, "upstream", x, x.sizes(), "x");
+  check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
+  const at::MemoryFormat format = output_format(x);
+  const at::Tensor xd = x.contiguous(format);
+  const at::Tensor gd = grad.contiguous(format);
+  const at::Tensor ud = upstream.contiguous(format);
+  at::Tensor grad_grad = at::empty(grad.sizes(), x.options().memory_format(format));
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
+  if (grad_x.numel() == 0) return {grad_grad.zero_(), grad_x};
+#ifdef WITH_CUDA
+  if (x.is_cuda()) {
+    launch(cuda_params(xd, gd, ud, grad_grad, grad_x, shape), xd);
+    return {grad_grad, grad_x};
+  }
+#endif
+  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
+  at::Tensor coefs = accumulators(xd, shape.groups * shape.features);
+  minibatch_std_double_backward_cpu(grad_grad, grad_x, ud, gd, xd, partials, coefs, shape);
+  return {grad_grad, grad_x};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
   m.def("minibatch_std(Tensor x, int group_size, int num_channels) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("minibatch_std_backward(Tensor grad, Tensor x, int group_size, int num_channels) -> Tensor",
         {at::Tag::pt2_compliant_tag});
+  m.def(
+      "minibatch_std_double_backward(Tensor upstream, Tensor grad, Tensor x, int group_size, int num_channels) -> "
+      "(Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("minibatch_std", &forward);
   m.impl("minibatch_std_backward", &backward);
+  m.impl("minibatch_std_double_backward", &double_backward);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
   m.impl("minibatch_std", &forward);
   m.impl("minibatch_std_backward", &backward);
+  m.impl("minibatch_std_double_backward", &double_backward);
 }
 #endif
 

@@ -71,6 +71,15 @@ def _fake_backward(grad, x, group_size, num_channels):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x))
 
 
+def _fake_double_backward(upstream, grad, x, group_size, num_channels):
+    _check_args(x, group_size, num_channels)
+    fmt = _output_format(x)
+    return (
+        torch.empty(grad.shape, dtype=x.dtype, device=x.device, memory_format=fmt),
+        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt),
+    )
+
+
 def _setup_forward(ctx, inputs, output):
     x, group_size, num_channels = inputs
     ctx.save_for_backward(x)
@@ -89,47 +98,82 @@ def _setup_backward(ctx, inputs, output):
 
 
 def _backward_backward(ctx, upstream):
-    """Gradients of <upstream, dx> with dx = backward(grad, x), in differentiable aten ops.
-
-    Per group position (G members, d = x - mean, s = sqrt(mean(d^2) + eps)) and feature block of
-    K = C/F*H*W positions: dx = grad[:, :C] + a d / s with a = sum(grad[:, C:]) / (K G). So, with
-    v = a * upstream: d/dgrad is [upstream, sum(upstream d / s) / (K G) broadcast over the stddev
-    channel] and d/dx = (v - mean(v)) / s - sum(v d) d / (G s^3).
-    """
     grad, x = ctx.saved_tensors
-    want_grad, want_x = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    n, c, h, w = x.shape
-    f = ctx.num_channels
-    if x.numel() == 0:
-        return (torch.zeros_like(grad) if want_grad else None), (torch.zeros_like(x) if want_x else None), None, None
-    g = min(ctx.group_size, n)
-    m, k = n // g, (c // f) * h * w
-    compute = reference._compute_dtype(x)
-
-    def grouped(t):
-        return t.to(compute).reshape(g, m, f, c // f, h, w)
-
-    xg = grouped(x)
-    d = xg - xg.mean(dim=0)
-    s = (d.square().mean(dim=0) + EPS).sqrt()
-    ug = grouped(upstream)
-    grad_grad = grad_x = None
-    if want_grad:
-        stat_grad = ((ug * d).sum(dim=0) / s).sum(dim=[2, 3, 4]) / (k * g)  # [M, F]
-        stat_grad = stat_grad.reshape(1, m, f, 1, 1).expand(g, m, f, h, w).reshape(n, f, h, w)
-        grad_grad = torch.cat([upstream.to(compute), stat_grad], dim=1).to(grad.dtype)
-    if want_x:
-        a = grad[:, c:].to(compute).reshape(g, m, f, h, w).sum(dim=[0, 3, 4]) / (k * g)  # [M, F]
-        v = ug * a.reshape(1, m, f, 1, 1, 1)
-        grad_x = (v - v.mean(dim=0)) / s - (v * d).sum(dim=0) * d / (g * s.pow(3))
-        grad_x = grad_x.reshape(n, c, h, w).to(x.dtype)
+    grad_grad, grad_x = torch.ops.gan_kernels.minibatch_std_double_backward(
+        upstream, grad, x, ctx.group_size, ctx.num_channels
+    )
     return grad_grad, grad_x, None, None
+
+
+def _setup_double_backward(ctx, inputs, output):
+    upstream, grad, x, group_size, num_channels = inputs
+    ctx.save_for_backward(upstream, grad, x)
+    ctx.group_size, ctx.num_channels = group_size, num_channels
+
+
+def _double_backward_backward(ctx, w_grad, w_x):
+    """Gradients of <w_grad, dL/dgrad> + <w_x, dL/dx> for (dL/dgrad, dL/dx) = double_backward(u, grad, x).
+
+    Per group position (G members, d = x - mean(x), s = sqrt(mean(d^2) + eps)) and feature block
+    of K = C/F*H*W positions, with a = sum(grad[:, C:]) / (K G) and P = sum(u d):
+    dL/dgrad = [u, sum(u d / s) / (K G)] and dL/dx = a e, e = (u - mean(u)) / s - P d / (G s^3).
+    The u-dependence is the backward's (through w_grad) and a symmetric operator (through w_x), both
+    our ops; so is the x-dependence through the stddev channel of w_grad. The rest is aten ops
+    (differentiable, for fourth and higher derivatives): with R = sum(w_x (u - mean(u))), Q = sum(w_x d),
+    d<w_x, a e>/dx = a (-R d / (G s^3) - ((u - mean(u)) Q + P (w_x - mean(w_x))) / (G s^3) + 3 P Q d / (G^2 s^5))
+    and d<w_x, a e>/dgrad has sum(w_x e) / (K G) on the stddev channels, 0 elsewhere.
+    """
+    upstream, grad, x = ctx.saved_tensors
+    group_size, num_channels = ctx.group_size, ctx.num_channels
+    w_grad = torch.zeros_like(grad) if w_grad is None else w_grad
+    w_x = torch.zeros_like(x) if w_x is None else w_x
+    want_upstream, want_grad, want_x = ctx.needs_input_grad[:3]
+    n, c, h, w = x.shape
+    f = num_channels
+    if x.numel() == 0:
+        return tuple(torch.zeros_like(t) if want else None for t, want in zip((upstream, grad, x), ctx.needs_input_grad[:3])) + (None, None)
+    ops = torch.ops.gan_kernels
+    d_upstream = d_grad = d_x = None
+    if want_upstream:
+        d_upstream = ops.minibatch_std_backward(w_grad, x, group_size, num_channels)
+        d_upstream = d_upstream + ops.minibatch_std_double_backward(w_x, grad, x, group_size, num_channels)[1]
+    if want_grad or want_x:
+        g = min(group_size, n)
+        m, k = n // g, (c // f) * h * w
+        compute = reference._compute_dtype(x)
+
+        def grouped(t):
+            return t.to(compute).reshape(g, m, f, c // f, h, w)
+
+        xg, ug, wg = grouped(x), grouped(upstream), grouped(w_x)
+        d = xg - xg.mean(dim=0)
+        s = (d.square().mean(dim=0) + EPS).sqrt()
+        u_centred = ug - ug.mean(dim=0)
+        p = (ug * d).sum(dim=0)
+        if want_grad:
+            e = u_centred / s - p * d / (g * s.pow(3))
+            stat = (wg * e).sum(dim=[0, 3, 4, 5]) / (k * g)  # [M, F]
+            stat = stat.reshape(1, m, f, 1, 1).expand(g, m, f, h, w).reshape(n, f, h, w)
+            d_grad = torch.cat([torch.zeros_like(x, dtype=compute), stat], dim=1).to(grad.dtype)
+        if want_x:
+            a = grad[:, c:].to(compute).reshape(g, m, f, h, w).sum(dim=[0, 3, 4]) / (k * g)
+            r = (wg * u_centred).sum(dim=0)
+            q = (wg * d).sum(dim=0)
+            s3 = g * s.pow(3)
+            through_grad_x = (-r * d - u_centred * q - p * (wg - wg.mean(dim=0))) / s3 + 3 * p * q * d / (g * s3 * s.square())
+            through_grad_x = (a.reshape(1, m, f, 1, 1, 1) * through_grad_x).reshape(n, c, h, w).to(x.dtype)
+            d_x = through_grad_x + ops.minibatch_std_double_backward(upstream, w_grad, x, group_size, num_channels)[1]
+    return d_upstream, d_grad, d_x, None, None
 
 
 def register():
     torch.library.register_fake("gan_kernels::minibatch_std", _fake_forward)
     torch.library.register_fake("gan_kernels::minibatch_std_backward", _fake_backward)
+    torch.library.register_fake("gan_kernels::minibatch_std_double_backward", _fake_double_backward)
     torch.library.register_autograd("gan_kernels::minibatch_std", _forward_backward, setup_context=_setup_forward)
     torch.library.register_autograd(
         "gan_kernels::minibatch_std_backward", _backward_backward, setup_context=_setup_backward
+    )
+    torch.library.register_autograd(
+        "gan_kernels::minibatch_std_double_backward", _double_backward_backward, setup_context=_setup_double_backward
     )
