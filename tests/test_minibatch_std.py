@@ -184,6 +184,28 @@ def test_gradgradcheck_of_the_double_backward_op(device, layout, group_size, num
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_second_derivative_matches_reference(device, dtype, layout):
+    """The R1 path: d/dx and d/dgrad of <w2, dL/dx>, through the fused double backward. G = 4: with
+    G = 2 the std is |x1 - x2| / 2, whose second derivative vanishes up to eps, so both sides would
+    compare rounding noise."""
+    torch.manual_seed(5)
+    x0 = make_4d((8, 6, 3, 4), layout, dtype, device)
+    grad0 = torch.randn(8, 8, 3, 4, dtype=dtype, device=device)
+    w2 = torch.randn_like(x0)
+
+    def second(fn):
+        x, grad = x0.clone().requires_grad_(), grad0.clone().requires_grad_()
+        (g1,) = torch.autograd.grad(fn(x, 4, 2), x, grad, create_graph=True)
+        return (g1,) + torch.autograd.grad((g1 * w2).sum(), (x, grad))
+
+    for got, want in zip(second(gan_kernels.minibatch_std), second(reference.minibatch_std)):
+        assert got.dtype == dtype
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_third_derivative_matches_reference(device):
     torch.manual_seed(5)
     x0 = torch.randn(4, 6, 3, 3, dtype=torch.float64, device=device)
@@ -215,7 +237,9 @@ def test_opcheck(device, layout):
 
 @requires_ops
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape, layout", [((4, 6, 3, 3), "strided"), ((3, 4, 2, 2), "permuted"), ((0, 4, 3, 3), "contiguous")])
+@pytest.mark.parametrize(
+    "shape, layout", [((4, 6, 3, 3), "strided"), ((3, 4, 2, 2), "permuted"), ((0, 4, 3, 3), "contiguous")]
+)
 def test_opcheck_forward_strided_min_group_and_empty(device, shape, layout):
     torch.manual_seed(6)
     x = make_4d(shape, layout, torch.float32, device).requires_grad_()

@@ -64,7 +64,8 @@ template <typename scalar_t> struct Tensors {
 };
 
 // One task per (group, feature, row).
-template <typename scalar_t, Mode kMode> void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const Layout& l) {
+template <typename scalar_t, Mode kMode>
+void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kCopies = kMode != Mode::Backward;  // y_out[:, :C] is x or u
   const int64_t G = s.group_size;
@@ -91,7 +92,9 @@ template <typename scalar_t, Mode kMode> void group_rows(const Tensors<scalar_t>
         std::fill(mean, mean + width, acc_t(0));
         for (int64_t g = 0; g < G; ++g) {
           const scalar_t* xr = x_row(g);
-          if (kMode == Mode::Forward) std::copy(xr, xr + width, t.y_out + (g * M + m) * l.y_sample_stride + y_base + col0);
+          if (kMode == Mode::Forward) {
+            std::copy(xr, xr + width, t.y_out + (g * M + m) * l.y_sample_stride + y_base + col0);
+          }
           for (int64_t j = 0; j < width; ++j) mean[j] += acc_t(xr[j]);
         }
         for (int64_t j = 0; j < width; ++j) mean[j] /= acc_t(G);
@@ -192,8 +195,13 @@ void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy, cons
   }
 }
 
-template <typename scalar_t> scalar_t* out_ptr(at::Tensor& t) { return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr; }
-template <typename scalar_t> const scalar_t* in_ptr(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; }
+// Tensors a mode does not use are undefined.
+template <typename scalar_t> scalar_t* out_ptr(at::Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
+}
+template <typename scalar_t> const scalar_t* in_ptr(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
 
 template <typename scalar_t, Mode kMode>
 void run(at::Tensor& y_out, at::Tensor& x_out, const at::Tensor& x, const at::Tensor& y_in, const at::Tensor& x_in,

@@ -200,8 +200,8 @@ template <typename T> __global__ void __launch_bounds__(kThreads) reduce_stat_gr
     A total = 0;
     for (int64_t i = threadIdx.x; i < p.group_size * p.pixels; i += kThreads) {
       const int64_t n = (i / p.pixels) * p.groups + m;
-      total += to_acc(
-          grad[n * l.y_sample_stride + l.stat_offset + f * l.stat_feature_stride + (i % p.pixels) * l.stat_pixel_stride]);
+      const int64_t at = n * l.y_sample_stride + l.stat_offset + f * l.stat_feature_stride;
+      total += to_acc(grad[at + (i % p.pixels) * l.stat_pixel_stride]);
     }
     total = block_sum(total, scratch);
     if (threadIdx.x == 0) coefs[group_feature] = total * scale;

@@ -131,7 +131,8 @@ def _double_backward_backward(ctx, w_grad, w_x):
     n, c, h, w = x.shape
     f = num_channels
     if x.numel() == 0:
-        return tuple(torch.zeros_like(t) if want else None for t, want in zip((upstream, grad, x), ctx.needs_input_grad[:3])) + (None, None)
+        empty = [torch.zeros_like(t) if want else None for t, want in zip((upstream, grad, x), ctx.needs_input_grad)]
+        return (*empty, None, None)
     ops = torch.ops.gan_kernels
     d_upstream = d_grad = d_x = None
     if want_upstream:
@@ -160,7 +161,8 @@ def _double_backward_backward(ctx, w_grad, w_x):
             r = (wg * u_centred).sum(dim=0)
             q = (wg * d).sum(dim=0)
             s3 = g * s.pow(3)
-            through_grad_x = (-r * d - u_centred * q - p * (wg - wg.mean(dim=0))) / s3 + 3 * p * q * d / (g * s3 * s.square())
+            w_centred = wg - wg.mean(dim=0)
+            through_grad_x = (-r * d - u_centred * q - p * w_centred) / s3 + 3 * p * q * d / (g * s3 * s.square())
             through_grad_x = (a.reshape(1, m, f, 1, 1, 1) * through_grad_x).reshape(n, c, h, w).to(x.dtype)
             d_x = through_grad_x + ops.minibatch_std_double_backward(upstream, w_grad, x, group_size, num_channels)[1]
     return d_upstream, d_grad, d_x, None, None
