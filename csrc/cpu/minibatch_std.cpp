@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cmath>
@@ -64,6 +65,17 @@ template <typename scalar_t> struct Tensors {
 };
 
 // One task per (group, feature, row).
+// sqrt(sum_sq / G + eps) in place. Vectorised explicitly: std::sqrt may set errno, so the compiler
+// keeps it scalar. Both are correctly rounded, so every position gets the same bits either way.
+template <typename acc_t> void group_std(acc_t* sum_sq, int64_t width, int64_t G) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  int64_t j = 0;
+  for (; j + Vec::size() <= width; j += Vec::size()) {
+    (Vec::loadu(sum_sq + j) / Vec(acc_t(G)) + Vec(acc_t(kEps))).sqrt().store(sum_sq + j);
+  }
+  for (; j < width; ++j) sum_sq[j] = std::sqrt(sum_sq[j] / acc_t(G) + acc_t(kEps));
+}
+
 template <typename scalar_t, Mode kMode>
 void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -74,9 +86,10 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (G * l.cols));
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     acc_t mean[kChunk];
-    acc_t inv_std[kChunk];  // first the sum of d^2
+    acc_t inv_std[kChunk];  // first the sum of d^2, then the std
     acc_t u_mean[kChunk];
     acc_t u_dot_d[kChunk];
+    acc_t row_sums[kChunk];  // per column lane, summed in lane order at the end of the row
     for (int64_t task = begin; task < end; ++task) {
       const int64_t row = task % l.rows;
       const int64_t group_feature = task / l.rows;
@@ -85,7 +98,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
       const int64_t x_base = f * l.feature_stride + row * l.x_row_stride;
       const int64_t y_base = f * l.feature_stride + row * l.y_row_stride;
       const acc_t coef = kMode == Mode::Forward ? acc_t(0) : t.coefs[group_feature];
-      acc_t row_sum = 0;
+      std::fill(row_sums, row_sums + kChunk, acc_t(0));
       for (int64_t col0 = 0; col0 < l.cols; col0 += kChunk) {
         const int64_t width = std::min(kChunk, l.cols - col0);
         auto x_row = [&](int64_t g) { return t.x + (g * M + m) * l.x_sample_stride + x_base + col0; };
@@ -106,10 +119,11 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
             inv_std[j] += d * d;
           }
         }
-        for (int64_t j = 0; j < width; ++j) {
-          const acc_t std = std::sqrt(inv_std[j] / acc_t(G) + acc_t(kEps));
-          if (kMode == Mode::Forward) row_sum += std;
-          inv_std[j] = acc_t(1) / std;
+        group_std(inv_std, width, G);
+        if (kMode == Mode::Forward) {
+          for (int64_t j = 0; j < width; ++j) row_sums[j] += inv_std[j];
+        } else {
+          for (int64_t j = 0; j < width; ++j) inv_std[j] = acc_t(1) / inv_std[j];
         }
         if (kMode == Mode::Backward) {
           for (int64_t g = 0; g < G; ++g) {
@@ -138,7 +152,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
           }
           for (int64_t j = 0; j < width; ++j) {
             u_mean[j] /= acc_t(G);
-            row_sum += u_dot_d[j] * inv_std[j];
+            row_sums[j] += u_dot_d[j] * inv_std[j];
           }
           for (int64_t g = 0; g < G; ++g) {
             const int64_t n = g * M + m;
@@ -153,7 +167,11 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
           }
         }
       }
-      if (kCopies) t.partials[task] = row_sum;
+      if (kCopies) {
+        acc_t row_sum = 0;
+        for (int64_t j = 0; j < std::min(kChunk, l.cols); ++j) row_sum += row_sums[j];
+        t.partials[task] = row_sum;
+      }
     }
   });
 }
