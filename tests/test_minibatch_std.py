@@ -68,6 +68,28 @@ def test_forward_and_backward_match_reference(device, dtype, layout, group_size,
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, layout", [((8, 64, 10, 10), "contiguous"), ((8, 96, 16, 16), "channels_last")])
+def test_blocks_split_into_many_tiles_and_chunks_match_reference(device, dtype, shape, layout):
+    """Rows longer than one CPU chunk (with a partial last chunk) and feature blocks spread over
+    several CUDA tiles (with a partial last tile): forward, backward and the double backward."""
+    torch.manual_seed(10)
+    x0 = make_4d(shape, layout, dtype, device)
+    n, c, h, w = shape
+    grad0 = torch.randn(n, c + 2, h, w, dtype=dtype, device=device)
+    w2 = torch.randn_like(x0)
+
+    def run(fn):
+        x, grad = x0.clone().requires_grad_(), grad0.clone().requires_grad_()
+        y = fn(x, 4, 2)
+        (g1,) = torch.autograd.grad(y, x, grad, create_graph=True)
+        return (y, g1) + torch.autograd.grad((g1 * w2).sum(), (x, grad))
+
+    for got, want in zip(run(gan_kernels.minibatch_std), run(reference.minibatch_std)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     "shape, group_size, num_channels",
     [
