@@ -3,7 +3,13 @@ import torch  # noqa: F401  (must be loaded before the compiled extension)
 
 from . import nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
-from .ops import per_sample_penalty, pixel_norm, spectral_norm_normalize, spectral_norm_power_iteration_
+from .ops import (
+    minibatch_std,
+    per_sample_penalty,
+    pixel_norm,
+    spectral_norm_normalize,
+    spectral_norm_power_iteration_,
+)
 from .penalties import gradient_penalty
 
 __version__ = "0.1.0"
@@ -13,6 +19,7 @@ __all__ = [
     "FallbackWarning",
     "backend",
     "gradient_penalty",
+    "minibatch_std",
     "nn",
     "penalties",
     "per_sample_penalty",

@@ -1,4 +1,5 @@
 """Drop-in layers for existing PyTorch GANs."""
+from .minibatch_std import MinibatchStd
 from .pixel_norm import PixelNorm
 from .spectral_norm import (
     SpectralNorm,
@@ -10,6 +11,7 @@ from .spectral_norm import (
 )
 
 __all__ = [
+    "MinibatchStd",
     "PixelNorm",
     "SpectralNorm",
     "SpectralNormGroup",

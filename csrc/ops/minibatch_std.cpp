@@ -1,0 +1,182 @@
+// Contract of gan_kernels::minibatch_std, minibatch_std_backward and minibatch_std_double_backward:
+// schemas, checks, output and workspace allocation, and the CPU/CUDA registrations. Autograd and
+// fake kernels: gan_kernels/ops/minibatch_std.py.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "cpu/minibatch_std.h"
+#include "ops/common.h"
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/minibatch_std.h"
+#endif
+
+namespace gan_kernels {
+namespace {
+
+// channels_last inputs give channels_last outputs (and gradients); every other layout, NCHW-contiguous.
+at::MemoryFormat output_format(const at::Tensor& x) {
+  return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous() ? at::MemoryFormat::ChannelsLast
+                                                                                : at::MemoryFormat::Contiguous;
+}
+
+// The checks of gan_kernels/ops/minibatch_std.py, with the same messages.
+MinibatchStdShape check_args(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  check_floating(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D tensor [N, C, H, W], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(group_size >= 1, "group_size must be >= 1, got ", group_size);
+  TORCH_CHECK_VALUE(num_channels >= 1, "num_channels must be >= 1, got ", num_channels);
+  const int64_t n = x.size(0);
+  const int64_t c = x.size(1);
+  TORCH_CHECK_VALUE(c > 0 && c % num_channels == 0, "the number of channels C=", c,
+                    " of x is not a positive multiple of num_channels F=", num_channels,
+                    "; use a num_channels that divides C");
+  const int64_t g = std::min(group_size, n);
+  TORCH_CHECK_VALUE(n == 0 || n % g == 0, "batch size N=", n, " is not divisible by group size G=", g,
+                    "; use a batch size that is a multiple of ", g, " or a group_size that divides ", n);
+  const int64_t pixels = x.size(2) * x.size(3);
+  // With one pixel NCHW and NHWC are the same memory; the NHWC view gives the kernels long rows.
+  const bool channels_last = output_format(x) == at::MemoryFormat::ChannelsLast || pixels == 1;
+  return {g == 0 ? 0 : n / g, g, num_channels, c, pixels, channels_last};
+}
+
+#ifdef WITH_CUDA
+// Undefined tensors are the ones the mode (forward, backward, double backward) does not use.
+MinibatchStdParams cuda_params(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& upstream,
+                               const at::Tensor& y_out, const at::Tensor& x_out, const MinibatchStdShape& s) {
+  MinibatchStdParams p{};
+  p.x = x.const_data_ptr();
+  p.grad = grad.defined() ? grad.const_data_ptr() : nullptr;
+  p.upstream = upstream.defined() ? upstream.const_data_ptr() : nullptr;
+  p.y_out = y_out.defined() ? y_out.mutable_data_ptr() : nullptr;
+  p.x_out = x_out.defined() ? x_out.mutable_data_ptr() : nullptr;
+  p.groups = s.groups;
+  p.group_size = s.group_size;
+  p.features = s.features;
+  p.channels = s.channels;
+  p.pixels = s.pixels;
+  p.channels_last = s.channels_last;
+  p.dtype = cuda_dtype(x.scalar_type());
+  return p;
+}
+
+void launch(MinibatchStdParams params, const at::Tensor& x) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor workspace =
+      at::empty({int64_t(minibatch_std_workspace_bytes(params))}, x.options().dtype(at::kByte));
+  params.workspace = workspace.mutable_data_ptr();
+  C10_CUDA_CHECK(launch_minibatch_std(params, c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+at::Tensor accumulators(const at::Tensor& x, int64_t count) {
+  return at::empty({count}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+}
+
+std::vector<int64_t> output_shape(const at::Tensor& x, int64_t num_channels) {
+  return {x.size(0), x.size(1) + num_channels, x.size(2), x.size(3)};
+}
+
+void check_like(const at::Tensor& t, const char* arg, const at::Tensor& x, at::IntArrayRef shape, const char* what) {
+  TORCH_CHECK_VALUE(t.device() == x.device(), arg, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), arg, " has dtype ", t.scalar_type(), " but x has dtype ",
+                   x.scalar_type());
+  TORCH_CHECK_VALUE(t.sizes() == shape, arg, " has shape ", t.sizes(), " but ", what, " has shape ", shape);
+}
+
+at::Tensor forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  const at::MemoryFormat format = output_format(x);
+  const at::Tensor xd = x.contiguous(format);
+  at::Tensor out = at::empty(output_shape(x, num_channels), x.options().memory_format(format));
+  if (out.numel() == 0) return out;
+#ifdef WITH_CUDA
+  if (x.is_cuda()) {
+    launch(cuda_params(xd, at::Tensor(), at::Tensor(), out, at::Tensor(), shape), xd);
+    return out;
+  }
+#endif
+  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
+  minibatch_std_cpu(out, xd, partials, shape);
+  return out;
+}
+
+at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
+  const at::MemoryFormat format = output_format(x);
+  const at::Tensor xd = x.contiguous(format);
+  const at::Tensor gd = grad.contiguous(format);
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
+  if (grad_x.numel() == 0) return grad_x;
+#ifdef WITH_CUDA
+  if (x.is_cuda()) {
+    launch(cuda_params(xd, gd, at::Tensor(), at::Tensor(), grad_x, shape), xd);
+    return grad_x;
+  }
+#endif
+  at::Tensor coefs = accumulators(xd, shape.groups * shape.features);
+  minibatch_std_backward_cpu(grad_x, gd, xd, coefs, shape);
+  return grad_x;
+}
+
+std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, const at::Tensor& grad,
+                                                   const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  check_like(upstream, "upstream", x, x.sizes(), "x");
+  check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
+  const at::MemoryFormat format = output_format(x);
+  const at::Tensor xd = x.contiguous(format);
+  const at::Tensor gd = grad.contiguous(format);
+  const at::Tensor ud = upstream.contiguous(format);
+  at::Tensor grad_grad = at::empty(grad.sizes(), x.options().memory_format(format));
+  at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
+  if (grad_x.numel() == 0) return {grad_grad.zero_(), grad_x};
+#ifdef WITH_CUDA
+  if (x.is_cuda()) {
+    launch(cuda_params(xd, gd, ud, grad_grad, grad_x, shape), xd);
+    return {grad_grad, grad_x};
+  }
+#endif
+  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
+  at::Tensor coefs = accumulators(xd, shape.groups * shape.features);
+  minibatch_std_double_backward_cpu(grad_grad, grad_x, ud, gd, xd, partials, coefs, shape);
+  return {grad_grad, grad_x};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
+  m.def("minibatch_std(Tensor x, int group_size, int num_channels) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("minibatch_std_backward(Tensor grad, Tensor x, int group_size, int num_channels) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "minibatch_std_double_backward(Tensor upstream, Tensor grad, Tensor x, int group_size, int num_channels) -> "
+      "(Tensor, Tensor)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
+  m.impl("minibatch_std", &forward);
+  m.impl("minibatch_std_backward", &backward);
+  m.impl("minibatch_std_double_backward", &double_backward);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+  m.impl("minibatch_std", &forward);
+  m.impl("minibatch_std_backward", &backward);
+  m.impl("minibatch_std_double_backward", &double_backward);
+}
+#endif
+
+}  // namespace gan_kernels

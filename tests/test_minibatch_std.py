@@ -1,0 +1,443 @@
+import math
+
+import pytest
+import torch
+from helpers import (
+    DEVICES,
+    FLOAT_DTYPES,
+    LAYOUTS,
+    OPS_REGISTERED,
+    assert_close,
+    make_4d,
+    requires_ops,
+    unregistered_autograd_is_an_error,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gan_kernels
+from gan_kernels import _backend, reference
+
+minibatch_std_op = torch.ops.gan_kernels.minibatch_std.default if OPS_REGISTERED else None
+minibatch_std_backward_op = torch.ops.gan_kernels.minibatch_std_backward.default if OPS_REGISTERED else None
+minibatch_std_double_backward_op = (
+    torch.ops.gan_kernels.minibatch_std_double_backward.default if OPS_REGISTERED else None
+)
+
+
+def stylegan2_minibatch_std(x, group_size, num_channels):
+    """StyleGAN2-ADA's MinibatchStdLayer.forward, transcribed literally (no fp32 cast of its own)."""
+    N, C, H, W = x.shape
+    G = torch.min(torch.as_tensor(group_size), torch.as_tensor(N)) if group_size is not None else N
+    F = num_channels
+    c = C // F
+    y = x.reshape(G, -1, F, c, H, W)
+    y = y - y.mean(dim=0)
+    y = y.square().mean(dim=0)
+    y = (y + 1e-8).sqrt()
+    y = y.mean(dim=[2, 3, 4])
+    y = y.reshape(-1, F, 1, 1)
+    y = y.repeat(G, 1, H, W)
+    x = torch.cat([x, y], dim=1)
+    return x
+
+
+def grads(fn, x, grad_out, *args):
+    x = x.detach().requires_grad_()
+    y = fn(x, *args)
+    (gx,) = torch.autograd.grad(y, x, grad_out)
+    return y, gx
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("group_size, num_channels", [(4, 1), (2, 3)])
+def test_forward_and_backward_match_reference(device, dtype, layout, group_size, num_channels):
+    torch.manual_seed(0)
+    x = make_4d((8, 12, 5, 6), layout, dtype, device)
+    grad_out = torch.randn(8, 12 + num_channels, 5, 6, dtype=dtype, device=device)
+    y, gx = grads(gan_kernels.minibatch_std, x, grad_out, group_size, num_channels)
+    y_ref, gx_ref = grads(reference.minibatch_std, x, grad_out, group_size, num_channels)
+    assert y.shape == (8, 12 + num_channels, 5, 6)
+    assert y.dtype == dtype and gx.dtype == dtype
+    assert torch.equal(y[:, :12], x)  # the copy of x is exact
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape, layout", [((8, 64, 10, 10), "contiguous"), ((8, 96, 16, 16), "channels_last")])
+def test_blocks_split_into_many_tiles_and_chunks_match_reference(device, dtype, shape, layout):
+    """Rows longer than one CPU chunk (with a partial last chunk) and feature blocks spread over
+    several CUDA tiles (with a partial last tile): forward, backward and the double backward."""
+    torch.manual_seed(10)
+    x0 = make_4d(shape, layout, dtype, device)
+    n, c, h, w = shape
+    grad0 = torch.randn(n, c + 2, h, w, dtype=dtype, device=device)
+    w2 = torch.randn_like(x0)
+
+    def run(fn):
+        x, grad = x0.clone().requires_grad_(), grad0.clone().requires_grad_()
+        y = fn(x, 4, 2)
+        (g1,) = torch.autograd.grad(y, x, grad, create_graph=True)
+        return (y, g1) + torch.autograd.grad((g1 * w2).sum(), (x, grad))
+
+    for got, want in zip(run(gan_kernels.minibatch_std), run(reference.minibatch_std)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    "shape, group_size, num_channels",
+    [
+        ((8, 16, 4, 4), 4, 1),  # StyleGAN2's default at its 4x4 epilogue
+        ((6, 8, 3, 5), 2, 2),
+        ((5, 6, 2, 2), 5, 3),  # N = G: one group
+        ((3, 4, 4, 4), 4, 1),  # min(group_size, N) = 3
+        ((4, 4, 1, 1), 2, 4),  # H = W = 1, one channel per feature
+        ((6, 4, 3, 3), None, 1),  # the whole batch is one group
+    ],
+)
+def test_matches_literal_stylegan2_formula(device, dtype, shape, group_size, num_channels):
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=dtype, device=device)
+    expected = stylegan2_minibatch_std(x.clone(), group_size, num_channels)
+    assert_close(gan_kernels.minibatch_std(x, group_size, num_channels), expected)
+    assert_close(gan_kernels.nn.MinibatchStd(group_size, num_channels)(x), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_group_of_one_sample_has_std_sqrt_eps(device, dtype):
+    torch.manual_seed(2)
+    x = torch.randn(3, 6, 4, 2, dtype=dtype, device=device, requires_grad=True)
+    y = gan_kernels.minibatch_std(x, 1, 2)
+    torch.testing.assert_close(y[:, 6:], torch.full((3, 2, 4, 2), math.sqrt(1e-8), dtype=dtype, device=device))
+    # sqrt(var + eps) does not depend on x when each group has one member: only the copy passes gradient.
+    grad_out = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, grad_out)
+    assert torch.equal(gx, grad_out[:, :6])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouping_is_strided(device):
+    # N = 4, G = 2: samples {0, 2} form one group and {1, 3} the other.
+    x = torch.tensor([0.0, 10.0, 2.0, 10.0], dtype=torch.float64, device=device).reshape(4, 1, 1, 1)
+    stats = gan_kernels.minibatch_std(x, 2)[:, 1, 0, 0]
+    expected = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64, device=device).add(1e-8).sqrt()
+    torch.testing.assert_close(stats, expected)
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "layout, memory_format",
+    [
+        ("contiguous", torch.contiguous_format),
+        ("channels_last", torch.channels_last),
+        ("strided", torch.contiguous_format),
+        ("permuted", torch.contiguous_format),
+    ],
+)
+def test_output_memory_format_of_the_ops(device, layout, memory_format):
+    # The reference returns what torch.cat gives; the ops promise this (and register_fake agrees).
+    x = make_4d((4, 8, 3, 3), layout, torch.float32, device)
+    assert minibatch_std_op(x, 4, 1).is_contiguous(memory_format=memory_format)
+    grad = make_4d((4, 9, 3, 3), layout, torch.float32, device)
+    assert minibatch_std_backward_op(grad, x, 4, 1).is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_statistics_in_float32(device, dtype):
+    # Squared deviations of ~300 overflow fp16 (max 65504); float32 statistics do not.
+    x = (torch.randn(8, 32, 4, 4, device=device) * 300).to(dtype)
+    y = gan_kernels.minibatch_std(x)
+    assert torch.isfinite(y).all()
+    assert_close(y, reference.minibatch_std(x.double()).to(dtype), dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("group_size, num_channels", [(2, 1), (3, 2), (1, 1)])
+def test_gradcheck_and_gradgradcheck(device, layout, group_size, num_channels):
+    torch.manual_seed(3)
+    x = make_4d((6, 4, 3, 2), layout, torch.float64, device).requires_grad_()
+
+    def fn(t):
+        return gan_kernels.minibatch_std(t, group_size, num_channels)
+
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradgradcheck_of_the_backward_op(device, layout):
+    torch.manual_seed(4)
+    x = make_4d((4, 6, 2, 3), layout, torch.float64, device).requires_grad_()
+    g = make_4d((4, 8, 2, 3), layout, torch.float64, device).requires_grad_()
+
+    def backward_op(grad, inp):
+        return minibatch_std_backward_op(grad, inp, 2, 2)
+
+    assert torch.autograd.gradcheck(backward_op, (g, x))
+    assert torch.autograd.gradgradcheck(backward_op, (g, x))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout, group_size, num_channels", [("contiguous", 2, 2), ("channels_last", 3, 1)])
+def test_gradgradcheck_of_the_double_backward_op(device, layout, group_size, num_channels):
+    torch.manual_seed(4)
+    x = make_4d((6, 4, 1, 2), layout, torch.float64, device).requires_grad_()
+    g = make_4d((6, 4 + num_channels, 1, 2), layout, torch.float64, device).requires_grad_()
+    u = make_4d((6, 4, 1, 2), layout, torch.float64, device).requires_grad_()
+
+    def double_backward_op(upstream, grad, inp):
+        return minibatch_std_double_backward_op(upstream, grad, inp, group_size, num_channels)
+
+    assert torch.autograd.gradcheck(double_backward_op, (u, g, x))
+    assert torch.autograd.gradgradcheck(double_backward_op, (u, g, x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_second_derivative_matches_reference(device, dtype, layout):
+    """The R1 path: d/dx and d/dgrad of <w2, dL/dx>, through the fused double backward. G = 4: with
+    G = 2 the std is |x1 - x2| / 2, whose second derivative vanishes up to eps, so both sides would
+    compare rounding noise."""
+    torch.manual_seed(5)
+    x0 = make_4d((8, 6, 3, 4), layout, dtype, device)
+    grad0 = torch.randn(8, 8, 3, 4, dtype=dtype, device=device)
+    w2 = torch.randn_like(x0)
+
+    def second(fn):
+        x, grad = x0.clone().requires_grad_(), grad0.clone().requires_grad_()
+        (g1,) = torch.autograd.grad(fn(x, 4, 2), x, grad, create_graph=True)
+        return (g1,) + torch.autograd.grad((g1 * w2).sum(), (x, grad))
+
+    for got, want in zip(second(gan_kernels.minibatch_std), second(reference.minibatch_std)):
+        assert got.dtype == dtype
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_third_derivative_matches_reference(device):
+    torch.manual_seed(5)
+    x0 = torch.randn(4, 6, 3, 3, dtype=torch.float64, device=device)
+    w1 = torch.randn(4, 8, 3, 3, dtype=torch.float64, device=device)
+    w2, w3 = torch.randn_like(x0), torch.randn_like(x0)
+
+    def third(fn):
+        x = x0.clone().requires_grad_()
+        (g1,) = torch.autograd.grad((fn(x, 2, 2) * w1).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad((g1 * w2).sum(), x, create_graph=True)
+        (g3,) = torch.autograd.grad((g2 * w3).sum(), x)
+        return g3
+
+    assert_close(third(gan_kernels.minibatch_std), third(reference.minibatch_std))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, layout):
+    torch.manual_seed(6)
+    x = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
+    g = make_4d((4, 8, 3, 3), layout, torch.float32, device).requires_grad_()
+    u = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
+    torch.library.opcheck(minibatch_std_op, (x, 2, 2))
+    torch.library.opcheck(minibatch_std_backward_op, (g, x, 2, 2))
+    torch.library.opcheck(minibatch_std_double_backward_op, (u, g, x, 2, 2))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "shape, layout", [((4, 6, 3, 3), "strided"), ((3, 4, 2, 2), "permuted"), ((0, 4, 3, 3), "contiguous")]
+)
+def test_opcheck_forward_strided_min_group_and_empty(device, shape, layout):
+    torch.manual_seed(6)
+    x = make_4d(shape, layout, torch.float32, device).requires_grad_()
+    torch.library.opcheck(minibatch_std_op, (x, 4, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_r1_penalty_through_minibatch_std_matches_reference(device):
+    """R1 on a tiny D with minibatch stddev in its epilogue: every parameter gradient equals the
+    reference path's, and no op on the path lacks an autograd kernel."""
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1).double().to(device)
+    epilogue = torch.nn.Conv2d(9, 4, 3, padding=1).double().to(device)
+    head = torch.nn.Linear(4 * 4 * 4, 1).double().to(device)
+    params = [conv.weight, conv.bias, epilogue.weight, head.weight]  # biases after mbstd do not reach dD/dx
+    x0 = torch.randn(8, 3, 4, 4, dtype=torch.float64, device=device)
+
+    def penalty_and_grads(mbstd):
+        x = x0.clone().requires_grad_()
+        h = torch.nn.functional.leaky_relu(conv(x), 0.2)
+        logits = head(torch.nn.functional.leaky_relu(epilogue(mbstd(h, 4, 1)), 0.2).flatten(1))
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        penalty = g.square().sum(dim=[1, 2, 3]).mean()
+        return penalty, torch.autograd.grad(penalty, params)
+
+    with unregistered_autograd_is_an_error():
+        penalty, param_grads = penalty_and_grads(gan_kernels.minibatch_std)
+    penalty_ref, param_grads_ref = penalty_and_grads(reference.minibatch_std)
+    assert_close(penalty, penalty_ref)
+    for got, want in zip(param_grads, param_grads_ref):
+        assert want.abs().sum() > 0
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), gan_kernels.nn.MinibatchStd(4, 2), torch.nn.LeakyReLU(0.2)
+    ).to(device)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(8, 3, 4, 4, device=device, requires_grad=True)
+    y = compiled(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    y_ref = model(x)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 4, 3, 3), (4, 4, 0, 3), (4, 4, 3, 0)])
+def test_empty(device, shape):
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    y = gan_kernels.minibatch_std(x, 4, 2)
+    n, c, h, w = shape
+    assert y.shape == (n, c + 2, h, w)
+    assert y.shape == reference.minibatch_std(x, 4, 2).shape
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.shape == x.shape
+
+
+def test_module_matches_function_and_has_no_state():
+    layer = gan_kernels.nn.MinibatchStd(group_size=2, num_channels=3)
+    x = torch.randn(4, 6, 3, 3)
+    torch.testing.assert_close(layer(x), gan_kernels.minibatch_std(x, 2, 3))
+    assert layer.state_dict() == {}
+    assert "group_size=2" in repr(layer) and "num_channels=3" in repr(layer)
+    assert "group_size=None" in repr(gan_kernels.nn.MinibatchStd(None))
+
+
+@requires_ops
+def test_results_do_not_depend_on_the_thread_count():
+    torch.manual_seed(9)
+    x = torch.randn(8, 64, 16, 16)
+    grad_out = torch.randn(8, 65, 16, 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        y1, g1 = grads(gan_kernels.minibatch_std, x, grad_out)
+        torch.set_num_threads(max(2, threads))
+        y2, g2 = grads(gan_kernels.minibatch_std, x, grad_out)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(y1, y2) and torch.equal(g1, g2)
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_public_function_runs_the_compiled_op():
+    x = torch.randn(4, 4, 3, 3)
+    with torch.autograd.profiler.profile() as prof:
+        gan_kernels.minibatch_std(x)
+    assert any(event.name == "gan_kernels::minibatch_std" for event in prof.function_events)
+
+
+BAD_INPUTS = [
+    (dict(x=torch.randn(4, 8, 3)), ValueError, r"x must be a 4-D tensor \[N, C, H, W\], got shape \[4, 8, 3\]"),
+    (dict(x=torch.ones(4, 8, 3, 3, dtype=torch.int64)), TypeError, "x must be float64, float32, float16 or bfloat16"),
+    (dict(x=torch.randn(4, 8, 3, 3), group_size=0), ValueError, "group_size must be >= 1, got 0"),
+    (dict(x=torch.randn(4, 8, 3, 3), num_channels=-1), ValueError, "num_channels must be >= 1, got -1"),
+    (
+        dict(x=torch.randn(4, 6, 3, 3), num_channels=4),
+        ValueError,
+        "the number of channels C=6 of x is not a positive multiple of num_channels F=4",
+    ),
+    (dict(x=torch.randn(4, 0, 3, 3)), ValueError, "the number of channels C=0 of x is not a positive multiple"),
+    (
+        dict(x=torch.randn(6, 8, 3, 3), group_size=4),
+        ValueError,
+        "batch size N=6 is not divisible by group size G=4; use a batch size that is a multiple of 4 "
+        "or a group_size that divides 6",
+    ),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
+def test_bad_input_names_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gan_kernels.minibatch_std(**kwargs)
+
+
+@requires_ops
+@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
+def test_the_op_gives_the_same_messages(kwargs, error, match):
+    args = dict(group_size=4, num_channels=1) | kwargs
+    with pytest.raises(error, match=match):
+        minibatch_std_op(args["x"], args["group_size"], args["num_channels"])
+
+
+def test_bad_arguments_of_the_public_function_and_layer():
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        gan_kernels.minibatch_std([1.0, 2.0])
+    with pytest.raises(TypeError, match="group_size must be an int, got float"):
+        gan_kernels.minibatch_std(torch.randn(4, 4, 2, 2), 2.0)
+    with pytest.raises(ValueError, match="group_size must be >= 1, got 0"):
+        gan_kernels.nn.MinibatchStd(group_size=0)
+    with pytest.raises(ValueError, match="num_channels must be >= 1, got 0"):
+        gan_kernels.nn.MinibatchStd(num_channels=0)
+
+
+@requires_ops
+def test_bad_grad_to_the_backward_ops_names_it():
+    x = torch.randn(4, 6, 2, 2)
+    with pytest.raises(ValueError, match=r"grad has shape \[4, 6, 2, 2\] but the output of minibatch_std has shape "
+                                         r"\[4, 7, 2, 2\]"):
+        minibatch_std_backward_op(torch.randn(4, 6, 2, 2), x, 4, 1)
+    with pytest.raises(TypeError, match="grad has dtype Double but x has dtype Float"):
+        minibatch_std_backward_op(torch.randn(4, 7, 2, 2, dtype=torch.float64), x, 4, 1)
+    with pytest.raises(ValueError, match=r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]"):
+        minibatch_std_double_backward_op(torch.randn(4, 7, 2, 2), torch.randn(4, 7, 2, 2), x, 4, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    group=st.integers(1, 4),
+    extra_group_size=st.integers(0, 3),
+    features=st.integers(1, 3),
+    channels_per_feature=st.integers(1, 3),
+    height=st.integers(1, 4),
+    width=st.integers(1, 4),
+    data=st.data(),
+)
+def test_random_shapes_and_layouts_match_reference(
+    groups, group, extra_group_size, features, channels_per_feature, height, width, data
+):
+    # group_size > N exercises min(group_size, N); a batch of one group makes G = N.
+    n = groups * group
+    group_size = group + extra_group_size if groups == 1 else group
+    shape = (n, features * channels_per_feature, height, width)
+    order = data.draw(st.permutations(range(4)), label="memory order")
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    x = torch.randn([shape[i] for i in order], dtype=torch.float64).permute([order.index(i) for i in range(4)])
+    grad_out = torch.randn(n, shape[1] + features, height, width, dtype=torch.float64)
+    y, gx = grads(gan_kernels.minibatch_std, x, grad_out, group_size, features)
+    y_ref, gx_ref = grads(reference.minibatch_std, x, grad_out, group_size, features)
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
