@@ -72,7 +72,8 @@ def gradient_from_output(act, alpha, gain, clamp):
 
 
 def _reduce_to_bias(grad_v, dim):
-    return grad_v.sum(dim=[i for i in range(grad_v.dim()) if i != dim])
+    other_dims = [i for i in range(grad_v.dim()) if i != dim]
+    return grad_v.sum(dim=other_dims) if other_dims else grad_v  # sum(dim=[]) would sum everything
 
 
 def _to_x_and_b(ctx, grad_v, x_slot, b_slot):
