@@ -52,15 +52,18 @@ def test_forward_and_backward_match_reference(device, dtype, act, layout, option
     if dtype in (torch.float64, torch.float32):
         assert_close(gb, gb_ref)
     else:
-        # The gradient ops return dL/dv in the input dtype (as StyleGAN's), and dL/db is its sum over
-        # 90 elements per channel: compare with the sum of the reference's dL/dv rounded the same way.
-        assert_close(gb, bias_gradient_of_rounded_terms(x, b, grad_out, act, **options))
+        assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, **options)
 
 
-def bias_gradient_of_rounded_terms(x, b, grad_out, act, scale=1.0, **options):
+def assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, scale=1.0, **options):
+    """dL/db sums dL/dv over 90 elements per channel. The compiled ops round each dL/dv to the input
+    dtype before the sum (as StyleGAN's do), the reference does not: both must lie within one rounding
+    of each term (plus the final one) of the exact float sum."""
     v = (x.float() * scale + b.float().reshape(-1, 1, 1)).requires_grad_()
     (grad_v,) = torch.autograd.grad(reference.bias_act(v, act=act, **options), v, grad_out.float())
-    return grad_v.to(x.dtype).sum(dim=[0, 2, 3])
+    exact = grad_v.sum(dim=[0, 2, 3])
+    bound = torch.finfo(x.dtype).eps * (grad_v.abs().sum(dim=[0, 2, 3]) + exact.abs())
+    assert ((gb.float() - exact).abs() <= bound).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
