@@ -55,6 +55,22 @@ def test_forward_and_backward_match_reference(device, dtype, act, layout, option
         assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, **options)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("options", [{}, dict(gain=1.6, clamp=0.8)], ids=["defaults", "gain_clamp"])
+def test_without_bias_matches_reference(device, dtype, act, options):
+    torch.manual_seed(10)
+    x = make_4d((2, 6, 4, 5), "channels_last", dtype, device).requires_grad_()
+    grad_out = torch.randn(x.shape, dtype=dtype, device=device)
+    y = gan_kernels.bias_act(x, act=act, **options)
+    (gx,) = torch.autograd.grad(y, x, grad_out)
+    y_ref = reference.bias_act(x, act=act, **options)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, grad_out)
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+
+
 def assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, scale=1.0, **options):
     """dL/db sums dL/dv over 90 elements per channel. The compiled ops round each dL/dv to the input
     dtype before the sum (as StyleGAN's do), the reference does not: both must lie within one rounding
@@ -117,9 +133,10 @@ def test_clamp_gradient_passes_exactly_at_the_bounds(device, dtype, act):
     assert_close(y, reference.bias_act(x, **kwargs))
     assert_close(gx, gx_ref)
     slope = {"linear": 1.0, "relu": 0.0, "lrelu": 0.5}[act]
-    # torch.clamp passes the gradient at the bounds: 1.0 (and -2.0 for lrelu) on a bound, 1.25 and -2.5 past it.
-    first_negative = slope if act != "linear" else 0.0
-    expected = [1.0, first_negative, 1.0, 0.0, 0.0 if act != "relu" else 0.0, slope]
+    # torch.clamp passes the gradient at the bounds (StyleGAN's kernel does not): 1.0, and -2.0 under
+    # lrelu, land exactly on a bound; 1.25 and -2.5 go past it; -2.0 under linear goes past -1.
+    at_minus_two = 0.0 if act == "linear" else slope
+    expected = [1.0, at_minus_two, 1.0, 0.0, 0.0, slope]
     assert gx.tolist() == [expected]
 
 
