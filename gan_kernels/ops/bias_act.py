@@ -6,6 +6,7 @@ Three dispatcher ops, with v = x * scale + b:
   bias_act_grad2  d/dv of <upstream, bias_act_grad> for the smooth acts
 """
 import math
+import numbers
 
 import torch
 
@@ -58,10 +59,12 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     dtype (fp16/bf16 compute in float32), any layout, differentiable to any order.
     """
     alpha, gain = reference.bias_act_defaults(act, alpha, gain) if act in ACTIVATIONS else (alpha, gain)
-    clamp = None if clamp is None else float(clamp) if isinstance(clamp, int) else clamp
+    # numpy scalars (StyleGAN's gains are np.float32/np.float64) become the floats the schema takes.
+    clamp = float(clamp) if isinstance(clamp, numbers.Real) else clamp
+    scale = float(scale) if isinstance(scale, numbers.Real) else scale
     _check_args(x, b, dim, act, alpha, gain, clamp, scale)
     if _backend.use_compiled(x.device):
-        return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, float(scale))
+        return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
     return reference.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
 
 
