@@ -4,6 +4,7 @@ import torch  # noqa: F401  (must be loaded before the compiled extension)
 from . import nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
+    bias_act,
     minibatch_std,
     per_sample_penalty,
     pixel_norm,
@@ -18,6 +19,7 @@ __all__ = [
     "Backend",
     "FallbackWarning",
     "backend",
+    "bias_act",
     "gradient_penalty",
     "minibatch_std",
     "nn",

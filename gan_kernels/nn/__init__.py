@@ -1,4 +1,5 @@
 """Drop-in layers for existing PyTorch GANs."""
+from .equalized import EqualizedConv2d, EqualizedLinear
 from .minibatch_std import MinibatchStd
 from .pixel_norm import PixelNorm
 from .spectral_norm import (
@@ -11,6 +12,8 @@ from .spectral_norm import (
 )
 
 __all__ = [
+    "EqualizedConv2d",
+    "EqualizedLinear",
     "MinibatchStd",
     "PixelNorm",
     "SpectralNorm",

@@ -1,0 +1,182 @@
+// Contract of gan_kernels::bias_act, bias_act_grad and bias_act_grad2: schemas, checks, output
+// allocation and the CPU/CUDA registrations. Autograd and fake kernels: gan_kernels/ops/bias_act.py.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "cpu/bias_act.h"
+#include "ops/common.h"
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/bias_act.h"
+#endif
+
+namespace gan_kernels {
+namespace {
+
+constexpr std::array<const char*, 9> kActivationNames = {"linear", "relu",    "lrelu",    "tanh", "sigmoid",
+                                                         "elu",    "selu",    "softplus", "swish"};
+
+Activation parse_activation(c10::string_view act) {
+  for (size_t i = 0; i < kActivationNames.size(); ++i) {
+    if (act == kActivationNames[i]) return static_cast<Activation>(i);
+  }
+  TORCH_CHECK_VALUE(false, "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got '",
+                    std::string(act), "'");
+}
+
+bool piecewise_linear(Activation act) {
+  return act == Activation::Linear || act == Activation::Relu || act == Activation::Lrelu;
+}
+
+void check_finite(double value, const char* arg) {
+  TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", value);
+}
+
+// The arguments every mode shares, checked once; returns the wrapped dim.
+struct Checked {
+  Activation act;
+  int64_t dim;
+  BiasActScalars<double> scalars;
+  at::Tensor bias;  // contiguous, or undefined
+};
+
+Checked check_args(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
+                   double alpha, double gain, std::optional<double> clamp, double scale) {
+  check_floating(x, "x");
+  const Activation activation = parse_activation(act);
+  dim = wrap_dim(dim, x, "dim");
+  check_finite(alpha, "alpha");
+  check_finite(gain, "gain");
+  check_finite(scale, "scale");
+  if (clamp) {
+    TORCH_CHECK_VALUE(std::isfinite(*clamp) && *clamp >= 0, "clamp must be a finite number >= 0, got ", *clamp);
+  }
+  at::Tensor bias;
+  if (b && b->defined()) {
+    TORCH_CHECK_VALUE(b->device() == x.device(), "b is on ", b->device(), " but x is on ", x.device());
+    TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), "b has dtype ", b->scalar_type(), " but x has dtype ",
+                     x.scalar_type());
+    TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == x.size(dim), "b must be a 1-D tensor of length x.shape[", dim,
+                      "] = ", x.size(dim), ", got shape ", b->sizes());
+    bias = b->contiguous();
+  }
+  return {activation, dim, {alpha, gain, clamp ? *clamp : -1.0, scale}, bias};
+}
+
+using Kernel = void (*)(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref,
+                        const at::Tensor& grad, const at::Tensor& upstream, const at::Tensor& bias, ChannelView view,
+                        const BiasActScalars<double>& scalars);
+
+template <Kernel kernel>
+at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
+                   double alpha, double gain, std::optional<double> clamp, double scale) {
+  const Checked c = check_args(x, b, dim, act, alpha, gain, clamp, scale);
+  const at::Tensor xd = dense_input(x);
+  at::Tensor out = at::empty_like(xd);
+  if (x.numel() > 0) {
+    kernel(BiasActMode::Forward, c.act, out, xd, at::Tensor(), at::Tensor(), c.bias, channel_view(xd, c.dim),
+           c.scalars);
+  }
+  return out;
+}
+
+template <Kernel kernel>
+at::Tensor grad(const at::Tensor& grad, const at::Tensor& ref, const std::optional<at::Tensor>& b, int64_t dim,
+                c10::string_view act, double alpha, double gain, std::optional<double> clamp, double scale,
+                bool ref_is_y) {
+  const char* ref_name = ref_is_y ? "y" : "x";
+  check_floating(ref, ref_name);
+  const Checked c = check_args(ref, b, dim, act, alpha, gain, clamp, scale);
+  check_same(grad, ref, "grad", ref_name);
+  // The sign of y gives act'(v) only for these; every other case saves x.
+  TORCH_CHECK_VALUE(!ref_is_y || (piecewise_linear(c.act) && alpha >= 0 && gain != 0 && !clamp),
+                    "ref_is_y needs act linear, relu or lrelu with alpha >= 0, gain != 0 and clamp None");
+  const at::Tensor rd = dense_input(ref);
+  const at::Tensor gd = same_layout(grad, rd);
+  at::Tensor out = at::empty_like(rd);
+  if (ref.numel() > 0) {
+    kernel(ref_is_y ? BiasActMode::GradFromY : BiasActMode::GradFromX, c.act, out, rd, gd, at::Tensor(), c.bias,
+           channel_view(rd, c.dim), c.scalars);
+  }
+  return out;
+}
+
+template <Kernel kernel>
+at::Tensor grad2(const at::Tensor& upstream, const at::Tensor& grad, const at::Tensor& x,
+                 const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act, double alpha, double gain,
+                 std::optional<double> clamp, double scale) {
+  const Checked c = check_args(x, b, dim, act, alpha, gain, clamp, scale);
+  check_same(upstream, x, "upstream", "x");
+  check_same(grad, x, "grad", "x");
+  const at::Tensor xd = dense_input(x);
+  at::Tensor out = at::empty_like(xd);
+  if (piecewise_linear(c.act)) return out.zero_();  // act'' = 0 wherever it exists
+  if (x.numel() > 0) {
+    kernel(BiasActMode::Grad2, c.act, out, xd, same_layout(grad, xd), same_layout(upstream, xd), c.bias,
+           channel_view(xd, c.dim), c.scalars);
+  }
+  return out;
+}
+
+#ifdef WITH_CUDA
+void bias_act_cuda(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref, const at::Tensor& grad,
+                   const at::Tensor& upstream, const at::Tensor& bias, ChannelView view,
+                   const BiasActScalars<double>& s) {
+  const c10::cuda::CUDAGuard guard(ref.device());
+  const bool grad2 = mode == BiasActMode::Grad2;
+  BiasActParams params{};
+  params.out = out.data_ptr();
+  params.ref = ref.const_data_ptr();
+  params.g1 = grad2 ? upstream.const_data_ptr() : (grad.defined() ? grad.const_data_ptr() : nullptr);
+  params.g2 = grad2 ? grad.const_data_ptr() : nullptr;
+  params.bias = bias.defined() ? bias.const_data_ptr() : nullptr;
+  params.numel = ref.numel();
+  params.channels = view.channels;
+  params.inner = view.inner;
+  params.scalars = s;
+  params.act = act;
+  params.mode = mode;
+  params.dtype = cuda_dtype(ref.scalar_type());
+  C10_CUDA_CHECK(launch_bias_act(params, c10::cuda::getCurrentCUDAStream()));
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
+  m.def("bias_act(Tensor x, Tensor? b, int dim, str act, float alpha, float gain, float? clamp, float scale) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "bias_act_grad(Tensor grad, Tensor ref, Tensor? b, int dim, str act, float alpha, float gain, float? clamp, "
+      "float scale, bool ref_is_y) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "bias_act_grad2(Tensor upstream, Tensor grad, Tensor x, Tensor? b, int dim, str act, float alpha, float gain, "
+      "float? clamp, float scale) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
+  m.impl("bias_act", &forward<bias_act_cpu>);
+  m.impl("bias_act_grad", &grad<bias_act_cpu>);
+  m.impl("bias_act_grad2", &grad2<bias_act_cpu>);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+  m.impl("bias_act", &forward<bias_act_cuda>);
+  m.impl("bias_act_grad", &grad<bias_act_cuda>);
+  m.impl("bias_act_grad2", &grad2<bias_act_cuda>);
+}
+#endif
+
+}  // namespace gan_kernels

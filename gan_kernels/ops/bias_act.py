@@ -1,0 +1,219 @@
+"""Fused bias + activation + gain + clamp: StyleGAN's ``bias_act``, differentiable to any order.
+
+Three dispatcher ops, with v = x * scale + b:
+  bias_act        y = clamp(act(v) * gain, -clamp, clamp)
+  bias_act_grad   dL/dv from dL/dy and the saved tensor (x, or y where its sign is enough)
+  bias_act_grad2  d/dv of <upstream, bias_act_grad> for the smooth acts
+"""
+import math
+import numbers
+
+import torch
+
+from .. import _backend, _checks, reference
+
+ACTIVATIONS = tuple(reference.BIAS_ACT_ACTIVATIONS)
+# act'' = 0 wherever it exists: their gradient is linear in dL/dy and has no second-order term.
+PIECEWISE_LINEAR = ("linear", "relu", "lrelu")
+
+_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
+
+
+def _dtype_name(dtype):
+    """The name the C++ checks print, so both layers raise the same message."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def _check_finite(value, arg):
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"{arg} must be a finite number, got {value}")
+
+
+def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
+    _checks.check_floating(x, "x")
+    if act not in ACTIVATIONS:
+        raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+    dim = _checks.wrap_dim(dim, x, "dim")
+    for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale")):
+        _check_finite(value, arg)
+    if clamp is not None:
+        _checks.check_nonnegative(clamp, "clamp")
+    if b is not None:
+        if not isinstance(b, torch.Tensor):
+            raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
+        if b.device != x.device:
+            raise ValueError(f"b is on {b.device} but x is on {x.device}")
+        if b.dtype != x.dtype:
+            raise TypeError(f"b has dtype {_dtype_name(b.dtype)} but x has dtype {_dtype_name(x.dtype)}")
+        if b.dim() != 1 or b.shape[0] != x.shape[dim]:
+            raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
+    return dim
+
+
+def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, scale=1.0):
+    """StyleGAN's ``bias_act``: ``clamp(act(x * scale + b) * gain, -clamp, clamp)`` in one pass.
+
+    ``b`` (1-D, length ``x.shape[dim]``) is broadcast along ``dim``. Defaults as StyleGAN: ``alpha``
+    0.2 for lrelu; ``gain`` sqrt(2) for relu, lrelu and swish, else 1; ``clamp`` None (no clamp).
+    ``scale`` multiplies x before the bias (a layer can fold its weight gain in here). Any floating
+    dtype (fp16/bf16 compute in float32), any layout, differentiable to any order.
+    """
+    alpha, gain = reference.bias_act_defaults(act, alpha, gain) if act in ACTIVATIONS else (alpha, gain)
+    # numpy scalars (StyleGAN's gains are np.float32/np.float64) become the floats the schema takes.
+    clamp = float(clamp) if isinstance(clamp, numbers.Real) else clamp
+    scale = float(scale) if isinstance(scale, numbers.Real) else scale
+    _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    if _backend.use_compiled(x.device):
+        return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
+    return reference.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
+
+
+def gradient_from_output(act, alpha, gain, clamp):
+    """Whether the sign of y alone gives act'(v): then backward saves y (which the next layer keeps
+    anyway) instead of x. A clamp needs x: an output at +-clamp may or may not have been clipped."""
+    return act in PIECEWISE_LINEAR and act != "linear" and alpha >= 0 and gain != 0 and clamp is None
+
+
+def _reduce_to_bias(grad_v, dim):
+    other_dims = [i for i in range(grad_v.dim()) if i != dim]
+    return grad_v.sum(dim=other_dims) if other_dims else grad_v  # sum(dim=[]) would sum everything
+
+
+def _to_x_and_b(ctx, grad_v, x_slot, b_slot):
+    """dL/dv as the gradients of x (times scale) and of b (summed over every dim but dim)."""
+    grad_x = grad_b = None
+    if ctx.needs_input_grad[x_slot]:
+        grad_x = grad_v * ctx.scale if ctx.scale != 1 else grad_v
+    if ctx.needs_input_grad[b_slot]:
+        grad_b = _reduce_to_bias(grad_v, ctx.dim % grad_v.dim())
+    return grad_x, grad_b
+
+
+def _save_scalars(ctx, dim, act, alpha, gain, clamp, scale):
+    ctx.dim, ctx.act, ctx.alpha, ctx.gain, ctx.clamp, ctx.scale = dim, act, alpha, gain, clamp, scale
+
+
+def _scalars(ctx):
+    return ctx.dim, ctx.act, ctx.alpha, ctx.gain, ctx.clamp, ctx.scale
+
+
+# --- bias_act ---
+
+
+def _setup_forward(ctx, inputs, output):
+    x, b, dim, act, alpha, gain, clamp, scale = inputs
+    _save_scalars(ctx, dim, act, alpha, gain, clamp, scale)
+    ctx.ref_is_y = gradient_from_output(act, alpha, gain, clamp)
+    if act == "linear" and clamp is None:
+        ctx.save_for_backward()  # dL/dv = gain * dL/dy needs no tensor
+    elif ctx.ref_is_y:
+        ctx.save_for_backward(output, None)
+    else:
+        ctx.save_for_backward(x, b)
+
+
+def _forward_backward(ctx, grad):
+    dim, act, alpha, gain, clamp, scale = _scalars(ctx)
+    if not ctx.saved_tensors:
+        grad_v = grad * gain if gain != 1 else grad
+    else:
+        ref, b = ctx.saved_tensors
+        grad_v = torch.ops.gan_kernels.bias_act_grad(grad, ref, b, dim, act, alpha, gain, clamp, scale, ctx.ref_is_y)
+    return (*_to_x_and_b(ctx, grad_v, 0, 1), None, None, None, None, None, None)
+
+
+# --- bias_act_grad ---
+
+
+def _setup_grad(ctx, inputs, output):
+    grad, ref, b, dim, act, alpha, gain, clamp, scale, ref_is_y = inputs
+    _save_scalars(ctx, dim, act, alpha, gain, clamp, scale)
+    ctx.ref_is_y = ref_is_y
+    ctx.save_for_backward(grad, ref, b)
+
+
+def _grad_backward(ctx, upstream):
+    grad, ref, b = ctx.saved_tensors
+    dim, act, alpha, gain, clamp, scale = _scalars(ctx)
+    d_grad = d_ref = d_b = None
+    if ctx.needs_input_grad[0]:
+        # bias_act_grad is linear in grad, with a diagonal Jacobian.
+        d_grad = torch.ops.gan_kernels.bias_act_grad(upstream, ref, b, dim, act, alpha, gain, clamp, scale, ctx.ref_is_y)
+    # Piecewise-linear acts (the only ones saving y) have no second-order term, so y and x get none.
+    if act not in PIECEWISE_LINEAR and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+        d_v = torch.ops.gan_kernels.bias_act_grad2(upstream, grad, ref, b, dim, act, alpha, gain, clamp, scale)
+        d_ref, d_b = _to_x_and_b(ctx, d_v, 1, 2)
+    return d_grad, d_ref, d_b, None, None, None, None, None, None, None
+
+
+# --- bias_act_grad2 ---
+
+
+def _act_third_derivative(v, act):
+    """act'''(v) for the smooth acts, in aten ops so that it is differentiable itself (any order)."""
+    if act == "tanh":
+        t = torch.tanh(v)
+        return (1 - t.square()) * (6 * t.square() - 2)
+    s = torch.sigmoid(v)
+    ds = s * (1 - s)
+    if act == "sigmoid":
+        return ds * (1 - 6 * s + 6 * s.square())
+    if act == "elu":
+        return torch.where(v > 0, 0.0, torch.exp(v))
+    if act == "selu":
+        return torch.where(v > 0, 0.0, torch.exp(v) * (1.0507009873554804934193349852946 * 1.6732632423543772848170429916717))
+    if act == "softplus":
+        return torch.where(v > 20, 0.0, ds * (1 - 2 * s))
+    if act == "swish":
+        return 3 * ds * (1 - 2 * s) + v * ds * (1 - 6 * s + 6 * s.square())
+    raise AssertionError(act)
+
+
+def _grad2_grad_v(w, upstream, grad, x, b, dim, act, alpha, gain, clamp, scale):
+    """d/dv of <w, bias_act_grad2(upstream, grad, x, b)> = w * upstream * grad * gain * act'''(v) * mask."""
+    compute = reference._compute_dtype(x)
+    v = x.to(compute) * scale
+    if b is not None:
+        v = v + b.to(compute).reshape([-1 if i == dim % x.dim() else 1 for i in range(x.dim())])
+    d_v = w.to(compute) * upstream.to(compute) * grad.to(compute) * (gain * _act_third_derivative(v, act))
+    if clamp is not None:
+        pre_clamp = reference.BIAS_ACT_ACTIVATIONS[act][0](v, alpha) * gain
+        d_v = torch.where((pre_clamp >= -clamp) & (pre_clamp <= clamp), d_v, 0.0)
+    return d_v.to(x.dtype)
+
+
+def _setup_grad2(ctx, inputs, output):
+    upstream, grad, x, b, dim, act, alpha, gain, clamp, scale = inputs
+    _save_scalars(ctx, dim, act, alpha, gain, clamp, scale)
+    ctx.save_for_backward(upstream, grad, x, b)
+
+
+def _grad2_backward(ctx, w):
+    upstream, grad, x, b = ctx.saved_tensors
+    scalars = _scalars(ctx)
+    d_upstream = d_grad = d_x = d_b = None
+    # grad2 is upstream * grad * (a function of v): linear in each of the two, so each one's
+    # gradient is grad2 with the other.
+    if ctx.needs_input_grad[0]:
+        d_upstream = torch.ops.gan_kernels.bias_act_grad2(w, grad, x, b, *scalars)
+    if ctx.needs_input_grad[1]:
+        d_grad = torch.ops.gan_kernels.bias_act_grad2(w, upstream, x, b, *scalars)
+    if ctx.act not in PIECEWISE_LINEAR and (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
+        d_x, d_b = _to_x_and_b(ctx, _grad2_grad_v(w, upstream, grad, x, b, *scalars), 2, 3)
+    return d_upstream, d_grad, d_x, d_b, None, None, None, None, None, None
+
+
+def register():
+    ops = torch.library
+    ops.register_fake("gan_kernels::bias_act", lambda x, b, dim, act, alpha, gain, clamp, scale: torch.empty_like(x))
+    ops.register_fake(
+        "gan_kernels::bias_act_grad",
+        lambda grad, ref, b, dim, act, alpha, gain, clamp, scale, ref_is_y: torch.empty_like(ref),
+    )
+    ops.register_fake(
+        "gan_kernels::bias_act_grad2",
+        lambda upstream, grad, x, b, dim, act, alpha, gain, clamp, scale: torch.empty_like(x),
+    )
+    ops.register_autograd("gan_kernels::bias_act", _forward_backward, setup_context=_setup_forward)
+    ops.register_autograd("gan_kernels::bias_act_grad", _grad_backward, setup_context=_setup_grad)
+    ops.register_autograd("gan_kernels::bias_act_grad2", _grad2_backward, setup_context=_setup_grad2)

@@ -1,0 +1,381 @@
+import math
+
+import pytest
+import torch
+from helpers import (
+    DEVICES,
+    FLOAT_DTYPES,
+    LAYOUTS,
+    OPS_REGISTERED,
+    assert_close,
+    make_4d,
+    requires_ops,
+    unregistered_autograd_is_an_error,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gan_kernels
+from gan_kernels import _backend, reference
+
+ACTS = ["linear", "relu", "lrelu", "tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
+SMOOTH_ACTS = ["tanh", "sigmoid", "elu", "selu", "softplus", "swish"]
+
+bias_act_op = torch.ops.gan_kernels.bias_act.default if OPS_REGISTERED else None
+bias_act_grad_op = torch.ops.gan_kernels.bias_act_grad.default if OPS_REGISTERED else None
+bias_act_grad2_op = torch.ops.gan_kernels.bias_act_grad2.default if OPS_REGISTERED else None
+
+
+def grads(fn, x, b, grad_out, **kwargs):
+    x = x.detach().requires_grad_()
+    b = b.detach().requires_grad_()
+    y = fn(x, b, **kwargs)
+    gx, gb = torch.autograd.grad(y, (x, b), grad_out)
+    return y, gx, gb
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("options", [{}, dict(gain=0.7, clamp=0.9, scale=1.3)], ids=["defaults", "gain_clamp_scale"])
+def test_forward_and_backward_match_reference(device, dtype, act, layout, options):
+    torch.manual_seed(0)
+    x = make_4d((3, 10, 5, 6), layout, dtype, device)
+    b = torch.randn(10, dtype=dtype, device=device)
+    grad_out = torch.randn(x.shape, dtype=dtype, device=device)
+    y, gx, gb = grads(gan_kernels.bias_act, x, b, grad_out, act=act, **options)
+    y_ref, gx_ref, gb_ref = grads(reference.bias_act, x, b, grad_out, act=act, **options)
+    assert y.dtype == dtype and gx.dtype == dtype and gb.dtype == dtype
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+    if dtype in (torch.float64, torch.float32):
+        assert_close(gb, gb_ref)
+    else:
+        assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("options", [{}, dict(gain=1.6, clamp=0.8)], ids=["defaults", "gain_clamp"])
+def test_without_bias_matches_reference(device, dtype, act, options):
+    torch.manual_seed(10)
+    x = make_4d((2, 6, 4, 5), "channels_last", dtype, device).requires_grad_()
+    grad_out = torch.randn(x.shape, dtype=dtype, device=device)
+    y = gan_kernels.bias_act(x, act=act, **options)
+    (gx,) = torch.autograd.grad(y, x, grad_out)
+    y_ref = reference.bias_act(x, act=act, **options)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, grad_out)
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+
+
+def assert_bias_gradient_within_rounding(gb, x, b, grad_out, act, scale=1.0, **options):
+    """dL/db sums dL/dv over 90 elements per channel. The compiled ops round each dL/dv to the input
+    dtype before the sum (as StyleGAN's do), the reference does not: both must lie within one rounding
+    of each term (plus the final one) of the exact float sum."""
+    v = (x.float() * scale + b.float().reshape(-1, 1, 1)).requires_grad_()
+    (grad_v,) = torch.autograd.grad(reference.bias_act(v, act=act, **options), v, grad_out.float())
+    exact = grad_v.sum(dim=[0, 2, 3])
+    bound = torch.finfo(x.dtype).eps * (grad_v.abs().sum(dim=[0, 2, 3]) + exact.abs())
+    assert ((gb.float() - exact).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dim", [0, 2, -1])
+@pytest.mark.parametrize("act", ["lrelu", "swish"])
+def test_any_dim_and_no_bias(device, dim, act):
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64, device=device)
+    b = torch.randn(x.shape[dim], dtype=torch.float64, device=device)
+    assert_close(gan_kernels.bias_act(x, b, dim, act), reference.bias_act(x, b, dim, act))
+    assert_close(gan_kernels.bias_act(x, None, dim, act, clamp=0.5), reference.bias_act(x, None, dim, act, clamp=0.5))
+
+
+def test_stylegan_defaults():
+    torch.manual_seed(2)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    v = x + b
+    sqrt2 = math.sqrt(2)
+    expected = {
+        "linear": v,
+        "relu": torch.relu(v) * sqrt2,
+        "lrelu": torch.where(v > 0, v, 0.2 * v) * sqrt2,
+        "tanh": torch.tanh(v),
+        "sigmoid": torch.sigmoid(v),
+        "elu": torch.nn.functional.elu(v),
+        "selu": torch.nn.functional.selu(v),
+        "softplus": torch.nn.functional.softplus(v),
+        "swish": torch.sigmoid(v) * v * sqrt2,
+    }
+    for act, want in expected.items():
+        assert_close(gan_kernels.bias_act(x, b, act=act), want)
+    # Order bias -> act -> * gain -> clamp.
+    want = (torch.where(v > 0, v, 0.1 * v) * 3.0).clamp(-1.5, 1.5)
+    assert_close(gan_kernels.bias_act(x, b, act="lrelu", alpha=0.1, gain=3.0, clamp=1.5), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", ["linear", "relu", "lrelu"])
+def test_clamp_gradient_passes_exactly_at_the_bounds(device, dtype, act):
+    # With gain 1 and alpha 0.5 these pre-clamp values are exact in every dtype: +-1 sit on the bounds.
+    x = torch.tensor([[1.0, -2.0, 0.75, 1.25, -2.5, -0.5]], dtype=dtype, device=device)
+    alpha = 0.5 if act == "lrelu" else None
+    kwargs = dict(act=act, alpha=alpha, gain=1.0, clamp=1.0)
+    xg = x.clone().requires_grad_()
+    y = gan_kernels.bias_act(xg, **kwargs)
+    (gx,) = torch.autograd.grad(y.sum(), xg)
+    xr = x.clone().requires_grad_()
+    (gx_ref,) = torch.autograd.grad(reference.bias_act(xr, **kwargs).sum(), xr)
+    assert_close(y, reference.bias_act(x, **kwargs))
+    assert_close(gx, gx_ref)
+    slope = {"linear": 1.0, "relu": 0.0, "lrelu": 0.5}[act]
+    # torch.clamp passes the gradient at the bounds (StyleGAN's kernel does not): 1.0, and -2.0 under
+    # lrelu, land exactly on a bound; 1.25 and -2.5 go past it; -2.0 under linear goes past -1.
+    at_minus_two = 0.0 if act == "linear" else slope
+    expected = [1.0, at_minus_two, 1.0, 0.0, 0.0, slope]
+    assert gx.tolist() == [expected]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_gradcheck_and_gradgradcheck(device, act, layout):
+    torch.manual_seed(3)
+    x = make_4d((2, 4, 2, 2), layout, torch.float64, device).requires_grad_()
+    b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
+    for options in ({}, dict(gain=0.8, clamp=0.6, scale=1.4)):
+        def fn(t, bias):
+            return gan_kernels.bias_act(t, bias, act=act, **options)
+
+        assert torch.autograd.gradcheck(fn, (x, b))
+        assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", SMOOTH_ACTS)
+def test_gradgradcheck_of_the_gradient_ops(device, act):
+    torch.manual_seed(4)
+
+    def t():
+        return torch.randn(2, 3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+
+    g, x, u = t(), t(), t()
+    b = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    args = (1, act, 0.2, 1.3, 1.1, 0.9)
+
+    def grad_op(grad, inp, bias):
+        return bias_act_grad_op(grad, inp, bias, *args, False)
+
+    def grad2_op(upstream, grad, inp, bias):
+        return bias_act_grad2_op(upstream, grad, inp, bias, *args)
+
+    assert torch.autograd.gradcheck(grad_op, (g, x, b))
+    assert torch.autograd.gradgradcheck(grad_op, (g, x, b))
+    assert torch.autograd.gradcheck(grad2_op, (u, g, x, b))
+    assert torch.autograd.gradgradcheck(grad2_op, (u, g, x, b))
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradient_from_the_saved_output(device):
+    torch.manual_seed(5)
+    y = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    g = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    for gain in (1.7, -0.6):
+        dv = bias_act_grad_op(g, y, None, 1, "lrelu", 0.3, gain, None, 1.0, True)
+        slope = torch.where(y * gain > 0, torch.ones_like(y), torch.full_like(y, 0.3))
+        assert_close(dv, g * gain * slope)
+        assert torch.autograd.gradgradcheck(
+            lambda grad, out: bias_act_grad_op(grad, out, None, 1, "lrelu", 0.3, gain, None, 1.0, True), (g, y)
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", SMOOTH_ACTS)
+def test_third_derivative_matches_reference(device, act):
+    torch.manual_seed(6)
+    x0 = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=device)
+    b0 = torch.randn(5, dtype=torch.float64, device=device)
+    w1, w2, w3 = (torch.randn_like(x0) for _ in range(3))
+
+    def third(fn):
+        x = x0.clone().requires_grad_()
+        b = b0.clone().requires_grad_()
+        y = fn(x, b, act=act, gain=1.2, clamp=1.0, scale=0.9)
+        (g1,) = torch.autograd.grad((y * w1).sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad((g1 * w2).sum(), x, create_graph=True)
+        return torch.autograd.grad((g2 * w3).sum(), (x, b))
+
+    got, want = third(gan_kernels.bias_act), third(reference.bias_act)
+    assert want[0].abs().sum() > 0
+    assert_close(got[0], want[0])
+    assert_close(got[1], want[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["linear", "relu", "lrelu"])
+def test_piecewise_linear_acts_have_no_second_derivative(device, act):
+    torch.manual_seed(6)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, device=device, requires_grad=True)
+    y = gan_kernels.bias_act(x, act=act, clamp=0.9)
+    (g1,) = torch.autograd.grad((y * torch.randn_like(y)).sum(), x, create_graph=True)
+    if g1.requires_grad:
+        (g2,) = torch.autograd.grad(g1.sum(), x, allow_unused=True, materialize_grads=True)
+        assert g2.abs().max() == 0
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, layout):
+    torch.manual_seed(7)
+
+    def t():
+        return make_4d((2, 6, 3, 3), layout, torch.float32, device).requires_grad_()
+
+    x, g, u = t(), t(), t()
+    b = torch.randn(6, device=device, requires_grad=True)
+    torch.library.opcheck(bias_act_op, (x, b, 1, "lrelu", 0.2, 1.4, 0.8, 1.0))
+    torch.library.opcheck(bias_act_op, (x, None, -1, "swish", 0.0, 1.0, None, 0.5))
+    torch.library.opcheck(bias_act_grad_op, (g, x, b, 1, "tanh", 0.0, 1.0, 0.9, 1.2, False))
+    torch.library.opcheck(bias_act_grad_op, (g, x, None, 1, "relu", 0.0, 1.4, None, 1.0, True))
+    torch.library.opcheck(bias_act_grad2_op, (u, g, x, b, 1, "softplus", 0.0, 1.0, None, 1.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ["tanh", "lrelu"])
+def test_penalty_through_bias_act_matches_reference(device, act):
+    torch.manual_seed(8)
+    conv = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False).double().to(device)
+    bias = torch.randn(6, dtype=torch.float64, device=device, requires_grad=True)
+    head = torch.nn.Linear(6 * 4 * 4, 1).double().to(device)
+    # With lrelu, bias only moves the kink and the clamp bounds: it does not reach the input gradient.
+    params = [conv.weight, head.weight] + ([bias] if act == "tanh" else [])
+    x0 = torch.randn(4, 3, 4, 4, dtype=torch.float64, device=device)
+
+    def penalty_and_grads(fn):
+        x = x0.clone().requires_grad_()
+        logits = head(fn(conv(x), bias, act=act, clamp=1.5).flatten(1))
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        penalty = g.square().sum(dim=[1, 2, 3]).mean()
+        return penalty, torch.autograd.grad(penalty, params)
+
+    with unregistered_autograd_is_an_error():
+        penalty, param_grads = penalty_and_grads(gan_kernels.bias_act)
+    penalty_ref, param_grads_ref = penalty_and_grads(reference.bias_act)
+    assert_close(penalty, penalty_ref)
+    for got, want in zip(param_grads, param_grads_ref):
+        assert want.abs().sum() > 0
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, dim", [((0, 4, 3, 3), 1), ((2, 0, 3, 3), 1), ((2, 4, 0, 3), 1), ((1, 1, 1, 1), 1),
+                                        ((7,), 0), ((5, 1, 3), 1), ((3, 7, 1, 1), 1)])
+def test_empty_and_odd_shapes(device, shape, dim):
+    torch.manual_seed(9)
+    x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.randn(shape[dim], dtype=torch.float64, device=device, requires_grad=True)
+    y = gan_kernels.bias_act(x, b, dim, "swish", clamp=0.7)
+    assert y.shape == x.shape
+    assert_close(y, reference.bias_act(x, b, dim, "swish", clamp=0.7))
+    gx, gb = torch.autograd.grad(y.sum(), (x, b))
+    assert gx.shape == x.shape and gb.shape == b.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_low_precision_computes_in_float(device):
+    # exp(12) overflows fp16; in float swish(-12) = -7.4e-5 is a normal fp16 number.
+    x = torch.full((2, 3), -12.0, device=device, dtype=torch.float16)
+    y = gan_kernels.bias_act(x, act="swish", gain=1.0)
+    assert (y < 0).all()
+    assert_close(y, reference.bias_act(x.double(), act="swish", gain=1.0).half(), torch.float16)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_output_keeps_the_memory_format(device):
+    x = make_4d((2, 8, 3, 3), "channels_last", torch.float32, device)
+    assert gan_kernels.bias_act(x, torch.randn(8, device=device), act="lrelu").stride() == x.stride()
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_public_function_runs_the_compiled_ops():
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    with torch.autograd.profiler.profile() as prof:
+        y = gan_kernels.bias_act(x, torch.randn(4), act="tanh")
+        (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        g.sum().backward()
+    names = {event.name for event in prof.function_events}
+    assert {"gan_kernels::bias_act", "gan_kernels::bias_act_grad", "gan_kernels::bias_act_grad2"} <= names
+
+
+X = torch.randn(2, 3)
+BAD_INPUTS = [
+    (dict(x=torch.ones(2, 3, dtype=torch.int64)), TypeError, "x must be float64, float32, float16 or bfloat16"),
+    (dict(x=X, act="gelu"), ValueError,
+     "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got 'gelu'"),
+    (dict(x=X, b=torch.randn(4)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[4\]"),
+    (dict(x=X, b=torch.randn(3, 1)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[3, 1\]"),
+    (dict(x=X, b=torch.randn(3, dtype=torch.float64)), TypeError, "b has dtype Double but x has dtype Float"),
+    (dict(x=X, b=torch.randn(3, device="meta")), ValueError, "b is on meta but x is on cpu"),
+    (dict(x=X, dim=2), IndexError, "dim=2 is out of range"),
+    (dict(x=X, dim=-3), IndexError, "dim=-3 is out of range"),
+    (dict(x=X, clamp=-0.5), ValueError, "clamp must be a finite number >= 0, got -0.5"),
+    (dict(x=X, gain=float("nan")), ValueError, "gain must be a finite number, got nan"),
+    (dict(x=X, act="lrelu", alpha=float("inf")), ValueError, "alpha must be a finite number, got inf"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
+def test_bad_input_names_the_argument(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        gan_kernels.bias_act(**kwargs)
+
+
+@requires_ops
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    # A meta b sends the op to its fake kernel: the device check is only reachable with a GPU.
+    [case for case in BAD_INPUTS if "meta" not in case[2]],
+)
+def test_the_op_raises_the_same_errors(kwargs, error, match):
+    full = dict(b=None, dim=1, act="linear", alpha=0.0, gain=1.0, clamp=None, scale=1.0)
+    full.update(kwargs)
+    full["alpha"] = float(full["alpha"])
+    with pytest.raises(error, match=match):
+        bias_act_op(full["x"], full["b"], full["dim"], full["act"], full["alpha"], full["gain"], full["clamp"],
+                    full["scale"])
+
+
+@requires_ops
+def test_bad_input_to_the_gradient_ops():
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"grad has shape \[2, 4\] but x has shape \[2, 3\]"):
+        bias_act_grad_op(torch.randn(2, 4), x, None, 1, "tanh", 0.0, 1.0, None, 1.0, False)
+    with pytest.raises(ValueError, match="ref_is_y needs act linear, relu or lrelu"):
+        bias_act_grad_op(x, x, None, 1, "tanh", 0.0, 1.0, None, 1.0, True)
+    with pytest.raises(TypeError, match="upstream has dtype Double but x has dtype Float"):
+        bias_act_grad2_op(x.double(), x, x, None, 1, "tanh", 0.0, 1.0, None, 1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), data=st.data())
+def test_random_shapes_dims_layouts_and_acts_match_reference(shape, data):
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")
+    order = data.draw(st.permutations(range(len(shape))), label="memory order")
+    act = data.draw(st.sampled_from(ACTS), label="act")
+    clamp = data.draw(st.sampled_from([None, 0.8]), label="clamp")
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    x = torch.randn([shape[i] for i in order], dtype=torch.float64).permute([order.index(i) for i in range(len(shape))])
+    b = torch.randn(shape[dim], dtype=torch.float64)
+    grad_out = torch.randn(shape, dtype=torch.float64)
+    got = grads(gan_kernels.bias_act, x, b, grad_out, dim=dim, act=act, clamp=clamp)
+    want = grads(reference.bias_act, x, b, grad_out, dim=dim, act=act, clamp=clamp)
+    for g, w in zip(got, want):
+        assert_close(g, w)

@@ -1,0 +1,188 @@
+"""gan_kernels.nn.EqualizedLinear / EqualizedConv2d against StyleGAN's FullyConnectedLayer / Conv2dLayer."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import DEVICES, assert_close, unregistered_autograd_is_an_error
+
+import gan_kernels
+from gan_kernels import reference
+from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
+
+# --- StyleGAN2-ADA's layer forwards, transcribed literally (torch_utils/ops/bias_act.py _bias_act_ref,
+# training/networks.py FullyConnectedLayer.forward and Conv2dLayer.forward without resampling). ---
+STYLEGAN_ACTS = {
+    "linear": (lambda x, **_: x, 0, 1),
+    "relu": (lambda x, **_: torch.nn.functional.relu(x), 0, np.sqrt(2)),
+    "lrelu": (lambda x, alpha, **_: torch.nn.functional.leaky_relu(x, alpha), 0.2, np.sqrt(2)),
+    "tanh": (lambda x, **_: torch.tanh(x), 0, 1),
+    "sigmoid": (lambda x, **_: torch.sigmoid(x), 0, 1),
+    "elu": (lambda x, **_: torch.nn.functional.elu(x), 0, 1),
+    "selu": (lambda x, **_: torch.nn.functional.selu(x), 0, 1),
+    "softplus": (lambda x, **_: torch.nn.functional.softplus(x), 0, 1),
+    "swish": (lambda x, **_: torch.sigmoid(x) * x, 0, np.sqrt(2)),
+}
+
+
+def stylegan_bias_act_ref(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None):
+    func, def_alpha, def_gain = STYLEGAN_ACTS[act]
+    alpha = float(alpha if alpha is not None else def_alpha)
+    gain = float(gain if gain is not None else def_gain)
+    clamp = float(clamp if clamp is not None else -1)
+    if b is not None:
+        x = x + b.reshape([-1 if i == dim else 1 for i in range(x.ndim)])
+    alpha = float(alpha)
+    x = func(x=x, alpha=alpha)
+    gain = float(gain)
+    if gain != 1:
+        x = x * gain
+    if clamp >= 0:
+        x = x.clamp(-clamp, clamp)
+    return x
+
+
+def stylegan_fully_connected_forward(layer, x):
+    w = layer.weight.to(x.dtype) * layer.weight_gain
+    b = layer.bias
+    if b is not None:
+        b = b.to(x.dtype)
+        if layer.bias_gain != 1:
+            b = b * layer.bias_gain
+    if layer.activation == "linear" and b is not None:
+        x = torch.addmm(b.unsqueeze(0), x, w.t())
+    else:
+        x = x.matmul(w.t())
+        x = stylegan_bias_act_ref(x, b, act=layer.activation)
+    return x
+
+
+def stylegan_conv2d_forward(layer, x, gain=1):
+    w = layer.weight * layer.weight_gain
+    b = layer.bias.to(x.dtype) if layer.bias is not None else None
+    x = torch.nn.functional.conv2d(x, w.to(x.dtype), padding=layer.kernel_size // 2)
+    act_gain = STYLEGAN_ACTS[layer.activation][2] * gain
+    act_clamp = layer.conv_clamp * gain if layer.conv_clamp is not None else None
+    return stylegan_bias_act_ref(x, b, act=layer.activation, gain=act_gain, clamp=act_clamp)
+
+
+def randomise_bias(layer):
+    with torch.no_grad():
+        layer.bias.normal_()
+    return layer
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["linear", "lrelu", "swish"])
+@pytest.mark.parametrize("lr_multiplier", [1, 0.01])
+def test_linear_matches_stylegan(device, activation, lr_multiplier):
+    torch.manual_seed(0)
+    layer = randomise_bias(EqualizedLinear(12, 7, activation=activation, lr_multiplier=lr_multiplier)).to(device)
+    assert layer.weight_gain == lr_multiplier / math.sqrt(12) and layer.bias_gain == lr_multiplier
+    x = torch.randn(5, 12, device=device)
+    torch.testing.assert_close(layer(x), stylegan_fully_connected_forward(layer, x), rtol=1e-6, atol=1e-6)
+
+
+def test_linear_initialisation_and_state_dict():
+    torch.manual_seed(1)
+    layer = EqualizedLinear(512, 256, lr_multiplier=0.01, bias_init=1.5)
+    assert sorted(layer.state_dict()) == ["bias", "weight"]
+    assert layer.weight.shape == (256, 512)
+    assert abs(layer.weight.std().item() - 100) < 2  # randn / lr_multiplier
+    assert torch.equal(layer.bias, torch.full([256], 1.5))
+    assert EqualizedLinear(4, 3, bias=False).bias is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation, conv_clamp, gain", [("lrelu", None, 1), ("lrelu", 0.5, 0.7), ("linear", 1.0, 1),
+                                                          ("tanh", None, 2.0)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv2d_matches_stylegan(device, activation, conv_clamp, gain, layout):
+    torch.manual_seed(2)
+    layer = randomise_bias(EqualizedConv2d(6, 5, 3, activation=activation, conv_clamp=conv_clamp)).to(device)
+    assert layer.weight_gain == 1 / math.sqrt(6 * 9) and layer.padding == 1
+    x = torch.randn(2, 6, 7, 7, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(layer(x, gain), stylegan_conv2d_forward(layer, x, gain), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv2d_in_bfloat16_keeps_its_dtype(device):
+    torch.manual_seed(3)
+    layer = randomise_bias(EqualizedConv2d(4, 6, 3, activation="lrelu", conv_clamp=256)).to(device)
+    x = torch.randn(2, 4, 5, 5, device=device, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    # StyleGAN scales the weight in float32 and then rounds, we round and then scale (w.to(x.dtype) * gain):
+    # the same to within the rounding of the output.
+    assert_close(y, stylegan_conv2d_forward(layer, x))
+
+
+def test_conv2d_state_dict_loads_from_stylegan_names():
+    src = EqualizedConv2d(3, 4, 3, activation="lrelu")
+    dst = EqualizedConv2d(3, 4, 3, activation="lrelu")
+    dst.load_state_dict({"weight": src.weight.detach().clone(), "bias": src.bias.detach().clone()})
+    x = torch.randn(1, 3, 5, 5)
+    assert torch.equal(dst(x), src(x))
+    assert EqualizedConv2d(3, 4, 5, padding=0, stride=2)(torch.randn(1, 3, 9, 9)).shape == (1, 4, 3, 3)
+
+
+def copy_of(layer, cls, *args, **kwargs):
+    twin = cls(*args, **kwargs)
+    twin.load_state_dict(layer.state_dict())
+    return twin
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_r1_through_an_equalized_conv_stack_matches_reference(device):
+    torch.manual_seed(4)
+    specs = [((3, 8, 3), dict(activation="lrelu")), ((8, 8, 3), dict(activation="lrelu", conv_clamp=1.0))]
+    ours = [randomise_bias(EqualizedConv2d(*a, **k)) for a, k in specs]
+    refs = [copy_of(layer, reference.EqualizedConv2d, *a, **k) for layer, (a, k) in zip(ours, specs)]
+    head = EqualizedLinear(8 * 4 * 4, 1)
+    head_ref = copy_of(head, reference.EqualizedLinear, 8 * 4 * 4, 1)
+    x0 = torch.randn(4, 3, 4, 4, dtype=torch.float64, device=device)
+
+    def r1_and_grads(convs, fc):
+        modules = torch.nn.ModuleList([*convs, fc]).double().to(device)
+        x = x0.clone().requires_grad_()
+        h = x
+        for conv in convs:
+            h = conv(h)
+        logits = fc(h.flatten(1))
+        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+        r1 = g.square().sum(dim=[1, 2, 3]).mean()
+        # Biases before lrelu only move the kinks: like the head's bias, they do not reach the input gradient.
+        params = [p for name, p in modules.named_parameters() if name.endswith("weight")]
+        return r1, torch.autograd.grad(r1, params)
+
+    with unregistered_autograd_is_an_error():
+        r1, grads = r1_and_grads(ours, head)
+    r1_ref, grads_ref = r1_and_grads(refs, head_ref)
+    assert_close(r1, r1_ref)
+    for got, want in zip(grads, grads_ref):
+        assert want.abs().sum() > 0
+        assert_close(got, want)
+
+
+def test_torch_compile_fullgraph():
+    torch.manual_seed(5)
+    model = EqualizedConv2d(3, 8, 3, activation="lrelu", conv_clamp=256)
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    y = compiled(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    y_ref = model(x)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_layer_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="activation must be one of linear, relu, .*, got 'gelu'"):
+        EqualizedConv2d(3, 4, 3, activation="gelu")
+    with pytest.raises(ValueError, match="activation must be one of linear, relu, .*, got 'gelu'"):
+        EqualizedLinear(3, 4, activation="gelu")
+    with pytest.raises(ValueError, match="conv_clamp must be a finite number >= 0, got -1"):
+        EqualizedConv2d(3, 4, 3, conv_clamp=-1)
