@@ -64,7 +64,7 @@ def measure(case, timer):
             continue
         try:
             row[f"{name}_ms"] = timer(fn)
-            if case.mode == "fwd+bwd":
+            if case.mode == "fwd+bwd" or "step" in case.mode:
                 row[f"{name}_peak_mb"] = timer.peak_memory_mb(fn)
         except Exception as error:  # torch.compile can fail late, e.g. on double backward
             row[f"{name}_ms"] = None
@@ -162,6 +162,8 @@ def main():
     print_table(rows, copy_gbs)
 
     slug = "cuda-" + meta["device"].replace(" ", "_") if device.type == "cuda" else "cpu"
+    if args.ops != parser.get_default("ops"):  # a subset must not overwrite the full run's results
+        slug += "-" + args.ops.replace(",", "+")
     out = pathlib.Path(args.out) if args.out else HERE / "results" / f"{slug}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
