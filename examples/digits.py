@@ -154,7 +154,10 @@ def main(argv=None):
     parser.add_argument("--r1-interval", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: these models are too small to gain from more)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     print(f"backend: {gan_kernels.backend()}")
     g, images, labels, seconds_per_step = train(args.steps, args.batch, args.r1_gamma, args.r1_interval, args.seed)

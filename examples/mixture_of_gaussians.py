@@ -50,7 +50,7 @@ CONFIGS = {
 }
 
 Z_DIM = 16
-WIDTH = 256
+WIDTH = 128
 
 
 def sample_mixture(centers, std, n, generator):
@@ -118,8 +118,8 @@ def train(config, dataset, steps, seed, batch=256, progress=None):
     g = mlp([Z_DIM, WIDTH, WIDTH, WIDTH, 2], nn.ReLU)
     d = make_discriminator(config)
     betas = (0.5, 0.9)
-    opt_g = torch.optim.Adam(g.parameters(), lr=1e-4, betas=betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=betas)
+    opt_g = torch.optim.Adam(g.parameters(), lr=1e-3, betas=betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=1e-3, betas=betas)
     curves = {"d_loss": [], "g_loss": [], "sigma": []}
     for step in range(steps):
         real = sample_mixture(centers, std, batch, generator)
@@ -223,10 +223,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (default 1: these models are too small to gain from more)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     configs = args.configs.split(",")
     datasets = args.datasets.split(",")
     for name in configs:

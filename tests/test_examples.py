@@ -39,7 +39,7 @@ def test_a_mode_with_a_few_stray_points_is_not_covered():
 
 
 def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
-    results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path)])
+    results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert set(results) == {(c, d) for c in mog.CONFIGS for d in mog.DATASETS}
     for r in results.values():
         assert r["samples"].shape == (2500, 2) and torch.isfinite(r["samples"]).all()
@@ -53,7 +53,7 @@ def test_digits_runs_and_measures_coverage(tmp_path):
     pytest.importorskip("sklearn")
     import digits
 
-    result = digits.main(["--steps", "4", "--out", str(tmp_path)])
+    result = digits.main(["--steps", "4", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert 0 <= result["classes"] <= 10
     assert 0.0 <= result["entropy"] <= 2.31
 
