@@ -9,7 +9,6 @@ import argparse
 import datetime
 import importlib
 import json
-import os
 import pathlib
 import platform
 import subprocess

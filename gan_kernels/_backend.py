@@ -7,7 +7,7 @@ import dataclasses
 import os
 import warnings
 
-import torch
+import torch  # noqa: F401  (loaded before the compiled extension, which links against it)
 
 IMPL_ENV = "GAN_KERNELS_IMPL"
 IMPL_CHOICES = ("auto", "reference")

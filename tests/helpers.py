@@ -49,3 +49,15 @@ def unregistered_autograd_is_an_error():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*autograd kernel was not registered.*")
         yield
+
+
+def assert_same_penalty_and_grads(penalty_and_grads, ours, reference_fn):
+    """A penalty through `ours` (with no op lacking an autograd kernel) gives the reference path's
+    value and parameter gradients, each of them nonzero."""
+    with unregistered_autograd_is_an_error():
+        penalty, param_grads = penalty_and_grads(ours)
+    penalty_ref, param_grads_ref = penalty_and_grads(reference_fn)
+    assert_close(penalty, penalty_ref)
+    for got, want in zip(param_grads, param_grads_ref):
+        assert want.abs().sum() > 0
+        assert_close(got, want)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from helpers import DEVICES, assert_close, unregistered_autograd_is_an_error
 
-import gan_kernels
 from gan_kernels import reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
