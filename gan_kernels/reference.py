@@ -142,7 +142,26 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     return y.to(x.dtype)
 
 
-class EqualizedLinear(torch.nn.Module):
+def _check_activation(activation):
+    if activation not in BIAS_ACT_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
+
+
+class _EqualizedLayer(torch.nn.Module):
+    """Runtime parameters of StyleGAN's equalized-LR layers: the weight cast to the activations' dtype
+    (so fp16 activations work) times its gain, the bias times ``bias_gain``."""
+
+    def _runtime_weight_and_bias(self, x):
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        return w, b
+
+
+class EqualizedLinear(_EqualizedLayer):
     """StyleGAN's ``FullyConnectedLayer``: weight stored as ``randn(out, in) / lr_multiplier`` and used
     as ``weight * lr_multiplier / sqrt(in)``; bias used as ``bias * lr_multiplier``."""
 
@@ -150,8 +169,7 @@ class EqualizedLinear(torch.nn.Module):
 
     def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1, bias_init=0):
         super().__init__()
-        if activation not in BIAS_ACT_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
+        _check_activation(activation)
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -160,12 +178,7 @@ class EqualizedLinear(torch.nn.Module):
         self.bias_gain = lr_multiplier
 
     def forward(self, x, gain=1):
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+        w, b = self._runtime_weight_and_bias(x)
         if self.activation == "linear" and b is not None and gain == 1:
             return torch.addmm(b.unsqueeze(0), x, w.t())
         act_gain = BIAS_ACT_ACTIVATIONS[self.activation][2] * gain
@@ -175,7 +188,7 @@ class EqualizedLinear(torch.nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
 
 
-class EqualizedConv2d(torch.nn.Module):
+class EqualizedConv2d(_EqualizedLayer):
     """StyleGAN's ``Conv2dLayer`` (without resampling): weight stored as ``randn / lr_multiplier`` and used
     as ``weight.to(x.dtype) * lr_multiplier / sqrt(in * k * k)``, padding ``k // 2``; ``forward(x, gain)``
     scales the activation gain and ``conv_clamp`` by ``gain``."""
@@ -185,8 +198,7 @@ class EqualizedConv2d(torch.nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear", lr_multiplier=1,
                  conv_clamp=None, stride=1, padding=None):
         super().__init__()
-        if activation not in BIAS_ACT_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
+        _check_activation(activation)
         if conv_clamp is not None and not conv_clamp >= 0:
             raise ValueError(f"conv_clamp must be a finite number >= 0, got {conv_clamp}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
@@ -203,12 +215,7 @@ class EqualizedConv2d(torch.nn.Module):
         self.act_gain = BIAS_ACT_ACTIVATIONS[activation][2]
 
     def forward(self, x, gain=1):
-        w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
-        if b is not None:
-            b = b.to(x.dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
+        w, b = self._runtime_weight_and_bias(x)
         x = torch.nn.functional.conv2d(x, w, stride=self.stride, padding=self.padding)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return self._bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
