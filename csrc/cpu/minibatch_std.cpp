@@ -8,49 +8,23 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cuda/minibatch_std_layout.h"
+
 namespace gan_kernels {
 namespace {
 
-// StyleGAN2 adds it to the variance inside the sqrt; not a parameter of the layer.
-constexpr double kEps = 1e-8;
 // Enough elements per parallel task to amortise the thread hand-off.
 constexpr int64_t kElementsPerTask = 32768;
 // Positions whose group statistics are computed together: wide enough to vectorise, small enough
 // that the G rows of a chunk stay in L1 between the passes over them.
 constexpr int64_t kChunk = 64;
 
-// Per (group, feature) block and position, over the G members: d = x - mean(x), s = sqrt(mean(d^2) + eps).
-// Forward: y = [x, sum(s) / K] with K = C/F*H*W positions per block.
-// Backward (dy given): dx = dy[:, :C] + a d / s, a = sum of dy over the block's stddev channel / (K G).
-// Double backward (dy, u = dL/d(dx) given): dL/ddy = [u, sum(u d / s) / (K G)] and
-// dL/dx = a ((u - mean(u)) / s - sum(u d) d / (G s^3)).
-enum class Mode { Forward, Backward, DoubleBackward };
-
-// A feature block of one sample seen as rows x cols with contiguous rows: NCHW gives rows = C/F
-// channels of H*W pixels, NHWC gives rows = H*W pixels of C/F channels. "x" tensors are
-// [N, C, H, W] (x, dx, u), "y" tensors [N, C+F, H, W] (the forward output, dy, dL/ddy).
-struct Layout {
-  int64_t rows;
-  int64_t cols;
-  int64_t feature_stride;  // between the feature blocks of a sample, in x and y alike
-  int64_t x_row_stride;
-  int64_t y_row_stride;
-  int64_t x_sample_stride;
-  int64_t y_sample_stride;
-  int64_t stat_offset;  // of channel C, pixel 0 within a sample of y
-  int64_t stat_feature_stride;
-  int64_t stat_pixel_stride;
-};
+using Mode = MinibatchStdMode;
+using Layout = MinibatchStdLayout;
+constexpr double kEps = kMinibatchStdEps;
 
 Layout make_layout(const MinibatchStdShape& s) {
-  const int64_t c = s.channels / s.features;
-  const int64_t x_sample = s.channels * s.pixels;
-  const int64_t y_sample = (s.channels + s.features) * s.pixels;
-  if (s.channels_last) {
-    return {s.pixels, c, c, s.channels, s.channels + s.features, x_sample, y_sample, s.channels, 1,
-            s.channels + s.features};
-  }
-  return {c, s.pixels, c * s.pixels, s.pixels, s.pixels, x_sample, y_sample, s.channels * s.pixels, s.pixels, 1};
+  return minibatch_std_layout(s.channels, s.features, s.pixels, s.channels_last);
 }
 
 template <typename scalar_t> struct Tensors {

@@ -1,5 +1,6 @@
 #include "cuda/common.cuh"
 #include "cuda/minibatch_std.h"
+#include "cuda/minibatch_std_layout.h"
 
 namespace gan_kernels {
 namespace {
@@ -10,44 +11,20 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // Positions (each read G times) per block of the main pass: 2048 gives ~1000 blocks at
 // [64, 512, 16, 16], enough to fill an H100 while keeping the per-tile partials few.
 constexpr int64_t kTilePositions = 2048;
-// StyleGAN2 adds it to the variance inside the sqrt; not a parameter of the layer.
-constexpr double kEps = 1e-8;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Per (group, feature) block and position, over the G members: d = x - mean(x), s = sqrt(mean(d^2) + eps).
-// Forward: y = [x, sum(s) / K] with K = C/F*H*W positions per block.
-// Backward (dy given): dx = dy[:, :C] + a d / s, a = sum of dy over the block's stddev channel / (K G).
-// Double backward (dy, u = dL/d(dx) given): dL/ddy = [u, sum(u d / s) / (K G)] and
-// dL/dx = a ((u - mean(u)) / s - sum(u d) d / (G s^3)).
-enum class Mode { Forward, Backward, DoubleBackward };
+using Mode = MinibatchStdMode;
+constexpr double kEps = kMinibatchStdEps;
 
-// A feature block of one sample seen as rows x cols with contiguous rows: NCHW gives rows = C/F
-// channels of H*W pixels, NHWC gives rows = H*W pixels of C/F channels. "x" tensors are
-// [N, C, H, W] (x, dx, u), "y" tensors [N, C+F, H, W] (the forward output, dy, dL/ddy).
-struct Layout {
-  int64_t rows;
-  int64_t cols;
-  int64_t feature_stride;  // between the feature blocks of a sample, in x and y alike
-  int64_t x_row_stride;
-  int64_t y_row_stride;
-  int64_t x_sample_stride;
-  int64_t y_sample_stride;
-  int64_t stat_offset;  // of channel C, pixel 0 within a sample of y
-  int64_t stat_feature_stride;
-  int64_t stat_pixel_stride;
+// The shared block layout plus this kernel's split of a block's rows into tiles.
+struct Layout : MinibatchStdLayout {
   int64_t rows_per_tile;
   int64_t tiles_per_feature;
 };
 
 Layout make_layout(const MinibatchStdParams& p) {
-  const int64_t c = p.channels / p.features;
-  const int64_t x_sample = p.channels * p.pixels;
-  const int64_t y_sample = (p.channels + p.features) * p.pixels;
-  Layout l = p.channels_last ? Layout{p.pixels, c, c, p.channels, p.channels + p.features, x_sample, y_sample,
-                                      p.channels, 1, p.channels + p.features, 0, 0}
-                             : Layout{c, p.pixels, c * p.pixels, p.pixels, p.pixels, x_sample, y_sample,
-                                      p.channels * p.pixels, p.pixels, 1, 0, 0};
+  Layout l{minibatch_std_layout(p.channels, p.features, p.pixels, p.channels_last), 0, 0};
   l.rows_per_tile = std::max<int64_t>(1, kTilePositions / std::max<int64_t>(l.cols, 1));
   l.tiles_per_feature = ceil_div(l.rows, l.rows_per_tile);
   return l;
