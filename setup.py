@@ -46,7 +46,10 @@ def extension():
     write_build_info(with_cuda)
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is inline OpenMP: without -fopenmp our CPU kernels would run on one thread.
-    cxx_flags = ["-O3", "-fopenmp"]
+    # ATen's vector headers (cpu/bias_act_kernel.h) carry `#pragma unroll`s GCC does not know, and
+    # pass 32-byte vectors by value, of which GCC notes an ABI change of GCC 4.6: nothing we export
+    # takes a vector.
+    cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-Wno-psabi"]
     kwargs = dict(
         name="gan_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc"), GENERATED],

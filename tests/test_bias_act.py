@@ -1,4 +1,7 @@
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -279,6 +282,57 @@ def test_empty_and_odd_shapes(device, shape, dim):
     assert_close(y, reference.bias_act(x, b, dim, "swish", clamp=0.7))
     gx, gb = torch.autograd.grad(y.sum(), (x, b))
     assert gx.shape == x.shape and gb.shape == b.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("act", ["lrelu", "tanh"])
+def test_tensors_split_across_threads_match_reference(device, dtype, layout, act):
+    # Large enough for many parallel tasks, with odd sizes so tasks start and end inside a channel's run.
+    torch.manual_seed(10)
+    x = make_4d((3, 37, 29, 31), layout, dtype, device)
+    b = torch.randn(37, dtype=dtype, device=device)
+    grad_out = torch.randn(x.shape, dtype=dtype, device=device)
+    y, gx, gb = grads(gan_kernels.bias_act, x, b, grad_out, act=act, clamp=1.5)
+    y_ref, gx_ref, gb_ref = grads(reference.bias_act, x, b, grad_out, act=act, clamp=1.5)
+    assert_close(y, y_ref)
+    assert_close(gx, gx_ref)
+    # dL/db sums 2697 terms: only float64 keeps their last-bit differences below the tolerance.
+    if dtype == torch.float64:
+        assert_close(gb, gb_ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("clamp", [None, 2.0])
+def test_nan_and_infinity_as_reference(device, dtype, act, clamp):
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e4, -1e4, 30.0, -30.0, 0.5] * 2,
+                     dtype=dtype, device=device).reshape(2, 10)
+    grad_out = torch.ones_like(x)
+    y, gx, _ = grads(gan_kernels.bias_act, x, torch.zeros(10, dtype=dtype, device=device), grad_out, act=act,
+                     clamp=clamp)
+    y_ref, gx_ref, _ = grads(reference.bias_act, x, torch.zeros(10, dtype=dtype, device=device), grad_out, act=act,
+                             clamp=clamp)
+    torch.testing.assert_close(y, y_ref, equal_nan=True)
+    torch.testing.assert_close(gx, gx_ref, equal_nan=True)
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_default_instruction_set_build_matches_reference():
+    # The CPU kernel has a build per instruction set (cpu/bias_act_kernel.h) and follows ATen's
+    # choice, which ATEN_CPU_CAPABILITY lowers: rerun this file's CPU tests on the default build.
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    probe = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    assert subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "DEFAULT"
+    tests = os.path.abspath(__file__)
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", tests,
+                             "-k", "not cuda and not default_instruction_set"], env=env, capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(tests)))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("device", DEVICES)

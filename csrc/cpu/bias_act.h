@@ -1,18 +1,11 @@
 #pragma once
 
-#include <ATen/ATen.h>
-
 #include "cuda/bias_act_math.h"
-#include "ops/common.h"
 
 namespace gan_kernels {
 
-// Writes one BiasActMode of bias_act into `out` (see cuda/bias_act_math.h). `ref` is x, or y for
-// GradFromY; `grad` is dL/dy (undefined in Forward); `upstream` is used by Grad2 only; `bias`
-// (optional) is a contiguous [view.channels] tensor. ref, grad, upstream and out are dense with the
-// same strides and indexed by `view`; the channel of an element is its index in view.channels.
-void bias_act_cpu(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref, const at::Tensor& grad,
-                  const at::Tensor& upstream, const at::Tensor& bias, ChannelView view,
-                  const BiasActScalars<double>& scalars);
+// Runs the bias_act launch `p` (see cuda/bias_act_math.h) on the CPU, in parallel, with the widest
+// vector build of the kernel that ATen itself uses on this CPU.
+void bias_act_cpu(const BiasActParams& p);
 
 }  // namespace gan_kernels

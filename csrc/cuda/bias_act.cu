@@ -1,6 +1,8 @@
 #include "cuda/bias_act.h"
 #include "cuda/common.cuh"
 
+#include <type_traits>
+
 namespace gan_kernels {
 namespace {
 
@@ -9,23 +11,31 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
+
 // The activation is a runtime switch, uniform across the grid, rather than a template parameter:
 // the kernel is memory-bound, and 4 modes x 4 dtypes x 2 widths stay quick to compile.
 template <BiasActMode kMode, typename A>
 __device__ __forceinline__ A element(Activation act, A r, A b, A g1, A g2, const BiasActScalars<A>& s) {
+  const bool clamped = s.clamp >= A(0);
+  const bool gain_positive = s.gain > A(0);
+  auto apply = [&](auto act_tag) {
+    return bias_act_element<decltype(act_tag)::value, kMode>(r, b, g1, g2, s, clamped, gain_positive);
+  };
   switch (act) {
-    case Activation::Tanh: return bias_act_element<Activation::Tanh, kMode>(r, b, g1, g2, s);
-    case Activation::Sigmoid: return bias_act_element<Activation::Sigmoid, kMode>(r, b, g1, g2, s);
-    case Activation::Elu: return bias_act_element<Activation::Elu, kMode>(r, b, g1, g2, s);
-    case Activation::Selu: return bias_act_element<Activation::Selu, kMode>(r, b, g1, g2, s);
-    case Activation::Softplus: return bias_act_element<Activation::Softplus, kMode>(r, b, g1, g2, s);
-    case Activation::Swish: return bias_act_element<Activation::Swish, kMode>(r, b, g1, g2, s);
+    case Activation::Tanh: return apply(ActTag<Activation::Tanh>{});
+    case Activation::Sigmoid: return apply(ActTag<Activation::Sigmoid>{});
+    case Activation::Elu: return apply(ActTag<Activation::Elu>{});
+    case Activation::Selu: return apply(ActTag<Activation::Selu>{});
+    case Activation::Softplus: return apply(ActTag<Activation::Softplus>{});
+    case Activation::Swish: return apply(ActTag<Activation::Swish>{});
     default:
-      // Linear and relu run as lrelu with alpha 1 and 0; they have no second derivative.
+      // Linear runs as lrelu with alpha 1 (see act_value); the piecewise-linear acts have no
+      // second derivative.
       if constexpr (kMode == BiasActMode::Grad2) {
         return A(0);
       } else {
-        return bias_act_element<Activation::Lrelu, kMode>(r, b, g1, g2, s);
+        return act == Activation::Relu ? apply(ActTag<Activation::Relu>{}) : apply(ActTag<Activation::Lrelu>{});
       }
   }
 }
@@ -99,9 +109,8 @@ template <typename T> cudaError_t launch_typed(const BiasActParams& p, cudaStrea
 cudaError_t launch_bias_act(const BiasActParams& params, cudaStream_t stream) {
   if (params.numel == 0) return cudaSuccess;
   BiasActParams p = params;
-  // Linear and relu run as lrelu (see act_value).
+  // Linear runs as lrelu (see act_value).
   if (p.act == Activation::Linear) p.scalars.alpha = 1;
-  if (p.act == Activation::Relu) p.scalars.alpha = 0;
   if (p.mode == BiasActMode::GradFromY && p.act != Activation::Linear && p.act != Activation::Relu &&
       p.act != Activation::Lrelu) {
     return cudaErrorInvalidValue;

@@ -1,10 +1,17 @@
 // The activations of bias_act and their first and second derivatives, shared by the CPU and CUDA
 // kernels so both compute the same formulas. Free of torch and of the CUDA runtime: the CPU build
 // includes it without a CUDA toolkit.
+//
+// The formulas are written once for any element type A with arithmetic operators: a float or double
+// here and in the CUDA kernels, a SIMD vector of them in the CPU kernels. What differs between the
+// two (selects, transcendental functions) goes through ElementMath<A>, which the CPU kernels
+// specialise for their vectors.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#include "cuda/dtype.h"
 
 #if defined(__CUDACC__)
 #define GAN_KERNELS_HD __host__ __device__ __forceinline__
@@ -13,6 +20,30 @@
 #endif
 
 namespace gan_kernels {
+
+// A comparison of two A is a bool for scalars and a lane mask for vectors; select takes either.
+template <typename A> struct ElementMath {
+  template <typename T> static GAN_KERNELS_HD T select(bool condition, T if_true, T if_false) {
+    return condition ? if_true : if_false;
+  }
+  static GAN_KERNELS_HD bool both(bool a, bool b) { return a && b; }
+  static GAN_KERNELS_HD A exp(A v) {
+    using std::exp;
+    return exp(v);
+  }
+  static GAN_KERNELS_HD A expm1(A v) {
+    using std::expm1;
+    return expm1(v);
+  }
+  static GAN_KERNELS_HD A log1p(A v) {
+    using std::log1p;
+    return log1p(v);
+  }
+  static GAN_KERNELS_HD A tanh(A v) {
+    using std::tanh;
+    return tanh(v);
+  }
+};
 
 // Order and names as in StyleGAN's bias_act.activation_funcs.
 enum class Activation : int32_t { Linear, Relu, Lrelu, Tanh, Sigmoid, Elu, Selu, Softplus, Swish };
@@ -31,77 +62,75 @@ constexpr double kSeluScale = 1.0507009873554804934193349852946;
 constexpr double kSoftplusThreshold = 20.0;
 
 template <typename A> GAN_KERNELS_HD A sigmoid_of(A v) {
-  using std::exp;
-  return A(1) / (A(1) + exp(-v));
+  return A(1) / (A(1) + ElementMath<A>::exp(A(0) - v));
 }
 
-// Linear and relu run as lrelu with alpha 1 and 0: same results, one kernel fewer to compile.
+// Linear runs as lrelu with alpha 1: same results, one kernel fewer to compile. Relu does not run
+// as lrelu with alpha 0, whose -inf * 0 would make relu(-inf) NaN.
 template <Activation kAct, typename A> GAN_KERNELS_HD A act_value(A v, A alpha) {
-  using std::exp;
-  using std::expm1;
-  using std::log1p;
-  using std::tanh;
+  using M = ElementMath<A>;
   if constexpr (kAct == Activation::Lrelu) {
-    return v > A(0) ? v : v * alpha;
+    return M::select(v > A(0), v, v * alpha);
+  } else if constexpr (kAct == Activation::Relu) {
+    return M::select(v < A(0), A(0), v);  // keeps NaN and -0.0, as torch.relu
   } else if constexpr (kAct == Activation::Tanh) {
-    return tanh(v);
+    return M::tanh(v);
   } else if constexpr (kAct == Activation::Sigmoid) {
     return sigmoid_of(v);
   } else if constexpr (kAct == Activation::Elu) {
-    return v > A(0) ? v : expm1(v);
+    return M::select(v > A(0), v, M::expm1(v));
   } else if constexpr (kAct == Activation::Selu) {
-    return v > A(0) ? A(kSeluScale) * v : A(kSeluScale * kSeluAlpha) * expm1(v);
+    return M::select(v > A(0), A(kSeluScale) * v, A(kSeluScale * kSeluAlpha) * M::expm1(v));
   } else if constexpr (kAct == Activation::Softplus) {
-    return v > A(kSoftplusThreshold) ? v : log1p(exp(v));
+    return M::select(v > A(kSoftplusThreshold), v, M::log1p(M::exp(v)));
   } else {
-    static_assert(kAct == Activation::Swish, "linear and relu run as lrelu");
+    static_assert(kAct == Activation::Swish, "linear runs as lrelu");
     return v * sigmoid_of(v);
   }
 }
 
 // Branches at 0 follow PyTorch's backward formulas (the reference is differentiated by autograd).
 template <Activation kAct, typename A> GAN_KERNELS_HD A act_first_derivative(A v, A alpha) {
-  using std::exp;
-  using std::tanh;
+  using M = ElementMath<A>;
   if constexpr (kAct == Activation::Lrelu) {
-    return v > A(0) ? A(1) : alpha;
+    return M::select(v > A(0), A(1), alpha);
+  } else if constexpr (kAct == Activation::Relu) {
+    return M::select(v <= A(0), A(0), A(1));  // torch.relu's backward passes the gradient at NaN
   } else if constexpr (kAct == Activation::Tanh) {
-    const A t = tanh(v);
+    const A t = M::tanh(v);
     return A(1) - t * t;
   } else if constexpr (kAct == Activation::Sigmoid) {
     const A s = sigmoid_of(v);
     return s * (A(1) - s);
   } else if constexpr (kAct == Activation::Elu) {
-    return v > A(0) ? A(1) : exp(v);
+    return M::select(v > A(0), A(1), M::exp(v));
   } else if constexpr (kAct == Activation::Selu) {
-    return v > A(0) ? A(kSeluScale) : A(kSeluScale * kSeluAlpha) * exp(v);
+    return M::select(v > A(0), A(kSeluScale), A(kSeluScale * kSeluAlpha) * M::exp(v));
   } else if constexpr (kAct == Activation::Softplus) {
-    return v > A(kSoftplusThreshold) ? A(1) : sigmoid_of(v);
+    return M::select(v > A(kSoftplusThreshold), A(1), sigmoid_of(v));
   } else {
-    static_assert(kAct == Activation::Swish, "linear and relu run as lrelu");
+    static_assert(kAct == Activation::Swish, "linear runs as lrelu");
     const A s = sigmoid_of(v);
     return s * (A(1) + v * (A(1) - s));
   }
 }
 
 // Only the smooth activations have one; the piecewise-linear ones have act'' = 0 and no Grad2 kernel.
-template <Activation kAct, typename A> GAN_KERNELS_HD A act_second_derivative(A v, A alpha) {
-  using std::exp;
-  using std::tanh;
-  (void)alpha;
+template <Activation kAct, typename A> GAN_KERNELS_HD A act_second_derivative(A v) {
+  using M = ElementMath<A>;
   if constexpr (kAct == Activation::Tanh) {
-    const A t = tanh(v);
+    const A t = M::tanh(v);
     return A(-2) * t * (A(1) - t * t);
   } else if constexpr (kAct == Activation::Sigmoid) {
     const A s = sigmoid_of(v);
     return s * (A(1) - s) * (A(1) - A(2) * s);
   } else if constexpr (kAct == Activation::Elu) {
-    return v > A(0) ? A(0) : exp(v);
+    return M::select(v > A(0), A(0), M::exp(v));
   } else if constexpr (kAct == Activation::Selu) {
-    return v > A(0) ? A(0) : A(kSeluScale * kSeluAlpha) * exp(v);
+    return M::select(v > A(0), A(0), A(kSeluScale * kSeluAlpha) * M::exp(v));
   } else if constexpr (kAct == Activation::Softplus) {
     const A s = sigmoid_of(v);
-    return v > A(kSoftplusThreshold) ? A(0) : s * (A(1) - s);
+    return M::select(v > A(kSoftplusThreshold), A(0), s * (A(1) - s));
   } else {
     static_assert(kAct == Activation::Swish, "the piecewise-linear acts have no second derivative");
     const A s = sigmoid_of(v);
@@ -109,15 +138,7 @@ template <Activation kAct, typename A> GAN_KERNELS_HD A act_second_derivative(A 
   }
 }
 
-// torch.clamp's gradient passes where -clamp <= value <= clamp, bounds included.
-template <typename A> GAN_KERNELS_HD bool inside_clamp(A value, A clamp) { return value >= -clamp && value <= clamp; }
-
-template <typename A> GAN_KERNELS_HD A clamp_to(A value, A clamp) {
-  // Written so that NaN propagates, as torch.clamp does.
-  return value < -clamp ? -clamp : (value > clamp ? clamp : value);
-}
-
-// The per-element scalars of every mode, in the accumulator type A.
+// The per-element scalars of every mode, in the accumulator type A (broadcast, for vectors).
 template <typename A> struct BiasActScalars {
   A alpha;
   A gain;
@@ -126,28 +147,58 @@ template <typename A> struct BiasActScalars {
 };
 
 // One output element of `kMode` from the saved tensor's element `r` (x, or y for GradFromY), the
-// bias `b` of its channel, and the incoming gradients g1 (grad; upstream in Grad2) and g2 (grad in Grad2).
+// bias `b` of its channel, and the incoming gradients g1 (grad; upstream in Grad2) and g2 (grad in
+// Grad2). `clamped` and `gain_positive` restate s.clamp >= 0 and s.gain > 0 as plain bools.
 template <Activation kAct, BiasActMode kMode, typename A>
-GAN_KERNELS_HD A bias_act_element(A r, A b, A g1, A g2, const BiasActScalars<A>& s) {
+GAN_KERNELS_HD A bias_act_element(A r, A b, A g1, A g2, const BiasActScalars<A>& s, bool clamped, bool gain_positive) {
+  using M = ElementMath<A>;
   if constexpr (kMode == BiasActMode::GradFromY) {
-    // y = act(v) * gain of a piecewise-linear act with alpha >= 0: v > 0 exactly when y has gain's sign.
-    const bool positive = s.gain > A(0) ? r > A(0) : r < A(0);
-    return g1 * s.gain * (positive ? A(1) : s.alpha);
+    // y = act(v) * gain of a piecewise-linear act with alpha >= 0: v > 0 exactly when y has gain's
+    // sign. At a NaN y, torch.relu's backward passes the gradient and leaky_relu's scales it by alpha.
+    if constexpr (kAct == Activation::Relu) {
+      const auto not_positive = gain_positive ? r <= A(0) : r >= A(0);
+      return g1 * s.gain * M::select(not_positive, A(0), A(1));
+    } else {
+      const auto positive = gain_positive ? r > A(0) : r < A(0);
+      return g1 * s.gain * M::select(positive, A(1), s.alpha);
+    }
   } else {
     const A v = r * s.scale + b;
-    const bool clamped = s.clamp >= A(0);
+    const A y = act_value<kAct>(v, s.alpha) * s.gain;
+    const A neg_clamp = A(-1) * s.clamp;  // -0.0 for clamp 0, as torch.clamp returns
     if constexpr (kMode == BiasActMode::Forward) {
-      const A y = act_value<kAct>(v, s.alpha) * s.gain;
-      return clamped ? clamp_to(y, s.clamp) : y;
+      // Written so that NaN propagates, as torch.clamp does.
+      return clamped ? M::select(y < neg_clamp, neg_clamp, M::select(y > s.clamp, s.clamp, y)) : y;
     } else {
-      if (clamped && !inside_clamp(act_value<kAct>(v, s.alpha) * s.gain, s.clamp)) return A(0);
+      // torch.clamp's gradient passes where -clamp <= y <= clamp, bounds included. It is zeroed
+      // before the activation's derivative multiplies it, as autograd does, so that a NaN
+      // derivative (at an infinite v) still gives NaN.
+      const A g = clamped ? M::select(M::both(y >= neg_clamp, y <= s.clamp), g1, A(0)) : g1;
       if constexpr (kMode == BiasActMode::GradFromX) {
-        return g1 * s.gain * act_first_derivative<kAct>(v, s.alpha);
+        return g * s.gain * act_first_derivative<kAct>(v, s.alpha);
       } else {
-        return g1 * g2 * s.gain * act_second_derivative<kAct>(v, s.alpha);
+        return g * g2 * s.gain * act_second_derivative<kAct>(v);
       }
     }
   }
 }
+
+// One bias_act launch, torch-free: the CUDA launcher takes it whole, the CPU kernels a range of it.
+// All element tensors are dense with the same strides; element i (in memory order) belongs to
+// channel (i / inner) % channels (see ChannelView in ops/common.h).
+struct BiasActParams {
+  void* out;         // y, dL/dv or the Grad2 term, by mode
+  const void* ref;   // x; y in GradFromY
+  const void* g1;    // dL/dy; upstream in Grad2; nullptr in Forward
+  const void* g2;    // dL/dy in Grad2, else nullptr
+  const void* bias;  // [channels], or nullptr
+  int64_t numel;
+  int64_t channels;
+  int64_t inner;
+  BiasActScalars<double> scalars;  // clamp < 0: none
+  Activation act;
+  BiasActMode mode;
+  DType dtype;
+};
 
 }  // namespace gan_kernels

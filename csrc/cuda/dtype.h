@@ -1,4 +1,4 @@
-// The element types a CUDA launcher accepts; shared by the torch glue and the torch-free kernels.
+// The element types a torch-free launcher accepts; shared by the torch glue and the kernels.
 #pragma once
 
 namespace gan_kernels {

@@ -72,9 +72,32 @@ Checked check_args(const at::Tensor& x, const std::optional<at::Tensor>& b, int6
   return {activation, dim, {alpha, gain, clamp ? *clamp : -1.0, scale}, bias};
 }
 
-using Kernel = void (*)(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref,
-                        const at::Tensor& grad, const at::Tensor& upstream, const at::Tensor& bias, ChannelView view,
-                        const BiasActScalars<double>& scalars);
+// Every kernel takes the same torch-free description of its launch; `ref` names the device.
+using Kernel = void (*)(const BiasActParams& params, const at::Tensor& ref);
+
+// `ref` is x, or y for GradFromY; `grad` is dL/dy (undefined in Forward); `upstream` is used by
+// Grad2 only. ref, grad, upstream and out are dense with the same strides.
+BiasActParams make_params(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref,
+                          const at::Tensor& grad, const at::Tensor& upstream, const at::Tensor& bias,
+                          const ChannelView& view, const BiasActScalars<double>& scalars) {
+  const bool grad2 = mode == BiasActMode::Grad2;
+  BiasActParams params{};
+  params.out = out.mutable_data_ptr();
+  params.ref = ref.const_data_ptr();
+  params.g1 = grad2 ? upstream.const_data_ptr() : (grad.defined() ? grad.const_data_ptr() : nullptr);
+  params.g2 = grad2 ? grad.const_data_ptr() : nullptr;
+  params.bias = bias.defined() ? bias.const_data_ptr() : nullptr;
+  params.numel = ref.numel();
+  params.channels = view.channels;
+  params.inner = view.inner;
+  params.scalars = scalars;
+  params.act = act;
+  params.mode = mode;
+  params.dtype = kernel_dtype(ref.scalar_type());
+  return params;
+}
+
+void bias_act_on_cpu(const BiasActParams& params, const at::Tensor&) { bias_act_cpu(params); }
 
 template <Kernel kernel>
 at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
@@ -83,8 +106,9 @@ at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int6
   const at::Tensor xd = dense_input(x);
   at::Tensor out = at::empty_like(xd);
   if (x.numel() > 0) {
-    kernel(BiasActMode::Forward, c.act, out, xd, at::Tensor(), at::Tensor(), c.bias, channel_view(xd, c.dim),
-           c.scalars);
+    kernel(make_params(BiasActMode::Forward, c.act, out, xd, at::Tensor(), at::Tensor(), c.bias,
+                       channel_view(xd, c.dim), c.scalars),
+           xd);
   }
   return out;
 }
@@ -104,8 +128,9 @@ at::Tensor grad(const at::Tensor& grad, const at::Tensor& ref, const std::option
   const at::Tensor gd = same_layout(grad, rd);
   at::Tensor out = at::empty_like(rd);
   if (ref.numel() > 0) {
-    kernel(ref_is_y ? BiasActMode::GradFromY : BiasActMode::GradFromX, c.act, out, rd, gd, at::Tensor(), c.bias,
-           channel_view(rd, c.dim), c.scalars);
+    kernel(make_params(ref_is_y ? BiasActMode::GradFromY : BiasActMode::GradFromX, c.act, out, rd, gd, at::Tensor(),
+                       c.bias, channel_view(rd, c.dim), c.scalars),
+           rd);
   }
   return out;
 }
@@ -121,31 +146,16 @@ at::Tensor grad2(const at::Tensor& upstream, const at::Tensor& grad, const at::T
   at::Tensor out = at::empty_like(xd);
   if (piecewise_linear(c.act)) return out.zero_();  // act'' = 0 wherever it exists
   if (x.numel() > 0) {
-    kernel(BiasActMode::Grad2, c.act, out, xd, same_layout(grad, xd), same_layout(upstream, xd), c.bias,
-           channel_view(xd, c.dim), c.scalars);
+    kernel(make_params(BiasActMode::Grad2, c.act, out, xd, same_layout(grad, xd), same_layout(upstream, xd), c.bias,
+                       channel_view(xd, c.dim), c.scalars),
+           xd);
   }
   return out;
 }
 
 #ifdef WITH_CUDA
-void bias_act_cuda(BiasActMode mode, Activation act, at::Tensor& out, const at::Tensor& ref, const at::Tensor& grad,
-                   const at::Tensor& upstream, const at::Tensor& bias, ChannelView view,
-                   const BiasActScalars<double>& s) {
+void bias_act_on_cuda(const BiasActParams& params, const at::Tensor& ref) {
   const c10::cuda::CUDAGuard guard(ref.device());
-  const bool grad2 = mode == BiasActMode::Grad2;
-  BiasActParams params{};
-  params.out = out.data_ptr();
-  params.ref = ref.const_data_ptr();
-  params.g1 = grad2 ? upstream.const_data_ptr() : (grad.defined() ? grad.const_data_ptr() : nullptr);
-  params.g2 = grad2 ? grad.const_data_ptr() : nullptr;
-  params.bias = bias.defined() ? bias.const_data_ptr() : nullptr;
-  params.numel = ref.numel();
-  params.channels = view.channels;
-  params.inner = view.inner;
-  params.scalars = s;
-  params.act = act;
-  params.mode = mode;
-  params.dtype = cuda_dtype(ref.scalar_type());
   C10_CUDA_CHECK(launch_bias_act(params, c10::cuda::getCurrentCUDAStream()));
 }
 #endif
@@ -166,16 +176,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
-  m.impl("bias_act", &forward<bias_act_cpu>);
-  m.impl("bias_act_grad", &grad<bias_act_cpu>);
-  m.impl("bias_act_grad2", &grad2<bias_act_cpu>);
+  m.impl("bias_act", &forward<bias_act_on_cpu>);
+  m.impl("bias_act_grad", &grad<bias_act_on_cpu>);
+  m.impl("bias_act_grad2", &grad2<bias_act_on_cpu>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
-  m.impl("bias_act", &forward<bias_act_cuda>);
-  m.impl("bias_act_grad", &grad<bias_act_cuda>);
-  m.impl("bias_act_grad2", &grad2<bias_act_cuda>);
+  m.impl("bias_act", &forward<bias_act_on_cuda>);
+  m.impl("bias_act_grad", &grad<bias_act_on_cuda>);
+  m.impl("bias_act_grad2", &grad2<bias_act_on_cuda>);
 }
 #endif
 

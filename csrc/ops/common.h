@@ -59,14 +59,14 @@ inline at::Tensor same_layout(const at::Tensor& t, const at::Tensor& ref) {
   return t.strides() == ref.strides() ? t : at::empty_like(ref).copy_(t);
 }
 
-// The torch-free CUDA launchers name element types by DType.
-inline DType cuda_dtype(at::ScalarType type) {
+// The torch-free kernels (the CUDA launchers, the CPU bias_act kernel) name element types by DType.
+inline DType kernel_dtype(at::ScalarType type) {
   switch (type) {
     case at::kFloat: return DType::Float32;
     case at::kDouble: return DType::Float64;
     case at::kHalf: return DType::Float16;
     case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "no CUDA kernel for dtype ", type);
+    default: TORCH_CHECK_TYPE(false, "no kernel for dtype ", type);
   }
 }
 

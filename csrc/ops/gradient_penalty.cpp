@@ -94,7 +94,7 @@ void gradient_penalty_cuda(at::Tensor& out, const at::Tensor& g, const at::Tenso
                                      view.samples,
                                      view.per_sample,
                                      center,
-                                     cuda_dtype(g.scalar_type())};
+                                     kernel_dtype(g.scalar_type())};
   C10_CUDA_CHECK(launch_gradient_penalty(params, c10::cuda::getCurrentCUDAStream()));
 }
 #endif

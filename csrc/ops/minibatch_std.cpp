@@ -65,7 +65,7 @@ MinibatchStdParams cuda_params(const at::Tensor& x, const at::Tensor& grad, cons
   p.channels = s.channels;
   p.pixels = s.pixels;
   p.channels_last = s.channels_last;
-  p.dtype = cuda_dtype(x.scalar_type());
+  p.dtype = kernel_dtype(x.scalar_type());
   return p;
 }
 

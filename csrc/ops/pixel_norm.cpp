@@ -50,7 +50,7 @@ void pixel_norm_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& gra
   const c10::cuda::CUDAGuard guard(x.device());
   const PixelNormParams params{out.data_ptr(),  x.const_data_ptr(), grad.defined() ? grad.const_data_ptr() : nullptr,
                                view.outer,      view.channels,      view.inner,
-                               eps,             cuda_dtype(x.scalar_type())};
+                               eps,             kernel_dtype(x.scalar_type())};
   C10_CUDA_CHECK(launch_pixel_norm(params, c10::cuda::getCurrentCUDAStream()));
 }
 #endif

@@ -139,7 +139,7 @@ SpectralParams cuda_params(const std::vector<SpectralLayer>& layers, size_t begi
                            const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out) {
   SpectralParams p{};
   p.count = static_cast<int>(end - begin);
-  p.dtype = cuda_dtype(layers[begin].weight.scalar_type());
+  p.dtype = kernel_dtype(layers[begin].weight.scalar_type());
   int64_t offset = 0;
   for (size_t l = begin; l < end; ++l) {
     const SpectralLayer& layer = layers[l];

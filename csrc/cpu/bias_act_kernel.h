@@ -1,0 +1,181 @@
+// The CPU kernel of bias_act over a range of elements, in SIMD vectors of at::vec::Vectorized.
+//
+// Included by two translation units: cpu/bias_act.cpp (the default instruction set) and
+// cpu/bias_act_avx2.cpp (compiled for AVX2, whose Vectorized calls the SLEEF vector functions in
+// libtorch_cpu for exp, tanh, ...). Everything below lives in an anonymous namespace, or is
+// specialised on the translation unit's own vector types, so that each builds its own copy for its
+// own instruction set; only the entry points of cpu/bias_act_range.h are shared.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "cpu/bias_act_range.h"
+#include "cuda/bias_act_math.h"
+
+namespace gan_kernels {
+
+namespace {
+
+template <typename T> using VecOf = at::vec::Vectorized<T>;
+
+}  // namespace
+
+// The formulas' primitives on vectors: comparisons give lane masks, select blends by them.
+template <typename T> struct ElementMath<VecOf<T>> {
+  using V = VecOf<T>;
+  static V select(const V& mask, const V& if_true, const V& if_false) { return V::blendv(if_false, if_true, mask); }
+  static V both(const V& a, const V& b) { return a & b; }
+  static V exp(const V& v) { return v.exp(); }
+  static V expm1(const V& v) { return v.expm1(); }
+  static V log1p(const V& v) { return v.log1p(); }
+  static V tanh(const V& v) { return v.tanh(); }
+};
+
+namespace {
+
+// float and double compute in their own type, Half and BFloat16 in float: one value at a time
+// (kVectors false) or a vector of them. A vector of Half or BFloat16 loads as two float vectors.
+template <typename scalar_t> using acc_t = at::vec::vec_scalar_t<scalar_t>;
+template <typename scalar_t, bool kVectors>
+using compute_t = std::conditional_t<kVectors, VecOf<acc_t<scalar_t>>, acc_t<scalar_t>>;
+
+template <typename scalar_t> struct Operands {
+  scalar_t* out;
+  const scalar_t* ref;
+  const scalar_t* g1;
+  const scalar_t* g2;
+};
+
+// `n` consecutive elements from `offset`. With kBiasPerElement the bias of element j is bias[j]
+// (channels innermost); otherwise every element adds `bias_value`.
+template <typename scalar_t, Activation kAct, BiasActMode kMode, bool kBiasPerElement, typename A>
+void span(const Operands<scalar_t>& p, int64_t offset, int64_t n, const scalar_t* bias, acc_t<scalar_t> bias_value,
+          // By value: a reference could alias `out`, and reloading it every element stops vectorisation.
+          const BiasActScalars<A> s, bool clamped, bool gain_positive) {
+  constexpr bool kUsesG1 = kMode != BiasActMode::Forward;
+  constexpr bool kUsesG2 = kMode == BiasActMode::Grad2;
+  if constexpr (std::is_arithmetic_v<A>) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t i = offset + j;
+      const A b = kBiasPerElement ? A(bias[j]) : bias_value;
+      p.out[i] = scalar_t(bias_act_element<kAct, kMode>(A(p.ref[i]), b, kUsesG1 ? A(p.g1[i]) : A(0),
+                                                        kUsesG2 ? A(p.g2[i]) : A(0), s, clamped, gain_positive));
+    }
+  } else {
+    using Vec = VecOf<scalar_t>;
+    constexpr int64_t kStep = Vec::size();
+    const A uniform_bias(bias_value);
+    for (int64_t j = 0; j < n; j += kStep) {
+      const int64_t count = std::min(kStep, n - j);
+      const int64_t i = offset + j;
+      const Vec r = Vec::loadu(p.ref + i, count);
+      const Vec g1 = kUsesG1 ? Vec::loadu(p.g1 + i, count) : Vec(0);
+      const Vec g2 = kUsesG2 ? Vec::loadu(p.g2 + i, count) : Vec(0);
+      const Vec b = kBiasPerElement ? Vec::loadu(bias + j, count) : Vec(0);
+      if constexpr (!std::is_same_v<scalar_t, acc_t<scalar_t>>) {
+        auto [r0, r1] = at::vec::convert_to_float<scalar_t>(r);
+        auto [g10, g11] = at::vec::convert_to_float<scalar_t>(g1);
+        auto [g20, g21] = at::vec::convert_to_float<scalar_t>(g2);
+        A b0 = uniform_bias, b1 = uniform_bias;
+        if constexpr (kBiasPerElement) std::tie(b0, b1) = at::vec::convert_to_float<scalar_t>(b);
+        const A out0 = bias_act_element<kAct, kMode>(r0, b0, g10, g20, s, clamped, gain_positive);
+        const A out1 = bias_act_element<kAct, kMode>(r1, b1, g11, g21, s, clamped, gain_positive);
+        at::vec::convert_from_float<scalar_t>(out0, out1).store(p.out + i, count);
+      } else {
+        const A bias_vec = kBiasPerElement ? b : uniform_bias;
+        bias_act_element<kAct, kMode>(r, bias_vec, g1, g2, s, clamped, gain_positive).store(p.out + i, count);
+      }
+    }
+  }
+}
+
+// Splits [begin, end) into spans of one bias layout: no bias, a run of `inner` elements sharing one
+// channel, or (inner == 1) a row of consecutive channels.
+template <typename scalar_t, Activation kAct, BiasActMode kMode, bool kVectors>
+void range(const BiasActParams& params, int64_t begin, int64_t end) {
+  using acc = acc_t<scalar_t>;
+  using A = compute_t<scalar_t, kVectors>;
+  const Operands<scalar_t> p{static_cast<scalar_t*>(params.out), static_cast<const scalar_t*>(params.ref),
+                             static_cast<const scalar_t*>(params.g1), static_cast<const scalar_t*>(params.g2)};
+  const auto& sc = params.scalars;
+  const BiasActScalars<A> s{A(acc(sc.alpha)), A(acc(sc.gain)), A(acc(sc.clamp)), A(acc(sc.scale))};
+  const bool clamped = sc.clamp >= 0;
+  const bool gain_positive = sc.gain > 0;
+  const auto* bias = static_cast<const scalar_t*>(params.bias);
+  if (bias == nullptr || params.channels == 1) {
+    const acc bias_value = bias == nullptr ? acc(0) : acc(bias[0]);
+    span<scalar_t, kAct, kMode, false>(p, begin, end - begin, nullptr, bias_value, s, clamped, gain_positive);
+  } else if (params.inner == 1) {
+    for (int64_t i = begin; i < end;) {
+      const int64_t channel = i % params.channels;
+      const int64_t n = std::min(end - i, params.channels - channel);
+      span<scalar_t, kAct, kMode, true>(p, i, n, bias + channel, acc(0), s, clamped, gain_positive);
+      i += n;
+    }
+  } else {
+    for (int64_t i = begin; i < end;) {
+      const int64_t run = i / params.inner;
+      const int64_t n = std::min(end, (run + 1) * params.inner) - i;
+      const acc bias_value = acc(bias[run % params.channels]);
+      span<scalar_t, kAct, kMode, false>(p, i, n, nullptr, bias_value, s, clamped, gain_positive);
+      i += n;
+    }
+  }
+}
+
+template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
+
+// Only the (act, mode) pairs the ops call are instantiated: 24 per dtype.
+template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActParams& p, int64_t begin, int64_t end) {
+  using M = BiasActMode;
+  auto with_mode = [&](auto mode_tag) {
+    constexpr M kMode = decltype(mode_tag)::value;
+    auto with_act = [&](auto act_tag) { range<scalar_t, decltype(act_tag)::value, kMode, kVectors>(p, begin, end); };
+    switch (p.act) {
+      // Linear runs as lrelu; none of the three has a second derivative.
+      case Activation::Linear:
+      case Activation::Lrelu:
+        if constexpr (kMode != M::Grad2) with_act(ActTag<Activation::Lrelu>{});
+        return;
+      case Activation::Relu:
+        if constexpr (kMode != M::Grad2) with_act(ActTag<Activation::Relu>{});
+        return;
+      case Activation::Tanh: return with_act(ActTag<Activation::Tanh>{});
+      case Activation::Sigmoid: return with_act(ActTag<Activation::Sigmoid>{});
+      case Activation::Elu: return with_act(ActTag<Activation::Elu>{});
+      case Activation::Selu: return with_act(ActTag<Activation::Selu>{});
+      case Activation::Softplus: return with_act(ActTag<Activation::Softplus>{});
+      case Activation::Swish: return with_act(ActTag<Activation::Swish>{});
+    }
+  };
+  switch (p.mode) {
+    case M::Forward: return with_mode(std::integral_constant<M, M::Forward>{});
+    case M::GradFromX: return with_mode(std::integral_constant<M, M::GradFromX>{});
+    case M::Grad2: return with_mode(std::integral_constant<M, M::Grad2>{});
+    case M::GradFromY:
+      // Only the piecewise-linear acts save y; linear works as lrelu there too.
+      if (p.act == Activation::Relu) return range<scalar_t, Activation::Relu, M::GradFromY, kVectors>(p, begin, end);
+      return range<scalar_t, Activation::Lrelu, M::GradFromY, kVectors>(p, begin, end);
+  }
+}
+
+// kVectors: at::vec::Vectorized, which pays off where it has real SIMD (and SLEEF) behind it;
+// otherwise one element at a time, in loops the compiler vectorises itself where it can.
+template <bool kVectors> void range_any_dtype(const BiasActParams& p, int64_t begin, int64_t end) {
+  switch (p.dtype) {
+    case DType::Float32: return range_for_dtype<float, kVectors>(p, begin, end);
+    case DType::Float64: return range_for_dtype<double, kVectors>(p, begin, end);
+    case DType::Float16: return range_for_dtype<c10::Half, kVectors>(p, begin, end);
+    case DType::BFloat16: return range_for_dtype<c10::BFloat16, kVectors>(p, begin, end);
+  }
+}
+
+}  // namespace
+}  // namespace gan_kernels
