@@ -151,14 +151,17 @@ class _EqualizedLayer(torch.nn.Module):
     """Runtime parameters of StyleGAN's equalized-LR layers: the weight cast to the activations' dtype
     (so fp16 activations work) times its gain, the bias times ``bias_gain``."""
 
-    def _runtime_weight_and_bias(self, x):
-        w = self.weight.to(x.dtype) * self.weight_gain
+    def _runtime_weight(self, x):
+        return self.weight.to(x.dtype) * self.weight_gain
+
+    def _runtime_bias(self, dtype):
+        """In the dtype of the matmul or conv output, which autocast may have lowered."""
         b = self.bias
         if b is not None:
-            b = b.to(x.dtype)
+            b = b.to(dtype)
             if self.bias_gain != 1:
                 b = b * self.bias_gain
-        return w, b
+        return b
 
 
 class EqualizedLinear(_EqualizedLayer):
@@ -178,11 +181,12 @@ class EqualizedLinear(_EqualizedLayer):
         self.bias_gain = lr_multiplier
 
     def forward(self, x, gain=1):
-        w, b = self._runtime_weight_and_bias(x)
-        if self.activation == "linear" and b is not None and gain == 1:
-            return torch.addmm(b.unsqueeze(0), x, w.t())
+        w = self._runtime_weight(x)
+        if self.activation == "linear" and self.bias is not None and gain == 1:
+            return torch.addmm(self._runtime_bias(x.dtype).unsqueeze(0), x, w.t())
         act_gain = BIAS_ACT_ACTIVATIONS[self.activation][2] * gain
-        return self._bias_act(x.matmul(w.t()), b, act=self.activation, gain=act_gain)
+        x = x.matmul(w.t())
+        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=act_gain)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -215,10 +219,10 @@ class EqualizedConv2d(_EqualizedLayer):
         self.act_gain = BIAS_ACT_ACTIVATIONS[activation][2]
 
     def forward(self, x, gain=1):
-        w, b = self._runtime_weight_and_bias(x)
-        x = torch.nn.functional.conv2d(x, w, stride=self.stride, padding=self.padding)
+        x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return self._bias_act(x, b, act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain,
+                              clamp=act_clamp)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

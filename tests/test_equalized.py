@@ -118,6 +118,24 @@ def test_conv2d_in_bfloat16_keeps_its_dtype(device):
     assert_close(y, stylegan_conv2d_forward(layer, x))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind, args, kwargs", [("Conv2d", (4, 6, 3), dict(activation="lrelu", conv_clamp=256)),
+                                                ("Linear", (4, 6), dict(activation="lrelu")),
+                                                ("Linear", (4, 6), {})], ids=["conv2d", "linear_lrelu", "linear"])
+def test_layers_under_autocast_match_reference(device, kind, args, kwargs):
+    # Autocast lowers the conv/matmul output but not the float32 bias: the layers cast it to the output.
+    torch.manual_seed(4)
+    layer = randomise_bias({"Conv2d": EqualizedConv2d, "Linear": EqualizedLinear}[kind](*args, **kwargs)).to(device)
+    twin = copy_of(layer, getattr(reference, f"Equalized{kind}"), *args, **kwargs).to(device)
+    x = torch.randn((2, 4, 5, 5) if kind == "Conv2d" else (3, 4), device=device)
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        y, y_ref = layer(x), twin(x)
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    assert_close(y, y_ref)
+    y.float().square().sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad.dtype == torch.float32
+
+
 def test_conv2d_state_dict_loads_from_stylegan_names():
     src = EqualizedConv2d(3, 4, 3, activation="lrelu")
     dst = EqualizedConv2d(3, 4, 3, activation="lrelu")
