@@ -130,39 +130,24 @@ void range(const BiasActParams& params, int64_t begin, int64_t end) {
   }
 }
 
-template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
-
-// Only the (act, mode) pairs the ops call are instantiated: 24 per dtype.
+// Instantiates only the (act, mode) pairs the ops call: 24 per dtype.
 template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActParams& p, int64_t begin, int64_t end) {
   using M = BiasActMode;
   auto with_mode = [&](auto mode_tag) {
     constexpr M kMode = decltype(mode_tag)::value;
-    auto with_act = [&](auto act_tag) { range<scalar_t, decltype(act_tag)::value, kMode, kVectors>(p, begin, end); };
-    switch (p.act) {
-      // Linear runs as lrelu; none of the three has a second derivative.
-      case Activation::Linear:
-      case Activation::Lrelu:
-        if constexpr (kMode != M::Grad2) with_act(ActTag<Activation::Lrelu>{});
-        return;
-      case Activation::Relu:
-        if constexpr (kMode != M::Grad2) with_act(ActTag<Activation::Relu>{});
-        return;
-      case Activation::Tanh: return with_act(ActTag<Activation::Tanh>{});
-      case Activation::Sigmoid: return with_act(ActTag<Activation::Sigmoid>{});
-      case Activation::Elu: return with_act(ActTag<Activation::Elu>{});
-      case Activation::Selu: return with_act(ActTag<Activation::Selu>{});
-      case Activation::Softplus: return with_act(ActTag<Activation::Softplus>{});
-      case Activation::Swish: return with_act(ActTag<Activation::Swish>{});
-    }
+    with_activation(p.act, [&](auto act_tag) {
+      constexpr Activation kAct = decltype(act_tag)::value;
+      if constexpr (kMode == M::Grad2 ? !piecewise_linear(kAct)
+                                      : kMode != M::GradFromY || piecewise_linear(kAct)) {
+        range<scalar_t, kAct, kMode, kVectors>(p, begin, end);
+      }
+    });
   };
   switch (p.mode) {
     case M::Forward: return with_mode(std::integral_constant<M, M::Forward>{});
     case M::GradFromX: return with_mode(std::integral_constant<M, M::GradFromX>{});
+    case M::GradFromY: return with_mode(std::integral_constant<M, M::GradFromY>{});
     case M::Grad2: return with_mode(std::integral_constant<M, M::Grad2>{});
-    case M::GradFromY:
-      // Only the piecewise-linear acts save y; linear works as lrelu there too.
-      if (p.act == Activation::Relu) return range<scalar_t, Activation::Relu, M::GradFromY, kVectors>(p, begin, end);
-      return range<scalar_t, Activation::Lrelu, M::GradFromY, kVectors>(p, begin, end);
   }
 }
 

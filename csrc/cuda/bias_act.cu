@@ -1,8 +1,6 @@
 #include "cuda/bias_act.h"
 #include "cuda/common.cuh"
 
-#include <type_traits>
-
 namespace gan_kernels {
 namespace {
 
@@ -11,33 +9,22 @@ constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
-
 // The activation is a runtime switch, uniform across the grid, rather than a template parameter:
 // the kernel is memory-bound, and 4 modes x 4 dtypes x 2 widths stay quick to compile.
 template <BiasActMode kMode, typename A>
 __device__ __forceinline__ A element(Activation act, A r, A b, A g1, A g2, const BiasActScalars<A>& s) {
   const bool clamped = s.clamp >= A(0);
   const bool gain_positive = s.gain > A(0);
-  auto apply = [&](auto act_tag) {
-    return bias_act_element<decltype(act_tag)::value, kMode>(r, b, g1, g2, s, clamped, gain_positive);
-  };
-  switch (act) {
-    case Activation::Tanh: return apply(ActTag<Activation::Tanh>{});
-    case Activation::Sigmoid: return apply(ActTag<Activation::Sigmoid>{});
-    case Activation::Elu: return apply(ActTag<Activation::Elu>{});
-    case Activation::Selu: return apply(ActTag<Activation::Selu>{});
-    case Activation::Softplus: return apply(ActTag<Activation::Softplus>{});
-    case Activation::Swish: return apply(ActTag<Activation::Swish>{});
-    default:
-      // Linear runs as lrelu with alpha 1 (see act_value); the piecewise-linear acts have no
-      // second derivative.
-      if constexpr (kMode == BiasActMode::Grad2) {
-        return A(0);
-      } else {
-        return act == Activation::Relu ? apply(ActTag<Activation::Relu>{}) : apply(ActTag<Activation::Lrelu>{});
-      }
-  }
+  return with_activation(act, [&](auto act_tag) {
+    constexpr Activation kAct = decltype(act_tag)::value;
+    // Grad2 of a piecewise-linear act is 0; GradFromY of a smooth one is never launched.
+    if constexpr (kMode == BiasActMode::Grad2 ? piecewise_linear(kAct)
+                                              : kMode == BiasActMode::GradFromY && !piecewise_linear(kAct)) {
+      return A(0);
+    } else {
+      return bias_act_element<kAct, kMode>(r, b, g1, g2, s, clamped, gain_positive);
+    }
+  });
 }
 
 // Each thread handles groups of V consecutive elements with V-wide loads. V > 1 only when every
@@ -111,8 +98,7 @@ cudaError_t launch_bias_act(const BiasActParams& params, cudaStream_t stream) {
   BiasActParams p = params;
   // Linear runs as lrelu (see act_value).
   if (p.act == Activation::Linear) p.scalars.alpha = 1;
-  if (p.mode == BiasActMode::GradFromY && p.act != Activation::Linear && p.act != Activation::Relu &&
-      p.act != Activation::Lrelu) {
+  if (p.mode == BiasActMode::GradFromY && !piecewise_linear(p.act)) {
     return cudaErrorInvalidValue;
   }
   return dispatch_dtype(p.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(p, stream); });

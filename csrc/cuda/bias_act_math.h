@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/dtype.h"
 
@@ -54,6 +55,28 @@ enum class Activation : int32_t { Linear, Relu, Lrelu, Tanh, Sigmoid, Elu, Selu,
 //   GradFromY  dL/dv of a piecewise-linear act without clamp, from the sign of the saved output y
 //   Grad2      upstream * grad * gain * act''(v) * [|act(v) * gain| <= clamp]  (d/dv of GradFromX)
 enum class BiasActMode : int32_t { Forward, GradFromX, GradFromY, Grad2 };
+
+// act'' = 0 wherever it exists: no Grad2 kernel; and only these can take the gradient from y.
+GAN_KERNELS_HD constexpr bool piecewise_linear(Activation act) {
+  return act == Activation::Linear || act == Activation::Relu || act == Activation::Lrelu;
+}
+
+template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
+
+// Calls f(ActTag<kernel>{}) with the kernel that computes `act`: linear runs as lrelu with alpha 1
+// (see act_value), one kernel fewer to compile.
+template <typename F> GAN_KERNELS_HD auto with_activation(Activation act, F&& f) {
+  switch (act) {
+    case Activation::Relu: return f(ActTag<Activation::Relu>{});
+    case Activation::Tanh: return f(ActTag<Activation::Tanh>{});
+    case Activation::Sigmoid: return f(ActTag<Activation::Sigmoid>{});
+    case Activation::Elu: return f(ActTag<Activation::Elu>{});
+    case Activation::Selu: return f(ActTag<Activation::Selu>{});
+    case Activation::Softplus: return f(ActTag<Activation::Softplus>{});
+    case Activation::Swish: return f(ActTag<Activation::Swish>{});
+    default: return f(ActTag<Activation::Lrelu>{});
+  }
+}
 
 // torch.nn.functional.selu's constants.
 constexpr double kSeluAlpha = 1.6732632423543772848170429916717;

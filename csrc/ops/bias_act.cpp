@@ -33,10 +33,6 @@ Activation parse_activation(c10::string_view act) {
                     std::string(act), "'");
 }
 
-bool piecewise_linear(Activation act) {
-  return act == Activation::Linear || act == Activation::Relu || act == Activation::Lrelu;
-}
-
 void check_finite(double value, const char* arg) {
   TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", value);
 }
