@@ -1,10 +1,12 @@
-// The CPU kernel of bias_act over a range of elements, in SIMD vectors of at::vec::Vectorized.
+// The CPU kernel of bias_act over a range of elements, one element at a time or in SIMD vectors of
+// at::vec::Vectorized.
 //
-// Included by two translation units: cpu/bias_act.cpp (the default instruction set) and
-// cpu/bias_act_avx2.cpp (compiled for AVX2, whose Vectorized calls the SLEEF vector functions in
-// libtorch_cpu for exp, tanh, ...). Everything below lives in an anonymous namespace, or is
-// specialised on the translation unit's own vector types, so that each builds its own copy for its
-// own instruction set; only the entry points of cpu/bias_act_range.h are shared.
+// Included by two translation units: cpu/bias_act.cpp (scalar loops, which the compiler vectorises
+// for the default instruction set except for the transcendental functions) and
+// cpu/bias_act_avx2.cpp (built for AVX2: Vectorized, whose exp, tanh, ... are the SLEEF vector
+// functions in libtorch_cpu). Everything below lives in an anonymous namespace, or is specialised
+// on the translation unit's own vector types, so that each builds its own copy for its own
+// instruction set; only the entry points of cpu/bias_act_range.h are shared.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
