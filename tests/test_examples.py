@@ -1,4 +1,5 @@
 """Smoke tests of the examples (a few iterations each) and their metrics on hand-made samples."""
+import dataclasses
 import os
 import sys
 
@@ -7,6 +8,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
 import mixture_of_gaussians as mog  # noqa: E402
+from gan_kernels import penalties  # noqa: E402
 
 RING, RING_STD = mog.DATASETS["ring8"]
 
@@ -47,6 +49,36 @@ def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
     assert len(sn) == 3 and len(sn[0]) == 4 and all(s > 0 for s in sn[-1])
     pytest.importorskip("matplotlib")
     assert (tmp_path / "mog_samples.png").exists() and (tmp_path / "mog_curves.png").exists()
+
+
+def test_every_configuration_uses_the_same_optimiser_and_budget():
+    shared = {f.name for f in dataclasses.fields(mog.Config)} - {"loss", "spectral_norm", "penalty", "weight"}
+    for name in shared:
+        assert len({getattr(c, name) for c in mog.CONFIGS.values()}) == 1, name
+
+
+def test_samples_are_returned_in_the_data_units():
+    # The networks train on standardised data; the samples come back scaled to the mixture.
+    for ds, expected_spread in (("ring8", 2.0), ("grid25", 8 ** 0.5)):
+        samples, _ = mog.train(mog.CONFIGS["r1"], ds, 300, 0)
+        assert 0.5 * expected_spread < samples.std(dim=0).mean() < 1.5 * expected_spread
+
+
+@pytest.mark.parametrize("penalty", ["r1", "wgan-gp"])
+def test_single_forward_penalty_equals_the_library_helper(penalty):
+    # discriminator_loss gets the penalty from the logits of its one D forward over
+    # [real, fake(, interpolates)]; it must equal the gan_kernels helper's separate forward.
+    torch.manual_seed(0)
+    config = mog.Config("ns", penalty=penalty, weight=0.7)
+    d = mog.make_discriminator(config)
+    real, fake = torch.randn(64, 2), torch.randn(64, 2)
+    adversarial = mog.discriminator_loss(mog.Config("ns"), d, real.clone(), fake, None)
+    total = mog.discriminator_loss(config, d, real.clone(), fake, torch.Generator().manual_seed(1))
+    if penalty == "r1":
+        expected = penalties.r1(d, real, gamma=0.7)
+    else:
+        expected = penalties.wgan_gp(d, real, fake, weight=0.7, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(total - adversarial, expected)
 
 
 def test_digits_runs_and_measures_coverage(tmp_path):
