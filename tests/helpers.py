@@ -61,3 +61,15 @@ def assert_same_penalty_and_grads(penalty_and_grads, ours, reference_fn):
     for got, want in zip(param_grads, param_grads_ref):
         assert want.abs().sum() > 0
         assert_close(got, want)
+
+
+def assert_compiled_matches_eager(model, x):
+    """torch.compile(fullgraph=True) of a module using our ops: no graph break, same output and input gradient."""
+    x = x.detach().requires_grad_()
+    compiled = torch.compile(model, fullgraph=True)
+    y = compiled(x)
+    (gx,) = torch.autograd.grad(y.square().sum(), x)
+    y_ref = model(x)
+    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
