@@ -39,10 +39,8 @@ void bias_act_cpu_range_default(const BiasActParams& p, int64_t begin, int64_t e
 
 void bias_act_cpu(const BiasActParams& params) {
   static const RangeKernel range_kernel = choose_range_kernel();
-  BiasActParams p = params;
-  // Linear runs as lrelu (see act_value).
-  if (p.act == Activation::Linear) p.scalars.alpha = 1;
-  at::parallel_for(0, p.numel, kElementsPerTask, [&](int64_t begin, int64_t end) { range_kernel(p, begin, end); });
+  at::parallel_for(0, params.numel, kElementsPerTask,
+                   [&](int64_t begin, int64_t end) { range_kernel(params, begin, end); });
 }
 
 }  // namespace gan_kernels

@@ -95,13 +95,10 @@ template <typename T> cudaError_t launch_typed(const BiasActParams& p, cudaStrea
 
 cudaError_t launch_bias_act(const BiasActParams& params, cudaStream_t stream) {
   if (params.numel == 0) return cudaSuccess;
-  BiasActParams p = params;
-  // Linear runs as lrelu (see act_value).
-  if (p.act == Activation::Linear) p.scalars.alpha = 1;
-  if (p.mode == BiasActMode::GradFromY && !piecewise_linear(p.act)) {
+  if (params.mode == BiasActMode::GradFromY && !piecewise_linear(params.act)) {
     return cudaErrorInvalidValue;
   }
-  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(p, stream); });
+  return dispatch_dtype(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
 }
 
 }  // namespace gan_kernels

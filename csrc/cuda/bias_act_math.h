@@ -218,7 +218,7 @@ struct BiasActParams {
   int64_t numel;
   int64_t channels;
   int64_t inner;
-  BiasActScalars<double> scalars;  // clamp < 0: none
+  BiasActScalars<double> scalars;  // clamp < 0: none; alpha 1 for linear, which runs as lrelu
   Activation act;
   BiasActMode mode;
   DType dtype;

@@ -87,6 +87,7 @@ BiasActParams make_params(BiasActMode mode, Activation act, at::Tensor& out, con
   params.channels = view.channels;
   params.inner = view.inner;
   params.scalars = scalars;
+  if (act == Activation::Linear) params.scalars.alpha = 1;  // linear runs as lrelu (see act_value)
   params.act = act;
   params.mode = mode;
   params.dtype = kernel_dtype(ref.scalar_type());
