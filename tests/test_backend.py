@@ -1,5 +1,6 @@
 """The fallback policy: the package works without _C, says why once, and can be forced to the reference."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -63,6 +64,31 @@ def test_without_extension_imports_warns_once_and_runs_the_reference():
     assert "gan_kernels._C could not be loaded" in message and "blocked by the test" in message
     assert impl == "reference"
     assert equal == "True"
+
+
+def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_users_import(tmp_path):
+    # A checkout without the compiled .so, imported from a user's script.
+    shutil.copytree(os.path.join(ROOT, "gan_kernels"), tmp_path / "gan_kernels",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""\
+        import warnings
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            import gan_kernels
+        (w,) = [w for w in caught if issubclass(w.category, gan_kernels.FallbackWarning)]
+        print(w.filename, w.lineno, sep="|")
+        print(w.message)
+        print(gan_kernels.backend().reason)
+        """))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GAN_KERNELS_IMPL": "auto"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    location, message, reason = result.stdout.strip().splitlines()
+    assert location == f"{script}|4"
+    for text in (message, reason):
+        assert "it is not built" in text and "circular import" not in text
 
 
 def test_forced_reference_is_silent_and_reported():

@@ -269,9 +269,9 @@ def constant_d(x):
          "perturbation must be a finite number >= 0"),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
-        (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be an integer >= 1, got 0"),
-        (lambda D, r, f: penalties.lazy_adam_hyperparameters(1e-3, (0.0, 0.99), 2.5), ValueError,
-         "interval must be an integer >= 1, got 2.5"),
+        (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
+        (lambda D, r, f: penalties.lazy_adam_hyperparameters(1e-3, (0.0, 0.99), 2.5), TypeError,
+         "interval must be an int, got float"),
     ],
 )
 def test_bad_input_names_the_argument(call, error, match):

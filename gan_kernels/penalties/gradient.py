@@ -25,7 +25,7 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     """
     _checks.check_floating(outputs, "outputs")
     _checks.check_floating(inputs, "inputs")
-    _checks.check_nonnegative(center, "center")
+    center = _checks.nonnegative(center, "center")
     if inputs.dim() == 0:
         raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
     if not inputs.requires_grad:
@@ -85,21 +85,21 @@ def interpolates(real, fake, generator=None):
 def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
     """WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` on per-sample
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
-    _checks.check_nonnegative(weight, "weight")
+    weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
     return weight * _penalty_at(D, x, 1.0, d_args, d_kwargs, scaler).mean()
 
 
 def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
-    _checks.check_nonnegative(gamma, "gamma")
+    gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(real, "real")
     return gamma / 2 * _penalty_at(D, real, 0.0, d_args, d_kwargs, scaler).mean()
 
 
 def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
-    _checks.check_nonnegative(gamma, "gamma")
+    gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(fake, "fake")
     return gamma / 2 * _penalty_at(D, fake, 0.0, d_args, d_kwargs, scaler).mean()
 
@@ -112,8 +112,8 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, d_args=(), d_kwargs=None, 
     the perturbation of the authors' code (``X + 0.5 * X.std() * np.random.random(X.shape)``, then a
     per-sample interpolation between X and the perturbed X); std over the whole batch, population std.
     """
-    _checks.check_nonnegative(weight, "weight")
-    _checks.check_nonnegative(perturbation, "perturbation")
+    weight = _checks.nonnegative(weight, "weight")
+    perturbation = _checks.nonnegative(perturbation, "perturbation")
     _check_samples(real, "real")
     r = real.detach()
     noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
@@ -125,6 +125,6 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, d_args=(), d_kwargs=None, 
 def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
     """Zero-centred GP (Thanh-Tung et al. 2019): ``weight * mean_i sum(g_i^2)`` on per-sample
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
-    _checks.check_nonnegative(weight, "weight")
+    weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
     return weight * _penalty_at(D, x, 0.0, d_args, d_kwargs, scaler).mean()
