@@ -25,6 +25,11 @@ from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_BLOCKS = 2**20  # the grid cap of every elementwise launcher: larger inputs loop
 
+
+def dtype_id(dtype):  # "float32", not "dtype0": scripts/gpu_verify.py selects tests by these names
+    return str(dtype).replace("torch.", "")
+
+
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
     pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"),
@@ -76,7 +81,8 @@ PIXEL_NORM_BANDS = {
 }
 
 
-@pytest.mark.parametrize("dtype,channels", [(d, c) for d, cs in PIXEL_NORM_BANDS.items() for c in cs])
+@pytest.mark.parametrize("dtype,channels", [(d, c) for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
+                         ids=[f"{dtype_id(d)}-{c}" for d, cs in PIXEL_NORM_BANDS.items() for c in cs])
 def test_cuda_pixel_norm_tile_cache_limits(dtype, channels):
     # Up to 1536 (forward) and 768 (backward) channels the cache alone fits in 48 KiB; with the
     # static arrays the launch failed with "invalid argument" from a band below that (issue 12).
@@ -86,14 +92,14 @@ def test_cuda_pixel_norm_tile_cache_limits(dtype, channels):
 
 
 PIXEL_NORM_PATHS = {
-    "rows 16-byte": ((4, 64, 3, 5), torch.channels_last),  # inner 1, channels a multiple of every width
-    "rows scalar": ((4, 67, 3, 5), torch.channels_last),
-    "tiles cached": ((2, 64, 5, 7), torch.contiguous_format),  # 35 positions: a partial last tile
-    "tiles uncached": ((2, 2048, 3, 5), torch.contiguous_format),
+    "rows_16byte": ((4, 64, 3, 5), torch.channels_last),  # inner 1, channels a multiple of every width
+    "rows_scalar": ((4, 67, 3, 5), torch.channels_last),
+    "tiles_cached": ((2, 64, 5, 7), torch.contiguous_format),  # 35 positions: a partial last tile
+    "tiles_uncached": ((2, 2048, 3, 5), torch.contiguous_format),
 }
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("path", list(PIXEL_NORM_PATHS))
 def test_cuda_pixel_norm_paths(path, dtype):
     shape, memory_format = PIXEL_NORM_PATHS[path]
@@ -117,16 +123,16 @@ def test_cuda_pixel_norm_grid_stride_past_the_block_cap(path):
 BIAS_ACT_PATHS = {
     # C and H*W multiples of 8: every dtype's 16-byte groups lie in one channel (NCHW) or span
     # consecutive channels (channels_last).
-    "16-byte nchw": ((2, 16, 4, 8), torch.contiguous_format),
-    "16-byte channels_last": ((2, 16, 4, 8), torch.channels_last),
+    "16byte_nchw": ((2, 16, 4, 8), torch.contiguous_format),
+    "16byte_channels_last": ((2, 16, 4, 8), torch.channels_last),
     "scalar": ((2, 5, 3, 3), torch.contiguous_format),
 }
 # swish with a clamp: forward, gradient from x and the second derivative; lrelu without a clamp:
 # the gradient from the saved output y.
-BIAS_ACT_ACTS = {"swish clamp": dict(act="swish", clamp=1.5), "lrelu": dict(act="lrelu")}
+BIAS_ACT_ACTS = {"swish_clamp": dict(act="swish", clamp=1.5), "lrelu": dict(act="lrelu")}
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("path", list(BIAS_ACT_PATHS))
 @pytest.mark.parametrize("act", list(BIAS_ACT_ACTS))
 def test_cuda_bias_act_paths(path, act, dtype):
@@ -137,7 +143,7 @@ def test_cuda_bias_act_paths(path, act, dtype):
     b = torch.randn(shape[1], dtype=dtype, device="cuda")
     assert_matches_reference(lambda t: gan_kernels.bias_act(t, b, **kwargs),
                              lambda t: reference.bias_act(t, b, **kwargs), x)
-    if act == "swish clamp":  # the Grad2 kernel: d/dx of the gradient
+    if act == "swish_clamp":  # the Grad2 kernel: d/dx of the gradient
         grad_out = torch.randn_like(x)
         upstream = torch.randn_like(x)
 
@@ -165,8 +171,8 @@ def test_cuda_bias_act_grid_stride_past_the_block_cap():
 PENALTY_SHAPES = [(3, 8200), (3, 3, 70, 70), (3, 8195)]
 
 
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("shape", PENALTY_SHAPES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", PENALTY_SHAPES, ids=lambda shape: "x".join(map(str, shape[1:])))
 @pytest.mark.parametrize("center", [0.0, 1.0])
 def test_cuda_penalty_several_chunks_per_sample(shape, center, dtype):
     torch.manual_seed(6)
@@ -200,7 +206,7 @@ def assert_minibatch_std_matches_reference(x):
     assert_close(second(gan_kernels.minibatch_std), second(reference.minibatch_std))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=dtype_id)
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
 def test_cuda_minibatch_std_many_tiles(dtype, memory_format):
     # 512 channels x 256 pixels per feature block, 2048 positions per tile: 64 tiles per block.
@@ -254,7 +260,7 @@ def spectral_step(weights, us, vs, upstream, ours=True):
     return [sigmas, *us, *vs, *outs, *grads]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
 def test_cuda_spectral_norm_batched_equals_per_layer_bitwise(dtype):
     # Before each layer got its own block count, layers 1 and 35 summed <G, W> over as many blocks
     # as the largest layer of their launch: other bits than alone (issue 12).
@@ -305,8 +311,8 @@ PROGRAMS = {
     "pixel_norm": ((4, 64, 8, 8), lambda shape: gan_kernels.pixel_norm),
     "bias_act": ((4, 32, 8, 8), lambda shape: functools.partial(
         gan_kernels.bias_act, b=torch.randn(shape[1], device="cuda"), act="swish", clamp=1.5)),
-    "penalty c=1": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=1.0)),
-    "penalty c=0": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=0.0)),
+    "penalty_c1": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=1.0)),
+    "penalty_c0": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=0.0)),
     "minibatch_std": ((8, 512, 16, 16), lambda shape: functools.partial(gan_kernels.minibatch_std, group_size=4)),
     "spectral_norm": ((512, 512, 3, 3), spectral_normalised),
 }
