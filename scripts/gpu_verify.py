@@ -237,7 +237,9 @@ def run_step(step, limit_s, log):
     log.write(f"\n===== {step.name}: {' '.join(f'{k}={v}' for k, v in step.env.items())} {shlex.join(step.argv)}"
               f" (limit {limit_s} s)\n")
     log.flush()
-    process = subprocess.Popen(step.argv, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **step.env},
+    # GAN_KERNELS_IMPL=auto: a reference forced from the caller's environment would only be tested.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GAN_KERNELS_IMPL": "auto", **step.env}
+    process = subprocess.Popen(step.argv, cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=limit_s)
