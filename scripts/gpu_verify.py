@@ -30,6 +30,9 @@ from typing import Callable, Dict, List, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable or "python3"
 STAGE_BUDGET_S = 400  # of the 7 minutes (420 s) a call may take: the rest is slack for the box's tool
+# Every command: unbuffered output, and our kernels wherever they exist (a GAN_KERNELS_IMPL=reference
+# left in the caller's environment would make the check test the fallback).
+STEP_ENV = {"PYTHONUNBUFFERED": "1", "GAN_KERNELS_IMPL": "auto"}
 BUILD_ENV = {"FORCE_CUDA": "1", "MAX_JOBS": "16", "TORCH_CUDA_ARCH_LIST": os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0")}
 
 # Our CUDA kernels refuse to be replaced by the fallback in every pytest run below.
@@ -114,8 +117,8 @@ def pytest_and_sanitizer(output):
 
 
 def run_quietly(argv, env=None, timeout=300):
-    return subprocess.run(argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(argv, cwd=ROOT, env={**os.environ, **STEP_ENV, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def check_files(*paths):
@@ -232,34 +235,39 @@ def stages(out):
 # ---- running ------------------------------------------------------------------------------------
 
 
-def run_step(step, limit_s, log):
-    """Runs the step in its own process group (killed whole at the limit); returns (result, output)."""
-    log.write(f"\n===== {step.name}: {' '.join(f'{k}={v}' for k, v in step.env.items())} {shlex.join(step.argv)}"
-              f" (limit {limit_s} s)\n")
-    log.flush()
-    # GAN_KERNELS_IMPL=auto: a reference forced from the caller's environment would only be tested.
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GAN_KERNELS_IMPL": "auto", **step.env}
-    process = subprocess.Popen(step.argv, cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = process.communicate(timeout=limit_s)
-        result = "pass" if process.returncode == 0 else f"FAIL ({process.returncode})"
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
+def run_step(step, limit_s, log_path):
+    """Runs the step in its own process group (killed whole at the limit), its output going straight
+    to the stage log, so a call cut short still leaves it there; returns (result, output)."""
+    with open(log_path, "ab") as log:
+        header = f"\n===== {step.name}: {' '.join(f'{k}={v}' for k, v in step.env.items())} {shlex.join(step.argv)}"
+        log.write(f"{header} (limit {limit_s} s)\n".encode())
+        log.flush()
+        begin = log.tell()
         try:
-            output, _ = process.communicate(timeout=10)
+            process = subprocess.Popen(step.argv, cwd=ROOT, env={**os.environ, **STEP_ENV, **step.env}, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as error:  # e.g. compute-sanitizer missing on the box
+            log.write(f"{error}\n".encode())
+            return f"FAIL ({type(error).__name__})", str(error)
+        try:
+            process.wait(timeout=limit_s)
+            result = "pass" if process.returncode == 0 else f"FAIL ({process.returncode})"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            output, _ = process.communicate()
-        result = f"TIMEOUT ({limit_s} s)"
-    log.write(output)
-    log.flush()
-    return result, output
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            result = f"TIMEOUT ({limit_s} s)"
+    with open(log_path, "rb") as log:
+        log.seek(begin)
+        return result, log.read().decode(errors="replace")
 
 
 def print_table(title, rows, width=14):
-    lines = [title, f"{'step':<{width}} {'result':<16} {'seconds':>7}  detail"]
-    lines += [f"{name:<{width}} {result:<16} {seconds:>7}  {detail}" for name, result, seconds, detail in rows]
+    lines = [title, f"{'step':<{width}} {'result':<18} {'seconds':>7}  detail"]
+    lines += [f"{name:<{width}} {result:<18} {seconds:>7}  {detail}" for name, result, seconds, detail in rows]
     text = "\n".join(lines)
     print("\n" + text, flush=True)
     return text
@@ -269,28 +277,29 @@ def run_stage(name, steps, out, budget_s):
     rows = []
     aborted = False
     start = time.monotonic()
-    with open(os.path.join(out, f"{name}.log"), "w") as log:
-        for step in steps:
-            left = int(budget_s - (time.monotonic() - start))
-            if aborted:
-                rows.append((step.name, "not run", 0, "a required step failed"))
-                continue
-            if left < 15:
-                rows.append((step.name, "not run", 0, f"stage budget of {budget_s} s spent"))
-                continue
-            if step.run_unless and run_quietly(step.run_unless, timeout=120).returncode == 0:
-                rows.append((step.name, "skipped", 0, "not needed: " + shlex.join(step.run_unless[1:]) + " passed"))
-                continue
-            print(f"[{time.monotonic() - start:5.0f} s] {step.name} (limit {min(step.limit_s, left)} s) ...", flush=True)
-            step_start = time.monotonic()
-            result, output = run_step(step, min(step.limit_s, left), log)
-            rows.append((step.name, result, round(time.monotonic() - step_start), step.detail(output) if step.detail else ""))
-            if result != "pass":
-                print("\n".join(output.splitlines()[-25:]), flush=True)
-                if step.required:
-                    print(f"ABORT: {step.name} failed, so nothing after it would test our CUDA kernels "
-                          f"(see {out}/{name}.log)", flush=True)
-                    aborted = True
+    log_path = os.path.join(out, f"{name}.log")
+    open(log_path, "w").close()  # each step appends to it
+    for step in steps:
+        left = int(budget_s - (time.monotonic() - start))
+        if aborted:
+            rows.append((step.name, "not run", 0, "a required step failed"))
+            continue
+        if left < 15:
+            rows.append((step.name, "not run", 0, f"stage budget of {budget_s} s spent"))
+            continue
+        if step.run_unless and run_quietly(step.run_unless, timeout=120).returncode == 0:
+            rows.append((step.name, "skipped", 0, "not needed: " + shlex.join(step.run_unless[1:]) + " passed"))
+            continue
+        print(f"[{time.monotonic() - start:5.0f} s] {step.name} (limit {min(step.limit_s, left)} s) ...", flush=True)
+        step_start = time.monotonic()
+        result, output = run_step(step, min(step.limit_s, left), log_path)
+        rows.append((step.name, result, round(time.monotonic() - step_start), step.detail(output) if step.detail else ""))
+        if result != "pass":
+            print("\n".join(output.splitlines()[-25:]), flush=True)
+            if step.required:
+                print(f"ABORT: {step.name} failed, so nothing after it would test our CUDA kernels "
+                      f"(see {out}/{name}.log)", flush=True)
+                aborted = True
     table = print_table(f"== gpu_verify {name}: {round(time.monotonic() - start)} s of a {budget_s} s budget; "
                         f"logs in {out}/{name}.log", rows)
     with open(os.path.join(out, f"{name}-summary.txt"), "w") as f:
