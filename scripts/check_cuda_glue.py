@@ -7,7 +7,9 @@ errors that would otherwise first show on a GPU box. The kernels themselves are 
 --torch-root checks against another torch's headers instead of the installed one's: DIR is the
 `torch` package folder of an unpacked wheel (e.g. the GPU box's torch 2.11 CUDA wheel, fetched with
 `pip download torch==2.11.0 --no-deps` and unzipped, never installed), which also catches an API
-that version lacks."""
+that version lacks. Then the CPU sources (csrc/cpu, csrc/module.cpp) are checked too: the box
+builds them against that torch as well."""
+import sysconfig
 import argparse
 import concurrent.futures
 import glob
@@ -61,6 +63,14 @@ def main():
     flags = ["-fsyntax-only", "-std=c++17", "-DWITH_CUDA", f"-I{cuda}", f"-I{os.path.join(ROOT, 'csrc')}",
              f"-I{generated}", *[f"-I{p}" for p in torch_include_paths(args.torch_root)], f"-I{stub}"]
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "ops", "*.cpp")))
+    if args.torch_root:
+        # module.cpp includes torch/extension.h (Python's headers) and the build facts setup.py writes.
+        info = os.path.join(stub, "build_info.h")
+        with open(info, "w") as f:
+            f.write('#pragma once\n#define GAN_KERNELS_VERSION ""\n#define GAN_KERNELS_TORCH_VERSION ""\n'
+                    '#define GAN_KERNELS_CUDA_ARCHS ""\n')
+        flags += ["-fopenmp", "-Wno-unknown-pragmas", "-Wno-psabi", f"-I{sysconfig.get_paths()['include']}"]
+        sources += sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [os.path.join(ROOT, "csrc", "module.cpp")]
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for source, rc, stderr in pool.map(lambda s: check(s, flags), sources):
