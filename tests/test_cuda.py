@@ -183,12 +183,13 @@ def test_cuda_penalty_several_chunks_per_sample(shape, center, dtype):
                              lambda t: reference.per_sample_penalty(t, center), g)
 
 
-def test_cuda_penalty_grid_stride_past_the_block_cap():
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_cuda_penalty_grid_stride_past_the_block_cap(center):
     # One element per sample: one chunk task per sample, and 8 samples per block in the final pass.
     torch.manual_seed(7)
     g = torch.randn(8 * MAX_BLOCKS + 24, 1, device="cuda")
-    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, 1.0),
-                             lambda t: reference.per_sample_penalty(t, 1.0), g)
+    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, center),
+                             lambda t: reference.per_sample_penalty(t, center), g)
 
 
 # ---- minibatch stddev --------------------------------------------------------------------------
