@@ -8,6 +8,7 @@ import types
 import warnings
 
 import pytest
+import torch
 from helpers import OPS_REGISTERED
 
 import gan_kernels
@@ -142,13 +143,42 @@ def test_backend_reports_this_build():
         assert info.impl == "reference" and "could not be loaded" in info.reason
 
 
+def run_entry_point(*args, prelude=""):
+    """`python -m gan_kernels ARGS` in a fresh process, after `prelude`: the CompletedProcess."""
+    code = textwrap.dedent(prelude) + textwrap.dedent(f"""
+    import runpy, sys
+    sys.argv = ["gan_kernels", *{list(args)!r}]
+    runpy.run_module("gan_kernels", run_name="__main__")
+    """)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_module_entry_point_prints_the_build_facts():
-    out = run_python("import runpy; runpy.run_module('gan_kernels', run_name='__main__')")
-    assert f"gan_kernels {gan_kernels.__version__}" in out
-    assert "backend" in out
+    result = run_entry_point()
+    assert f"gan_kernels {gan_kernels.__version__}" in result.stdout
+    assert "backend" in result.stdout
     if OPS_REGISTERED:
-        assert "gan_kernels::pixel_norm_backward" in out
-        assert f"built with  torch {_backend._C.torch_version}" in out
+        assert result.returncode == 0, result.stderr
+        assert "gan_kernels::pixel_norm_backward" in result.stdout
+        assert f"built with  torch {_backend._C.torch_version}" in result.stdout
+    else:
+        assert result.returncode == 1
+
+
+def test_module_entry_point_fails_when_the_extension_does_not_load():
+    # A GPU check that only ran `python -m gan_kernels` would otherwise go on to test the fallback.
+    result = run_entry_point(prelude=BLOCK_EXTENSION)
+    assert result.returncode == 1
+    assert "gan_kernels._C could not be loaded" in result.stderr and "blocked by the test" in result.stderr
+
+
+@pytest.mark.skipif(OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available(),
+                    reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes")
+def test_require_cuda_fails_without_cuda_kernels_or_gpu():
+    result = run_entry_point("--require-cuda")
+    assert result.returncode == 1
+    assert "error: --require-cuda:" in result.stderr or "could not be loaded" in result.stderr
 
 
 @pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
