@@ -440,15 +440,14 @@ def _r1_grads(fn, x, grad_out):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spread", [1.0, 0.0], ids=["offset", "zero_variance"])
+@pytest.mark.parametrize("spread", [1.0, 1e-5], ids=["offset", "near_zero_variance"])
 def test_gradients_as_accurate_as_stylegan2_on_data_with_a_large_mean(device, spread):
     # float32, groups of 2, data around 100: mean(x) rounds by ~4e-6, which a closed-form gradient
-    # c (x - mean) / s passes on amplified by 1/s; autograd through StyleGAN's y - y.mean() subtracts
-    # it again. With zero group variance s = sqrt(1e-8) amplifies it 1e4-fold.
+    # c (x - mean) / s passes on amplified by 1/s (the previous kernels: 180x and 450x StyleGAN's
+    # error here); autograd through StyleGAN's y - y.mean() subtracts it again. With almost no group
+    # variance s is about sqrt(1e-8), and amplifies it 1e4-fold.
     torch.manual_seed(11)
     x = 100 + spread * torch.randn(8, 6, 4, 4, device=device)
-    if spread == 0:
-        x = x + 1e-3 * torch.arange(8, device=device).reshape(8, 1, 1, 1).remainder(4)  # equal pairs
     grad_out = torch.randn(8, 7, 4, 4, device=device)
     exact = _r1_grads(stylegan2_minibatch_std, x.double(), grad_out.double())
     theirs = _r1_grads(stylegan2_minibatch_std, x, grad_out)
