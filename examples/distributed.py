@@ -148,7 +148,7 @@ def main(argv=None):
 
         # D step: the adversarial loss; lazily, R1 backpropagated on its own (StyleGAN2's phases).
         # penalties.r1 on the DDP module adds 0 * logits, so that DDP reduces this backward too.
-        with torch.no_grad():  # G's plain module: a DDP forward of G without a G backward would leave its reducer waiting
+        with torch.no_grad():  # D's step needs no graph of G
             fake = G(z)
         loss_d = (nn.functional.softplus(D_train(fake)).mean()
                   + nn.functional.softplus(-D_train(real)).mean())
@@ -161,8 +161,8 @@ def main(argv=None):
             all_reduce_gradients(D)
         opt_d.step()
 
-        # G step through D's plain module with its parameters frozen: D needs no gradient here,
-        # and a DDP forward of D without a D backward would leave its reducer waiting.
+        # G step through D's plain module with its parameters frozen: G's step needs no gradient of
+        # D, so none is computed or all-reduced (DDP's D would also work, at that extra cost).
         D.requires_grad_(False)
         loss_g = nn.functional.softplus(-D(G_train(z))).mean()
         opt_g.zero_grad(set_to_none=True)
