@@ -101,17 +101,32 @@ def adversarial_loss(D, real, fake):
     return torch.nn.functional.softplus(D(fake)).mean() + torch.nn.functional.softplus(-D(real)).mean()
 
 
+def adversarial_loss_and_r1(D, real, fake, gamma):
+    """The adversarial loss plus R1 from the same logits of the reals (one forward fewer)."""
+    fake_logits = D(fake)
+    x = real.detach().requires_grad_()
+    logits = D(x)
+    r1 = gan_kernels.gradient_penalty(logits, x, center=0.0).mean()
+    return (torch.nn.functional.softplus(fake_logits).mean() + torch.nn.functional.softplus(-logits).mean()
+            + gamma / 2 * r1)
+
+
 # ---- one training step, data-parallel and in one process --------------------------------------
 
-PENALTIES = ["wgan_gp", "r1", "r2", "dragan", "zero_centered_gp", "lazy_r1"]
-WEIGHTS = {"wgan_gp": 10.0, "r1": 1.0, "r2": 1.0, "dragan": 10.0, "zero_centered_gp": 5.0, "lazy_r1": 1.0}
+# r1_reused_logits: StyleGAN2's R1 on the logits of the adversarial loss's own forward of the reals.
+PENALTIES = ["wgan_gp", "r1", "r2", "dragan", "zero_centered_gp", "lazy_r1", "r1_reused_logits"]
+WEIGHTS = {"wgan_gp": 10.0, "r1": 1.0, "r2": 1.0, "dragan": 10.0, "zero_centered_gp": 5.0, "lazy_r1": 1.0,
+           "r1_reused_logits": 1.0}
 
 
 def parallel_step(D, penalty, step, real, fake, gen, group):
     """What a user writes on each rank: the library helper on the rank's own batch. Lazy R1 is
     backpropagated on its own, as StyleGAN2 does."""
     weight = WEIGHTS[penalty]
-    loss = adversarial_loss(D, real, fake)
+    if penalty == "r1_reused_logits":
+        loss = adversarial_loss_and_r1(D, real, fake, weight)
+    else:
+        loss = adversarial_loss(D, real, fake)
     if penalty == "wgan_gp":
         loss = loss + penalties.wgan_gp(D, real, fake, weight, generator=gen)
     elif penalty == "r1":
@@ -141,7 +156,10 @@ def single_process_step(D, penalty, step, reals, fakes, gens):
         x = grouped_by_rank(points, world_size).requires_grad_()
         return weight * gan_kernels.gradient_penalty(D(x), x, center).mean()
 
-    loss = adversarial_loss(D, real, fake)
+    if penalty == "r1_reused_logits":
+        loss = adversarial_loss_and_r1(D, real, fake, weight)
+    else:
+        loss = adversarial_loss(D, real, fake)
     if penalty in ("wgan_gp", "zero_centered_gp"):
         points = torch.cat([penalties.interpolates(r, f, g) for r, f, g in zip(reals, fakes, gens)])
         loss = loss + penalty_at(points, 1.0 if penalty == "wgan_gp" else 0.0)
