@@ -6,6 +6,7 @@ buffers, in the same order) and in the same order: they are collectives of ``tor
 """
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def _check_module(module):
@@ -40,10 +41,14 @@ def all_reduce_gradients(module, group=None):
     So all ranks send buffers of the same size and end with the same gradients. NaN and infinite
     gradients are kept, so that a diverged rank stays visible.
 
-    Call it after ``backward()`` and before ``optimizer.step()``, with the module wrapped in nothing
-    (DistributedDataParallel already averages its gradients).
+    Call it after ``backward()`` and before ``optimizer.step()``.
     """
     _check_module(module)
+    if isinstance(module, DistributedDataParallel):
+        raise ValueError(
+            "module is a DistributedDataParallel, whose backward already averages the gradients; "
+            "call all_reduce_gradients only on modules that DDP does not wrap"
+        )
     _check_initialized()
     world_size = dist.get_world_size(group)
     params = [p for p in module.parameters() if p.requires_grad]

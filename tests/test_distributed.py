@@ -195,6 +195,29 @@ def assert_identical_on_every_rank(tensors, what, group):
         assert torch.equal(other, flat), f"{what}: rank {rank} differs from rank {dist.get_rank(group)}"
 
 
+def single_process_states(model_kind, penalty, world_size):
+    """The parameters and buffers of one process after each of STEPS steps on the concatenated
+    batches. Computed once per (model, penalty, world size): the DDP and all_reduce_gradients
+    scenarios share it."""
+    key = (model_kind, penalty, world_size)
+    if key not in _single_process_states:
+        D = build_discriminator(model_kind, seed=0)
+        opt = optimizer(D)
+        gens = [penalty_generator(r) for r in range(world_size)]
+        states = []
+        for step in range(STEPS):
+            batches = [rank_batch(step, r) for r in range(world_size)]
+            opt.zero_grad()
+            single_process_step(D, penalty, step, [b[0] for b in batches], [b[1] for b in batches], gens)
+            opt.step()
+            states.append({name: t.detach().clone() for name, t in state(D).items()})
+        _single_process_states[key] = states
+    return _single_process_states[key]
+
+
+_single_process_states = {}
+
+
 def train_and_compare(model_kind, wrapper, penalty, group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     # Every rank builds its own random model; DDP and broadcast_state must make them rank 0's.
@@ -206,13 +229,10 @@ def train_and_compare(model_kind, wrapper, penalty, group):
         D = local
     opt = optimizer(D)
     gen = penalty_generator(rank)
-    # Rank 0 keeps training after a mismatch (and raises at the end), so that every rank runs the
-    # same collectives and the next scenarios are not stuck behind this one.
+    # Only rank 0 compares (the ranks are checked to be identical), and it keeps training after a
+    # mismatch and raises at the end, so that every rank runs the same collectives.
+    expected_states = single_process_states(model_kind, penalty, world_size) if rank == 0 else None
     mismatches = []
-    if rank == 0:
-        reference = build_discriminator(model_kind, seed=0)
-        reference_opt = optimizer(reference)
-        reference_gens = [penalty_generator(r) for r in range(world_size)]
     for step in range(STEPS):
         real, fake = rank_batch(step, rank)
         opt.zero_grad()
@@ -222,12 +242,7 @@ def train_and_compare(model_kind, wrapper, penalty, group):
         opt.step()
         assert_identical_on_every_rank(state(local), f"step {step}", group)
         if rank == 0:
-            batches = [rank_batch(step, r) for r in range(world_size)]
-            reference_opt.zero_grad()
-            single_process_step(reference, penalty, step, [b[0] for b in batches], [b[1] for b in batches],
-                                reference_gens)
-            reference_opt.step()
-            ours, expected = state(local), state(reference)
+            ours, expected = state(local), expected_states[step]
             assert ours.keys() == expected.keys()
             for name in expected:
                 try:
@@ -298,6 +313,8 @@ def ddp_with_static_graph_is_refused(group):
 def bad_arguments_name_themselves(group):
     with pytest.raises(ValueError, match=r"src must be a rank in \[0, \d\), got 7"):
         broadcast_state(torch.nn.Linear(2, 2), src=7)
+    with pytest.raises(ValueError, match="module is a DistributedDataParallel, whose backward already averages"):
+        all_reduce_gradients(DistributedDataParallel(torch.nn.Linear(2, 2), process_group=group), group)
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got Tensor"):
         all_reduce_gradients(torch.zeros(2))
 
@@ -409,3 +426,20 @@ def test_scenario(group_results, scenario, world_size):
         if outcome is not None:
             failures.append(f"rank {rank}: {outcome}")
     assert not failures, "\n".join(failures)
+
+
+# ---- in this process, without a process group ---------------------------------------------------
+
+@pytest.mark.parametrize("call", [
+    lambda: all_reduce_gradients(torch.nn.Linear(2, 2)),
+    lambda: broadcast_state(torch.nn.Linear(2, 2)),
+    lambda: global_std(torch.randn(3)),
+], ids=["all_reduce_gradients", "broadcast_state", "global_std"])
+def test_without_init_process_group_the_error_says_what_to_call(call):
+    with pytest.raises(RuntimeError, match=r"torch.distributed is not initialized: call torch.distributed.init_process_group\(\)"):
+        call()
+
+
+def test_global_std_refuses_integer_tensors():
+    with pytest.raises(TypeError, match="x must be a floating-point torch.Tensor, got torch.int64"):
+        global_std(torch.arange(3))
