@@ -120,3 +120,50 @@ def global_std(x, group=None):
     squared_deviations = (values - total / count).square().sum()
     dist.all_reduce(squared_deviations, group=group)
     return (squared_deviations / count).sqrt().to(x.dtype)
+
+
+class _AllGatherBatch(torch.autograd.Function):
+    """Every rank's batch concatenated along dim 0, in rank order. The gradient for this rank's
+    batch is the sum over ranks of their gradients for its rows: _SumScatterBatch, whose own
+    gradient is this gather again, so derivatives of any order (a penalty's double backward) work.
+    Written here rather than taken from torch.distributed.nn.functional.all_gather, which is
+    deprecated, and whose backward uses a reduce-scatter that gloo emulates by an all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        parts = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _SumScatterBatch.apply(grad, ctx.group), None
+
+
+class _SumScatterBatch(torch.autograd.Function):
+    """This rank's rows of the sum over ranks of ``x`` (the concatenated batch's shape)."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        total = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, group=group)
+        rows = x.shape[0] // dist.get_world_size(group)
+        rank = dist.get_rank(group)
+        return total[rank * rows:(rank + 1) * rows]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllGatherBatch.apply(grad, ctx.group), None
+
+
+def all_gather_batch(x, group=None):
+    """Every rank's ``x`` concatenated along dim 0 in rank order, on every rank of ``group``
+    (default: all ranks), differentiably to any order: the gradient reaching this rank's ``x`` sums
+    what every rank's loss sends to it. Every rank must pass a tensor of the same shape and dtype,
+    and run the forward and every backward in step with the other ranks."""
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise TypeError(f"x must be a torch.Tensor with a batch dimension, got {getattr(x, 'shape', type(x).__name__)}")
+    _check_initialized()
+    return _AllGatherBatch.apply(x, group)

@@ -40,13 +40,14 @@ GROUP_DEADLINE_S = 240  # for the spawned group running every scenario
 
 # ---- models and data --------------------------------------------------------------------------
 
-def equalized_discriminator():
-    """StyleGAN-like: equalized-LR layers, a pixel norm and the minibatch-stddev epilogue."""
+def equalized_discriminator(process_group=None):
+    """StyleGAN-like: equalized-LR layers, a pixel norm and the minibatch-stddev epilogue (grouping
+    each rank's batch, or with ``process_group`` the whole batch across ranks)."""
     return torch.nn.Sequential(
         EqualizedConv2d(3, 8, 3, activation="lrelu"),
         PixelNorm(),
         torch.nn.AvgPool2d(2),
-        MinibatchStd(group_size=GROUP_SIZE),
+        MinibatchStd(group_size=GROUP_SIZE, process_group=process_group),
         EqualizedConv2d(9, 8, 3, activation="lrelu"),
         torch.nn.Flatten(),
         EqualizedLinear(8 * 4 * 4, 1),
@@ -65,10 +66,14 @@ def spectral_discriminator():
     ).double()
 
 
-def build_discriminator(kind, seed):
+def build_discriminator(kind, seed, group=None):
+    """``group``: the ranks' process group, for the parallel side of the cross-rank minibatch
+    stddev; None for one process, where grouping the concatenated batch needs no group."""
     torch.manual_seed(seed)
     if kind == "equalized":
         return equalized_discriminator()
+    if kind == "equalized_cross_rank":
+        return equalized_discriminator(process_group=group)
     model = spectral_discriminator()
     if kind == "spectral_batched":
         batch_spectral_norm(model)
@@ -145,15 +150,20 @@ def parallel_step(D, penalty, step, real, fake, gen, group):
             reg.backward()
 
 
-def single_process_step(D, penalty, step, reals, fakes, gens):
+def single_process_step(D, penalty, step, reals, fakes, gens, per_rank_groups):
     """One process on the concatenated batch, from the penalties' definitions (DESIGN.md), at the
-    points each rank's generator drew."""
+    points each rank's generator drew; minibatch stddev groups within each rank's slice if
+    ``per_rank_groups``, else across the whole batch."""
     world_size = len(reals)
-    real, fake = (grouped_by_rank(torch.cat(t), world_size) for t in (reals, fakes))
+
+    def ordered(x):
+        return grouped_by_rank(x, world_size) if per_rank_groups else x
+
+    real, fake = (ordered(torch.cat(t)) for t in (reals, fakes))
     weight = WEIGHTS[penalty]
 
     def penalty_at(points, center):
-        x = grouped_by_rank(points, world_size).requires_grad_()
+        x = ordered(points).requires_grad_()
         return weight * gan_kernels.gradient_penalty(D(x), x, center).mean()
 
     if penalty == "r1_reused_logits":
@@ -208,7 +218,8 @@ def single_process_states(model_kind, penalty, world_size):
         for step in range(STEPS):
             batches = [rank_batch(step, r) for r in range(world_size)]
             opt.zero_grad()
-            single_process_step(D, penalty, step, [b[0] for b in batches], [b[1] for b in batches], gens)
+            single_process_step(D, penalty, step, [b[0] for b in batches], [b[1] for b in batches], gens,
+                                per_rank_groups=model_kind != "equalized_cross_rank")
             opt.step()
             states.append({name: t.detach().clone() for name, t in state(D).items()})
         _single_process_states[key] = states
@@ -221,7 +232,7 @@ _single_process_states = {}
 def train_and_compare(model_kind, wrapper, penalty, group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     # Every rank builds its own random model; DDP and broadcast_state must make them rank 0's.
-    local = build_discriminator(model_kind, seed=rank)
+    local = build_discriminator(model_kind, seed=rank, group=group)
     if wrapper == "ddp":
         D = DistributedDataParallel(local, process_group=group)
     else:
@@ -326,12 +337,20 @@ SCENARIOS = {
     "static_graph_refused": ddp_with_static_graph_is_refused,
     "bad_arguments": bad_arguments_name_themselves,
 }
-for _model in ("equalized", "spectral", "spectral_batched"):
-    for _wrapper in ("ddp", "all_reduce"):
-        for _penalty in PENALTIES:
-            SCENARIOS[f"train-{_model}-{_wrapper}-{_penalty}"] = (
-                lambda group, m=_model, w=_wrapper, p=_penalty: train_and_compare(m, w, p, group)
-            )
+MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
+# all_reduce_gradients averages whatever the backward produced, whichever the penalty: every penalty
+# on one model, and on the others one backward (WGAN-GP) and two before one all-reduce (lazy R1),
+# keep the test well under a minute on 2 cores.
+ALL_REDUCE_PENALTIES = {"equalized": PENALTIES}
+for _model in MODELS:
+    for _penalty in PENALTIES:
+        SCENARIOS[f"train-{_model}-ddp-{_penalty}"] = (
+            lambda group, m=_model, p=_penalty: train_and_compare(m, "ddp", p, group)
+        )
+    for _penalty in ALL_REDUCE_PENALTIES.get(_model, ["wgan_gp", "lazy_r1"]):
+        SCENARIOS[f"train-{_model}-all_reduce-{_penalty}"] = (
+            lambda group, m=_model, p=_penalty: train_and_compare(m, "all_reduce", p, group)
+        )
 
 
 # ---- the spawned group -------------------------------------------------------------------------
