@@ -32,11 +32,13 @@ def shape_name(shape):
     return "x".join(str(s) for s in shape)
 
 
-def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd):
+def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd, compile_fn):
     """fwd, bwd and fwd+bwd cases for a function of one differentiable tensor inputs[0].
 
-    fwd runs under no_grad; bwd replays the backward of a graph built once (retain_graph);
-    fwd+bwd builds the graph and runs the backward, as a training step does.
+    fns holds "eager" and "ours"; each case's "compile" is compile_fn(fns["eager"]), a torch.compile
+    made for that case alone (see run.make_compile_fn). fwd runs under no_grad; bwd replays the
+    backward of a graph built once (retain_graph); fwd+bwd builds the graph and runs the backward,
+    as a training step does.
     """
     x = inputs[0]
     shape, dtype = shape_name(x.shape), dtype_name(x.dtype)
@@ -64,7 +66,7 @@ def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd):
         ("fwd+bwd", fwd_bwd, bytes_fwd + bytes_bwd),
     ):
         impls = {}
-        for name, fn in fns.items():
+        for name, fn in (("eager", fns["eager"]), ("compile", compile_fn(fns["eager"])), ("ours", fns["ours"])):
             if isinstance(fn, Exception):  # an implementation that cannot run here, with the reason
                 impls[name] = fn
                 continue

@@ -1,6 +1,6 @@
 """Benchmarks of every op against eager PyTorch and torch.compile, on any device.
 
-    python benchmarks/run.py [--device cpu|cuda] [--ops pixel_norm,...] [--quick] [--no-compile] [--plot]
+    python benchmarks/run.py [--device cpu|cuda] [--ops pixel_norm,...] [--quick] [--no-compile] [--plot] [--list]
 
 Prints a table, writes JSON (and with --plot a PNG of the speedups) under benchmarks/results/.
 Performance targets are read off here, never asserted in timed tests.
@@ -13,12 +13,14 @@ import pathlib
 import platform
 import subprocess
 import sys
+import types
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
 from harness import IMPLS, Timer, copy_bandwidth_gbs  # noqa: E402
 
 import gan_kernels  # noqa: E402
@@ -45,9 +47,23 @@ def git_commit():
 
 
 def make_compile_fn(enabled):
+    """The cases' torch.compile: call it once per case, never share its result between cases.
+
+    Dynamo keeps a function's compiled graphs on its code object, whatever torch.compile wrapper
+    calls it, and past the recompile limit (8 graphs) it runs the function eagerly without a word:
+    the compile column would time eager. So a plain function is compiled as a copy with a code
+    object of its own, one per case; a module's graphs are counted per instance, and each case
+    builds its own. main() also makes hitting the limit an error, which the table reports.
+    """
+
     def compile_fn(fn):
         if not enabled:
             return RuntimeError("torch.compile disabled (--no-compile)")
+        if isinstance(fn, types.FunctionType):
+            copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
+                                      fn.__closure__)
+            copy.__kwdefaults__ = fn.__kwdefaults__
+            fn = copy
         return torch.compile(fn, dynamic=False)
 
     return compile_fn
@@ -136,9 +152,19 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     parser.add_argument("--plot", action="store_true", help="also write a PNG bar chart of the speedups")
     parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>.json)")
+    parser.add_argument("--list", action="store_true", help="build the cases and list them, time nothing")
     args = parser.parse_args()
+    unknown = set(args.ops.split(",")) - set(available_ops())
+    if unknown:
+        parser.error(f"unknown ops {', '.join(sorted(unknown))}; choose from {', '.join(available_ops())}")
 
     device = torch.device(args.device)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True  # never time eager under the compile column
+    if args.list:  # what scripts/gpu_verify.py --dry-run checks: the cases build, nothing is timed
+        for op in args.ops.split(","):
+            for case in importlib.import_module(f"cases.{op}").cases(device, args.quick, make_compile_fn(False)):
+                print(f"{case.op}  {case.shape}  {case.dtype}  {case.mode}")
+        return
     timer = Timer(device, quick=args.quick)
     copy_gbs = copy_bandwidth_gbs(device, timer)
     meta = {

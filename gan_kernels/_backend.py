@@ -4,10 +4,13 @@
 default) uses the compiled ops wherever they have a kernel for the tensor's device.
 """
 import dataclasses
+import importlib.util
 import os
+import sys
 import warnings
 
-import torch  # noqa: F401  (loaded before the compiled extension, which links against it)
+import torch  # (loaded before the compiled extension, which links against it)
+import torch.autograd.forward_ad as forward_ad
 
 IMPL_ENV = "GAN_KERNELS_IMPL"
 IMPL_CHOICES = ("auto", "reference")
@@ -26,13 +29,29 @@ def _requested_impl():
 
 IMPL = _requested_impl()
 
-try:
-    from . import _C
-except ImportError as error:  # not built, or built against another torch
-    _C = None
-    C_ERROR = f"{type(error).__name__}: {error}"
-else:
-    C_ERROR = None
+def _load_extension():
+    """(the compiled module or None, why it is None)"""
+    try:
+        if importlib.util.find_spec(f"{__package__}._C") is None:
+            return None, "it is not built (no gan_kernels/_C*.so next to the package)"
+        from . import _C
+    except ImportError as error:  # built against another torch, or a missing library
+        return None, f"{type(error).__name__}: {error}"
+    return _C, None
+
+
+def _user_stacklevel():
+    """The ``stacklevel`` that makes a warning point at the first caller outside gan_kernels (the
+    user's ``import``), counted as warnings.warn counts: importlib's own frames do not count."""
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (__package__, "importlib"):
+        if not frame.f_code.co_filename.startswith("<frozen importlib"):
+            level += 1
+        frame = frame.f_back
+    return level
+
+
+_C, C_ERROR = _load_extension()
 
 if _C is None and IMPL != "reference":
     warnings.warn(
@@ -40,7 +59,7 @@ if _C is None and IMPL != "reference":
         "runs its pure-PyTorch reference (exact, slower). Build it with `make build` or "
         "`pip install --no-build-isolation .`; set GAN_KERNELS_IMPL=reference to silence this.",
         FallbackWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
 
 
@@ -80,12 +99,31 @@ _warned_devices = set()
 def _warn_once(device_type, message):
     if device_type not in _warned_devices:
         _warned_devices.add(device_type)
-        warnings.warn(message, FallbackWarning, stacklevel=4)
+        warnings.warn(message, FallbackWarning, stacklevel=_user_stacklevel())
 
 
-def use_compiled(device):
-    """Whether ops on tensors of ``device`` run the compiled kernels (else the reference)."""
+def forward_ad_active(*tensors):
+    """Whether forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``hessian``, or
+    ``torch.autograd.forward_ad``) tracks any of ``tensors``. The compiled ops define reverse mode
+    only (``register_autograd``), and PyTorch would give them a silent zero tangent, so such calls
+    run the reference, which is plain aten ops and supports every mode."""
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+    if forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
+        return True
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+        jvp = torch._C._functorch.TransformType.Jvp
+        return any(interpreter.key() == jvp for interpreter in retrieve_all_functorch_interpreters())
+    return False
+
+
+def use_compiled(device, *tensors):
+    """Whether ops on tensors of ``device`` run the compiled kernels (else the reference); pass the
+    op's tensor arguments as ``tensors`` so that forward-mode AD is routed to the reference."""
     if not compiled_available():
+        return False
+    if tensors and not torch.compiler.is_compiling() and forward_ad_active(*tensors):
         return False
     if device.type in ("cpu", "meta"):
         return True

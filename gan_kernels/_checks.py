@@ -1,9 +1,18 @@
-"""Argument checks shared by the ops; messages match the C++ checks in csrc/ops/common.h."""
+"""Argument checks shared by the ops; messages match the C++ checks in csrc/ops/common.h.
+
+Numbers are accepted in every form PyTorch itself accepts for a scalar argument: Python and numpy
+numbers and 0-d tensors. Under ``torch.compile(dynamic=True)`` scalars may arrive as symbolic
+``SymFloat``/``SymInt``; their values cannot be inspected while tracing, so the value checks are
+skipped there (the compiled op checks its arguments again when it runs).
+"""
 import math
+import numbers
+import operator
 
 import torch
 
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+INT64_MAX = 2**63 - 1
 
 
 def check_floating(t, arg):
@@ -13,15 +22,72 @@ def check_floating(t, arg):
         raise TypeError(f"{arg} must be float64, float32, float16 or bfloat16, got {t.dtype}")
 
 
-def wrap_dim(dim, t, arg):
-    ndim = t.dim()
-    if not (ndim > 0 and -ndim <= dim < ndim):
-        raise IndexError(
-            f"{arg}={dim} is out of range for a tensor with {ndim} dimensions (expected {-ndim} <= {arg} < {ndim})"
-        )
-    return dim % ndim
+def _symbolic(value):
+    """A value only known when the traced graph runs (dynamo may also hand it over as a float)."""
+    return isinstance(value, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
 
 
-def check_nonnegative(value, arg):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+def integer(value, arg):
+    """``value`` as an int: Python and numpy integers and 0-d integer tensors; not bools or floats."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{arg} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__}") from None
+
+
+def count(value, arg):
+    """An int >= 1 that fits the ops' int64 arguments."""
+    value = integer(value, arg)
+    if _symbolic(value):
+        return value
+    if value < 1:
+        raise ValueError(f"{arg} must be >= 1, got {value}")
+    if value > INT64_MAX:
+        raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
+    return value
+
+
+def real(value, arg):
+    """``value`` as a float: Python and numpy real numbers and 0-d real tensors."""
+    if isinstance(value, (torch.SymFloat, torch.SymInt)):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{arg} must be a real number or a 0-d real tensor, got a tensor of shape "
+                            f"{list(value.shape)} and dtype {value.dtype}")
+        return value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{arg} must be a real number, got {type(value).__name__} {value!r}")
+    return value if _symbolic(value) else float(value)
+
+
+def finite(value, arg):
+    value = real(value, arg)
+    if not _symbolic(value) and not math.isfinite(value):
+        raise ValueError(f"{arg} must be a finite number, got {value}")
+    return value
+
+
+def nonnegative(value, arg):
+    """A finite number >= 0, as a float."""
+    value = real(value, arg)
+    if not _symbolic(value) and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{arg} must be a finite number >= 0, got {value}")
+    return value
+
+
+def wrap_dim(dim, t, arg):
+    """``dim`` of ``t`` in [0, ndim) as torch wraps it (a 0-d tensor takes dim 0 or -1, as torch's
+    reductions do); an IndexError naming ``arg`` otherwise."""
+    dim = integer(dim, arg)
+    ndim = t.dim()
+    size = max(ndim, 1)
+    if not -size <= dim < size:
+        raise IndexError(
+            f"{arg}={dim} is out of range for a tensor with {ndim} dimensions (expected {-size} <= {arg} < {size})"
+        )
+    return dim % size

@@ -3,6 +3,8 @@ the oracle the tests compare against. fp16/bf16 inputs are computed in float32 a
 their own dtype, as the kernels do."""
 import torch
 
+from . import _checks
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -16,22 +18,38 @@ def pixel_norm(x, dim=1, eps=1e-8):
     return (xc * (xc.square().mean(dim=dim, keepdim=True) + eps).rsqrt()).to(x.dtype)
 
 
+# Rows are summed in chunks of this many elements (as the CPU kernel does), then over the chunks.
+# torch's sum splits one long row across threads, so its last bits would depend on the thread count;
+# a chunk is below ATen's parallel grain and each chunk is summed by one thread.
+ROW_CHUNK = 16384
+
+
+def row_sums(rows):
+    """Per-row sums of a [n, m] tensor, the same bits whatever the number of threads. Differentiable."""
+    n, m = rows.shape
+    if m <= ROW_CHUNK:
+        return rows.sum(1)
+    chunks = -(-m // ROW_CHUNK)
+    padded = torch.nn.functional.pad(rows, (0, chunks * ROW_CHUNK - m))
+    return padded.reshape(n, chunks, ROW_CHUNK).sum(2).sum(1)
+
+
 def per_sample_penalty(g, center=1.0):
     """Gradient penalty per sample of ``g`` [N, ...]: ``(||g_i||_2 - center)^2`` over all non-batch
     dims, and exactly ``sum(g_i^2)`` (no sqrt) for ``center == 0``.
 
-    The norm is taken only where ``sum(g_i^2) > 0``; a zero row gets the constant ``center^2``, so
+    The norm is taken only where ``sum(g_i^2) != 0``; a zero row gets the constant ``center^2``, so
     every derivative there is 0 instead of the NaN that sqrt (or ``torch.linalg.vector_norm``'s double
-    backward) gives at 0.
+    backward) gives at 0. A NaN row stays NaN. fp16/bf16 give float32 penalties (their sums).
     """
     compute = _compute_dtype(g)
     rows = g.flatten(1) if g.dim() > 1 else g.unsqueeze(1)
-    sum_squares = rows.to(compute).square().sum(1)
+    sum_squares = row_sums(rows.to(compute).square())
     if center == 0:
-        return sum_squares.to(g.dtype)
-    nonzero = sum_squares > 0
+        return sum_squares
+    nonzero = sum_squares != 0
     norm = sum_squares.where(nonzero, 1.0).sqrt()
-    return torch.where(nonzero, (norm - center).square(), float(center) ** 2).to(g.dtype)
+    return torch.where(nonzero, (norm - center).square(), float(center) ** 2)
 
 
 def gradient_penalty(outputs, inputs, center=1.0):
@@ -139,12 +157,37 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
         y = y * gain
     if clamp is not None:
         y = y.clamp(-clamp, clamp)
+    if act != "linear" or clamp is not None:
+        y = nan_visible(y, v)
     return y.to(x.dtype)
+
+
+def nan_visible(y, v):
+    """``y``, except that every derivative with respect to ``v`` is NaN wherever ``v`` is NaN, whatever
+    torch's backward kernels do there on the CPU at hand (relu's and elu's pass the gradient at NaN
+    on some instruction sets): a diverged sample must stay visible in a gradient penalty."""
+    is_nan = v.isnan()
+    only_nan = torch.where(is_nan, v, 0.0)  # 0 elsewhere, so its derivative is exactly 0 there
+    return torch.where(is_nan, only_nan.square(), y)
 
 
 def _check_activation(activation):
     if activation not in BIAS_ACT_ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
+
+
+def _check_size(value, arg, minimum):
+    value = _checks.integer(value, arg)
+    if value < minimum:
+        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_lr_multiplier(value):
+    value = _checks.finite(value, "lr_multiplier")
+    if value <= 0:
+        raise ValueError(f"lr_multiplier must be a finite number > 0, got {value}")
+    return value
 
 
 class _EqualizedLayer(torch.nn.Module):
@@ -173,6 +216,9 @@ class EqualizedLinear(_EqualizedLayer):
     def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1, bias_init=0):
         super().__init__()
         _check_activation(activation)
+        # in_features >= 1: the runtime gain is 1/sqrt(in_features).
+        in_features, out_features = _check_size(in_features, "in_features", 1), _check_size(out_features, "out_features", 0)
+        lr_multiplier = _check_lr_multiplier(lr_multiplier)
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -203,8 +249,11 @@ class EqualizedConv2d(_EqualizedLayer):
                  conv_clamp=None, stride=1, padding=None):
         super().__init__()
         _check_activation(activation)
-        if conv_clamp is not None and not conv_clamp >= 0:
-            raise ValueError(f"conv_clamp must be a finite number >= 0, got {conv_clamp}")
+        in_channels, out_channels = _check_size(in_channels, "in_channels", 1), _check_size(out_channels, "out_channels", 0)
+        kernel_size = _check_size(kernel_size, "kernel_size", 1)
+        lr_multiplier = _check_lr_multiplier(lr_multiplier)
+        if conv_clamp is not None:
+            conv_clamp = _checks.nonnegative(conv_clamp, "conv_clamp")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.activation = activation
         self.conv_clamp = conv_clamp
@@ -219,10 +268,18 @@ class EqualizedConv2d(_EqualizedLayer):
         self.act_gain = BIAS_ACT_ACTIVATIONS[activation][2]
 
     def forward(self, x, gain=1):
+        if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H
+            return self.forward(x.unsqueeze(0), gain).squeeze(0)
         x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain,
                               clamp=act_clamp)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # StyleGAN2-ADA's Conv2dLayer always saves its resample_filter buffer, which a layer without
+        # up/downsampling never reads: accept it, so such checkpoints load with strict=True.
+        state_dict.pop(prefix + "resample_filter", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

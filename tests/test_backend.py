@@ -1,5 +1,6 @@
 """The fallback policy: the package works without _C, says why once, and can be forced to the reference."""
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -7,6 +8,7 @@ import types
 import warnings
 
 import pytest
+import torch
 from helpers import OPS_REGISTERED
 
 import gan_kernels
@@ -65,6 +67,31 @@ def test_without_extension_imports_warns_once_and_runs_the_reference():
     assert equal == "True"
 
 
+def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_users_import(tmp_path):
+    # A checkout without the compiled .so, imported from a user's script.
+    shutil.copytree(os.path.join(ROOT, "gan_kernels"), tmp_path / "gan_kernels",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""\
+        import warnings
+        warnings.simplefilter("always")
+        with warnings.catch_warnings(record=True) as caught:
+            import gan_kernels
+        (w,) = [w for w in caught if issubclass(w.category, gan_kernels.FallbackWarning)]
+        print(w.filename, w.lineno, sep="|")
+        print(w.message)
+        print(gan_kernels.backend().reason)
+        """))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GAN_KERNELS_IMPL": "auto"}
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    location, message, reason = result.stdout.strip().splitlines()
+    assert location == f"{script}|4"
+    for text in (message, reason):
+        assert "it is not built" in text and "circular import" not in text
+
+
 def test_forced_reference_is_silent_and_reported():
     out = run_python(
         """
@@ -116,13 +143,42 @@ def test_backend_reports_this_build():
         assert info.impl == "reference" and "could not be loaded" in info.reason
 
 
+def run_entry_point(*args, prelude=""):
+    """`python -m gan_kernels ARGS` in a fresh process, after `prelude`: the CompletedProcess."""
+    code = textwrap.dedent(prelude) + textwrap.dedent(f"""
+    import runpy, sys
+    sys.argv = ["gan_kernels", *{list(args)!r}]
+    runpy.run_module("gan_kernels", run_name="__main__")
+    """)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_module_entry_point_prints_the_build_facts():
-    out = run_python("import runpy; runpy.run_module('gan_kernels', run_name='__main__')")
-    assert f"gan_kernels {gan_kernels.__version__}" in out
-    assert "backend" in out
+    result = run_entry_point()
+    assert f"gan_kernels {gan_kernels.__version__}" in result.stdout
+    assert "backend" in result.stdout
     if OPS_REGISTERED:
-        assert "gan_kernels::pixel_norm_backward" in out
-        assert f"built with  torch {_backend._C.torch_version}" in out
+        assert result.returncode == 0, result.stderr
+        assert "gan_kernels::pixel_norm_backward" in result.stdout
+        assert f"built with  torch {_backend._C.torch_version}" in result.stdout
+    else:
+        assert result.returncode == 1
+
+
+def test_module_entry_point_fails_when_the_extension_does_not_load():
+    # A GPU check that only ran `python -m gan_kernels` would otherwise go on to test the fallback.
+    result = run_entry_point(prelude=BLOCK_EXTENSION)
+    assert result.returncode == 1
+    assert "gan_kernels._C could not be loaded" in result.stderr and "blocked by the test" in result.stderr
+
+
+@pytest.mark.skipif(OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available(),
+                    reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes")
+def test_require_cuda_fails_without_cuda_kernels_or_gpu():
+    result = run_entry_point("--require-cuda")
+    assert result.returncode == 1
+    assert "error: --require-cuda:" in result.stderr or "could not be loaded" in result.stderr
 
 
 @pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")

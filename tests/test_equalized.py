@@ -145,6 +145,34 @@ def test_conv2d_state_dict_loads_from_stylegan_names():
     assert EqualizedConv2d(3, 4, 5, padding=0, stride=2)(torch.randn(1, 3, 9, 9)).shape == (1, 4, 3, 3)
 
 
+def test_conv2d_loads_a_stylegan2_ada_state_dict_strictly():
+    # StyleGAN2-ADA's Conv2dLayer registers resample_filter = setup_filter([1, 3, 3, 1]) (a normalised
+    # 4x4 outer product) and saves it; without up/downsampling its forward never reads it.
+    src = randomise_bias(EqualizedConv2d(3, 4, 3, activation="lrelu"))
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    state = {"weight": src.weight.detach().clone(), "bias": src.bias.detach().clone(),
+             "resample_filter": torch.outer(taps, taps) / torch.outer(taps, taps).sum()}
+    dst = EqualizedConv2d(3, 4, 3, activation="lrelu")
+    dst.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.equal(dst(x), stylegan_conv2d_forward(src, x))
+    assert "resample_filter" in state  # the caller's dict is left as it was
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        dst.load_state_dict({**state, "noise_strength": torch.zeros([])}, strict=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv2d_takes_unbatched_input_as_conv2d_does(device):
+    # H equal to out_channels: a bias broadcast along the wrong dim would pass silently.
+    torch.manual_seed(6)
+    layer = randomise_bias(EqualizedConv2d(3, 5, 3, activation="lrelu", conv_clamp=0.5)).to(device)
+    x = torch.randn(3, 5, 7, device=device)
+    y = layer(x)
+    assert y.shape == (5, 5, 7)
+    assert_close(y, layer(x.unsqueeze(0))[0])
+    assert_close(y, stylegan_conv2d_forward(layer, x.unsqueeze(0))[0])
+
+
 def copy_of(layer, cls, *args, **kwargs):
     twin = cls(*args, **kwargs)
     twin.load_state_dict(layer.state_dict())

@@ -37,10 +37,11 @@ def value_and_grad(fn, g, center, grad_out):
 def test_forward_and_backward_match_reference(device, dtype, layout, center):
     torch.manual_seed(0)
     g = make_4d((4, 6, 5, 7), layout, dtype, device)
-    grad_out = torch.randn(4, dtype=dtype, device=device)
+    penalty_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    grad_out = torch.randn(4, dtype=penalty_dtype, device=device)
     out, dg = value_and_grad(gan_kernels.per_sample_penalty, g, center, grad_out)
     out_ref, dg_ref = value_and_grad(reference.per_sample_penalty, g, center, grad_out)
-    assert out.shape == (4,) and out.dtype == dtype and dg.dtype == dtype
+    assert out.shape == (4,) and out.dtype == penalty_dtype and dg.dtype == dtype
     assert_close(out, out_ref)
     assert_close(dg, dg_ref)
 
@@ -77,8 +78,49 @@ def test_low_precision_accumulates_in_float(device, dtype):
     torch.manual_seed(2)
     g = (1 + 0.1 * torch.rand(2, 4096, device=device)).to(dtype)
     out = gan_kernels.per_sample_penalty(g, 0.0)
-    expected = g.double().square().sum(1).to(dtype)
-    assert_close(out, expected, dtype)
+    assert out.dtype == torch.float32
+    assert_close(out, g.double().square().sum(1).float())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_low_precision_penalties_do_not_overflow_their_dtype(device, center):
+    # sum(g^2) = 3 * 64 * 64 * 2.5^2 = 76800 > 65504: inf in fp16, finite in float32.
+    g = torch.full((2, 3, 64, 64), 2.5, dtype=torch.float16, device=device, requires_grad=True)
+    out = gan_kernels.per_sample_penalty(g, center)
+    expected = (g.detach().double().flatten(1).norm(dim=1) - center).square()
+    assert out.isfinite().all()
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=0)
+    (dg,) = torch.autograd.grad(out.sum(), g)
+    assert dg.dtype == torch.float16 and dg.isfinite().all()
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_a_diverged_sample_stays_visible(device, dtype, center):
+    # README "NaN and infinity": a NaN element makes its sample's penalty NaN, an infinite one inf;
+    # for center != 0 that sample's whole gradient is NaN, for center == 0 the gradient 2 g is
+    # non-finite exactly where g is. Other samples are untouched.
+    torch.manual_seed(5)
+    g = torch.randn(3, 2, 4, dtype=dtype, device=device)
+    g[1, 0, 2] = NAN
+    g[2, 1, 1] = -INF
+    g.requires_grad_()
+    for fn in (gan_kernels.per_sample_penalty, reference.per_sample_penalty):
+        out = fn(g, center)
+        (dg,) = torch.autograd.grad(out.sum(), g)
+        assert out[1].isnan() and out[2] == INF
+        assert_close(out[0], reference.per_sample_penalty(g.detach()[:1], center)[0])
+        if center == 0:
+            assert dg[1, 0, 2].isnan() and dg[2, 1, 1] == -INF
+            assert_close(dg[1:].nan_to_num(0, 0, 0), (2 * g.detach()[1:]).nan_to_num(0, 0, 0))
+        else:
+            assert dg[1:].isnan().all()
+        assert dg[0].isfinite().all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -276,8 +318,10 @@ def test_bad_input_to_the_ops_names_the_argument():
         penalty_backward_op(torch.randn(3), g, 1.0)
     with pytest.raises(ValueError, match=r"grad has shape \[2, 1\] but expected \[2\]"):
         penalty_backward_op(torch.randn(2, 1), g, 1.0)
-    with pytest.raises(TypeError, match="grad has dtype Double but g has dtype Float"):
+    with pytest.raises(TypeError, match=r"grad has dtype Double but the penalty of g \(Float\) has dtype Float"):
         penalty_backward_op(torch.randn(2, dtype=torch.float64), g, 1.0)
+    with pytest.raises(TypeError, match=r"grad has dtype Half but the penalty of g \(Half\) has dtype Float"):
+        penalty_backward_op(torch.randn(2, dtype=torch.float16), g.half(), 1.0)
 
 
 @settings(max_examples=40, deadline=None)
@@ -295,3 +339,27 @@ def test_random_shapes_and_layouts_match_reference(shape, center, data):
     out_ref, dg_ref = value_and_grad(reference.per_sample_penalty, g, center, grad_out)
     assert_close(out, out_ref)
     assert_close(dg, dg_ref)
+
+
+@pytest.mark.parametrize("center", [0.0, 1.0])
+@pytest.mark.parametrize("shape", [(1, 3, 200, 200), (2, 70001)], ids=["one_sample", "two_odd_samples"])
+def test_double_backward_does_not_depend_on_the_thread_count(center, shape):
+    # One long sample is where torch's own sum splits a row across threads.
+    torch.manual_seed(12)
+    g0 = torch.randn(shape)
+    w = torch.randn(shape)
+
+    def second_order():
+        g = g0.clone().requires_grad_()
+        (dg,) = torch.autograd.grad(gan_kernels.per_sample_penalty(g, center).sum(), g, create_graph=True)
+        return torch.autograd.grad((dg * w).sum(), g)[0]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = second_order()
+        torch.set_num_threads(max(2, threads))
+        many = second_order()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)

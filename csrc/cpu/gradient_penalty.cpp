@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 namespace gan_kernels {
@@ -56,31 +57,32 @@ std::vector<acc_t> per_sample_sum_squares(const scalar_t* g, SampleView v) {
   return sums;
 }
 
-// d/dg (||g|| - c)^2 = 2 (1 - c / ||g||) g; the centre-0 case 2 g needs no norm.
+// d/dg (||g|| - c)^2 = 2 (1 - c / ||g||) g; the centre-0 case 2 g needs no norm. A sample whose
+// sum of squares is NaN or infinite (a diverged sample) gets NaN: g / ||g|| has no value there.
 template <typename acc_t> acc_t gradient_scale(acc_t sum_squares, acc_t grad, double center) {
   if (center == 0) return acc_t(2) * grad;
-  if (!(sum_squares > 0)) return acc_t(0);
+  if (sum_squares == 0) return acc_t(0);
+  if (!std::isfinite(sum_squares)) return std::numeric_limits<acc_t>::quiet_NaN();
   return acc_t(2) * grad * (acc_t(1) - acc_t(center) / std::sqrt(sum_squares));
 }
 
-template <typename scalar_t> void forward(scalar_t* out, const scalar_t* g, SampleView v, double center) {
-  using acc_t = at::opmath_type<scalar_t>;
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void forward(acc_t* out, const scalar_t* g, SampleView v, double center) {
   const std::vector<acc_t> sums = per_sample_sum_squares<scalar_t, acc_t>(g, v);
   for (int64_t s = 0; s < v.samples; ++s) {
     const acc_t distance = std::sqrt(sums[s]) - acc_t(center);
-    out[s] = scalar_t(center == 0 ? sums[s] : distance * distance);
+    out[s] = center == 0 ? sums[s] : distance * distance;
   }
 }
 
-template <typename scalar_t>
-void backward(scalar_t* out, const scalar_t* g, const scalar_t* grad, SampleView v, double center) {
-  using acc_t = at::opmath_type<scalar_t>;
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void backward(scalar_t* out, const scalar_t* g, const acc_t* grad, SampleView v, double center) {
   std::vector<acc_t> scale(v.samples);
   if (center == 0) {
-    for (int64_t s = 0; s < v.samples; ++s) scale[s] = gradient_scale(acc_t(0), acc_t(grad[s]), center);
+    for (int64_t s = 0; s < v.samples; ++s) scale[s] = gradient_scale(acc_t(0), grad[s], center);
   } else {
     const std::vector<acc_t> sums = per_sample_sum_squares<scalar_t, acc_t>(g, v);
-    for (int64_t s = 0; s < v.samples; ++s) scale[s] = gradient_scale(sums[s], acc_t(grad[s]), center);
+    for (int64_t s = 0; s < v.samples; ++s) scale[s] = gradient_scale(sums[s], grad[s], center);
   }
   const int64_t chunks = chunks_per_sample(v);
   at::parallel_for(0, v.samples * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -98,12 +100,12 @@ void backward(scalar_t* out, const scalar_t* g, const scalar_t* grad, SampleView
 void gradient_penalty_cpu(at::Tensor& out, const at::Tensor& g, const at::Tensor& grad, SampleView view,
                           double center) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "gradient_penalty_cpu", [&] {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = g.const_data_ptr<scalar_t>();
     if (grad.defined()) {
-      backward<scalar_t>(o, gp, grad.const_data_ptr<scalar_t>(), view, center);
+      backward<scalar_t>(out.mutable_data_ptr<scalar_t>(), gp, grad.const_data_ptr<acc_t>(), view, center);
     } else {
-      forward<scalar_t>(o, gp, view, center);
+      forward<scalar_t>(out.mutable_data_ptr<acc_t>(), gp, view, center);
     }
   });
 }

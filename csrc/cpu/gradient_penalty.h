@@ -12,8 +12,9 @@ struct SampleView {
   int64_t per_sample;
 };
 
-// Forward (`grad` undefined): out[i] = (||g_i|| - center)^2, or exactly sum(g_i^2) when center == 0.
-// Backward (`grad` = dL/dout, [N]): out = dL/dg, laid out like g. Needs view.per_sample > 0.
+// Forward (`grad` undefined): out[i] = (||g_i|| - center)^2, or exactly sum(g_i^2) when center == 0,
+// in the accumulator type (float for fp16/bf16). Backward (`grad` = dL/dout, [N], accumulator type):
+// out = dL/dg, laid out like g. Needs view.per_sample > 0.
 // At ||g_i|| = 0 with center != 0 the gradient is undefined; the kernels return 0 there, as
 // torch.linalg.vector_norm's backward does.
 void gradient_penalty_cpu(at::Tensor& out, const at::Tensor& g, const at::Tensor& grad, SampleView view,

@@ -61,6 +61,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
   at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
     acc_t mean[kChunk];
     acc_t inv_std[kChunk];  // first the sum of d^2, then the std
+    acc_t d_mean[kChunk];   // mean(d): 0 but for the rounding of mean(x), which the gradients remove
     acc_t u_mean[kChunk];
     acc_t u_dot_d[kChunk];
     acc_t row_sums[kChunk];  // per column lane, summed in lane order at the end of the row
@@ -86,14 +87,21 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
         }
         for (int64_t j = 0; j < width; ++j) mean[j] /= acc_t(G);
         std::fill(inv_std, inv_std + width, acc_t(0));
+        std::fill(d_mean, d_mean + width, acc_t(0));
         for (int64_t g = 0; g < G; ++g) {
           const scalar_t* xr = x_row(g);
           for (int64_t j = 0; j < width; ++j) {
             const acc_t d = acc_t(xr[j]) - mean[j];
             inv_std[j] += d * d;
+            if (kMode != Mode::Forward) d_mean[j] += d;
           }
         }
         group_std(inv_std, width, G);
+        if (kMode != Mode::Forward) {
+          for (int64_t j = 0; j < width; ++j) d_mean[j] /= acc_t(G);
+        }
+        // The gradients' d, centred again as autograd's chain through x - mean(x) centres it.
+        auto centred = [&](const scalar_t* xr, int64_t j) { return (acc_t(xr[j]) - mean[j]) - d_mean[j]; };
         if (kMode == Mode::Forward) {
           for (int64_t j = 0; j < width; ++j) row_sums[j] += inv_std[j];
         } else {
@@ -106,7 +114,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
             const scalar_t* dy = t.y_in + n * l.y_sample_stride + y_base + col0;
             scalar_t* dx = t.x_out + n * l.x_sample_stride + x_base + col0;
             for (int64_t j = 0; j < width; ++j) {
-              dx[j] = scalar_t(acc_t(dy[j]) + coef * inv_std[j] * (acc_t(xr[j]) - mean[j]));
+              dx[j] = scalar_t(acc_t(dy[j]) + coef * inv_std[j] * centred(xr, j));
             }
           }
         }
@@ -121,7 +129,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
             for (int64_t j = 0; j < width; ++j) {
               const acc_t u = acc_t(ur[j]);
               u_mean[j] += u;
-              u_dot_d[j] += u * (acc_t(xr[j]) - mean[j]);
+              u_dot_d[j] += u * centred(xr, j);
             }
           }
           for (int64_t j = 0; j < width; ++j) {
@@ -135,8 +143,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
             scalar_t* dx = t.x_out + n * l.x_sample_stride + x_base + col0;
             for (int64_t j = 0; j < width; ++j) {
               const acc_t r = inv_std[j];
-              const acc_t d = acc_t(xr[j]) - mean[j];
-              dx[j] = scalar_t(coef * r * ((acc_t(ur[j]) - u_mean[j]) - u_dot_d[j] * d * r * r / acc_t(G)));
+              dx[j] = scalar_t(coef * r * ((acc_t(ur[j]) - u_mean[j]) - u_dot_d[j] * centred(xr, j) * r * r / acc_t(G)));
             }
           }
         }

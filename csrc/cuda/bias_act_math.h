@@ -113,12 +113,14 @@ template <Activation kAct, typename A> GAN_KERNELS_HD A act_value(A v, A alpha) 
 }
 
 // Branches at 0 follow PyTorch's backward formulas (the reference is differentiated by autograd).
+// At a NaN v every derivative is NaN, the piecewise-linear ones included (torch.relu's backward
+// would pass the gradient there): a diverged sample must stay visible in a gradient penalty.
 template <Activation kAct, typename A> GAN_KERNELS_HD A act_first_derivative(A v, A alpha) {
   using M = ElementMath<A>;
   if constexpr (kAct == Activation::Lrelu) {
-    return M::select(v > A(0), A(1), alpha);
+    return M::select(v > A(0), A(1), M::select(v <= A(0), alpha, v));
   } else if constexpr (kAct == Activation::Relu) {
-    return M::select(v <= A(0), A(0), A(1));  // torch.relu's backward passes the gradient at NaN
+    return M::select(v > A(0), A(1), M::select(v <= A(0), A(0), v));
   } else if constexpr (kAct == Activation::Tanh) {
     const A t = M::tanh(v);
     return A(1) - t * t;
@@ -177,14 +179,11 @@ GAN_KERNELS_HD A bias_act_element(A r, A b, A g1, A g2, const BiasActScalars<A>&
   using M = ElementMath<A>;
   if constexpr (kMode == BiasActMode::GradFromY) {
     // y = act(v) * gain of a piecewise-linear act with alpha >= 0: v > 0 exactly when y has gain's
-    // sign. At a NaN y, torch.relu's backward passes the gradient and leaky_relu's scales it by alpha.
-    if constexpr (kAct == Activation::Relu) {
-      const auto not_positive = gain_positive ? r <= A(0) : r >= A(0);
-      return g1 * s.gain * M::select(not_positive, A(0), A(1));
-    } else {
-      const auto positive = gain_positive ? r > A(0) : r < A(0);
-      return g1 * s.gain * M::select(positive, A(1), s.alpha);
-    }
+    // sign, v <= 0 when it has the other sign or is 0, and v is NaN when y is (NaN derivative).
+    const auto positive = gain_positive ? r > A(0) : r < A(0);
+    const auto not_positive = gain_positive ? r <= A(0) : r >= A(0);
+    const A slope_not_positive = kAct == Activation::Relu ? A(0) : s.alpha;
+    return g1 * s.gain * M::select(positive, A(1), M::select(not_positive, slope_not_positive, r));
   } else {
     const A v = r * s.scale + b;
     const A y = act_value<kAct>(v, s.alpha) * s.gain;
@@ -194,8 +193,8 @@ GAN_KERNELS_HD A bias_act_element(A r, A b, A g1, A g2, const BiasActScalars<A>&
       return clamped ? M::select(y < neg_clamp, neg_clamp, M::select(y > s.clamp, s.clamp, y)) : y;
     } else {
       // torch.clamp's gradient passes where -clamp <= y <= clamp, bounds included. It is zeroed
-      // before the activation's derivative multiplies it, as autograd does, so that a NaN
-      // derivative (at an infinite v) still gives NaN.
+      // before the activation's derivative multiplies it, so that a NaN derivative (at a NaN v, or
+      // an infinite one for swish) still gives NaN.
       const A g = clamped ? M::select(M::both(y >= neg_clamp, y <= s.clamp), g1, A(0)) : g1;
       if constexpr (kMode == BiasActMode::GradFromX) {
         return g * s.gain * act_first_derivative<kAct>(v, s.alpha);

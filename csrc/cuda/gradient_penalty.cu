@@ -41,10 +41,12 @@ template <typename A> __device__ A warp_sample_sum(const A* partials, int64_t sa
 }
 
 // d/dg (||g|| - c)^2 = 2 (1 - c / ||g||) g. Undefined at ||g|| = 0 when c != 0: 0 there, as
-// torch.linalg.vector_norm's backward does.
+// torch.linalg.vector_norm's backward does. A sample whose sum of squares is NaN or infinite (a
+// diverged sample) gets NaN: the norm's derivative g / ||g|| has no value there.
 template <typename A> __device__ A gradient_scale(A sum_squares, A grad, A center) {
   if (center == A(0)) return A(2) * grad;
-  if (!(sum_squares > A(0))) return A(0);
+  if (sum_squares == A(0)) return A(0);
+  if (!isfinite(sum_squares)) return A(NAN);
   return A(2) * grad * (A(1) - center / sqrt(sum_squares));
 }
 
@@ -83,7 +85,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty
   for (int64_t s = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; s < p.samples; s += warps) {
     const A sum = warp_sample_sum(static_cast<const A*>(p.partials), s, chunks);
     const A distance = sqrt(sum) - center;
-    if (threadIdx.x % 32 == 0) static_cast<T*>(p.out)[s] = from_acc<T>(center == A(0) ? sum : distance * distance);
+    if (threadIdx.x % 32 == 0) static_cast<A*>(p.out)[s] = center == A(0) ? sum : distance * distance;
   }
 }
 
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams 
     const int64_t sample = task / chunks;
     if (threadIdx.x < 32) {
       const A sum = kNormed ? warp_sample_sum(static_cast<const A*>(p.partials), sample, chunks) : A(0);
-      if (threadIdx.x == 0) sample_scale = gradient_scale(sum, to_acc(static_cast<const T*>(p.grad)[sample]), center);
+      if (threadIdx.x == 0) sample_scale = gradient_scale(sum, static_cast<const A*>(p.grad)[sample], center);
     }
     __syncthreads();
     const A scale = sample_scale;

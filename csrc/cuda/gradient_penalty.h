@@ -20,9 +20,10 @@ inline int64_t gradient_penalty_chunks(int64_t per_sample) {
 
 // Sample i of g is the i-th block of per_sample consecutive elements (see SampleView).
 struct GradientPenaltyParams {
-  void* out;          // [samples] penalty in the forward; dL/dg, laid out like g, in the backward
+  void* out;          // [samples] penalty in the forward, in the accumulator type (float; double for
+                      // float64); dL/dg, laid out like g, in the backward
   const void* g;
-  const void* grad;   // [samples] dL/dout; nullptr selects the forward
+  const void* grad;   // [samples] dL/dout in the accumulator type; nullptr selects the forward
   void* partials;     // workspace of samples * gradient_penalty_chunks(per_sample) sums of squares, float
                       // (double for float64); unused (may be nullptr) in the backward when center == 0
   int64_t samples;

@@ -92,19 +92,23 @@ __global__ void __launch_bounds__(kThreads) group_positions(MinibatchStdParams p
       }
       mean /= A(G);
       A var = 0;
+      A d_mean = 0;  // 0 but for the rounding of mean, which the gradients remove
       for (int64_t g = 0; g < G; ++g) {
         const A d = to_acc(x[(g * M + m) * l.x_sample_stride + x_at]) - mean;
         var += d * d;
+        d_mean += d;
       }
+      d_mean /= A(G);
+      // The gradients' d, centred again as autograd's chain through x - mean(x) centres it.
+      auto centred = [&](int64_t n) { return (to_acc(x[n * l.x_sample_stride + x_at]) - mean) - d_mean; };
       const A std = sqrt(var / A(G) + A(kEps));
       const A inv_std = A(1) / std;
       if (kMode == Mode::Forward) tile_sum += std;
       if (kMode == Mode::Backward) {
         for (int64_t g = 0; g < G; ++g) {
           const int64_t n = g * M + m;
-          const A d = to_acc(x[n * l.x_sample_stride + x_at]) - mean;
           x_out[n * l.x_sample_stride + x_at] =
-              from_acc<T>(to_acc(grad[n * l.y_sample_stride + y_at]) + coef * inv_std * d);
+              from_acc<T>(to_acc(grad[n * l.y_sample_stride + y_at]) + coef * inv_std * centred(n));
         }
       }
       if (kMode == Mode::DoubleBackward) {
@@ -115,16 +119,15 @@ __global__ void __launch_bounds__(kThreads) group_positions(MinibatchStdParams p
           const T u = upstream[n * l.x_sample_stride + x_at];
           y_out[n * l.y_sample_stride + y_at] = u;
           u_mean += to_acc(u);
-          u_dot_d += to_acc(u) * (to_acc(x[n * l.x_sample_stride + x_at]) - mean);
+          u_dot_d += to_acc(u) * centred(n);
         }
         u_mean /= A(G);
         tile_sum += u_dot_d * inv_std;
         for (int64_t g = 0; g < G; ++g) {
           const int64_t n = g * M + m;
-          const A d = to_acc(x[n * l.x_sample_stride + x_at]) - mean;
           const A u = to_acc(upstream[n * l.x_sample_stride + x_at]);
           x_out[n * l.x_sample_stride + x_at] =
-              from_acc<T>(coef * inv_std * ((u - u_mean) - u_dot_d * d * inv_std * inv_std / A(G)));
+              from_acc<T>(coef * inv_std * ((u - u_mean) - u_dot_d * centred(n) * inv_std * inv_std / A(G)));
         }
       }
     }

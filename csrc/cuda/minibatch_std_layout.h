@@ -10,6 +10,8 @@ namespace gan_kernels {
 constexpr double kMinibatchStdEps = 1e-8;
 
 // Per (group, feature) block and position, over the G members: d = x - mean(x), s = sqrt(mean(d^2) + eps).
+// The gradients use d - mean(d) for d (mean(d) is the rounding error of mean(x)), as autograd's chain
+// through StyleGAN's y - y.mean() does: far more accurate for data with a large mean.
 // Forward: y = [x, sum(s) / K] with K = C/F*H*W positions per block.
 // Backward (dy given): dx = dy[:, :C] + a d / s, a = sum of dy over the block's stddev channel / (K G).
 // Double backward (dy, u = dL/d(dx) given): dL/ddy = [u, sum(u d / s) / (K G)] and

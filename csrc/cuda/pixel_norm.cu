@@ -7,9 +7,10 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-// Tiles whose channels fit here are kept in shared memory between the reduction and the write,
-// so each element crosses DRAM once; 48 KiB needs no opt-in attribute on any architecture.
-constexpr size_t kTileCacheBytes = 48 * 1024;
+// A block may use 48 KiB of shared memory, static and dynamic together, without an opt-in attribute
+// on any architecture. Tiles whose channels fit in what the reduction's static arrays leave of it
+// are kept in shared memory between the reduction and the write, so each element crosses DRAM once.
+constexpr size_t kSharedBytesPerBlock = 48 * 1024;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -72,6 +73,12 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
   }
 }
 
+// Static shared memory of pixel_norm_tiles: one accumulator per thread for sum(x^2), and in the
+// backward one more for sum(g x). The launcher subtracts it from the 48 KiB before sizing the cache.
+template <typename T, bool kBackward> __host__ __device__ constexpr size_t tile_static_shared_bytes() {
+  return size_t(kBackward ? 2 : 1) * kThreads * sizeof(acc_t<T>);
+}
+
 // inner > 1 (NCHW): a block owns a tile of kTile neighbouring inner positions (one 32-byte sector
 // per channel) across all channels; threads stride the channels and reduce through shared memory.
 template <typename T, bool kBackward, bool kCached>
@@ -82,8 +89,8 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) 
   extern __shared__ __align__(16) unsigned char tile_cache[];
   T* cache_x = reinterpret_cast<T*>(tile_cache);
   T* cache_g = cache_x + p.channels * kTile;
-  __shared__ A partial_xx[kRows][kTile];
-  __shared__ A partial_gx[kRows][kTile];
+  __shared__ A partials[kBackward ? 2 : 1][kRows][kTile];  // [0]: sum(x^2), [1]: sum(g x)
+  static_assert(sizeof(partials) == tile_static_shared_bytes<T, kBackward>(), "the launcher's budget is off");
 
   const T* x = static_cast<const T*>(p.x);
   const T* g = static_cast<const T*>(p.grad);
@@ -115,15 +122,15 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) 
         if (kBackward) sum_gx += to_acc(gv) * xa;
       }
     }
-    partial_xx[ty][tx] = sum_xx;
-    partial_gx[ty][tx] = sum_gx;
+    partials[0][ty][tx] = sum_xx;
+    if constexpr (kBackward) partials[1][ty][tx] = sum_gx;
     __syncthreads();
     sum_xx = 0;
     sum_gx = 0;
 #pragma unroll 8
     for (int r = 0; r < kRows; ++r) {
-      sum_xx += partial_xx[r][tx];
-      if (kBackward) sum_gx += partial_gx[r][tx];
+      sum_xx += partials[0][r][tx];
+      if constexpr (kBackward) sum_gx += partials[1][r][tx];
     }
     const Scales<A> s = make_scales<A, kBackward>(sum_xx, sum_gx, channels, A(p.eps));
     if (active) {
@@ -134,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) 
         out[base + c * inner] = from_acc<T>(apply<A, kBackward>(to_acc(xv), to_acc(gv), s));
       }
     }
-    __syncthreads();  // the next tile reuses partial_*
+    __syncthreads();  // the next tile reuses partials
   }
 }
 
@@ -153,7 +160,7 @@ template <typename T, bool kBackward> cudaError_t launch_typed(const PixelNormPa
     constexpr int kTile = 32 / sizeof(T);
     const int64_t blocks = std::min(p.outer * ceil_div(p.inner, kTile), kMaxBlocks);
     const size_t cache_bytes = size_t(p.channels) * kTile * sizeof(T) * (kBackward ? 2 : 1);
-    if (cache_bytes <= kTileCacheBytes) {
+    if (cache_bytes <= kSharedBytesPerBlock - tile_static_shared_bytes<T, kBackward>()) {
       pixel_norm_tiles<T, kBackward, true><<<blocks, kThreads, cache_bytes, stream>>>(p);
     } else {
       pixel_norm_tiles<T, kBackward, false><<<blocks, kThreads, 0, stream>>>(p);

@@ -98,21 +98,28 @@ template <typename T> __global__ void __launch_bounds__(kThreads) power_iteratio
   if (threadIdx.x == 0) static_cast<T*>(p.sigmas)[blockIdx.x] = from_acc<T>(sigma);
 }
 
+// The blocks of its grid row that layer blockIdx.y uses: a function of its own size (see the header).
+__device__ int layer_blocks(const SpectralLayerView& view) {
+  return spectral_normalize_blocks(view.outer * view.rows * view.inner);
+}
+
 // Backward, first pass: partials[layer * blocks_per_layer + block] = this block's share of <G, W>.
 template <typename T> __global__ void __launch_bounds__(kThreads) grad_dot_kernel(SpectralParams p) {
   using A = acc_t<T>;
   __shared__ A scratch[kWarps];
   const SpectralLayerView& view = p.layers[blockIdx.y];
+  const int blocks = layer_blocks(view);
+  if (int(blockIdx.x) >= blocks) return;  // uniform across the block: block_sum's barriers stay safe
   const T* w = static_cast<const T*>(view.weight);
   const T* g = static_cast<const T*>(view.grad);
   const int64_t numel = view.outer * view.rows * view.inner;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t stride = int64_t(blocks) * blockDim.x;
   A partial = 0;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += stride) {
     partial += to_acc(g[e]) * to_acc(w[e]);
   }
   const A total = block_sum(partial, scratch);
-  if (threadIdx.x == 0) static_cast<A*>(p.workspace)[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+  if (threadIdx.x == 0) static_cast<A*>(p.workspace)[int64_t(blockIdx.y) * p.blocks_per_layer + blockIdx.x] = total;
 }
 
 // out = W / sigma, or in the backward (G - <G, W> / sigma u v^T) / sigma.
@@ -121,18 +128,20 @@ template <typename T> __global__ void __launch_bounds__(kThreads) normalize_kern
   const SpectralLayerView& view = p.layers[blockIdx.y];
   const T* w = static_cast<const T*>(view.weight);
   T* out = static_cast<T*>(view.out);
+  const int blocks = layer_blocks(view);
+  if (int(blockIdx.x) >= blocks) return;
   const A sigma = to_acc(static_cast<const T*>(p.sigmas)[blockIdx.y]);
   const int64_t numel = view.outer * view.rows * view.inner;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t stride = int64_t(blocks) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (!p.backward) {
     for (int64_t e = first; e < numel; e += stride) out[e] = from_acc<T>(to_acc(w[e]) / sigma);
     return;
   }
   // Every block sums the same partials in the same order, so all agree on the coefficient.
-  const A* partials = static_cast<const A*>(p.workspace) + int64_t(blockIdx.y) * gridDim.x;
+  const A* partials = static_cast<const A*>(p.workspace) + int64_t(blockIdx.y) * p.blocks_per_layer;
   A dot = 0;
-  for (int b = 0; b < int(gridDim.x); ++b) dot += partials[b];
+  for (int b = 0; b < blocks; ++b) dot += partials[b];
   const A k_uv = dot / (sigma * sigma);
   const T* g = static_cast<const T*>(view.grad);
   const T* u = static_cast<const T*>(view.u);
@@ -148,6 +157,15 @@ template <typename T> __global__ void __launch_bounds__(kThreads) normalize_kern
 
 bool valid(const SpectralParams& p) { return p.count > 0 && p.count <= kMaxSpectralLayers; }
 
+// Every layer's blocks fit in its grid row and workspace row.
+bool covers_every_layer(const SpectralParams& p) {
+  for (int l = 0; l < p.count; ++l) {
+    const SpectralLayerView& view = p.layers[l];
+    if (spectral_normalize_blocks(view.outer * view.rows * view.inner) > p.blocks_per_layer) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 cudaError_t launch_spectral_power_iteration(const SpectralParams& p, cudaStream_t stream) {
@@ -162,7 +180,7 @@ cudaError_t launch_spectral_power_iteration(const SpectralParams& p, cudaStream_
 
 cudaError_t launch_spectral_normalize(const SpectralParams& p, cudaStream_t stream) {
   if (p.count == 0) return cudaSuccess;
-  if (!valid(p) || p.blocks_per_layer < 1) return cudaErrorInvalidValue;
+  if (!valid(p) || !covers_every_layer(p)) return cudaErrorInvalidValue;
   const dim3 grid(p.blocks_per_layer, p.count);
   return dispatch_dtype(p.dtype, [&](auto tag) {
     using T = decltype(tag);

@@ -15,6 +15,20 @@ namespace gan_kernels {
 // 32 layers of 72 bytes keep the params well under the 4 KiB kernel-argument limit of older toolkits.
 constexpr int kMaxSpectralLayers = 32;
 
+// Blocks the normalisation gives a layer of `numel` elements: enough to fill the GPU for a large
+// weight, few enough that the backward's per-block partial sums stay a short fixed-order loop.
+// A function of the layer's own size only, so a layer's summation order (and its bits) do not depend
+// on which other layers share its launch.
+constexpr int64_t kSpectralElementsPerBlock = 512 * 8;
+constexpr int64_t kSpectralMaxBlocksPerLayer = 256;
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline int spectral_normalize_blocks(int64_t numel) {
+  const int64_t blocks = (numel + kSpectralElementsPerBlock - 1) / kSpectralElementsPerBlock;
+  return static_cast<int>(blocks < 1 ? 1 : blocks > kSpectralMaxBlocksPerLayer ? kSpectralMaxBlocksPerLayer : blocks);
+}
+
 // A weight seen as PyTorch's spectral-norm matrix: contiguous, row r and column o * inner + i at
 // o * rows * inner + r * inner + i.
 struct SpectralLayerView {
@@ -36,7 +50,8 @@ struct SpectralParams {
   void* workspace;  // accumulator-typed scratch (float, or double for float64), owned by the caller
   int64_t n_power_iterations;
   double eps;
-  int blocks_per_layer;  // normalisation grid width; the backward's workspace holds count * this partial sums
+  int blocks_per_layer;  // max of spectral_normalize_blocks over the layers: the grid width, and the stride
+                         // of the backward's workspace of count * blocks_per_layer partial sums
   bool backward;
   DType dtype;
 };
@@ -44,7 +59,8 @@ struct SpectralParams {
 // One block per layer runs the whole iteration; workspace: sum over layers of (rows + cols) accumulators.
 cudaError_t launch_spectral_power_iteration(const SpectralParams& p, cudaStream_t stream);
 // Forward: one launch. Backward: two (per-layer <G, W> partial sums, then the elementwise formula);
-// workspace: count * blocks_per_layer accumulators.
+// workspace: count * blocks_per_layer accumulators. Layer l runs on spectral_normalize_blocks(its
+// numel) of the blocks_per_layer blocks of its grid row; the rest return at once.
 cudaError_t launch_spectral_normalize(const SpectralParams& p, cudaStream_t stream);
 
 }  // namespace gan_kernels

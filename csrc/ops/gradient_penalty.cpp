@@ -1,6 +1,7 @@
 // Contract of gan_kernels::gradient_penalty and gan_kernels::gradient_penalty_backward: schemas, checks,
 // output allocation and the CPU/CUDA registrations. Autograd and fake kernels: gan_kernels/ops/gradient_penalty.py.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -40,10 +41,14 @@ SampleView sample_view(const at::Tensor& g) {
   return {samples, samples == 0 ? 0 : g.numel() / samples};
 }
 
+// The penalties of fp16/bf16 gradients are returned in float32, the type they are summed in:
+// (||g|| - c)^2 passes fp16's 65504 at |g| of about 256.
+at::ScalarType penalty_dtype(const at::Tensor& g) { return at::toOpMathType(g.scalar_type()); }
+
 template <Kernel kernel> at::Tensor forward(const at::Tensor& g, double center) {
   check_args(g, center);
   const at::Tensor gd = samples_in_blocks(g);
-  at::Tensor out = at::empty({g.size(0)}, g.options());
+  at::Tensor out = at::empty({g.size(0)}, g.options().dtype(penalty_dtype(g)));
   if (g.numel() > 0) {
     kernel(out, gd, at::Tensor(), sample_view(gd), center);
   } else {
@@ -55,8 +60,8 @@ template <Kernel kernel> at::Tensor forward(const at::Tensor& g, double center) 
 template <Kernel kernel> at::Tensor backward(const at::Tensor& grad, const at::Tensor& g, double center) {
   check_args(g, center);
   TORCH_CHECK_VALUE(grad.device() == g.device(), "grad is on ", grad.device(), " but g is on ", g.device());
-  TORCH_CHECK_TYPE(grad.scalar_type() == g.scalar_type(), "grad has dtype ", grad.scalar_type(),
-                   " but g has dtype ", g.scalar_type());
+  TORCH_CHECK_TYPE(grad.scalar_type() == penalty_dtype(g), "grad has dtype ", grad.scalar_type(),
+                   " but the penalty of g (", g.scalar_type(), ") has dtype ", penalty_dtype(g));
   TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == g.size(0), "grad has shape ", grad.sizes(),
                     " but expected [", g.size(0), "], one value per sample of g");
   const at::Tensor gd = samples_in_blocks(g);
@@ -84,8 +89,8 @@ void gradient_penalty_cuda(at::Tensor& out, const at::Tensor& g, const at::Tenso
   // The centre-0 backward needs no norm, hence no workspace.
   at::Tensor partials;
   if (!backward || center != 0) {
-    const auto acc = g.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    partials = at::empty({view.samples * gradient_penalty_chunks(view.per_sample)}, g.options().dtype(acc));
+    partials = at::empty({view.samples * gradient_penalty_chunks(view.per_sample)},
+                         g.options().dtype(penalty_dtype(g)));
   }
   const GradientPenaltyParams params{out.data_ptr(),
                                      g.const_data_ptr(),

@@ -178,16 +178,14 @@ void spectral_power_iteration_cuda(const std::vector<SpectralLayer>& layers, at:
 void spectral_normalize_cuda(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
                              const at::Tensor& sigmas, std::vector<at::Tensor>& out) {
   const c10::cuda::CUDAGuard guard(sigmas.device());
-  // Enough blocks per layer to fill the GPU for the largest weight; few enough that the backward's
-  // per-block partial sums stay a short fixed-order loop.
-  constexpr int64_t kElementsPerBlock = 512 * 8;
-  constexpr int64_t kMaxBlocksPerLayer = 256;
   for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
     const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
     SpectralParams p = cuda_params(layers, begin, end, grads, out);
-    int64_t largest = 1;
-    for (size_t l = begin; l < end; ++l) largest = std::max(largest, layers[l].weight.numel());
-    p.blocks_per_layer = static_cast<int>(std::min(kMaxBlocksPerLayer, (largest + kElementsPerBlock - 1) / kElementsPerBlock));
+    // Each layer runs on its own block count; the grid and the workspace rows fit the largest.
+    p.blocks_per_layer = 1;
+    for (size_t l = begin; l < end; ++l) {
+      p.blocks_per_layer = std::max(p.blocks_per_layer, spectral_normalize_blocks(layers[l].weight.numel()));
+    }
     p.backward = !grads.empty();
     at::Tensor workspace;
     if (p.backward) {

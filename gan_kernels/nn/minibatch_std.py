@@ -2,7 +2,7 @@ import torch
 
 from .. import _checks
 from ..distributed import all_gather_batch
-from ..ops.minibatch_std import _check_count, minibatch_std
+from ..ops.minibatch_std import minibatch_std
 
 
 class MinibatchStd(torch.nn.Module):
@@ -23,8 +23,8 @@ class MinibatchStd(torch.nn.Module):
         super().__init__()
         # Checked here too, so a bad layer fails where it is built, not at its first batch.
         if group_size is not None:
-            _check_count(group_size, "group_size")
-        _check_count(num_channels, "num_channels")
+            group_size = _checks.count(group_size, "group_size")
+        num_channels = _checks.count(num_channels, "num_channels")
         self.group_size = group_size
         self.num_channels = num_channels
         self.process_group = process_group

@@ -10,9 +10,8 @@ class PixelNorm(torch.nn.Module):
 
     def __init__(self, dim=1, eps=1e-8):
         super().__init__()
-        _checks.check_nonnegative(eps, "eps")
-        self.dim = dim
-        self.eps = eps
+        self.dim = _checks.integer(dim, "dim")
+        self.eps = _checks.nonnegative(eps, "eps")
 
     def forward(self, x):
         return pixel_norm(x, self.dim, self.eps)

@@ -5,9 +5,6 @@ Three dispatcher ops, with v = x * scale + b:
   bias_act_grad   dL/dv from dL/dy and the saved tensor (x, or y where its sign is enough)
   bias_act_grad2  d/dv of <upstream, bias_act_grad> for the smooth acts
 """
-import math
-import numbers
-
 import torch
 
 from .. import _backend, _checks, reference
@@ -24,30 +21,31 @@ def _dtype_name(dtype):
     return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
-def _check_finite(value, arg):
-    if not (isinstance(value, (int, float)) and math.isfinite(value)):
-        raise ValueError(f"{arg} must be a finite number, got {value}")
-
-
 def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
+    """The checked arguments, numbers as floats; ``dim`` wrapped, or 0 without a bias (where, as in
+    StyleGAN, it plays no part, so 0-d and 1-d inputs work with the default dim=1)."""
     _checks.check_floating(x, "x")
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
-    dim = _checks.wrap_dim(dim, x, "dim")
-    for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale")):
-        _check_finite(value, arg)
+    dim = _checks.integer(dim, "dim")
+    alpha, gain, scale = (_checks.finite(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"),
+                                                                           (scale, "scale")))
     if clamp is not None:
-        _checks.check_nonnegative(clamp, "clamp")
-    if b is not None:
-        if not isinstance(b, torch.Tensor):
-            raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
-        if b.device != x.device:
-            raise ValueError(f"b is on {b.device} but x is on {x.device}")
-        if b.dtype != x.dtype:
-            raise TypeError(f"b has dtype {_dtype_name(b.dtype)} but x has dtype {_dtype_name(x.dtype)}")
-        if b.dim() != 1 or b.shape[0] != x.shape[dim]:
-            raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
-    return dim
+        clamp = _checks.nonnegative(clamp, "clamp")
+    if b is None:
+        return 0, alpha, gain, clamp, scale
+    if x.dim() == 0:
+        raise IndexError("b needs x with at least one dimension, got a 0-dimensional x")
+    dim = _checks.wrap_dim(dim, x, "dim")
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
+    if b.device != x.device:
+        raise ValueError(f"b is on {b.device} but x is on {x.device}")
+    if b.dtype != x.dtype:
+        raise TypeError(f"b has dtype {_dtype_name(b.dtype)} but x has dtype {_dtype_name(x.dtype)}")
+    if b.dim() != 1 or b.shape[0] != x.shape[dim]:
+        raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
+    return dim, alpha, gain, clamp, scale
 
 
 def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, scale=1.0):
@@ -58,12 +56,14 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     ``scale`` multiplies x before the bias (a layer can fold its weight gain in here). Any floating
     dtype (fp16/bf16 compute in float32), any layout, differentiable to any order.
     """
-    alpha, gain = reference.bias_act_defaults(act, alpha, gain) if act in ACTIVATIONS else (alpha, gain)
-    # numpy scalars (StyleGAN's gains are np.float32/np.float64) become the floats the schema takes.
-    clamp = float(clamp) if isinstance(clamp, numbers.Real) else clamp
-    scale = float(scale) if isinstance(scale, numbers.Real) else scale
-    _check_args(x, b, dim, act, alpha, gain, clamp, scale)
-    if _backend.use_compiled(x.device):
+    alpha = reference.BIAS_ACT_ACTIVATIONS[act][1] if alpha is None and act in ACTIVATIONS else alpha
+    gain = reference.BIAS_ACT_ACTIVATIONS[act][2] if gain is None and act in ACTIVATIONS else gain
+    # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
+    # the schema takes.
+    dim, alpha, gain, clamp, scale = _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    if x.dim() == 0:  # the kernels index a dim; a 0-d tensor runs as one element
+        return bias_act(x.reshape(1), None, 0, act, alpha, gain, clamp, scale).reshape(())
+    if _backend.use_compiled(x.device, x, b):
         return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
     return reference.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
 

@@ -4,7 +4,14 @@
 Derivatives at ``||g_i|| = 0``: for ``center == 0`` the formula is smooth (the gradient ``2 g`` is
 0 there). For ``center != 0`` the gradient ``2 (1 - center/||g||) g`` has no limit at 0; every
 derivative of every order is defined as 0 there, as ``torch.linalg.vector_norm``'s backward does
-for the first derivative. No derivative is ever NaN or Inf.
+for the first derivative. No derivative of a finite sample is ever NaN or Inf.
+
+A diverged sample stays visible: a NaN element makes the sample's penalty NaN, an infinite one
+makes it inf; for ``center != 0`` every element of such a sample gets a NaN gradient (``g/||g||``
+has no value), for ``center == 0`` the gradient ``2 g`` is NaN or inf exactly where g is.
+
+fp16/bf16 gradients give float32 penalties: they are summed in float32, and ``(||g|| - c)^2``
+passes fp16's largest value at ``|g|`` of about 256.
 """
 import math
 
@@ -17,15 +24,15 @@ def per_sample_penalty(g, center=1.0):
     """``(||g_i||_2 - center)^2`` for each sample ``g_i`` of ``g`` ([N, ...] -> [N]), reduced over
     every non-batch dim; ``sum(g_i^2)`` exactly when ``center == 0``.
 
-    Any floating dtype (fp16/bf16 accumulate in float32 and return their own dtype), any layout,
+    Any floating dtype (fp16/bf16 accumulate in float32 and return float32), any layout,
     differentiable to any order. One deterministic pass forward, one pass backward.
     """
     _checks.check_floating(g, "g")
     if g.dim() == 0:
         raise ValueError("g must have a batch dimension, got a 0-dimensional tensor")
-    _checks.check_nonnegative(center, "center")
-    if _backend.use_compiled(g.device):
-        return torch.ops.gan_kernels.gradient_penalty(g, float(center))
+    center = _checks.nonnegative(center, "center")
+    if _backend.use_compiled(g.device, g):
+        return torch.ops.gan_kernels.gradient_penalty(g, center)
     return reference.per_sample_penalty(g, center)
 
 
@@ -44,14 +51,15 @@ def _backward_of_backward(upstream, grad, g, center):
     u = upstream.to(compute).reshape(n, m)
     gc = g.to(compute).reshape(n, m)
     go = grad.to(compute)
-    dot = (u * gc).sum(1)
+    dot = reference.row_sums(u * gc)
     if center == 0:
         grad_grad = 2 * dot
         grad_g = (2 * go)[:, None] * u
     else:
-        sum_squares = gc.square().sum(1)
-        nonzero = sum_squares > 0
+        sum_squares = reference.row_sums(gc.square())
+        nonzero = sum_squares != 0
         inv_norm = torch.where(nonzero, sum_squares.where(nonzero, 1.0).rsqrt(), 0.0)
+        inv_norm = inv_norm.where(sum_squares.isfinite(), float("nan"))  # a diverged sample
         scale = torch.where(nonzero, 2 * (1 - center * inv_norm), 0.0)
         grad_grad = scale * dot
         grad_g = (go * scale)[:, None] * u + (2 * center * go * dot * inv_norm.pow(3))[:, None] * gc
@@ -82,7 +90,10 @@ def _backward_backward(ctx, upstream):
 
 
 def register():
-    torch.library.register_fake("gan_kernels::gradient_penalty", lambda g, center: g.new_empty(g.shape[:1]))
+    torch.library.register_fake(
+        "gan_kernels::gradient_penalty",
+        lambda g, center: g.new_empty(g.shape[:1], dtype=reference._compute_dtype(g)),
+    )
     torch.library.register_fake(
         "gan_kernels::gradient_penalty_backward", lambda grad, g, center: torch.empty_like(g)
     )

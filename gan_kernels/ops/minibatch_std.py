@@ -6,20 +6,13 @@ from .. import _backend, _checks, reference
 EPS = 1e-8  # StyleGAN2's, inside the sqrt; not a parameter of the layer
 
 
-def _check_count(value, arg):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{arg} must be >= 1, got {value}")
-
-
 def _check_args(x, group_size, num_channels):
-    """The checks of csrc/ops/minibatch_std.cpp, with the same messages."""
+    """The checks of csrc/ops/minibatch_std.cpp, with the same messages; returns the counts as ints."""
     _checks.check_floating(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
-    _check_count(group_size, "group_size")
-    _check_count(num_channels, "num_channels")
+    group_size = _checks.count(group_size, "group_size")
+    num_channels = _checks.count(num_channels, "num_channels")
     n, c = x.shape[0], x.shape[1]
     if not (c > 0 and c % num_channels == 0):
         raise ValueError(
@@ -32,6 +25,7 @@ def _check_args(x, group_size, num_channels):
             f"batch size N={n} is not divisible by group size G={g}; "
             f"use a batch size that is a multiple of {g} or a group_size that divides {n}"
         )
+    return group_size, num_channels
 
 
 def minibatch_std(x, group_size=4, num_channels=1):
@@ -45,8 +39,8 @@ def minibatch_std(x, group_size=4, num_channels=1):
     """
     if group_size is None and isinstance(x, torch.Tensor) and x.dim() == 4:
         group_size = max(x.shape[0], 1)
-    _check_args(x, group_size, num_channels)
-    if _backend.use_compiled(x.device):
+    group_size, num_channels = _check_args(x, group_size, num_channels)
+    if _backend.use_compiled(x.device, x):
         return torch.ops.gan_kernels.minibatch_std(x, group_size, num_channels)
     return reference.minibatch_std(x, group_size, num_channels)
 
@@ -149,6 +143,7 @@ def _double_backward_backward(ctx, w_grad, w_x):
         xg, ug, wg = grouped(x), grouped(upstream), grouped(w_x)
         d = xg - xg.mean(dim=0)
         s = (d.square().mean(dim=0) + EPS).sqrt()
+        d = d - d.mean(dim=0)  # the kernels' centring (csrc/cuda/minibatch_std_layout.h)
         u_centred = ug - ug.mean(dim=0)
         p = (ug * d).sum(dim=0)
         if want_grad:

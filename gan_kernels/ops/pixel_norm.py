@@ -11,9 +11,11 @@ def pixel_norm(x, dim=1, eps=1e-8):
     differentiable to any order.
     """
     _checks.check_floating(x, "x")
-    _checks.wrap_dim(dim, x, "dim")
-    _checks.check_nonnegative(eps, "eps")
-    if _backend.use_compiled(x.device):
+    dim = _checks.wrap_dim(dim, x, "dim")
+    eps = _checks.nonnegative(eps, "eps")
+    if x.dim() == 0:  # the kernels index a dim; a 0-d tensor is one vector of one element
+        return pixel_norm(x.reshape(1), 0, eps).reshape(())
+    if _backend.use_compiled(x.device, x):
         return torch.ops.gan_kernels.pixel_norm(x, dim, eps)
     return reference.pixel_norm(x, dim, eps)
 

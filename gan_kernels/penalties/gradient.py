@@ -26,7 +26,7 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     """
     _checks.check_floating(outputs, "outputs")
     _checks.check_floating(inputs, "inputs")
-    _checks.check_nonnegative(center, "center")
+    center = _checks.nonnegative(center, "center")
     if inputs.dim() == 0:
         raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
     if not inputs.requires_grad:
@@ -105,21 +105,21 @@ def interpolates(real, fake, generator=None):
 def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
     """WGAN-GP (Gulrajani et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` on per-sample
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
-    _checks.check_nonnegative(weight, "weight")
+    weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
     return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
 
 def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
-    _checks.check_nonnegative(gamma, "gamma")
+    gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(real, "real")
     return _weighted_penalty_at(D, real, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
 def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
-    _checks.check_nonnegative(gamma, "gamma")
+    gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(fake, "fake")
     return _weighted_penalty_at(D, fake, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
@@ -133,14 +133,14 @@ def dragan_points(real, perturbation=0.5, std=None, generator=None):
     per-sample interpolation between X and the perturbed X). ``std=None``: the population std of
     ``real`` over the whole batch. Under data parallelism each rank holds a slice of the batch: pass
     ``std=gan_kernels.distributed.global_std(real)`` to perturb by the whole batch's std, as one
-    process would."""
-    _checks.check_nonnegative(perturbation, "perturbation")
+    process would. A tensor ``std`` is used as it is, without reading its value (no device sync)."""
+    perturbation = _checks.nonnegative(perturbation, "perturbation")
     _check_samples(real, "real")
     r = real.detach()
     if std is None:
         std = r.std(correction=0)
     elif not isinstance(std, torch.Tensor):
-        _checks.check_nonnegative(std, "std")
+        std = _checks.nonnegative(std, "std")
     elif std.numel() != 1:
         raise ValueError(f"std must be a number or a one-element tensor, got a tensor of shape {list(std.shape)}")
     noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
@@ -154,7 +154,7 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwa
     ``(real, perturbation, std, generator)``: ``real + alpha * perturbation * std * U``,
     ``alpha ~ U(0,1)`` per sample, ``U ~ U(0,1)`` per element, std the population std of ``real``
     over the whole batch unless given."""
-    _checks.check_nonnegative(weight, "weight")
+    weight = _checks.nonnegative(weight, "weight")
     x = dragan_points(real, perturbation, std, generator)
     return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
@@ -162,6 +162,6 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwa
 def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
     """Zero-centred GP (Thanh-Tung et al. 2019): ``weight * mean_i sum(g_i^2)`` on per-sample
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
-    _checks.check_nonnegative(weight, "weight")
+    weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
     return _weighted_penalty_at(D, x, 0.0, weight, d_args, d_kwargs, scaler)

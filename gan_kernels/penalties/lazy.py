@@ -1,10 +1,10 @@
 """Lazy regularisation (StyleGAN2): run the penalty every ``interval`` steps only, scaled by
 ``interval`` so its average strength is unchanged, and correct Adam for the extra steps."""
+from .. import _checks
 
 
 def _check_interval(interval):
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(f"interval must be an integer >= 1, got {interval!r}")
+    return _checks.count(interval, "interval")
 
 
 class LazyRegularizer:
@@ -18,8 +18,7 @@ class LazyRegularizer:
     """
 
     def __init__(self, interval):
-        _check_interval(interval)
-        self.interval = interval
+        self.interval = _check_interval(interval)
 
     def due(self, step):
         return step % self.interval == 0
@@ -39,6 +38,6 @@ class LazyRegularizer:
 def lazy_adam_hyperparameters(lr, betas, interval):
     """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
     ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
-    _check_interval(interval)
+    interval = _check_interval(interval)
     ratio = interval / (interval + 1)
     return lr * ratio, tuple(beta**ratio for beta in betas)

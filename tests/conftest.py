@@ -1,0 +1,27 @@
+"""Every test case parametrized with device="cuda" refuses the pure-PyTorch fallback: on a machine
+whose build lacks CUDA kernels it fails instead of testing the reference on CUDA tensors and
+passing (tests/test_cuda.py guards its own cases the same way). Forcing the reference with
+GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is meant to run."""
+import pytest
+
+import gan_kernels
+from gan_kernels import _backend
+
+
+def runs_on_cuda(item):
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("device") == "cuda"
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if runs_on_cuda(item) and _backend.IMPL != "reference":
+            item.add_marker(pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"))
+
+
+@pytest.fixture(autouse=True)
+def cuda_cases_run_our_cuda_kernels(request):
+    # The warning comes once per process, so the backend itself is checked too.
+    if runs_on_cuda(request.node) and _backend.IMPL != "reference":
+        info = gan_kernels.backend()
+        assert info.impl == "compiled" and info.cuda, f"a CUDA case would only test the fallback: {info}"

@@ -1,0 +1,450 @@
+"""Every CUDA code path of every launcher, and the promises the CUDA kernels make (bitwise determinism,
+the current stream, CUDA-graph capture), on the GPU only.
+
+Each launcher branch named in csrc/cuda has a case here: vector widths, cached and uncached tiles,
+the shared-memory bands of the pixel-norm cache, grid-stride loops past the 2^20-block cap,
+multi-block and more-than-32 spectral-norm layers, multi-chunk penalties, many-tile minibatch
+stddev. Every test fails if the pure-PyTorch fallback ran instead of our kernels: the module's
+fixture asserts that the compiled CUDA backend is active, and FallbackWarning is an error.
+Sizes are the smallest that reach each path; the largest (the grid-stride cases) move under 2 GB.
+"""
+import functools
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import FLOAT_DTYPES, assert_close
+
+import gan_kernels
+from gan_kernels import _backend, reference
+from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_BLOCKS = 2**20  # the grid cap of every elementwise launcher: larger inputs loop
+
+
+def dtype_id(dtype):  # "float32", not "dtype0": scripts/gpu_verify.py selects tests by these names
+    return str(dtype).replace("torch.", "")
+
+
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+    pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"),
+]
+
+
+@pytest.fixture(autouse=True)
+def our_cuda_kernels_are_active():
+    if _backend.IMPL == "reference":  # make test's second pass; scripts/gpu_verify.py sets auto
+        pytest.skip("GAN_KERNELS_IMPL=reference forces the fallback these tests refuse")
+    info = gan_kernels.backend()
+    assert info.impl == "compiled" and info.cuda, f"these tests would only test the fallback: {info}"
+
+
+def test_cuda_entry_point_requires_and_finds_the_cuda_kernels():
+    result = subprocess.run([sys.executable, "-m", "gan_kernels", "--require-cuda"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "our kernels ran on the GPU" in result.stdout
+
+
+def forward_and_grad(fn, x, grad_out):
+    x = x.detach().requires_grad_()
+    y = fn(x)
+    (dx,) = torch.autograd.grad(y, x, grad_out)
+    return y, dx
+
+
+def assert_matches_reference(ours, ref, x):
+    """Forward and backward of `ours` against `ref` on the same values and dtype."""
+    torch.manual_seed(3)
+    y_ref = ref(x)
+    grad_out = torch.randn(y_ref.shape, dtype=y_ref.dtype, device=y_ref.device)
+    for got, want in zip(forward_and_grad(ours, x, grad_out), forward_and_grad(ref, x, grad_out)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert_close(got, want)
+
+
+# ---- pixel norm --------------------------------------------------------------------------------
+
+# Channels around the limits of the shared-memory tile cache (48 KiB less the reduction's static
+# arrays): the cache's last and the uncached path's first channel counts, forward and backward.
+# Each dtype's tile is 32 bytes of inner positions per channel, so the cache takes 32 bytes per
+# channel (64 in the backward, which caches the gradient too); the static arrays take 1 KiB
+# (float accumulators) or 2 KiB (double), twice that in the backward.
+PIXEL_NORM_BANDS = {
+    torch.float32: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
+    torch.float16: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
+    torch.bfloat16: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
+    torch.float64: [1472, 1473, 1536, 1537, 704, 705, 768, 769],
+}
+
+
+@pytest.mark.parametrize("dtype,channels", [(d, c) for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
+                         ids=[f"{dtype_id(d)}-{c}" for d, cs in PIXEL_NORM_BANDS.items() for c in cs])
+def test_cuda_pixel_norm_tile_cache_limits(dtype, channels):
+    # Up to 1536 (forward) and 768 (backward) channels the cache alone fits in 48 KiB; with the
+    # static arrays the launch failed with "invalid argument" from a band below that (issue 12).
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, 3, 5, dtype=dtype, device="cuda")
+    assert_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x)
+
+
+PIXEL_NORM_PATHS = {
+    "rows_16byte": ((4, 64, 3, 5), torch.channels_last),  # inner 1, channels a multiple of every width
+    "rows_scalar": ((4, 67, 3, 5), torch.channels_last),
+    "tiles_cached": ((2, 64, 5, 7), torch.contiguous_format),  # 35 positions: a partial last tile
+    "tiles_uncached": ((2, 2048, 3, 5), torch.contiguous_format),
+}
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("path", list(PIXEL_NORM_PATHS))
+def test_cuda_pixel_norm_paths(path, dtype):
+    shape, memory_format = PIXEL_NORM_PATHS[path]
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
+    assert_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x)
+
+
+@pytest.mark.parametrize("path", ["rows", "tiles"])
+def test_cuda_pixel_norm_grid_stride_past_the_block_cap(path):
+    torch.manual_seed(2)
+    if path == "rows":  # 8 rows (warps) per block
+        x = torch.randn(8 * MAX_BLOCKS + 24, 2, device="cuda")
+    else:  # one 8-position fp32 tile per sample
+        x = torch.randn(MAX_BLOCKS + 3, 2, 1, 8, device="cuda")
+    assert_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x)
+
+
+# ---- bias_act ----------------------------------------------------------------------------------
+
+BIAS_ACT_PATHS = {
+    # C and H*W multiples of 8: every dtype's 16-byte groups lie in one channel (NCHW) or span
+    # consecutive channels (channels_last).
+    "16byte_nchw": ((2, 16, 4, 8), torch.contiguous_format),
+    "16byte_channels_last": ((2, 16, 4, 8), torch.channels_last),
+    "scalar": ((2, 5, 3, 3), torch.contiguous_format),
+}
+# swish with a clamp: forward, gradient from x and the second derivative; lrelu without a clamp:
+# the gradient from the saved output y.
+BIAS_ACT_ACTS = {"swish_clamp": dict(act="swish", clamp=1.5), "lrelu": dict(act="lrelu")}
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("path", list(BIAS_ACT_PATHS))
+@pytest.mark.parametrize("act", list(BIAS_ACT_ACTS))
+def test_cuda_bias_act_paths(path, act, dtype):
+    shape, memory_format = BIAS_ACT_PATHS[path]
+    kwargs = BIAS_ACT_ACTS[act]
+    torch.manual_seed(4)
+    x = torch.randn(shape, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
+    b = torch.randn(shape[1], dtype=dtype, device="cuda")
+    assert_matches_reference(lambda t: gan_kernels.bias_act(t, b, **kwargs),
+                             lambda t: reference.bias_act(t, b, **kwargs), x)
+    if act == "swish_clamp":  # the Grad2 kernel: d/dx of the gradient
+        grad_out = torch.randn_like(x)
+        upstream = torch.randn_like(x)
+
+        def second(fn):
+            leaf = x.detach().requires_grad_()
+            (dx,) = torch.autograd.grad(fn(leaf, b, **kwargs), leaf, grad_out, create_graph=True)
+            return torch.autograd.grad(dx, leaf, upstream)[0]
+
+        assert_close(second(gan_kernels.bias_act), second(reference.bias_act))
+
+
+def test_cuda_bias_act_grid_stride_past_the_block_cap():
+    # An odd length takes the one-element path: 256 elements per block, so 2^28 + 1 need the loop.
+    torch.manual_seed(5)
+    x = torch.randn(256 * MAX_BLOCKS + 1, dtype=torch.float16, device="cuda")
+    y = gan_kernels.bias_act(x, dim=0, act="lrelu")
+    tail = slice(256 * MAX_BLOCKS - 1000, None)  # the end of the first round and the loop's second
+    assert_close(y[tail], reference.bias_act(x[tail], dim=0, act="lrelu"))
+    assert_close(y[:1000], reference.bias_act(x[:1000], dim=0, act="lrelu"))
+
+
+# ---- gradient penalty --------------------------------------------------------------------------
+
+# 8200 and 14700 elements per sample: two 8192-element chunks; 8195 is no multiple of any vector width.
+PENALTY_SHAPES = [(3, 8200), (3, 3, 70, 70), (3, 8195)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("shape", PENALTY_SHAPES, ids=lambda shape: "x".join(map(str, shape[1:])))
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_cuda_penalty_several_chunks_per_sample(shape, center, dtype):
+    torch.manual_seed(6)
+    g = torch.randn(shape, dtype=dtype, device="cuda")
+    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, center),
+                             lambda t: reference.per_sample_penalty(t, center), g)
+
+
+@pytest.mark.parametrize("center", [0.0, 1.0])
+def test_cuda_penalty_grid_stride_past_the_block_cap(center):
+    # One element per sample: one chunk task per sample, and 8 samples per block in the final pass.
+    torch.manual_seed(7)
+    g = torch.randn(8 * MAX_BLOCKS + 24, 1, device="cuda")
+    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, center),
+                             lambda t: reference.per_sample_penalty(t, center), g)
+
+
+# ---- minibatch stddev --------------------------------------------------------------------------
+
+
+def assert_minibatch_std_matches_reference(x):
+    assert_matches_reference(lambda t: gan_kernels.minibatch_std(t, 4, 1),
+                             lambda t: reference.minibatch_std(t, 4, 1), x)
+    grad_out = torch.randn(x.shape[0], x.shape[1] + 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    upstream = torch.randn_like(x)
+
+    def second(fn):  # the double-backward kernel, as R1 runs it
+        leaf = x.detach().requires_grad_()
+        (dx,) = torch.autograd.grad(fn(leaf, 4, 1), leaf, grad_out, create_graph=True)
+        return torch.autograd.grad(dx, leaf, upstream)[0]
+
+    assert_close(second(gan_kernels.minibatch_std), second(reference.minibatch_std))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_cuda_minibatch_std_many_tiles(dtype, memory_format):
+    # 512 channels x 256 pixels per feature block, 2048 positions per tile: 64 tiles per block.
+    torch.manual_seed(8)
+    x = torch.randn(8, 512, 16, 16, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
+    assert_minibatch_std_matches_reference(x)
+
+
+def test_cuda_minibatch_std_grid_stride_past_the_block_cap():
+    # Groups of 4 one-pixel samples: one tile and one (group, feature) per group, 2^20 + 1 groups.
+    # float64: among a million groups of 4 values some have a tiny spread, where the double
+    # backward's 1/s^3 turns float32 rounding into visible differences.
+    torch.manual_seed(9)
+    x = torch.randn(4 * (MAX_BLOCKS + 1), 1, 1, 1, dtype=torch.float64, device="cuda")
+    assert_minibatch_std_matches_reference(x)
+
+
+# ---- spectral norm -----------------------------------------------------------------------------
+
+# "many": 40 layers (two launches of up to 32). Layer 0 (512 x 4608, a 3x3 conv of 512 channels)
+# needs the per-layer cap of 256 normalisation blocks and loops over them; layers 1 and 35 need 2
+# and 3 blocks. "small": four one-block layers, cheap enough for the race checker.
+SPECTRAL_SHAPES = {
+    "many": [(512, 512, 3, 3), (64, 128)] + [(3 + i, 2 + 3 * i) for i in range(33)] + [(96, 100)] + [(5, 4, 3, 3)] * 4,
+    "small": [(7, 5), (16, 8, 3, 3), (33, 40), (4, 3, 2, 2)],
+}
+
+
+def spectral_layers(layers, dtype):
+    torch.manual_seed(10)
+    weights = [torch.randn(shape, dtype=dtype, device="cuda") for shape in SPECTRAL_SHAPES[layers]]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=dtype, device="cuda"), dim=0) for w in weights]
+    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), dtype=dtype, device="cuda"), dim=0) for w in weights]
+    upstream = [torch.randn_like(w) for w in weights]
+    return weights, us, vs, upstream
+
+
+def spectral_step(weights, us, vs, upstream, ours=True):
+    """One power iteration, the normalised weights and their gradients, by our ops or the reference:
+    [sigmas, *us, *vs, *outs, *grads]."""
+    us, vs, dims = [u.clone() for u in us], [v.clone() for v in vs], [0] * len(weights)
+    detached = [w.detach() for w in weights]
+    leaves = [w.detach().requires_grad_() for w in weights]
+    if ours:
+        sigmas = gan_kernels.spectral_norm_power_iteration_(detached, us, vs, dims, 1, 1e-12)
+        outs = gan_kernels.spectral_norm_normalize(leaves, us, vs, sigmas, dims)
+    else:
+        sigmas = reference.spectral_norm_power_iteration_(detached, us, vs, dims, 1, 1e-12)
+        outs = reference.spectral_norm_normalize(leaves, us, vs, dims)
+    grads = torch.autograd.grad(outs, leaves, upstream)
+    return [sigmas, *us, *vs, *outs, *grads]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+def test_cuda_spectral_norm_batched_equals_per_layer_bitwise(dtype):
+    # Before each layer got its own block count, layers 1 and 35 summed <G, W> over as many blocks
+    # as the largest layer of their launch: other bits than alone (issue 12).
+    weights, us, vs, upstream = spectral_layers("many", dtype)
+    batched = spectral_step(weights, us, vs, upstream)
+    count = len(weights)
+    for layer in range(count):
+        one = slice(layer, layer + 1)
+        alone = spectral_step(weights[one], us[one], vs[one], upstream[one])
+        assert torch.equal(batched[0][layer], alone[0][0]), f"sigma of layer {layer}"
+        for part, got in enumerate(alone[1:]):  # u, v, W / sigma, its gradient
+            assert torch.equal(batched[1 + part * count + layer], got), f"layer {layer}, output {part}"
+
+
+@pytest.mark.parametrize("layers", list(SPECTRAL_SHAPES))
+def test_cuda_spectral_norm_matches_reference(layers):
+    weights, us, vs, upstream = spectral_layers(layers, torch.float32)
+    ours = spectral_step(weights, us, vs, upstream)
+
+    def wide(ts):
+        return [t.double() for t in ts]
+
+    want = spectral_step(wide(weights), wide(us), wide(vs), wide(upstream), ours=False)
+    for got, expected in zip(ours, want, strict=True):
+        assert_close(got, expected.float())
+
+
+# ---- every op: determinism, the current stream, CUDA graphs ------------------------------------
+
+
+def spectral_normalised(shape):
+    """W -> W / sigma after one power iteration from the same u, v on every call."""
+    torch.manual_seed(11)
+    u0 = torch.nn.functional.normalize(torch.randn(shape[0], device="cuda"), dim=0)
+    v0 = torch.nn.functional.normalize(torch.randn(math.prod(shape[1:]), device="cuda"), dim=0)
+
+    def normalised(w):
+        u, v = u0.clone(), v0.clone()
+        sigmas = gan_kernels.spectral_norm_power_iteration_([w.detach()], [u], [v], [0], 1, 1e-12)
+        return gan_kernels.spectral_norm_normalize([w], [u], [v], sigmas, [0])[0]
+
+    return normalised
+
+
+# Each op as a function of one input, at shapes that reach its multi-chunk, many-tile or
+# multi-block paths: (input shape, maker of the function).
+PROGRAMS = {
+    "pixel_norm": ((4, 64, 8, 8), lambda shape: gan_kernels.pixel_norm),
+    "bias_act": ((4, 32, 8, 8), lambda shape: functools.partial(
+        gan_kernels.bias_act, b=torch.randn(shape[1], device="cuda"), act="swish", clamp=1.5)),
+    "penalty_c1": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=1.0)),
+    "penalty_c0": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=0.0)),
+    "minibatch_std": ((8, 512, 16, 16), lambda shape: functools.partial(gan_kernels.minibatch_std, group_size=4)),
+    "spectral_norm": ((512, 512, 3, 3), spectral_normalised),
+}
+
+
+def program_inputs(name, seed):
+    """The op, an input, and the weights of the backward and double backward."""
+    shape, make = PROGRAMS[name]
+    torch.manual_seed(seed)
+    fn = make(shape)
+    x = torch.randn(shape, device="cuda")
+    y = fn(x)
+    return fn, x, torch.randn_like(y), torch.randn_like(x)
+
+
+def forward_backward_double(fn, x, grad_out, upstream):
+    """y = fn(x), dx = dy/dx^T grad_out, and d<dx, upstream>/dx: forward, backward, double backward."""
+    leaf = x.detach().requires_grad_()
+    y = fn(leaf)
+    (dx,) = torch.autograd.grad(y, leaf, grad_out, create_graph=True)
+    (ddx,) = torch.autograd.grad(dx, leaf, upstream)
+    return [y.detach(), dx.detach(), ddx]
+
+
+def assert_all_equal(got, want):
+    for index, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(a, b), f"output {index} (forward, backward, double backward) differs"
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_cuda_forward_backward_double_backward_are_bitwise_deterministic(name):
+    fn, x, grad_out, upstream = program_inputs(name, 12)
+    first = forward_backward_double(fn, x, grad_out, upstream)
+    for _ in range(2):
+        assert_all_equal(forward_backward_double(fn, x, grad_out, upstream), first)
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_cuda_kernels_run_on_the_current_stream(name):
+    fn, x, grad_out, upstream = program_inputs(name, 13)
+    expected = forward_backward_double(fn, x, grad_out, upstream)
+    late = torch.full_like(x, float("nan"))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        # The input is written only after a long sleep on this stream: a kernel launched on any
+        # other stream would read the NaNs.
+        torch.cuda._sleep(200_000_000)
+        late.copy_(x)
+        got = forward_backward_double(fn, late, grad_out, upstream)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert_all_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", list(PROGRAMS))
+def test_cuda_graph_capture_and_replay_equal_eager(name):
+    fn, x, grad_out, upstream = program_inputs(name, 14)
+    static_x = x.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture, as torch.cuda.graphs recommends
+        forward_backward_double(fn, static_x, grad_out, upstream)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward_backward_double(fn, static_x, grad_out, upstream)
+    for seed in (15, 16):  # replays on new values must follow them
+        torch.manual_seed(seed)
+        new_x = torch.randn_like(x)
+        static_x.copy_(new_x)
+        graph.replay()
+        assert_all_equal(static_out, forward_backward_double(fn, new_x, grad_out, upstream))
+
+
+class SmallD(torch.nn.Module):
+    """A StyleGAN2-flavoured D on 16x16 images built from our layers: bias_act in every layer,
+    minibatch stddev, and (through R1) the penalty and every op's double backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.from_rgb = EqualizedConv2d(3, 32, 1, activation="lrelu", conv_clamp=256)
+        self.conv0 = EqualizedConv2d(32, 64, 3, activation="lrelu", conv_clamp=256, stride=2)
+        self.mbstd = MinibatchStd(4, 1)
+        self.conv1 = EqualizedConv2d(65, 64, 3, activation="lrelu", conv_clamp=256)
+        self.fc = EqualizedLinear(64 * 8 * 8, 64, activation="lrelu")
+        self.out = EqualizedLinear(64, 1)
+
+    def forward(self, x):
+        x = self.conv1(self.mbstd(self.conv0(self.from_rgb(x))))
+        return self.out(self.fc(gan_kernels.pixel_norm(x).flatten(1)))
+
+
+def r1_step(d, real):
+    """Non-saturating loss on reals with R1 (gamma 10): the regularised D step's gradients."""
+    x = real.detach().requires_grad_()
+    logits = d(x)
+    r1 = gan_kernels.gradient_penalty(logits, x, center=0.0)
+    loss = torch.nn.functional.softplus(-logits).mean() + 5.0 * r1.mean()
+    return torch.autograd.grad(loss, list(d.parameters()))
+
+
+def test_cuda_graph_of_a_whole_r1_discriminator_step(monkeypatch):
+    # Deterministic full-precision convolutions and products, so the captured and the eager step
+    # differ only by the order of float sums, if cuDNN or cuBLAS pick other algorithms in the capture.
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(17)
+    d = SmallD().cuda()
+    with torch.no_grad():
+        for name, p in d.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    static_real = torch.randn(8, 3, 16, 16, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            r1_step(d, static_real)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_grads = r1_step(d, static_real)
+    torch.manual_seed(18)
+    real = torch.randn_like(static_real)
+    static_real.copy_(real)
+    graph.replay()
+    eager = r1_step(d, real)
+    for got, want in zip(static_grads, eager, strict=True):
+        assert want.abs().sum() > 0
+        assert_close(got, want)
