@@ -54,7 +54,9 @@ def all_reduce_gradients(module, group=None):
     params = [p for p in module.parameters() if p.requires_grad]
     for name, p in module.named_parameters():
         if p.grad is not None and p.grad.layout != torch.strided:
-            raise ValueError(f"the gradient of {name} is {p.grad.layout}; all_reduce_gradients handles dense gradients only")
+            raise ValueError(
+                f"the gradient of {name} is {p.grad.layout}; all_reduce_gradients handles dense gradients only"
+            )
     with torch.no_grad():
         for members in _by_device_and_dtype(params):
             present = torch.tensor(
@@ -112,7 +114,8 @@ def global_std(x, group=None):
     values = x.detach().to(torch.float64)
     # Two passes (mean, then squared deviations), as x.std does, rather than E[x^2] - E[x]^2,
     # which cancels catastrophically when the mean is large against the spread.
-    count_and_sum = torch.stack([torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device), values.sum()])
+    local_count = torch.tensor(float(values.numel()), dtype=values.dtype, device=values.device)
+    count_and_sum = torch.stack([local_count, values.sum()])
     dist.all_reduce(count_and_sum, group=group)
     count, total = count_and_sum.tolist()
     if count == 0:

@@ -455,7 +455,8 @@ def test_scenario(group_results, scenario, world_size):
     lambda: global_std(torch.randn(3)),
 ], ids=["all_reduce_gradients", "broadcast_state", "global_std"])
 def test_without_init_process_group_the_error_says_what_to_call(call):
-    with pytest.raises(RuntimeError, match=r"torch.distributed is not initialized: call torch.distributed.init_process_group\(\)"):
+    expected = r"torch.distributed is not initialized: call torch.distributed.init_process_group\(\)"
+    with pytest.raises(RuntimeError, match=expected):
         call()
 
 
