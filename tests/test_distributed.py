@@ -3,11 +3,12 @@
 One spawned group of 3 processes runs every scenario below in turn, on all 3 ranks and on a
 2-rank subgroup (spawning is the slow part, and the subgroup also exercises the functions' group
 argument); each rank records per scenario whether it passed, and one pytest test per scenario and
-world size reads the records. Training scenarios train a discriminator with each penalty helper, wrapped in
-DistributedDataParallel or with gan_kernels.distributed.all_reduce_gradients, and check after every
-step that all ranks hold bitwise identical parameters and buffers (spectral norm's u, v) and that
-rank 0's equal, to float64 round-off, those of one process that ran the same steps on the
-concatenated batch with the same random draws.
+world size reads the records. Training scenarios train a discriminator with each penalty helper,
+wrapped in DistributedDataParallel or with gan_kernels.distributed.all_reduce_gradients, and check
+after every step that all ranks hold bitwise identical parameters and buffers (spectral norm's u,
+v) and that rank 0's equal, to float64 round-off, those of one process that ran the same steps on
+the concatenated batch with the same random draws (minibatch stddev grouping each rank's slice, as
+the ranks do, or the whole batch for MinibatchStd(process_group=)).
 """
 import datetime
 import json
@@ -24,14 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 import gan_kernels
 from gan_kernels import penalties
-from gan_kernels.distributed import all_reduce_gradients, broadcast_state, global_std
+from gan_kernels.distributed import all_gather_batch, all_reduce_gradients, broadcast_state, global_std
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd, PixelNorm, batch_spectral_norm, spectral_norm
 
 from helpers import TOLERANCES
 
 WORLD_SIZES = [2, 3]
 BATCH_PER_RANK = 4
-GROUP_SIZE = 4  # minibatch stddev groups within each rank's batch, as StyleGAN's training does
+GROUP_SIZE = 4  # minibatch stddev's; BATCH_PER_RANK is a multiple of it, so each rank's batch has whole groups
 STEPS = 3
 LAZY_INTERVAL = 2
 COLLECTIVE_TIMEOUT_S = 30
@@ -328,6 +329,11 @@ def bad_arguments_name_themselves(group):
         all_reduce_gradients(DistributedDataParallel(torch.nn.Linear(2, 2), process_group=group), group)
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got Tensor"):
         all_reduce_gradients(torch.zeros(2))
+    # Refused on the rank itself, before the collective the other ranks would wait in.
+    with pytest.raises(ValueError, match=r"x must be a 4-D tensor \[N, C, H, W\], got shape \[4, 3\]"):
+        MinibatchStd(GROUP_SIZE, process_group=group)(torch.randn(4, 3))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor with a batch dimension"):
+        all_gather_batch(torch.tensor(1.0), group)
 
 
 SCENARIOS = {
