@@ -1,7 +1,7 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
-from . import nn, penalties, reference
+from . import distributed, nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
     bias_act,
@@ -20,6 +20,7 @@ __all__ = [
     "FallbackWarning",
     "backend",
     "bias_act",
+    "distributed",
     "gradient_penalty",
     "minibatch_std",
     "nn",

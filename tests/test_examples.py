@@ -1,6 +1,9 @@
 """Smoke tests of the examples (a few iterations each) and their metrics on hand-made samples."""
 import dataclasses
 import os
+import signal
+import socket
+import subprocess
 import sys
 
 import pytest
@@ -101,3 +104,28 @@ def test_digits_coverage_metric_on_real_digits():
     one_class = images[labels == 7]
     produced, entropy, _ = digits.class_coverage(classifier, one_class)
     assert produced <= 2 and entropy < 0.3
+
+
+def test_distributed_example_runs_under_torchrun():
+    # Two gloo processes on 127.0.0.1 for a few steps; the example exits 1 if the ranks' parameters
+    # differ at the end. Its own session, so that a timeout ends torchrun's workers too.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "distributed.py")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={port}", example, "--steps", "3", "--print-every", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if "lo" in [name for _, name in socket.if_nameindex()]:
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    assert "step    3" in stdout
+    assert "parameters identical on all 2 ranks: True" in stdout

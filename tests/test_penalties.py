@@ -242,6 +242,23 @@ def constant_d(x):
     return torch.ones(x.shape[0], dtype=x.dtype)
 
 
+@pytest.mark.parametrize("as_tensor", [True, False])
+def test_dragan_std_replaces_the_batch_std(as_tensor):
+    # Under data parallelism the caller passes the whole batch's std (gan_kernels.distributed.global_std).
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    std = 3.0 * real.std(correction=0)
+    got = penalties.dragan(D, real, 7.0, std=std if as_tensor else std.item(),
+                           generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    noise = torch.rand(real.shape, dtype=real.dtype, generator=gen)
+    alpha = uniform_per_sample(real, gen)
+    expected = 7.0 * textbook_penalty(D, real + alpha * (0.5 * std * noise), 1.0, (), {}).mean()
+    assert_close(got, expected)
+    with_batch_std = penalties.dragan(D, real, 7.0, generator=torch.Generator().manual_seed(5))
+    assert not torch.allclose(got, with_batch_std)
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -267,6 +284,9 @@ def constant_d(x):
         (lambda D, r, f: penalties.r2(D, f, float("nan")), ValueError, "gamma must be a finite number >= 0"),
         (lambda D, r, f: penalties.dragan(D, r, 10.0, perturbation=-0.5), ValueError,
          "perturbation must be a finite number >= 0"),
+        (lambda D, r, f: penalties.dragan(D, r, 10.0, std=-1.0), ValueError, "std must be a finite number >= 0, got -1.0"),
+        (lambda D, r, f: penalties.dragan(D, r, 10.0, std=r.std(dim=0)), ValueError,
+         r"std must be a number or a one-element tensor, got a tensor of shape \[3, 4, 4\]"),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
         (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),

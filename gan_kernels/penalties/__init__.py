@@ -1,11 +1,12 @@
 """Gradient penalties for discriminators (WGAN-GP, R1, R2, DRAGAN, zero-centred GP) on the fused,
 twice-differentiable per-sample penalty op, plus lazy regularisation."""
-from .gradient import dragan, gradient_penalty, interpolates, r1, r2, wgan_gp, zero_centered_gp
+from .gradient import dragan, dragan_points, gradient_penalty, interpolates, r1, r2, wgan_gp, zero_centered_gp
 from .lazy import LazyRegularizer, lazy_adam_hyperparameters
 
 __all__ = [
     "LazyRegularizer",
     "dragan",
+    "dragan_points",
     "gradient_penalty",
     "interpolates",
     "lazy_adam_hyperparameters",

@@ -6,6 +6,7 @@ Every helper takes plain tensors, detaches them and enables gradients on its own
 the weighted scalar loss to add to the discriminator loss.
 """
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import _checks
 from ..ops.gradient_penalty import per_sample_penalty
@@ -68,11 +69,30 @@ def _per_sample_uniform(x, generator):
     return torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device, generator=generator)
 
 
-def _penalty_at(D, x, center, d_args, d_kwargs, scaler):
+def _check_data_parallel(D):
+    if isinstance(D, DistributedDataParallel) and D.static_graph:
+        raise ValueError(
+            "D is a DistributedDataParallel with static_graph=True: it all-reduces when the penalty takes "
+            "its input gradient with torch.autograd.grad, before the parameter gradients exist, so every rank "
+            "keeps different gradients; wrap D with static_graph=False (the default)"
+        )
+
+
+def _weighted_penalty_at(D, x, center, weight, d_args, d_kwargs, scaler):
+    """``weight * mean_i penalty_i`` at ``x``. Under DistributedDataParallel the loss also gets
+    ``0 * outputs`` (StyleGAN2's ``real_logits * 0 + loss_Dr1``): a penalty on the input gradient does
+    not depend on every parameter (not on D's last bias), and DDP's backward waits for a gradient of
+    every parameter of the forward before it reduces, so a penalty backpropagated on its own (lazy
+    regularisation) would otherwise leave gradients unreduced and fail at the next forward."""
     if not callable(D):
         raise TypeError(f"D must be callable (a module or function), got {type(D).__name__}")
+    _check_data_parallel(D)
     x = x.detach().requires_grad_(True)
-    return gradient_penalty(D(x, *d_args, **(d_kwargs or {})), x, center, scaler)
+    outputs = D(x, *d_args, **(d_kwargs or {}))
+    loss = weight * gradient_penalty(outputs, x, center, scaler).mean()
+    if isinstance(D, DistributedDataParallel):
+        loss = loss + (outputs * 0).sum()
+    return loss
 
 
 def interpolates(real, fake, generator=None):
@@ -87,39 +107,56 @@ def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
-    return weight * _penalty_at(D, x, 1.0, d_args, d_kwargs, scaler).mean()
+    return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
 
 def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(real, "real")
-    return gamma / 2 * _penalty_at(D, real, 0.0, d_args, d_kwargs, scaler).mean()
+    return _weighted_penalty_at(D, real, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
 def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(fake, "fake")
-    return gamma / 2 * _penalty_at(D, fake, 0.0, d_args, d_kwargs, scaler).mean()
+    return _weighted_penalty_at(D, fake, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
-def dragan(D, real, weight=10.0, *, perturbation=0.5, d_args=(), d_kwargs=None, scaler=None, generator=None):
-    """DRAGAN (Kodali et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` around the real data, at
+def dragan_points(real, perturbation=0.5, std=None, generator=None):
+    """DRAGAN's points around the real data, detached:
 
-        x = real + alpha * perturbation * std(real) * U,   alpha ~ U(0,1) per sample, U ~ U(0,1) per element,
+        x = real + alpha * perturbation * std * U,   alpha ~ U(0,1) per sample, U ~ U(0,1) per element,
 
     the perturbation of the authors' code (``X + 0.5 * X.std() * np.random.random(X.shape)``, then a
-    per-sample interpolation between X and the perturbed X); std over the whole batch, population std.
-    """
-    weight = _checks.nonnegative(weight, "weight")
+    per-sample interpolation between X and the perturbed X). ``std=None``: the population std of
+    ``real`` over the whole batch. Under data parallelism each rank holds a slice of the batch: pass
+    ``std=gan_kernels.distributed.global_std(real)`` to perturb by the whole batch's std, as one
+    process would. A tensor ``std`` is used as it is, without reading its value (no device sync)."""
     perturbation = _checks.nonnegative(perturbation, "perturbation")
     _check_samples(real, "real")
     r = real.detach()
+    if std is None:
+        std = r.std(correction=0)
+    elif not isinstance(std, torch.Tensor):
+        std = _checks.nonnegative(std, "std")
+    elif std.numel() != 1:
+        raise ValueError(f"std must be a number or a one-element tensor, got a tensor of shape {list(std.shape)}")
     noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
     alpha = _per_sample_uniform(r, generator)
-    x = r + alpha * (perturbation * r.std(correction=0) * noise)
-    return weight * _penalty_at(D, x, 1.0, d_args, d_kwargs, scaler).mean()
+    return r + alpha * (perturbation * std * noise)
+
+
+def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwargs=None, scaler=None,
+           generator=None):
+    """DRAGAN (Kodali et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` at :func:`dragan_points`
+    ``(real, perturbation, std, generator)``: ``real + alpha * perturbation * std * U``,
+    ``alpha ~ U(0,1)`` per sample, ``U ~ U(0,1)`` per element, std the population std of ``real``
+    over the whole batch unless given."""
+    weight = _checks.nonnegative(weight, "weight")
+    x = dragan_points(real, perturbation, std, generator)
+    return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
 
 def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
@@ -127,4 +164,4 @@ def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
-    return weight * _penalty_at(D, x, 0.0, d_args, d_kwargs, scaler).mean()
+    return _weighted_penalty_at(D, x, 0.0, weight, d_args, d_kwargs, scaler)
