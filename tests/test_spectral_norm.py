@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import torch
 from helpers import DEVICES, FLOAT_DTYPES, OPS_REGISTERED, assert_close, requires_ops, unregistered_autograd_is_an_error
@@ -558,3 +559,124 @@ def test_random_shapes_and_dims_match_reference(data, shape):
     for got, want in zip(gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
                          reference.spectral_norm_normalize(weights, us, vs, dims)):
         assert_close(got, want)
+
+
+# ---- unusual arguments to the ops ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["weights", "us", "vs", "sigmas"])
+def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
+    """A meta tensor anywhere made the dispatcher run the fake kernel for the whole call, returning
+    uninitialised values for the CPU layers."""
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    sigmas = torch.ones(2)
+    if entry == "sigmas":
+        sigmas = sigmas.to("meta")
+        match = "sigmas is on meta but weights\\[0\\] is on cpu"
+    else:
+        listed = dict(weights=weights, us=us, vs=vs)[entry]
+        listed[1] = listed[1].to("meta")
+        match = rf"{entry}\[1\] is on meta but weights\[0\] is on cpu"
+    calls = [lambda: gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)]
+    if OPS_REGISTERED:
+        calls += [lambda: normalize_op(weights, us, vs, sigmas, dims),
+                  lambda: normalize_backward_op([torch.ones_like(w) for w in weights], weights, us, vs, sigmas, dims)]
+    if entry != "sigmas":
+        calls.append(lambda: gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims))
+        if OPS_REGISTERED:
+            calls.append(lambda: power_op(weights, us, vs, dims, 1, 1e-12))
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_a_meta_grad_in_a_later_entry_of_the_backward_op_is_rejected():
+    if not OPS_REGISTERED:
+        pytest.skip("the backward op is only called directly")
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    grads = [torch.ones_like(weights[0]), torch.ones_like(weights[1], device="meta")]
+    with pytest.raises(ValueError, match=r"grads\[1\] is on meta but weights\[0\] is on cpu"):
+        normalize_backward_op(grads, weights, us, vs, torch.ones(2), dims)
+
+
+def test_u_or_v_shared_between_layers_is_rejected():
+    """The power iteration writes every u and v in place; one tensor for two layers would race."""
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", [((5, 7), 0), ((5, 3), 0)])
+    buffer = torch.randn(12)
+    cases = [
+        ([us[0], us[0]], vs, r"us\[0\] and us\[1\] share memory"),
+        ([buffer[:5], us[1]], [buffer[3:10], vs[1]], r"us\[0\] and vs\[0\] share memory"),
+    ]
+    calls = [gan_kernels.spectral_norm_power_iteration_] + ([power_op] if OPS_REGISTERED else [])
+    for call in calls:
+        for shared_us, shared_vs, match in cases:
+            with pytest.raises(ValueError, match=match + ".*every layer needs its own u and v tensors"):
+                call(weights, shared_us, shared_vs, dims, 1, 1e-12)
+        # Disjoint parts of one buffer are fine (the batched group passes such views).
+        gan_kernels.spectral_norm_power_iteration_(weights, [buffer[:5], buffer[5:10]], vs, dims, 1, 1e-12)
+
+
+def test_negative_dims_wrap_as_pytorch_does():
+    torch.manual_seed(18)
+    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    negative = [dim - w.dim() for dim, w in zip(dims, weights)]
+    us_neg, vs_neg = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
+    sigmas_neg = gan_kernels.spectral_norm_power_iteration_(weights, us_neg, vs_neg, negative, 2, 1e-12)
+    assert torch.equal(sigmas_neg, sigmas)
+    for got, want in zip(
+        gan_kernels.spectral_norm_normalize(weights, us_neg, vs_neg, sigmas_neg, negative),
+        gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
+    ):
+        assert torch.equal(got, want)
+    leaves = tuple(w.requires_grad_() for w in weights)
+    # The double backward reshapes by dim: with -1 it raised "shape ... is invalid".
+    assert torch.autograd.gradgradcheck(lambda *ws: tuple(normalised_weights(list(ws), us, vs, negative, 0)), leaves)
+    if OPS_REGISTERED:
+        def direct(*ws):  # the op called as torch.ops, without the public function's wrapping
+            detached = [w.detach() for w in ws]
+            sigmas = power_op(detached, [u.clone() for u in us], [v.clone() for v in vs], negative, 0, 1e-12)
+            return tuple(normalize_op(list(ws), us, vs, sigmas, negative))
+
+        assert torch.autograd.gradgradcheck(direct, leaves)
+
+
+@pytest.mark.parametrize("dim, error, match", [
+    (0.7, TypeError, r"dims\[0\] must be an int, got 0.7 \(float\)"),
+    (True, TypeError, r"dims\[0\] must be an int, got True \(bool\)"),
+    (torch.tensor(0), TypeError, r"dims\[0\] must be an int, got tensor\(0\) \(Tensor\)"),
+    (-3, IndexError, r"dims\[0\]=-3 is out of range for a tensor with 2 dimensions \(expected -2 <= dims\[0\] < 2\)"),
+    (2, IndexError, r"dims\[0\]=2 is out of range"),
+])
+def test_dims_that_are_not_an_int_in_range_are_rejected(dim, error, match):
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    with pytest.raises(error, match=match):
+        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, [dim, dims[1]])
+    with pytest.raises(error, match=match):
+        gan_kernels.spectral_norm_normalize(weights, us, vs, torch.ones(2), [dim, dims[1]])
+
+
+def test_numpy_integer_dims_and_scalars_are_accepted():
+    torch.manual_seed(19)
+    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    us_np, vs_np = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-6)
+    sigmas_np = gan_kernels.spectral_norm_power_iteration_(
+        weights, us_np, vs_np, [np.int64(d) for d in dims], np.int32(2), np.float32(1e-6)
+    )
+    assert torch.equal(sigmas_np, sigmas)
+
+
+@requires_ops
+def test_vmap_of_the_ops_is_a_clear_error():
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:1])
+    batch = torch.randn(3, *weights[0].shape)
+    sigmas = torch.ones(1)
+    for op_name, call in [
+        ("spectral_norm_normalize", lambda w: normalize_op([w], us, vs, sigmas, dims)[0]),
+        ("spectral_norm_normalize_backward", lambda w: normalize_backward_op([w], weights, us, vs, sigmas, dims)[0]),
+        ("spectral_norm_power_iteration_", lambda w: power_op([w], us, vs, dims, 1, 1e-12)),
+    ]:
+        with pytest.raises(NotImplementedError, match=f"gan_kernels::{op_name} has no vmap rule: it is already "
+                           "batched over layers, so pass the weights as a list"):
+            torch.func.vmap(call)(batch)
