@@ -1,4 +1,5 @@
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -281,6 +282,50 @@ def test_sigma_is_readable_after_each_forward():
     matrix = reference.spectral_weight_matrix(d.c1.parametrizations.weight.original.detach(), 0)
     assert_close(sigmas["c1.weight"], torch.vdot(u, matrix @ v))
     assert not sigmas["c1.weight"].requires_grad
+
+
+def test_grouped_model_can_be_deep_copied():
+    d = make_d(spectral_norm)
+    batch_spectral_norm(d)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    d(x)
+    twin = copy.deepcopy(d)
+    assert_identical(twin(x), d(x))  # both iterate once more from the same u, v
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batched_group_serves_concurrent_forwards_on_threads(training):
+    """Four threads run forward + backward through one grouped model at once: each must use the
+    W / sigma of its own forward (another thread's graph is freed by that thread's backward)."""
+    d = make_d(spectral_norm)
+    batch_spectral_norm(d)
+    d.train(training)
+    params = [p for _, p in sorted(d.named_parameters())]
+    torch.manual_seed(15)
+    inputs = [torch.randn(2, 3, 8, 8, dtype=torch.float64) for _ in range(4)]
+    # In eval u, v stay put, so each input's gradients are fixed numbers to compare with.
+    expected = [torch.autograd.grad(d(x).sum(), params) for x in inputs]
+    start = threading.Barrier(len(inputs))
+    results, errors = [None] * len(inputs), []
+
+    def train(index):
+        try:
+            start.wait()
+            for _ in range(20):
+                results[index] = torch.autograd.grad(d(inputs[index]).sum(), params)
+        except Exception as error:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=train, args=(index,)) for index in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    if not training:
+        for got, want in zip(results, expected):
+            for g, w in zip(got, want):
+                assert_close(g, w)
 
 
 # ---- the ops -------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Spectral normalisation as a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``, and a
 grouping that runs the power iterations of every such layer of a model as one batched op call."""
+import threading
+
 import torch
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
@@ -32,8 +34,9 @@ class SpectralNorm(torch.nn.Module):
         self.eps = eps
         self.n_power_iterations = n_power_iterations
         self.sigma = None
-        # Set by SpectralNormGroup for the duration of one model forward: (original weight, W / sigma).
-        self._batched = None
+        # The SpectralNormGroup this layer belongs to, if any: it holds the W / sigma it computed
+        # for the model forward running on the current thread.
+        self._group = None
         if weight.ndim > 1:
             rows = weight.shape[self.dim]
             cols = weight.numel() // rows if rows else 0
@@ -54,8 +57,10 @@ class SpectralNorm(torch.nn.Module):
         if weight.ndim == 1:
             # As PyTorch: a vector's spectral norm is its 2-norm, no power iteration needed.
             return torch.nn.functional.normalize(weight, dim=0, eps=self.eps)
-        if self._batched is not None and self._batched[0] is weight:
-            return self._batched[1]
+        if self._group is not None:
+            normalized = self._group.normalized_weight(self, weight)
+            if normalized is not None:
+                return normalized
         sigmas = spectral_norm_power_iteration_(
             [weight], [self._u], [self._v], [self.dim], self.power_iterations(), self.eps
         )
@@ -145,12 +150,35 @@ class SpectralNormGroup:
     """Runs the power iterations and normalisations of every spectral norm in a model as one call
     of each batched op per model forward, before the layers run; each layer then only returns its
     precomputed ``W / sigma``. Results equal the per-layer path (same u, v, sigma, outputs and
-    gradients), also when the model is called several times per step. ``remove()`` undoes it."""
+    gradients), also when the model is called several times per step, and when several threads run
+    forwards at once: each forward's results are kept for the thread running it. ``remove()`` undoes
+    it."""
 
     def __init__(self, model):
         self.model = model
+        # {SpectralNorm: (original weight, W / sigma)} of the model forward running on this thread.
+        self._results = threading.local()
         self._pre = model.register_forward_pre_hook(self._before_forward)
         self._post = model.register_forward_hook(self._after_forward, always_call=True)
+
+    def __getstate__(self):
+        # A thread's results live only during one forward, and threading.local cannot be copied:
+        # copy.deepcopy of a grouped model starts the copy's group with none.
+        state = self.__dict__.copy()
+        del state["_results"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._results = threading.local()
+
+    def normalized_weight(self, layer, weight):
+        """The ``W / sigma`` this thread's running model forward computed for ``layer`` from
+        ``weight``, or None (outside a forward, or for a weight the group did not see)."""
+        found = getattr(self._results, "by_layer", {}).get(layer)
+        if found is None or found[0] is not weight:
+            return None
+        return found[1]
 
     def _members(self):
         # Found again each forward, so layers added or removed later are handled. Only a spectral
@@ -170,6 +198,7 @@ class SpectralNormGroup:
         for sn, weight in self._members():
             key = (weight.device, weight.dtype, sn.power_iterations(), sn.eps)
             groups.setdefault(key, []).append((sn, weight))
+        by_layer = {}
         for (_, _, steps, eps), members in groups.items():
             layers = [sn for sn, _ in members]
             weights = [w for _, w in members]
@@ -182,18 +211,21 @@ class SpectralNormGroup:
             v_snapshot = torch.cat(vs).split([v.numel() for v in vs])
             normalized = spectral_norm_normalize(weights, u_snapshot, v_snapshot, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
-                sn._batched = (weight, w_sn)
+                sn._group = self
+                by_layer[sn] = (weight, w_sn)
                 sn.sigma = sigmas[index]
+        self._results.by_layer = by_layer
 
     def _after_forward(self, model, args, output):
-        for sn, _ in self._members():
-            sn._batched = None
+        self._results.by_layer = {}
 
     def remove(self):
         self._pre.remove()
         self._post.remove()
+        self._results.by_layer = {}
         for sn, _ in self._members():
-            sn._batched = None
+            if sn._group is self:
+                sn._group = None
 
 
 def batch_spectral_norm(model):
