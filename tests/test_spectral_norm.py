@@ -1,3 +1,4 @@
+import collections
 import copy
 import threading
 
@@ -33,8 +34,8 @@ VS_TORCH = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rto
 def assert_close_to_torch(got, want):
     """Elementwise for float64; for float32 relative to the tensor's largest entry, because the
     weight gradient (G - <G, W_sn> u v^T) / sigma cancels in some entries, where a few float32
-    ulps of summation-order difference are large relative to the entry itself."""
-    if want.dtype == torch.float64:
+    ulps of summation-order difference are large relative to the entry itself. Complex as its parts."""
+    if want.dtype in (torch.float64, torch.complex128):
         torch.testing.assert_close(got, want, **VS_TORCH[torch.float64])
     else:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.detach().abs().max()))
@@ -328,6 +329,103 @@ def test_batched_group_serves_concurrent_forwards_on_threads(training):
                 assert_close(g, w)
 
 
+@pytest.mark.parametrize("eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64)])
+def test_layer_takes_numpy_scalars_and_0d_tensors_as_pytorch_does(eps):
+    torch.manual_seed(20)
+    ours = spectral_norm(torch.nn.Linear(7, 5), eps=eps, n_power_iterations=np.int64(2), dim=np.int64(0))
+    torch.manual_seed(20)
+    theirs = torch_spectral_norm(torch.nn.Linear(7, 5), eps=float(eps), n_power_iterations=2)
+    assert type(ours.parametrizations.weight[0].eps) is float
+    for got, want in zip((ours.weight, *buffers(ours)), (theirs.weight, *buffers(theirs))):
+        assert_close_to_torch(got, want)
+
+
+@pytest.mark.parametrize("in_features, out_features", [(5, 0), (0, 5)])
+def test_empty_weight_as_pytorch(in_features, out_features):
+    """Linear(5, 0) raised "vs[0] must have shape [5]": v's length was taken as numel / rows = 0 / 0."""
+    torch.manual_seed(21)
+    ours = spectral_norm(torch.nn.Linear(in_features, out_features))
+    torch.manual_seed(21)
+    theirs = torch_spectral_norm(torch.nn.Linear(in_features, out_features))
+    x = torch.randn(3, in_features)
+    for module in (ours, theirs):
+        module.y = module(x)
+        module.y.sum().backward()
+    assert ours.weight.shape == theirs.weight.shape == (out_features, in_features)
+    for got, want in zip((ours.y, *buffers(ours), ours.parametrizations.weight.original.grad),
+                         (theirs.y, *buffers(theirs), theirs.parametrizations.weight.original.grad)):
+        assert torch.equal(got, want)  # empty, or only zeros and the bias: nothing to round
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_weights_match_pytorch(dtype):
+    torch.manual_seed(22)
+    ours = spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    torch.manual_seed(22)
+    theirs = torch_spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    x = torch.randn(2, 3, 4, 4, dtype=dtype)
+    for step in range(3):
+        if step == 2:
+            ours.eval(), theirs.eval()
+        outputs = []
+        for module in (ours, theirs):
+            y = module(x)
+            (grad,) = torch.autograd.grad(y.abs().square().sum(), module.parametrizations.weight.original)
+            outputs.append((y, grad, *buffers(module)))
+        for got, want in zip(*outputs):
+            assert got.dtype == dtype
+            assert_close_to_torch(got, want)
+
+
+def test_applied_twice_to_one_weight_as_pytorch():
+    def twice(normalise):
+        torch.manual_seed(23)
+        return normalise(normalise(torch.nn.Linear(7, 5).double()))
+
+    ours, theirs = twice(spectral_norm), twice(torch_spectral_norm)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(3, 7, dtype=torch.float64)
+    for step in range(3):
+        if step == 2:
+            ours.eval(), theirs.eval()
+        outputs = []
+        for module in (ours, theirs):
+            y = module(x)
+            (grad,) = torch.autograd.grad(y.square().sum(), module.parametrizations.weight.original)
+            outputs.append((y, grad, *module.state_dict().values()))
+        for got, want in zip(*outputs):
+            assert_close_to_torch(got, want)
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.Conv2d(3, 5, 3), lambda: torch.nn.ConvTranspose2d(3, 5, 3)])
+def test_loads_checkpoints_from_before_pytorch_1_1(make):
+    """Those saved the normalised ``weight`` instead of ``weight_v``; PyTorch's own loader recomputes
+    v from u and W so that the loaded layer gives the saved weight."""
+    torch.manual_seed(24)
+    old = torch.nn.utils.spectral_norm(make())
+    x = torch.randn(2, 3, 5, 5)
+    for _ in range(3):
+        old(x)
+    # As PyTorch < 1.1 saved it: no v, the normalised weight, no version in the metadata.
+    pre_1_1 = collections.OrderedDict((key, t) for key, t in old.state_dict().items() if key != "weight_v")
+    pre_1_1["weight"] = old.weight.detach().clone()
+    theirs = torch.nn.utils.spectral_norm(make())
+    theirs.load_state_dict(copy.deepcopy(pre_1_1))
+    ours = spectral_norm(make())
+    ours.load_state_dict(copy.deepcopy(pre_1_1))
+    ours.eval(), theirs.eval()
+    u, v = buffers(ours)
+    assert torch.equal(u, pre_1_1["weight_u"])
+    # v satisfies the invariant of a trained layer, u = normalize(W v) ...
+    dim = ours.parametrizations.weight[0].dim
+    assert_close(torch.nn.functional.normalize(reference.spectral_weight_matrix(pre_1_1["weight_orig"], dim) @ v, dim=0), u)
+    # ... and gives the saved normalised weight, as PyTorch's loaded layer does. (PyTorch's own v is
+    # not compared: its pinverse(W^T W) inverts the float32 rounding noise of W^T W's zero singular
+    # values when W has fewer rows than columns.)
+    assert_close(ours.weight, pre_1_1["weight"])
+    assert_close(ours(x), theirs(x))
+
+
 # ---- the ops -------------------------------------------------------------------------------------
 
 SHAPES = [((5, 7), 0), ((4, 3, 3, 2), 0), ((3, 4, 2, 2), 1), ((1, 6), 0), ((6, 2, 3), 2)]
@@ -535,7 +633,8 @@ class IntWeight(torch.nn.Module):
 @pytest.mark.parametrize(
     "make, kwargs, error, match",
     [
-        (IntWeight, {}, TypeError, "IntWeight.weight must be float64, float32, float16 or bfloat16, got torch.int64"),
+        (IntWeight, {}, TypeError,
+         "IntWeight.weight must be float64, float32, float16, bfloat16, complex64 or complex128, got torch.int64"),
         (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=0), ValueError,
          "n_power_iterations must be an integer >= 1, got 0"),
         (lambda: torch.nn.Linear(3, 2), dict(eps=0.0), ValueError, "eps must be a finite number > 0, got 0.0"),
@@ -543,9 +642,14 @@ class IntWeight(torch.nn.Module):
         (lambda: torch.nn.Linear(3, 2), dict(name="wieght"), ValueError,
          "name='wieght' is not a parameter or buffer of Linear"),
         (lambda: torch.nn.Linear(3, 2), dict(dim=2), IndexError, "dim=2 is out of range"),
-        (lambda: spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "Linear.weight is already spectrally normalised"),
-        (lambda: torch_spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
-        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
+        (lambda: torch.nn.Linear(3, 2), dict(dim=0.0), TypeError, r"dim must be an int, got 0.0 \(float\)"),
+        (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=1.0), ValueError,
+         "n_power_iterations must be an integer >= 1, got 1.0"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=torch.tensor([1e-3, 1e-3])), ValueError,
+         "eps must be a finite number > 0, got tensor"),
+        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError,
+         "Linear.weight is already normalised by the older torch.nn.utils.spectral_norm; "
+         "call torch.nn.utils.remove_spectral_norm first"),
     ],
 )
 def test_bad_input_names_the_argument(make, kwargs, error, match):

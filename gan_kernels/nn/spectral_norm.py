@@ -1,15 +1,17 @@
 """Spectral normalisation as a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``, and a
 grouping that runs the power iterations of every such layer of a model as one batched op call."""
+import math
 import threading
 
 import torch
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
-from .. import _checks
+from .. import _checks, reference
 from ..ops.spectral_norm import (
+    check_int,
     check_n_power_iterations,
     check_positive_eps,
+    check_weight_dtype,
     spectral_norm_normalize,
     spectral_norm_power_iteration_,
 )
@@ -28,25 +30,23 @@ class SpectralNorm(torch.nn.Module):
 
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
         super().__init__()
-        check_n_power_iterations(n_power_iterations)
-        check_positive_eps(eps)
-        self.dim = _checks.wrap_dim(dim, weight, "dim")
-        self.eps = eps
-        self.n_power_iterations = n_power_iterations
+        self.n_power_iterations = check_n_power_iterations(n_power_iterations)
+        self.eps = check_positive_eps(eps)
+        self.dim = _checks.wrap_dim(check_int(dim, "dim"), weight, "dim")
         self.sigma = None
         # The SpectralNormGroup this layer belongs to, if any: it holds the W / sigma it computed
         # for the model forward running on the current thread.
         self._group = None
         if weight.ndim > 1:
             rows = weight.shape[self.dim]
-            cols = weight.numel() // rows if rows else 0
+            cols = math.prod(size for d, size in enumerate(weight.shape) if d != self.dim)
             # Same draws, in the same order, as PyTorch's, so a seeded registration gives the same u, v.
             u = weight.new_empty(rows).normal_(0, 1)
             v = weight.new_empty(cols).normal_(0, 1)
-            self.register_buffer("_u", torch.nn.functional.normalize(u, dim=0, eps=eps))
-            self.register_buffer("_v", torch.nn.functional.normalize(v, dim=0, eps=eps))
+            self.register_buffer("_u", torch.nn.functional.normalize(u, dim=0, eps=self.eps))
+            self.register_buffer("_v", torch.nn.functional.normalize(v, dim=0, eps=self.eps))
             spectral_norm_power_iteration_(
-                [weight.detach()], [self._u], [self._v], [self.dim], WARMUP_ITERATIONS, eps
+                [weight.detach()], [self._u], [self._v], [self.dim], WARMUP_ITERATIONS, self.eps
             )
 
     def power_iterations(self):
@@ -78,19 +78,29 @@ class SpectralNorm(torch.nn.Module):
         return f"n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
 
 
-def _is_spectrally_normalised(module, name):
-    if hasattr(module, name + "_orig"):  # the older torch.nn.utils.spectral_norm
-        return True
-    if not parametrize.is_parametrized(module, name):
-        return False
-    return any(
-        isinstance(p, (SpectralNorm, _TorchSpectralNorm)) for p in module.parametrizations[name]
-    )
+def _old_solve_v(weight_orig, weight, u, dim):
+    """The ``v`` a checkpoint of torch.nn.utils.spectral_norm before PyTorch 1.1 implies: it saved
+    ``weight_orig``, ``u`` and the normalised ``weight`` but no ``v``. As PyTorch's own loader
+    (SpectralNormLoadStateDictPreHook), solve ``W_orig x = u`` and scale x so that
+    ``u . (W_orig v) = sigma``, the sigma with ``weight = W_orig / sigma``."""
+    # In float64 (complex128 for complex): pinv has no fp16/bf16 kernel, and this runs once per load.
+    compute = torch.promote_types(weight_orig.dtype, torch.float64)
+    matrix = reference.spectral_weight_matrix(weight_orig.to(compute), dim)
+    u_c, w_orig, w = u.to(compute), weight_orig.to(compute), weight.to(compute)
+    # PyTorch takes mean(weight_orig / weight), which divides by every entry of the normalised
+    # weight; the least-squares ratio is the same sigma without dividing by entries that may be 0.
+    sigma = torch.vdot(w_orig.flatten(), w_orig.flatten()) / torch.vdot(w.flatten(), w_orig.flatten())
+    # pinv(W) instead of PyTorch's pinv(W^T W) W^T: the same least-squares solution, without
+    # squaring W's condition number.
+    x = torch.linalg.pinv(matrix) @ u_c
+    return (x * (sigma / torch.vdot(u_c, matrix @ x))).to(u.dtype)
 
 
 def _old_format_loader(name):
-    """Renames the keys of the older torch.nn.utils.spectral_norm (``weight_orig``, ``weight_u``,
-    ``weight_v``) to the parametrization's; the older power iteration stores the same u, v."""
+    """Loads checkpoints of the older torch.nn.utils.spectral_norm: renames its keys (``weight_orig``,
+    ``weight_u``, ``weight_v``) to the parametrization's, whose power iteration stores the same u, v.
+    A checkpoint from before PyTorch 1.1 has no ``weight_v`` but the normalised ``weight``; v is then
+    recomputed from it, as PyTorch's own loader does."""
     renames = {
         f"{name}_orig": f"parametrizations.{name}.original",
         f"{name}_u": f"parametrizations.{name}.0._u",
@@ -100,6 +110,16 @@ def _old_format_loader(name):
     def hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if prefix + f"{name}_orig" not in state_dict:
             return
+        normalised_key = prefix + name
+        before_1_1 = prefix + f"{name}_v" not in state_dict and prefix + f"{name}_u" in state_dict
+        if before_1_1 and normalised_key in state_dict:
+            with torch.no_grad():
+                state_dict[prefix + f"{name}_v"] = _old_solve_v(
+                    state_dict[prefix + f"{name}_orig"],
+                    state_dict.pop(normalised_key),
+                    state_dict[prefix + f"{name}_u"],
+                    module.parametrizations[name][0].dim,
+                )
         for old, new in renames.items():
             if prefix + old in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
@@ -111,20 +131,30 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     """Drop-in for ``torch.nn.utils.parametrizations.spectral_norm``: same arguments, state-dict keys
     (``parametrizations.<name>.original``, ``parametrizations.<name>.0._u`` / ``._v``), numerics and
     behaviour (15 warm-up iterations, power iteration only in training, ``dim=1`` for ConvTranspose,
-    ``remove_parametrizations`` works, power iteration in the weight's dtype under autocast). Also
-    loads checkpoints of the older ``torch.nn.utils.spectral_norm``. Returns ``module``."""
+    ``remove_parametrizations`` works, power iteration in the weight's dtype under autocast, complex
+    weights, applying it twice to one weight). Also loads checkpoints of the older
+    ``torch.nn.utils.spectral_norm``, including those from before PyTorch 1.1. Returns ``module``."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str) or not isinstance(getattr(module, name, None), torch.Tensor):
+    if hasattr(module, f"{name}_orig") and not parametrize.is_parametrized(module, name):
+        # The older spectral_norm's forward hook owns this attribute, so no parametrization can wrap
+        # it (PyTorch's raises too, saying the module has no parameter of that name).
+        raise ValueError(
+            f"{type(module).__name__}.{name} is already normalised by the older torch.nn.utils.spectral_norm; "
+            "call torch.nn.utils.remove_spectral_norm first"
+        )
+    # Read once: on an already parametrized weight each read runs its parametrizations (a power
+    # iteration in training), and PyTorch's reads it once too.
+    weight = getattr(module, name, None) if isinstance(name, str) else None
+    if not isinstance(weight, torch.Tensor):
         raise ValueError(f"name={name!r} is not a parameter or buffer of {type(module).__name__}")
-    if _is_spectrally_normalised(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already spectrally normalised")
-    weight = getattr(module, name)
-    _checks.check_floating(weight, f"{type(module).__name__}.{name}")
+    check_weight_dtype(weight, f"{type(module).__name__}.{name}")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
+    first_on_this_weight = not parametrize.is_parametrized(module, name)
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
-    module.register_load_state_dict_pre_hook(_old_format_loader(name))
+    if first_on_this_weight:  # older checkpoints hold one spectral norm per weight
+        module.register_load_state_dict_pre_hook(_old_format_loader(name))
     return module
 
 
