@@ -696,17 +696,19 @@ def test_bad_input_to_the_ops_names_the_argument():
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), shape=st.lists(st.integers(1, 5), min_size=2, max_size=4))
 def test_random_shapes_and_dims_match_reference(data, shape):
-    dim = data.draw(st.integers(0, len(shape) - 1), label="dim")
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")  # negative ones wrap
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     weights, us, vs, dims = random_layers(torch.float64, "cpu", [(tuple(shape), dim), ((3, 4), 0)])
+    # The reference formulas take dims in [0, ndim), as the public functions pass them.
+    wrapped = [d % w.dim() for d, w in zip(dims, weights)]
     us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
     sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
-    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, dims, 2, 1e-12)
+    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, wrapped, 2, 1e-12)
     assert_close(sigmas, sigmas_ref)
     for got, want in zip(us + vs, us_ref + vs_ref):
         assert_close(got, want)
     for got, want in zip(gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
-                         reference.spectral_norm_normalize(weights, us, vs, dims)):
+                         reference.spectral_norm_normalize(weights, us, vs, wrapped)):
         assert_close(got, want)
 
 
