@@ -1,5 +1,8 @@
+import collections
 import copy
+import threading
 
+import numpy as np
 import pytest
 import torch
 from helpers import DEVICES, FLOAT_DTYPES, OPS_REGISTERED, assert_close, requires_ops, unregistered_autograd_is_an_error
@@ -31,8 +34,8 @@ VS_TORCH = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rto
 def assert_close_to_torch(got, want):
     """Elementwise for float64; for float32 relative to the tensor's largest entry, because the
     weight gradient (G - <G, W_sn> u v^T) / sigma cancels in some entries, where a few float32
-    ulps of summation-order difference are large relative to the entry itself."""
-    if want.dtype == torch.float64:
+    ulps of summation-order difference are large relative to the entry itself. Complex as its parts."""
+    if want.dtype in (torch.float64, torch.complex128):
         torch.testing.assert_close(got, want, **VS_TORCH[torch.float64])
     else:
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.detach().abs().max()))
@@ -282,6 +285,147 @@ def test_sigma_is_readable_after_each_forward():
     assert not sigmas["c1.weight"].requires_grad
 
 
+def test_grouped_model_can_be_deep_copied():
+    d = make_d(spectral_norm)
+    batch_spectral_norm(d)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    d(x)
+    twin = copy.deepcopy(d)
+    assert_identical(twin(x), d(x))  # both iterate once more from the same u, v
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_batched_group_serves_concurrent_forwards_on_threads(training):
+    """Four threads run forward + backward through one grouped model at once: each must use the
+    W / sigma of its own forward (another thread's graph is freed by that thread's backward)."""
+    d = make_d(spectral_norm)
+    batch_spectral_norm(d)
+    d.train(training)
+    params = [p for _, p in sorted(d.named_parameters())]
+    torch.manual_seed(15)
+    inputs = [torch.randn(2, 3, 8, 8, dtype=torch.float64) for _ in range(4)]
+    # In eval u, v stay put, so each input's gradients are fixed numbers to compare with.
+    expected = [torch.autograd.grad(d(x).sum(), params) for x in inputs]
+    start = threading.Barrier(len(inputs))
+    results, errors = [None] * len(inputs), []
+
+    def train(index):
+        try:
+            start.wait()
+            for _ in range(20):
+                results[index] = torch.autograd.grad(d(inputs[index]).sum(), params)
+        except Exception as error:  # noqa: BLE001 - re-raised below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=train, args=(index,)) for index in range(len(inputs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    if not training:
+        for got, want in zip(results, expected):
+            for g, w in zip(got, want):
+                assert_close(g, w)
+
+
+@pytest.mark.parametrize("eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64)])
+def test_layer_takes_numpy_scalars_and_0d_tensors_as_pytorch_does(eps):
+    torch.manual_seed(20)
+    ours = spectral_norm(torch.nn.Linear(7, 5), eps=eps, n_power_iterations=np.int64(2), dim=np.int64(0))
+    torch.manual_seed(20)
+    theirs = torch_spectral_norm(torch.nn.Linear(7, 5), eps=float(eps), n_power_iterations=2)
+    assert type(ours.parametrizations.weight[0].eps) is float
+    for got, want in zip((ours.weight, *buffers(ours)), (theirs.weight, *buffers(theirs))):
+        assert_close_to_torch(got, want)
+
+
+@pytest.mark.parametrize("in_features, out_features", [(5, 0), (0, 5)])
+def test_empty_weight_as_pytorch(in_features, out_features):
+    """Linear(5, 0) raised "vs[0] must have shape [5]": v's length was taken as numel / rows = 0 / 0."""
+    torch.manual_seed(21)
+    ours = spectral_norm(torch.nn.Linear(in_features, out_features))
+    torch.manual_seed(21)
+    theirs = torch_spectral_norm(torch.nn.Linear(in_features, out_features))
+    x = torch.randn(3, in_features)
+    for module in (ours, theirs):
+        module.y = module(x)
+        module.y.sum().backward()
+    assert ours.weight.shape == theirs.weight.shape == (out_features, in_features)
+    for got, want in zip((ours.y, *buffers(ours), ours.parametrizations.weight.original.grad),
+                         (theirs.y, *buffers(theirs), theirs.parametrizations.weight.original.grad)):
+        assert torch.equal(got, want)  # empty, or only zeros and the bias: nothing to round
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_weights_match_pytorch(dtype):
+    torch.manual_seed(22)
+    ours = spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    torch.manual_seed(22)
+    theirs = torch_spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    x = torch.randn(2, 3, 4, 4, dtype=dtype)
+    for step in range(3):
+        if step == 2:
+            ours.eval(), theirs.eval()
+        outputs = []
+        for module in (ours, theirs):
+            y = module(x)
+            (grad,) = torch.autograd.grad(y.abs().square().sum(), module.parametrizations.weight.original)
+            outputs.append((y, grad, *buffers(module)))
+        for got, want in zip(*outputs):
+            assert got.dtype == dtype
+            assert_close_to_torch(got, want)
+
+
+def test_applied_twice_to_one_weight_as_pytorch():
+    def twice(normalise):
+        torch.manual_seed(23)
+        return normalise(normalise(torch.nn.Linear(7, 5).double()))
+
+    ours, theirs = twice(spectral_norm), twice(torch_spectral_norm)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    x = torch.randn(3, 7, dtype=torch.float64)
+    for step in range(3):
+        if step == 2:
+            ours.eval(), theirs.eval()
+        outputs = []
+        for module in (ours, theirs):
+            y = module(x)
+            (grad,) = torch.autograd.grad(y.square().sum(), module.parametrizations.weight.original)
+            outputs.append((y, grad, *module.state_dict().values()))
+        for got, want in zip(*outputs):
+            assert_close_to_torch(got, want)
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.Conv2d(3, 5, 3), lambda: torch.nn.ConvTranspose2d(3, 5, 3)])
+def test_loads_checkpoints_from_before_pytorch_1_1(make):
+    """Those saved the normalised ``weight`` instead of ``weight_v``; PyTorch's own loader recomputes
+    v from u and W so that the loaded layer gives the saved weight."""
+    torch.manual_seed(24)
+    old = torch.nn.utils.spectral_norm(make())
+    x = torch.randn(2, 3, 5, 5)
+    for _ in range(3):
+        old(x)
+    # As PyTorch < 1.1 saved it: no v, the normalised weight, no version in the metadata.
+    pre_1_1 = collections.OrderedDict((key, t) for key, t in old.state_dict().items() if key != "weight_v")
+    pre_1_1["weight"] = old.weight.detach().clone()
+    theirs = torch.nn.utils.spectral_norm(make())
+    theirs.load_state_dict(copy.deepcopy(pre_1_1))
+    ours = spectral_norm(make())
+    ours.load_state_dict(copy.deepcopy(pre_1_1))
+    ours.eval(), theirs.eval()
+    u, v = buffers(ours)
+    assert torch.equal(u, pre_1_1["weight_u"])
+    # v satisfies the invariant of a trained layer, u = normalize(W v) ...
+    dim = ours.parametrizations.weight[0].dim
+    assert_close(torch.nn.functional.normalize(reference.spectral_weight_matrix(pre_1_1["weight_orig"], dim) @ v, dim=0), u)
+    # ... and gives the saved normalised weight, as PyTorch's loaded layer does. (PyTorch's own v is
+    # not compared: its pinverse(W^T W) inverts the float32 rounding noise of W^T W's zero singular
+    # values when W has fewer rows than columns.)
+    assert_close(ours.weight, pre_1_1["weight"])
+    assert_close(ours(x), theirs(x))
+
+
 # ---- the ops -------------------------------------------------------------------------------------
 
 SHAPES = [((5, 7), 0), ((4, 3, 3, 2), 0), ((3, 4, 2, 2), 1), ((1, 6), 0), ((6, 2, 3), 2)]
@@ -326,7 +470,41 @@ def test_ops_match_reference(device, dtype, steps):
     grads_ref = torch.autograd.grad(out_ref, leaves_ref, wide(upstream))
     for got, want in zip(out + list(grads), out_ref + list(grads_ref)):
         assert got.dtype == dtype
+    for got, want in zip(out, out_ref):
         assert_close(got, want.to(dtype))
+    for index, (got, want) in enumerate(zip(grads, grads_ref)):
+        if dtype == torch.float32:
+            assert_float32_gradient_within_error_bound(got, want, upstream[index], weights[index], us[index],
+                                                       vs[index], dims[index])
+        else:
+            assert_close(got, want.to(dtype))
+
+
+def assert_float32_gradient_within_error_bound(got, want, upstream, weight, u, v, dim):
+    """The float32 weight gradient G / s - k u v^T (k = <G, W> / s^2, s = u . W v) against its float64
+    value, entry by entry within the forward error bound of that formula. The two terms cancel in
+    some entries, so a relative tolerance cannot hold there: the error follows the terms' size,
+    A = |G| / |s| + |k|' |u| |v|^T with |k|' = sum |G * W| / s^2, not the result's. With unit roundoff
+    e = 2^-24, gamma_n = n e / (1 - n e) (Higham, recursive summation of n terms) and to first order:
+    s = u . (W v) is off by the relative delta <= gamma_{rows+cols} (|u| . |W| |v|) / |s|, which scales
+    both terms (the second twice); k sums N = numel products, each of G * W / (s * s) (3 roundings);
+    k u v^T takes 2 more, the subtraction and the rounding of the float64 value to float32 one each:
+    |error| <= (gamma_{N+6} + 2 delta) A."""
+    e = 2.0**-24
+
+    def gamma(n):
+        return n * e / (1 - n * e)
+
+    # Entry by entry in the matrix view (dim first, the rest flattened), where u v^T is an outer product.
+    g, w, got, want = (reference.spectral_weight_matrix(t.detach().double(), dim) for t in (upstream, weight, got, want))
+    u, v = u.double(), v.double()
+    sigma = torch.vdot(u, w @ v)
+    delta = gamma(sum(w.shape)) * float(u.abs() @ w.abs() @ v.abs() / sigma.abs())
+    k_abs = float((g * w).abs().sum() / sigma.square())
+    terms = g.abs() / sigma.abs() + k_abs * torch.outer(u.abs(), v.abs())
+    bound = (gamma(w.numel() + 6) + 2 * delta) * terms
+    error = (got - want).abs()
+    assert bool((error <= bound).all()), f"error exceeds the bound by up to {float((error / bound).max())}x"
 
 
 def normalised_weights(weights, us, vs, dims, steps=1):
@@ -455,7 +633,8 @@ class IntWeight(torch.nn.Module):
 @pytest.mark.parametrize(
     "make, kwargs, error, match",
     [
-        (IntWeight, {}, TypeError, "IntWeight.weight must be float64, float32, float16 or bfloat16, got torch.int64"),
+        (IntWeight, {}, TypeError,
+         "IntWeight.weight must be float64, float32, float16, bfloat16, complex64 or complex128, got torch.int64"),
         (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=0), ValueError,
          "n_power_iterations must be an integer >= 1, got 0"),
         (lambda: torch.nn.Linear(3, 2), dict(eps=0.0), ValueError, "eps must be a finite number > 0, got 0.0"),
@@ -463,9 +642,14 @@ class IntWeight(torch.nn.Module):
         (lambda: torch.nn.Linear(3, 2), dict(name="wieght"), ValueError,
          "name='wieght' is not a parameter or buffer of Linear"),
         (lambda: torch.nn.Linear(3, 2), dict(dim=2), IndexError, "dim=2 is out of range"),
-        (lambda: spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "Linear.weight is already spectrally normalised"),
-        (lambda: torch_spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
-        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError, "already spectrally normalised"),
+        (lambda: torch.nn.Linear(3, 2), dict(dim=0.0), TypeError, r"dim must be an int, got 0.0 \(float\)"),
+        (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=1.0), ValueError,
+         "n_power_iterations must be an integer >= 1, got 1.0"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=torch.tensor([1e-3, 1e-3])), ValueError,
+         "eps must be a finite number > 0, got tensor"),
+        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError,
+         "Linear.weight is already normalised by the older torch.nn.utils.spectral_norm; "
+         "call torch.nn.utils.remove_spectral_norm first"),
     ],
 )
 def test_bad_input_names_the_argument(make, kwargs, error, match):
@@ -512,15 +696,138 @@ def test_bad_input_to_the_ops_names_the_argument():
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), shape=st.lists(st.integers(1, 5), min_size=2, max_size=4))
 def test_random_shapes_and_dims_match_reference(data, shape):
-    dim = data.draw(st.integers(0, len(shape) - 1), label="dim")
+    dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")  # negative ones wrap
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     weights, us, vs, dims = random_layers(torch.float64, "cpu", [(tuple(shape), dim), ((3, 4), 0)])
+    # The reference formulas take dims in [0, ndim), as the public functions pass them.
+    wrapped = [d % w.dim() for d, w in zip(dims, weights)]
     us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
     sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
-    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, dims, 2, 1e-12)
+    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, wrapped, 2, 1e-12)
     assert_close(sigmas, sigmas_ref)
     for got, want in zip(us + vs, us_ref + vs_ref):
         assert_close(got, want)
     for got, want in zip(gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
-                         reference.spectral_norm_normalize(weights, us, vs, dims)):
+                         reference.spectral_norm_normalize(weights, us, vs, wrapped)):
         assert_close(got, want)
+
+
+# ---- unusual arguments to the ops ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["weights", "us", "vs", "sigmas"])
+def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
+    """A meta tensor anywhere made the dispatcher run the fake kernel for the whole call, returning
+    uninitialised values for the CPU layers."""
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    sigmas = torch.ones(2)
+    if entry == "sigmas":
+        sigmas = sigmas.to("meta")
+        match = "sigmas is on meta but weights\\[0\\] is on cpu"
+    else:
+        listed = dict(weights=weights, us=us, vs=vs)[entry]
+        listed[1] = listed[1].to("meta")
+        match = rf"{entry}\[1\] is on meta but weights\[0\] is on cpu"
+    calls = [lambda: gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)]
+    if OPS_REGISTERED:
+        calls += [lambda: normalize_op(weights, us, vs, sigmas, dims),
+                  lambda: normalize_backward_op([torch.ones_like(w) for w in weights], weights, us, vs, sigmas, dims)]
+    if entry != "sigmas":
+        calls.append(lambda: gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims))
+        if OPS_REGISTERED:
+            calls.append(lambda: power_op(weights, us, vs, dims, 1, 1e-12))
+    for call in calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_a_meta_grad_in_a_later_entry_of_the_backward_op_is_rejected():
+    if not OPS_REGISTERED:
+        pytest.skip("the backward op is only called directly")
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    grads = [torch.ones_like(weights[0]), torch.ones_like(weights[1], device="meta")]
+    with pytest.raises(ValueError, match=r"grads\[1\] is on meta but weights\[0\] is on cpu"):
+        normalize_backward_op(grads, weights, us, vs, torch.ones(2), dims)
+
+
+def test_u_or_v_shared_between_layers_is_rejected():
+    """The power iteration writes every u and v in place; one tensor for two layers would race."""
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", [((5, 7), 0), ((5, 3), 0)])
+    buffer = torch.randn(12)
+    cases = [
+        ([us[0], us[0]], vs, r"us\[0\] and us\[1\] share memory"),
+        ([buffer[:5], us[1]], [buffer[3:10], vs[1]], r"us\[0\] and vs\[0\] share memory"),
+    ]
+    calls = [gan_kernels.spectral_norm_power_iteration_] + ([power_op] if OPS_REGISTERED else [])
+    for call in calls:
+        for shared_us, shared_vs, match in cases:
+            with pytest.raises(ValueError, match=match + ".*every layer needs its own u and v tensors"):
+                call(weights, shared_us, shared_vs, dims, 1, 1e-12)
+        # Disjoint parts of one buffer are fine (the batched group passes such views).
+        gan_kernels.spectral_norm_power_iteration_(weights, [buffer[:5], buffer[5:10]], vs, dims, 1, 1e-12)
+
+
+def test_negative_dims_wrap_as_pytorch_does():
+    torch.manual_seed(18)
+    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    negative = [dim - w.dim() for dim, w in zip(dims, weights)]
+    us_neg, vs_neg = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
+    sigmas_neg = gan_kernels.spectral_norm_power_iteration_(weights, us_neg, vs_neg, negative, 2, 1e-12)
+    assert torch.equal(sigmas_neg, sigmas)
+    for got, want in zip(
+        gan_kernels.spectral_norm_normalize(weights, us_neg, vs_neg, sigmas_neg, negative),
+        gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
+    ):
+        assert torch.equal(got, want)
+    leaves = tuple(w.requires_grad_() for w in weights)
+    # The double backward reshapes by dim: with -1 it raised "shape ... is invalid".
+    assert torch.autograd.gradgradcheck(lambda *ws: tuple(normalised_weights(list(ws), us, vs, negative, 0)), leaves)
+    if OPS_REGISTERED:
+        def direct(*ws):  # the op called as torch.ops, without the public function's wrapping
+            detached = [w.detach() for w in ws]
+            sigmas = power_op(detached, [u.clone() for u in us], [v.clone() for v in vs], negative, 0, 1e-12)
+            return tuple(normalize_op(list(ws), us, vs, sigmas, negative))
+
+        assert torch.autograd.gradgradcheck(direct, leaves)
+
+
+@pytest.mark.parametrize("dim, error, match", [
+    (0.7, TypeError, r"dims\[0\] must be an int, got 0.7 \(float\)"),
+    (True, TypeError, r"dims\[0\] must be an int, got True \(bool\)"),
+    (torch.tensor(0), TypeError, r"dims\[0\] must be an int, got tensor\(0\) \(Tensor\)"),
+    (-3, IndexError, r"dims\[0\]=-3 is out of range for a tensor with 2 dimensions \(expected -2 <= dims\[0\] < 2\)"),
+    (2, IndexError, r"dims\[0\]=2 is out of range"),
+])
+def test_dims_that_are_not_an_int_in_range_are_rejected(dim, error, match):
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    with pytest.raises(error, match=match):
+        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, [dim, dims[1]])
+    with pytest.raises(error, match=match):
+        gan_kernels.spectral_norm_normalize(weights, us, vs, torch.ones(2), [dim, dims[1]])
+
+
+def test_numpy_integer_dims_and_scalars_are_accepted():
+    torch.manual_seed(19)
+    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    us_np, vs_np = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-6)
+    sigmas_np = gan_kernels.spectral_norm_power_iteration_(
+        weights, us_np, vs_np, [np.int64(d) for d in dims], np.int32(2), np.float32(1e-6)
+    )
+    assert torch.equal(sigmas_np, sigmas)
+
+
+@requires_ops
+def test_vmap_of_the_ops_is_a_clear_error():
+    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:1])
+    batch = torch.randn(3, *weights[0].shape)
+    sigmas = torch.ones(1)
+    for op_name, call in [
+        ("spectral_norm_normalize", lambda w: normalize_op([w], us, vs, sigmas, dims)[0]),
+        ("spectral_norm_normalize_backward", lambda w: normalize_backward_op([w], weights, us, vs, sigmas, dims)[0]),
+        ("spectral_norm_power_iteration_", lambda w: power_op([w], us, vs, dims, 1, 1e-12)),
+    ]:
+        with pytest.raises(NotImplementedError, match=f"gan_kernels::{op_name} has no vmap rule: it is already "
+                           "batched over layers, so pass the weights as a list"):
+            torch.func.vmap(call)(batch)

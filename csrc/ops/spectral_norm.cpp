@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/spectral_norm.h"
@@ -36,6 +38,33 @@ void check_vector(const at::Tensor& t, const at::Tensor& weight, int64_t length,
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, arg, " must have shape [", length, "] to match ",
                     weight_arg, ", got ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), arg, " must be contiguous");
+}
+
+// The power iteration writes every u and v, so two entries sharing memory (one buffer passed for two
+// layers) would race. All are contiguous and on one device, so each is the address range
+// [data, data + nbytes): sorted by start, any overlap shows up between neighbours.
+void check_vectors_do_not_overlap(const at::TensorList us, const at::TensorList vs) {
+  struct Range {
+    uintptr_t begin;
+    uintptr_t end;
+    std::string arg;
+  };
+  std::vector<Range> ranges;
+  ranges.reserve(us.size() + vs.size());
+  for (const auto& [list, name] : {std::pair{us, "us"}, std::pair{vs, "vs"}}) {
+    for (size_t l = 0; l < list.size(); ++l) {
+      if (list[l].numel() == 0) continue;  // an empty vector has no memory to share
+      const auto begin = reinterpret_cast<uintptr_t>(list[l].const_data_ptr());
+      ranges.push_back({begin, begin + list[l].nbytes(), item(name, l)});
+    }
+  }
+  // Stable, so that for equal starts the message names the entries in argument order.
+  std::stable_sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  for (size_t k = 1; k < ranges.size(); ++k) {
+    TORCH_CHECK_VALUE(ranges[k].begin >= ranges[k - 1].end, ranges[k - 1].arg, " and ", ranges[k].arg,
+                      " share memory; the power iteration updates each in place, so every layer needs its own u "
+                      "and v tensors (clone one of them)");
+  }
 }
 
 // Checks the lists and describes each weight as the matrix PyTorch's spectral norm uses.
@@ -96,6 +125,7 @@ template <PowerKernel kernel>
 at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
                            int64_t n_power_iterations, double eps) {
   const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_vectors_do_not_overlap(us, vs);
   TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
   at::Tensor sigmas = empty_sigmas(weights);

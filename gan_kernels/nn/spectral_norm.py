@@ -1,13 +1,17 @@
 """Spectral normalisation as a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``, and a
 grouping that runs the power iterations of every such layer of a model as one batched op call."""
+import math
+import threading
+
 import torch
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
-from .. import _checks
+from .. import _checks, reference
 from ..ops.spectral_norm import (
+    check_int,
     check_n_power_iterations,
     check_positive_eps,
+    check_weight_dtype,
     spectral_norm_normalize,
     spectral_norm_power_iteration_,
 )
@@ -26,24 +30,23 @@ class SpectralNorm(torch.nn.Module):
 
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
         super().__init__()
-        check_n_power_iterations(n_power_iterations)
-        check_positive_eps(eps)
-        self.dim = _checks.wrap_dim(dim, weight, "dim")
-        self.eps = eps
-        self.n_power_iterations = n_power_iterations
+        self.n_power_iterations = check_n_power_iterations(n_power_iterations)
+        self.eps = check_positive_eps(eps)
+        self.dim = _checks.wrap_dim(check_int(dim, "dim"), weight, "dim")
         self.sigma = None
-        # Set by SpectralNormGroup for the duration of one model forward: (original weight, W / sigma).
-        self._batched = None
+        # The SpectralNormGroup this layer belongs to, if any: it holds the W / sigma it computed
+        # for the model forward running on the current thread.
+        self._group = None
         if weight.ndim > 1:
             rows = weight.shape[self.dim]
-            cols = weight.numel() // rows if rows else 0
+            cols = math.prod(size for d, size in enumerate(weight.shape) if d != self.dim)
             # Same draws, in the same order, as PyTorch's, so a seeded registration gives the same u, v.
             u = weight.new_empty(rows).normal_(0, 1)
             v = weight.new_empty(cols).normal_(0, 1)
-            self.register_buffer("_u", torch.nn.functional.normalize(u, dim=0, eps=eps))
-            self.register_buffer("_v", torch.nn.functional.normalize(v, dim=0, eps=eps))
+            self.register_buffer("_u", torch.nn.functional.normalize(u, dim=0, eps=self.eps))
+            self.register_buffer("_v", torch.nn.functional.normalize(v, dim=0, eps=self.eps))
             spectral_norm_power_iteration_(
-                [weight.detach()], [self._u], [self._v], [self.dim], WARMUP_ITERATIONS, eps
+                [weight.detach()], [self._u], [self._v], [self.dim], WARMUP_ITERATIONS, self.eps
             )
 
     def power_iterations(self):
@@ -54,8 +57,10 @@ class SpectralNorm(torch.nn.Module):
         if weight.ndim == 1:
             # As PyTorch: a vector's spectral norm is its 2-norm, no power iteration needed.
             return torch.nn.functional.normalize(weight, dim=0, eps=self.eps)
-        if self._batched is not None and self._batched[0] is weight:
-            return self._batched[1]
+        if self._group is not None:
+            normalized = self._group.normalized_weight(self, weight)
+            if normalized is not None:
+                return normalized
         sigmas = spectral_norm_power_iteration_(
             [weight], [self._u], [self._v], [self.dim], self.power_iterations(), self.eps
         )
@@ -73,19 +78,29 @@ class SpectralNorm(torch.nn.Module):
         return f"n_power_iterations={self.n_power_iterations}, dim={self.dim}, eps={self.eps}"
 
 
-def _is_spectrally_normalised(module, name):
-    if hasattr(module, name + "_orig"):  # the older torch.nn.utils.spectral_norm
-        return True
-    if not parametrize.is_parametrized(module, name):
-        return False
-    return any(
-        isinstance(p, (SpectralNorm, _TorchSpectralNorm)) for p in module.parametrizations[name]
-    )
+def _old_solve_v(weight_orig, weight, u, dim):
+    """The ``v`` a checkpoint of torch.nn.utils.spectral_norm before PyTorch 1.1 implies: it saved
+    ``weight_orig``, ``u`` and the normalised ``weight`` but no ``v``. As PyTorch's own loader
+    (SpectralNormLoadStateDictPreHook), solve ``W_orig x = u`` and scale x so that
+    ``u . (W_orig v) = sigma``, the sigma with ``weight = W_orig / sigma``."""
+    # In float64 (complex128 for complex): pinv has no fp16/bf16 kernel, and this runs once per load.
+    compute = torch.promote_types(weight_orig.dtype, torch.float64)
+    matrix = reference.spectral_weight_matrix(weight_orig.to(compute), dim)
+    u_c, w_orig, w = u.to(compute), weight_orig.to(compute), weight.to(compute)
+    # PyTorch takes mean(weight_orig / weight), which divides by every entry of the normalised
+    # weight; the least-squares ratio is the same sigma without dividing by entries that may be 0.
+    sigma = torch.vdot(w_orig.flatten(), w_orig.flatten()) / torch.vdot(w.flatten(), w_orig.flatten())
+    # pinv(W) instead of PyTorch's pinv(W^T W) W^T: the same least-squares solution, without
+    # squaring W's condition number.
+    x = torch.linalg.pinv(matrix) @ u_c
+    return (x * (sigma / torch.vdot(u_c, matrix @ x))).to(u.dtype)
 
 
 def _old_format_loader(name):
-    """Renames the keys of the older torch.nn.utils.spectral_norm (``weight_orig``, ``weight_u``,
-    ``weight_v``) to the parametrization's; the older power iteration stores the same u, v."""
+    """Loads checkpoints of the older torch.nn.utils.spectral_norm: renames its keys (``weight_orig``,
+    ``weight_u``, ``weight_v``) to the parametrization's, whose power iteration stores the same u, v.
+    A checkpoint from before PyTorch 1.1 has no ``weight_v`` but the normalised ``weight``; v is then
+    recomputed from it, as PyTorch's own loader does."""
     renames = {
         f"{name}_orig": f"parametrizations.{name}.original",
         f"{name}_u": f"parametrizations.{name}.0._u",
@@ -95,6 +110,16 @@ def _old_format_loader(name):
     def hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         if prefix + f"{name}_orig" not in state_dict:
             return
+        normalised_key = prefix + name
+        before_1_1 = prefix + f"{name}_v" not in state_dict and prefix + f"{name}_u" in state_dict
+        if before_1_1 and normalised_key in state_dict:
+            with torch.no_grad():
+                state_dict[prefix + f"{name}_v"] = _old_solve_v(
+                    state_dict[prefix + f"{name}_orig"],
+                    state_dict.pop(normalised_key),
+                    state_dict[prefix + f"{name}_u"],
+                    module.parametrizations[name][0].dim,
+                )
         for old, new in renames.items():
             if prefix + old in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
@@ -106,20 +131,30 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     """Drop-in for ``torch.nn.utils.parametrizations.spectral_norm``: same arguments, state-dict keys
     (``parametrizations.<name>.original``, ``parametrizations.<name>.0._u`` / ``._v``), numerics and
     behaviour (15 warm-up iterations, power iteration only in training, ``dim=1`` for ConvTranspose,
-    ``remove_parametrizations`` works, power iteration in the weight's dtype under autocast). Also
-    loads checkpoints of the older ``torch.nn.utils.spectral_norm``. Returns ``module``."""
+    ``remove_parametrizations`` works, power iteration in the weight's dtype under autocast, complex
+    weights, applying it twice to one weight). Also loads checkpoints of the older
+    ``torch.nn.utils.spectral_norm``, including those from before PyTorch 1.1. Returns ``module``."""
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str) or not isinstance(getattr(module, name, None), torch.Tensor):
+    if hasattr(module, f"{name}_orig") and not parametrize.is_parametrized(module, name):
+        # The older spectral_norm's forward hook owns this attribute, so no parametrization can wrap
+        # it (PyTorch's raises too, saying the module has no parameter of that name).
+        raise ValueError(
+            f"{type(module).__name__}.{name} is already normalised by the older torch.nn.utils.spectral_norm; "
+            "call torch.nn.utils.remove_spectral_norm first"
+        )
+    # Read once: on an already parametrized weight each read runs its parametrizations (a power
+    # iteration in training), and PyTorch's reads it once too.
+    weight = getattr(module, name, None) if isinstance(name, str) else None
+    if not isinstance(weight, torch.Tensor):
         raise ValueError(f"name={name!r} is not a parameter or buffer of {type(module).__name__}")
-    if _is_spectrally_normalised(module, name):
-        raise ValueError(f"{type(module).__name__}.{name} is already spectrally normalised")
-    weight = getattr(module, name)
-    _checks.check_floating(weight, f"{type(module).__name__}.{name}")
+    check_weight_dtype(weight, f"{type(module).__name__}.{name}")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
+    first_on_this_weight = not parametrize.is_parametrized(module, name)
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
-    module.register_load_state_dict_pre_hook(_old_format_loader(name))
+    if first_on_this_weight:  # older checkpoints hold one spectral norm per weight
+        module.register_load_state_dict_pre_hook(_old_format_loader(name))
     return module
 
 
@@ -145,12 +180,35 @@ class SpectralNormGroup:
     """Runs the power iterations and normalisations of every spectral norm in a model as one call
     of each batched op per model forward, before the layers run; each layer then only returns its
     precomputed ``W / sigma``. Results equal the per-layer path (same u, v, sigma, outputs and
-    gradients), also when the model is called several times per step. ``remove()`` undoes it."""
+    gradients), also when the model is called several times per step, and when several threads run
+    forwards at once: each forward's results are kept for the thread running it. ``remove()`` undoes
+    it."""
 
     def __init__(self, model):
         self.model = model
+        # {SpectralNorm: (original weight, W / sigma)} of the model forward running on this thread.
+        self._results = threading.local()
         self._pre = model.register_forward_pre_hook(self._before_forward)
         self._post = model.register_forward_hook(self._after_forward, always_call=True)
+
+    def __getstate__(self):
+        # A thread's results live only during one forward, and threading.local cannot be copied:
+        # copy.deepcopy of a grouped model starts the copy's group with none.
+        state = self.__dict__.copy()
+        del state["_results"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._results = threading.local()
+
+    def normalized_weight(self, layer, weight):
+        """The ``W / sigma`` this thread's running model forward computed for ``layer`` from
+        ``weight``, or None (outside a forward, or for a weight the group did not see)."""
+        found = getattr(self._results, "by_layer", {}).get(layer)
+        if found is None or found[0] is not weight:
+            return None
+        return found[1]
 
     def _members(self):
         # Found again each forward, so layers added or removed later are handled. Only a spectral
@@ -170,6 +228,7 @@ class SpectralNormGroup:
         for sn, weight in self._members():
             key = (weight.device, weight.dtype, sn.power_iterations(), sn.eps)
             groups.setdefault(key, []).append((sn, weight))
+        by_layer = {}
         for (_, _, steps, eps), members in groups.items():
             layers = [sn for sn, _ in members]
             weights = [w for _, w in members]
@@ -182,18 +241,21 @@ class SpectralNormGroup:
             v_snapshot = torch.cat(vs).split([v.numel() for v in vs])
             normalized = spectral_norm_normalize(weights, u_snapshot, v_snapshot, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
-                sn._batched = (weight, w_sn)
+                sn._group = self
+                by_layer[sn] = (weight, w_sn)
                 sn.sigma = sigmas[index]
+        self._results.by_layer = by_layer
 
     def _after_forward(self, model, args, output):
-        for sn, _ in self._members():
-            sn._batched = None
+        self._results.by_layer = {}
 
     def remove(self):
         self._pre.remove()
         self._post.remove()
+        self._results.by_layer = {}
         for sn, _ in self._members():
-            sn._batched = None
+            if sn._group is self:
+                sn._group = None
 
 
 def batch_spectral_norm(model):

@@ -6,13 +6,81 @@ Each is one op call whatever the number of weights. A weight is seen as the matr
 moved first and the other dims flattened, as PyTorch does.
 """
 import math
+import numbers
 
 import torch
 
 from .. import _backend, _checks, reference
 
+# Real weights run on the compiled ops; complex ones (which PyTorch's spectral norm accepts) on the
+# reference, whose mv / .H / vdot are PyTorch's own complex formulas.
+_COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def check_weight_dtype(weight, arg):
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{arg} must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dtype not in _checks.FLOAT_DTYPES + _COMPLEX_DTYPES:
+        raise TypeError(
+            f"{arg} must be float64, float32, float16, bfloat16, complex64 or complex128, got {weight.dtype}"
+        )
+
+
+def _check_weight(weight, arg):
+    check_weight_dtype(weight, arg)
+    if weight.dim() < 2:
+        raise ValueError(f"{arg} must have at least 2 dimensions, got shape {list(weight.shape)}")
+
+
+def check_int(value, arg):
+    """``value`` as an int; Python and numpy integers pass, bools and floats (which int() would
+    silently truncate) do not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{arg} must be an int, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def _entries(arg, values):
+    return [(f"{arg}[{index}]", t) for index, t in enumerate(values)]
+
+
+def _check_same_device(named_tensors, device):
+    """Every tensor on ``device`` (weights[0]'s). A tensor elsewhere would make the dispatcher pick
+    another device's kernel for the whole call: a `meta` entry, for one, runs the fake kernel and
+    returns uninitialised values."""
+    for name, t in named_tensors:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != device:
+            raise ValueError(
+                f"{name} is on {t.device} but weights[0] is on {device}: "
+                f"every tensor of the call must be on one device (move it to {device})"
+            )
+
+
+def _check_no_shared_memory(us, vs):
+    """The power iteration writes every u and v in place: one tensor given for two layers would race.
+    Mirrors the compiled op's check (its message too), so the reference rejects the same input."""
+    ranges = []
+    for arg, values in (("us", us), ("vs", vs)):
+        for index, t in enumerate(values):
+            if t.numel() and t.device.type != "meta":  # no memory, nothing to share
+                begin = t.data_ptr()
+                ranges.append((begin, begin + t.numel() * t.element_size(), f"{arg}[{index}]"))
+    # Sorted by start, any overlap shows up between neighbours; stable, as the compiled op's, so that
+    # for equal starts the message names the entries in argument order.
+    ranges.sort(key=lambda entry: entry[0])
+    for (_, previous_end, previous), (begin, _, current) in zip(ranges, ranges[1:]):
+        if begin < previous_end:
+            raise ValueError(
+                f"{previous} and {current} share memory; the power iteration updates each in place, "
+                "so every layer needs its own u and v tensors (clone one of them)"
+            )
+
 
 def _check_lists(weights, us, vs, dims):
+    """Checks the lists and returns ``dims`` as ints wrapped into [0, ndim), as PyTorch wraps dims:
+    everything downstream (the backward's reshapes, the reference) sees non-negative dims."""
     for arg, values in (("weights", weights), ("us", us), ("vs", vs), ("dims", dims)):
         if not isinstance(values, (list, tuple)):
             raise TypeError(f"{arg} must be a list, got {type(values).__name__}")
@@ -20,36 +88,51 @@ def _check_lists(weights, us, vs, dims):
         if len(values) != len(weights):
             raise ValueError(f"{arg} has {len(values)} entries but weights has {len(weights)}")
     for index, weight in enumerate(weights):
-        _checks.check_floating(weight, f"weights[{index}]")
+        _check_weight(weight, f"weights[{index}]")
+    if weights:
+        _check_same_device(_entries("weights", weights) + _entries("us", us) + _entries("vs", vs), weights[0].device)
+    return [
+        _checks.wrap_dim(check_int(dim, f"dims[{index}]"), weight, f"dims[{index}]")
+        for index, (weight, dim) in enumerate(zip(weights, dims))
+    ]
 
 
 def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an int >= ``minimum``; numpy integers pass."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_positive_eps(value, arg="eps"):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    """``value`` as a float > 0; Python and numpy numbers and 0-d real tensors pass."""
+    number = value
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        number = value.item()
+    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) or number <= 0:
         raise ValueError(f"{arg} must be a finite number > 0, got {value!r}")
+    return float(number)
 
 
 def _use_compiled(weights):
-    return bool(weights) and _backend.use_compiled(weights[0].device)
+    return bool(weights) and weights[0].dtype not in _COMPLEX_DTYPES and _backend.use_compiled(weights[0].device)
 
 
 def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, eps=1e-12):
     """Runs ``n_power_iterations`` steps of ``u = normalize(W v)``, ``v = normalize(W^T u)`` on every
     weight, updating ``us`` and ``vs`` in place, and returns ``sigma_i = u_i . (W_i v_i)`` as one 1-D
     tensor. ``n_power_iterations=0`` only computes the sigmas (eval mode). Runs without autograd, in
-    the weights' dtype even under autocast."""
-    _check_lists(weights, us, vs, dims)
-    check_n_power_iterations(n_power_iterations, minimum=0)
-    check_positive_eps(eps)
-    dims = [int(d) for d in dims]
+    the weights' dtype even under autocast. Complex weights run on the reference (``W^H``, ``vdot``
+    as PyTorch's spectral norm)."""
+    dims = _check_lists(weights, us, vs, dims)
+    n_power_iterations = check_n_power_iterations(n_power_iterations, minimum=0)
+    eps = check_positive_eps(eps)
+    if not torch.compiler.is_compiling():  # traced tensors have no addresses; the op checks at run time
+        _check_no_shared_memory(us, vs)
     with torch.no_grad():
         if _use_compiled(weights):
             return torch.ops.gan_kernels.spectral_norm_power_iteration_(
-                list(weights), list(us), list(vs), dims, n_power_iterations, float(eps)
+                list(weights), list(us), list(vs), dims, n_power_iterations, eps
             )
         return reference.spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, eps)
 
@@ -58,8 +141,9 @@ def spectral_norm_normalize(weights, us, vs, sigmas, dims):
     """``[W_i / sigma_i]``, differentiable in W to any order with ``sigma_i = u_i . (W_i v_i)`` (u, v
     constants). ``sigmas`` must be what spectral_norm_power_iteration_ returned for these u, v; the
     compiled op uses them instead of recomputing, the reference recomputes them."""
-    _check_lists(weights, us, vs, dims)
-    dims = [int(d) for d in dims]
+    dims = _check_lists(weights, us, vs, dims)
+    if weights:
+        _check_same_device([("sigmas", sigmas)], weights[0].device)
     if _use_compiled(weights):
         return torch.ops.gan_kernels.spectral_norm_normalize(list(weights), list(us), list(vs), sigmas, dims)
     return reference.spectral_norm_normalize(weights, us, vs, dims)
@@ -92,10 +176,16 @@ def _normalize_backward_grads(upstream, grad, weight, u, v, dim, need_grad, need
     return grad_grad, grad_weight
 
 
+def _wrapped_dims(dims, weights):
+    # The op itself accepts negative dims (a direct torch.ops call); the backward's reshapes need them
+    # in [0, ndim).
+    return [dim % weight.dim() for dim, weight in zip(dims, weights)]
+
+
 def _setup_normalize(ctx, inputs, output):
     weights, us, vs, sigmas, dims = inputs
     ctx.save_for_backward(*weights, *us, *vs, sigmas)
-    ctx.count, ctx.dims = len(weights), dims
+    ctx.count, ctx.dims = len(weights), _wrapped_dims(dims, weights)
 
 
 def _unpack(ctx):
@@ -120,7 +210,7 @@ def _normalize_backward(ctx, grads):
 def _setup_normalize_backward(ctx, inputs, output):
     grads, weights, us, vs, sigmas, dims = inputs
     ctx.save_for_backward(*weights, *us, *vs, *grads)
-    ctx.count, ctx.dims = len(weights), dims
+    ctx.count, ctx.dims = len(weights), _wrapped_dims(dims, weights)
 
 
 def _normalize_backward_backward(ctx, upstreams):
@@ -135,23 +225,52 @@ def _normalize_backward_backward(ctx, upstreams):
     return grad_grads, grad_weights, no_grads, no_grads, None, None
 
 
+def _check_fake_devices(weights, us, vs, others=()):
+    # The dispatcher also picks these kernels when only a later entry is on `meta`: without this
+    # check a CPU call with one meta u would return uninitialised sigmas.
+    if weights:
+        named = _entries("weights", weights) + _entries("us", us) + _entries("vs", vs) + list(others)
+        _check_same_device(named, weights[0].device)
+
+
 def _fake_sigmas(weights, us, vs, dims, n_power_iterations, eps):
+    _check_fake_devices(weights, us, vs)
     if not weights:
         return torch.empty(0)
     return weights[0].new_empty(len(weights))
 
 
 def _fake_normalized(weights, us, vs, sigmas, dims):
+    _check_fake_devices(weights, us, vs, [("sigmas", sigmas)])
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+def _fake_normalize_backward(grads, weights, us, vs, sigmas, dims):
+    _check_fake_devices(weights, us, vs, [("sigmas", sigmas)] + _entries("grads", grads))
+    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+
+
+def _no_vmap_rule(op_name):
+    def rule(info, in_dims, *args):
+        raise NotImplementedError(
+            f"gan_kernels::{op_name} has no vmap rule: it is already batched over layers, so pass the "
+            "weights as a list instead of vmapping over a batch dimension"
+        )
+
+    return rule
+
+
+_OP_NAMES = (
+    "spectral_norm_power_iteration_",
+    "spectral_norm_normalize",
+    "spectral_norm_normalize_backward",
+)
 
 
 def register():
     torch.library.register_fake("gan_kernels::spectral_norm_power_iteration_", _fake_sigmas)
     torch.library.register_fake("gan_kernels::spectral_norm_normalize", _fake_normalized)
-    torch.library.register_fake(
-        "gan_kernels::spectral_norm_normalize_backward",
-        lambda grads, weights, us, vs, sigmas, dims: _fake_normalized(weights, us, vs, sigmas, dims),
-    )
+    torch.library.register_fake("gan_kernels::spectral_norm_normalize_backward", _fake_normalize_backward)
     # The power iteration mutates u, v and returns constants (as PyTorch's runs under no_grad);
     # register_autograd does not accept mutating ops, and sigma's derivative is carried by the
     # normalisation ops below.
@@ -163,3 +282,7 @@ def register():
         _normalize_backward_backward,
         setup_context=_setup_normalize_backward,
     )
+    # Without a rule, vmap fails with "Batching rule not implemented ... could not generate a
+    # fallback", which does not say what to do instead.
+    for op_name in _OP_NAMES:
+        torch.library.register_vmap(f"gan_kernels::{op_name}", _no_vmap_rule(op_name))
