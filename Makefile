@@ -31,7 +31,8 @@ gpu-verify-dry: build
 
 # Our vectorised CPU kernels and torch's own (the reference) compute differently per instruction set:
 # the op tests run again under every other CPU capability ATen can pick on this machine, with the
-# compiled ops, and the NaN/inf definition tests with the reference too.
+# compiled ops, and the NaN/inf definition tests with the reference too. Inductor's cache does not
+# key on the capability (a kernel cached under one gave wrong values under another), hence one each.
 CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py \
 	tests/test_gradient_penalty.py tests/test_spectral_norm.py tests/test_properties.py tests/test_contracts.py
 
@@ -40,6 +41,7 @@ test: build cuda-check gpu-verify-dry
 	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q
 	@for capability in $$($(PYTHON) scripts/cpu_capabilities.py); do \
 		echo "ATEN_CPU_CAPABILITY=$$capability"; \
+		export TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-$$capability; \
 		ATEN_CPU_CAPABILITY=$$capability $(PYTHON) -m pytest -q -k "not compile and not opcheck" \
 			$(CAPABILITY_TESTS) || exit 1; \
 		ATEN_CPU_CAPABILITY=$$capability GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q \

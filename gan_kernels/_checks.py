@@ -22,7 +22,7 @@ def check_floating(t, arg):
         raise TypeError(f"{arg} must be float64, float32, float16 or bfloat16, got {t.dtype}")
 
 
-def _symbolic(value):
+def symbolic(value):
     """A value only known when the traced graph runs (dynamo may also hand it over as a float)."""
     return isinstance(value, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
 
@@ -42,7 +42,7 @@ def integer(value, arg):
 def count(value, arg):
     """An int >= 1 that fits the ops' int64 arguments."""
     value = integer(value, arg)
-    if _symbolic(value):
+    if symbolic(value):
         return value
     if value < 1:
         raise ValueError(f"{arg} must be >= 1, got {value}")
@@ -62,12 +62,12 @@ def real(value, arg):
         return value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{arg} must be a real number, got {type(value).__name__} {value!r}")
-    return value if _symbolic(value) else float(value)
+    return value if symbolic(value) else float(value)
 
 
 def finite(value, arg):
     value = real(value, arg)
-    if not _symbolic(value) and not math.isfinite(value):
+    if not symbolic(value) and not math.isfinite(value):
         raise ValueError(f"{arg} must be a finite number, got {value}")
     return value
 
@@ -75,7 +75,7 @@ def finite(value, arg):
 def nonnegative(value, arg):
     """A finite number >= 0, as a float."""
     value = real(value, arg)
-    if not _symbolic(value) and not (math.isfinite(value) and value >= 0):
+    if not symbolic(value) and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{arg} must be a finite number >= 0, got {value}")
     return value
 

@@ -8,7 +8,6 @@ from torch.nn.utils import parametrize
 
 from .. import _checks, reference
 from ..ops.spectral_norm import (
-    check_int,
     check_n_power_iterations,
     check_positive_eps,
     check_weight_dtype,
@@ -32,7 +31,7 @@ class SpectralNorm(torch.nn.Module):
         super().__init__()
         self.n_power_iterations = check_n_power_iterations(n_power_iterations)
         self.eps = check_positive_eps(eps)
-        self.dim = _checks.wrap_dim(check_int(dim, "dim"), weight, "dim")
+        self.dim = _checks.wrap_dim(dim, weight, "dim")
         self.sigma = None
         # The SpectralNormGroup this layer belongs to, if any: it holds the W / sigma it computed
         # for the model forward running on the current thread.

@@ -6,7 +6,6 @@ Each is one op call whatever the number of weights. A weight is seen as the matr
 moved first and the other dims flattened, as PyTorch does.
 """
 import math
-import numbers
 
 import torch
 
@@ -30,14 +29,6 @@ def _check_weight(weight, arg):
     check_weight_dtype(weight, arg)
     if weight.dim() < 2:
         raise ValueError(f"{arg} must have at least 2 dimensions, got shape {list(weight.shape)}")
-
-
-def check_int(value, arg):
-    """``value`` as an int; Python and numpy integers pass, bools and floats (which int() would
-    silently truncate) do not."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{arg} must be an int, got {value!r} ({type(value).__name__})")
-    return int(value)
 
 
 def _entries(arg, values):
@@ -92,30 +83,31 @@ def _check_lists(weights, us, vs, dims):
     if weights:
         _check_same_device(_entries("weights", weights) + _entries("us", us) + _entries("vs", vs), weights[0].device)
     return [
-        _checks.wrap_dim(check_int(dim, f"dims[{index}]"), weight, f"dims[{index}]")
+        _checks.wrap_dim(dim, weight, f"dims[{index}]")
         for index, (weight, dim) in enumerate(zip(weights, dims))
     ]
 
 
 def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
-    """``value`` as an int >= ``minimum``; numpy integers pass."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an int >= ``minimum``."""
+    value = _checks.integer(value, arg)
+    if value < minimum:
+        raise ValueError(f"{arg} must be an integer >= {minimum}, got {value}")
+    return value
 
 
 def check_positive_eps(value, arg="eps"):
-    """``value`` as a float > 0; Python and numpy numbers and 0-d real tensors pass."""
-    number = value
-    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
-        number = value.item()
-    if isinstance(number, bool) or not isinstance(number, numbers.Real) or not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{arg} must be a finite number > 0, got {value!r}")
-    return float(number)
+    """``value`` as a float > 0."""
+    value = _checks.real(value, arg)
+    if not _checks.symbolic(value) and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{arg} must be a finite number > 0, got {value}")
+    return value
 
 
-def _use_compiled(weights):
-    return bool(weights) and weights[0].dtype not in _COMPLEX_DTYPES and _backend.use_compiled(weights[0].device)
+def _use_compiled(weights, *tensors):
+    """Real weights on a device with kernels; not under forward-mode AD (see _backend.use_compiled)."""
+    return (bool(weights) and weights[0].dtype not in _COMPLEX_DTYPES
+            and _backend.use_compiled(weights[0].device, *weights, *tensors))
 
 
 def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, eps=1e-12):
@@ -144,7 +136,7 @@ def spectral_norm_normalize(weights, us, vs, sigmas, dims):
     dims = _check_lists(weights, us, vs, dims)
     if weights:
         _check_same_device([("sigmas", sigmas)], weights[0].device)
-    if _use_compiled(weights):
+    if _use_compiled(weights, *us, *vs, sigmas):
         return torch.ops.gan_kernels.spectral_norm_normalize(list(weights), list(us), list(vs), sigmas, dims)
     return reference.spectral_norm_normalize(weights, us, vs, dims)
 
