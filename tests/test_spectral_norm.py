@@ -357,13 +357,9 @@ def test_empty_weight_as_pytorch(in_features, out_features):
         assert torch.equal(got, want)  # empty, or only zeros and the bias: nothing to round
 
 
-@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
-def test_complex_weights_match_pytorch(dtype):
-    torch.manual_seed(22)
-    ours = spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
-    torch.manual_seed(22)
-    theirs = torch_spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
-    x = torch.randn(2, 3, 4, 4, dtype=dtype)
+def assert_steps_then_eval_match_torch(ours, theirs, x, state):
+    """Two training forwards and one in eval: outputs, weight gradients and ``state(module)`` equal
+    PyTorch's, in the input's dtype."""
     for step in range(3):
         if step == 2:
             ours.eval(), theirs.eval()
@@ -371,10 +367,20 @@ def test_complex_weights_match_pytorch(dtype):
         for module in (ours, theirs):
             y = module(x)
             (grad,) = torch.autograd.grad(y.abs().square().sum(), module.parametrizations.weight.original)
-            outputs.append((y, grad, *buffers(module)))
+            outputs.append((y, grad, *state(module)))
         for got, want in zip(*outputs):
-            assert got.dtype == dtype
+            assert got.dtype == x.dtype
             assert_close_to_torch(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_weights_match_pytorch(dtype):
+    torch.manual_seed(22)
+    ours = spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    torch.manual_seed(22)
+    theirs = torch_spectral_norm(torch.nn.Conv2d(3, 4, 2, dtype=dtype))
+    x = torch.randn(2, 3, 4, 4, dtype=dtype)
+    assert_steps_then_eval_match_torch(ours, theirs, x, buffers)
 
 
 def test_applied_twice_to_one_weight_as_pytorch():
@@ -385,16 +391,7 @@ def test_applied_twice_to_one_weight_as_pytorch():
     ours, theirs = twice(spectral_norm), twice(torch_spectral_norm)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     x = torch.randn(3, 7, dtype=torch.float64)
-    for step in range(3):
-        if step == 2:
-            ours.eval(), theirs.eval()
-        outputs = []
-        for module in (ours, theirs):
-            y = module(x)
-            (grad,) = torch.autograd.grad(y.square().sum(), module.parametrizations.weight.original)
-            outputs.append((y, grad, *module.state_dict().values()))
-        for got, want in zip(*outputs):
-            assert_close_to_torch(got, want)
+    assert_steps_then_eval_match_torch(ours, theirs, x, lambda module: module.state_dict().values())
 
 
 @pytest.mark.parametrize("make", [lambda: torch.nn.Conv2d(3, 5, 3), lambda: torch.nn.ConvTranspose2d(3, 5, 3)])
