@@ -1,7 +1,7 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
-from . import nn, penalties, reference
+from . import losses, nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
     bias_act,
@@ -21,6 +21,7 @@ __all__ = [
     "backend",
     "bias_act",
     "gradient_penalty",
+    "losses",
     "minibatch_std",
     "nn",
     "penalties",
