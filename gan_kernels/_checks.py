@@ -1,5 +1,6 @@
 """Argument checks shared by the ops; messages match the C++ checks in csrc/ops/common.h."""
 import math
+import numbers
 
 import torch
 
@@ -25,3 +26,13 @@ def wrap_dim(dim, t, arg):
 def check_nonnegative(value, arg):
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{arg} must be a finite number >= 0, got {value}")
+
+
+def as_float(value, arg):
+    """``value`` as a Python float, accepting what PyTorch accepts for a float argument: Python and
+    numpy numbers and one-element tensors (not bool, which is almost always a mistake here)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.dtype.is_complex:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{arg} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
