@@ -212,7 +212,6 @@ class StabilityMonitor:
         self.every, self.writer, self.thresholds = every, writer, thresholds
         self.sigma_iterations, self.samples = sigma_iterations, samples
         self._generator = torch.Generator().manual_seed(seed)
-        self._networks = {"D": D, "G": G}
         self._layers = _tracked_layers(D, "D", self._generator)
         if G is not None:
             self._layers += _tracked_layers(G, "G", self._generator)
@@ -221,8 +220,7 @@ class StabilityMonitor:
         self.history = []  # one dict of scalars per check
         self.first_seen = {}  # condition -> step it was first detected
         self._current = []
-        self._checked_at = 0
-        self._diversity = []  # (step, tensor) per observe_samples call, read at checks
+        self._diversity = []  # a 0-d tensor per observe_samples call since the latest check
         self._latest_diversity = None
         self._device = None
         self._slot_indices = {}  # slot names -> index tensor on the device, built once per combination
@@ -323,7 +321,7 @@ class StabilityMonitor:
             raise ValueError(f"fake has shape {list(fake.shape)} but real has shape {list(real.shape)}")
         with torch.no_grad():
             diversity = self._mean_distance(fake) / self._mean_distance(real)
-        self._diversity.append((self.step, diversity))
+        self._diversity.append(diversity)
 
     def _mean_distance(self, samples):
         n = min(len(samples), self.samples)
@@ -379,7 +377,7 @@ class StabilityMonitor:
                 scalars[name] = mean
                 variances[name] = max(squares[index] / count - mean * mean, 0.0) if math.isfinite(mean) else 0.0
         if self._diversity:
-            self._latest_diversity = float(self._diversity[-1][1])
+            self._latest_diversity = float(self._diversity[-1])
         if self._latest_diversity is not None:  # the latest measurement, also in checks without one
             scalars["diversity"] = self._latest_diversity
         raw, normalised = self._sigmas() if self._layers else ({}, {})
@@ -388,7 +386,7 @@ class StabilityMonitor:
         nonfinite += sum(not math.isfinite(v) for v in list(raw.values()) + list(normalised.values()))
         scalars["non_finite_values"] = nonfinite
         record = dict(scalars, _steps=self._window_steps, _variances=variances,
-                      _diversities=[float(d) for _, d in self._diversity])
+                      _diversities=[float(d) for d in self._diversity])
         self.history.append(record)
         self._diversity = []
         self._reset_window()
