@@ -46,10 +46,8 @@ import warnings as python_warnings
 
 import torch
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
 from . import _checks
-from .nn.spectral_norm import SpectralNorm
 from .ops.spectral_norm import spectral_norm_power_iteration_
 
 
@@ -152,6 +150,12 @@ class _Layer:
     normalisation: object  # the spectral-norm parametrization, or None
 
 
+def _is_spectral_norm(parametrization):
+    # gan_kernels.nn.SpectralNorm and torch's _SpectralNorm share these (same buffers and numerics);
+    # recognised by them so that the monitor needs nothing from the layers above the ops.
+    return all(hasattr(parametrization, attr) for attr in ("_u", "_v", "dim", "n_power_iterations"))
+
+
 def _tracked_layers(network, prefix, generator):
     layers = []
     for module_name, module in network.named_modules():
@@ -161,7 +165,7 @@ def _tracked_layers(network, prefix, generator):
         if parametrize.is_parametrized(module):
             for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
-                if isinstance(first, (SpectralNorm, _TorchSpectralNorm)):
+                if _is_spectral_norm(first):
                     normalised[name] = (parametrizations.original, first)
         for name, weight in list(module.named_parameters(recurse=False)) + [
             (name, original) for name, (original, _) in normalised.items()
@@ -354,12 +358,11 @@ class StabilityMonitor:
 
     @staticmethod
     def _normalising_sigma(layer):
-        """The sigma the layer's spectral norm divides by (from its latest forward), or None."""
+        """The sigma the layer's spectral norm divides the weight by, ``u . (W v)`` with its own u, v
+        (what its next forward in eval mode uses), or None for a layer without one."""
         sn = layer.normalisation
         if sn is None:
             return None
-        if isinstance(sn, SpectralNorm):
-            return None if sn.sigma is None else float(sn.sigma)
         matrix = layer.weight.detach().movedim(sn.dim, 0).flatten(1)
         return float(torch.vdot(sn._u, torch.mv(matrix, sn._v)))
 
