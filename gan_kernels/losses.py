@@ -81,14 +81,12 @@ def _check_pair(real_logits, fake_logits, paired):
 def _reduce(terms, reduction):
     """Each term reduced on its own and summed, so real and fake batches may differ in size; with
     ``reduction="none"`` the per-element terms are added (their shapes were checked equal)."""
-    if reduction == "none":
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
-    if reduction == "sum":
-        return sum(term.sum() for term in terms)
-    return sum(term.mean() for term in terms)
+    if reduction != "none":
+        terms = [term.sum() if reduction == "sum" else term.mean() for term in terms]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _pairing_reason(kind, reduction):

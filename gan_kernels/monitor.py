@@ -234,7 +234,8 @@ class StabilityMonitor:
     # --- accumulation on the device ---------------------------------------------------------------
 
     def _reset_window(self):
-        # [sums of each slot, sums of squares, count of non-finite values]: one tensor, one sync.
+        # [sums of each slot, sums of their squares]: one tensor, one sync. A NaN or Inf value makes
+        # its slot's sum non-finite, which is how the check sees it.
         self._totals = None
         self._counts = [0] * len(_SLOTS)
         self._window_steps = 0
@@ -244,16 +245,18 @@ class StabilityMonitor:
         if self._device is None:
             self._device = next(iter(values.values())).device
         if self._totals is None:
-            self._totals = torch.zeros(2 * len(_SLOTS) + 1, dtype=torch.float64, device=self._device)
+            self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=self._device)
         names = tuple(values)
         index = self._slot_indices.get(names)
         if index is None:
             slots = [_SLOT[name] for name in names]
-            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots] + [2 * len(_SLOTS)], device=self._device)
+            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots], device=self._device)
             self._slot_indices[names] = index
-        stacked = torch.stack([v.detach().to(self._device, torch.float64) for v in values.values()])
-        nonfinite = (~torch.isfinite(stacked)).sum(dtype=torch.float64)
-        self._totals.index_add_(0, index, torch.cat([stacked, stacked.square(), nonfinite.reshape(1)]))
+        tensors = list(values.values())
+        if any(t.dtype != tensors[0].dtype or t.device != self._device for t in tensors):
+            tensors = [t.to(self._device, torch.float64) for t in tensors]
+        stacked = torch.stack(tensors).to(torch.float64)
+        self._totals.index_add_(0, index, torch.cat([stacked, stacked.square()]))
         for name in names:
             self._counts[_SLOT[name]] += 1
 
@@ -310,7 +313,9 @@ class StabilityMonitor:
         if not grads:
             raise ValueError(f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()")
         norms = torch._foreach_norm(grads)
-        total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device, torch.float32) for n in norms]))
+        if any(n.dtype != norms[0].dtype or n.device != norms[0].device for n in norms):
+            norms = [n.to(norms[0].device, torch.float32) for n in norms]
+        total = torch.linalg.vector_norm(torch.stack(norms))
         self._gradient_norms[f"grad_norm/{network}"] = total
 
     def observe_samples(self, fake, real):
@@ -370,8 +375,8 @@ class StabilityMonitor:
         if self._window_steps == 0 and not self._diversity:
             return
         scalars = {"step": self.step}
-        totals = self._totals.tolist() if self._totals is not None else [0.0] * (2 * len(_SLOTS) + 1)
-        sums, squares, nonfinite = totals[: len(_SLOTS)], totals[len(_SLOTS) : -1], int(totals[-1])
+        totals = self._totals.tolist() if self._totals is not None else [0.0] * (2 * len(_SLOTS))
+        sums, squares = totals[: len(_SLOTS)], totals[len(_SLOTS) :]
         variances = {}
         for name, index in _SLOT.items():
             count = self._counts[index]
@@ -386,8 +391,6 @@ class StabilityMonitor:
         raw, normalised = self._sigmas() if self._layers else ({}, {})
         scalars.update({f"sigma/{name}": value for name, value in raw.items()})
         scalars.update({f"sigma_normalized/{name}": value for name, value in normalised.items()})
-        nonfinite += sum(not math.isfinite(v) for v in list(raw.values()) + list(normalised.values()))
-        scalars["non_finite_values"] = nonfinite
         record = dict(scalars, _steps=self._window_steps, _variances=variances,
                       _diversities=[float(d) for d in self._diversity])
         self.history.append(record)
@@ -415,9 +418,9 @@ class StabilityMonitor:
         def flag(name, **evidence):
             found.append(StabilityIssue(name, step, evidence, REMEDIES[name]))
 
-        if latest["non_finite_values"]:
-            names = [k for k, v in latest.items() if isinstance(v, float) and not math.isfinite(v)]
-            flag("non_finite", values=latest["non_finite_values"], signals=", ".join(names))
+        non_finite = [k for k, v in latest.items() if isinstance(v, float) and not math.isfinite(v)]
+        if non_finite:
+            flag("non_finite", signals=", ".join(non_finite))
 
         accuracies = self._recent("d_accuracy", t.patience)
         if accuracies and min(accuracies) >= t.overpowering_accuracy:
@@ -486,7 +489,7 @@ class StabilityMonitor:
 
     def report(self):
         """The latest check's scalars (logit means, gap, D accuracy, losses, penalty, gradient norms,
-        sigmas, diversity, non_finite_values), running a check first if steps are pending."""
+        sigmas, diversity), running a check first if steps are pending."""
         self._flush()
         if not self.history:
             return {}
