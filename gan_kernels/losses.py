@@ -6,17 +6,14 @@ Both functions return the loss its network *minimises*. Logits have shape [N] or
 discriminator's map); real and fake logits must agree in every dim but the batch, and in the batch
 too where samples are paired (``"relativistic_pairing"``) or ``reduction="none"`` adds them.
 
-==========================  =====================================================  =============================================
-kind                        discriminator minimises                                generator minimises
-==========================  =====================================================  =============================================
-``minimax``                 ``softplus(-r) + softplus(f)``                         ``-softplus(f)``  (= log(1 - sigmoid(f)))
-``non_saturating``          ``softplus(-r) + softplus(f)``                         ``softplus(-f)``  (= -log sigmoid(f))
-``hinge``                   ``relu(1 - r) + relu(1 + f)``                          ``-f``
-``wasserstein``             ``f - r``                                              ``-f``
-``least_squares``           ``((r - 1)^2 + f^2) / 2``                              ``(f - 1)^2 / 2``
-``relativistic_pairing``    ``softplus(f - r)``, pairs matched by index            ``softplus(r - f)``
-``relativistic_average``    ``softplus(-(r - mean f)) + softplus(f - mean r)``     ``softplus(-(f - mean r)) + softplus(r - mean f)``
-==========================  =====================================================  =============================================
+kind                   discriminator minimises                       generator minimises
+minimax                softplus(-r) + softplus(f)                    -softplus(f)   (= log(1 - sigmoid(f)))
+non_saturating         softplus(-r) + softplus(f)                    softplus(-f)   (= -log(sigmoid(f)))
+hinge                  relu(1 - r) + relu(1 + f)                     -f
+wasserstein            f - r                                         -f
+least_squares          ((r - 1)^2 + f^2) / 2                         (f - 1)^2 / 2
+relativistic_pairing   softplus(f - r), pairs matched by index       softplus(r - f)
+relativistic_average   softplus(mean f - r) + softplus(f - mean r)   softplus(mean r - f) + softplus(r - mean f)
 
 (r, f: real and fake logits.) Sources: minimax and non-saturating, Goodfellow et al. 2014; hinge,
 Lim & Ye 2017 / Miyato et al. 2018; Wasserstein, Arjovsky et al. 2017; least squares with the

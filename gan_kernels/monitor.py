@@ -311,7 +311,9 @@ class StabilityMonitor:
             raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
         grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
         if not grads:
-            raise ValueError(f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()")
+            raise ValueError(
+                f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()"
+            )
         norms = torch._foreach_norm(grads)
         if any(n.dtype != norms[0].dtype or n.device != norms[0].device for n in norms):
             norms = [n.to(norms[0].device, torch.float32) for n in norms]

@@ -118,6 +118,20 @@ def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors)
     assert monitor.warnings == []
 
 
+def test_thresholds_are_settable():
+    # The same data-like samples are a collapse for a monitor told to expect 1.5x the data's spread.
+    centers, std = mog.DATASETS["ring8"]
+    generator = torch.Generator().manual_seed(2)
+    strict = StabilityMonitor(torch.nn.Linear(2, 1), every=5, thresholds=Thresholds(collapse_diversity=1.5))
+    with pytest.warns(StabilityWarning, match="mode_collapse"):
+        for _ in range(10):
+            strict.observe(d_loss=1.0)
+            strict.observe_samples(mog.sample_mixture(centers, std, 256, generator),
+                                   mog.sample_mixture(centers, std, 256, generator))
+    (issue,) = strict.warnings
+    assert issue.name == "mode_collapse" and issue.evidence["threshold"] == 1.5
+
+
 def test_a_discriminator_trained_alone_is_flagged_overpowering(one_thread):
     # G is never stepped; its gradient under the saturating minimax loss is what it would get.
     torch.manual_seed(0)

@@ -49,7 +49,8 @@ def cases(device, quick, compile_fn):
     def step_with_monitor():
         monitor_calls(monitor, D, *d_step(D, real, fake))
 
-    op, name, dtype = f"monitor every={EVERY}, stylegan2 D c<={max_channels}", shape_name(shape), dtype_name(torch.float32)
+    op = f"monitor every={EVERY}, stylegan2 D c<={max_channels}"
+    name, dtype = shape_name(shape), dtype_name(torch.float32)
     return [
         Case(op, name, dtype, "d step + monitor",
              {"eager": lambda: d_step(D, real, fake), "compile": NOT_COMPILED, "ours": step_with_monitor}),
