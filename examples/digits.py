@@ -19,7 +19,6 @@ import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_kernels  # noqa: E402
@@ -99,6 +98,8 @@ def class_coverage(classifier, samples):
 
 def train(steps, batch=64, r1_gamma=0.1, r1_interval=4, seed=0, log_every=100, monitor_every=50, samples_every=250):
     """(G, images, labels, seconds per step, the StabilityMonitor that watched the run)."""
+    from tqdm import tqdm  # imported here, as sklearn is: the module's helpers do not need it
+
     torch.manual_seed(seed)
     images, labels = load_digits()
     g, d = Generator(), Discriminator()

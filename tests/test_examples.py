@@ -41,6 +41,7 @@ def test_a_mode_with_a_few_stray_points_is_not_covered():
 
 
 def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
+    pytest.importorskip("tqdm")
     results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert set(results) == {(c, d) for c in mog.CONFIGS for d in mog.DATASETS}
     for r in results.values():
@@ -84,6 +85,7 @@ def test_single_forward_penalty_equals_the_library_helper(penalty):
 
 def test_digits_runs_and_measures_coverage(tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
     import digits
 
     result = digits.main(["--steps", "4", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
