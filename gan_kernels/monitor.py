@@ -226,6 +226,10 @@ class StabilityMonitor:
         self._current = []
         self._diversity = []  # a 0-d tensor per observe_samples call since the latest check
         self._latest_diversity = None
+        # What the conditions need from earlier checks, kept as they go:
+        self._largest_g_norm = 0.0
+        self._diversities = []  # the latest `patience` diversity measurements
+        self._first_sigmas = {}  # per sigma key, its values at the first `sigma_baseline_checks` checks
         self._device = None
         self._slot_indices = {}  # slot names -> index tensor on the device, built once per combination
         self._gradient_norms = {}  # from observe_gradients, accumulated with the next observe()
@@ -406,11 +410,18 @@ class StabilityMonitor:
         for issue in self._current:
             if issue.name not in self.first_seen:
                 self.first_seen[issue.name] = issue.step
-                python_warnings.warn(f"gan_kernels.StabilityMonitor: {issue}", StabilityWarning, stacklevel=4)
+                python_warnings.warn(f"gan_kernels.StabilityMonitor: {issue}", StabilityWarning, stacklevel=3)
 
     def _recent(self, key, count):
-        values = [record[key] for record in self.history if key in record]
-        return values[-count:] if len(values) >= count else None
+        """The last ``count`` values of ``key`` over the checks (oldest first), or None if fewer;
+        scanned from the end, so a check costs the same late in a long run."""
+        values = []
+        for record in reversed(self.history):
+            if key in record:
+                values.append(record[key])
+                if len(values) == count:
+                    return values[::-1]
+        return None
 
     def _detect(self):
         t, latest = self.thresholds, self.history[-1]
@@ -429,11 +440,14 @@ class StabilityMonitor:
             flag("discriminator_overpowering", d_accuracy=accuracies[-1], threshold=t.overpowering_accuracy,
                  real_logit_mean=latest.get("real_logit_mean"), fake_logit_mean=latest.get("fake_logit_mean"))
 
-        norms = [record["grad_norm/G"] for record in self.history if "grad_norm/G" in record]
+        norms = self._recent("grad_norm/G", t.patience + 1)
+        if norms:
+            # The largest norm before the latest `patience` checks, kept as a running maximum.
+            self._largest_g_norm = max(self._largest_g_norm, norms[0])
         winning = accuracies is not None and min(accuracies) >= t.vanishing_accuracy
-        if winning and len(norms) > t.patience:
-            largest = max(norms[: -t.patience])
-            if all(norm < t.vanishing_gradient_ratio * largest for norm in norms[-t.patience:]):
+        if winning and norms:
+            largest = self._largest_g_norm
+            if all(norm < t.vanishing_gradient_ratio * largest for norm in norms[1:]):
                 flag("vanishing_generator_gradient", grad_norm_G=norms[-1], largest=largest,
                      ratio=t.vanishing_gradient_ratio)
 
@@ -441,28 +455,35 @@ class StabilityMonitor:
         if oscillation:
             flag("oscillation", **oscillation)
 
-        diversities = [d for record in self.history for d in record["_diversities"]]
-        if len(diversities) >= t.patience and max(diversities[-t.patience:]) < t.collapse_diversity:
-            flag("mode_collapse", diversity=diversities[-1], threshold=t.collapse_diversity)
+        self._diversities = (self._diversities + latest["_diversities"])[-t.patience:]
+        if len(self._diversities) == t.patience and max(self._diversities) < t.collapse_diversity:
+            flag("mode_collapse", diversity=self._diversities[-1], threshold=t.collapse_diversity)
 
         for key in (k for k in latest if k.startswith("sigma")):
             if key.startswith("sigma/") and f"sigma_normalized/{key[6:]}" in latest:
                 continue  # a spectrally normalised layer: its normalised sigma is the one that matters
-            recent = self._recent(key, t.patience + 1)
-            measured = [r[key] for r in self.history if key in r]
-            if len(measured) <= t.sigma_baseline_checks:
+            first = self._first_sigmas.setdefault(key, [])
+            if len(first) < t.sigma_baseline_checks:
+                first.append(latest[key])
                 continue
-            baseline = max(measured[: t.sigma_baseline_checks])
+            baseline = max(first)
+            recent = self._recent(key, t.patience + 1)
             if recent and all(b > a for a, b in zip(recent, recent[1:])) and recent[-1] > t.sigma_growth * baseline:
                 flag("exploding_sigma", layer=key, sigma=recent[-1], first=baseline, growth=t.sigma_growth)
         return found
 
     def _oscillation(self):
         t = self.thresholds
-        key = "logit_gap" if any("logit_gap" in r for r in self.history) else "d_loss"
-        records = [r for r in self.history if key in r][-t.oscillation_windows:]
+        key = "logit_gap" if "logit_gap" in self.history[-1] else "d_loss"
+        records = []
+        for record in reversed(self.history):
+            if key in record:
+                records.append(record)
+                if len(records) == t.oscillation_windows:
+                    break
         if len(records) < t.oscillation_windows:
             return None
+        records.reverse()
         means = [r[key] for r in records]
         if not all(math.isfinite(m) for m in means):
             return None
