@@ -230,7 +230,8 @@ class StabilityMonitor:
         self._largest_g_norm = 0.0
         self._diversities = []  # the latest `patience` diversity measurements
         self._first_sigmas = {}  # per sigma key, its values at the first `sigma_baseline_checks` checks
-        self._device = None
+        # Statistics accumulate on D's device (values from elsewhere are moved there).
+        self._device = next(D.parameters(), torch.empty(0)).device
         self._slot_indices = {}  # slot names -> index tensor on the device, built once per combination
         self._gradient_norms = {}  # from observe_gradients, accumulated with the next observe()
         self._reset_window()
@@ -246,8 +247,6 @@ class StabilityMonitor:
 
     def _accumulate(self, values):
         """``values``: {slot: 0-d tensor}. Adds them to the device sums, no host sync."""
-        if self._device is None:
-            self._device = next(iter(values.values())).device
         if self._totals is None:
             self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=self._device)
         names = tuple(values)
@@ -302,8 +301,7 @@ class StabilityMonitor:
             if value.numel() != 1:
                 raise ValueError(f"{arg} must be a scalar (one element), got shape {list(value.shape)}")
             return value.detach().reshape(())
-        device = self._device or torch.device("cpu")
-        return torch.tensor(_checks.as_float(value, arg), dtype=torch.float64, device=device)
+        return torch.tensor(_checks.as_float(value, arg), dtype=torch.float64, device=self._device)
 
     def observe_gradients(self, network, module):
         """Records the total gradient norm of ``module``'s parameters (their ``.grad``, after a

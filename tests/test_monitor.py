@@ -10,6 +10,8 @@ import warnings
 import pytest
 import torch
 
+from helpers import DEVICES
+
 import gan_kernels
 from gan_kernels import losses
 from gan_kernels.monitor import CONDITIONS, StabilityMonitor, StabilityWarning, Thresholds
@@ -174,13 +176,15 @@ def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
     assert all(w.evidence["layer"] != "sigma/D/0.weight" for w in monitor.warnings)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("where", ["d_loss", "real_logits"])
-def test_a_nan_is_flagged_non_finite_at_once(where):
-    monitor = StabilityMonitor(torch.nn.Linear(3, 1), every=50)
-    monitor.observe(d_loss=torch.tensor(0.7), real_logits=torch.randn(4), fake_logits=torch.randn(4))
+def test_a_nan_is_flagged_non_finite_at_once(where, device):
+    monitor = StabilityMonitor(torch.nn.Linear(3, 1).to(device), every=50)
+    monitor.observe(d_loss=torch.tensor(0.7, device=device), real_logits=torch.randn(4, device=device),
+                    fake_logits=torch.randn(4, device=device))
     values = {"d_loss": torch.tensor(0.7), "real_logits": torch.randn(4), "fake_logits": torch.randn(4)}
-    values[where] = values[where].clone().fill_(math.nan) if where == "d_loss" else torch.tensor([0.1, math.nan, 0, 1])
-    monitor.observe(**values)
+    values[where] = torch.tensor(math.nan) if where == "d_loss" else torch.tensor([0.1, math.nan, 0, 1])
+    monitor.observe(**{name: value.to(device) for name, value in values.items()})
     with pytest.warns(StabilityWarning, match="non_finite"):
         issues = monitor.warnings  # read after 2 of the 50 steps
     assert [w.name for w in issues] == ["non_finite"] and issues[0].step == 2
@@ -246,12 +250,14 @@ def test_sigmas_equal_the_matrix_norm_after_warm_up():
     assert "sigma_normalized/D/3.weight" not in report
 
 
-def test_report_holds_the_means_of_the_observed_values():
-    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=10)
+@pytest.mark.parametrize("device", DEVICES)
+def test_report_holds_the_means_of_the_observed_values(device):
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1).to(device), every=10)
     real = [torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, 0.5, 3.0])]
     fake = [torch.tensor([-1.0, 0.5, -2.0, -3.0]), torch.tensor([-0.5, -0.5, 1.0, 2.0])]
     for r, f, loss in zip(real, fake, (0.25, 0.75)):
-        monitor.observe(real_logits=r, fake_logits=f, d_loss=loss, penalty=torch.tensor(2 * loss))
+        monitor.observe(real_logits=r.to(device), fake_logits=f.to(device), d_loss=loss,
+                        penalty=torch.tensor(2 * loss, device=device))
     report = monitor.report()
     assert report["step"] == 2
     assert report["real_logit_mean"] == pytest.approx(float(real[0].mean() + real[1].mean()) / 2)

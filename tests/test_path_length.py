@@ -8,7 +8,7 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-from helpers import unregistered_autograd_is_an_error
+from helpers import DEVICES, unregistered_autograd_is_an_error
 
 from gan_kernels.penalties import LazyRegularizer, PathLengthRegularizer
 
@@ -37,7 +37,8 @@ def make_ws(seed=1, shape=(N, NUM_WS, W_DIM)):
 def textbook(images, ws, mean_before, decay, noise_seed):
     """StyleGAN2's path-length penalty, the running mean a constant for autograd."""
     pixels = images.shape[2] * images.shape[3]
-    y = torch.randn(images.shape, generator=torch.Generator().manual_seed(noise_seed), dtype=images.dtype)
+    generator = torch.Generator(device=images.device).manual_seed(noise_seed)
+    y = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=images.device)
     y = y / math.sqrt(pixels)
     (g,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
     lengths = g.square().sum(2).mean(1).sqrt()
@@ -46,15 +47,16 @@ def textbook(images, ws, mean_before, decay, noise_seed):
 
 
 def ours(regularizer, images, ws, noise_seed):
-    return regularizer(images, ws, generator=torch.Generator().manual_seed(noise_seed))
+    return regularizer(images, ws, generator=torch.Generator(device=images.device).manual_seed(noise_seed))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mean_before", [0.0, 0.8])
-def test_penalty_gradients_and_second_derivatives_equal_the_formula(mean_before):
-    g_net = TinySynthesis()
-    regularizer = PathLengthRegularizer(decay=0.3).double()
+def test_penalty_gradients_and_second_derivatives_equal_the_formula(mean_before, device):
+    g_net = TinySynthesis().to(device)
+    regularizer = PathLengthRegularizer(decay=0.3).double().to(device)
     regularizer.mean_length.fill_(mean_before)
-    ws = make_ws()
+    ws = make_ws().detach().to(device).requires_grad_()
     images = g_net(ws)
     with unregistered_autograd_is_an_error():
         penalty = ours(regularizer, images, ws, noise_seed=7)
@@ -69,7 +71,7 @@ def test_penalty_gradients_and_second_derivatives_equal_the_formula(mean_before)
         assert grad.abs().max() > 0
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-12)
     # Second order: the derivative of a random projection of the first derivatives.
-    projections = [torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=grad.dtype)
+    projections = [torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=grad.dtype).to(device)
                    for grad in grads]
     second = torch.autograd.grad(sum((g * p).sum() for g, p in zip(grads, projections)), inputs, retain_graph=True)
     second_expected = torch.autograd.grad(sum((g * p).sum() for g, p in zip(expected_grads, projections)), inputs)
