@@ -14,8 +14,8 @@ evidence and the remedies, cheaply enough to leave on.
     monitor.plot("dashboard.png")
 
 Call ``observe`` once per training step (D and G values together). Per-step statistics are
-accumulated on the tensors' device; the host reads them (one sync) every ``every`` steps, and
-whenever ``report()`` or ``warnings`` is read.
+accumulated on D's device without a host sync; the host reads them every ``every`` steps (a check:
+the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
 At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
 and G with one batched power-iteration call per device and dtype, on persistent u, v.
 
@@ -191,8 +191,9 @@ class StabilityMonitor:
     """Watches a GAN's training for the failure signs listed in this module's docstring.
 
     ``D``, ``G``: the networks (G optional) whose weights' spectral norms are tracked. ``every``:
-    observed steps per check (host sync). ``writer``: anything with ``add_scalar(tag, value, step)``,
-    e.g. a ``torch.utils.tensorboard.SummaryWriter``; it gets every scalar of every check.
+    observed steps per check (the host syncs only at checks). ``writer``: anything with
+    ``add_scalar(tag, value, step)``, e.g. a ``torch.utils.tensorboard.SummaryWriter``; it gets every
+    scalar of every check.
     ``thresholds``: a :class:`Thresholds`. ``sigma_iterations``: power-iteration steps per check.
     ``samples``: the subsample size for the diversity score. ``seed``: for the monitor's own random
     numbers (u, v, subsamples), so that it does not change the run's.
@@ -239,8 +240,8 @@ class StabilityMonitor:
     # --- accumulation on the device ---------------------------------------------------------------
 
     def _reset_window(self):
-        # [sums of each slot, sums of their squares]: one tensor, one sync. A NaN or Inf value makes
-        # its slot's sum non-finite, which is how the check sees it.
+        # [sums of each slot, sums of their squares]: one tensor, read in one sync. A NaN or Inf
+        # value makes its slot's sum non-finite, which is how the check sees it.
         self._totals = None
         self._counts = [0] * len(_SLOTS)
         self._window_steps = 0

@@ -7,7 +7,7 @@ cases/end_to_end.py, non-saturating loss) without and with the monitor at every=
 * "monitor calls": eager = the step alone, ours = the monitor's calls alone on that step's logits,
   loss and gradients; x eager = step time / monitor time, so the overhead is 1 / (x eager).
 
-Timed calls repeat the step, so every 50th call runs the monitor's check (one host sync, one batched
+Timed calls repeat the step, so every 50th call runs the monitor's check (its host syncs, one batched
 power iteration over D's layers): its cost is amortised as in training. No torch.compile column:
 the monitor is bookkeeping around a step, not a kernel.
 """
