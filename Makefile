@@ -7,8 +7,8 @@ TORCH_SPEC ?= torch==2.13.0
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
-	@$(PYTHON) -c "import pytest, hypothesis, numpy, matplotlib, sklearn" 2>/dev/null || \
-		$(PIP) install pytest hypothesis numpy matplotlib scikit-learn
+	@$(PYTHON) -c "import pytest, hypothesis, numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
+		$(PIP) install pytest hypothesis numpy matplotlib scikit-learn tqdm tensorboard
 	@command -v ninja >/dev/null || $(PIP) install ninja
 
 build: deps

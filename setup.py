@@ -72,5 +72,6 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
-    extras_require={"test": ["pytest", "hypothesis", "numpy"], "examples": ["matplotlib", "scikit-learn"]},
+    extras_require={"test": ["pytest", "hypothesis", "numpy", "tensorboard"],
+                    "examples": ["matplotlib", "scikit-learn", "tqdm"]},
 )

@@ -6,9 +6,10 @@
 G: a mapping net (PixelNorm + EqualizedLinear, lr multiplier 0.01) and a synthesis net of
 EqualizedConv2d with pixel norm, as in ProGAN. D: EqualizedConv2d and EqualizedLinear with a
 MinibatchStd epilogue, trained with the non-saturating loss and lazy R1 (StyleGAN2's Adam
-correction). Reports class coverage measured by a classifier trained on the real digits (classes
-produced, entropy of the class histogram, mean confidence) and saves a sample grid PNG.
-Needs scikit-learn (the data and the classifier); matplotlib for the picture.
+correction), watched by gan_kernels' StabilityMonitor. Reports class coverage measured by a
+classifier trained on the real digits (classes produced, entropy of the class histogram, mean
+confidence) and what the monitor flagged; saves a sample grid PNG and the monitor's dashboard PNG.
+Needs scikit-learn (the data and the classifier) and tqdm; matplotlib for the pictures.
 """
 import argparse
 import math
@@ -21,7 +22,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_kernels  # noqa: E402
-from gan_kernels import penalties  # noqa: E402
+from gan_kernels import losses, penalties  # noqa: E402
+from gan_kernels.monitor import StabilityMonitor  # noqa: E402
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd, PixelNorm  # noqa: E402
 
 Z_DIM = 64
@@ -94,7 +96,10 @@ def class_coverage(classifier, samples):
     return produced, entropy, float(confidence.mean())
 
 
-def train(steps, batch=64, r1_gamma=0.1, r1_interval=4, seed=0, log_every=100):
+def train(steps, batch=64, r1_gamma=0.1, r1_interval=4, seed=0, log_every=100, monitor_every=50, samples_every=250):
+    """(G, images, labels, seconds per step, the StabilityMonitor that watched the run)."""
+    from tqdm import tqdm  # imported here, as sklearn is: the module's helpers do not need it
+
     torch.manual_seed(seed)
     images, labels = load_digits()
     g, d = Generator(), Discriminator()
@@ -102,27 +107,37 @@ def train(steps, batch=64, r1_gamma=0.1, r1_interval=4, seed=0, log_every=100):
     opt_g = torch.optim.Adam(g.parameters(), lr=0.002, betas=(0.0, 0.99))
     lr_d, betas_d = penalties.lazy_adam_hyperparameters(0.002, (0.0, 0.99), r1_interval)
     opt_d = torch.optim.Adam(d.parameters(), lr=lr_d, betas=betas_d)
+    monitor = StabilityMonitor(d, g, every=monitor_every)
     start = time.time()
-    for step in range(steps):
+    progress = tqdm(range(steps), unit="step", smoothing=0.05)
+    for step in progress:
         real = images[torch.randint(len(images), (batch,))]
         with torch.no_grad():
             fake = g(torch.randn(batch, Z_DIM))
-        loss_d = nn.functional.softplus(d(fake)).mean() + nn.functional.softplus(-d(real)).mean()
+        fake_logits = d(fake)
+        real_logits = d(real)
+        loss_d = losses.discriminator_loss(real_logits, fake_logits, "non_saturating")
         r1 = lazy(step, penalties.r1, d, real, r1_gamma)
         if r1 is not None:
             loss_d = loss_d + r1
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        monitor.observe_gradients("D", d)
         opt_d.step()
 
-        loss_g = nn.functional.softplus(-d(g(torch.randn(batch, Z_DIM)))).mean()
+        fake = g(torch.randn(batch, Z_DIM))
+        loss_g = losses.generator_loss(d(fake), kind="non_saturating")
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        monitor.observe_gradients("G", g)
         opt_g.step()
+        monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=loss_d, g_loss=loss_g, penalty=r1)
+        if step % samples_every == 0:
+            monitor.observe_samples(fake, real)
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1:5d}/{steps}  D {loss_d.item():.3f}  G {loss_g.item():.3f}  "
-                  f"{time.time() - start:5.0f}s", flush=True)
-    return g, images, labels, (time.time() - start) / max(steps, 1)
+            progress.set_postfix(D=f"{loss_d.item():.3f}", G=f"{loss_g.item():.3f}")
+    monitor.report()  # a last check over the steps since the latest one
+    return g, images, labels, (time.time() - start) / max(steps, 1), monitor
 
 
 def save_grid(samples, path):
@@ -160,7 +175,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     print(f"backend: {gan_kernels.backend()}")
-    g, images, labels, seconds_per_step = train(args.steps, args.batch, args.r1_gamma, args.r1_interval, args.seed)
+    g, images, labels, seconds_per_step, monitor = train(args.steps, args.batch, args.r1_gamma, args.r1_interval,
+                                                         args.seed)
     classifier = train_classifier(images, labels)
     with torch.no_grad():
         samples = g(torch.randn(1000, Z_DIM, generator=torch.Generator().manual_seed(args.seed)))
@@ -170,10 +186,13 @@ def main(argv=None):
     print(f"{'generated':<10} {produced:>5}/10 {entropy:>8.3f} {confidence:>11.3f}")
     print(f"{'real':<10} {real_produced:>5}/10 {real_entropy:>8.3f} {real_confidence:>11.3f}   (max entropy ln 10 = 2.303)")
     print(f"{1e3 * seconds_per_step:.1f} ms per step")
+    flagged = ", ".join(f"{name} (first at step {step})" for name, step in monitor.first_seen.items())
+    print(f"StabilityMonitor: {flagged or 'nothing flagged'}")
     path = save_grid(samples[:100], os.path.join(args.out, "digits_samples.png"))
     if path:
         print(f"saved {path}")
-    return {"classes": produced, "entropy": entropy, "confidence": confidence}
+        print(f"saved {monitor.plot(os.path.join(args.out, 'digits_dashboard.png'))}")
+    return {"classes": produced, "entropy": entropy, "confidence": confidence, "flagged": dict(monitor.first_seen)}
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ with and without gan_kernels' stabilisers.
 
 For each configuration it reports, averaged over seeds, the modes covered (a mode counts when at
 least a quarter of its fair share of samples lands within 3 std of it) and the share of
-high-quality samples (within 3 std of any mode); it saves a PNG grid of samples and a PNG of the
-loss and per-layer sigma curves (matplotlib needed for the pictures only).
+high-quality samples (within 3 std of any mode) and which failure signs gan_kernels'
+StabilityMonitor flagged in each run, and at which step; it saves a PNG grid of samples and a PNG
+of the loss and per-layer sigma curves (matplotlib needed for the pictures only, tqdm for the
+progress bar).
 
 Every configuration trains the same G and D (MLPs, 3 hidden layers of 64; G's noise is 2-D, as in
 the WGAN-GP authors' toy script) with the same optimiser and budget: Adam with betas (0, 0.9), one
@@ -32,13 +34,15 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import gan_kernels  # noqa: E402
-from gan_kernels import penalties  # noqa: E402
+from gan_kernels import losses, penalties  # noqa: E402
+from gan_kernels.monitor import StabilityMonitor, StabilityWarning  # noqa: E402
 
 # Ring of 8 at radius 2 (std 0.02) and a 5x5 grid on [-4, 4] (std 0.05), as in the VEEGAN/PacGAN tests.
 DATASETS = {
@@ -52,7 +56,7 @@ DATASETS = {
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    loss: str  # "ns" (non-saturating), "hinge" or "wgan"
+    loss: str  # a gan_kernels.losses kind: "non_saturating", "hinge" or "wasserstein"
     spectral_norm: bool = False
     penalty: str = ""  # "", "wgan-gp" or "r1"
     weight: float = 0.0  # WGAN-GP's lambda or R1's gamma
@@ -64,11 +68,11 @@ class Config:
 
 
 CONFIGS = {
-    "none": Config("ns"),
+    "none": Config("non_saturating"),
     "sn": Config("hinge", spectral_norm=True),
-    "wgan-gp": Config("wgan", penalty="wgan-gp", weight=0.1),
-    "r1": Config("ns", penalty="r1", weight=0.1),
-    "sn+r1": Config("ns", spectral_norm=True, penalty="r1", weight=0.1),
+    "wgan-gp": Config("wasserstein", penalty="wgan-gp", weight=0.1),
+    "r1": Config("non_saturating", penalty="r1", weight=0.1),
+    "sn+r1": Config("non_saturating", spectral_norm=True, penalty="r1", weight=0.1),
 }
 
 Z_DIM = 2
@@ -78,6 +82,8 @@ BATCH = 128
 DECAY_FROM = 0.6  # the learning rates decay linearly to 0 from this fraction of the steps on
 # Default steps per run: the ring is learned in fewer steps than the grid.
 STEPS = {"ring8": 1000, "grid25": 2200}
+MONITOR_EVERY = 50  # steps per StabilityMonitor check
+SAMPLES_EVERY = 100  # steps between the monitor's diversity measurements
 
 
 def sample_mixture(centers, std, n, generator):
@@ -121,33 +127,32 @@ def sigmas(d):
 
 
 def discriminator_loss(config, d, real, fake, generator):
-    """D's loss and penalty from ONE forward of D over [real, fake(, interpolates)]: one power
-    iteration per D step for the spectrally normalised Ds, and the penalties reuse these logits."""
+    """D's loss and what the monitor observes (logits, penalty) from ONE forward of D over
+    [real, fake(, interpolates)]: one power iteration per D step for the spectrally normalised Ds,
+    and the penalties reuse these logits."""
     n = len(real)
     inputs = [real.requires_grad_(config.penalty == "r1"), fake]
     if config.penalty == "wgan-gp":
         inputs.append(penalties.interpolates(real, fake, generator).requires_grad_())
     logits = d(torch.cat(inputs))
     real_logits, fake_logits = logits[:n], logits[n:2 * n]
-    if config.loss == "wgan":
-        loss = fake_logits.mean() - real_logits.mean()
-    elif config.loss == "hinge":
-        loss = nn.functional.relu(1 + fake_logits).mean() + nn.functional.relu(1 - real_logits).mean()
-    else:
-        loss = nn.functional.softplus(fake_logits).mean() + nn.functional.softplus(-real_logits).mean()
+    loss = losses.discriminator_loss(real_logits, fake_logits, config.loss)
+    penalty = None
     if config.penalty == "wgan-gp":  # = penalties.wgan_gp(d, real, fake, weight), without a 2nd forward
-        loss = loss + config.weight * penalties.gradient_penalty(logits[2 * n:], inputs[2], center=1.0).mean()
+        penalty = config.weight * penalties.gradient_penalty(logits[2 * n:], inputs[2], center=1.0).mean()
     elif config.penalty == "r1":  # = penalties.r1(d, real, gamma), without a 2nd forward
-        loss = loss + config.weight / 2 * penalties.gradient_penalty(real_logits, real, center=0.0).mean()
-    return loss
+        penalty = config.weight / 2 * penalties.gradient_penalty(real_logits, real, center=0.0).mean()
+    if penalty is not None:
+        loss = loss + penalty
+    return loss, {"real_logits": real_logits, "fake_logits": fake_logits, "penalty": penalty}
 
 
 def generator_loss(config, d, fake):
-    logits = d(fake)
-    return nn.functional.softplus(-logits).mean() if config.loss == "ns" else -logits.mean()
+    return losses.generator_loss(d(fake), kind=config.loss)
 
 
-def train(config, dataset, steps, seed, batch=BATCH, progress=None):
+def train(config, dataset, steps, seed, batch=BATCH, progress=None, monitor_every=MONITOR_EVERY):
+    """(samples in the data's units, curves, the StabilityMonitor that watched the run)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     centers, std = DATASETS[dataset]
@@ -159,6 +164,7 @@ def train(config, dataset, steps, seed, batch=BATCH, progress=None):
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=config.betas, fused=True)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas, fused=True)
     curves = {"d_loss": [], "g_loss": [], "sigma": []}
+    monitor = StabilityMonitor(d, g, every=monitor_every)
     decay_from = int(DECAY_FROM * steps)
     for step in range(steps):
         if step >= decay_from:
@@ -168,46 +174,40 @@ def train(config, dataset, steps, seed, batch=BATCH, progress=None):
             real = sample_mixture(centers, std, batch, generator) / scale
             with torch.no_grad():
                 fake = g(torch.randn(batch, Z_DIM, generator=generator))
-            d_loss = discriminator_loss(config, d, real, fake, generator)
+            d_loss, observed = discriminator_loss(config, d, real, fake, generator)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
+            monitor.observe_gradients("D", d)
             opt_d.step()
 
         # The generator step needs no gradients for D's weights, and (eval mode) no power
         # iteration: a spectrally normalised D uses the u, v of its latest D step.
         d.eval().requires_grad_(False)
-        g_loss = generator_loss(config, d, g(torch.randn(batch, Z_DIM, generator=generator)))
+        fake = g(torch.randn(batch, Z_DIM, generator=generator))
+        g_loss = generator_loss(config, d, fake)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
+        monitor.observe_gradients("G", g)
         opt_g.step()
         d.train().requires_grad_(True)
+        monitor.observe(d_loss=d_loss, g_loss=g_loss, **observed)
+        if step % SAMPLES_EVERY == 0:
+            monitor.observe_samples(fake, real)
 
         curves["d_loss"].append(d_loss.item())
         curves["g_loss"].append(g_loss.item())
         curves["sigma"].append(sigmas(d))
-        if progress:
-            progress(step)
+        if progress is not None:
+            progress.update()
+    monitor.report()  # a last check over the steps since the latest one
     with torch.no_grad():
         samples = g(torch.randn(2500, Z_DIM, generator=generator)) * scale
-    return samples, curves
+    return samples, curves, monitor
 
 
-class ProgressBar:
-    def __init__(self, total, width=30, stream=sys.stderr):
-        self.total, self.width, self.stream, self.done, self.start = total, width, stream, 0, time.time()
-
-    def __call__(self, _step=None):
-        self.done += 1
-        if self.done % 50 and self.done != self.total:
-            return
-        filled = self.width * self.done // self.total
-        elapsed = time.time() - self.start
-        eta = elapsed / self.done * (self.total - self.done)
-        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} steps "
-                          f"{elapsed:5.0f}s elapsed, {eta:4.0f}s left")
-        if self.done == self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+def flagged(monitor):
+    """'condition@step, ...' for every condition the monitor detected, at its first detection."""
+    return ", ".join(f"{name}@{step}" for name, step in monitor.first_seen.items()) or "-"
 
 
 def save_pictures(results, out_dir):
@@ -292,30 +292,40 @@ def main(argv=None):
     # One-time costs (the first double backward of a process takes seconds) out of the timings.
     for name in configs:
         train(CONFIGS[name], datasets[0], 2, 0)
-    progress = ProgressBar(len(configs) * args.seeds * sum(steps.values()))
-    results = {}
-    for ds in datasets:
-        centers, std = DATASETS[ds]
-        for name in configs:
-            modes, quality, seconds = [], [], []
-            for seed in range(args.seeds):
-                start = time.time()
-                samples, curves = train(CONFIGS[name], ds, steps[ds], seed, progress=progress)
-                seconds.append(time.time() - start)
-                m, q = mode_metrics(samples, centers, std)
-                modes.append(m)
-                quality.append(q)
-            results[name, ds] = {"modes": sum(modes) / len(modes), "quality": sum(quality) / len(quality),
-                                 "modes_per_seed": modes,
-                                 "ms_per_step": 1e3 * sum(seconds) / len(seconds) / steps[ds],
-                                 "samples": samples, "curves": curves}
+    # Imported here: train() and the metrics (used by the tests) do not need tqdm.
+    from tqdm import tqdm
 
-    print(f"\n{'config':<10} {'dataset':<8} {'modes covered':>14} {'per seed':>10} {'high quality':>13} {'ms/step':>8}")
+    progress = tqdm(total=len(configs) * args.seeds * sum(steps.values()), unit="step", smoothing=0.05)
+    results = {}
+    # The monitor's findings are collected into the table, not printed as warnings mid-run.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        for ds in datasets:
+            centers, std = DATASETS[ds]
+            for name in configs:
+                modes, quality, seconds, flags = [], [], [], []
+                for seed in range(args.seeds):
+                    progress.set_description(f"{name} / {ds} / seed {seed}")
+                    start = time.time()
+                    samples, curves, monitor = train(CONFIGS[name], ds, steps[ds], seed, progress=progress)
+                    seconds.append(time.time() - start)
+                    m, q = mode_metrics(samples, centers, std)
+                    modes.append(m)
+                    quality.append(q)
+                    flags.append(flagged(monitor))
+                results[name, ds] = {"modes": sum(modes) / len(modes), "quality": sum(quality) / len(quality),
+                                     "modes_per_seed": modes,
+                                     "ms_per_step": 1e3 * sum(seconds) / len(seconds) / steps[ds],
+                                     "samples": samples, "curves": curves, "flagged": flags}
+    progress.close()
+
+    print(f"\n{'config':<10} {'dataset':<8} {'modes covered':>14} {'per seed':>10} {'high quality':>13} {'ms/step':>8}"
+          "  flagged by the StabilityMonitor (per seed: condition@first step)")
     for (name, ds), r in results.items():
         total = len(DATASETS[ds][0])
         per_seed = ",".join(map(str, r["modes_per_seed"]))
         print(f"{name:<10} {ds:<8} {r['modes']:>9.1f}/{total:<4} {per_seed:>10} {100 * r['quality']:>12.1f}% "
-              f"{r['ms_per_step']:>8.2f}")
+              f"{r['ms_per_step']:>8.2f}  " + " | ".join(r["flagged"]))
     print(f"(averaged over {args.seeds} seed(s); steps per run: "
           + ", ".join(f"{ds} {n}" for ds, n in steps.items()) + f"; batch {BATCH})")
     for path in save_pictures(results, args.out):

@@ -1,7 +1,7 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
-from . import distributed, nn, penalties, reference
+from . import distributed, losses, monitor, nn, penalties, reference
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
     bias_act,
@@ -11,6 +11,7 @@ from .ops import (
     spectral_norm_normalize,
     spectral_norm_power_iteration_,
 )
+from .monitor import StabilityMonitor, StabilityWarning
 from .penalties import gradient_penalty
 
 __version__ = "0.1.0"
@@ -18,10 +19,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend",
     "FallbackWarning",
+    "StabilityMonitor",
+    "StabilityWarning",
     "backend",
     "bias_act",
     "distributed",
     "gradient_penalty",
+    "losses",
+    "monitor",
     "minibatch_std",
     "nn",
     "penalties",

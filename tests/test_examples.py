@@ -44,6 +44,7 @@ def test_a_mode_with_a_few_stray_points_is_not_covered():
 
 
 def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
+    pytest.importorskip("tqdm")
     results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
     assert set(results) == {(c, d) for c in mog.CONFIGS for d in mog.DATASETS}
     for r in results.values():
@@ -63,7 +64,7 @@ def test_every_configuration_uses_the_same_optimiser_and_budget():
 def test_samples_are_returned_in_the_data_units():
     # The networks train on standardised data; the samples come back scaled to the mixture.
     for ds, expected_spread in (("ring8", 2.0), ("grid25", 8 ** 0.5)):
-        samples, _ = mog.train(mog.CONFIGS["r1"], ds, 300, 0)
+        samples, _, _ = mog.train(mog.CONFIGS["r1"], ds, 300, 0)
         assert 0.5 * expected_spread < samples.std(dim=0).mean() < 1.5 * expected_spread
 
 
@@ -72,20 +73,22 @@ def test_single_forward_penalty_equals_the_library_helper(penalty):
     # discriminator_loss gets the penalty from the logits of its one D forward over
     # [real, fake(, interpolates)]; it must equal the gan_kernels helper's separate forward.
     torch.manual_seed(0)
-    config = mog.Config("ns", penalty=penalty, weight=0.7)
+    config = mog.Config("non_saturating", penalty=penalty, weight=0.7)
     d = mog.make_discriminator(config)
     real, fake = torch.randn(64, 2), torch.randn(64, 2)
-    adversarial = mog.discriminator_loss(mog.Config("ns"), d, real.clone(), fake, None)
-    total = mog.discriminator_loss(config, d, real.clone(), fake, torch.Generator().manual_seed(1))
+    adversarial, _ = mog.discriminator_loss(mog.Config("non_saturating"), d, real.clone(), fake, None)
+    total, observed = mog.discriminator_loss(config, d, real.clone(), fake, torch.Generator().manual_seed(1))
     if penalty == "r1":
         expected = penalties.r1(d, real, gamma=0.7)
     else:
         expected = penalties.wgan_gp(d, real, fake, weight=0.7, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(total - adversarial, expected)
+    torch.testing.assert_close(observed["penalty"], expected)
 
 
 def test_digits_runs_and_measures_coverage(tmp_path):
     pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
     import digits
 
     result = digits.main(["--steps", "4", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])

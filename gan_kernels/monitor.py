@@ -1,0 +1,569 @@
+"""A training monitor that names the failure signs of GAN training the literature lists, with the
+evidence and the remedies, cheaply enough to leave on.
+
+    monitor = StabilityMonitor(D, G, every=50)
+    for step in ...:
+        ...                                           # D step
+        monitor.observe_gradients("D", D)             # after loss_d.backward()
+        ...                                           # G step
+        monitor.observe_gradients("G", G)
+        monitor.observe(real_logits=r, fake_logits=f, d_loss=loss_d, g_loss=loss_g, penalty=r1)
+        if step % 500 == 0:
+            monitor.observe_samples(fake, real)
+    print(monitor.report(), monitor.warnings)
+    monitor.plot("dashboard.png")
+
+Call ``observe`` once per training step (D and G values together). Per-step statistics are
+accumulated on D's device without a host sync; the host reads them every ``every`` steps (a check:
+the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
+At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
+and G with one batched power-iteration call per device and dtype, on persistent u, v.
+
+Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
+row, except ``non_finite``, flagged at the first check after one NaN/Inf):
+
+* ``non_finite``: a NaN or Inf in any observed value or spectral norm.
+* ``discriminator_overpowering``: D classifies (by the sign of its logit) at least
+  ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0.
+* ``vanishing_generator_gradient``: G's gradient norm below ``vanishing_gradient_ratio`` of the
+  largest value it has had, while D classifies at least ``vanishing_accuracy`` of the samples
+  correctly (at a solved game's equilibrium the gradients vanish too, with D at chance).
+* ``oscillation``: the logit gap (mean real logit - mean fake logit; the D loss when no logits are
+  observed) cycles instead of settling. Over the last ``oscillation_windows`` checks its check means
+  cross their mean at least ``oscillation_crossings`` times, vary ``oscillation_contrast`` times more
+  than the noise of a check mean would make them (variance between checks over the within-check
+  variance / steps: about 1 for noise around a fixed point), and the amplitude of the later half is
+  at least ``oscillation_decay`` of the earlier half (a damped oscillation is settling).
+* ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
+  ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row.
+* ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
+  the first ``sigma_baseline_checks`` checks and grew in each of the last ``patience`` checks
+  (spectrally normalised layers: the normalised sigma, which should stay 1).
+"""
+import dataclasses
+import math
+import warnings as python_warnings
+
+import torch
+from torch.nn.utils import parametrize
+
+from . import _checks
+from .ops.spectral_norm import spectral_norm_power_iteration_
+
+
+class StabilityWarning(UserWarning):
+    """A GAN failure sign detected by :class:`StabilityMonitor`, raised the first time it appears."""
+
+
+@dataclasses.dataclass
+class Thresholds:
+    """When each condition is flagged (see the module docstring for the tests they drive)."""
+
+    overpowering_accuracy: float = 0.97
+    vanishing_gradient_ratio: float = 0.01
+    vanishing_accuracy: float = 0.9
+    oscillation_windows: int = 16
+    oscillation_crossings: int = 4
+    oscillation_contrast: float = 20.0
+    oscillation_decay: float = 0.5
+    collapse_diversity: float = 0.2
+    sigma_growth: float = 10.0
+    sigma_baseline_checks: int = 3
+    patience: int = 2
+
+
+REMEDIES = {
+    "non_finite": (
+        "lower the learning rates (or use TTUR: D faster than G, both smaller)",
+        "bound D: a gradient penalty (R1/R2, WGAN-GP) or spectral normalisation",
+        "use gan_kernels.losses (softplus forms) instead of log(sigmoid(x)) losses",
+        "with fp16: a GradScaler, penalties from the scaled outputs (scaler= argument), conv_clamp",
+    ),
+    "discriminator_overpowering": (
+        "regularise D: R1 (gamma ~ 0.1-10 depending on the data's scale) or R2, or WGAN-GP",
+        "spectral normalisation of D's layers",
+        "the non-saturating or a relativistic loss (relativistic_pairing, R3GAN) instead of minimax",
+        "lower D's learning rate or give G more steps (TTUR)",
+    ),
+    "vanishing_generator_gradient": (
+        "the non-saturating G loss (not log(1 - D(G(z))), which saturates when D wins)",
+        "a relativistic (relativistic_pairing) or Wasserstein loss",
+        "regularise D (R1, WGAN-GP, spectral norm) so it stays smooth around the fakes",
+    ),
+    "oscillation": (
+        "a zero-centred gradient penalty: R1 (and R2), which makes the Dirac-GAN converge",
+        "WGAN-GP, or lower learning rates / TTUR",
+        "lazy regularisation keeps R1's cost low (LazyRegularizer)",
+    ),
+    "mode_collapse": (
+        "regularise D: R1/R2 or WGAN-GP (a smoother D spreads G's gradient over the data)",
+        "minibatch standard deviation in D's last block (gan_kernels.nn.MinibatchStd)",
+        "a relativistic loss (relativistic_pairing, R3GAN)",
+        "lower G's learning rate",
+    ),
+    "exploding_sigma": (
+        "spectral normalisation of the layer (gan_kernels.nn.spectral_norm)",
+        "a gradient penalty (R1, WGAN-GP), which bounds D's slope",
+        "lower the learning rate, or weight decay on that layer",
+    ),
+}
+
+CONDITIONS = tuple(REMEDIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class StabilityIssue:
+    """A detected condition: its ``name`` (one of CONDITIONS), the ``step`` it was detected at, the
+    ``evidence`` (numbers) and the ``remedies`` the literature gives."""
+
+    name: str
+    step: int
+    evidence: dict
+    remedies: tuple
+
+    def __str__(self):
+        evidence = ", ".join(f"{k}={_format(v)}" for k, v in self.evidence.items())
+        return f"{self.name} at step {self.step} ({evidence}); remedies: " + "; ".join(self.remedies)
+
+
+def _format(value):
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# Per-step values accumulated on the device, one slot each.
+_SLOTS = ("real_logit_mean", "fake_logit_mean", "logit_gap", "d_accuracy", "d_loss", "g_loss", "penalty",
+          "grad_norm/D", "grad_norm/G")
+_SLOT = {name: index for index, name in enumerate(_SLOTS)}
+
+_CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+
+
+@dataclasses.dataclass
+class _Layer:
+    """One weight whose spectral norm the monitor tracks."""
+
+    name: str
+    weight: torch.Tensor  # the stored parameter (for spectral norm: the original)
+    dim: int
+    u: torch.Tensor
+    v: torch.Tensor
+    normalisation: object  # the spectral-norm parametrization, or None
+
+
+def _is_spectral_norm(parametrization):
+    # gan_kernels.nn.SpectralNorm and torch's _SpectralNorm share these (same buffers and numerics);
+    # recognised by them so that the monitor needs nothing from the layers above the ops.
+    return all(hasattr(parametrization, attr) for attr in ("_u", "_v", "dim", "n_power_iterations"))
+
+
+def _tracked_layers(network, prefix, generator):
+    layers = []
+    for module_name, module in network.named_modules():
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # its original is reached through the parametrized module
+        normalised = {}
+        if parametrize.is_parametrized(module):
+            for name, parametrizations in module.parametrizations.items():
+                first = parametrizations[0]
+                if _is_spectral_norm(first):
+                    normalised[name] = (parametrizations.original, first)
+        for name, weight in list(module.named_parameters(recurse=False)) + [
+            (name, original) for name, (original, _) in normalised.items()
+        ]:
+            if weight.dim() < 2 or not weight.dtype.is_floating_point:
+                continue
+            normalisation = normalised.get(name, (None, None))[1]
+            dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
+            rows = weight.shape[dim]
+            # Own generator: the monitor must not change the training run's random numbers.
+            u = torch.randn(rows, generator=generator).to(weight.device, weight.dtype)
+            v = torch.randn(weight.numel() // rows, generator=generator).to(weight.device, weight.dtype)
+            qualified = f"{module_name}.{name}" if module_name else name
+            layers.append(_Layer(f"{prefix}/{qualified}", weight, dim, u / u.norm(), v / v.norm(), normalisation))
+    return layers
+
+
+# The power iteration's warm-up (as torch's spectral norm at registration) and the steps per check.
+WARMUP_ITERATIONS = 15
+
+
+class StabilityMonitor:
+    """Watches a GAN's training for the failure signs listed in this module's docstring.
+
+    ``D``, ``G``: the networks (G optional) whose weights' spectral norms are tracked. ``every``:
+    observed steps per check (the host syncs only at checks). ``writer``: anything with
+    ``add_scalar(tag, value, step)``, e.g. a ``torch.utils.tensorboard.SummaryWriter``; it gets every
+    scalar of every check.
+    ``thresholds``: a :class:`Thresholds`. ``sigma_iterations``: power-iteration steps per check.
+    ``samples``: the subsample size for the diversity score. ``seed``: for the monitor's own random
+    numbers (u, v, subsamples), so that it does not change the run's.
+    """
+
+    def __init__(self, D, G=None, every=50, writer=None, thresholds=None, sigma_iterations=2, samples=256, seed=0):
+        for arg, network in (("D", D), ("G", G)):
+            if network is not None and not isinstance(network, torch.nn.Module):
+                raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
+        if D is None:
+            raise TypeError("D must be a torch.nn.Module, got None")
+        for arg, value, minimum in (("every", every, 1), ("sigma_iterations", sigma_iterations, 1),
+                                    ("samples", samples, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
+        if writer is not None and not callable(getattr(writer, "add_scalar", None)):
+            raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
+        thresholds = thresholds if thresholds is not None else Thresholds()
+        if not isinstance(thresholds, Thresholds):
+            raise TypeError(f"thresholds must be a gan_kernels.monitor.Thresholds, got {type(thresholds).__name__}")
+        self.every, self.writer, self.thresholds = every, writer, thresholds
+        self.sigma_iterations, self.samples = sigma_iterations, samples
+        self._generator = torch.Generator().manual_seed(seed)
+        self._layers = _tracked_layers(D, "D", self._generator)
+        if G is not None:
+            self._layers += _tracked_layers(G, "G", self._generator)
+        self._warmed_up = False
+        self.step = 0  # observed steps
+        self.history = []  # one dict of scalars per check
+        self.first_seen = {}  # condition -> step it was first detected
+        self._current = []
+        self._diversity = []  # a 0-d tensor per observe_samples call since the latest check
+        self._latest_diversity = None
+        # What the conditions need from earlier checks, kept as they go:
+        self._largest_g_norm = 0.0
+        self._diversities = []  # the latest `patience` diversity measurements
+        self._first_sigmas = {}  # per sigma key, its values at the first `sigma_baseline_checks` checks
+        # Statistics accumulate on D's device (values from elsewhere are moved there).
+        self._device = next(D.parameters(), torch.empty(0)).device
+        self._slot_indices = {}  # slot names -> index tensor on the device, built once per combination
+        self._gradient_norms = {}  # from observe_gradients, accumulated with the next observe()
+        self._reset_window()
+
+    # --- accumulation on the device ---------------------------------------------------------------
+
+    def _reset_window(self):
+        # [sums of each slot, sums of their squares]: one tensor, read in one sync. A NaN or Inf
+        # value makes its slot's sum non-finite, which is how the check sees it.
+        self._totals = None
+        self._counts = [0] * len(_SLOTS)
+        self._window_steps = 0
+
+    def _accumulate(self, values):
+        """``values``: {slot: 0-d tensor}. Adds them to the device sums, no host sync."""
+        if self._totals is None:
+            self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=self._device)
+        names = tuple(values)
+        index = self._slot_indices.get(names)
+        if index is None:
+            slots = [_SLOT[name] for name in names]
+            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots], device=self._device)
+            self._slot_indices[names] = index
+        tensors = list(values.values())
+        if any(t.dtype != tensors[0].dtype or t.device != self._device for t in tensors):
+            tensors = [t.to(self._device, torch.float64) for t in tensors]
+        stacked = torch.stack(tensors).to(torch.float64)
+        self._totals.index_add_(0, index, torch.cat([stacked, stacked.square()]))
+        for name in names:
+            self._counts[_SLOT[name]] += 1
+
+    def observe(self, real_logits=None, fake_logits=None, d_loss=None, g_loss=None, penalty=None):
+        """Records one training step's values (tensors or numbers; logits of any shape [N, ...]),
+        without a host sync except at every ``every``-th step, which runs a check."""
+        values = {}
+        logits = {}
+        for arg, tensor in (("real_logits", real_logits), ("fake_logits", fake_logits)):
+            if tensor is not None:
+                _checks.check_floating(tensor, arg)
+                if tensor.numel() == 0:
+                    raise ValueError(f"{arg} is empty (shape {list(tensor.shape)})")
+                logits[arg] = tensor.detach()
+        if "real_logits" in logits:
+            values["real_logit_mean"] = logits["real_logits"].float().mean()
+        if "fake_logits" in logits:
+            values["fake_logit_mean"] = logits["fake_logits"].float().mean()
+        if len(logits) == 2:
+            r, f = logits["real_logits"], logits["fake_logits"]
+            values["logit_gap"] = values["real_logit_mean"] - values["fake_logit_mean"]
+            values["d_accuracy"] = ((r > 0).sum() + (f < 0).sum()) / (r.numel() + f.numel())
+        for arg, value in (("d_loss", d_loss), ("g_loss", g_loss), ("penalty", penalty)):
+            if value is not None:
+                values[arg] = self._scalar(value, arg)
+        if not values:
+            raise ValueError("observe() needs at least one of real_logits, fake_logits, d_loss, g_loss, penalty")
+        values.update(self._gradient_norms)
+        self._gradient_norms = {}
+        self._accumulate(values)
+        self.step += 1
+        self._window_steps += 1
+        if self._window_steps >= self.every:
+            self._check()
+
+    def _scalar(self, value, arg):
+        if isinstance(value, torch.Tensor):
+            _checks.check_floating(value, arg)
+            if value.numel() != 1:
+                raise ValueError(f"{arg} must be a scalar (one element), got shape {list(value.shape)}")
+            return value.detach().reshape(())
+        return torch.tensor(_checks.real(value, arg), dtype=torch.float64, device=self._device)
+
+    def observe_gradients(self, network, module):
+        """Records the total gradient norm of ``module``'s parameters (their ``.grad``, after a
+        backward) as ``grad_norm/D`` or ``grad_norm/G`` (``network``: "D" or "G"), as part of the
+        step that the next ``observe`` call ends."""
+        if network not in ("D", "G"):
+            raise ValueError(f"network must be 'D' or 'G', got {network!r}")
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
+        if not grads:
+            raise ValueError(
+                f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()"
+            )
+        norms = torch._foreach_norm(grads)
+        if any(n.dtype != norms[0].dtype or n.device != norms[0].device for n in norms):
+            norms = [n.to(norms[0].device, torch.float32) for n in norms]
+        total = torch.linalg.vector_norm(torch.stack(norms))
+        self._gradient_norms[f"grad_norm/{network}"] = total
+
+    def observe_samples(self, fake, real):
+        """Records the diversity of the generated samples: the mean pairwise distance of a subsample
+        of ``fake`` over that of ``real`` (1: as diverse as the data, 0: one point)."""
+        _checks.check_floating(fake, "fake")
+        _checks.check_floating(real, "real")
+        for arg, tensor in (("fake", fake), ("real", real)):
+            if tensor.dim() == 0 or tensor.shape[0] < 2:
+                raise ValueError(f"{arg} needs at least 2 samples, got shape {list(tensor.shape)}")
+        if fake.shape[1:] != real.shape[1:]:
+            raise ValueError(f"fake has shape {list(fake.shape)} but real has shape {list(real.shape)}")
+        with torch.no_grad():
+            diversity = self._mean_distance(fake) / self._mean_distance(real)
+        self._diversity.append(diversity)
+
+    def _mean_distance(self, samples):
+        n = min(len(samples), self.samples)
+        picks = torch.randperm(len(samples), generator=self._generator)[:n].to(samples.device)
+        flat = samples.detach()[picks].flatten(1).float()
+        return torch.cdist(flat, flat).sum() / (n * (n - 1))
+
+    # --- checks -----------------------------------------------------------------------------------
+
+    def _sigmas(self):
+        """{layer name: raw sigma} and {layer name: normalised sigma} for the spectrally normalised
+        ones, from one power-iteration call per (device, dtype)."""
+        groups = {}
+        for layer in self._layers:
+            groups.setdefault((layer.weight.device, layer.weight.dtype), []).append(layer)
+        iterations = self.sigma_iterations + (0 if self._warmed_up else WARMUP_ITERATIONS)
+        self._warmed_up = True
+        raw, normalised = {}, {}
+        for layers in groups.values():
+            sigmas = spectral_norm_power_iteration_(
+                [layer.weight.detach() for layer in layers], [layer.u for layer in layers],
+                [layer.v for layer in layers], [layer.dim for layer in layers], iterations,
+            ).tolist()
+            for layer, sigma in zip(layers, sigmas):
+                raw[layer.name] = sigma
+                used = self._normalising_sigma(layer)
+                if used is not None:
+                    normalised[layer.name] = sigma / used
+        return raw, normalised
+
+    @staticmethod
+    def _normalising_sigma(layer):
+        """The sigma the layer's spectral norm divides the weight by, ``u . (W v)`` with its own u, v
+        (what its next forward in eval mode uses), or None for a layer without one."""
+        sn = layer.normalisation
+        if sn is None:
+            return None
+        matrix = layer.weight.detach().movedim(sn.dim, 0).flatten(1)
+        return float(torch.vdot(sn._u, torch.mv(matrix, sn._v)))
+
+    def _check(self):
+        if self._window_steps == 0 and not self._diversity:
+            return
+        scalars = {"step": self.step}
+        totals = self._totals.tolist() if self._totals is not None else [0.0] * (2 * len(_SLOTS))
+        sums, squares = totals[: len(_SLOTS)], totals[len(_SLOTS) :]
+        variances = {}
+        for name, index in _SLOT.items():
+            count = self._counts[index]
+            if count:
+                mean = sums[index] / count
+                scalars[name] = mean
+                variances[name] = max(squares[index] / count - mean * mean, 0.0) if math.isfinite(mean) else 0.0
+        if self._diversity:
+            self._latest_diversity = float(self._diversity[-1])
+        if self._latest_diversity is not None:  # the latest measurement, also in checks without one
+            scalars["diversity"] = self._latest_diversity
+        raw, normalised = self._sigmas() if self._layers else ({}, {})
+        scalars.update({f"sigma/{name}": value for name, value in raw.items()})
+        scalars.update({f"sigma_normalized/{name}": value for name, value in normalised.items()})
+        record = dict(scalars, _steps=self._window_steps, _variances=variances,
+                      _diversities=[float(d) for d in self._diversity])
+        self.history.append(record)
+        self._diversity = []
+        self._reset_window()
+        if self.writer is not None:
+            for name, value in scalars.items():
+                if name != "step":
+                    self.writer.add_scalar(f"stability/{name}", value, self.step)
+        self._current = self._detect()
+        for issue in self._current:
+            if issue.name not in self.first_seen:
+                self.first_seen[issue.name] = issue.step
+                python_warnings.warn(f"gan_kernels.StabilityMonitor: {issue}", StabilityWarning, stacklevel=3)
+
+    def _recent(self, key, count):
+        """The last ``count`` values of ``key`` over the checks (oldest first), or None if fewer;
+        scanned from the end, so a check costs the same late in a long run."""
+        values = []
+        for record in reversed(self.history):
+            if key in record:
+                values.append(record[key])
+                if len(values) == count:
+                    return values[::-1]
+        return None
+
+    def _detect(self):
+        t, latest = self.thresholds, self.history[-1]
+        step = latest["step"]
+        found = []
+
+        def flag(name, **evidence):
+            found.append(StabilityIssue(name, step, evidence, REMEDIES[name]))
+
+        non_finite = [k for k, v in latest.items() if isinstance(v, float) and not math.isfinite(v)]
+        if non_finite:
+            flag("non_finite", signals=", ".join(non_finite))
+
+        accuracies = self._recent("d_accuracy", t.patience)
+        if accuracies and min(accuracies) >= t.overpowering_accuracy:
+            flag("discriminator_overpowering", d_accuracy=accuracies[-1], threshold=t.overpowering_accuracy,
+                 real_logit_mean=latest.get("real_logit_mean"), fake_logit_mean=latest.get("fake_logit_mean"))
+
+        norms = self._recent("grad_norm/G", t.patience + 1)
+        if norms:
+            # The largest norm before the latest `patience` checks, kept as a running maximum.
+            self._largest_g_norm = max(self._largest_g_norm, norms[0])
+        winning = accuracies is not None and min(accuracies) >= t.vanishing_accuracy
+        if winning and norms:
+            largest = self._largest_g_norm
+            if all(norm < t.vanishing_gradient_ratio * largest for norm in norms[1:]):
+                flag("vanishing_generator_gradient", grad_norm_G=norms[-1], largest=largest,
+                     ratio=t.vanishing_gradient_ratio)
+
+        oscillation = self._oscillation()
+        if oscillation:
+            flag("oscillation", **oscillation)
+
+        self._diversities = (self._diversities + latest["_diversities"])[-t.patience:]
+        if len(self._diversities) == t.patience and max(self._diversities) < t.collapse_diversity:
+            flag("mode_collapse", diversity=self._diversities[-1], threshold=t.collapse_diversity)
+
+        for key in (k for k in latest if k.startswith("sigma")):
+            if key.startswith("sigma/") and f"sigma_normalized/{key[6:]}" in latest:
+                continue  # a spectrally normalised layer: its normalised sigma is the one that matters
+            first = self._first_sigmas.setdefault(key, [])
+            if len(first) < t.sigma_baseline_checks:
+                first.append(latest[key])
+                continue
+            baseline = max(first)
+            recent = self._recent(key, t.patience + 1)
+            if recent and all(b > a for a, b in zip(recent, recent[1:])) and recent[-1] > t.sigma_growth * baseline:
+                flag("exploding_sigma", layer=key, sigma=recent[-1], first=baseline, growth=t.sigma_growth)
+        return found
+
+    def _oscillation(self):
+        t = self.thresholds
+        key = "logit_gap" if "logit_gap" in self.history[-1] else "d_loss"
+        records = []
+        for record in reversed(self.history):
+            if key in record:
+                records.append(record)
+                if len(records) == t.oscillation_windows:
+                    break
+        if len(records) < t.oscillation_windows:
+            return None
+        records.reverse()
+        means = [r[key] for r in records]
+        if not all(math.isfinite(m) for m in means):
+            return None
+        centre = sum(means) / len(means)
+        deviations = [m - centre for m in means]
+        crossings = sum(1 for a, b in zip(deviations, deviations[1:]) if a * b < 0)
+        between = sum(d * d for d in deviations) / (len(deviations) - 1)
+        # The variance a check mean has from step-to-step noise alone: within-check variance / steps.
+        noise = sum(r["_variances"][key] / max(r["_steps"], 1) for r in records) / len(records)
+        contrast = between / noise if noise > 0 else (math.inf if between > 0 else 0.0)
+        half = len(deviations) // 2
+        early = math.sqrt(sum(d * d for d in deviations[:half]) / half)
+        late = math.sqrt(sum(d * d for d in deviations[half:]) / (len(deviations) - half))
+        settling = late < t.oscillation_decay * early
+        if crossings >= t.oscillation_crossings and contrast >= t.oscillation_contrast and not settling:
+            return {"signal": key, "crossings": crossings, "contrast": contrast, "amplitude": late,
+                    "earlier_amplitude": early}
+        return None
+
+    # --- results ----------------------------------------------------------------------------------
+
+    def _flush(self):
+        # observe_gradients between two observe calls counts towards the next step's check.
+        if self._window_steps or self._diversity:
+            self._check()
+
+    def report(self):
+        """The latest check's scalars (logit means, gap, D accuracy, losses, penalty, gradient norms,
+        sigmas, diversity), running a check first if steps are pending."""
+        self._flush()
+        if not self.history:
+            return {}
+        return {k: v for k, v in self.history[-1].items() if not k.startswith("_")}
+
+    @property
+    def warnings(self):
+        """The conditions detected at the latest check (a list of StabilityIssue), running a check
+        first if steps are pending."""
+        self._flush()
+        return list(self._current)
+
+    def plot(self, path):
+        """Draws a dashboard PNG of the checks so far: losses, logit gap and D accuracy, gradient
+        norms, spectral norms and diversity, with the first detection of each condition marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self._flush()
+        steps = [r["step"] for r in self.history]
+
+        def series(key):
+            return [r.get(key, math.nan) for r in self.history]
+
+        fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
+        panels = [
+            ("losses", ["d_loss", "g_loss", "penalty"], False),
+            ("logit gap and D accuracy", ["logit_gap", "d_accuracy"], False),
+            ("gradient norms", ["grad_norm/D", "grad_norm/G"], True),
+            ("spectral norms (raw weights)", sorted({k for r in self.history for k in r if k.startswith("sigma/")}),
+             True),
+            ("diversity (generated / real)", ["diversity"], False),
+        ]
+        for ax, (title, keys, log) in zip(axes, panels):
+            for key in keys:
+                values = series(key)
+                if any(math.isfinite(v) for v in values):
+                    ax.plot(steps, values, label=key.replace("sigma/", ""), linewidth=1)
+            if log and ax.lines:
+                ax.set_yscale("log")
+            has_curves = bool(ax.lines)
+            for name, step in self.first_seen.items():
+                ax.axvline(step, color="red", linewidth=0.8, linestyle="--")
+                ax.text(step, 0.98, name, rotation=90, va="top", ha="right", fontsize=6, color="red",
+                        transform=ax.get_xaxis_transform())
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+            if has_curves:
+                ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path

@@ -1,0 +1,103 @@
+"""StyleGAN2's path-length regulariser (Karras et al. 2020) for the generator, on the fused
+per-sample penalty op."""
+import math
+
+import torch
+
+from .. import _checks
+from ..ops.gradient_penalty import per_sample_penalty
+
+
+def _check_decay(decay):
+    value = _checks.real(decay, "decay")
+    if not (0 <= value <= 1):
+        raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
+    return value
+
+
+def _all_reduce_mean(value):
+    """The mean of ``value`` over the ranks when torch.distributed is initialised, else ``value``."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        value = value.clone()
+        distributed.all_reduce(value)
+        value /= distributed.get_world_size()
+    return value
+
+
+class PathLengthRegularizer(torch.nn.Module):
+    """``plr(images, latents)`` -> the path-length penalty ``mean_i (length_i - a)^2``, where
+
+        y ~ N(0, I) / sqrt(H * W)                  (per image element; H * W: the pixels per channel)
+        g = d(sum(images * y)) / d(latents)        (create_graph: the penalty trains G)
+        length_i = sqrt(mean over the latent's middle dims of sum(g_i^2) over its last dim)
+        a = a + decay * (mean_i length_i - a)      (updated before the penalty, as StyleGAN2)
+
+    ``images`` [N, C, H, W] (any [N, C, ...]) must have been computed from ``latents`` [N, D] or
+    [N, num_ws, D] (StyleGAN's ws), which must require grad. The running mean ``a`` is the buffer
+    ``mean_length`` (in the state dict, float32), averaged over the ranks when torch.distributed is
+    initialised (every rank must then call the regulariser on the same steps); ``.double()`` makes
+    it float64.
+
+    The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
+    per sample, ``(||g_i|| / sqrt(k) - a)^2 = (||g_i|| - a sqrt(k))^2 / k``, and the centre
+    ``c = a sqrt(k)`` stays on the device (no host sync) by computing ``c^2 (||g_i / c|| - 1)^2``
+    (``sum(g_i^2)`` while ``a`` is 0).
+    ``a`` is a constant for autograd; StyleGAN2's code lets a gradient of relative size ``decay / N``
+    reach the lengths through the updated mean. At zero gradients (a sample, or the whole batch) the
+    penalty and its derivatives of every order are finite (the op defines the norm's derivative at 0
+    as 0). Lazy regularisation: ``LazyRegularizer(4)(step, plr, images, latents)``; multiply by
+    StyleGAN2's weight 2 yourself.
+    """
+
+    def __init__(self, decay=0.01):
+        super().__init__()
+        self.decay = _check_decay(decay)
+        self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
+
+    def forward(self, images, latents, generator=None):
+        _checks.check_floating(images, "images")
+        _checks.check_floating(latents, "latents")
+        if images.dim() < 3:
+            raise ValueError(f"images must be [N, C, H, W] (or [N, C, ...]), got shape {list(images.shape)}")
+        if latents.dim() < 2:
+            raise ValueError(f"latents must be [N, D] or [N, ..., D], got shape {list(latents.shape)}")
+        if images.shape[0] != latents.shape[0]:
+            raise ValueError(
+                f"images has {images.shape[0]} samples but latents has {latents.shape[0]} (shapes "
+                f"{list(images.shape)} and {list(latents.shape)})"
+            )
+        if not latents.requires_grad:
+            raise ValueError("latents does not require grad: call latents.requires_grad_() before computing images")
+        if not images.requires_grad:
+            raise ValueError("images does not depend on latents (images.requires_grad is False)")
+        if self.mean_length.device != latents.device:
+            raise ValueError(
+                f"PathLengthRegularizer is on {self.mean_length.device} but latents is on {latents.device}: "
+                "move it with .to(device)"
+            )
+        pixels = math.prod(images.shape[2:])
+        noise = torch.randn(images.shape, dtype=images.dtype, device=images.device, generator=generator)
+        noise = noise / math.sqrt(pixels)
+        # Summed in at least float32, as gradient_penalty does: fp16 products can overflow the sum.
+        total = (images * noise).sum(dtype=torch.promote_types(images.dtype, torch.float32))
+        (g,) = torch.autograd.grad(total, latents, create_graph=True, allow_unused=True)
+        if g is None:
+            raise ValueError("images does not depend on latents (autograd found no path from latents to images)")
+        vectors = math.prod(latents.shape[1:-1])  # k: 1 for [N, D], num_ws for [N, num_ws, D]
+
+        compute = torch.promote_types(g.dtype, torch.float32)
+        with torch.no_grad():
+            lengths = (per_sample_penalty(g.detach(), 0.0).to(compute) / vectors).sqrt()
+            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype))
+            self.mean_length.lerp_(batch_mean, self.decay)
+        center = (self.mean_length * math.sqrt(vectors)).to(compute)
+        # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
+        positive = center > 0
+        divisor = torch.where(positive, center, 1.0)
+        centred = divisor.square() * per_sample_penalty(g / divisor.to(g.dtype), 1.0).to(compute)
+        penalty = torch.where(positive, centred, per_sample_penalty(g, 0.0).to(compute))
+        return (penalty / vectors).mean().to(g.dtype)
+
+    def extra_repr(self):
+        return f"decay={self.decay}"

@@ -1,0 +1,371 @@
+"""gan_kernels.monitor.StabilityMonitor on small deterministic runs: each failure sign flagged where the
+literature says it occurs and nowhere else (Dirac-GAN with and without R1, a one-point generator, a
+discriminator trained alone, a weight scaled up every step, a NaN, a healthy R1 mixture run), its
+spectral norms against torch.linalg.matrix_norm, its scalars, writer, plot and bad input."""
+import math
+import os
+import sys
+import warnings
+
+import pytest
+import torch
+
+from helpers import DEVICES
+
+import gan_kernels
+from gan_kernels import losses
+from gan_kernels.monitor import CONDITIONS, StabilityMonitor, StabilityWarning, Thresholds
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
+import mixture_of_gaussians as mog  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    # The mixture example's networks are tiny: on a busy machine two threads only wait for each other.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def stability_warnings_are_errors():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StabilityWarning)
+        yield
+
+
+def run_quietly(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StabilityWarning)
+        return fn(*args, **kwargs)
+
+
+def dirac_gan(gamma, steps=400, lr=0.1, every=10):
+    """Mescheder et al.'s Dirac-GAN: data at 0, G a single point theta, D(x) = psi * x, the
+    non-saturating loss, alternating SGD steps; R1 with weight gamma when gamma > 0."""
+    d = torch.nn.Linear(1, 1, bias=False)
+    g = torch.nn.Linear(1, 1, bias=False)  # G(1) = theta
+    with torch.no_grad():
+        d.weight.fill_(0.5)
+        g.weight.fill_(1.0)
+    opt_d = torch.optim.SGD(d.parameters(), lr=lr)
+    opt_g = torch.optim.SGD(g.parameters(), lr=lr)
+    monitor = StabilityMonitor(d, g, every=every)
+    real, ones = torch.zeros(8, 1), torch.ones(8, 1)
+    for _ in range(steps):
+        x = real.clone().requires_grad_(gamma > 0)
+        real_logits, fake_logits = d(x), d(g(ones).detach())
+        d_loss = losses.discriminator_loss(real_logits, fake_logits, "non_saturating")
+        penalty = gamma / 2 * gan_kernels.gradient_penalty(real_logits, x, center=0.0).mean() if gamma else None
+        opt_d.zero_grad()
+        (d_loss + penalty if gamma else d_loss).backward()
+        monitor.observe_gradients("D", d)
+        opt_d.step()
+        g_loss = losses.generator_loss(d(g(ones)), kind="non_saturating")
+        opt_g.zero_grad()
+        g_loss.backward()
+        monitor.observe_gradients("G", g)
+        opt_g.step()
+        monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss,
+                        penalty=penalty)
+    return monitor, g.weight.item(), d.weight.item()
+
+
+def test_unregularised_dirac_gan_is_flagged_oscillation(one_thread):
+    monitor, theta, psi = run_quietly(dirac_gan, 0.0)
+    assert abs(theta) + abs(psi) > 0.05  # still cycling around the equilibrium
+    assert "oscillation" in monitor.first_seen
+    (issue,) = [w for w in monitor.warnings if w.name == "oscillation"]
+    assert issue.evidence["crossings"] >= Thresholds().oscillation_crossings
+    assert any("R1" in remedy for remedy in issue.remedies)
+
+
+def test_dirac_gan_with_r1_converges_and_raises_nothing(stability_warnings_are_errors, one_thread):
+    monitor, theta, psi = dirac_gan(1.0)
+    assert abs(theta) < 1e-3 and abs(psi) < 1e-3
+    assert monitor.first_seen == {} and monitor.warnings == []
+
+
+def test_a_generator_emitting_one_point_is_flagged_mode_collapse():
+    torch.manual_seed(0)
+    d = mog.make_discriminator(mog.CONFIGS["none"])
+    point = torch.nn.Linear(mog.Z_DIM, 2)
+    with torch.no_grad():
+        point.weight.zero_()  # G(z) = bias for every z
+    monitor = StabilityMonitor(d, point, every=10)
+    centers, std = mog.DATASETS["ring8"]
+    generator = torch.Generator().manual_seed(0)
+    with pytest.warns(StabilityWarning, match="mode_collapse"):
+        for step in range(30):
+            real = mog.sample_mixture(centers, std, 64, generator)
+            fake = point(torch.randn(64, mog.Z_DIM, generator=generator))
+            monitor.observe(real_logits=d(real), fake_logits=d(fake))
+            if step % 10 == 0:
+                monitor.observe_samples(fake, real)
+    assert [w.name for w in monitor.warnings] == ["mode_collapse"]
+    assert monitor.report()["diversity"] == 0
+
+
+def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors):
+    centers, std = mog.DATASETS["ring8"]
+    generator = torch.Generator().manual_seed(1)
+    monitor = StabilityMonitor(mog.make_discriminator(mog.CONFIGS["none"]), every=5)
+    for _ in range(20):
+        monitor.observe(d_loss=1.0)
+        monitor.observe_samples(mog.sample_mixture(centers, std, 256, generator),
+                                mog.sample_mixture(centers, std, 256, generator))
+    assert 0.8 < monitor.report()["diversity"] < 1.25
+    assert monitor.warnings == []
+
+
+def test_thresholds_are_settable():
+    # The same data-like samples are a collapse for a monitor told to expect 1.5x the data's spread.
+    centers, std = mog.DATASETS["ring8"]
+    generator = torch.Generator().manual_seed(2)
+    strict = StabilityMonitor(torch.nn.Linear(2, 1), every=5, thresholds=Thresholds(collapse_diversity=1.5))
+    with pytest.warns(StabilityWarning, match="mode_collapse"):
+        for _ in range(10):
+            strict.observe(d_loss=1.0)
+            strict.observe_samples(mog.sample_mixture(centers, std, 256, generator),
+                                   mog.sample_mixture(centers, std, 256, generator))
+    (issue,) = strict.warnings
+    assert issue.name == "mode_collapse" and issue.evidence["threshold"] == 1.5
+
+
+def test_a_discriminator_trained_alone_is_flagged_overpowering(one_thread):
+    # G is never stepped; its gradient under the saturating minimax loss is what it would get.
+    torch.manual_seed(0)
+    config = mog.CONFIGS["none"]
+    d = mog.make_discriminator(config)
+    g = mog.mlp([mog.Z_DIM, 16, 2], torch.nn.ReLU)
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
+    monitor = StabilityMonitor(d, g, every=25)
+    centers, std = mog.DATASETS["ring8"]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        real = mog.sample_mixture(centers, std, 64, generator) / 2
+        fake = g(torch.randn(64, mog.Z_DIM, generator=generator))
+        d_loss, observed = mog.discriminator_loss(config, d, real, fake.detach(), generator)
+        opt_d.zero_grad()
+        d_loss.backward()
+        opt_d.step()
+        g.zero_grad()
+        losses.generator_loss(d(fake), kind="minimax").backward()
+        monitor.observe_gradients("G", g)
+        run_quietly(monitor.observe, d_loss=d_loss, **observed)
+    assert "discriminator_overpowering" in [w.name for w in monitor.warnings]  # still, at the end
+    assert set(monitor.first_seen) == {"discriminator_overpowering", "vanishing_generator_gradient"}
+    assert monitor.first_seen["discriminator_overpowering"] < monitor.first_seen["vanishing_generator_gradient"]
+    assert monitor.report()["d_accuracy"] >= Thresholds().overpowering_accuracy
+
+
+def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    for step in range(60):
+        with torch.no_grad():
+            d[2].weight.mul_(1.15)
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    (issue,) = monitor.warnings
+    assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
+    assert issue.evidence["sigma"] > Thresholds().sigma_growth * issue.evidence["first"]
+    # The layer that was left alone is not flagged.
+    assert all(w.evidence["layer"] != "sigma/D/0.weight" for w in monitor.warnings)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("where", ["d_loss", "real_logits"])
+def test_a_nan_is_flagged_non_finite_at_once(where, device):
+    monitor = StabilityMonitor(torch.nn.Linear(3, 1).to(device), every=50)
+    monitor.observe(d_loss=torch.tensor(0.7, device=device), real_logits=torch.randn(4, device=device),
+                    fake_logits=torch.randn(4, device=device))
+    values = {"d_loss": torch.tensor(0.7), "real_logits": torch.randn(4), "fake_logits": torch.randn(4)}
+    values[where] = torch.tensor(math.nan) if where == "d_loss" else torch.tensor([0.1, math.nan, 0, 1])
+    monitor.observe(**{name: value.to(device) for name, value in values.items()})
+    with pytest.warns(StabilityWarning, match="non_finite"):
+        issues = monitor.warnings  # read after 2 of the 50 steps
+    assert [w.name for w in issues] == ["non_finite"] and issues[0].step == 2
+
+
+def test_a_healthy_r1_mixture_run_raises_nothing(stability_warnings_are_errors, one_thread):
+    samples, _, monitor = mog.train(mog.CONFIGS["r1"], "ring8", 600, 0, monitor_every=25)
+    assert monitor.first_seen == {} and monitor.warnings == []
+    assert len(monitor.history) == 600 // 25
+    report = monitor.report()
+    for key in ("real_logit_mean", "fake_logit_mean", "logit_gap", "d_accuracy", "d_loss", "g_loss", "penalty",
+                "grad_norm/D", "grad_norm/G", "diversity", "sigma/D/0.weight", "sigma/G/0.weight"):
+        assert math.isfinite(report[key]), key
+
+
+def spiked(shape, dim, seed, top=3.0):
+    """A weight whose matrix (dim first, the rest flattened) has singular values top, 1, ..., 0.1."""
+    generator = torch.Generator().manual_seed(seed)
+    permuted = [shape[dim]] + [s for d, s in enumerate(shape) if d != dim]
+    matrix = torch.randn(permuted[0], math.prod(permuted[1:]), generator=generator, dtype=torch.float64)
+    u, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    singular = torch.linspace(1.0, 0.1, u.shape[1], dtype=torch.float64)
+    singular[0] = top
+    matrix = u @ torch.diag(singular) @ vh
+    return matrix.reshape(permuted).movedim(0, dim).float(), 1.0 / top
+
+
+def test_sigmas_equal_the_matrix_norm_after_warm_up():
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ConvTranspose2d(8, 4, 2), torch.nn.Flatten(), torch.nn.Linear(36, 6),
+        gan_kernels.nn.spectral_norm(torch.nn.Linear(6, 5)),
+        torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(5, 1)),
+    )
+    targets = {"0.weight": (d[0].weight, 0), "1.weight": (d[1].weight, 1), "3.weight": (d[3].weight, 0),
+               "4.weight": (d[4].parametrizations.weight.original, 0),
+               "5.weight": (d[5].parametrizations.weight.original, 0)}
+    ratios = {}
+    with torch.no_grad():
+        for seed, (name, (weight, dim)) in enumerate(targets.items()):
+            value, ratios[name] = spiked(weight.shape, dim, seed)
+            weight.copy_(value)
+    for _ in range(20):  # the spectral norms' own power iterations converge on the new weights
+        d(torch.randn(2, 3, 4, 4))
+    monitor = StabilityMonitor(d, every=1, sigma_iterations=1)
+    monitor.observe(d_loss=0.0)
+    report = monitor.report()
+    iterations = 15 + 1  # warm-up, then one per check
+    for name, (weight, dim) in targets.items():
+        expected = torch.linalg.matrix_norm(weight.detach().movedim(dim, 0).flatten(1).double(), 2)
+        # Power iteration's error in sigma shrinks as (sigma_2 / sigma_1)^(2 iterations); float32 rounding.
+        tolerance = 4 * ratios[name] ** (2 * iterations) + 1e-6
+        assert report[f"sigma/D/{name}"] == pytest.approx(float(expected), rel=tolerance), name
+    # Spectrally normalised layers also get W / sigma's norm, with the sigma their forward used.
+    used = {"4.weight": float(d[4].parametrizations.weight[0].sigma)}
+    sn = d[5].parametrizations.weight[0]
+    original = d[5].parametrizations.weight.original.detach()
+    used["5.weight"] = float(torch.vdot(sn._u, original.flatten(1) @ sn._v))
+    for name, sigma in used.items():
+        expected = float(torch.linalg.matrix_norm(targets[name][0].detach().double(), 2)) / sigma
+        assert report[f"sigma_normalized/D/{name}"] == pytest.approx(expected, rel=1e-5)
+        assert report[f"sigma_normalized/D/{name}"] == pytest.approx(1.0, rel=1e-3)
+    assert "sigma_normalized/D/3.weight" not in report
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_report_holds_the_means_of_the_observed_values(device):
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1).to(device), every=10)
+    real = [torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, 0.5, 3.0])]
+    fake = [torch.tensor([-1.0, 0.5, -2.0, -3.0]), torch.tensor([-0.5, -0.5, 1.0, 2.0])]
+    for r, f, loss in zip(real, fake, (0.25, 0.75)):
+        monitor.observe(real_logits=r.to(device), fake_logits=f.to(device), d_loss=loss,
+                        penalty=torch.tensor(2 * loss, device=device))
+    report = monitor.report()
+    assert report["step"] == 2
+    assert report["real_logit_mean"] == pytest.approx(float(real[0].mean() + real[1].mean()) / 2)
+    assert report["fake_logit_mean"] == pytest.approx(float(fake[0].mean() + fake[1].mean()) / 2)
+    assert report["logit_gap"] == pytest.approx(report["real_logit_mean"] - report["fake_logit_mean"])
+    # Correct by sign: 2 of 3 real and 3 of 4 fake in the first step, 3 of 3 and 2 of 4 in the second.
+    assert report["d_accuracy"] == pytest.approx((5 / 7 + 5 / 7) / 2)
+    assert report["d_loss"] == pytest.approx(0.5) and report["penalty"] == pytest.approx(1.0)
+    assert "g_loss" not in report and "grad_norm/G" not in report
+
+
+def test_gradient_norms_are_the_total_norm_of_the_grads():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    net(torch.randn(5, 3)).sum().backward()
+    monitor = StabilityMonitor(net)
+    monitor.observe_gradients("D", net)
+    monitor.observe(d_loss=0.0)
+    expected = torch.cat([p.grad.flatten() for p in net.parameters()]).norm()
+    assert monitor.report()["grad_norm/D"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_the_host_reads_the_statistics_only_every_every_steps(monkeypatch):
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
+    checks = []
+    original = monitor._check
+    monkeypatch.setattr(monitor, "_check", lambda: (checks.append(monitor.step), original()))
+    for _ in range(120):
+        monitor.observe(real_logits=torch.randn(4), fake_logits=torch.randn(4), d_loss=torch.tensor(0.3))
+    assert checks == [50, 100]
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+
+def test_writer_gets_every_scalar_of_every_check():
+    writer = RecordingWriter()
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=3, writer=writer)
+    for _ in range(6):
+        monitor.observe(real_logits=torch.randn(4), fake_logits=torch.randn(4), d_loss=0.5)
+    report = monitor.report()
+    written = {(tag, step): value for tag, value, step in writer.scalars}
+    assert {step for _, step in written} == {3, 6}
+    for key, value in report.items():
+        if key != "step":
+            assert written[f"stability/{key}", 6] == value
+
+
+def test_a_tensorboard_summary_writer_works(tmp_path):
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path) as writer:
+        monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=2, writer=writer)
+        for _ in range(4):
+            monitor.observe(real_logits=torch.randn(4), fake_logits=torch.randn(4), d_loss=0.5)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+
+
+def test_plot_draws_a_dashboard(tmp_path, one_thread):
+    pytest.importorskip("matplotlib")
+    monitor, _, _ = run_quietly(dirac_gan, 0.0, steps=200)
+    path = monitor.plot(tmp_path / "dashboard.png")
+    assert os.path.getsize(path) > 10_000
+
+
+def test_every_condition_has_remedies():
+    from gan_kernels.monitor import REMEDIES
+
+    assert set(CONDITIONS) == {"non_finite", "discriminator_overpowering", "vanishing_generator_gradient",
+                               "oscillation", "mode_collapse", "exploding_sigma"}
+    assert all(len(REMEDIES[name]) >= 2 for name in CONDITIONS)
+    assert gan_kernels.StabilityWarning is StabilityWarning and issubclass(StabilityWarning, UserWarning)
+
+
+def test_bad_arguments_name_the_argument_and_value():
+    d = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+        StabilityMonitor(d, every=0)
+    with pytest.raises(TypeError, match="D must be a torch.nn.Module, got str"):
+        StabilityMonitor("D")
+    with pytest.raises(TypeError, match="writer must have an add_scalar"):
+        StabilityMonitor(d, writer=object())
+    with pytest.raises(TypeError, match="thresholds must be"):
+        StabilityMonitor(d, thresholds={"patience": 3})
+    monitor = StabilityMonitor(d)
+    with pytest.raises(ValueError, match="observe\\(\\) needs at least one"):
+        monitor.observe()
+    with pytest.raises(ValueError, match="network must be 'D' or 'G', got 'X'"):
+        monitor.observe_gradients("X", d)
+    with pytest.raises(ValueError, match="has no gradients"):
+        monitor.observe_gradients("D", d)
+    with pytest.raises(ValueError, match=r"d_loss must be a scalar.*\[3\]"):
+        monitor.observe(d_loss=torch.ones(3))
+    with pytest.raises(TypeError, match="g_loss must be a real number"):
+        monitor.observe(g_loss="0.5")
+    with pytest.raises(ValueError, match="fake has shape"):
+        monitor.observe_samples(torch.randn(4, 2), torch.randn(4, 3))
+
+
+def test_numbers_numpy_scalars_and_tensors_are_accepted():
+    np = pytest.importorskip("numpy")
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1))
+    monitor.observe(d_loss=0.5, g_loss=np.float32(1.5), penalty=torch.tensor([2.5], dtype=torch.float64))
+    report = monitor.report()
+    assert (report["d_loss"], report["g_loss"], report["penalty"]) == (0.5, 1.5, 2.5)

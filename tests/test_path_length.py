@@ -1,0 +1,235 @@
+"""gan_kernels.penalties.PathLengthRegularizer against StyleGAN2's formula written out in plain PyTorch:
+value, parameter gradients and second derivatives; gradcheck / gradgradcheck; the running mean
+(buffer, state dict, average over ranks); zero gradients; lazy regularisation; bad input."""
+import math
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from helpers import DEVICES, unregistered_autograd_is_an_error
+
+from gan_kernels.penalties import LazyRegularizer, PathLengthRegularizer
+
+N, NUM_WS, W_DIM = 4, 3, 5
+IMAGE = (2, 3, 3)
+
+
+class TinySynthesis(torch.nn.Module):
+    """ws [N, num_ws, w_dim] -> images [N, 2, 3, 3]: smooth, so every derivative is nonzero."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        shape = (NUM_WS * W_DIM, math.prod(IMAGE))
+        self.weight = torch.nn.Parameter(0.5 * torch.randn(shape, generator=generator, dtype=torch.float64))
+
+    def forward(self, ws):
+        return torch.tanh(ws.flatten(1) @ self.weight).view(-1, *IMAGE)
+
+
+def make_ws(seed=1, shape=(N, NUM_WS, W_DIM)):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+
+def textbook(images, ws, mean_before, decay, noise_seed):
+    """StyleGAN2's path-length penalty, the running mean a constant for autograd."""
+    pixels = images.shape[2] * images.shape[3]
+    generator = torch.Generator(device=images.device).manual_seed(noise_seed)
+    y = torch.randn(images.shape, generator=generator, dtype=images.dtype, device=images.device)
+    y = y / math.sqrt(pixels)
+    (g,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
+    lengths = g.square().sum(2).mean(1).sqrt()
+    mean = mean_before + decay * (lengths.mean().detach() - mean_before)
+    return (lengths - mean).square().mean(), mean
+
+
+def ours(regularizer, images, ws, noise_seed):
+    return regularizer(images, ws, generator=torch.Generator(device=images.device).manual_seed(noise_seed))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mean_before", [0.0, 0.8])
+def test_penalty_gradients_and_second_derivatives_equal_the_formula(mean_before, device):
+    g_net = TinySynthesis().to(device)
+    regularizer = PathLengthRegularizer(decay=0.3).double().to(device)
+    regularizer.mean_length.fill_(mean_before)
+    ws = make_ws().detach().to(device).requires_grad_()
+    images = g_net(ws)
+    with unregistered_autograd_is_an_error():
+        penalty = ours(regularizer, images, ws, noise_seed=7)
+    expected, expected_mean = textbook(images, ws, mean_before, 0.3, noise_seed=7)
+    torch.testing.assert_close(penalty, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(regularizer.mean_length, expected_mean, rtol=1e-12, atol=0)
+
+    inputs = (g_net.weight, ws)
+    grads = torch.autograd.grad(penalty, inputs, create_graph=True)
+    expected_grads = torch.autograd.grad(expected, inputs, create_graph=True)
+    for grad, grad_expected in zip(grads, expected_grads):
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-12)
+    # Second order: the derivative of a random projection of the first derivatives.
+    projections = [torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=grad.dtype).to(device)
+                   for grad in grads]
+    second = torch.autograd.grad(sum((g * p).sum() for g, p in zip(grads, projections)), inputs, retain_graph=True)
+    second_expected = torch.autograd.grad(sum((g * p).sum() for g, p in zip(expected_grads, projections)), inputs)
+    for grad, grad_expected in zip(second, second_expected):
+        assert grad.abs().max() > 0
+        torch.testing.assert_close(grad, grad_expected, rtol=1e-9, atol=1e-11)
+
+
+def test_latents_without_middle_dims():
+    # [N, D] latents (a plain z): k = 1, the length is the norm of g.
+    g_net = TinySynthesis()
+    ws = make_ws(shape=(N, NUM_WS * W_DIM))
+    images = g_net(ws)
+    regularizer = PathLengthRegularizer().double()
+    penalty = ours(regularizer, images, ws, noise_seed=2)
+    y = torch.randn(images.shape, generator=torch.Generator().manual_seed(2), dtype=images.dtype) / 3
+    (g,) = torch.autograd.grad((images * y).sum(), ws, create_graph=True)
+    lengths = g.norm(dim=1)
+    mean = 0.01 * lengths.mean().detach()
+    torch.testing.assert_close(penalty, (lengths - mean).square().mean(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("mean_length", [0.0, 0.6])
+def test_gradcheck_and_gradgradcheck(mean_length):
+    # decay 0 keeps the centre at mean_length however gradcheck perturbs the inputs: gradcheck
+    # compares derivatives of the penalty for a given centre, and the centre is a constant for autograd.
+    regularizer = PathLengthRegularizer(decay=0.0).double()
+
+    def penalty(weight, ws):
+        regularizer.mean_length.fill_(mean_length)
+        images = torch.tanh(ws.flatten(1) @ weight).view(-1, 1, 2, 2)
+        return ours(regularizer, images, ws, noise_seed=5)
+
+    # Small, so that gradgradcheck's numerical third derivatives stay quick.
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(2 * 2, 4, generator=generator, dtype=torch.float64).requires_grad_()
+    inputs = (weight, make_ws(shape=(2, 2, 2)))
+    with unregistered_autograd_is_an_error():
+        assert torch.autograd.gradcheck(penalty, inputs, fast_mode=True)
+        assert torch.autograd.gradgradcheck(penalty, inputs, fast_mode=True)
+
+
+def test_running_mean_is_a_buffer_in_the_state_dict():
+    g_net = TinySynthesis()
+    regularizer = PathLengthRegularizer(decay=0.1).double()
+    assert "mean_length" in regularizer.state_dict() and float(regularizer.mean_length) == 0
+    means = []
+    for seed in range(3):
+        ws = make_ws(seed)
+        _, lengths_mean = textbook(g_net(ws), ws, 0.0, 1.0, noise_seed=seed)  # decay 1: the batch mean
+        expected = (means[-1] if means else 0.0) * 0.9 + 0.1 * float(lengths_mean)
+        ours(regularizer, g_net(ws), ws, noise_seed=seed)
+        means.append(float(regularizer.mean_length))
+        assert means[-1] == pytest.approx(expected, rel=1e-12)
+    restored = PathLengthRegularizer(decay=0.1).double()
+    restored.load_state_dict(regularizer.state_dict())
+    assert float(restored.mean_length) == means[-1]
+
+
+def test_finite_at_zero_gradients():
+    # A ReLU generator whose first two samples are cut off: their gradient is exactly 0 (the norm's
+    # derivative is undefined there); the others are not.
+    weight = torch.rand(NUM_WS * W_DIM, math.prod(IMAGE), dtype=torch.float64, requires_grad=True)
+    ws = make_ws().detach().abs()
+    ws[:2] *= -1
+    ws.requires_grad_()
+    for mean_before in (0.0, 0.5):
+        regularizer = PathLengthRegularizer().double()
+        regularizer.mean_length.fill_(mean_before)
+        images = torch.relu(ws.flatten(1) @ weight).view(-1, *IMAGE)
+        penalty = ours(regularizer, images, ws, noise_seed=1)
+        expected, _ = textbook(images, ws, mean_before, 0.01, noise_seed=1)
+        torch.testing.assert_close(penalty, expected, rtol=1e-12, atol=1e-14)
+        (grad,) = torch.autograd.grad(penalty, weight, create_graph=True)
+        (second,) = torch.autograd.grad(grad.sum(), weight)
+        assert torch.isfinite(grad).all() and torch.isfinite(second).all()
+        assert grad.abs().max() > 0
+
+
+def test_whole_batch_with_zero_gradients_and_no_running_mean_yet():
+    weight = torch.rand(NUM_WS * W_DIM, math.prod(IMAGE), dtype=torch.float64, requires_grad=True)
+    ws = (-make_ws().detach().abs()).requires_grad_()
+    images = torch.relu(ws.flatten(1) @ weight).view(-1, *IMAGE)
+    regularizer = PathLengthRegularizer().double()
+    penalty = ours(regularizer, images, ws, noise_seed=1)
+    (grad,) = torch.autograd.grad(penalty, weight)
+    assert penalty.item() == 0 and float(regularizer.mean_length) == 0
+    assert torch.isfinite(grad).all()
+
+
+def test_lazy_regularizer_runs_it_every_interval_steps_scaled():
+    g_net = TinySynthesis()
+    lazy = LazyRegularizer(4)
+    regularizer, twin = PathLengthRegularizer().double(), PathLengthRegularizer().double()
+    ws = make_ws()
+    scaled = lazy(0, regularizer, g_net(ws), ws, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(scaled, 4 * ours(twin, g_net(ws), ws, noise_seed=9))
+    mean_after_due_step = float(regularizer.mean_length)
+    assert mean_after_due_step > 0
+    assert lazy(1, regularizer, g_net(ws), ws) is None
+    assert float(regularizer.mean_length) == mean_after_due_step
+
+
+def test_decay_accepts_numpy_and_tensor_scalars():
+    assert PathLengthRegularizer(np.float32(0.25)).decay == 0.25
+    assert PathLengthRegularizer(torch.tensor(0.5)).decay == 0.5
+
+
+@pytest.mark.parametrize("decay, error", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
+                                          ("0.1", TypeError), (True, TypeError)])
+def test_bad_decay_names_the_argument_and_value(decay, error):
+    with pytest.raises(error, match=f"decay.*{decay!r}" if error is ValueError else "decay"):
+        PathLengthRegularizer(decay)
+
+
+def test_bad_inputs_name_the_argument():
+    g_net = TinySynthesis()
+    regularizer = PathLengthRegularizer().double()
+    ws = make_ws()
+    with pytest.raises(ValueError, match="latents does not require grad"):
+        regularizer(g_net(ws), ws.detach())
+    with pytest.raises(ValueError, match=r"images has 4 samples but latents has 3"):
+        regularizer(g_net(ws), make_ws(shape=(3, NUM_WS, W_DIM)))
+    with pytest.raises(ValueError, match=r"images must be \[N, C, H, W\].*\[4, 18\]"):
+        regularizer(g_net(ws).flatten(1), ws)
+    with pytest.raises(ValueError, match="latents must be"):
+        regularizer(g_net(ws), ws.flatten()[:N].detach().requires_grad_())
+    with pytest.raises(ValueError, match="images does not depend on latents"):
+        regularizer(g_net(make_ws(2)), ws)
+    with pytest.raises(TypeError, match="images must be"):
+        regularizer(np.zeros((4, 2, 3, 3)), ws)
+
+
+def _path_length_on_rank(rank, world_size, init_file, out_dir):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size)
+    try:
+        g_net = TinySynthesis()
+        regularizer = PathLengthRegularizer(decay=0.5).double()
+        ws = make_ws(seed=10 + rank)
+        ours(regularizer, g_net(ws), ws, noise_seed=rank)
+        torch.save(regularizer.mean_length, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_running_mean_is_averaged_over_ranks():
+    with tempfile.TemporaryDirectory() as out_dir:
+        torch.multiprocessing.spawn(_path_length_on_rank, args=(2, os.path.join(out_dir, "init"), out_dir),
+                                    nprocs=2)
+        means = [torch.load(os.path.join(out_dir, f"rank{rank}.pt")) for rank in range(2)]
+    g_net = TinySynthesis()
+    batch_means = []
+    for rank in range(2):
+        ws = make_ws(seed=10 + rank)
+        _, batch_mean = textbook(g_net(ws), ws, 0.0, 1.0, noise_seed=rank)
+        batch_means.append(float(batch_mean))
+    assert batch_means[0] != pytest.approx(batch_means[1])
+    for mean in means:
+        assert float(mean) == pytest.approx(0.5 * (batch_means[0] + batch_means[1]) / 2, rel=1e-12)
