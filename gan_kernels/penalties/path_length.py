@@ -15,13 +15,14 @@ def _check_decay(decay):
     return value
 
 
-def _all_reduce_mean(value):
-    """The mean of ``value`` over the ranks when torch.distributed is initialised, else ``value``."""
+def _all_reduce_mean(value, group):
+    """The mean of ``value`` over the ranks of ``group`` (None: all ranks) when torch.distributed
+    is initialised, else ``value``."""
     distributed = torch.distributed
     if distributed.is_available() and distributed.is_initialized():
         value = value.clone()
-        distributed.all_reduce(value)
-        value /= distributed.get_world_size()
+        distributed.all_reduce(value, group=group)
+        value /= distributed.get_world_size(group)
     return value
 
 
@@ -35,9 +36,9 @@ class PathLengthRegularizer(torch.nn.Module):
 
     ``images`` [N, C, H, W] (any [N, C, ...]) must have been computed from ``latents`` [N, D] or
     [N, num_ws, D] (StyleGAN's ws), which must require grad. The running mean ``a`` is the buffer
-    ``mean_length`` (in the state dict, float32), averaged over the ranks when torch.distributed is
-    initialised (every rank must then call the regulariser on the same steps); ``.double()`` makes
-    it float64.
+    ``mean_length`` (in the state dict, float32), averaged over the ranks of ``process_group``
+    (default: all ranks) when torch.distributed is initialised (every rank of the group must then
+    call the regulariser on the same steps); ``.double()`` makes it float64.
 
     The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
     per sample, ``(||g_i|| / sqrt(k) - a)^2 = (||g_i|| - a sqrt(k))^2 / k``, and the centre
@@ -50,9 +51,12 @@ class PathLengthRegularizer(torch.nn.Module):
     StyleGAN2's weight 2 yourself.
     """
 
-    def __init__(self, decay=0.01):
+    def __init__(self, decay=0.01, process_group=None):
         super().__init__()
         self.decay = _check_decay(decay)
+        # The ranks that train G together: an all-reduce over all ranks would wait forever for
+        # ranks outside a subgroup that never call the regulariser.
+        self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
 
     def forward(self, images, latents, generator=None):
@@ -89,7 +93,7 @@ class PathLengthRegularizer(torch.nn.Module):
         compute = torch.promote_types(g.dtype, torch.float32)
         with torch.no_grad():
             lengths = (per_sample_penalty(g.detach(), 0.0).to(compute) / vectors).sqrt()
-            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype))
+            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype), self.process_group)
             self.mean_length.lerp_(batch_mean, self.decay)
         center = (self.mean_length * math.sqrt(vectors)).to(compute)
         # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
