@@ -48,7 +48,9 @@ class PathLengthRegularizer(torch.nn.Module):
     reach the lengths through the updated mean. At zero gradients (a sample, or the whole batch) the
     penalty and its derivatives of every order are finite (the op defines the norm's derivative at 0
     as 0). Lazy regularisation: ``LazyRegularizer(4)(step, plr, images, latents)``; multiply by
-    StyleGAN2's weight 2 yourself.
+    StyleGAN2's weight 2 yourself. The result includes ``0 * images`` (StyleGAN2's), so that a
+    penalty backpropagated on its own through a DistributedDataParallel G gives every parameter a
+    gradient for DDP to reduce.
     """
 
     def __init__(self, decay=0.01, process_group=None):
@@ -101,7 +103,16 @@ class PathLengthRegularizer(torch.nn.Module):
         divisor = torch.where(positive, center, 1.0)
         centred = divisor.square() * per_sample_penalty(g / divisor.to(g.dtype), 1.0).to(compute)
         penalty = torch.where(positive, centred, per_sample_penalty(g, 0.0).to(compute))
-        return (penalty / vectors).mean().to(g.dtype)
+        # Plus 0 * images (StyleGAN2's ``gen_img[:, 0, 0, 0] * 0 + loss_Gpl``), which changes no value
+        # and no gradient: the penalty depends on the images' derivative only, so not on G's
+        # parameters that shift the images by a constant (toRGB's bias). Under
+        # DistributedDataParallel, a penalty backpropagated on its own (lazy regularisation) would
+        # leave their gradients unreduced: DDP waits for a gradient of every parameter of the
+        # forward, and the ranks' parameters silently diverge. This module cannot see whether G is
+        # a DDP module, so it always adds the term (unreached parameters get a zero gradient rather
+        # than None, as in StyleGAN2).
+        zero = (images * 0).sum(dtype=g.dtype)
+        return (penalty / vectors).mean().to(g.dtype) + zero
 
     def extra_repr(self):
         return f"decay={self.decay}"
