@@ -8,7 +8,10 @@ wrapped in DistributedDataParallel or with gan_kernels.distributed.all_reduce_gr
 after every step that all ranks hold bitwise identical parameters and buffers (spectral norm's u,
 v) and that rank 0's equal, to float64 round-off, those of one process that ran the same steps on
 the concatenated batch with the same random draws (minibatch stddev grouping each rank's slice, as
-the ranks do, or the whole batch for MinibatchStd(process_group=)).
+the ranks do, or the whole batch for MinibatchStd(process_group=)). The generator scenarios do the
+same for a StyleGAN-like G trained with the path-length penalty (in its loss, or lazily on its
+own): each rank draws its own noise, and the regulariser's running mean must be bitwise identical
+on every rank and equal one process's on the concatenated batch and noise.
 """
 import datetime
 import json
@@ -264,6 +267,160 @@ def train_and_compare(model_kind, wrapper, penalty, group):
     assert not mismatches, "differs from one process on the whole batch:\n" + "\n".join(mismatches)
 
 
+# ---- the generator with StyleGAN2's path-length penalty ---------------------------------------
+
+Z_DIM, W_DIM, NUM_WS, G_CHANNELS = 4, 4, 2, 4
+PATH_LENGTH_WEIGHT = 2.0  # StyleGAN2's
+# Far above StyleGAN2's 0.01, so that the running mean is a sizeable part of the centre from the
+# first step and a running mean that differs between ranks (or from one process) shows.
+PATH_LENGTH_DECAY = 0.3
+
+
+class TinyStyleGenerator(torch.nn.Module):
+    """StyleGAN-like: a mapping layer z -> w, broadcast to NUM_WS ws that modulate the channels of
+    a learned constant before and after a 3x3 convolution, and a 1x1 toRGB. Returns the images
+    and the ws, which the path-length penalty differentiates with respect to. toRGB's bias is
+    the parameter the penalty does not reach (the images' derivative does not depend on it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = EqualizedLinear(Z_DIM, W_DIM, activation="lrelu")
+        self.const = torch.nn.Parameter(torch.randn(G_CHANNELS, 4, 4))
+        self.styles = torch.nn.ModuleList([EqualizedLinear(W_DIM, G_CHANNELS, bias_init=1) for _ in range(NUM_WS)])
+        self.conv = EqualizedConv2d(G_CHANNELS, G_CHANNELS, 3, activation="lrelu")
+        self.to_rgb = EqualizedConv2d(G_CHANNELS, 3, 1)
+
+    def forward(self, z):
+        ws = self.mapping(z).unsqueeze(1).repeat(1, NUM_WS, 1)
+        x = self.const * self.styles[0](ws[:, 0])[:, :, None, None]
+        x = self.conv(x) * self.styles[1](ws[:, 1])[:, :, None, None]
+        return self.to_rgb(x), ws
+
+
+def build_generator(seed):
+    torch.manual_seed(seed)
+    return TinyStyleGenerator().double()
+
+
+def fixed_critic():
+    """G's adversarial loss needs a D; a fixed one (not trained, the same on every rank) keeps the
+    scenarios about G."""
+    torch.manual_seed(123)
+    critic = torch.nn.Sequential(EqualizedConv2d(3, 4, 3, activation="lrelu"), torch.nn.Flatten(),
+                                 EqualizedLinear(4 * 4 * 4, 1)).double()
+    return critic.requires_grad_(False)
+
+
+def rank_latents(step, rank):
+    """The z rank ``rank`` draws at ``step``: every process can make every rank's."""
+    return torch.randn(BATCH_PER_RANK, Z_DIM, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(2000 * step + rank))
+
+
+def path_length_noise_generator(rank):
+    """The generator of rank ``rank``'s path-length noise y."""
+    return torch.Generator().manual_seed(50 + rank)
+
+
+# path_length: the penalty added to G's adversarial loss, one backward. lazy_path_length:
+# StyleGAN2's way, its own forward of G and its own backward every LAZY_INTERVAL steps.
+G_PENALTIES = ["path_length", "lazy_path_length"]
+
+
+def parallel_generator_step(G, critic, plr, penalty, step, z, gen):
+    """What a user writes on each rank: the regulariser on the rank's own batch and noise."""
+    images, ws = G(z)
+    loss = torch.nn.functional.softplus(-critic(images)).mean()
+    if penalty == "path_length":
+        loss = loss + PATH_LENGTH_WEIGHT * plr(images, ws, generator=gen)
+    loss.backward()
+    lazy = penalties.LazyRegularizer(LAZY_INTERVAL)
+    if penalty == "lazy_path_length" and lazy.due(step):
+        images, ws = G(z)
+        (PATH_LENGTH_WEIGHT * lazy(step, plr, images, ws, generator=gen)).backward()
+
+
+def textbook_path_length(images, ws, noise, mean_before):
+    """StyleGAN2's penalty on the concatenated batch, written out (as tests/test_path_length.py
+    does): per-sample lengths, the running mean updated with the whole batch's mean length (the
+    mean of the ranks' means, the batches being equal), the penalty a mean over the whole batch
+    (the mean of the ranks' penalties, as DDP's and all_reduce_gradients' averaging makes it)."""
+    (g,) = torch.autograd.grad((images * noise).sum(), ws, create_graph=True)
+    lengths = g.square().sum(2).mean(1).sqrt()
+    mean = mean_before + PATH_LENGTH_DECAY * (lengths.mean().detach() - mean_before)
+    return (lengths - mean).square().mean(), mean
+
+
+def single_process_generator_states(penalty, world_size):
+    """G's parameters and the running mean after each of STEPS steps of one process on the
+    concatenated batches, with each rank's noise drawn from that rank's generator and
+    concatenated in rank order. Shared by the DDP and all_reduce_gradients scenarios."""
+    key = ("generator", penalty, world_size)
+    if key not in _single_process_states:
+        G, critic = build_generator(seed=0), fixed_critic()
+        opt = optimizer(G)
+        gens = [path_length_noise_generator(r) for r in range(world_size)]
+        mean_length = torch.zeros((), dtype=torch.float64)
+
+        def penalty_of_the_whole_batch(images, ws):
+            nonlocal mean_length
+            rank_shape = (BATCH_PER_RANK, *images.shape[1:])
+            noise = torch.cat([torch.randn(rank_shape, dtype=images.dtype, generator=g) for g in gens])
+            noise = noise / (images.shape[2] * images.shape[3]) ** 0.5
+            value, mean_length = textbook_path_length(images, ws, noise, mean_length)
+            return PATH_LENGTH_WEIGHT * value
+
+        states = []
+        for step in range(STEPS):
+            z = torch.cat([rank_latents(step, r) for r in range(world_size)])
+            opt.zero_grad()
+            images, ws = G(z)
+            loss = torch.nn.functional.softplus(-critic(images)).mean()
+            if penalty == "path_length":
+                loss = loss + penalty_of_the_whole_batch(images, ws)
+            loss.backward()
+            if penalty == "lazy_path_length" and step % LAZY_INTERVAL == 0:
+                (LAZY_INTERVAL * penalty_of_the_whole_batch(*G(z))).backward()
+            opt.step()
+            states.append({name: t.detach().clone() for name, t in state(G).items()}
+                          | {"mean_length": mean_length.clone()})
+        _single_process_states[key] = states
+    return _single_process_states[key]
+
+
+def train_generator_and_compare(wrapper, penalty, group):
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    local = build_generator(seed=rank)  # DDP and broadcast_state must make every rank's rank 0's
+    if wrapper == "ddp":
+        G = DistributedDataParallel(local, process_group=group)
+    else:
+        broadcast_state(local, group=group)
+        G = local
+    critic = fixed_critic()
+    plr = penalties.PathLengthRegularizer(PATH_LENGTH_DECAY, process_group=group).double()
+    opt = optimizer(G)
+    gen = path_length_noise_generator(rank)
+    expected_states = single_process_generator_states(penalty, world_size) if rank == 0 else None
+    mismatches = []
+    for step in range(STEPS):
+        opt.zero_grad()
+        parallel_generator_step(G, critic, plr, penalty, step, rank_latents(step, rank), gen)
+        if wrapper == "all_reduce":
+            all_reduce_gradients(local, group)
+        opt.step()
+        ours = state(local) | {"mean_length": plr.mean_length}
+        assert_identical_on_every_rank(ours, f"step {step}", group)
+        if rank == 0:
+            expected = expected_states[step]
+            assert ours.keys() == expected.keys()
+            for name in expected:
+                try:
+                    torch.testing.assert_close(ours[name], expected[name], **TOLERANCES[torch.float64])
+                except AssertionError as e:
+                    mismatches.append(f"step {step}, {name}: {e}")
+    assert not mismatches, "differs from one process on the whole batch:\n" + "\n".join(mismatches)
+
+
 # ---- scenarios not about training ------------------------------------------------------------
 
 def broadcast_state_copies_parameters_and_buffers(group):
@@ -356,6 +513,11 @@ for _model in MODELS:
     for _penalty in ALL_REDUCE_PENALTIES.get(_model, ["wgan_gp", "lazy_r1"]):
         SCENARIOS[f"train-{_model}-all_reduce-{_penalty}"] = (
             lambda group, m=_model, p=_penalty: train_and_compare(m, "all_reduce", p, group)
+        )
+for _wrapper in ("ddp", "all_reduce"):
+    for _penalty in G_PENALTIES:
+        SCENARIOS[f"train-generator-{_wrapper}-{_penalty}"] = (
+            lambda group, w=_wrapper, p=_penalty: train_generator_and_compare(w, p, group)
         )
 
 

@@ -175,6 +175,21 @@ def test_lazy_regularizer_runs_it_every_interval_steps_scaled():
     assert float(regularizer.mean_length) == mean_after_due_step
 
 
+def test_a_parameter_the_penalty_does_not_reach_gets_a_zero_gradient():
+    # A bias added to the images does not change their derivative, so the penalty proper does not
+    # depend on it; the regulariser's 0 * images term gives it a zero gradient (not None), which
+    # DistributedDataParallel needs to reduce a penalty backpropagated on its own.
+    g_net = TinySynthesis()
+    bias = torch.nn.Parameter(torch.ones(IMAGE[0], 1, 1, dtype=torch.float64))
+    ws = make_ws()
+    images = g_net(ws) + bias
+    penalty = ours(PathLengthRegularizer(decay=0.3).double(), images, ws, noise_seed=3)
+    expected, _ = textbook(images, ws, 0.0, 0.3, noise_seed=3)
+    torch.testing.assert_close(penalty, expected, rtol=1e-12, atol=1e-14)
+    penalty.backward()
+    assert bias.grad is not None and torch.equal(bias.grad, torch.zeros_like(bias))
+
+
 def test_decay_accepts_numpy_and_tensor_scalars():
     assert PathLengthRegularizer(np.float32(0.25)).decay == 0.25
     assert PathLengthRegularizer(torch.tensor(0.5)).decay == 0.5

@@ -15,13 +15,14 @@ def _check_decay(decay):
     return value
 
 
-def _all_reduce_mean(value):
-    """The mean of ``value`` over the ranks when torch.distributed is initialised, else ``value``."""
+def _all_reduce_mean(value, group):
+    """The mean of ``value`` over the ranks of ``group`` (None: all ranks) when torch.distributed
+    is initialised, else ``value``."""
     distributed = torch.distributed
     if distributed.is_available() and distributed.is_initialized():
         value = value.clone()
-        distributed.all_reduce(value)
-        value /= distributed.get_world_size()
+        distributed.all_reduce(value, group=group)
+        value /= distributed.get_world_size(group)
     return value
 
 
@@ -35,9 +36,9 @@ class PathLengthRegularizer(torch.nn.Module):
 
     ``images`` [N, C, H, W] (any [N, C, ...]) must have been computed from ``latents`` [N, D] or
     [N, num_ws, D] (StyleGAN's ws), which must require grad. The running mean ``a`` is the buffer
-    ``mean_length`` (in the state dict, float32), averaged over the ranks when torch.distributed is
-    initialised (every rank must then call the regulariser on the same steps); ``.double()`` makes
-    it float64.
+    ``mean_length`` (in the state dict, float32), averaged over the ranks of ``process_group``
+    (default: all ranks) when torch.distributed is initialised (every rank of the group must then
+    call the regulariser on the same steps); ``.double()`` makes it float64.
 
     The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
     per sample, ``(||g_i|| / sqrt(k) - a)^2 = (||g_i|| - a sqrt(k))^2 / k``, and the centre
@@ -47,12 +48,17 @@ class PathLengthRegularizer(torch.nn.Module):
     reach the lengths through the updated mean. At zero gradients (a sample, or the whole batch) the
     penalty and its derivatives of every order are finite (the op defines the norm's derivative at 0
     as 0). Lazy regularisation: ``LazyRegularizer(4)(step, plr, images, latents)``; multiply by
-    StyleGAN2's weight 2 yourself.
+    StyleGAN2's weight 2 yourself. The result includes ``0 * images`` (StyleGAN2's), so that a
+    penalty backpropagated on its own through a DistributedDataParallel G gives every parameter a
+    gradient for DDP to reduce.
     """
 
-    def __init__(self, decay=0.01):
+    def __init__(self, decay=0.01, process_group=None):
         super().__init__()
         self.decay = _check_decay(decay)
+        # The ranks that train G together: an all-reduce over all ranks would wait forever for
+        # ranks outside a subgroup that never call the regulariser.
+        self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
 
     def forward(self, images, latents, generator=None):
@@ -89,7 +95,7 @@ class PathLengthRegularizer(torch.nn.Module):
         compute = torch.promote_types(g.dtype, torch.float32)
         with torch.no_grad():
             lengths = (per_sample_penalty(g.detach(), 0.0).to(compute) / vectors).sqrt()
-            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype))
+            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype), self.process_group)
             self.mean_length.lerp_(batch_mean, self.decay)
         center = (self.mean_length * math.sqrt(vectors)).to(compute)
         # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
@@ -97,7 +103,16 @@ class PathLengthRegularizer(torch.nn.Module):
         divisor = torch.where(positive, center, 1.0)
         centred = divisor.square() * per_sample_penalty(g / divisor.to(g.dtype), 1.0).to(compute)
         penalty = torch.where(positive, centred, per_sample_penalty(g, 0.0).to(compute))
-        return (penalty / vectors).mean().to(g.dtype)
+        # Plus 0 * images (StyleGAN2's ``gen_img[:, 0, 0, 0] * 0 + loss_Gpl``), which changes no value
+        # and no gradient: the penalty depends on the images' derivative only, so not on G's
+        # parameters that shift the images by a constant (toRGB's bias). Under
+        # DistributedDataParallel, a penalty backpropagated on its own (lazy regularisation) would
+        # leave their gradients unreduced: DDP waits for a gradient of every parameter of the
+        # forward, and the ranks' parameters silently diverge. This module cannot see whether G is
+        # a DDP module, so it always adds the term (unreached parameters get a zero gradient rather
+        # than None, as in StyleGAN2).
+        zero = (images * 0).sum(dtype=g.dtype)
+        return (penalty / vectors).mean().to(g.dtype) + zero
 
     def extra_repr(self):
         return f"decay={self.decay}"
