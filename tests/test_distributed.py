@@ -233,6 +233,21 @@ def single_process_states(model_kind, penalty, world_size):
 _single_process_states = {}
 
 
+def check_step(ours, expected_states, step, rank, group, mismatches):
+    """After a step: ``ours`` (name -> tensor) bitwise equal on every rank, and on rank 0 equal to the
+    single process's state after that step (``expected_states``, rank 0's only) to float64 round-off;
+    differences are collected in ``mismatches``."""
+    assert_identical_on_every_rank(ours, f"step {step}", group)
+    if rank == 0:
+        expected = expected_states[step]
+        assert ours.keys() == expected.keys()
+        for name in expected:
+            try:
+                torch.testing.assert_close(ours[name], expected[name], **TOLERANCES[torch.float64])
+            except AssertionError as e:
+                mismatches.append(f"step {step}, {name}: {e}")
+
+
 def train_and_compare(model_kind, wrapper, penalty, group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     # Every rank builds its own random model; DDP and broadcast_state must make them rank 0's.
@@ -255,15 +270,7 @@ def train_and_compare(model_kind, wrapper, penalty, group):
         if wrapper == "all_reduce":
             all_reduce_gradients(local, group)
         opt.step()
-        assert_identical_on_every_rank(state(local), f"step {step}", group)
-        if rank == 0:
-            ours, expected = state(local), expected_states[step]
-            assert ours.keys() == expected.keys()
-            for name in expected:
-                try:
-                    torch.testing.assert_close(ours[name], expected[name], **TOLERANCES[torch.float64])
-                except AssertionError as e:
-                    mismatches.append(f"step {step}, {name}: {e}")
+        check_step(state(local), expected_states, step, rank, group, mismatches)
     assert not mismatches, "differs from one process on the whole batch:\n" + "\n".join(mismatches)
 
 
@@ -408,16 +415,7 @@ def train_generator_and_compare(wrapper, penalty, group):
         if wrapper == "all_reduce":
             all_reduce_gradients(local, group)
         opt.step()
-        ours = state(local) | {"mean_length": plr.mean_length}
-        assert_identical_on_every_rank(ours, f"step {step}", group)
-        if rank == 0:
-            expected = expected_states[step]
-            assert ours.keys() == expected.keys()
-            for name in expected:
-                try:
-                    torch.testing.assert_close(ours[name], expected[name], **TOLERANCES[torch.float64])
-                except AssertionError as e:
-                    mismatches.append(f"step {step}, {name}: {e}")
+        check_step(state(local) | {"mean_length": plr.mean_length}, expected_states, step, rank, group, mismatches)
     assert not mismatches, "differs from one process on the whole batch:\n" + "\n".join(mismatches)
 
 
