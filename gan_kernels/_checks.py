@@ -39,13 +39,13 @@ def integer(value, arg):
         raise TypeError(f"{arg} must be an int, got {type(value).__name__}") from None
 
 
-def count(value, arg):
-    """An int >= 1 that fits the ops' int64 arguments."""
+def count(value, arg, minimum=1):
+    """An int >= ``minimum`` that fits the ops' int64 arguments."""
     value = integer(value, arg)
     if symbolic(value):
         return value
-    if value < 1:
-        raise ValueError(f"{arg} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
     if value > INT64_MAX:
         raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
     return value
@@ -77,6 +77,14 @@ def nonnegative(value, arg):
     value = real(value, arg)
     if not symbolic(value) and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{arg} must be a finite number >= 0, got {value}")
+    return value
+
+
+def positive(value, arg):
+    """A finite number > 0, as a float."""
+    value = real(value, arg)
+    if not symbolic(value) and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{arg} must be a finite number > 0, got {value}")
     return value
 
 

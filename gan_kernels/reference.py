@@ -176,20 +176,6 @@ def _check_activation(activation):
         raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
 
 
-def _check_size(value, arg, minimum):
-    value = _checks.integer(value, arg)
-    if value < minimum:
-        raise ValueError(f"{arg} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_lr_multiplier(value):
-    value = _checks.finite(value, "lr_multiplier")
-    if value <= 0:
-        raise ValueError(f"lr_multiplier must be a finite number > 0, got {value}")
-    return value
-
-
 class _EqualizedLayer(torch.nn.Module):
     """Runtime parameters of StyleGAN's equalized-LR layers: the weight cast to the activations' dtype
     (so fp16 activations work) times its gain, the bias times ``bias_gain``."""
@@ -217,8 +203,8 @@ class EqualizedLinear(_EqualizedLayer):
         super().__init__()
         _check_activation(activation)
         # in_features >= 1: the runtime gain is 1/sqrt(in_features).
-        in_features, out_features = _check_size(in_features, "in_features", 1), _check_size(out_features, "out_features", 0)
-        lr_multiplier = _check_lr_multiplier(lr_multiplier)
+        in_features, out_features = _checks.count(in_features, "in_features"), _checks.count(out_features, "out_features", 0)
+        lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
@@ -249,9 +235,9 @@ class EqualizedConv2d(_EqualizedLayer):
                  conv_clamp=None, stride=1, padding=None):
         super().__init__()
         _check_activation(activation)
-        in_channels, out_channels = _check_size(in_channels, "in_channels", 1), _check_size(out_channels, "out_channels", 0)
-        kernel_size = _check_size(kernel_size, "kernel_size", 1)
-        lr_multiplier = _check_lr_multiplier(lr_multiplier)
+        in_channels, out_channels = _checks.count(in_channels, "in_channels"), _checks.count(out_channels, "out_channels", 0)
+        kernel_size = _checks.count(kernel_size, "kernel_size")
+        lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
         if conv_clamp is not None:
             conv_clamp = _checks.nonnegative(conv_clamp, "conv_clamp")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size

@@ -5,7 +5,6 @@ weights in place and returns their sigmas; ``spectral_norm_normalize`` returns e
 Each is one op call whatever the number of weights. A weight is seen as the matrix with ``dims[i]``
 moved first and the other dims flattened, as PyTorch does.
 """
-import math
 
 import torch
 
@@ -96,14 +95,6 @@ def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
     return value
 
 
-def check_positive_eps(value, arg="eps"):
-    """``value`` as a float > 0."""
-    value = _checks.real(value, arg)
-    if not _checks.symbolic(value) and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{arg} must be a finite number > 0, got {value}")
-    return value
-
-
 def _use_compiled(weights, *tensors):
     """Real weights on a device with kernels; not under forward-mode AD (see _backend.use_compiled)."""
     return (bool(weights) and weights[0].dtype not in _COMPLEX_DTYPES
@@ -118,7 +109,7 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, 
     as PyTorch's spectral norm)."""
     dims = _check_lists(weights, us, vs, dims)
     n_power_iterations = check_n_power_iterations(n_power_iterations, minimum=0)
-    eps = check_positive_eps(eps)
+    eps = _checks.positive(eps, "eps")
     if not torch.compiler.is_compiling():  # traced tensors have no addresses; the op checks at run time
         _check_no_shared_memory(us, vs)
     with torch.no_grad():

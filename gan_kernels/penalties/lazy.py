@@ -3,10 +3,6 @@
 from .. import _checks
 
 
-def _check_interval(interval):
-    return _checks.count(interval, "interval")
-
-
 class LazyRegularizer:
     """``lazy(step, penalty_fn, *args, **kwargs)`` returns ``interval * penalty_fn(*args, **kwargs)``
     on steps where ``step % interval == 0``, else None (and does not call ``penalty_fn``)::
@@ -18,7 +14,7 @@ class LazyRegularizer:
     """
 
     def __init__(self, interval):
-        self.interval = _check_interval(interval)
+        self.interval = _checks.count(interval, "interval")
 
     def due(self, step):
         return step % self.interval == 0
@@ -38,6 +34,6 @@ class LazyRegularizer:
 def lazy_adam_hyperparameters(lr, betas, interval):
     """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
     ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
-    interval = _check_interval(interval)
+    interval = _checks.count(interval, "interval")
     ratio = interval / (interval + 1)
     return lr * ratio, tuple(beta**ratio for beta in betas)
