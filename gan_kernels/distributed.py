@@ -8,6 +8,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from . import _checks
+
 
 def _check_module(module):
     if not isinstance(module, torch.nn.Module):
@@ -89,8 +91,9 @@ def broadcast_state(module, src=0, group=None):
     _check_module(module)
     _check_initialized()
     world_size = dist.get_world_size()
-    if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world_size:
-        raise ValueError(f"src must be a rank in [0, {world_size}), got {src!r}")
+    src = _checks.integer(src, "src")
+    if not 0 <= src < world_size:
+        raise ValueError(f"src must be a rank in [0, {world_size}), got {src}")
     tensors = list(module.parameters()) + list(module.buffers())
     with torch.no_grad():
         for members in _by_device_and_dtype(tensors):
