@@ -1,6 +1,7 @@
 // The Python module gan_kernels._C: loading it registers every op with the dispatcher; pybind11
 // carries only the build facts.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/ScalarType.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/library.h>
@@ -8,9 +9,12 @@
 #include <algorithm>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
+#include "activation_table.h"
 #include "build_info.h"
+#include "common/dtype.h"
 
 // Each op defines its own schemas beside its contract, in csrc/ops/<op>.cpp, as fragments.
 TORCH_LIBRARY(gan_kernels, m) {}
@@ -35,6 +39,25 @@ std::vector<std::string> registered_ops() {
   return names;
 }
 
+// The activation table the kernels were built with: (name, default alpha, default gain, piecewise linear).
+std::vector<std::tuple<std::string, double, double, bool>> activations() {
+  return {
+#define GAN_KERNELS_ACTIVATION_ROW(enumerator, name, alpha, gain, piecewise_linear) {name, alpha, gain, piecewise_linear},
+      GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_ROW)
+#undef GAN_KERNELS_ACTIVATION_ROW
+  };
+}
+
+// The dtypes the kernels take, as Python names them (float32, ...).
+std::vector<std::string> dtypes() {
+  return {
+#define GAN_KERNELS_DTYPE_ROW(name, scalar_type, cpu_type, cuda_type) \
+  std::string(c10::getDtypeNames(c10::ScalarType::scalar_type).first),
+      GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_ROW)
+#undef GAN_KERNELS_DTYPE_ROW
+  };
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -48,4 +71,10 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.attr("cuda_archs") = split_archs(GAN_KERNELS_CUDA_ARCHS);
   m.def("ops", &registered_ops, "Names of the gan_kernels ops registered with the dispatcher.");
+  m.attr("activations") = activations();
+  m.attr("activation_constants") = std::vector<std::tuple<std::string, double>>{
+      {"kSeluAlpha", gan_kernels::kSeluAlpha},
+      {"kSeluScale", gan_kernels::kSeluScale},
+      {"kSoftplusThreshold", gan_kernels::kSoftplusThreshold}};
+  m.attr("dtypes") = dtypes();
 }

@@ -402,7 +402,7 @@ BAD_INPUTS = [
      "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got 'gelu'"),
     (dict(x=X, b=torch.randn(4)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[4\]"),
     (dict(x=X, b=torch.randn(3, 1)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[3, 1\]"),
-    (dict(x=X, b=torch.randn(3, dtype=torch.float64)), TypeError, "b has dtype Double but x has dtype Float"),
+    (dict(x=X, b=torch.randn(3, dtype=torch.float64)), TypeError, "b has dtype torch.float64 but x has dtype torch.float32"),
     (dict(x=X, b=torch.randn(3, device="meta")), ValueError, "b is on meta but x is on cpu"),
     (dict(x=X, b=torch.randn(3), dim=2), IndexError, "dim=2 is out of range"),
     (dict(x=X, b=torch.randn(3), dim=-3), IndexError, "dim=-3 is out of range"),
@@ -442,7 +442,7 @@ def test_bad_input_to_the_gradient_ops():
         bias_act_grad_op(torch.randn(2, 4), x, None, 1, "tanh", 0.0, 1.0, None, 1.0, False)
     with pytest.raises(ValueError, match="ref_is_y needs act linear, relu or lrelu"):
         bias_act_grad_op(x, x, None, 1, "tanh", 0.0, 1.0, None, 1.0, True)
-    with pytest.raises(TypeError, match="upstream has dtype Double but x has dtype Float"):
+    with pytest.raises(TypeError, match="upstream has dtype torch.float64 but x has dtype torch.float32"):
         bias_act_grad2_op(x.double(), x, x, None, 1, "tanh", 0.0, 1.0, None, 1.0)
 
 

@@ -318,9 +318,9 @@ def test_bad_input_to_the_ops_names_the_argument():
         penalty_backward_op(torch.randn(3), g, 1.0)
     with pytest.raises(ValueError, match=r"grad has shape \[2, 1\] but expected \[2\]"):
         penalty_backward_op(torch.randn(2, 1), g, 1.0)
-    with pytest.raises(TypeError, match=r"grad has dtype Double but the penalty of g \(Float\) has dtype Float"):
+    with pytest.raises(TypeError, match=r"grad has dtype torch.float64 but the penalty of g \(torch.float32\) has dtype torch.float32"):
         penalty_backward_op(torch.randn(2, dtype=torch.float64), g, 1.0)
-    with pytest.raises(TypeError, match=r"grad has dtype Half but the penalty of g \(Half\) has dtype Float"):
+    with pytest.raises(TypeError, match=r"grad has dtype torch.float16 but the penalty of g \(torch.float16\) has dtype torch.float32"):
         penalty_backward_op(torch.randn(2, dtype=torch.float16), g.half(), 1.0)
 
 

@@ -397,7 +397,7 @@ def test_bad_grad_to_the_backward_ops_names_it():
     with pytest.raises(ValueError, match=r"grad has shape \[4, 6, 2, 2\] but the output of minibatch_std has shape "
                                          r"\[4, 7, 2, 2\]"):
         minibatch_std_backward_op(torch.randn(4, 6, 2, 2), x, 4, 1)
-    with pytest.raises(TypeError, match="grad has dtype Double but x has dtype Float"):
+    with pytest.raises(TypeError, match="grad has dtype torch.float64 but x has dtype torch.float32"):
         minibatch_std_backward_op(torch.randn(4, 7, 2, 2, dtype=torch.float64), x, 4, 1)
     with pytest.raises(ValueError, match=r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]"):
         minibatch_std_double_backward_op(torch.randn(4, 7, 2, 2), torch.randn(4, 7, 2, 2), x, 4, 1)

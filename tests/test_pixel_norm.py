@@ -206,7 +206,7 @@ def test_bad_input_to_the_ops_names_the_argument():
         pixel_norm_op(x, 1, -0.5)
     with pytest.raises(ValueError, match=r"grad has shape \[2, 4\] but x has shape \[2, 3\]"):
         pixel_norm_backward_op(torch.randn(2, 4), x, 1, 1e-8)
-    with pytest.raises(TypeError, match="grad has dtype Double but x has dtype Float"):
+    with pytest.raises(TypeError, match="grad has dtype torch.float64 but x has dtype torch.float32"):
         pixel_norm_backward_op(x.double(), x, 1, 1e-8)
 
 

@@ -671,7 +671,7 @@ def test_bad_input_to_the_ops_names_the_argument():
     weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
     with pytest.raises(ValueError, match=r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]"):
         power_op(weights, [us[0], us[0]], vs, dims, 1, 1e-12)
-    with pytest.raises(TypeError, match=r"weights\[1\] has dtype Double but weights\[0\] has dtype Float"):
+    with pytest.raises(TypeError, match=r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32"):
         power_op([weights[0], weights[1].double()], us, vs, dims, 1, 1e-12)
     with pytest.raises(TypeError, match=r"weights\[0\] must be float64"):
         power_op([weights[0].int(), weights[1]], us, vs, dims, 1, 1e-12)

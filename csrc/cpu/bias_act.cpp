@@ -17,9 +17,6 @@
 namespace gan_kernels {
 namespace {
 
-// Enough elements per parallel task to amortise the thread hand-off.
-constexpr int64_t kElementsPerTask = 32768;
-
 using RangeKernel = void (*)(const BiasActParams&, int64_t, int64_t);
 
 // ATen's own choice of instruction set (which ATEN_CPU_CAPABILITY can lower), read once.

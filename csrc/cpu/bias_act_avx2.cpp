@@ -2,7 +2,7 @@
 // kernels; cpu/bias_act.cpp calls it only when ATen itself runs at AVX2 or above. Only the
 // torch-free entry header comes before the target pragma and the capability macros, so every vector
 // type and torch inline function in this file is the AVX2 build.
-#include "cpu/bias_act_range.h"
+#include "cpu/bias_act.h"
 
 #if GAN_KERNELS_HAVE_AVX2_KERNELS
 #pragma GCC target("avx2,fma,f16c")

@@ -6,7 +6,7 @@
 // cpu/bias_act_avx2.cpp (built for AVX2: Vectorized, whose exp, tanh, ... are the SLEEF vector
 // functions in libtorch_cpu). Everything below lives in an anonymous namespace, or is specialised
 // on the translation unit's own vector types, so that each builds its own copy for its own
-// instruction set; only the entry points of cpu/bias_act_range.h are shared.
+// instruction set; only the entry points of cpu/bias_act.h are shared.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -18,8 +18,9 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cpu/bias_act_range.h"
-#include "cuda/bias_act_math.h"
+#include "common/bias_act.h"
+#include "cpu/bias_act.h"
+#include "cpu/dispatch.h"
 
 namespace gan_kernels {
 
@@ -156,12 +157,7 @@ template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActPa
 // kVectors: at::vec::Vectorized, which pays off where it has real SIMD (and SLEEF) behind it;
 // otherwise one element at a time, in loops the compiler vectorises itself where it can.
 template <bool kVectors> void range_any_dtype(const BiasActParams& p, int64_t begin, int64_t end) {
-  switch (p.dtype) {
-    case DType::Float32: return range_for_dtype<float, kVectors>(p, begin, end);
-    case DType::Float64: return range_for_dtype<double, kVectors>(p, begin, end);
-    case DType::Float16: return range_for_dtype<c10::Half, kVectors>(p, begin, end);
-    case DType::BFloat16: return range_for_dtype<c10::BFloat16, kVectors>(p, begin, end);
-  }
+  dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) { range_for_dtype<decltype(tag), kVectors>(p, begin, end); });
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
 #include "cpu/minibatch_std.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
@@ -8,13 +7,11 @@
 #include <algorithm>
 #include <cmath>
 
-#include "cuda/minibatch_std_layout.h"
+#include "cpu/dispatch.h"
 
 namespace gan_kernels {
 namespace {
 
-// Enough elements per parallel task to amortise the thread hand-off.
-constexpr int64_t kElementsPerTask = 32768;
 // Positions whose group statistics are computed together: wide enough to vectorise, small enough
 // that the G rows of a chunk stay in L1 between the passes over them.
 constexpr int64_t kChunk = 64;
@@ -22,10 +19,6 @@ constexpr int64_t kChunk = 64;
 using Mode = MinibatchStdMode;
 using Layout = MinibatchStdLayout;
 constexpr double kEps = kMinibatchStdEps;
-
-Layout make_layout(const MinibatchStdShape& s) {
-  return minibatch_std_layout(s.channels, s.features, s.pixels, s.channels_last);
-}
 
 template <typename scalar_t> struct Tensors {
   using acc_t = at::opmath_type<scalar_t>;
@@ -51,7 +44,7 @@ template <typename acc_t> void group_std(acc_t* sum_sq, int64_t width, int64_t G
 }
 
 template <typename scalar_t, Mode kMode>
-void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const Layout& l) {
+void group_rows(const Tensors<scalar_t>& t, const MinibatchStdParams& s, const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kCopies = kMode != Mode::Backward;  // y_out[:, :C] is x or u
   const int64_t G = s.group_size;
@@ -161,7 +154,7 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdShape& s, const La
 // partials are summed in row order whatever the thread count, so the result is deterministic.
 template <typename scalar_t>
 void write_stats(scalar_t* y, const at::opmath_type<scalar_t>* partials, at::opmath_type<scalar_t> scale,
-                 const MinibatchStdShape& s, const Layout& l) {
+                 const MinibatchStdParams& s, const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t group_feature = 0; group_feature < s.groups * s.features; ++group_feature) {
     acc_t total = 0;
@@ -178,7 +171,7 @@ void write_stats(scalar_t* y, const at::opmath_type<scalar_t>* partials, at::opm
 
 // coefs[m, f] = a = sum of dy over the stddev channel f of group m's members / (K G).
 template <typename scalar_t>
-void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy, const MinibatchStdShape& s,
+void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy, const MinibatchStdParams& s,
                       const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = acc_t(1) / (acc_t(l.rows * l.cols) * acc_t(s.group_size));
@@ -194,23 +187,20 @@ void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy, cons
   }
 }
 
-// Tensors a mode does not use are undefined.
-template <typename scalar_t> scalar_t* out_ptr(at::Tensor& t) {
-  return t.defined() ? t.mutable_data_ptr<scalar_t>() : nullptr;
-}
-template <typename scalar_t> const scalar_t* in_ptr(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+// The workspace holds the per-row partials, then the coefficients.
+template <typename acc_t> acc_t* partials_of(const MinibatchStdParams& p) { return static_cast<acc_t*>(p.workspace); }
+template <typename acc_t> acc_t* coefs_of(const MinibatchStdParams& p) {
+  return partials_of<acc_t>(p) + p.groups * p.features * minibatch_std_layout(p).rows;
 }
 
-template <typename scalar_t, Mode kMode>
-void run(at::Tensor& y_out, at::Tensor& x_out, const at::Tensor& x, const at::Tensor& y_in, const at::Tensor& x_in,
-         at::Tensor& partials, at::Tensor& coefs, const MinibatchStdShape& s) {
+template <typename scalar_t, Mode kMode> void run(const MinibatchStdParams& s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout l = make_layout(s);
-  const Tensors<scalar_t> t{out_ptr<scalar_t>(y_out), out_ptr<scalar_t>(x_out), in_ptr<scalar_t>(x),
-                            in_ptr<scalar_t>(y_in),   in_ptr<scalar_t>(x_in),  out_ptr<acc_t>(partials),
-                            in_ptr<acc_t>(coefs)};
-  if (kMode != Mode::Forward) reduce_stat_grad<scalar_t>(coefs.mutable_data_ptr<acc_t>(), t.y_in, s, l);
+  const Layout l = minibatch_std_layout(s);
+  const Tensors<scalar_t> t{static_cast<scalar_t*>(s.y_out),         static_cast<scalar_t*>(s.x_out),
+                            static_cast<const scalar_t*>(s.x),       static_cast<const scalar_t*>(s.grad),
+                            static_cast<const scalar_t*>(s.upstream), partials_of<acc_t>(s),
+                            coefs_of<acc_t>(s)};
+  if (kMode != Mode::Forward) reduce_stat_grad<scalar_t>(coefs_of<acc_t>(s), t.y_in, s, l);
   group_rows<scalar_t, kMode>(t, s, l);
   const acc_t positions = acc_t(l.rows * l.cols);
   if (kMode == Mode::Forward) write_stats<scalar_t>(t.y_out, t.partials, acc_t(1) / positions, s, l);
@@ -221,26 +211,21 @@ void run(at::Tensor& y_out, at::Tensor& x_out, const at::Tensor& x, const at::Te
 
 }  // namespace
 
-void minibatch_std_cpu(at::Tensor& out, const at::Tensor& x, at::Tensor& partials, const MinibatchStdShape& shape) {
-  at::Tensor none;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_cpu", [&] {
-    run<scalar_t, Mode::Forward>(out, none, x, none, none, partials, none, shape);
-  });
+size_t minibatch_std_cpu_workspace_bytes(const MinibatchStdParams& p) {
+  const int64_t entries = p.groups * p.features * (minibatch_std_layout(p).rows + 1);
+  return size_t(entries) * dispatch_dtype<CpuElements>(p.dtype, [](auto tag) {
+           return sizeof(at::opmath_type<decltype(tag)>);
+         });
 }
 
-void minibatch_std_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad, const at::Tensor& x, at::Tensor& coefs,
-                                const MinibatchStdShape& shape) {
-  at::Tensor none;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_backward_cpu", [&] {
-    run<scalar_t, Mode::Backward>(none, grad_x, x, grad, none, none, coefs, shape);
-  });
-}
-
-void minibatch_std_double_backward_cpu(at::Tensor& grad_grad, at::Tensor& grad_x, const at::Tensor& upstream,
-                                       const at::Tensor& grad, const at::Tensor& x, at::Tensor& partials,
-                                       at::Tensor& coefs, const MinibatchStdShape& shape) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "minibatch_std_double_backward_cpu", [&] {
-    run<scalar_t, Mode::DoubleBackward>(grad_grad, grad_x, x, grad, upstream, partials, coefs, shape);
+void minibatch_std_cpu(const MinibatchStdParams& p) {
+  dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    switch (p.mode) {
+      case Mode::Forward: return run<scalar_t, Mode::Forward>(p);
+      case Mode::Backward: return run<scalar_t, Mode::Backward>(p);
+      case Mode::DoubleBackward: return run<scalar_t, Mode::DoubleBackward>(p);
+    }
   });
 }
 

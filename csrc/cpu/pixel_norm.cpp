@@ -1,40 +1,32 @@
 #include "cpu/pixel_norm.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/dispatch.h"
+
 namespace gan_kernels {
 namespace {
 
-// Enough elements per parallel task to amortise the thread hand-off.
-constexpr int64_t kElementsPerTask = 32768;
 // Inner positions reduced together: wide enough to vectorise, narrow enough that the
 // [channels, kChunk] block stays in cache between the reduction and the write.
 constexpr int64_t kChunk = 64;
 // Independent partial sums for a contiguous row, so the reduction pipelines (fixed order: deterministic).
 constexpr int64_t kLanes = 8;
 
-// With r = rsqrt(mean(x^2) + eps): forward y = x r; backward dx = r g - k x, k = r^3 mean(g x).
-template <typename acc_t> struct Scales {
-  acc_t r;
-  acc_t k;
-};
-
-template <typename acc_t> Scales<acc_t> make_scales(acc_t sum_xx, acc_t sum_gx, int64_t channels, double eps) {
-  const acc_t r = acc_t(1) / std::sqrt(sum_xx / acc_t(channels) + acc_t(eps));
-  return {r, r * r * r * sum_gx / acc_t(channels)};
-}
-
-template <typename scalar_t, bool kBackward>
-void rows(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, double eps) {
+template <typename scalar_t, PixelNormMode kMode> void rows(const PixelNormParams& p) {
+  constexpr bool kBackward = kMode == PixelNormMode::Backward;
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* g = static_cast<const scalar_t*>(p.grad);
+  auto* out = static_cast<scalar_t*>(p.out);
+  const double eps = p.eps;
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = v.channels;
+  const int64_t channels = p.channels;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / channels);
-  at::parallel_for(0, v.outer, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.outer, grain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const scalar_t* xr = x + row * channels;
       const scalar_t* gr = kBackward ? g + row * channels : nullptr;
@@ -52,23 +44,27 @@ void rows(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, do
         sum_xx += part_xx[l];
         sum_gx += part_gx[l];
       }
-      const Scales<acc_t> s = make_scales(sum_xx, sum_gx, channels, eps);
+      const PixelNormScales<acc_t> s = pixel_norm_scales(sum_xx, sum_gx, channels, acc_t(eps));
       for (int64_t c = 0; c < channels; ++c) {
         const acc_t xa = acc_t(xr[c]);
-        outr[c] = scalar_t(kBackward ? s.r * acc_t(gr[c]) - s.k * xa : xa * s.r);
+        outr[c] = scalar_t(pixel_norm_apply<acc_t, kMode>(xa, kBackward ? acc_t(gr[c]) : acc_t(0), s));
       }
     }
   });
 }
 
-template <typename scalar_t, bool kBackward>
-void chunks(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, double eps) {
+template <typename scalar_t, PixelNormMode kMode> void chunks(const PixelNormParams& p) {
+  constexpr bool kBackward = kMode == PixelNormMode::Backward;
+  const auto* x = static_cast<const scalar_t*>(p.x);
+  const auto* g = static_cast<const scalar_t*>(p.grad);
+  auto* out = static_cast<scalar_t*>(p.out);
+  const double eps = p.eps;
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t channels = v.channels;
-  const int64_t inner = v.inner;
-  const int64_t chunks_per_outer = (inner + kChunk - 1) / kChunk;
+  const int64_t channels = p.channels;
+  const int64_t inner = p.inner;
+  const int64_t chunks_per_outer = ceil_div(inner, kChunk);
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (channels * std::min(inner, kChunk)));
-  at::parallel_for(0, v.outer * chunks_per_outer, grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.outer * chunks_per_outer, grain, [&](int64_t begin, int64_t end) {
     acc_t r[kChunk];
     acc_t k[kChunk];
     for (int64_t task = begin; task < end; ++task) {
@@ -87,7 +83,7 @@ void chunks(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, 
         }
       }
       for (int64_t j = 0; j < width; ++j) {
-        const Scales<acc_t> s = make_scales(r[j], k[j], channels, eps);
+        const PixelNormScales<acc_t> s = pixel_norm_scales(r[j], k[j], channels, acc_t(eps));
         r[j] = s.r;
         k[j] = s.k;
       }
@@ -97,34 +93,33 @@ void chunks(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, 
         scalar_t* outr = out + base + c * inner;
         for (int64_t j = 0; j < width; ++j) {
           const acc_t xa = acc_t(xr[j]);
-          outr[j] = scalar_t(kBackward ? r[j] * acc_t(gr[j]) - k[j] * xa : xa * r[j]);
+          outr[j] = scalar_t(pixel_norm_apply<acc_t, kMode>(xa, kBackward ? acc_t(gr[j]) : acc_t(0), {r[j], k[j]}));
         }
       }
     }
   });
 }
 
-template <typename scalar_t, bool kBackward>
-void run(scalar_t* out, const scalar_t* x, const scalar_t* g, ChannelView v, double eps) {
-  if (v.inner == 1) {
-    rows<scalar_t, kBackward>(out, x, g, v, eps);
+template <typename scalar_t, PixelNormMode kMode> void run(const PixelNormParams& p) {
+  if (p.inner == 1) {
+    rows<scalar_t, kMode>(p);
   } else {
-    chunks<scalar_t, kBackward>(out, x, g, v, eps);
+    chunks<scalar_t, kMode>(p);
   }
 }
 
 }  // namespace
 
-void pixel_norm_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& grad, ChannelView view, double eps) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "pixel_norm_cpu", [&] {
-    scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    if (grad.defined()) {
-      run<scalar_t, true>(o, xp, grad.const_data_ptr<scalar_t>(), view, eps);
+void pixel_norm_cpu(const PixelNormParams& p) {
+  dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (p.mode == PixelNormMode::Backward) {
+      run<scalar_t, PixelNormMode::Backward>(p);
     } else {
-      run<scalar_t, false>(o, xp, nullptr, view, eps);
+      run<scalar_t, PixelNormMode::Forward>(p);
     }
   });
 }
 
 }  // namespace gan_kernels
+

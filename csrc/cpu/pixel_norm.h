@@ -1,13 +1,10 @@
 #pragma once
 
-#include <ATen/ATen.h>
-
-#include "ops/common.h"
+#include "common/pixel_norm.h"
 
 namespace gan_kernels {
 
-// Writes y = x * rsqrt(mean(x^2) + eps) into `out`, or dL/dx when `grad` (dL/dy) is defined.
-// All tensors are dense with the same strides and indexed by `view`.
-void pixel_norm_cpu(at::Tensor& out, const at::Tensor& x, const at::Tensor& grad, ChannelView view, double eps);
+// Runs the launch `p` on the CPU, in parallel.
+void pixel_norm_cpu(const PixelNormParams& p);
 
 }  // namespace gan_kernels

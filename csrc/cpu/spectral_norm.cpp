@@ -1,12 +1,12 @@
 #include "cpu/spectral_norm.h"
 
-#include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
-#include <vector>
+
+#include "cpu/dispatch.h"
 
 namespace gan_kernels {
 namespace {
@@ -24,7 +24,6 @@ acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
   return sum;
 }
 
-// Each layer is one parallel task: a layer's arithmetic never depends on how the list is split.
 template <typename scalar_t> struct Layer {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* w;
@@ -34,29 +33,29 @@ template <typename scalar_t> struct Layer {
   int64_t rows;
   int64_t inner;
 
-  explicit Layer(const SpectralLayer& l)
-      : w(l.weight.const_data_ptr<scalar_t>()),
-        u(l.u.data_ptr<scalar_t>()),
-        v(l.v.data_ptr<scalar_t>()),
-        outer(l.view.outer),
-        rows(l.view.channels),
-        inner(l.view.inner) {}
+  explicit Layer(const SpectralLayerView& l)
+      : w(static_cast<const scalar_t*>(l.weight)),
+        u(static_cast<scalar_t*>(l.u)),
+        v(static_cast<scalar_t*>(l.v)),
+        outer(l.outer),
+        rows(l.rows),
+        inner(l.inner) {}
 
   const scalar_t* row(int64_t o, int64_t r) const { return w + (o * rows + r) * inner; }
 
   // out[r] = sum_c W[r, c] v[c]
-  void mv(std::vector<acc_t>& out) const {
-    std::fill(out.begin(), out.end(), acc_t(0));
+  void mv(acc_t* out) const {
+    std::fill(out, out + rows, acc_t(0));
     for (int64_t o = 0; o < outer; ++o) {
       for (int64_t r = 0; r < rows; ++r) out[r] += dot<acc_t>(row(o, r), v + o * inner, inner);
     }
   }
 
   // out[c] = sum_r W[r, c] u[r], rows accumulated in order
-  void mtv(std::vector<acc_t>& out) const {
-    std::fill(out.begin(), out.end(), acc_t(0));
+  void mtv(acc_t* out) const {
+    std::fill(out, out + outer * inner, acc_t(0));
     for (int64_t o = 0; o < outer; ++o) {
-      acc_t* out_o = out.data() + o * inner;
+      acc_t* out_o = out + o * inner;
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* wr = row(o, r);
         const acc_t ur = acc_t(u[r]);
@@ -67,28 +66,26 @@ template <typename scalar_t> struct Layer {
 };
 
 // dst = src / max(||src||, eps), as torch.nn.functional.normalize.
-template <typename scalar_t, typename acc_t>
-void normalize_into(scalar_t* dst, const std::vector<acc_t>& src, double eps) {
+template <typename scalar_t, typename acc_t> void normalize_into(scalar_t* dst, const acc_t* src, int64_t n, double eps) {
   acc_t sum_sq = 0;
-  for (const acc_t x : src) sum_sq += x * x;
+  for (int64_t k = 0; k < n; ++k) sum_sq += src[k] * src[k];
   const acc_t denom = std::max(std::sqrt(sum_sq), acc_t(eps));
-  for (size_t k = 0; k < src.size(); ++k) dst[k] = scalar_t(src[k] / denom);
+  for (int64_t k = 0; k < n; ++k) dst[k] = scalar_t(src[k] / denom);
 }
 
-template <typename scalar_t>
-void power_iteration(const std::vector<SpectralLayer>& layers, scalar_t* sigmas, int64_t n_power_iterations,
-                     double eps) {
+template <typename scalar_t> void power_iteration(const SpectralParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, static_cast<int64_t>(layers.size()), 1, [&](int64_t begin, int64_t end) {
+  auto* sigmas = static_cast<scalar_t*>(p.sigmas);
+  at::parallel_for(0, p.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
-      const Layer<scalar_t> layer(layers[index]);
-      std::vector<acc_t> wv(layer.rows);
-      std::vector<acc_t> wtu(layer.outer * layer.inner);
-      for (int64_t step = 0; step < n_power_iterations; ++step) {
+      const Layer<scalar_t> layer(p.layers[index]);
+      acc_t* wv = static_cast<acc_t*>(p.workspace) + p.layers[index].workspace_offset;
+      acc_t* wtu = wv + layer.rows;
+      for (int64_t step = 0; step < p.n_power_iterations; ++step) {
         layer.mv(wv);
-        normalize_into(layer.u, wv, eps);
+        normalize_into(layer.u, wv, layer.rows, p.eps);
         layer.mtv(wtu);
-        normalize_into(layer.v, wtu, eps);
+        normalize_into(layer.v, wtu, layer.outer * layer.inner, p.eps);
       }
       // sigma = u . (W v), in the accumulator type throughout, rounded once.
       layer.mv(wv);
@@ -99,23 +96,22 @@ void power_iteration(const std::vector<SpectralLayer>& layers, scalar_t* sigmas,
   });
 }
 
-template <typename scalar_t>
-void normalize(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
-               const scalar_t* sigmas, std::vector<at::Tensor>& out) {
+template <typename scalar_t> void normalize(const SpectralParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
-  const bool backward = !grads.empty();
-  at::parallel_for(0, static_cast<int64_t>(layers.size()), 1, [&](int64_t begin, int64_t end) {
+  const bool backward = p.mode == SpectralMode::NormalizeBackward;
+  const auto* sigmas = static_cast<const scalar_t*>(p.sigmas);
+  at::parallel_for(0, p.count, 1, [&](int64_t begin, int64_t end) {
     for (int64_t index = begin; index < end; ++index) {
-      const Layer<scalar_t> layer(layers[index]);
+      const Layer<scalar_t> layer(p.layers[index]);
       const acc_t sigma = acc_t(sigmas[index]);
-      scalar_t* o = out[index].data_ptr<scalar_t>();
+      auto* o = static_cast<scalar_t*>(p.layers[index].out);
       const int64_t numel = layer.outer * layer.rows * layer.inner;
       if (!backward) {
         for (int64_t k = 0; k < numel; ++k) o[k] = scalar_t(acc_t(layer.w[k]) / sigma);
         continue;
       }
       // d(W / sigma)/dW with sigma = u^T W v: G / sigma - <G, W> / sigma^2 u v^T.
-      const scalar_t* g = grads[index].const_data_ptr<scalar_t>();
+      const auto* g = static_cast<const scalar_t*>(p.layers[index].grad);
       const acc_t k_uv = dot<acc_t>(g, layer.w, numel) / (sigma * sigma);
       for (int64_t oi = 0; oi < layer.outer; ++oi) {
         for (int64_t r = 0; r < layer.rows; ++r) {
@@ -133,17 +129,14 @@ void normalize(const std::vector<SpectralLayer>& layers, const std::vector<at::T
 
 }  // namespace
 
-void spectral_power_iteration_cpu(const std::vector<SpectralLayer>& layers, at::Tensor& sigmas,
-                                  int64_t n_power_iterations, double eps) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sigmas.scalar_type(), "spectral_power_iteration_cpu", [&] {
-    power_iteration<scalar_t>(layers, sigmas.data_ptr<scalar_t>(), n_power_iterations, eps);
-  });
-}
-
-void spectral_normalize_cpu(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
-                            const at::Tensor& sigmas, std::vector<at::Tensor>& out) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, sigmas.scalar_type(), "spectral_normalize_cpu", [&] {
-    normalize<scalar_t>(layers, grads, sigmas.const_data_ptr<scalar_t>(), out);
+void spectral_norm_cpu(const SpectralParams& p) {
+  dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (p.mode == SpectralMode::PowerIteration) {
+      power_iteration<scalar_t>(p);
+    } else {
+      normalize<scalar_t>(p);
+    }
   });
 }
 

@@ -5,9 +5,6 @@ namespace gan_kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The activation is a runtime switch, uniform across the grid, rather than a template parameter:
 // the kernel is memory-bound, and 4 modes x 4 dtypes x 2 widths stay quick to compile.
@@ -98,7 +95,7 @@ cudaError_t launch_bias_act(const BiasActParams& params, cudaStream_t stream) {
   if (params.mode == BiasActMode::GradFromY && !piecewise_linear(params.act)) {
     return cudaErrorInvalidValue;
   }
-  return dispatch_dtype(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
+  return dispatch_dtype<CudaElements>(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
 }
 
 }  // namespace gan_kernels

@@ -1,11 +1,9 @@
-// bias_act on the GPU, torch-free: y = clamp(act(x * scale + b) * gain) and its gradients.
+// bias_act on the GPU, torch-free: the launcher of the kernels in cuda/bias_act.cu.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
-#include "cuda/bias_act_math.h"
+#include "common/bias_act.h"
 
 namespace gan_kernels {
 

@@ -9,7 +9,8 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/dtype.h"
+#include "common/dtype.h"
+#include "common/host_device.h"
 
 namespace gan_kernels {
 
@@ -44,15 +45,14 @@ inline bool aligned_to(const void* p, std::uintptr_t bytes) {
   return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
 }
 
-// Calls f(T{}) with T the CUDA element type named by dtype.
-template <typename F> cudaError_t dispatch_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::Float32: return f(float{});
-    case DType::Float64: return f(double{});
-    case DType::Float16: return f(__half{});
-    case DType::BFloat16: return f(__nv_bfloat16{});
-  }
-  return cudaErrorInvalidValue;
-}
+// The CUDA column of the dtype table (common/dtype.h), for dispatch_dtype<CudaElements>.
+struct CudaElements {
+#define GAN_KERNELS_CUDA_ELEMENT(name, scalar_type, cpu_type, cuda_type) using name = cuda_type;
+  GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_CUDA_ELEMENT)
+#undef GAN_KERNELS_CUDA_ELEMENT
+};
+
+// The most blocks a launcher starts; grid-stride loops cover the rest.
+constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
 }  // namespace gan_kernels

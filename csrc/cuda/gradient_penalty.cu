@@ -6,13 +6,9 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kChunk = kGradientPenaltyChunk;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 
-__host__ __device__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-__device__ int64_t chunk_length(int64_t per_sample, int64_t first) {
-  return per_sample - first < kChunk ? per_sample - first : kChunk;
+__device__ int64_t chunk_length(const GradientPenaltyParams& p, int64_t first) {
+  return p.per_sample - first < p.chunk ? p.per_sample - first : p.chunk;
 }
 
 // Sum over the block in a fixed order (warp butterflies, then the warps in index order); the total is
@@ -40,26 +36,16 @@ template <typename A> __device__ A warp_sample_sum(const A* partials, int64_t sa
   return warp_sum(sum);
 }
 
-// d/dg (||g|| - c)^2 = 2 (1 - c / ||g||) g. Undefined at ||g|| = 0 when c != 0: 0 there, as
-// torch.linalg.vector_norm's backward does. A sample whose sum of squares is NaN or infinite (a
-// diverged sample) gets NaN: the norm's derivative g / ||g|| has no value there.
-template <typename A> __device__ A gradient_scale(A sum_squares, A grad, A center) {
-  if (center == A(0)) return A(2) * grad;
-  if (sum_squares == A(0)) return A(0);
-  if (!isfinite(sum_squares)) return A(NAN);
-  return A(2) * grad * (A(1) - center / sqrt(sum_squares));
-}
-
 // Pass 1 (forward, and backward when center != 0): one block per (sample, chunk) task writes the
-// chunk's sum of squares. V-wide loads; V divides per_sample and kChunk, so chunks stay aligned.
+// chunk's sum of squares. V-wide loads; V divides per_sample and the chunk (see the launcher).
 template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_sum_squares(GradientPenaltyParams p) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
-  const int64_t chunks = ceil_div(p.per_sample, kChunk);
+  const int64_t chunks = gradient_penalty_chunks(p);
   const int64_t tasks = p.samples * chunks;
   for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
-    const int64_t first = (task % chunks) * kChunk;
-    const int64_t len = chunk_length(p.per_sample, first);
+    const int64_t first = (task % chunks) * p.chunk;
+    const int64_t len = chunk_length(p, first);
     const T* x = static_cast<const T*>(p.g) + (task / chunks) * p.per_sample + first;
     A sum = 0;
 #pragma unroll 4
@@ -79,13 +65,12 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_s
 // Pass 2 of the forward: a warp per sample adds its chunk sums.
 template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty(GradientPenaltyParams p) {
   using A = acc_t<T>;
-  const int64_t chunks = ceil_div(p.per_sample, kChunk);
+  const int64_t chunks = gradient_penalty_chunks(p);
   const A center = A(p.center);
   const int64_t warps = int64_t(gridDim.x) * kWarps;
   for (int64_t s = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; s < p.samples; s += warps) {
     const A sum = warp_sample_sum(static_cast<const A*>(p.partials), s, chunks);
-    const A distance = sqrt(sum) - center;
-    if (threadIdx.x % 32 == 0) static_cast<A*>(p.out)[s] = center == A(0) ? sum : distance * distance;
+    if (threadIdx.x % 32 == 0) static_cast<A*>(p.out)[s] = gradient_penalty_value(sum, center);
   }
 }
 
@@ -96,19 +81,19 @@ __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams 
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
   __shared__ A sample_scale;
-  const int64_t chunks = ceil_div(p.per_sample, kChunk);
+  const int64_t chunks = gradient_penalty_chunks(p);
   const int64_t tasks = p.samples * chunks;
   const A center = A(p.center);
   for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
     const int64_t sample = task / chunks;
     if (threadIdx.x < 32) {
       const A sum = kNormed ? warp_sample_sum(static_cast<const A*>(p.partials), sample, chunks) : A(0);
-      if (threadIdx.x == 0) sample_scale = gradient_scale(sum, static_cast<const A*>(p.grad)[sample], center);
+      if (threadIdx.x == 0) sample_scale = gradient_penalty_scale(sum, static_cast<const A*>(p.grad)[sample], center);
     }
     __syncthreads();
     const A scale = sample_scale;
-    const int64_t first = (task % chunks) * kChunk;
-    const int64_t len = chunk_length(p.per_sample, first);
+    const int64_t first = (task % chunks) * p.chunk;
+    const int64_t len = chunk_length(p, first);
     const int64_t base = sample * p.per_sample + first;
     const T* x = static_cast<const T*>(p.g) + base;
     T* out = static_cast<T*>(p.out) + base;
@@ -125,14 +110,15 @@ __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams 
 }
 
 template <typename T, int V> cudaError_t launch_typed(const GradientPenaltyParams& p, cudaStream_t stream) {
-  const int64_t tasks = p.samples * gradient_penalty_chunks(p.per_sample);
+  const int64_t tasks = p.samples * gradient_penalty_chunks(p);
   const int64_t blocks = std::min(tasks, kMaxBlocks);
-  if (p.grad == nullptr || p.center != 0) {
+  const bool forward = p.mode == GradientPenaltyMode::Forward;
+  if (gradient_penalty_partials(p) > 0) {
     chunk_sum_squares<T, V><<<blocks, kThreads, 0, stream>>>(p);
     const cudaError_t error = cudaGetLastError();
     if (error != cudaSuccess) return error;
   }
-  if (p.grad == nullptr) {
+  if (forward) {
     finish_penalty<T><<<std::min(ceil_div(p.samples, kWarps), kMaxBlocks), kThreads, 0, stream>>>(p);
   } else if (p.center != 0) {
     scale_samples<T, V, true><<<blocks, kThreads, 0, stream>>>(p);
@@ -146,10 +132,11 @@ template <typename T, int V> cudaError_t launch_typed(const GradientPenaltyParam
 
 cudaError_t launch_gradient_penalty(const GradientPenaltyParams& p, cudaStream_t stream) {
   if (p.samples == 0 || p.per_sample == 0) return cudaSuccess;
-  return dispatch_dtype(p.dtype, [&](auto tag) {
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     constexpr int V = 16 / sizeof(T);
-    const bool vectorised = p.per_sample % V == 0 && aligned_to(p.g, 16) && aligned_to(p.out, 16);
+    // V divides per_sample and the chunk, so chunks stay aligned.
+    const bool vectorised = p.per_sample % V == 0 && p.chunk % V == 0 && aligned_to(p.g, 16) && aligned_to(p.out, 16);
     return vectorised ? launch_typed<T, V>(p, stream) : launch_typed<T, 1>(p, stream);
   });
 }

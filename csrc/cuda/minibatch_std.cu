@@ -1,18 +1,14 @@
 #include "cuda/common.cuh"
 #include "cuda/minibatch_std.h"
-#include "cuda/minibatch_std_layout.h"
 
 namespace gan_kernels {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // Positions (each read G times) per block of the main pass: 2048 gives ~1000 blocks at
 // [64, 512, 16, 16], enough to fill an H100 while keeping the per-tile partials few.
 constexpr int64_t kTilePositions = 2048;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 using Mode = MinibatchStdMode;
 constexpr double kEps = kMinibatchStdEps;
@@ -24,13 +20,11 @@ struct Layout : MinibatchStdLayout {
 };
 
 Layout make_layout(const MinibatchStdParams& p) {
-  Layout l{minibatch_std_layout(p.channels, p.features, p.pixels, p.channels_last), 0, 0};
+  Layout l{minibatch_std_layout(p), 0, 0};
   l.rows_per_tile = std::max<int64_t>(1, kTilePositions / std::max<int64_t>(l.cols, 1));
   l.tiles_per_feature = ceil_div(l.rows, l.rows_per_tile);
   return l;
 }
-
-size_t accumulator_bytes(DType dtype) { return dtype == DType::Float64 ? sizeof(double) : sizeof(float); }
 
 // The workspace holds the coefficients a (one per (group, feature)), then the per-tile partials.
 template <typename A> __host__ __device__ A* coefs_of(const MinibatchStdParams& p) {
@@ -194,10 +188,10 @@ template <typename T> cudaError_t launch_typed(const MinibatchStdParams& p, cuda
   const int64_t main_blocks = std::min(group_features * l.tiles_per_feature, kMaxBlocks);
   const int64_t small_blocks = std::min(group_features, kMaxBlocks);
   const double positions = double(l.rows * l.cols);
-  if (p.grad == nullptr) {
+  if (p.mode == Mode::Forward) {
     group_positions<T, Mode::Forward><<<main_blocks, kThreads, 0, stream>>>(p, l);
     write_stats<T><<<small_blocks, kThreads, 0, stream>>>(p, l, 1.0 / positions);
-  } else if (p.upstream == nullptr) {
+  } else if (p.mode == Mode::Backward) {
     reduce_stat_grad<T><<<small_blocks, kThreads, 0, stream>>>(p, l);
     group_positions<T, Mode::Backward><<<main_blocks, kThreads, 0, stream>>>(p, l);
   } else {
@@ -214,16 +208,16 @@ bool empty(const MinibatchStdParams& p) {
 
 }  // namespace
 
-size_t minibatch_std_workspace_bytes(const MinibatchStdParams& p) {
+size_t minibatch_std_cuda_workspace_bytes(const MinibatchStdParams& p) {
   if (empty(p)) return 0;
   // Always room for both parts: a few bytes more than one mode needs keeps the layout simple.
   const int64_t entries = p.groups * p.features * (1 + make_layout(p).tiles_per_feature);
-  return size_t(entries) * accumulator_bytes(p.dtype);
+  return size_t(entries) * dispatch_dtype<CudaElements>(p.dtype, [](auto tag) { return sizeof(acc_t<decltype(tag)>); });
 }
 
 cudaError_t launch_minibatch_std(const MinibatchStdParams& p, cudaStream_t stream) {
   if (empty(p)) return cudaSuccess;
-  return dispatch_dtype(p.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(p, stream); });
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(p, stream); });
 }
 
 }  // namespace gan_kernels

@@ -6,29 +6,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
 // A block may use 48 KiB of shared memory, static and dynamic together, without an opt-in attribute
 // on any architecture. Tiles whose channels fit in what the reduction's static arrays leave of it
 // are kept in shared memory between the reduction and the write, so each element crosses DRAM once.
 constexpr size_t kSharedBytesPerBlock = 48 * 1024;
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// With r = rsqrt(mean(x^2) + eps): forward y = x r; backward dx = r g - r^3 x mean(g x).
-template <typename A> struct Scales {
-  A r;
-  A k;
-};
-
-template <typename A, bool kBackward>
-__device__ __forceinline__ Scales<A> make_scales(A sum_xx, A sum_gx, int64_t channels, A eps) {
-  const A r = A(1) / sqrt(sum_xx / A(channels) + eps);
-  return {r, kBackward ? r * r * r * sum_gx / A(channels) : A(0)};
-}
-
-template <typename A, bool kBackward> __device__ __forceinline__ A apply(A x, A g, Scales<A> s) {
-  return kBackward ? s.r * g - s.k * x : x * s.r;
-}
 
 // inner == 1 (channels_last, or the last dim): a warp per row of contiguous channels, V-wide loads.
 template <typename T, int V, bool kBackward>
@@ -57,7 +38,7 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
     }
     sum_xx = warp_sum(sum_xx);
     if (kBackward) sum_gx = warp_sum(sum_gx);
-    const Scales<A> s = make_scales<A, kBackward>(sum_xx, sum_gx, channels, A(p.eps));
+    const PixelNormScales<A> s = pixel_norm_scales(sum_xx, sum_gx, channels, A(p.eps));
     // The warp has just read this row, so the second read is served by L1, not DRAM.
     for (int64_t c = int64_t(lane) * V; c < channels; c += 32 * V) {
       const VecT xv = *reinterpret_cast<const VecT*>(x + c);
@@ -66,7 +47,7 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
       VecT ov;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        ov.v[j] = from_acc<T>(apply<A, kBackward>(to_acc(xv.v[j]), kBackward ? to_acc(gv.v[j]) : A(0), s));
+        ov.v[j] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(to_acc(xv.v[j]), kBackward ? to_acc(gv.v[j]) : A(0), s));
       }
       *reinterpret_cast<VecT*>(out + c) = ov;
     }
@@ -132,13 +113,13 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) 
       sum_xx += partials[0][r][tx];
       if constexpr (kBackward) sum_gx += partials[1][r][tx];
     }
-    const Scales<A> s = make_scales<A, kBackward>(sum_xx, sum_gx, channels, A(p.eps));
+    const PixelNormScales<A> s = pixel_norm_scales(sum_xx, sum_gx, channels, A(p.eps));
     if (active) {
       // Each thread reads back only the cache entries it wrote itself: no barrier needed here.
       for (int64_t c = ty; c < channels; c += kRows) {
         const T xv = kCached ? cache_x[c * kTile + tx] : x[base + c * inner];
         const T gv = kBackward ? (kCached ? cache_g[c * kTile + tx] : g[base + c * inner]) : T();
-        out[base + c * inner] = from_acc<T>(apply<A, kBackward>(to_acc(xv), to_acc(gv), s));
+        out[base + c * inner] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(to_acc(xv), to_acc(gv), s));
       }
     }
     __syncthreads();  // the next tile reuses partials
@@ -173,9 +154,9 @@ template <typename T, bool kBackward> cudaError_t launch_typed(const PixelNormPa
 
 cudaError_t launch_pixel_norm(const PixelNormParams& p, cudaStream_t stream) {
   if (p.outer == 0 || p.channels == 0 || p.inner == 0) return cudaSuccess;
-  return dispatch_dtype(p.dtype, [&](auto tag) {
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    return p.grad != nullptr ? launch_typed<T, true>(p, stream) : launch_typed<T, false>(p, stream);
+    return p.mode == PixelNormMode::Backward ? launch_typed<T, true>(p, stream) : launch_typed<T, false>(p, stream);
   });
 }
 

@@ -134,7 +134,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) normalize_kern
   const int64_t numel = view.outer * view.rows * view.inner;
   const int64_t stride = int64_t(blocks) * blockDim.x;
   const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (!p.backward) {
+  if (p.mode == SpectralMode::Normalize) {
     for (int64_t e = first; e < numel; e += stride) out[e] = from_acc<T>(to_acc(w[e]) / sigma);
     return;
   }
@@ -166,25 +166,20 @@ bool covers_every_layer(const SpectralParams& p) {
   return true;
 }
 
-}  // namespace
-
-cudaError_t launch_spectral_power_iteration(const SpectralParams& p, cudaStream_t stream) {
-  if (p.count == 0) return cudaSuccess;
-  if (!valid(p)) return cudaErrorInvalidValue;
-  return dispatch_dtype(p.dtype, [&](auto tag) {
+cudaError_t launch_power_iteration(const SpectralParams& p, cudaStream_t stream) {
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
     power_iteration_kernel<T><<<p.count, kThreads, 0, stream>>>(p);
     return cudaGetLastError();
   });
 }
 
-cudaError_t launch_spectral_normalize(const SpectralParams& p, cudaStream_t stream) {
-  if (p.count == 0) return cudaSuccess;
-  if (!valid(p) || !covers_every_layer(p)) return cudaErrorInvalidValue;
+cudaError_t launch_normalize(const SpectralParams& p, cudaStream_t stream) {
+  if (!covers_every_layer(p)) return cudaErrorInvalidValue;
   const dim3 grid(p.blocks_per_layer, p.count);
-  return dispatch_dtype(p.dtype, [&](auto tag) {
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (p.backward) {
+    if (p.mode == SpectralMode::NormalizeBackward) {
       grad_dot_kernel<T><<<grid, kThreads, 0, stream>>>(p);
       const cudaError_t error = cudaGetLastError();
       if (error != cudaSuccess) return error;
@@ -192,6 +187,14 @@ cudaError_t launch_spectral_normalize(const SpectralParams& p, cudaStream_t stre
     normalize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
     return cudaGetLastError();
   });
+}
+
+}  // namespace
+
+cudaError_t launch_spectral_norm(const SpectralParams& p, cudaStream_t stream) {
+  if (p.count == 0) return cudaSuccess;
+  if (!valid(p)) return cudaErrorInvalidValue;
+  return p.mode == SpectralMode::PowerIteration ? launch_power_iteration(p, stream) : launch_normalize(p, stream);
 }
 
 }  // namespace gan_kernels

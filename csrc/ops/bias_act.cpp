@@ -3,38 +3,38 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <array>
-#include <cmath>
 #include <optional>
 #include <string>
 
+#include "common/bias_act.h"
 #include "cpu/bias_act.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/bias_act.h"
 #endif
 
 namespace gan_kernels {
 namespace {
 
-constexpr std::array<const char*, 9> kActivationNames = {"linear", "relu",    "lrelu",    "tanh", "sigmoid",
-                                                         "elu",    "selu",    "softplus", "swish"};
-
-Activation parse_activation(c10::string_view act) {
-  for (size_t i = 0; i < kActivationNames.size(); ++i) {
-    if (act == kActivationNames[i]) return static_cast<Activation>(i);
-  }
-  TORCH_CHECK_VALUE(false, "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got '",
-                    std::string(act), "'");
+// "linear, relu, ...": the activations of the table, as the checks list them.
+std::string activation_names() {
+  std::string names;
+  const char* separator = "";
+#define GAN_KERNELS_ACTIVATION_NAME(enumerator, name, alpha, gain, piecewise_linear) \
+  names += separator + std::string(name);                                          \
+  separator = ", ";
+  GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_NAME)
+#undef GAN_KERNELS_ACTIVATION_NAME
+  return names;
 }
 
-void check_finite(double value, const char* arg) {
-  TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", value);
+Activation parse_activation(c10::string_view act) {
+#define GAN_KERNELS_ACTIVATION_MATCH(enumerator, name, alpha, gain, piecewise_linear) \
+  if (act == name) return Activation::enumerator;
+  GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_MATCH)
+#undef GAN_KERNELS_ACTIVATION_MATCH
+  TORCH_CHECK_VALUE(false, "act must be one of ", activation_names(), ", got '", std::string(act), "'");
 }
 
 // The arguments every mode shares, checked once; returns the wrapped dim.
@@ -53,14 +53,11 @@ Checked check_args(const at::Tensor& x, const std::optional<at::Tensor>& b, int6
   check_finite(alpha, "alpha");
   check_finite(gain, "gain");
   check_finite(scale, "scale");
-  if (clamp) {
-    TORCH_CHECK_VALUE(std::isfinite(*clamp) && *clamp >= 0, "clamp must be a finite number >= 0, got ", *clamp);
-  }
+  if (clamp) check_nonnegative(*clamp, "clamp");
   at::Tensor bias;
   if (b && b->defined()) {
-    TORCH_CHECK_VALUE(b->device() == x.device(), "b is on ", b->device(), " but x is on ", x.device());
-    TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), "b has dtype ", b->scalar_type(), " but x has dtype ",
-                     x.scalar_type());
+    check_same_device(*b, x, "b", "x");
+    check_same_dtype(*b, x, "b", "x");
     TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == x.size(dim), "b must be a 1-D tensor of length x.shape[", dim,
                       "] = ", x.size(dim), ", got shape ", b->sizes());
     bias = b->contiguous();
@@ -94,7 +91,13 @@ BiasActParams make_params(BiasActMode mode, Activation act, at::Tensor& out, con
   return params;
 }
 
-void bias_act_on_cpu(const BiasActParams& params, const at::Tensor&) { bias_act_cpu(params); }
+void on_cpu(const BiasActParams& params, const at::Tensor&) { bias_act_cpu(params); }
+
+#ifdef WITH_CUDA
+void on_cuda(const BiasActParams& params, const at::Tensor& ref) {
+  launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_bias_act(params, stream); });
+}
+#endif
 
 template <Kernel kernel>
 at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
@@ -150,13 +153,6 @@ at::Tensor grad2(const at::Tensor& upstream, const at::Tensor& grad, const at::T
   return out;
 }
 
-#ifdef WITH_CUDA
-void bias_act_on_cuda(const BiasActParams& params, const at::Tensor& ref) {
-  const c10::cuda::CUDAGuard guard(ref.device());
-  C10_CUDA_CHECK(launch_bias_act(params, c10::cuda::getCurrentCUDAStream()));
-}
-#endif
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -173,16 +169,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
-  m.impl("bias_act", &forward<bias_act_on_cpu>);
-  m.impl("bias_act_grad", &grad<bias_act_on_cpu>);
-  m.impl("bias_act_grad2", &grad2<bias_act_on_cpu>);
+  m.impl("bias_act", &forward<on_cpu>);
+  m.impl("bias_act_grad", &grad<on_cpu>);
+  m.impl("bias_act_grad2", &grad2<on_cpu>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
-  m.impl("bias_act", &forward<bias_act_on_cuda>);
-  m.impl("bias_act_grad", &grad<bias_act_on_cuda>);
-  m.impl("bias_act_grad2", &grad2<bias_act_on_cuda>);
+  m.impl("bias_act", &forward<on_cuda>);
+  m.impl("bias_act_grad", &grad<on_cuda>);
+  m.impl("bias_act_grad2", &grad2<on_cuda>);
 }
 #endif
 

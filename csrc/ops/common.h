@@ -1,24 +1,72 @@
-// Input checks and layout helpers shared by every op's contract (csrc/ops/<op>.cpp).
-// Messages name the argument and the value, and match the Python checks in gan_kernels/_checks.py.
+// Input checks, dtype mapping and layout helpers shared by every op's contract (csrc/ops/<op>.cpp).
+// Messages name the argument and the value as the Python checks in gan_kernels/_checks.py do, dtypes
+// as Python prints them (torch.float32), so both backends raise the same text.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include "cuda/dtype.h"
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "common/dtype.h"
+
+#ifdef WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace gan_kernels {
 
+// The kernels' DType of a torch dtype, if they have one.
+inline std::optional<DType> kernel_dtype_of(at::ScalarType type) {
+  switch (type) {
+#define GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE(name, scalar_type, cpu_type, cuda_type) \
+  case at::ScalarType::scalar_type:                                               \
+    return DType::name;
+    GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE)
+#undef GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE
+    default: return std::nullopt;
+  }
+}
+
+// As Python prints it: torch.float32.
+inline std::string dtype_name(at::ScalarType type) { return "torch." + std::string(c10::getDtypeNames(type).first); }
+
+// "float64, float32, float16 or bfloat16": the dtypes of the table, as the checks list them.
+inline std::string kernel_dtype_names() {
+  std::string names;
+  const char* separator = "";
+#define GAN_KERNELS_DTYPE_NAME(name, scalar_type, cpu_type, cuda_type)          \
+  names += separator + std::string(c10::getDtypeNames(at::ScalarType::scalar_type).first); \
+  separator = ", ";
+  GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_NAME)
+#undef GAN_KERNELS_DTYPE_NAME
+  const size_t last = names.rfind(", ");
+  return last == std::string::npos ? names : names.replace(last, 2, " or ");
+}
+
 inline void check_floating(const at::Tensor& t, const char* arg) {
-  TORCH_CHECK_TYPE(
-      t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble || t.scalar_type() == at::kHalf ||
-          t.scalar_type() == at::kBFloat16,
-      arg, " must be float64, float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(kernel_dtype_of(t.scalar_type()).has_value(), arg, " must be ", kernel_dtype_names(), ", got ",
+                   dtype_name(t.scalar_type()));
+}
+
+// Only for tensors check_floating accepted.
+inline DType kernel_dtype(at::ScalarType type) { return *kernel_dtype_of(type); }
+
+inline void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* arg, const char* ref_arg) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), arg, " is on ", t.device(), " but ", ref_arg, " is on ", ref.device());
+}
+
+inline void check_same_dtype(const at::Tensor& t, const at::Tensor& ref, const char* arg, const char* ref_arg) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), arg, " has dtype ", dtype_name(t.scalar_type()), " but ",
+                   ref_arg, " has dtype ", dtype_name(ref.scalar_type()));
 }
 
 inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* arg, const char* ref_arg) {
-  TORCH_CHECK_VALUE(t.device() == ref.device(), arg, " is on ", t.device(), " but ", ref_arg, " is on ", ref.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), arg, " has dtype ", t.scalar_type(), " but ", ref_arg,
-                   " has dtype ", ref.scalar_type());
+  check_same_device(t, ref, arg, ref_arg);
+  check_same_dtype(t, ref, arg, ref_arg);
   TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), arg, " has shape ", t.sizes(), " but ", ref_arg, " has shape ",
                     ref.sizes());
 }
@@ -59,15 +107,22 @@ inline at::Tensor same_layout(const at::Tensor& t, const at::Tensor& ref) {
   return t.strides() == ref.strides() ? t : at::empty_like(ref).copy_(t);
 }
 
-// The torch-free kernels (the CUDA launchers, the CPU bias_act kernel) name element types by DType.
-inline DType kernel_dtype(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat: return DType::Float32;
-    case at::kDouble: return DType::Float64;
-    case at::kHalf: return DType::Float16;
-    case at::kBFloat16: return DType::BFloat16;
-    default: TORCH_CHECK_TYPE(false, "no kernel for dtype ", type);
-  }
+inline void check_finite(double value, const char* arg) {
+  TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", value);
 }
+
+inline void check_nonnegative(double value, const char* arg) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0, arg, " must be a finite number >= 0, got ", value);
+}
+
+// Every op registers one function template per dispatch key, instantiated with the device's kernel
+// runner: kernel(params, ref) runs a launch on the device of `ref`.
+#ifdef WITH_CUDA
+// Launches on the current stream of ref's device; a launch error becomes a c10::Error.
+template <typename Launch> void launch_on_cuda(const at::Tensor& ref, Launch&& launch) {
+  const c10::cuda::CUDAGuard guard(ref.device());
+  C10_CUDA_CHECK(launch(c10::cuda::getCurrentCUDAStream()));
+}
+#endif
 
 }  // namespace gan_kernels

@@ -2,7 +2,6 @@
 // schemas, checks, output and workspace allocation, and the CPU/CUDA registrations. Autograd and
 // fake kernels: gan_kernels/ops/minibatch_std.py.
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -13,10 +12,6 @@
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/minibatch_std.h"
 #endif
 
@@ -29,8 +24,22 @@ at::MemoryFormat output_format(const at::Tensor& x) {
                                                                                 : at::MemoryFormat::Contiguous;
 }
 
-// The checks of gan_kernels/ops/minibatch_std.py, with the same messages.
-MinibatchStdShape check_args(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+// A device: the scratch its kernels need for a launch, and how it runs one on the device of `ref`.
+struct Device {
+  size_t (*workspace_bytes)(const MinibatchStdParams& p);
+  void (*run)(const MinibatchStdParams& p, const at::Tensor& ref);
+};
+
+constexpr Device kCpu{minibatch_std_cpu_workspace_bytes,
+                      [](const MinibatchStdParams& p, const at::Tensor&) { minibatch_std_cpu(p); }};
+#ifdef WITH_CUDA
+constexpr Device kCuda{minibatch_std_cuda_workspace_bytes, [](const MinibatchStdParams& p, const at::Tensor& ref) {
+                         launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_minibatch_std(p, stream); });
+                       }};
+#endif
+
+// The checks of gan_kernels/ops/minibatch_std.py, with the same messages; returns the launch's shape.
+MinibatchStdParams check_args(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   check_floating(x, "x");
   TORCH_CHECK_VALUE(x.dim() == 4, "x must be a 4-D tensor [N, C, H, W], got shape ", x.sizes());
   TORCH_CHECK_VALUE(group_size >= 1, "group_size must be >= 1, got ", group_size);
@@ -46,40 +55,30 @@ MinibatchStdShape check_args(const at::Tensor& x, int64_t group_size, int64_t nu
   const int64_t pixels = x.size(2) * x.size(3);
   // With one pixel NCHW and NHWC are the same memory; the NHWC view gives the kernels long rows.
   const bool channels_last = output_format(x) == at::MemoryFormat::ChannelsLast || pixels == 1;
-  return {g == 0 ? 0 : n / g, g, num_channels, c, pixels, channels_last};
+  MinibatchStdParams p{};
+  p.groups = g == 0 ? 0 : n / g;
+  p.group_size = g;
+  p.features = num_channels;
+  p.channels = c;
+  p.pixels = pixels;
+  p.channels_last = channels_last;
+  p.dtype = kernel_dtype(x.scalar_type());
+  return p;
 }
 
-#ifdef WITH_CUDA
-// Undefined tensors are the ones the mode (forward, backward, double backward) does not use.
-MinibatchStdParams cuda_params(const at::Tensor& x, const at::Tensor& grad, const at::Tensor& upstream,
-                               const at::Tensor& y_out, const at::Tensor& x_out, const MinibatchStdShape& s) {
-  MinibatchStdParams p{};
+// Runs `mode` of the launch `p` with the given tensors (undefined where the mode has none) and the
+// device's scratch.
+void run(const Device& device, MinibatchStdParams p, MinibatchStdMode mode, const at::Tensor& x,
+         const at::Tensor& grad, const at::Tensor& upstream, at::Tensor& y_out, at::Tensor& x_out) {
+  p.mode = mode;
   p.x = x.const_data_ptr();
   p.grad = grad.defined() ? grad.const_data_ptr() : nullptr;
   p.upstream = upstream.defined() ? upstream.const_data_ptr() : nullptr;
   p.y_out = y_out.defined() ? y_out.mutable_data_ptr() : nullptr;
   p.x_out = x_out.defined() ? x_out.mutable_data_ptr() : nullptr;
-  p.groups = s.groups;
-  p.group_size = s.group_size;
-  p.features = s.features;
-  p.channels = s.channels;
-  p.pixels = s.pixels;
-  p.channels_last = s.channels_last;
-  p.dtype = kernel_dtype(x.scalar_type());
-  return p;
-}
-
-void launch(MinibatchStdParams params, const at::Tensor& x) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor workspace =
-      at::empty({int64_t(minibatch_std_workspace_bytes(params))}, x.options().dtype(at::kByte));
-  params.workspace = workspace.mutable_data_ptr();
-  C10_CUDA_CHECK(launch_minibatch_std(params, c10::cuda::getCurrentCUDAStream()));
-}
-#endif
-
-at::Tensor accumulators(const at::Tensor& x, int64_t count) {
-  return at::empty({count}, x.options().dtype(at::toOpMathType(x.scalar_type())));
+  const at::Tensor workspace = at::empty({int64_t(device.workspace_bytes(p))}, x.options().dtype(at::kByte));
+  p.workspace = workspace.mutable_data_ptr();
+  device.run(p, x);
 }
 
 std::vector<int64_t> output_shape(const at::Tensor& x, int64_t num_channels) {
@@ -87,51 +86,41 @@ std::vector<int64_t> output_shape(const at::Tensor& x, int64_t num_channels) {
 }
 
 void check_like(const at::Tensor& t, const char* arg, const at::Tensor& x, at::IntArrayRef shape, const char* what) {
-  TORCH_CHECK_VALUE(t.device() == x.device(), arg, " is on ", t.device(), " but x is on ", x.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), arg, " has dtype ", t.scalar_type(), " but x has dtype ",
-                   x.scalar_type());
+  check_same_device(t, x, arg, "x");
+  check_same_dtype(t, x, arg, "x");
   TORCH_CHECK_VALUE(t.sizes() == shape, arg, " has shape ", t.sizes(), " but ", what, " has shape ", shape);
 }
 
+template <const Device& device>
 at::Tensor forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
-  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  const MinibatchStdParams shape = check_args(x, group_size, num_channels);
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
   at::Tensor out = at::empty(output_shape(x, num_channels), x.options().memory_format(format));
   if (out.numel() == 0) return out;
-#ifdef WITH_CUDA
-  if (x.is_cuda()) {
-    launch(cuda_params(xd, at::Tensor(), at::Tensor(), out, at::Tensor(), shape), xd);
-    return out;
-  }
-#endif
-  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
-  minibatch_std_cpu(out, xd, partials, shape);
+  at::Tensor none;
+  run(device, shape, MinibatchStdMode::Forward, xd, none, none, out, none);
   return out;
 }
 
+template <const Device& device>
 at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_size, int64_t num_channels) {
-  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  const MinibatchStdParams shape = check_args(x, group_size, num_channels);
   check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
   const at::Tensor gd = grad.contiguous(format);
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
   if (grad_x.numel() == 0) return grad_x;
-#ifdef WITH_CUDA
-  if (x.is_cuda()) {
-    launch(cuda_params(xd, gd, at::Tensor(), at::Tensor(), grad_x, shape), xd);
-    return grad_x;
-  }
-#endif
-  at::Tensor coefs = accumulators(xd, shape.groups * shape.features);
-  minibatch_std_backward_cpu(grad_x, gd, xd, coefs, shape);
+  at::Tensor none;
+  run(device, shape, MinibatchStdMode::Backward, xd, gd, none, none, grad_x);
   return grad_x;
 }
 
+template <const Device& device>
 std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, const at::Tensor& grad,
                                                    const at::Tensor& x, int64_t group_size, int64_t num_channels) {
-  const MinibatchStdShape shape = check_args(x, group_size, num_channels);
+  const MinibatchStdParams shape = check_args(x, group_size, num_channels);
   check_like(upstream, "upstream", x, x.sizes(), "x");
   check_like(grad, "grad", x, output_shape(x, num_channels), "the output of minibatch_std");
   const at::MemoryFormat format = output_format(x);
@@ -141,15 +130,7 @@ std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, c
   at::Tensor grad_grad = at::empty(grad.sizes(), x.options().memory_format(format));
   at::Tensor grad_x = at::empty(x.sizes(), x.options().memory_format(format));
   if (grad_x.numel() == 0) return {grad_grad.zero_(), grad_x};
-#ifdef WITH_CUDA
-  if (x.is_cuda()) {
-    launch(cuda_params(xd, gd, ud, grad_grad, grad_x, shape), xd);
-    return {grad_grad, grad_x};
-  }
-#endif
-  at::Tensor partials = accumulators(xd, minibatch_std_partials(shape));
-  at::Tensor coefs = accumulators(xd, shape.groups * shape.features);
-  minibatch_std_double_backward_cpu(grad_grad, grad_x, ud, gd, xd, partials, coefs, shape);
+  run(device, shape, MinibatchStdMode::DoubleBackward, xd, gd, ud, grad_grad, grad_x);
   return {grad_grad, grad_x};
 }
 
@@ -166,16 +147,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
-  m.impl("minibatch_std", &forward);
-  m.impl("minibatch_std_backward", &backward);
-  m.impl("minibatch_std_double_backward", &double_backward);
+  m.impl("minibatch_std", &forward<kCpu>);
+  m.impl("minibatch_std_backward", &backward<kCpu>);
+  m.impl("minibatch_std_double_backward", &double_backward<kCpu>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
-  m.impl("minibatch_std", &forward);
-  m.impl("minibatch_std_backward", &backward);
-  m.impl("minibatch_std_double_backward", &double_backward);
+  m.impl("minibatch_std", &forward<kCuda>);
+  m.impl("minibatch_std_backward", &backward<kCuda>);
+  m.impl("minibatch_std_double_backward", &double_backward<kCuda>);
 }
 #endif
 

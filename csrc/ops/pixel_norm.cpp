@@ -3,35 +3,52 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <cmath>
-
 #include "cpu/pixel_norm.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include "cuda/pixel_norm.h"
 #endif
 
 namespace gan_kernels {
 namespace {
 
-using Kernel = void (*)(at::Tensor& out, const at::Tensor& x, const at::Tensor& grad, ChannelView view, double eps);
+using Kernel = void (*)(const PixelNormParams& p, const at::Tensor& ref);
+
+void on_cpu(const PixelNormParams& p, const at::Tensor&) { pixel_norm_cpu(p); }
+
+#ifdef WITH_CUDA
+void on_cuda(const PixelNormParams& p, const at::Tensor& ref) {
+  launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_pixel_norm(p, stream); });
+}
+#endif
 
 int64_t check_args(const at::Tensor& x, int64_t dim, double eps) {
   check_floating(x, "x");
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps must be a finite number >= 0, got ", eps);
+  check_nonnegative(eps, "eps");
   return wrap_dim(dim, x, "dim");
+}
+
+// out, x and grad (undefined in the forward) are dense with the same strides.
+PixelNormParams make_params(PixelNormMode mode, at::Tensor& out, const at::Tensor& x, const at::Tensor& grad,
+                            int64_t dim, double eps) {
+  const ChannelView view = channel_view(x, dim);
+  return {out.mutable_data_ptr(),
+          x.const_data_ptr(),
+          grad.defined() ? grad.const_data_ptr() : nullptr,
+          view.outer,
+          view.channels,
+          view.inner,
+          eps,
+          mode,
+          kernel_dtype(x.scalar_type())};
 }
 
 template <Kernel kernel> at::Tensor forward(const at::Tensor& x, int64_t dim, double eps) {
   dim = check_args(x, dim, eps);
   const at::Tensor xd = dense_input(x);
   at::Tensor out = at::empty_like(xd);
-  if (x.numel() > 0) kernel(out, xd, at::Tensor(), channel_view(xd, dim), eps);
+  if (x.numel() > 0) kernel(make_params(PixelNormMode::Forward, out, xd, at::Tensor(), dim, eps), xd);
   return out;
 }
 
@@ -41,19 +58,9 @@ template <Kernel kernel> at::Tensor backward(const at::Tensor& grad, const at::T
   const at::Tensor xd = dense_input(x);
   const at::Tensor gd = same_layout(grad, xd);
   at::Tensor out = at::empty_like(xd);
-  if (x.numel() > 0) kernel(out, xd, gd, channel_view(xd, dim), eps);
+  if (x.numel() > 0) kernel(make_params(PixelNormMode::Backward, out, xd, gd, dim, eps), xd);
   return out;
 }
-
-#ifdef WITH_CUDA
-void pixel_norm_cuda(at::Tensor& out, const at::Tensor& x, const at::Tensor& grad, ChannelView view, double eps) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  const PixelNormParams params{out.data_ptr(),  x.const_data_ptr(), grad.defined() ? grad.const_data_ptr() : nullptr,
-                               view.outer,      view.channels,      view.inner,
-                               eps,             kernel_dtype(x.scalar_type())};
-  C10_CUDA_CHECK(launch_pixel_norm(params, c10::cuda::getCurrentCUDAStream()));
-}
-#endif
 
 }  // namespace
 
@@ -63,14 +70,14 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
-  m.impl("pixel_norm", &forward<pixel_norm_cpu>);
-  m.impl("pixel_norm_backward", &backward<pixel_norm_cpu>);
+  m.impl("pixel_norm", &forward<on_cpu>);
+  m.impl("pixel_norm_backward", &backward<on_cpu>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
-  m.impl("pixel_norm", &forward<pixel_norm_cuda>);
-  m.impl("pixel_norm_backward", &backward<pixel_norm_cuda>);
+  m.impl("pixel_norm", &forward<on_cuda>);
+  m.impl("pixel_norm_backward", &backward<on_cuda>);
 }
 #endif
 

@@ -4,6 +4,7 @@
 // all the spectrally normalised layers of a model is a constant number of kernel calls.
 // Autograd and fake kernels: gan_kernels/ops/spectral_norm.py.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,24 +18,43 @@
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include "cuda/spectral_norm.h"
 #endif
 
 namespace gan_kernels {
 namespace {
 
+// How a device runs a launch on the device of `ref`, and whether its normalisation backward needs
+// the per-block partial sums of <G, W> as scratch.
+struct Device {
+  void (*run)(const SpectralParams& p, const at::Tensor& ref);
+  bool normalize_backward_scratch;
+};
+
+constexpr Device kCpu{[](const SpectralParams& p, const at::Tensor&) { spectral_norm_cpu(p); }, false};
+#ifdef WITH_CUDA
+constexpr Device kCuda{[](const SpectralParams& p, const at::Tensor& ref) {
+                         launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_spectral_norm(p, stream); });
+                       },
+                       true};
+#endif
+
+// One weight seen as PyTorch's spectral norm sees it: the matrix with `dim` moved first. For a
+// contiguous weight, row r and column o * inner + i live at o * rows * inner + r * inner + i
+// (ChannelView with channels = rows), so no permuted copy is needed.
+struct SpectralLayer {
+  at::Tensor weight;  // contiguous
+  at::Tensor u;       // [rows], contiguous, mutated by the power iteration
+  at::Tensor v;       // [outer * inner], contiguous, mutated by the power iteration
+  ChannelView view;
+};
+
 std::string item(const char* list, size_t index) { return std::string(list) + "[" + std::to_string(index) + "]"; }
 
 void check_vector(const at::Tensor& t, const at::Tensor& weight, int64_t length, const std::string& arg,
                   const std::string& weight_arg) {
-  TORCH_CHECK_VALUE(t.device() == weight.device(), arg, " is on ", t.device(), " but ", weight_arg, " is on ",
-                    weight.device());
-  TORCH_CHECK_TYPE(t.scalar_type() == weight.scalar_type(), arg, " has dtype ", t.scalar_type(), " but ",
-                   weight_arg, " has dtype ", weight.scalar_type());
+  check_same_device(t, weight, arg.c_str(), weight_arg.c_str());
+  check_same_dtype(t, weight, arg.c_str(), weight_arg.c_str());
   TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, arg, " must have shape [", length, "] to match ",
                     weight_arg, ", got ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), arg, " must be contiguous");
@@ -82,10 +102,8 @@ std::vector<SpectralLayer> layers_of(const at::TensorList weights, const at::Ten
     check_floating(w, arg.c_str());
     TORCH_CHECK_VALUE(w.dim() >= 2, arg, " must have at least 2 dimensions, got shape ", w.sizes());
     if (l > 0) {
-      TORCH_CHECK_VALUE(w.device() == weights[0].device(), arg, " is on ", w.device(), " but weights[0] is on ",
-                        weights[0].device());
-      TORCH_CHECK_TYPE(w.scalar_type() == weights[0].scalar_type(), arg, " has dtype ", w.scalar_type(),
-                       " but weights[0] has dtype ", weights[0].scalar_type());
+      check_same_device(w, weights[0], arg.c_str(), "weights[0]");
+      check_same_dtype(w, weights[0], arg.c_str(), "weights[0]");
     }
     const int64_t dim = wrap_dim(dims[l], w, item("dims", l).c_str());
     int64_t outer = 1;
@@ -117,59 +135,17 @@ std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) 
   return out;
 }
 
-using PowerKernel = void (*)(const std::vector<SpectralLayer>&, at::Tensor&, int64_t, double);
-using NormalizeKernel = void (*)(const std::vector<SpectralLayer>&, const std::vector<at::Tensor>&, const at::Tensor&,
-                                 std::vector<at::Tensor>&);
+at::ScalarType accumulator_type(const at::Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
-template <PowerKernel kernel>
-at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
-                           int64_t n_power_iterations, double eps) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
-  check_vectors_do_not_overlap(us, vs);
-  TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
-  at::Tensor sigmas = empty_sigmas(weights);
-  if (!layers.empty()) kernel(layers, sigmas, n_power_iterations, eps);
-  return sigmas;
-}
-
-template <NormalizeKernel kernel>
-std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us, at::TensorList vs,
-                                  const at::Tensor& sigmas, at::IntArrayRef dims) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
-  check_sigmas(sigmas, weights);
-  std::vector<at::Tensor> out = empty_outputs(layers);
-  if (!layers.empty()) kernel(layers, {}, sigmas.contiguous(), out);
-  return out;
-}
-
-template <NormalizeKernel kernel>
-std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList weights, at::TensorList us,
-                                           at::TensorList vs, const at::Tensor& sigmas, at::IntArrayRef dims) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
-  check_sigmas(sigmas, weights);
-  TORCH_CHECK_VALUE(grads.size() == weights.size(), "grads has ", grads.size(), " tensors but weights has ",
-                    weights.size());
-  std::vector<at::Tensor> dense_grads;
-  dense_grads.reserve(grads.size());
-  for (size_t l = 0; l < grads.size(); ++l) {
-    check_same(grads[l], weights[l], item("grads", l).c_str(), item("weights", l).c_str());
-    dense_grads.push_back(grads[l].contiguous());
-  }
-  std::vector<at::Tensor> out = empty_outputs(layers);
-  if (!layers.empty()) kernel(layers, dense_grads, sigmas.contiguous(), out);
-  return out;
-}
-
-#ifdef WITH_CUDA
-at::ScalarType accumulator_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
-
-// The layers [begin, end) as the CUDA params' table; out and grads may be empty.
-SpectralParams cuda_params(const std::vector<SpectralLayer>& layers, size_t begin, size_t end,
-                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out) {
+// The layers [begin, end) as a launch's table; grads and out may be empty (the power iteration).
+SpectralParams make_params(SpectralMode mode, const std::vector<SpectralLayer>& layers, size_t begin, size_t end,
+                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out, const at::Tensor& sigmas) {
   SpectralParams p{};
+  p.mode = mode;
   p.count = static_cast<int>(end - begin);
   p.dtype = kernel_dtype(layers[begin].weight.scalar_type());
+  p.sigmas = static_cast<char*>(sigmas.data_ptr()) + begin * sigmas.element_size();
+  p.blocks_per_layer = 1;
   int64_t offset = 0;
   for (size_t l = begin; l < end; ++l) {
     const SpectralLayer& layer = layers[l];
@@ -183,51 +159,75 @@ SpectralParams cuda_params(const std::vector<SpectralLayer>& layers, size_t begi
                            layer.view.inner,
                            offset};
     offset += layer.view.channels + layer.view.outer * layer.view.inner;
+    // Each layer runs on its own block count; the grid and the scratch rows fit the largest.
+    p.blocks_per_layer = std::max(p.blocks_per_layer, spectral_normalize_blocks(layer.weight.numel()));
   }
   return p;
 }
 
-void spectral_power_iteration_cuda(const std::vector<SpectralLayer>& layers, at::Tensor& sigmas,
-                                   int64_t n_power_iterations, double eps) {
-  const c10::cuda::CUDAGuard guard(sigmas.device());
-  std::vector<at::Tensor> none;
+// Runs `mode` over every layer, kMaxSpectralLayers per launch. The scratch: the power iteration's
+// rows + cols accumulators per layer, or the device's normalisation-backward partial sums.
+void run(const Device& device, SpectralMode mode, const std::vector<SpectralLayer>& layers,
+         const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out, const at::Tensor& sigmas,
+         int64_t n_power_iterations = 0, double eps = 0) {
   for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
     const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
-    SpectralParams p = cuda_params(layers, begin, end, none, none);
-    int64_t accumulators = 0;
-    for (size_t l = begin; l < end; ++l) accumulators += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
-    const at::Tensor workspace = at::empty({accumulators}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
-    p.workspace = workspace.data_ptr();
-    p.sigmas = static_cast<char*>(sigmas.data_ptr()) + begin * sigmas.element_size();
+    SpectralParams p = make_params(mode, layers, begin, end, grads, out, sigmas);
     p.n_power_iterations = n_power_iterations;
     p.eps = eps;
-    C10_CUDA_CHECK(launch_spectral_power_iteration(p, c10::cuda::getCurrentCUDAStream()));
+    int64_t scratch = 0;
+    if (mode == SpectralMode::PowerIteration) {
+      for (size_t l = begin; l < end; ++l) scratch += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
+    } else if (mode == SpectralMode::NormalizeBackward && device.normalize_backward_scratch) {
+      scratch = int64_t(p.count) * p.blocks_per_layer;
+    }
+    const at::Tensor workspace = at::empty({scratch}, sigmas.options().dtype(accumulator_type(sigmas)));
+    p.workspace = scratch > 0 ? workspace.data_ptr() : nullptr;
+    device.run(p, sigmas);
   }
 }
 
-void spectral_normalize_cuda(const std::vector<SpectralLayer>& layers, const std::vector<at::Tensor>& grads,
-                             const at::Tensor& sigmas, std::vector<at::Tensor>& out) {
-  const c10::cuda::CUDAGuard guard(sigmas.device());
-  for (size_t begin = 0; begin < layers.size(); begin += kMaxSpectralLayers) {
-    const size_t end = std::min(layers.size(), begin + kMaxSpectralLayers);
-    SpectralParams p = cuda_params(layers, begin, end, grads, out);
-    // Each layer runs on its own block count; the grid and the workspace rows fit the largest.
-    p.blocks_per_layer = 1;
-    for (size_t l = begin; l < end; ++l) {
-      p.blocks_per_layer = std::max(p.blocks_per_layer, spectral_normalize_blocks(layers[l].weight.numel()));
-    }
-    p.backward = !grads.empty();
-    at::Tensor workspace;
-    if (p.backward) {
-      workspace = at::empty({p.count * p.blocks_per_layer}, sigmas.options().dtype(accumulator_type(sigmas.scalar_type())));
-      p.workspace = workspace.data_ptr();
-    }
-    p.sigmas = const_cast<char*>(static_cast<const char*>(sigmas.const_data_ptr())) + begin * sigmas.element_size();
-    C10_CUDA_CHECK(launch_spectral_normalize(p, c10::cuda::getCurrentCUDAStream()));
-  }
+template <const Device& device>
+at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
+                           int64_t n_power_iterations, double eps) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_vectors_do_not_overlap(us, vs);
+  TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
+  at::Tensor sigmas = empty_sigmas(weights);
+  if (layers.empty()) return sigmas;
+  std::vector<at::Tensor> none;
+  run(device, SpectralMode::PowerIteration, layers, none, none, sigmas, n_power_iterations, eps);
+  return sigmas;
 }
-#endif
 
+template <const Device& device>
+std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                  const at::Tensor& sigmas, at::IntArrayRef dims) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_sigmas(sigmas, weights);
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  if (!layers.empty()) run(device, SpectralMode::Normalize, layers, {}, out, sigmas.contiguous());
+  return out;
+}
+
+template <const Device& device>
+std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList weights, at::TensorList us,
+                                           at::TensorList vs, const at::Tensor& sigmas, at::IntArrayRef dims) {
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  check_sigmas(sigmas, weights);
+  TORCH_CHECK_VALUE(grads.size() == weights.size(), "grads has ", grads.size(), " tensors but weights has ",
+                    weights.size());
+  std::vector<at::Tensor> dense_grads;
+  dense_grads.reserve(grads.size());
+  for (size_t l = 0; l < grads.size(); ++l) {
+    check_same(grads[l], weights[l], item("grads", l).c_str(), item("weights", l).c_str());
+    dense_grads.push_back(grads[l].contiguous());
+  }
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  if (!layers.empty()) run(device, SpectralMode::NormalizeBackward, layers, dense_grads, out, sigmas.contiguous());
+  return out;
+}
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -244,16 +244,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
-  m.impl("spectral_norm_power_iteration_", &power_iteration<spectral_power_iteration_cpu>);
-  m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cpu>);
-  m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cpu>);
+  m.impl("spectral_norm_power_iteration_", &power_iteration<kCpu>);
+  m.impl("spectral_norm_normalize", &normalize<kCpu>);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward<kCpu>);
 }
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
-  m.impl("spectral_norm_power_iteration_", &power_iteration<spectral_power_iteration_cuda>);
-  m.impl("spectral_norm_normalize", &normalize<spectral_normalize_cuda>);
-  m.impl("spectral_norm_normalize_backward", &normalize_backward<spectral_normalize_cuda>);
+  m.impl("spectral_norm_power_iteration_", &power_iteration<kCuda>);
+  m.impl("spectral_norm_normalize", &normalize<kCuda>);
+  m.impl("spectral_norm_normalize_backward", &normalize_backward<kCuda>);
 }
 #endif
 

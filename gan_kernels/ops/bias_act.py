@@ -13,14 +13,6 @@ ACTIVATIONS = tuple(reference.BIAS_ACT_ACTIVATIONS)
 # act'' = 0 wherever it exists: their gradient is linear in dL/dy and has no second-order term.
 PIECEWISE_LINEAR = ("linear", "relu", "lrelu")
 
-_DTYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
-
-
-def _dtype_name(dtype):
-    """The name the C++ checks print, so both layers raise the same message."""
-    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
-
-
 def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     """The checked arguments, numbers as floats; ``dim`` wrapped, or 0 without a bias (where, as in
     StyleGAN, it plays no part, so 0-d and 1-d inputs work with the default dim=1)."""
@@ -42,7 +34,7 @@ def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     if b.device != x.device:
         raise ValueError(f"b is on {b.device} but x is on {x.device}")
     if b.dtype != x.dtype:
-        raise TypeError(f"b has dtype {_dtype_name(b.dtype)} but x has dtype {_dtype_name(x.dtype)}")
+        raise TypeError(f"b has dtype {b.dtype} but x has dtype {x.dtype}")
     if b.dim() != 1 or b.shape[0] != x.shape[dim]:
         raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
     return dim, alpha, gain, clamp, scale

@@ -1,6 +1,8 @@
-// The activations of bias_act and their first and second derivatives, shared by the CPU and CUDA
-// kernels so both compute the same formulas. Free of torch and of the CUDA runtime: the CPU build
-// includes it without a CUDA toolkit.
+// bias_act's launch description, and its activations with their first and second derivatives,
+// shared by the CPU and CUDA kernels so both compute the same formulas. Free of torch and of the
+// CUDA runtime: the CPU build includes it without a CUDA toolkit. The activations' names, defaults
+// and constants come from the table in gan_kernels/_activations.py (activation_table.h is generated
+// from it at build time).
 //
 // The formulas are written once for any element type A with arithmetic operators: a float or double
 // here and in the CUDA kernels, a SIMD vector of them in the CPU kernels. What differs between the
@@ -12,13 +14,9 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "cuda/dtype.h"
-
-#if defined(__CUDACC__)
-#define GAN_KERNELS_HD __host__ __device__ __forceinline__
-#else
-#define GAN_KERNELS_HD inline
-#endif
+#include "activation_table.h"
+#include "common/dtype.h"
+#include "common/host_device.h"
 
 namespace gan_kernels {
 
@@ -46,8 +44,11 @@ template <typename A> struct ElementMath {
   }
 };
 
-// Order and names as in StyleGAN's bias_act.activation_funcs.
-enum class Activation : int32_t { Linear, Relu, Lrelu, Tanh, Sigmoid, Elu, Selu, Softplus, Swish };
+enum class Activation : int32_t {
+#define GAN_KERNELS_ACTIVATION_ENUMERATOR(enumerator, name, alpha, gain, piecewise_linear) enumerator,
+  GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_ENUMERATOR)
+#undef GAN_KERNELS_ACTIVATION_ENUMERATOR
+};
 
 // What a bias_act kernel writes, with v = x * scale + b and y = clamp(act(v) * gain):
 //   Forward    y
@@ -58,31 +59,35 @@ enum class BiasActMode : int32_t { Forward, GradFromX, GradFromY, Grad2 };
 
 // act'' = 0 wherever it exists: no Grad2 kernel; and only these can take the gradient from y.
 GAN_KERNELS_HD constexpr bool piecewise_linear(Activation act) {
-  return act == Activation::Linear || act == Activation::Relu || act == Activation::Lrelu;
+  switch (act) {
+#define GAN_KERNELS_ACTIVATION_PIECEWISE(enumerator, name, alpha, gain, piecewise_linear) \
+  case Activation::enumerator:                                                          \
+    return piecewise_linear;
+    GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_PIECEWISE)
+#undef GAN_KERNELS_ACTIVATION_PIECEWISE
+  }
+  return false;
+}
+
+// The kernel that computes an activation: linear runs as lrelu with alpha 1 (see act_value), one
+// kernel fewer to compile.
+GAN_KERNELS_HD constexpr Activation kernel_activation(Activation act) {
+  return act == Activation::Linear ? Activation::Lrelu : act;
 }
 
 template <Activation kAct> using ActTag = std::integral_constant<Activation, kAct>;
 
-// Calls f(ActTag<kernel>{}) with the kernel that computes `act`: linear runs as lrelu with alpha 1
-// (see act_value), one kernel fewer to compile.
+// Calls f(ActTag<kernel_activation(act)>{}).
 template <typename F> GAN_KERNELS_HD auto with_activation(Activation act, F&& f) {
   switch (act) {
-    case Activation::Relu: return f(ActTag<Activation::Relu>{});
-    case Activation::Tanh: return f(ActTag<Activation::Tanh>{});
-    case Activation::Sigmoid: return f(ActTag<Activation::Sigmoid>{});
-    case Activation::Elu: return f(ActTag<Activation::Elu>{});
-    case Activation::Selu: return f(ActTag<Activation::Selu>{});
-    case Activation::Softplus: return f(ActTag<Activation::Softplus>{});
-    case Activation::Swish: return f(ActTag<Activation::Swish>{});
-    default: return f(ActTag<Activation::Lrelu>{});
+#define GAN_KERNELS_ACTIVATION_CASE(enumerator, name, alpha, gain, piecewise_linear) \
+  case Activation::enumerator:                                                     \
+    return f(ActTag<kernel_activation(Activation::enumerator)>{});
+    GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_CASE)
+#undef GAN_KERNELS_ACTIVATION_CASE
   }
+  return f(ActTag<Activation::Lrelu>{});  // unreachable: every enumerator has its case
 }
-
-// torch.nn.functional.selu's constants.
-constexpr double kSeluAlpha = 1.6732632423543772848170429916717;
-constexpr double kSeluScale = 1.0507009873554804934193349852946;
-// torch.nn.functional.softplus's default threshold: above it softplus(v) = v exactly.
-constexpr double kSoftplusThreshold = 20.0;
 
 template <typename A> GAN_KERNELS_HD A sigmoid_of(A v) {
   return A(1) / (A(1) + ElementMath<A>::exp(A(0) - v));
@@ -207,7 +212,7 @@ GAN_KERNELS_HD A bias_act_element(A r, A b, A g1, A g2, const BiasActScalars<A>&
 
 // One bias_act launch, torch-free: the CUDA launcher takes it whole, the CPU kernels a range of it.
 // All element tensors are dense with the same strides; element i (in memory order) belongs to
-// channel (i / inner) % channels (see ChannelView in ops/common.h).
+// channel (i / inner) % channels (the ChannelView of the torch glue).
 struct BiasActParams {
   void* out;         // y, dL/dv or the Grad2 term, by mode
   const void* ref;   // x; y in GradFromY
