@@ -2,14 +2,21 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 TORCH_SPEC ?= torch==2.13.0
+# The formatters are pinned: another version formats differently and would fail `make lint`.
+RUFF_VERSION = 0.17.6
+CLANG_FORMAT_VERSION = 23.1.5
+CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 
-.PHONY: deps build cuda-check gpu-verify-dry test bench clean
+.PHONY: deps build lint format cuda-check gpu-verify-dry test bench clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
 	@$(PYTHON) -c "import pytest, hypothesis, numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
 		$(PIP) install pytest hypothesis numpy matplotlib scikit-learn tqdm tensorboard
 	@command -v ninja >/dev/null || $(PIP) install ninja
+	@$(PYTHON) -m ruff --version 2>/dev/null | grep -q "$(RUFF_VERSION)" || $(PIP) install ruff==$(RUFF_VERSION)
+	@clang-format --version 2>/dev/null | grep -q "version $(CLANG_FORMAT_VERSION)" || \
+		$(PIP) install clang-format==$(CLANG_FORMAT_VERSION)
 
 build: deps
 	$(PYTHON) setup.py build_ext --inplace
@@ -36,7 +43,18 @@ gpu-verify-dry: build
 CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py \
 	tests/test_gradient_penalty.py tests/test_spectral_norm.py tests/test_properties.py tests/test_contracts.py
 
-test: build cuda-check gpu-verify-dry
+# Style: ruff (format + pyflakes/pycodestyle errors) for Python, clang-format for C++ and CUDA.
+# `make format` applies both.
+lint: deps
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check .
+	clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: deps
+	$(PYTHON) -m ruff format .
+	clang-format -i $(CXX_SOURCES)
+
+test: lint build cuda-check gpu-verify-dry
 	$(PYTHON) -m pytest -q
 	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q
 	@for capability in $$($(PYTHON) scripts/cpu_capabilities.py); do \

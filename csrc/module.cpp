@@ -73,8 +73,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("ops", &registered_ops, "Names of the gan_kernels ops registered with the dispatcher.");
   m.attr("activations") = activations();
   m.attr("activation_constants") = std::vector<std::tuple<std::string, double>>{
-      {"kSeluAlpha", gan_kernels::kSeluAlpha},
-      {"kSeluScale", gan_kernels::kSeluScale},
-      {"kSoftplusThreshold", gan_kernels::kSoftplusThreshold}};
+#define GAN_KERNELS_ACTIVATION_CONSTANT_ROW(name, value) {#name, value},
+      GAN_KERNELS_FOR_EACH_ACTIVATION_CONSTANT(GAN_KERNELS_ACTIVATION_CONSTANT_ROW)
+#undef GAN_KERNELS_ACTIVATION_CONSTANT_ROW
+  };
   m.attr("dtypes") = dtypes();
 }

@@ -49,13 +49,19 @@ def cpp_header():
         f"{str(a.piecewise_linear).lower()}) \\\n"
         for a in ACTIVATIONS
     )
-    constants = "".join(f"constexpr double {name} = {value!r};\n" for name, value in CONSTANTS.items())
+    constants = "".join(f"  X({name}, {value!r}) \\\n" for name, value in CONSTANTS.items())
     return (
         "// Generated from gan_kernels/_activations.py; edit the table there.\n"
         "#pragma once\n\n"
         "// X(enumerator, name, default alpha, default gain, piecewise linear)\n"
         f"#define GAN_KERNELS_FOR_EACH_ACTIVATION(X) \\\n{rows}\n"
-        f"namespace gan_kernels {{\n\n{constants}\n}}  // namespace gan_kernels\n"
+        "// X(name, value)\n"
+        f"#define GAN_KERNELS_FOR_EACH_ACTIVATION_CONSTANT(X) \\\n{constants}\n"
+        "namespace gan_kernels {\n\n"
+        "#define GAN_KERNELS_ACTIVATION_CONSTEXPR(name, value) constexpr double name = value;\n"
+        "GAN_KERNELS_FOR_EACH_ACTIVATION_CONSTANT(GAN_KERNELS_ACTIVATION_CONSTEXPR)\n"
+        "#undef GAN_KERNELS_ACTIVATION_CONSTEXPR\n\n"
+        "}  // namespace gan_kernels\n"
     )
 
 

@@ -11,7 +11,11 @@ import operator
 
 import torch
 
+# The dtypes the kernels take; csrc/common/dtype.h has the same list (tests/test_backend.py compares).
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_FLOAT_DTYPE_NAMES = " or ".join(
+    [", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES[:-1]), str(FLOAT_DTYPES[-1]).removeprefix("torch.")]
+)
 INT64_MAX = 2**63 - 1
 
 
@@ -19,7 +23,7 @@ def check_floating(t, arg):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{arg} must be float64, float32, float16 or bfloat16, got {t.dtype}")
+        raise TypeError(f"{arg} must be {_FLOAT_DTYPE_NAMES}, got {t.dtype}")
 
 
 def symbolic(value):

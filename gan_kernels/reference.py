@@ -123,17 +123,23 @@ def minibatch_std(x, group_size=4, num_channels=1):
 
 import math  # noqa: E402
 
-# act: (function of (v, alpha), default alpha, default gain), as StyleGAN's bias_act.activation_funcs.
+from . import _activations  # noqa: E402
+
+# act: its formula, a function of (v, alpha), as StyleGAN's bias_act.activation_funcs.
+_ACTIVATION_FORMULAS = {
+    "linear": lambda v, alpha: v,
+    "relu": lambda v, alpha: torch.nn.functional.relu(v),
+    "lrelu": lambda v, alpha: torch.nn.functional.leaky_relu(v, alpha),
+    "tanh": lambda v, alpha: torch.tanh(v),
+    "sigmoid": lambda v, alpha: torch.sigmoid(v),
+    "elu": lambda v, alpha: torch.nn.functional.elu(v),
+    "selu": lambda v, alpha: torch.nn.functional.selu(v),
+    "softplus": lambda v, alpha: torch.nn.functional.softplus(v, threshold=_activations.SOFTPLUS_THRESHOLD),
+    "swish": lambda v, alpha: torch.sigmoid(v) * v,
+}
+# act: (formula, default alpha, default gain); names, order and defaults from the one table.
 BIAS_ACT_ACTIVATIONS = {
-    "linear": (lambda v, alpha: v, 0.0, 1.0),
-    "relu": (lambda v, alpha: torch.nn.functional.relu(v), 0.0, math.sqrt(2)),
-    "lrelu": (lambda v, alpha: torch.nn.functional.leaky_relu(v, alpha), 0.2, math.sqrt(2)),
-    "tanh": (lambda v, alpha: torch.tanh(v), 0.0, 1.0),
-    "sigmoid": (lambda v, alpha: torch.sigmoid(v), 0.0, 1.0),
-    "elu": (lambda v, alpha: torch.nn.functional.elu(v), 0.0, 1.0),
-    "selu": (lambda v, alpha: torch.nn.functional.selu(v), 0.0, 1.0),
-    "softplus": (lambda v, alpha: torch.nn.functional.softplus(v), 0.0, 1.0),
-    "swish": (lambda v, alpha: torch.sigmoid(v) * v, 0.0, math.sqrt(2)),
+    a.name: (_ACTIVATION_FORMULAS[a.name], a.default_alpha, a.default_gain) for a in _activations.ACTIVATIONS
 }
 
 

@@ -184,3 +184,14 @@ def test_require_cuda_fails_without_cuda_kernels_or_gpu():
 @pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
 def test_extension_version_matches_the_package():
     assert _backend._C.__version__ == gan_kernels.__version__
+
+
+@pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
+def test_the_extension_was_built_from_the_activation_and_dtype_tables():
+    """The kernels read gan_kernels/_activations.py through a header generated at build time, and the
+    dtype table of csrc/common/dtype.h: an extension built from another table is stale."""
+    from gan_kernels import _activations, _checks
+
+    assert _backend._C.activations == [tuple(a) for a in _activations.ACTIVATIONS]
+    assert dict(_backend._C.activation_constants) == _activations.CONSTANTS
+    assert _backend._C.dtypes == [str(d).removeprefix("torch.") for d in _checks.FLOAT_DTYPES]

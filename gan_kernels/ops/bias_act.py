@@ -7,11 +7,11 @@ Three dispatcher ops, with v = x * scale + b:
 """
 import torch
 
-from .. import _backend, _checks, reference
+from .. import _activations, _backend, _checks, reference
 
-ACTIVATIONS = tuple(reference.BIAS_ACT_ACTIVATIONS)
+ACTIVATIONS = tuple(a.name for a in _activations.ACTIVATIONS)
 # act'' = 0 wherever it exists: their gradient is linear in dL/dy and has no second-order term.
-PIECEWISE_LINEAR = ("linear", "relu", "lrelu")
+PIECEWISE_LINEAR = tuple(a.name for a in _activations.ACTIVATIONS if a.piecewise_linear)
 
 def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     """The checked arguments, numbers as floats; ``dim`` wrapped, or 0 without a bias (where, as in
@@ -153,9 +153,9 @@ def _act_third_derivative(v, act):
     if act == "elu":
         return torch.where(v > 0, 0.0, torch.exp(v))
     if act == "selu":
-        return torch.where(v > 0, 0.0, torch.exp(v) * (1.0507009873554804934193349852946 * 1.6732632423543772848170429916717))
+        return torch.where(v > 0, 0.0, torch.exp(v) * (_activations.SELU_SCALE * _activations.SELU_ALPHA))
     if act == "softplus":
-        return torch.where(v > 20, 0.0, ds * (1 - 2 * s))
+        return torch.where(v > _activations.SOFTPLUS_THRESHOLD, 0.0, ds * (1 - 2 * s))
     if act == "swish":
         return 3 * ds * (1 - 2 * s) + v * ds * (1 - 6 * s + 6 * s.square())
     raise AssertionError(act)
