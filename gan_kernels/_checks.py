@@ -1,5 +1,9 @@
 """Argument checks shared by the ops; messages match the C++ checks in csrc/ops/common.h.
 
+Each argument is checked once per path: on the compiled path the ops' C++ contracts check the values,
+and the Python wrappers only convert the forms of numbers the schema cannot take (``tensor``,
+``integer``, ``int64``, ``real``); these checks serve the reference and the fake kernels.
+
 Numbers are accepted in every form PyTorch itself accepts for a scalar argument: Python and numpy
 numbers and 0-d tensors. Under ``torch.compile(dynamic=True)`` scalars may arrive as symbolic
 ``SymFloat``/``SymInt``; their values cannot be inspected while tracing, so the value checks are
@@ -19,9 +23,15 @@ _FLOAT_DTYPE_NAMES = " or ".join(
 INT64_MAX = 2**63 - 1
 
 
-def check_floating(t, arg):
+def tensor(t, arg):
+    """``t`` itself: a tensor, which the dispatcher needs to pick a kernel."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_floating(t, arg):
+    tensor(t, arg)
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{arg} must be {_FLOAT_DTYPE_NAMES}, got {t.dtype}")
 
@@ -43,15 +53,19 @@ def integer(value, arg):
         raise TypeError(f"{arg} must be an int, got {type(value).__name__}") from None
 
 
+def int64(value, arg):
+    """``value`` as an int the ops' int64 arguments can carry."""
+    value = integer(value, arg)
+    if not symbolic(value) and value > INT64_MAX:
+        raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
+    return value
+
+
 def count(value, arg, minimum=1):
     """An int >= ``minimum`` that fits the ops' int64 arguments."""
-    value = integer(value, arg)
-    if symbolic(value):
-        return value
-    if value < minimum:
+    value = int64(value, arg)
+    if not symbolic(value) and value < minimum:
         raise ValueError(f"{arg} must be >= {minimum}, got {value}")
-    if value > INT64_MAX:
-        raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
     return value
 
 

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <charconv>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -107,12 +108,25 @@ inline at::Tensor same_layout(const at::Tensor& t, const at::Tensor& ref) {
   return t.strides() == ref.strides() ? t : at::empty_like(ref).copy_(t);
 }
 
+// As Python prints a float (repr): the shortest text that reads back as `value`, with ".0" on integers.
+inline std::string python_float(double value) {
+  char text[32];
+  const auto end = std::to_chars(text, text + sizeof(text), value).ptr;
+  std::string out(text, end);
+  return out.find_first_of(".ein") == std::string::npos ? out + ".0" : out;
+}
+
 inline void check_finite(double value, const char* arg) {
-  TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", value);
+  TORCH_CHECK_VALUE(std::isfinite(value), arg, " must be a finite number, got ", python_float(value));
 }
 
 inline void check_nonnegative(double value, const char* arg) {
-  TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0, arg, " must be a finite number >= 0, got ", value);
+  TORCH_CHECK_VALUE(std::isfinite(value) && value >= 0, arg, " must be a finite number >= 0, got ",
+                    python_float(value));
+}
+
+inline void check_positive(double value, const char* arg) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, arg, " must be a finite number > 0, got ", python_float(value));
 }
 
 // Every op registers one function template per dispatch key, instantiated with the device's kernel

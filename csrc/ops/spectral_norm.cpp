@@ -193,7 +193,7 @@ at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::Tensor
   const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
   check_vectors_do_not_overlap(us, vs);
   TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
-  TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
+  check_positive(eps, "eps");
   at::Tensor sigmas = empty_sigmas(weights);
   if (layers.empty()) return sigmas;
   std::vector<at::Tensor> none;

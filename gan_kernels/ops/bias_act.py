@@ -13,31 +13,34 @@ ACTIVATIONS = tuple(a.name for a in _activations.ACTIVATIONS)
 # act'' = 0 wherever it exists: their gradient is linear in dL/dy and has no second-order term.
 PIECEWISE_LINEAR = tuple(a.name for a in _activations.ACTIVATIONS if a.piecewise_linear)
 
-def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
-    """The checked arguments, numbers as floats; ``dim`` wrapped, or 0 without a bias (where, as in
-    StyleGAN, it plays no part, so 0-d and 1-d inputs work with the default dim=1)."""
-    _checks.check_floating(x, "x")
+def _check_activation(act):
     if act not in ACTIVATIONS:
         raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+
+
+def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
+    """The checks of csrc/ops/bias_act.cpp, with the same messages: for the reference and the fake
+    kernels. Returns dim (wrapped; 0 without a bias, where, as in StyleGAN, it plays no part, so 1-d
+    inputs work with the default dim=1), act and the numbers as floats."""
+    _checks.check_floating(x, "x")
+    _check_activation(act)
     dim = _checks.integer(dim, "dim")
     alpha, gain, scale = (_checks.finite(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"),
                                                                            (scale, "scale")))
     if clamp is not None:
         clamp = _checks.nonnegative(clamp, "clamp")
     if b is None:
-        return 0, alpha, gain, clamp, scale
+        return 0, act, alpha, gain, clamp, scale
     if x.dim() == 0:
         raise IndexError("b needs x with at least one dimension, got a 0-dimensional x")
     dim = _checks.wrap_dim(dim, x, "dim")
-    if not isinstance(b, torch.Tensor):
-        raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
     if b.device != x.device:
         raise ValueError(f"b is on {b.device} but x is on {x.device}")
     if b.dtype != x.dtype:
         raise TypeError(f"b has dtype {b.dtype} but x has dtype {x.dtype}")
     if b.dim() != 1 or b.shape[0] != x.shape[dim]:
         raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
-    return dim, alpha, gain, clamp, scale
+    return dim, act, alpha, gain, clamp, scale
 
 
 def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, scale=1.0):
@@ -48,16 +51,25 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     ``scale`` multiplies x before the bias (a layer can fold its weight gain in here). Any floating
     dtype (fp16/bf16 compute in float32), any layout, differentiable to any order.
     """
-    alpha = reference.BIAS_ACT_ACTIVATIONS[act][1] if alpha is None and act in ACTIVATIONS else alpha
-    gain = reference.BIAS_ACT_ACTIVATIONS[act][2] if gain is None and act in ACTIVATIONS else gain
-    # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
-    # the schema takes.
-    dim, alpha, gain, clamp, scale = _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    _check_activation(act)  # its defaults fill alpha and gain on either path
+    alpha = reference.BIAS_ACT_ACTIVATIONS[act][1] if alpha is None else alpha
+    gain = reference.BIAS_ACT_ACTIVATIONS[act][2] if gain is None else gain
+    _checks.tensor(x, "x")
+    if b is not None and not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
     if x.dim() == 0:  # the kernels index a dim; a 0-d tensor runs as one element
+        if b is not None:
+            raise IndexError("b needs x with at least one dimension, got a 0-dimensional x")
         return bias_act(x.reshape(1), None, 0, act, alpha, gain, clamp, scale).reshape(())
-    if _backend.use_compiled(x.device, x, b):
+    if _backend.use_compiled(x.device, x, b):  # the op checks every argument (csrc/ops/bias_act.cpp)
+        # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
+        # the schema takes. Without a bias, dim plays no part (as in StyleGAN): 1-d inputs work with dim=1.
+        dim = 0 if b is None else _checks.int64(dim, "dim")
+        alpha, gain, scale = (_checks.real(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"),
+                                                                         (scale, "scale")))
+        clamp = None if clamp is None else _checks.real(clamp, "clamp")
         return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
-    return reference.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
+    return reference.bias_act(x, b, *_check_args(x, b, dim, act, alpha, gain, clamp, scale))
 
 
 def gradient_from_output(act, alpha, gain, clamp):
@@ -195,17 +207,26 @@ def _grad2_backward(ctx, w):
     return d_upstream, d_grad, d_x, d_b, None, None, None, None, None, None
 
 
+def _fake_forward(x, b, dim, act, alpha, gain, clamp, scale):
+    _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    return torch.empty_like(x)
+
+
+def _fake_grad(grad, ref, b, dim, act, alpha, gain, clamp, scale, ref_is_y):
+    _check_args(ref, b, dim, act, alpha, gain, clamp, scale)
+    return torch.empty_like(ref)
+
+
+def _fake_grad2(upstream, grad, x, b, dim, act, alpha, gain, clamp, scale):
+    _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    return torch.empty_like(x)
+
+
 def register():
     ops = torch.library
-    ops.register_fake("gan_kernels::bias_act", lambda x, b, dim, act, alpha, gain, clamp, scale: torch.empty_like(x))
-    ops.register_fake(
-        "gan_kernels::bias_act_grad",
-        lambda grad, ref, b, dim, act, alpha, gain, clamp, scale, ref_is_y: torch.empty_like(ref),
-    )
-    ops.register_fake(
-        "gan_kernels::bias_act_grad2",
-        lambda upstream, grad, x, b, dim, act, alpha, gain, clamp, scale: torch.empty_like(x),
-    )
+    ops.register_fake("gan_kernels::bias_act", _fake_forward)
+    ops.register_fake("gan_kernels::bias_act_grad", _fake_grad)
+    ops.register_fake("gan_kernels::bias_act_grad2", _fake_grad2)
     ops.register_autograd("gan_kernels::bias_act", _forward_backward, setup_context=_setup_forward)
     ops.register_autograd("gan_kernels::bias_act_grad", _grad_backward, setup_context=_setup_grad)
     ops.register_autograd("gan_kernels::bias_act_grad2", _grad2_backward, setup_context=_setup_grad2)

@@ -27,13 +27,29 @@ def per_sample_penalty(g, center=1.0):
     Any floating dtype (fp16/bf16 accumulate in float32 and return float32), any layout,
     differentiable to any order. One deterministic pass forward, one pass backward.
     """
+    _checks.tensor(g, "g")
+    if _backend.use_compiled(g.device, g):  # the op checks g and center (csrc/ops/gradient_penalty.cpp)
+        return torch.ops.gan_kernels.gradient_penalty(g, _checks.real(center, "center"))
+    return reference.per_sample_penalty(g, _check_args(g, center))
+
+
+def _check_args(g, center):
+    """The checks of csrc/ops/gradient_penalty.cpp, with the same messages: for the reference and the
+    fake kernels. Returns center as a float."""
     _checks.check_floating(g, "g")
     if g.dim() == 0:
         raise ValueError("g must have a batch dimension, got a 0-dimensional tensor")
-    center = _checks.nonnegative(center, "center")
-    if _backend.use_compiled(g.device, g):
-        return torch.ops.gan_kernels.gradient_penalty(g, center)
-    return reference.per_sample_penalty(g, center)
+    return _checks.nonnegative(center, "center")
+
+
+def _fake_forward(g, center):
+    _check_args(g, center)
+    return g.new_empty(g.shape[:1], dtype=reference._compute_dtype(g))
+
+
+def _fake_backward(grad, g, center):
+    _check_args(g, center)
+    return torch.empty_like(g)
 
 
 def _backward_of_backward(upstream, grad, g, center):
@@ -90,13 +106,8 @@ def _backward_backward(ctx, upstream):
 
 
 def register():
-    torch.library.register_fake(
-        "gan_kernels::gradient_penalty",
-        lambda g, center: g.new_empty(g.shape[:1], dtype=reference._compute_dtype(g)),
-    )
-    torch.library.register_fake(
-        "gan_kernels::gradient_penalty_backward", lambda grad, g, center: torch.empty_like(g)
-    )
+    torch.library.register_fake("gan_kernels::gradient_penalty", _fake_forward)
+    torch.library.register_fake("gan_kernels::gradient_penalty_backward", _fake_backward)
     torch.library.register_autograd("gan_kernels::gradient_penalty", _forward_backward, setup_context=_setup_forward)
     torch.library.register_autograd(
         "gan_kernels::gradient_penalty_backward", _backward_backward, setup_context=_setup_backward

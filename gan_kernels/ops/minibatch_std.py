@@ -7,7 +7,8 @@ EPS = 1e-8  # StyleGAN2's, inside the sqrt; not a parameter of the layer
 
 
 def _check_args(x, group_size, num_channels):
-    """The checks of csrc/ops/minibatch_std.cpp, with the same messages; returns the counts as ints."""
+    """The checks of csrc/ops/minibatch_std.cpp, with the same messages: for the reference and the fake
+    kernels. Returns the counts as ints."""
     _checks.check_floating(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
@@ -37,12 +38,13 @@ def minibatch_std(x, group_size=4, num_channels=1):
     float32 for fp16/bf16 (float64 for float64); the output has x's dtype. channels_last inputs
     give channels_last outputs, any other layout a contiguous one. Differentiable to any order.
     """
-    if group_size is None and isinstance(x, torch.Tensor) and x.dim() == 4:
+    _checks.tensor(x, "x")
+    if group_size is None and x.dim() == 4:
         group_size = max(x.shape[0], 1)
-    group_size, num_channels = _check_args(x, group_size, num_channels)
-    if _backend.use_compiled(x.device, x):
+    if _backend.use_compiled(x.device, x):  # the op checks every argument (csrc/ops/minibatch_std.cpp)
+        group_size, num_channels = _checks.int64(group_size, "group_size"), _checks.int64(num_channels, "num_channels")
         return torch.ops.gan_kernels.minibatch_std(x, group_size, num_channels)
-    return reference.minibatch_std(x, group_size, num_channels)
+    return reference.minibatch_std(x, *_check_args(x, group_size, num_channels))
 
 
 def _output_format(x):

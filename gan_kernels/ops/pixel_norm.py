@@ -10,14 +10,20 @@ def pixel_norm(x, dim=1, eps=1e-8):
     Any floating dtype (fp16/bf16 accumulate in float32), any layout (channels_last included),
     differentiable to any order.
     """
-    _checks.check_floating(x, "x")
-    dim = _checks.wrap_dim(dim, x, "dim")
-    eps = _checks.nonnegative(eps, "eps")
+    _checks.tensor(x, "x")
     if x.dim() == 0:  # the kernels index a dim; a 0-d tensor is one vector of one element
+        _checks.wrap_dim(dim, x, "dim")
         return pixel_norm(x.reshape(1), 0, eps).reshape(())
-    if _backend.use_compiled(x.device, x):
-        return torch.ops.gan_kernels.pixel_norm(x, dim, eps)
-    return reference.pixel_norm(x, dim, eps)
+    if _backend.use_compiled(x.device, x):  # the op checks x, dim and eps (csrc/ops/pixel_norm.cpp)
+        return torch.ops.gan_kernels.pixel_norm(x, _checks.int64(dim, "dim"), _checks.real(eps, "eps"))
+    return reference.pixel_norm(x, *_check_args(x, dim, eps))
+
+
+def _check_args(x, dim, eps):
+    """The checks of csrc/ops/pixel_norm.cpp, with the same messages: for the reference and the fake
+    kernels. Returns dim wrapped and eps as a float."""
+    _checks.check_floating(x, "x")
+    return _checks.wrap_dim(dim, x, "dim"), _checks.nonnegative(eps, "eps")
 
 
 def _backward_grad_x(upstream, grad, x, dim, eps):
@@ -35,6 +41,16 @@ def _backward_grad_x(upstream, grad, x, dim, eps):
     m_ug, m_ux, m_gx = mean(u * g), mean(u * xc), mean(g * xc)
     grad_x = -r.pow(3) * (m_ug * xc + u * m_gx + g * m_ux - 3 * r.square() * xc * m_ux * m_gx)
     return grad_x.to(x.dtype)
+
+
+def _fake_forward(x, dim, eps):
+    _check_args(x, dim, eps)
+    return torch.empty_like(x)
+
+
+def _fake_backward(grad, x, dim, eps):
+    _check_args(x, dim, eps)
+    return torch.empty_like(x)
 
 
 def _setup_forward(ctx, inputs, output):
@@ -63,8 +79,8 @@ def _backward_backward(ctx, upstream):
 
 
 def register():
-    torch.library.register_fake("gan_kernels::pixel_norm", lambda x, dim, eps: torch.empty_like(x))
-    torch.library.register_fake("gan_kernels::pixel_norm_backward", lambda grad, x, dim, eps: torch.empty_like(x))
+    torch.library.register_fake("gan_kernels::pixel_norm", _fake_forward)
+    torch.library.register_fake("gan_kernels::pixel_norm_backward", _fake_backward)
     torch.library.register_autograd("gan_kernels::pixel_norm", _forward_backward, setup_context=_setup_forward)
     torch.library.register_autograd(
         "gan_kernels::pixel_norm_backward", _backward_backward, setup_context=_setup_backward
