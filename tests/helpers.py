@@ -5,7 +5,8 @@ import warnings
 import pytest
 import torch
 
-from gan_kernels import _backend
+from gan_kernels import _backend, reference
+from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -73,3 +74,13 @@ def assert_compiled_matches_eager(model, x):
     (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+
+
+# The equalized layers in plain PyTorch, as oracles for ours: the same parameters and forward, with
+# the epilogue computed by the reference formula instead of the op.
+class ReferenceEqualizedLinear(EqualizedLinear):
+    _bias_act = staticmethod(reference.bias_act)
+
+
+class ReferenceEqualizedConv2d(EqualizedConv2d):
+    _bias_act = staticmethod(reference.bias_act)
