@@ -9,7 +9,8 @@ Each sample builds its tensors when a test runs, from its own seed, so every run
 draws the same inputs.
 """
 import dataclasses
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 from helpers import (
