@@ -3,8 +3,6 @@ the oracle the tests compare against. fp16/bf16 inputs are computed in float32 a
 their own dtype, as the kernels do."""
 import torch
 
-from . import _checks
-
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -119,7 +117,7 @@ def minibatch_std(x, group_size=4, num_channels=1):
     y = y.mean(dim=[2, 3, 4])
     y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
     return torch.cat([x, y.to(x.dtype)], dim=1)
-# --- bias_act and the equalized-LR layers (StyleGAN's bias_act, FullyConnectedLayer, Conv2dLayer) ---
+# --- bias_act (StyleGAN's bias_act) --------------------------------------------------------------
 
 import math  # noqa: E402
 
@@ -175,105 +173,3 @@ def nan_visible(y, v):
     is_nan = v.isnan()
     only_nan = torch.where(is_nan, v, 0.0)  # 0 elsewhere, so its derivative is exactly 0 there
     return torch.where(is_nan, only_nan.square(), y)
-
-
-def _check_activation(activation):
-    if activation not in BIAS_ACT_ACTIVATIONS:
-        raise ValueError(f"activation must be one of {', '.join(BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
-
-
-class _EqualizedLayer(torch.nn.Module):
-    """Runtime parameters of StyleGAN's equalized-LR layers: the weight cast to the activations' dtype
-    (so fp16 activations work) times its gain, the bias times ``bias_gain``."""
-
-    def _runtime_weight(self, x):
-        return self.weight.to(x.dtype) * self.weight_gain
-
-    def _runtime_bias(self, dtype):
-        """In the dtype of the matmul or conv output, which autocast may have lowered."""
-        b = self.bias
-        if b is not None:
-            b = b.to(dtype)
-            if self.bias_gain != 1:
-                b = b * self.bias_gain
-        return b
-
-
-class EqualizedLinear(_EqualizedLayer):
-    """StyleGAN's ``FullyConnectedLayer``: weight stored as ``randn(out, in) / lr_multiplier`` and used
-    as ``weight * lr_multiplier / sqrt(in)``; bias used as ``bias * lr_multiplier``."""
-
-    _bias_act = staticmethod(bias_act)
-
-    def __init__(self, in_features, out_features, bias=True, activation="linear", lr_multiplier=1, bias_init=0):
-        super().__init__()
-        _check_activation(activation)
-        # in_features >= 1: the runtime gain is 1/sqrt(in_features).
-        in_features, out_features = _checks.count(in_features, "in_features"), _checks.count(out_features, "out_features", 0)
-        lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
-        self.in_features, self.out_features = in_features, out_features
-        self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
-        self.weight_gain = lr_multiplier / math.sqrt(in_features)
-        self.bias_gain = lr_multiplier
-
-    def forward(self, x, gain=1):
-        w = self._runtime_weight(x)
-        if self.activation == "linear" and self.bias is not None and gain == 1:
-            return torch.addmm(self._runtime_bias(x.dtype).unsqueeze(0), x, w.t())
-        act_gain = BIAS_ACT_ACTIVATIONS[self.activation][2] * gain
-        x = x.matmul(w.t())
-        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=act_gain)
-
-    def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
-
-
-class EqualizedConv2d(_EqualizedLayer):
-    """StyleGAN's ``Conv2dLayer`` (without resampling): weight stored as ``randn / lr_multiplier`` and used
-    as ``weight.to(x.dtype) * lr_multiplier / sqrt(in * k * k)``, padding ``k // 2``; ``forward(x, gain)``
-    scales the activation gain and ``conv_clamp`` by ``gain``."""
-
-    _bias_act = staticmethod(bias_act)
-
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear", lr_multiplier=1,
-                 conv_clamp=None, stride=1, padding=None):
-        super().__init__()
-        _check_activation(activation)
-        in_channels, out_channels = _checks.count(in_channels, "in_channels"), _checks.count(out_channels, "out_channels", 0)
-        kernel_size = _checks.count(kernel_size, "kernel_size")
-        lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
-        if conv_clamp is not None:
-            conv_clamp = _checks.nonnegative(conv_clamp, "conv_clamp")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.activation = activation
-        self.conv_clamp = conv_clamp
-        self.stride = stride
-        self.padding = kernel_size // 2 if padding is None else padding
-        self.weight = torch.nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]) / lr_multiplier
-        )
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
-        self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
-        self.bias_gain = lr_multiplier
-        self.act_gain = BIAS_ACT_ACTIVATIONS[activation][2]
-
-    def forward(self, x, gain=1):
-        if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H
-            return self.forward(x.unsqueeze(0), gain).squeeze(0)
-        x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain,
-                              clamp=act_clamp)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # StyleGAN2-ADA's Conv2dLayer always saves its resample_filter buffer, which a layer without
-        # up/downsampling never reads: accept it, so such checkpoints load with strict=True.
-        state_dict.pop(prefix + "resample_filter", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"activation={self.activation}, stride={self.stride}, padding={self.padding}, "
-                f"conv_clamp={self.conv_clamp}")

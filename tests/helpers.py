@@ -5,7 +5,9 @@ import warnings
 import pytest
 import torch
 
-from gan_kernels import _backend
+import gan_kernels
+from gan_kernels import _backend, reference
+from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -63,13 +65,58 @@ def assert_same_penalty_and_grads(penalty_and_grads, ours, reference_fn):
         assert_close(got, want)
 
 
-def assert_compiled_matches_eager(model, x):
-    """torch.compile(fullgraph=True) of a module using our ops: no graph break, same output and input gradient."""
-    x = x.detach().requires_grad_()
-    compiled = torch.compile(model, fullgraph=True)
-    y = compiled(x)
-    (gx,) = torch.autograd.grad(y.square().sum(), x)
-    y_ref = model(x)
-    (gx_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-4)
+def sum_of_squares(y):
+    return y.square().sum()
+
+
+def assert_compiled_matches_eager(model, x, eager=None, loss=sum_of_squares, output_tolerance=(1e-5, 1e-5),
+                                  gradient_tolerance=(1e-4, 1e-4)):
+    """torch.compile(fullgraph=True) of a module or function using our ops: no graph break, and the
+    output and the gradient of ``loss(output)`` with respect to ``x`` (a tensor or a list of them)
+    that ``eager`` (default: ``model`` itself, not compiled) gives, within (rtol, atol) tolerances
+    (None: assert_close's default for the dtype)."""
+    leaves = [t.detach().requires_grad_() for t in x] if isinstance(x, list) else x.detach().requires_grad_()
+    y = torch.compile(model, fullgraph=True)(leaves)
+    gx = torch.autograd.grad(loss(y), leaves)
+    y_ref = (model if eager is None else eager)(leaves)
+    gx_ref = torch.autograd.grad(loss(y_ref), leaves)
+    for got, want, tolerance in ((y, y_ref, output_tolerance), (gx, gx_ref, gradient_tolerance)):
+        rtol, atol = tolerance or (None, None)
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+# The equalized layers in plain PyTorch, as oracles for ours: the same parameters and forward, with
+# the epilogue computed by the reference formula instead of the op.
+class ReferenceEqualizedLinear(EqualizedLinear):
+    _bias_act = staticmethod(reference.bias_act)
+
+
+class ReferenceEqualizedConv2d(EqualizedConv2d):
+    _bias_act = staticmethod(reference.bias_act)
+
+
+# --- spectral norm: weights with their power-iteration vectors ------------------------------------
+
+# (shape, dim) of weights, as spectral norm sees them: dim moved first, the rest flattened.
+SPECTRAL_SHAPES = [((5, 7), 0), ((4, 3, 3, 2), 0), ((3, 4, 2, 2), 1), ((1, 6), 0), ((6, 2, 3), 2)]
+
+
+def random_spectral_layers(dtype=torch.float64, device="cpu", shapes=SPECTRAL_SHAPES):
+    """Random weights and unit u, v of the right lengths: the lists the spectral-norm ops take."""
+    weights, us, vs, dims = [], [], [], []
+    for shape, dim in shapes:
+        w = torch.randn(shape, dtype=dtype, device=device)
+        rows = shape[dim]
+        weights.append(w)
+        us.append(torch.nn.functional.normalize(torch.randn(rows, dtype=dtype, device=device), dim=0))
+        vs.append(torch.nn.functional.normalize(torch.randn(w.numel() // rows, dtype=dtype, device=device), dim=0))
+        dims.append(dim)
+    return weights, us, vs, dims
+
+
+def normalised_weights(weights, us, vs, dims, steps=1):
+    """The normalised weights as a function of W alone: u, v reset before each call (as PyTorch's
+    own gradcheck of spectral norm does), so gradcheck's perturbed calls see the same start."""
+    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_([w.detach() for w in weights], us, vs, dims, steps, 1e-12)
+    return gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)

@@ -1,91 +1,168 @@
-"""Contracts every public op keeps, driven by one table of ops and sample inputs: forward-mode AD,
-torch.compile with dynamic shapes, and scalar arguments in every form PyTorch accepts."""
+"""Contracts every public op keeps, driven by one table of ops and their sample inputs
+(op_registry.OPS): backend parity (ours against the reference formula), gradcheck and
+gradgradcheck, opcheck, a gradient penalty through the op, torch.compile, bad inputs naming the
+argument, reaching the compiled ops and forward-mode AD; then contracts of the public API across
+ops: torch.compile with dynamic shapes, and scalar arguments in every form PyTorch accepts."""
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICES
+import torch.autograd.forward_ad as fwAD
+from helpers import (
+    DEVICES,
+    OPS_REGISTERED,
+    assert_close,
+    assert_compiled_matches_eager,
+    assert_same_penalty_and_grads,
+    requires_ops,
+)
+from op_registry import OPS
 
 import gan_kernels
-from gan_kernels import reference
+from gan_kernels import _backend, reference
 
 
-# name: (op, its reference, sample inputs on a device): each op applied to float64 inputs.
-OPS = {
-    "pixel_norm": (lambda x: gan_kernels.pixel_norm(x), lambda x: reference.pixel_norm(x),
-                   lambda d: [torch.randn(3, 5, 2, 2, dtype=torch.float64, device=d)]),
-    "bias_act": (lambda x, b: gan_kernels.bias_act(x, b, act="elu", clamp=1.5),
-                 lambda x, b: reference.bias_act(x, b, act="elu", clamp=1.5),
-                 lambda d: [torch.randn(3, 5, 2, 2, dtype=torch.float64, device=d),
-                            torch.randn(5, dtype=torch.float64, device=d)]),
-    "minibatch_std": (lambda x: gan_kernels.minibatch_std(x, 2), lambda x: reference.minibatch_std(x, 2),
-                      lambda d: [torch.randn(4, 6, 2, 3, dtype=torch.float64, device=d)]),
-    "per_sample_penalty": (lambda g: gan_kernels.per_sample_penalty(g, 1.0),
-                           lambda g: reference.per_sample_penalty(g, 1.0),
-                           lambda d: [torch.randn(3, 4, 2, dtype=torch.float64, device=d)]),
-}
+def case_params(contract):
+    """(op, case) for every case of every op under ``contract`` (an OpEntry field), as pytest params."""
+    return [pytest.param(op, case, id=f"{op.name}-{case.id}") for op in OPS for case in getattr(op, contract)]
+
+
+def bad_input_params(contract):
+    return [pytest.param(op, bad, id=f"{op.name}-{bad.match}") for op in OPS for bad in getattr(op, contract)]
+
+
+def skip_without_ops(case):
+    if case.requires_ops and not OPS_REGISTERED:
+        pytest.skip("gan_kernels._C is not built")
+
+
+def run_call(fn, call):
+    """``fn`` on the call's arguments (the differentiable ones as fresh leaves): the output and the
+    gradients of those arguments for the upstream gradient ``call.grad_out``."""
+    args = list(call.args)
+    for index in call.differentiable:
+        args[index] = args[index].detach().requires_grad_()
+    y = fn(*args, **call.kwargs)
+    grads = torch.autograd.grad(y, [args[index] for index in call.differentiable], call.grad_out)
+    return y, grads
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(OPS))
-def test_forward_mode_ad_gives_the_true_tangent(device, name):
-    op, ref, sample = OPS[name]
+@pytest.mark.parametrize("op, case", case_params("parity"))
+def test_forward_and_backward_match_reference(device, op, case):
+    skip_without_ops(case)
+    call = case.make(device)
+    y, grads = run_call(op.function, call)
+    y_ref, grads_ref = run_call(op.reference, call)
+    inputs = [call.args[index] for index in call.differentiable]
+    assert y.dtype == op.output_dtype(inputs[0].dtype)
+    assert [g.dtype for g in grads] == [t.dtype for t in inputs]
+    if call.check is not None:
+        call.check(call.args, y)
+    assert_close(y, y_ref)
+    for index, got, want in zip(call.differentiable, grads, grads_ref):
+        op.assert_gradient_close(call, index, got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op, case", case_params("gradcheck"))
+def test_gradcheck_and_gradgradcheck(device, op, case):
+    skip_without_ops(case)
+    for fn, inputs in case.make(device):
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op, case", case_params("opcheck"))
+def test_opcheck(device, op, case):
+    skip_without_ops(case)
+    for overload, args in case.make(device):
+        torch.library.opcheck(overload, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op, case", case_params("penalty"))
+def test_penalty_through_the_op_matches_reference(device, op, case):
+    """A gradient penalty on a tiny D with the op inside: its value and every parameter gradient
+    equal the reference path's, and no op on the path lacks an autograd kernel."""
+    skip_without_ops(case)
+    assert_same_penalty_and_grads(case.make(device), op.function, op.reference)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op, case", case_params("compile"))
+def test_torch_compile_fullgraph(device, op, case):
+    skip_without_ops(case)
+    call = case.make(device)
+    assert_compiled_matches_eager(call.fn, call.x, call.eager, call.loss, call.output_tolerance,
+                                  call.gradient_tolerance)
+
+
+@pytest.mark.parametrize("op, bad", bad_input_params("bad_inputs"))
+def test_bad_input_names_the_argument(op, bad):
+    with pytest.raises(bad.error, match=bad.match):
+        bad.call()
+
+
+@requires_ops
+@pytest.mark.parametrize("op, bad", bad_input_params("bad_op_inputs"))
+def test_bad_input_to_the_ops_names_the_argument(op, bad):
+    with pytest.raises(bad.error, match=bad.match):
+        bad.call()
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+def test_public_function_runs_the_compiled_ops(op):
+    run = op.public_call()
+    with torch.autograd.profiler.profile() as prof:
+        run()
+    assert op.compiled_ops <= {event.name for event in prof.function_events}
+
+
+FORWARD_AD = [pytest.param(op, id=op.name) for op in OPS if op.forward_ad is not None]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", FORWARD_AD)
+def test_forward_mode_ad_gives_the_true_tangent(device, op):
     torch.manual_seed(1)
-    inputs = sample(device)
+    inputs, kwargs = op.forward_ad(device)
     tangents = [torch.randn_like(t) for t in inputs]
-    _, tangent = torch.func.jvp(op, tuple(inputs), tuple(tangents))
-    _, want = torch.func.jvp(ref, tuple(inputs), tuple(tangents))
+
+    def ours(*tensors):
+        return op.function(*tensors, **kwargs)
+
+    def theirs(*tensors):
+        return op.reference(*tensors, **kwargs)
+
+    _, tangent = torch.func.jvp(ours, tuple(inputs), tuple(tangents))
+    _, want = torch.func.jvp(theirs, tuple(inputs), tuple(tangents))
     torch.testing.assert_close(tangent, want)
     assert tangent.abs().sum() > 0
     # The other forward-mode entry point: torch.autograd.forward_ad's dual tensors.
-    import torch.autograd.forward_ad as fwAD
-
     with fwAD.dual_level():
-        out = op(*[fwAD.make_dual(t, dt) for t, dt in zip(inputs, tangents)])
+        out = ours(*[fwAD.make_dual(t, dt) for t, dt in zip(inputs, tangents)])
         torch.testing.assert_close(fwAD.unpack_dual(out).tangent, want)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(OPS))
-def test_forward_over_reverse(device, name):
+@pytest.mark.parametrize("op", FORWARD_AD)
+def test_forward_over_reverse(device, op):
     # A Hessian-vector product by forward-over-reverse, as torch.func.hessian computes it.
-    op, ref, sample = OPS[name]
     torch.manual_seed(2)
-    x = sample(device)[0]
-    rest = sample(device)[1:]
+    x = op.forward_ad(device)[0][0]
+    rest, kwargs = op.forward_ad(device)
+    rest = rest[1:]
 
     def loss(f):
-        return lambda t: f(t, *rest).square().sum()
+        return lambda t: f(t, *rest, **kwargs).square().sum()
 
     v = torch.randn_like(x)
-    _, hvp = torch.func.jvp(torch.func.grad(loss(op)), (x,), (v,))
-    _, want = torch.func.jvp(torch.func.grad(loss(ref)), (x,), (v,))
+    _, hvp = torch.func.jvp(torch.func.grad(loss(op.function)), (x,), (v,))
+    _, want = torch.func.jvp(torch.func.grad(loss(op.reference)), (x,), (v,))
     torch.testing.assert_close(hvp, want)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_forward_mode_ad_through_spectral_norm(device):
-    torch.manual_seed(3)
-    weights = [torch.randn(4, 3, 2, dtype=torch.float64, device=device),
-               torch.randn(5, 6, dtype=torch.float64, device=device)]
-    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=w.dtype, device=device), dim=0)
-          for w in weights]
-    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), dtype=w.dtype, device=device), dim=0)
-          for w in weights]
-    sigmas = torch.stack([torch.vdot(u, reference.spectral_weight_matrix(w, 0) @ v)
-                          for w, u, v in zip(weights, us, vs)])
-    tangents = tuple(torch.randn_like(w) for w in weights)
-
-    def ours(*w):
-        return tuple(gan_kernels.spectral_norm_normalize(list(w), us, vs, sigmas, [0, 0]))
-
-    def theirs(*w):
-        return tuple(reference.spectral_norm_normalize(list(w), us, vs, [0, 0]))
-
-    _, got = torch.func.jvp(ours, tuple(weights), tangents)
-    _, want = torch.func.jvp(theirs, tuple(weights), tangents)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
-        assert g.abs().sum() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)

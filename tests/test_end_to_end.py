@@ -5,7 +5,7 @@ helpers.TOLERANCES.
 
 * A StyleGAN2-like D (EqualizedConv2d with lrelu, a residual block with gain and conv_clamp,
   PixelNorm, the MinibatchStd epilogue, EqualizedLinear head): ours (gan_kernels.nn) vs the same
-  layers from gan_kernels.reference with the same weights, for every penalty helper, and a
+  layers on the reference formulas (helpers.ReferenceEqualized*) with the same weights, for every penalty helper, and a
   StyleGAN2 training loop with lazy R1 reusing the real logits.
 * An SNGAN-like D (nn.Conv2d / nn.Linear): gan_kernels.nn.spectral_norm (+ batch_spectral_norm)
   with penalties.wgan_gp vs torch.nn.utils.parametrizations.spectral_norm with the textbook
@@ -15,7 +15,14 @@ import math
 
 import pytest
 import torch
-from helpers import DEVICES, OPS_REGISTERED, assert_close, unregistered_autograd_is_an_error
+from helpers import (
+    DEVICES,
+    OPS_REGISTERED,
+    ReferenceEqualizedConv2d,
+    ReferenceEqualizedLinear,
+    assert_close,
+    unregistered_autograd_is_an_error,
+)
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 import gan_kernels
@@ -45,7 +52,7 @@ class ReferenceMinibatchStd(torch.nn.Module):
 
 OUR_LAYERS = dict(conv=gan_kernels.nn.EqualizedConv2d, linear=gan_kernels.nn.EqualizedLinear,
                   pixel_norm=gan_kernels.nn.PixelNorm, mbstd=gan_kernels.nn.MinibatchStd)
-REFERENCE_LAYERS = dict(conv=reference.EqualizedConv2d, linear=reference.EqualizedLinear,
+REFERENCE_LAYERS = dict(conv=ReferenceEqualizedConv2d, linear=ReferenceEqualizedLinear,
                         pixel_norm=ReferencePixelNorm, mbstd=ReferenceMinibatchStd)
 
 

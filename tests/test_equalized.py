@@ -4,9 +4,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICES, assert_close, assert_compiled_matches_eager, unregistered_autograd_is_an_error
+from helpers import (
+    DEVICES,
+    ReferenceEqualizedConv2d,
+    ReferenceEqualizedLinear,
+    assert_close,
+    assert_compiled_matches_eager,
+    unregistered_autograd_is_an_error,
+)
 
-from gan_kernels import reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
 # --- StyleGAN2-ADA's layer forwards, transcribed literally (torch_utils/ops/bias_act.py _bias_act_ref,
@@ -126,7 +132,8 @@ def test_layers_under_autocast_match_reference(device, kind, args, kwargs):
     # Autocast lowers the conv/matmul output but not the float32 bias: the layers cast it to the output.
     torch.manual_seed(4)
     layer = randomise_bias({"Conv2d": EqualizedConv2d, "Linear": EqualizedLinear}[kind](*args, **kwargs)).to(device)
-    twin = copy_of(layer, getattr(reference, f"Equalized{kind}"), *args, **kwargs).to(device)
+    twin = copy_of(layer, {"Conv2d": ReferenceEqualizedConv2d, "Linear": ReferenceEqualizedLinear}[kind], *args,
+                   **kwargs).to(device)
     x = torch.randn((2, 4, 5, 5) if kind == "Conv2d" else (3, 4), device=device)
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         y, y_ref = layer(x), twin(x)
@@ -184,9 +191,9 @@ def test_r1_through_an_equalized_conv_stack_matches_reference(device):
     torch.manual_seed(4)
     specs = [((3, 8, 3), dict(activation="lrelu")), ((8, 8, 3), dict(activation="lrelu", conv_clamp=1.0))]
     ours = [randomise_bias(EqualizedConv2d(*a, **k)) for a, k in specs]
-    refs = [copy_of(layer, reference.EqualizedConv2d, *a, **k) for layer, (a, k) in zip(ours, specs)]
+    refs = [copy_of(layer, ReferenceEqualizedConv2d, *a, **k) for layer, (a, k) in zip(ours, specs)]
     head = EqualizedLinear(8 * 4 * 4, 1)
-    head_ref = copy_of(head, reference.EqualizedLinear, 8 * 4 * 4, 1)
+    head_ref = copy_of(head, ReferenceEqualizedLinear, 8 * 4 * 4, 1)
     x0 = torch.randn(4, 3, 4, 4, dtype=torch.float64, device=device)
 
     def r1_and_grads(convs, fc):

@@ -1,3 +1,5 @@
+"""Minibatch stddev: what only it promises. The contracts every op keeps (parity with the reference,
+gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contracts.py."""
 import math
 
 import pytest
@@ -5,11 +7,8 @@ import torch
 from helpers import (
     DEVICES,
     FLOAT_DTYPES,
-    LAYOUTS,
     OPS_REGISTERED,
     assert_close,
-    assert_compiled_matches_eager,
-    assert_same_penalty_and_grads,
     make_4d,
     requires_ops,
 )
@@ -17,13 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gan_kernels
-from gan_kernels import _backend, reference
+from gan_kernels import reference
 
 minibatch_std_op = torch.ops.gan_kernels.minibatch_std.default if OPS_REGISTERED else None
 minibatch_std_backward_op = torch.ops.gan_kernels.minibatch_std_backward.default if OPS_REGISTERED else None
-minibatch_std_double_backward_op = (
-    torch.ops.gan_kernels.minibatch_std_double_backward.default if OPS_REGISTERED else None
-)
 
 
 def stylegan2_minibatch_std(x, group_size, num_channels):
@@ -48,23 +44,6 @@ def grads(fn, x, grad_out, *args):
     y = fn(x, *args)
     (gx,) = torch.autograd.grad(y, x, grad_out)
     return y, gx
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("group_size, num_channels", [(4, 1), (2, 3)])
-def test_forward_and_backward_match_reference(device, dtype, layout, group_size, num_channels):
-    torch.manual_seed(0)
-    x = make_4d((8, 12, 5, 6), layout, dtype, device)
-    grad_out = torch.randn(8, 12 + num_channels, 5, 6, dtype=dtype, device=device)
-    y, gx = grads(gan_kernels.minibatch_std, x, grad_out, group_size, num_channels)
-    y_ref, gx_ref = grads(reference.minibatch_std, x, grad_out, group_size, num_channels)
-    assert y.shape == (8, 12 + num_channels, 5, 6)
-    assert y.dtype == dtype and gx.dtype == dtype
-    assert torch.equal(y[:, :12], x)  # the copy of x is exact
-    assert_close(y, y_ref)
-    assert_close(gx, gx_ref)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -162,51 +141,6 @@ def test_low_precision_statistics_in_float32(device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("group_size, num_channels", [(2, 1), (3, 2), (1, 1)])
-def test_gradcheck_and_gradgradcheck(device, layout, group_size, num_channels):
-    torch.manual_seed(3)
-    x = make_4d((6, 4, 3, 2), layout, torch.float64, device).requires_grad_()
-
-    def fn(t):
-        return gan_kernels.minibatch_std(t, group_size, num_channels)
-
-    assert torch.autograd.gradcheck(fn, (x,))
-    assert torch.autograd.gradgradcheck(fn, (x,))
-
-
-@requires_ops
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_gradgradcheck_of_the_backward_op(device, layout):
-    torch.manual_seed(4)
-    x = make_4d((4, 6, 2, 3), layout, torch.float64, device).requires_grad_()
-    g = make_4d((4, 8, 2, 3), layout, torch.float64, device).requires_grad_()
-
-    def backward_op(grad, inp):
-        return minibatch_std_backward_op(grad, inp, 2, 2)
-
-    assert torch.autograd.gradcheck(backward_op, (g, x))
-    assert torch.autograd.gradgradcheck(backward_op, (g, x))
-
-
-@requires_ops
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout, group_size, num_channels", [("contiguous", 2, 2), ("channels_last", 3, 1)])
-def test_gradgradcheck_of_the_double_backward_op(device, layout, group_size, num_channels):
-    torch.manual_seed(4)
-    x = make_4d((6, 4, 1, 2), layout, torch.float64, device).requires_grad_()
-    g = make_4d((6, 4 + num_channels, 1, 2), layout, torch.float64, device).requires_grad_()
-    u = make_4d((6, 4, 1, 2), layout, torch.float64, device).requires_grad_()
-
-    def double_backward_op(upstream, grad, inp):
-        return minibatch_std_double_backward_op(upstream, grad, inp, group_size, num_channels)
-
-    assert torch.autograd.gradcheck(double_backward_op, (u, g, x))
-    assert torch.autograd.gradgradcheck(double_backward_op, (u, g, x))
-
-
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_second_derivative_matches_reference(device, dtype, layout):
@@ -243,61 +177,6 @@ def test_third_derivative_matches_reference(device):
         return g3
 
     assert_close(third(gan_kernels.minibatch_std), third(reference.minibatch_std))
-
-
-@requires_ops
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_opcheck(device, layout):
-    torch.manual_seed(6)
-    x = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
-    g = make_4d((4, 8, 3, 3), layout, torch.float32, device).requires_grad_()
-    u = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
-    torch.library.opcheck(minibatch_std_op, (x, 2, 2))
-    torch.library.opcheck(minibatch_std_backward_op, (g, x, 2, 2))
-    torch.library.opcheck(minibatch_std_double_backward_op, (u, g, x, 2, 2))
-
-
-@requires_ops
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "shape, layout", [((4, 6, 3, 3), "strided"), ((3, 4, 2, 2), "permuted"), ((0, 4, 3, 3), "contiguous")]
-)
-def test_opcheck_forward_strided_min_group_and_empty(device, shape, layout):
-    torch.manual_seed(6)
-    x = make_4d(shape, layout, torch.float32, device).requires_grad_()
-    torch.library.opcheck(minibatch_std_op, (x, 4, 1))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_r1_penalty_through_minibatch_std_matches_reference(device):
-    """R1 on a tiny D with minibatch stddev in its epilogue: every parameter gradient equals the
-    reference path's, and no op on the path lacks an autograd kernel."""
-    torch.manual_seed(7)
-    conv = torch.nn.Conv2d(3, 8, 3, padding=1).double().to(device)
-    epilogue = torch.nn.Conv2d(9, 4, 3, padding=1).double().to(device)
-    head = torch.nn.Linear(4 * 4 * 4, 1).double().to(device)
-    params = [conv.weight, conv.bias, epilogue.weight, head.weight]  # biases after mbstd do not reach dD/dx
-    x0 = torch.randn(8, 3, 4, 4, dtype=torch.float64, device=device)
-
-    def penalty_and_grads(mbstd):
-        x = x0.clone().requires_grad_()
-        h = torch.nn.functional.leaky_relu(conv(x), 0.2)
-        logits = head(torch.nn.functional.leaky_relu(epilogue(mbstd(h, 4, 1)), 0.2).flatten(1))
-        (g,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-        penalty = g.square().sum(dim=[1, 2, 3]).mean()
-        return penalty, torch.autograd.grad(penalty, params)
-
-    assert_same_penalty_and_grads(penalty_and_grads, gan_kernels.minibatch_std, reference.minibatch_std)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_torch_compile_fullgraph(device):
-    torch.manual_seed(8)
-    model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), gan_kernels.nn.MinibatchStd(4, 2), torch.nn.LeakyReLU(0.2)
-    ).to(device)
-    assert_compiled_matches_eager(model, torch.randn(8, 3, 4, 4, device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -337,70 +216,11 @@ def test_results_do_not_depend_on_the_thread_count():
     assert torch.equal(y1, y2) and torch.equal(g1, g2)
 
 
-@requires_ops
-@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
-def test_public_function_runs_the_compiled_op():
-    x = torch.randn(4, 4, 3, 3)
-    with torch.autograd.profiler.profile() as prof:
-        gan_kernels.minibatch_std(x)
-    assert any(event.name == "gan_kernels::minibatch_std" for event in prof.function_events)
-
-
-BAD_INPUTS = [
-    (dict(x=torch.randn(4, 8, 3)), ValueError, r"x must be a 4-D tensor \[N, C, H, W\], got shape \[4, 8, 3\]"),
-    (dict(x=torch.ones(4, 8, 3, 3, dtype=torch.int64)), TypeError, "x must be float64, float32, float16 or bfloat16"),
-    (dict(x=torch.randn(4, 8, 3, 3), group_size=0), ValueError, "group_size must be >= 1, got 0"),
-    (dict(x=torch.randn(4, 8, 3, 3), num_channels=-1), ValueError, "num_channels must be >= 1, got -1"),
-    (
-        dict(x=torch.randn(4, 6, 3, 3), num_channels=4),
-        ValueError,
-        "the number of channels C=6 of x is not a positive multiple of num_channels F=4",
-    ),
-    (dict(x=torch.randn(4, 0, 3, 3)), ValueError, "the number of channels C=0 of x is not a positive multiple"),
-    (
-        dict(x=torch.randn(6, 8, 3, 3), group_size=4),
-        ValueError,
-        "batch size N=6 is not divisible by group size G=4; use a batch size that is a multiple of 4 "
-        "or a group_size that divides 6",
-    ),
-]
-
-
-@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
-def test_bad_input_names_the_argument(kwargs, error, match):
-    with pytest.raises(error, match=match):
-        gan_kernels.minibatch_std(**kwargs)
-
-
-@requires_ops
-@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
-def test_the_op_gives_the_same_messages(kwargs, error, match):
-    args = dict(group_size=4, num_channels=1) | kwargs
-    with pytest.raises(error, match=match):
-        minibatch_std_op(args["x"], args["group_size"], args["num_channels"])
-
-
-def test_bad_arguments_of_the_public_function_and_layer():
-    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
-        gan_kernels.minibatch_std([1.0, 2.0])
-    with pytest.raises(TypeError, match="group_size must be an int, got float"):
-        gan_kernels.minibatch_std(torch.randn(4, 4, 2, 2), 2.0)
+def test_bad_arguments_of_the_layer():
     with pytest.raises(ValueError, match="group_size must be >= 1, got 0"):
         gan_kernels.nn.MinibatchStd(group_size=0)
     with pytest.raises(ValueError, match="num_channels must be >= 1, got 0"):
         gan_kernels.nn.MinibatchStd(num_channels=0)
-
-
-@requires_ops
-def test_bad_grad_to_the_backward_ops_names_it():
-    x = torch.randn(4, 6, 2, 2)
-    with pytest.raises(ValueError, match=r"grad has shape \[4, 6, 2, 2\] but the output of minibatch_std has shape "
-                                         r"\[4, 7, 2, 2\]"):
-        minibatch_std_backward_op(torch.randn(4, 6, 2, 2), x, 4, 1)
-    with pytest.raises(TypeError, match="grad has dtype torch.float64 but x has dtype torch.float32"):
-        minibatch_std_backward_op(torch.randn(4, 7, 2, 2, dtype=torch.float64), x, 4, 1)
-    with pytest.raises(ValueError, match=r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]"):
-        minibatch_std_double_backward_op(torch.randn(4, 7, 2, 2), torch.randn(4, 7, 2, 2), x, 4, 1)
 
 
 @settings(max_examples=40, deadline=None)

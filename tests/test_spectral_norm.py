@@ -1,3 +1,6 @@
+"""Spectral normalisation: the layer against PyTorch's, batching, and what only the batched ops promise.
+The contracts every op keeps (gradcheck, opcheck, a penalty through it, compile, bad inputs) run
+in test_contracts.py."""
 import collections
 import copy
 import threading
@@ -5,7 +8,17 @@ import threading
 import numpy as np
 import pytest
 import torch
-from helpers import DEVICES, FLOAT_DTYPES, OPS_REGISTERED, assert_close, requires_ops, unregistered_autograd_is_an_error
+from helpers import (
+    DEVICES,
+    FLOAT_DTYPES,
+    OPS_REGISTERED,
+    SPECTRAL_SHAPES,
+    assert_close,
+    normalised_weights,
+    random_spectral_layers,
+    requires_ops,
+    unregistered_autograd_is_an_error,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.nn.utils import parametrize
@@ -425,28 +438,13 @@ def test_loads_checkpoints_from_before_pytorch_1_1(make):
 
 # ---- the ops -------------------------------------------------------------------------------------
 
-SHAPES = [((5, 7), 0), ((4, 3, 3, 2), 0), ((3, 4, 2, 2), 1), ((1, 6), 0), ((6, 2, 3), 2)]
-
-
-def random_layers(dtype=torch.float64, device="cpu", shapes=SHAPES):
-    weights, us, vs, dims = [], [], [], []
-    for shape, dim in shapes:
-        w = torch.randn(shape, dtype=dtype, device=device)
-        rows = shape[dim]
-        weights.append(w)
-        us.append(torch.nn.functional.normalize(torch.randn(rows, dtype=dtype, device=device), dim=0))
-        vs.append(torch.nn.functional.normalize(torch.randn(w.numel() // rows, dtype=dtype, device=device), dim=0))
-        dims.append(dim)
-    return weights, us, vs, dims
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("steps", [0, 1, 3])
 def test_ops_match_reference(device, dtype, steps):
     """Ours in ``dtype`` (float accumulation) against the reference in float64 on the same values."""
     torch.manual_seed(8)
-    weights, us, vs, dims = random_layers(dtype, device)
+    weights, us, vs, dims = random_spectral_layers(dtype, device)
 
     def wide(ts):
         return [t.detach().double().clone() for t in ts]
@@ -504,29 +502,6 @@ def assert_float32_gradient_within_error_bound(got, want, upstream, weight, u, v
     assert bool((error <= bound).all()), f"error exceeds the bound by up to {float((error / bound).max())}x"
 
 
-def normalised_weights(weights, us, vs, dims, steps=1):
-    """The normalised weights as a function of W alone: u, v reset before each call (as PyTorch's
-    own gradcheck of spectral norm does), so gradcheck's perturbed calls see the same start."""
-    us, vs = [u.clone() for u in us], [v.clone() for v in vs]
-    sigmas = gan_kernels.spectral_norm_power_iteration_([w.detach() for w in weights], us, vs, dims, steps, 1e-12)
-    return gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_gradcheck_and_gradgradcheck_of_the_normalised_weight(device):
-    torch.manual_seed(9)
-    weights, us, vs, dims = random_layers(torch.float64, device, SHAPES[:3])
-    leaves = tuple(w.requires_grad_() for w in weights)
-
-    def fn(*ws):
-        # u, v after the power iteration do not depend on W in PyTorch's graph: only sigma's
-        # explicit u^T W v does. Iterating on W's value outside the graph keeps that.
-        return tuple(normalised_weights(list(ws), us, vs, dims, steps=0))
-
-    assert torch.autograd.gradcheck(fn, leaves)
-    assert torch.autograd.gradgradcheck(fn, leaves)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batched", [False, True])
 def test_gradcheck_through_a_layer_in_training_with_u_v_reset(device, batched):
@@ -548,51 +523,30 @@ def test_gradcheck_through_a_layer_in_training_with_u_v_reset(device, batched):
     assert torch.autograd.gradgradcheck(fn, (x,))
 
 
-@requires_ops
 @pytest.mark.parametrize("device", DEVICES)
-def test_gradgradcheck_of_the_backward_op(device):
-    torch.manual_seed(10)
-    weights, us, vs, dims = random_layers(torch.float64, device, [((3, 2, 2), 0), ((2, 3, 2), 1)])
-    grads = [torch.randn_like(w) for w in weights]
-    n = len(weights)
+def test_forward_mode_ad_through_spectral_norm(device):
+    torch.manual_seed(3)
+    weights = [torch.randn(4, 3, 2, dtype=torch.float64, device=device),
+               torch.randn(5, 6, dtype=torch.float64, device=device)]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=w.dtype, device=device), dim=0)
+          for w in weights]
+    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), dtype=w.dtype, device=device), dim=0)
+          for w in weights]
+    sigmas = torch.stack([torch.vdot(u, reference.spectral_weight_matrix(w, 0) @ v)
+                          for w, u, v in zip(weights, us, vs)])
+    tangents = tuple(torch.randn_like(w) for w in weights)
 
-    def backward(*tensors):
-        gs, ws = list(tensors[:n]), list(tensors[n:])
-        sigmas = power_op([w.detach() for w in ws], [u.clone() for u in us], [v.clone() for v in vs], dims, 0, 1e-12)
-        return tuple(normalize_backward_op(gs, ws, us, vs, sigmas, dims))
+    def ours(*w):
+        return tuple(gan_kernels.spectral_norm_normalize(list(w), us, vs, sigmas, [0, 0]))
 
-    inputs = tuple(t.requires_grad_() for t in grads + weights)
-    assert torch.autograd.gradcheck(backward, inputs)
-    assert torch.autograd.gradgradcheck(backward, inputs)
+    def theirs(*w):
+        return tuple(reference.spectral_norm_normalize(list(w), us, vs, [0, 0]))
 
-
-@requires_ops
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    torch.manual_seed(11)
-    weights, us, vs, dims = random_layers(torch.float32, device, SHAPES[:3])
-    torch.library.opcheck(power_op, (weights, us, vs, dims, 2, 1e-12))
-    sigmas = power_op(weights, us, vs, dims, 0, 1e-12)
-    leaves = [w.requires_grad_() for w in weights]
-    torch.library.opcheck(normalize_op, (leaves, us, vs, sigmas, dims))
-    grads = [torch.randn_like(w).requires_grad_() for w in weights]
-    torch.library.opcheck(normalize_backward_op, (grads, leaves, us, vs, sigmas, dims))
-
-
-@requires_ops
-def test_torch_compile_fullgraph_of_the_normalisation():
-    torch.manual_seed(12)
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
-    sigmas = power_op(weights, us, vs, dims, 0, 1e-12)
-
-    def fn(ws):
-        return [w.square().sum() for w in normalize_op(ws, us, vs, sigmas, dims)]
-
-    leaves = [w.requires_grad_() for w in weights]
-    got = torch.compile(fn, fullgraph=True)(leaves)
-    want = fn(leaves)
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(torch.autograd.grad(sum(got), leaves), torch.autograd.grad(sum(want), leaves))
+    _, got = torch.func.jvp(ours, tuple(weights), tangents)
+    _, want = torch.func.jvp(theirs, tuple(weights), tangents)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+        assert g.abs().sum() > 0
 
 
 def test_empty_list_and_non_contiguous_weight():
@@ -606,16 +560,6 @@ def test_empty_list_and_non_contiguous_weight():
     s_ref = reference.spectral_norm_power_iteration_([w], [u_ref], [v_ref], [0], 2, 1e-12)
     assert_close(s, s_ref)
     assert_close(gan_kernels.spectral_norm_normalize([w], [u], [v], s, [0])[0], w / s_ref[0])
-
-
-@requires_ops
-@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
-def test_public_layer_runs_the_compiled_ops():
-    layer = spectral_norm(torch.nn.Linear(4, 3))
-    with torch.autograd.profiler.profile() as prof:
-        layer.weight
-    names = {e.name for e in prof.function_events}
-    assert {"gan_kernels::spectral_norm_power_iteration_", "gan_kernels::spectral_norm_normalize"} <= names
 
 
 # ---- bad input -----------------------------------------------------------------------------------
@@ -654,48 +598,12 @@ def test_bad_input_names_the_argument(make, kwargs, error, match):
         spectral_norm(make(), **kwargs)
 
 
-def test_bad_input_to_the_functions_names_the_argument():
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
-    with pytest.raises(ValueError, match="us has 1 entries but weights has 2"):
-        gan_kernels.spectral_norm_power_iteration_(weights, us[:1], vs, dims)
-    with pytest.raises(TypeError, match=r"weights\[1\] must be float64"):
-        gan_kernels.spectral_norm_power_iteration_([weights[0], weights[1].int()], us, vs, dims)
-    with pytest.raises(ValueError, match="n_power_iterations must be an integer >= 0, got -1"):
-        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, -1)
-    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
-        gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 1, 0)
-
-
-@requires_ops
-def test_bad_input_to_the_ops_names_the_argument():
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
-    with pytest.raises(ValueError, match=r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]"):
-        power_op(weights, [us[0], us[0]], vs, dims, 1, 1e-12)
-    with pytest.raises(TypeError, match=r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32"):
-        power_op([weights[0], weights[1].double()], us, vs, dims, 1, 1e-12)
-    with pytest.raises(TypeError, match=r"weights\[0\] must be float64"):
-        power_op([weights[0].int(), weights[1]], us, vs, dims, 1, 1e-12)
-    with pytest.raises(ValueError, match=r"weights\[0\] must have at least 2 dimensions"):
-        power_op([us[0], weights[1]], us, vs, dims, 1, 1e-12)
-    with pytest.raises(IndexError, match=r"dims\[1\]=4 is out of range"):
-        power_op(weights, us, vs, [0, 4], 1, 1e-12)
-    with pytest.raises(ValueError, match="n_power_iterations must be >= 0, got -2"):
-        power_op(weights, us, vs, dims, -2, 1e-12)
-    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
-        power_op(weights, us, vs, dims, 1, 0.0)
-    with pytest.raises(ValueError, match=r"sigmas must have shape \[2\]"):
-        normalize_op(weights, us, vs, torch.ones(3), dims)
-    with pytest.raises(ValueError, match=r"grads\[0\] has shape \[5, 7\] but weights\[0\] has shape \[5, 7\]|"
-                       r"grads has 1 tensors but weights has 2"):
-        normalize_backward_op(weights[:1], weights, us, vs, torch.ones(2), dims)
-
-
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), shape=st.lists(st.integers(1, 5), min_size=2, max_size=4))
 def test_random_shapes_and_dims_match_reference(data, shape):
     dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")  # negative ones wrap
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
-    weights, us, vs, dims = random_layers(torch.float64, "cpu", [(tuple(shape), dim), ((3, 4), 0)])
+    weights, us, vs, dims = random_spectral_layers(torch.float64, "cpu", [(tuple(shape), dim), ((3, 4), 0)])
     # The reference formulas take dims in [0, ndim), as the public functions pass them.
     wrapped = [d % w.dim() for d, w in zip(dims, weights)]
     us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
@@ -716,7 +624,7 @@ def test_random_shapes_and_dims_match_reference(data, shape):
 def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
     """A meta tensor anywhere made the dispatcher run the fake kernel for the whole call, returning
     uninitialised values for the CPU layers."""
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
     sigmas = torch.ones(2)
     if entry == "sigmas":
         sigmas = sigmas.to("meta")
@@ -741,7 +649,7 @@ def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
 def test_a_meta_grad_in_a_later_entry_of_the_backward_op_is_rejected():
     if not OPS_REGISTERED:
         pytest.skip("the backward op is only called directly")
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
     grads = [torch.ones_like(weights[0]), torch.ones_like(weights[1], device="meta")]
     with pytest.raises(ValueError, match=r"grads\[1\] is on meta but weights\[0\] is on cpu"):
         normalize_backward_op(grads, weights, us, vs, torch.ones(2), dims)
@@ -749,7 +657,7 @@ def test_a_meta_grad_in_a_later_entry_of_the_backward_op_is_rejected():
 
 def test_u_or_v_shared_between_layers_is_rejected():
     """The power iteration writes every u and v in place; one tensor for two layers would race."""
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", [((5, 7), 0), ((5, 3), 0)])
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", [((5, 7), 0), ((5, 3), 0)])
     buffer = torch.randn(12)
     cases = [
         ([us[0], us[0]], vs, r"us\[0\] and us\[1\] share memory"),
@@ -766,7 +674,7 @@ def test_u_or_v_shared_between_layers_is_rejected():
 
 def test_negative_dims_wrap_as_pytorch_does():
     torch.manual_seed(18)
-    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    weights, us, vs, dims = random_spectral_layers(torch.float64, "cpu", SPECTRAL_SHAPES[:3])
     negative = [dim - w.dim() for dim, w in zip(dims, weights)]
     us_neg, vs_neg = [u.clone() for u in us], [v.clone() for v in vs]
     sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-12)
@@ -797,7 +705,7 @@ def test_negative_dims_wrap_as_pytorch_does():
     (2, IndexError, r"dims\[0\]=2 is out of range"),
 ])
 def test_dims_that_are_not_an_int_in_range_are_rejected(dim, error, match):
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:2])
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
     with pytest.raises(error, match=match):
         gan_kernels.spectral_norm_power_iteration_(weights, us, vs, [dim, dims[1]])
     with pytest.raises(error, match=match):
@@ -806,7 +714,7 @@ def test_dims_that_are_not_an_int_in_range_are_rejected(dim, error, match):
 
 def test_numpy_integer_dims_and_scalars_are_accepted():
     torch.manual_seed(19)
-    weights, us, vs, dims = random_layers(torch.float64, "cpu", SHAPES[:3])
+    weights, us, vs, dims = random_spectral_layers(torch.float64, "cpu", SPECTRAL_SHAPES[:3])
     us_np, vs_np = [u.clone() for u in us], [v.clone() for v in vs]
     sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, 2, 1e-6)
     sigmas_np = gan_kernels.spectral_norm_power_iteration_(
@@ -817,7 +725,7 @@ def test_numpy_integer_dims_and_scalars_are_accepted():
 
 @requires_ops
 def test_vmap_of_the_ops_is_a_clear_error():
-    weights, us, vs, dims = random_layers(torch.float32, "cpu", SHAPES[:1])
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:1])
     batch = torch.randn(3, *weights[0].shape)
     sigmas = torch.ones(1)
     for op_name, call in [

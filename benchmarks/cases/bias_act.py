@@ -1,4 +1,5 @@
 import torch
+from cases.end_to_end import ReferenceEqualizedConv2d
 from harness import forward_backward_cases
 
 import gan_kernels
@@ -21,7 +22,7 @@ def bias_act_fns():
 def conv_layer_fns(in_channels, out_channels, device, dtype):
     torch.manual_seed(0)
     kwargs = dict(activation="lrelu", conv_clamp=256)
-    ref = reference.EqualizedConv2d(in_channels, out_channels, 3, **kwargs).to(device)
+    ref = ReferenceEqualizedConv2d(in_channels, out_channels, 3, **kwargs).to(device)
     with torch.no_grad():
         ref.bias.normal_()
     ours = gan_kernels.nn.EqualizedConv2d(in_channels, out_channels, 3, **kwargs).to(device)

@@ -6,7 +6,7 @@ the same weights.
   non-saturating logistic loss on reals and fakes, plus lazy R1 on the real logits (gamma 10,
   interval 16, the factor 16 applied on every timed step, so "d step + r1" is a regularised step;
   "d step" is the unregularised step between two of them).
-  eager: gan_kernels.reference.EqualizedConv2d / EqualizedLinear, reference.minibatch_std and the
+  eager: EqualizedConv2d / EqualizedLinear on reference.bias_act, reference.minibatch_std and the
   textbook R1 (autograd.grad with create_graph, sum of squares); ours: gan_kernels.nn layers and
   gan_kernels.gradient_penalty.
 * SNGAN-like D (the ResNet D of cases/spectral_norm.py), WGAN-GP critic step: D(fake) - D(real) +
@@ -39,6 +39,16 @@ GP_WEIGHT = 10.0
 # --- StyleGAN2-like D -----------------------------------------------------------------------------
 
 
+class ReferenceEqualizedConv2d(gan_kernels.nn.EqualizedConv2d):
+    """The layer in eager PyTorch: its epilogue is the reference formula, not the op."""
+
+    _bias_act = staticmethod(reference.bias_act)
+
+
+class ReferenceEqualizedLinear(gan_kernels.nn.EqualizedLinear):
+    _bias_act = staticmethod(reference.bias_act)
+
+
 class ReferenceMinibatchStd(torch.nn.Module):
     def forward(self, x):
         return reference.minibatch_std(x, 4, 1)
@@ -46,7 +56,7 @@ class ReferenceMinibatchStd(torch.nn.Module):
 
 OUR_LAYERS = dict(conv=gan_kernels.nn.EqualizedConv2d, linear=gan_kernels.nn.EqualizedLinear,
                   mbstd=lambda: gan_kernels.nn.MinibatchStd(4, 1))
-REFERENCE_LAYERS = dict(conv=reference.EqualizedConv2d, linear=reference.EqualizedLinear,
+REFERENCE_LAYERS = dict(conv=ReferenceEqualizedConv2d, linear=ReferenceEqualizedLinear,
                         mbstd=ReferenceMinibatchStd)
 
 

@@ -32,9 +32,9 @@ class SpectralNorm(torch.nn.Module):
         self.eps = _checks.positive(eps, "eps")
         self.dim = _checks.wrap_dim(dim, weight, "dim")
         self.sigma = None
-        # The SpectralNormGroup this layer belongs to, if any: it holds the W / sigma it computed
-        # for the model forward running on the current thread.
-        self._group = None
+        # Set while the layer belongs to a SpectralNormGroup: the BatchedResults where that group
+        # leaves the W / sigma it computed for this layer in the model forward now running.
+        self.batched = None
         if weight.ndim > 1:
             rows = weight.shape[self.dim]
             cols = math.prod(size for d, size in enumerate(weight.shape) if d != self.dim)
@@ -55,9 +55,10 @@ class SpectralNorm(torch.nn.Module):
         if weight.ndim == 1:
             # As PyTorch: a vector's spectral norm is its 2-norm, no power iteration needed.
             return torch.nn.functional.normalize(weight, dim=0, eps=self.eps)
-        if self._group is not None:
-            normalized = self._group.normalized_weight(self, weight)
-            if normalized is not None:
+        if self.batched is not None:
+            found = self.batched.get(self, weight)
+            if found is not None:
+                normalized, self.sigma = found
                 return normalized
         sigmas = spectral_norm_power_iteration_(
             [weight], [self._u], [self._v], [self.dim], self.power_iterations(), self.eps
@@ -174,39 +175,49 @@ def spectral_sigmas(model):
     return {name: p.sigma for name, p in spectral_norm_layers(model)}
 
 
+class BatchedResults:
+    """What a SpectralNormGroup computed for its layers, for each layer to read in its forward: per
+    thread (several threads may run forwards of one model at once), each layer's ``W / sigma`` and
+    sigma, with the weight they were computed from. Filled for one model forward at a time."""
+
+    def __init__(self):
+        self._thread = threading.local()
+
+    def __reduce__(self):
+        # Results live only during one forward, and threading.local cannot be copied:
+        # copy.deepcopy (or pickling) of a grouped model starts the copy with none.
+        return BatchedResults, ()
+
+    def set(self, by_layer):
+        """``by_layer``: {SpectralNorm: (weight, W / sigma, sigma)} of this thread's model forward."""
+        self._thread.by_layer = by_layer
+
+    def clear(self):
+        self._thread.by_layer = {}
+
+    def get(self, layer, weight):
+        """``(W / sigma, sigma)`` computed for ``layer`` from ``weight`` in this thread's running
+        model forward, or None (outside a forward, or for a weight the group did not see)."""
+        found = getattr(self._thread, "by_layer", {}).get(layer)
+        if found is None or found[0] is not weight:
+            return None
+        return found[1:]
+
+
 class SpectralNormGroup:
     """Runs the power iterations and normalisations of every spectral norm in a model as one call
     of each batched op per model forward, before the layers run; each layer then only returns its
-    precomputed ``W / sigma``. Results equal the per-layer path (same u, v, sigma, outputs and
-    gradients), also when the model is called several times per step, and when several threads run
-    forwards at once: each forward's results are kept for the thread running it. ``remove()`` undoes
-    it."""
+    precomputed ``W / sigma``, read from the group's ``results``. Results equal the per-layer path
+    (same u, v, sigma, outputs and gradients), also when the model is called several times per
+    step, and when several threads run forwards at once: each forward's results are kept for the
+    thread running it. ``remove()`` undoes it."""
 
     def __init__(self, model):
         self.model = model
-        # {SpectralNorm: (original weight, W / sigma)} of the model forward running on this thread.
-        self._results = threading.local()
+        self.results = BatchedResults()
         self._pre = model.register_forward_pre_hook(self._before_forward)
+        # always_call: a forward that raises must not leave its results to the next call of a layer.
         self._post = model.register_forward_hook(self._after_forward, always_call=True)
-
-    def __getstate__(self):
-        # A thread's results live only during one forward, and threading.local cannot be copied:
-        # copy.deepcopy of a grouped model starts the copy's group with none.
-        state = self.__dict__.copy()
-        del state["_results"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._results = threading.local()
-
-    def normalized_weight(self, layer, weight):
-        """The ``W / sigma`` this thread's running model forward computed for ``layer`` from
-        ``weight``, or None (outside a forward, or for a weight the group did not see)."""
-        found = getattr(self._results, "by_layer", {}).get(layer)
-        if found is None or found[0] is not weight:
-            return None
-        return found[1]
 
     def _members(self):
         # Found again each forward, so layers added or removed later are handled. Only a spectral
@@ -224,6 +235,7 @@ class SpectralNormGroup:
     def _before_forward(self, model, args):
         groups = {}
         for sn, weight in self._members():
+            sn.batched = self.results
             key = (weight.device, weight.dtype, sn.power_iterations(), sn.eps)
             groups.setdefault(key, []).append((sn, weight))
         by_layer = {}
@@ -239,21 +251,19 @@ class SpectralNormGroup:
             v_snapshot = torch.cat(vs).split([v.numel() for v in vs])
             normalized = spectral_norm_normalize(weights, u_snapshot, v_snapshot, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
-                sn._group = self
-                by_layer[sn] = (weight, w_sn)
-                sn.sigma = sigmas[index]
-        self._results.by_layer = by_layer
+                by_layer[sn] = (weight, w_sn, sigmas[index])
+        self.results.set(by_layer)
 
     def _after_forward(self, model, args, output):
-        self._results.by_layer = {}
+        self.results.clear()
 
     def remove(self):
         self._pre.remove()
         self._post.remove()
-        self._results.by_layer = {}
+        self.results.clear()
         for sn, _ in self._members():
-            if sn._group is self:
-                sn._group = None
+            if sn.batched is self.results:
+                sn.batched = None
 
 
 def batch_spectral_norm(model):

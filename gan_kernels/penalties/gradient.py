@@ -26,7 +26,6 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     """
     _checks.check_floating(outputs, "outputs")
     _checks.check_floating(inputs, "inputs")
-    center = _checks.nonnegative(center, "center")
     if inputs.dim() == 0:
         raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
     if not inputs.requires_grad:
