@@ -119,8 +119,6 @@ def minibatch_std(x, group_size=4, num_channels=1):
     return torch.cat([x, y.to(x.dtype)], dim=1)
 # --- bias_act (StyleGAN's bias_act) --------------------------------------------------------------
 
-import math  # noqa: E402
-
 from . import _activations  # noqa: E402
 
 # act: its formula, a function of (v, alpha), as StyleGAN's bias_act.activation_funcs.
