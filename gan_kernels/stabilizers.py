@@ -83,9 +83,10 @@ def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
     ``functools.partial(losses.discriminator_loss, kind="non_saturating")``; it sees logits only, so
     the unrolled steps carry no gradient penalty. ``g_loss(fake_logits, real_logits)`` -> scalar,
     always called with both, e.g. ``functools.partial(losses.generator_loss, kind="non_saturating")``,
-    whose non-relativistic kinds ignore ``real_logits``. ``steps``: an int >= 0. ``lr``: the SGD step
-    size, > 0 (Metz et al. unroll D's own optimiser, Adam; plain SGD keeps the unrolled graph free of
-    optimiser state, and its step size is D's learning rate only for an SGD-trained D).
+    whose non-relativistic kinds ignore ``real_logits``. ``steps``: an int >= 0. ``lr``: the step size
+    of the unrolled SGD updates, > 0. Plain SGD keeps the unrolled graph free of optimiser state; for a
+    D trained with Adam it is not D's own learning rate (Adam's steps are normalised), so choose it for
+    how far the unrolled D should move (examples/mixture_of_gaussians.py measures a few).
 
     Cost: each step runs D twice forward and once backward with ``create_graph=True``, and G's
     backward then differentiates through all of it (second derivatives of D's layers, which the
