@@ -1,7 +1,7 @@
 """The classic mode-collapse test: a GAN on 2-D Gaussian mixtures (a ring of 8 and a grid of 25),
 with and without gan_kernels' stabilisers.
 
-    python examples/mixture_of_gaussians.py                     # all configurations, under 3 min on one CPU core
+    python examples/mixture_of_gaussians.py                     # all configurations (see the README for times)
     python examples/mixture_of_gaussians.py --configs none,r1 --datasets grid25 --steps 5000
 
 For each configuration it reports, averaged over seeds, the modes covered (a mode counts when at
@@ -29,9 +29,10 @@ samples are reported in the data's units. What differs per configuration is in C
   sn+r1    r1 with spectral_norm on every D layer
   unrolled non-saturating loss, G's loss against D unrolled 5 SGD steps ahead (Metz et al. 2017,
            gan_kernels.stabilizers.unrolled_generator_loss; 5 as the authors' mixture-of-Gaussians
-           code) with step size 0.003, the best of 0.003, 0.01, 0.03 and 0.1 on the ring (seeds 0, 1).
-           Larger steps, which change G's gradient more (0.01: by about a fifth), cover fewer modes
-           with this fast Adam-trained D (0.01: 4 modes in seed 0; 0.03 and 0.1: none, D overpowers G)
+           code) with step size 0.003, the best of 0.003, 0.01, 0.03 and 0.1 on the ring. Along an
+           unregularised ring run, unrolling with 0.003 would change G's gradient by 8-33% of its
+           norm, with 0.01 by 24-77%; the larger steps cover fewer modes with this fast Adam-trained
+           D (0.01: 4 modes in seed 0; 0.03 and 0.1: none, D overpowers G)
   instance-noise  non-saturating loss; every batch D sees (real and fake, in D's and G's loss) gets
            N(0, std_t^2) noise, std_t falling linearly from 0.3 (20x the modes' std in the
            standardised units D sees; the best of 0.1, 0.3 and 0.6 on the ring) to 0 by the step where
