@@ -14,7 +14,8 @@ from helpers import unregistered_autograd_is_an_error
 
 import gan_kernels
 from gan_kernels import losses, stabilizers
-from gan_kernels.nn import EqualizedLinear, batch_spectral_norm, spectral_norm, spectral_sigmas
+from gan_kernels.nn import (EqualizedConv2d, EqualizedLinear, MinibatchStd, batch_spectral_norm, spectral_norm,
+                            spectral_sigmas)
 
 # --- unrolled GAN ---------------------------------------------------------------------------------
 
@@ -207,6 +208,26 @@ def test_the_real_discriminator_is_untouched(discriminator, training):
         assert torch.equal(p.grad, grad)
     assert spectral_sigmas(d) == pytest.approx(sigmas, rel=0, abs=0)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+
+
+def test_unrolled_gradient_through_a_convolutional_minibatch_std_discriminator_matches_finite_differences():
+    # G's gradient through the unrolled steps needs second derivatives of every layer of D: checked
+    # against finite differences of the loss, for equalized convolutions and minibatch stddev.
+    torch.manual_seed(8)
+    d = torch.nn.Sequential(
+        EqualizedConv2d(3, 4, 3, activation="lrelu"), MinibatchStd(group_size=2), torch.nn.Flatten(),
+        EqualizedLinear(5 * 4 * 4, 1, activation="swish"), EqualizedLinear(1, 1),
+    ).double()
+    z = torch.randn(4, 2, dtype=torch.float64)
+    real, base = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64)
+
+    def unrolled_loss(weight):  # G(z) = base + a per-channel offset linear in z
+        fake = base + (z @ weight)[:, :, None, None]
+        return stabilizers.unrolled_generator_loss(d, fake, real, *library_losses("non_saturating"), 2, 0.1)
+
+    weight = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    with unregistered_autograd_is_an_error():
+        assert torch.autograd.gradcheck(unrolled_loss, (weight,), fast_mode=True)
 
 
 def test_unrolled_steps_advance_copies_of_the_power_iteration_in_training():
