@@ -1,7 +1,7 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
-from . import distributed, losses, monitor, nn, penalties, reference
+from . import distributed, losses, monitor, nn, penalties, reference, stabilizers
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
     bias_act,
@@ -35,4 +35,5 @@ __all__ = [
     "reference",
     "spectral_norm_normalize",
     "spectral_norm_power_iteration_",
+    "stabilizers",
 ]

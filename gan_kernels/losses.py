@@ -20,6 +20,13 @@ Lim & Ye 2017 / Miyato et al. 2018; Wasserstein, Arjovsky et al. 2017; least squ
 0-1 coding and the paper's factor 1/2, Mao et al. 2017; relativistic average (RaSGAN),
 Jolicoeur-Martineau 2018, with the means over the batch dim; relativistic pairing (RpGAN), as R3GAN
 (Huang et al. 2024) trains it.
+
+Two generator terms against mode collapse, added to the generator's loss:
+
+feature_matching(real_features, fake_features)   ||mean_i f_real,i - mean_i f_fake,i||^2
+mode_seeking(fake_a, fake_b, z_a, z_b, eps)       1 / (mean|fake_a - fake_b| / mean|z_a - z_b| + eps)
+
+Sources: feature matching, Salimans et al. 2016; mode seeking (MSGAN), Mao et al. 2019.
 """
 import torch
 
@@ -147,3 +154,56 @@ def generator_loss(fake_logits, real_logits=None, *, kind, reduction="mean"):
     else:  # relativistic_average: D's loss with the roles of real and fake swapped
         terms = (_softplus(r - f.mean(0)), _softplus(r.mean(0) - f))
     return _reduce(terms, reduction)
+
+
+def _check_same_kind(a, b, arg_a, arg_b):
+    """``b`` on ``a``'s device, with ``a``'s dtype."""
+    if b.device != a.device:
+        raise ValueError(f"{arg_b} is on {b.device} but {arg_a} is on {a.device}")
+    if b.dtype != a.dtype:
+        raise TypeError(f"{arg_b} has dtype {b.dtype} but {arg_a} has dtype {a.dtype}")
+
+
+def feature_matching(real_features, fake_features):
+    """Feature matching (Salimans et al. 2016), the generator's loss
+
+        ||mean_i f_real,i - mean_i f_fake,i||^2
+
+    with the means over the batch (dim 0) taken per feature and the squared norm summed over every
+    feature element. ``real_features`` and ``fake_features``: ``[N, ...]`` activations of an
+    intermediate layer of D (any shape past the batch dim, the same for both); the batch sizes may
+    differ. The gradient reaches whatever produced either input: detach the real features so that
+    the loss trains G only (G's optimiser steps G alone anyway, but D's gradients would accumulate)."""
+    _check_logits(real_features, "real_features")
+    _check_logits(fake_features, "fake_features")
+    _check_same_kind(real_features, fake_features, "real_features", "fake_features")
+    if fake_features.shape[1:] != real_features.shape[1:]:
+        raise ValueError(
+            f"fake_features has shape {list(fake_features.shape)} but real_features has shape "
+            f"{list(real_features.shape)}; they must agree in every dim but the batch"
+        )
+    for features, arg in ((real_features, "real_features"), (fake_features, "fake_features")):
+        if features.shape[0] == 0:
+            raise ValueError(f"{arg} has no samples (shape {list(features.shape)}): the batch mean is undefined")
+    return (real_features.mean(0) - fake_features.mean(0)).square().sum()
+
+
+def mode_seeking(fake_a, fake_b, z_a, z_b, eps=1e-5):
+    """Mode seeking (MSGAN, Mao et al. 2019), the term the generator minimises:
+
+        ratio = mean|fake_a - fake_b| / mean|z_a - z_b|
+        loss  = 1 / (ratio + eps)
+
+    where ``fake_a = G(z_a)`` and ``fake_b = G(z_b)`` for two latent batches, and each mean runs
+    over all elements (as the authors' code computes it). Minimising it pushes G to map different
+    latents to different samples. Add it to G's loss with a weight (the paper uses 1).
+    ``fake_a``/``fake_b`` and ``z_a``/``z_b`` must match in shape, dtype and device."""
+    eps = _checks.nonnegative(eps, "eps")
+    for arg_a, a, arg_b, b in (("fake_a", fake_a, "fake_b", fake_b), ("z_a", z_a, "z_b", z_b)):
+        _checks.check_floating(a, arg_a)
+        _checks.check_floating(b, arg_b)
+        _check_same_kind(a, b, arg_a, arg_b)
+        if b.shape != a.shape:
+            raise ValueError(f"{arg_b} has shape {list(b.shape)} but {arg_a} has shape {list(a.shape)}")
+    ratio = (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
+    return 1 / (ratio + eps)

@@ -1,5 +1,7 @@
 """gan_kernels.losses against the textbook formulas (float64), their gradients, stable values at
-logits of +-100, reductions, patch-shaped logits and bad input."""
+logits of +-100, reductions, patch-shaped logits and bad input; feature matching and mode seeking
+against numpy and closed-form gradients."""
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +180,118 @@ def test_mismatched_shapes_are_errors_naming_both():
 def test_relativistic_generator_loss_needs_the_real_logits(kind):
     with pytest.raises(ValueError, match=f"real_logits is required for kind='{kind}'"):
         losses.generator_loss(torch.randn(4), kind=kind)
+
+
+# --- feature matching and mode seeking ------------------------------------------------------------
+
+
+def features(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_()
+
+
+@pytest.mark.parametrize("real_shape, fake_shape", [((8, 5), (8, 5)), ((10, 3, 2, 2), (7, 3, 2, 2)), ((6,), (4,))])
+def test_feature_matching_value_and_gradients_against_numpy_and_the_closed_form(real_shape, fake_shape):
+    real, fake = features(real_shape, 1), features(fake_shape, 2)
+    loss = losses.feature_matching(real, fake)
+    r, f = real.detach().numpy(), fake.detach().numpy()
+    difference = r.mean(axis=0) - f.mean(axis=0)
+    assert loss.item() == pytest.approx(float((difference**2).sum()), rel=1e-12)
+    # d/d f_real,i = 2 (m_real - m_fake) / N_real; d/d f_fake,i = -2 (m_real - m_fake) / N_fake.
+    grad_real, grad_fake = torch.autograd.grad(loss, (real, fake))
+    expected_real = torch.as_tensor(2 * difference / len(r)).expand(real_shape)
+    expected_fake = torch.as_tensor(-2 * difference / len(f)).expand(fake_shape)
+    torch.testing.assert_close(grad_real, expected_real, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grad_fake, expected_fake, rtol=1e-12, atol=1e-15)
+
+
+def test_feature_matching_is_twice_differentiable():
+    real, fake = features((5, 3), 3), features((4, 3), 4)
+    assert torch.autograd.gradgradcheck(losses.feature_matching, (real, fake))
+
+
+def test_feature_matching_trains_the_generator_parameters():
+    # A linear "generator" f = z W: the loss is ||m_r - mean(z) W||^2, gradient -2 mean(z)^T (m_r - mean(z) W).
+    real, z = features((9, 4), 5).detach(), features((6, 3), 6).detach()
+    weight = features((3, 4), 7)
+    loss = losses.feature_matching(real, z @ weight)
+    (grad,) = torch.autograd.grad(loss, weight)
+    residual = real.mean(0) - z.mean(0) @ weight.detach()
+    torch.testing.assert_close(grad, -2 * torch.outer(z.mean(0), residual), rtol=1e-12, atol=1e-15)
+
+
+def test_feature_matching_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match=r"fake_features has shape \[4, 2\] but real_features has shape \[4, 3\]"):
+        losses.feature_matching(torch.randn(4, 3), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="real_features.*0-dimensional"):
+        losses.feature_matching(torch.tensor(1.0), torch.randn(4))
+    with pytest.raises(TypeError, match="fake_features.*int64"):
+        losses.feature_matching(torch.randn(4), torch.ones(4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="real_features must be a torch.Tensor, got list"):
+        losses.feature_matching([1.0, 2.0], torch.randn(2))
+    with pytest.raises(TypeError, match="fake_features has dtype torch.float64 but real_features has dtype"):
+        losses.feature_matching(torch.randn(4), torch.randn(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"fake_features has no samples \(shape \[0, 3\]\)"):
+        losses.feature_matching(torch.randn(4, 3), torch.randn(0, 3))
+
+
+def msgan_transcription(fake_a, fake_b, z_a, z_b, eps):
+    """Mao et al.'s code: lz = mean|fake2 - fake1| / mean|z2 - z1|; loss_lz = 1 / (lz + eps), in numpy."""
+    lz = np.mean(np.abs(fake_b - fake_a)) / np.mean(np.abs(z_b - z_a))
+    return 1 / (lz + eps)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 0.3])
+def test_mode_seeking_equals_the_msgan_formula(eps):
+    fake_a, fake_b = features((6, 3, 4, 4), 8), features((6, 3, 4, 4), 9)
+    z_a, z_b = features((6, 5), 10), features((6, 5), 11)
+    loss = losses.mode_seeking(fake_a, fake_b, z_a, z_b, eps=eps)
+    expected = msgan_transcription(*(t.detach().numpy() for t in (fake_a, fake_b, z_a, z_b)), eps)
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_mode_seeking_gradients_to_the_generator_parameters():
+    # fake = tanh(z W): the gradient of 1/(ratio + eps) with respect to W, written out by the chain rule:
+    # d loss = -1/(ratio + eps)^2 * d ratio, d ratio = mean(sign(fa - fb) * (d fa - d fb)) / mean|za - zb|.
+    z_a, z_b = features((7, 3), 12).detach(), features((7, 3), 13).detach()
+    weight = features((3, 5), 14)
+    fake_a, fake_b = torch.tanh(z_a @ weight), torch.tanh(z_b @ weight)
+    eps = 1e-5
+    loss = losses.mode_seeking(fake_a, fake_b, z_a, z_b, eps=eps)
+    (grad,) = torch.autograd.grad(loss, weight)
+    with torch.no_grad():
+        z_distance = (z_a - z_b).abs().mean()
+        ratio = (fake_a - fake_b).abs().mean() / z_distance
+        sign = torch.sign(fake_a - fake_b) / (fake_a.numel() * z_distance)
+        # d fake / d W through tanh: z^T (upstream * (1 - fake^2)).
+        d_ratio = z_a.T @ (sign * (1 - fake_a**2)) - z_b.T @ (sign * (1 - fake_b**2))
+        expected = -d_ratio / (ratio + eps) ** 2
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_mode_seeking_is_twice_differentiable():
+    inputs = (features((3, 4), 15), features((3, 4), 16), features((3, 2), 17), features((3, 2), 18))
+    assert torch.autograd.gradgradcheck(lambda *t: losses.mode_seeking(*t, eps=1e-5), inputs)
+
+
+@pytest.mark.parametrize("eps", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), 0.5])
+def test_mode_seeking_takes_eps_in_every_scalar_form(eps):
+    fake_a, fake_b, z_a, z_b = (features((4, 2), seed).detach() for seed in range(19, 23))
+    expected = msgan_transcription(*(t.numpy() for t in (fake_a, fake_b, z_a, z_b)), 0.5)
+    assert losses.mode_seeking(fake_a, fake_b, z_a, z_b, eps=eps).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_mode_seeking_bad_inputs_name_the_argument():
+    fake, z = torch.randn(4, 3), torch.randn(4, 2)
+    with pytest.raises(ValueError, match=r"fake_b has shape \[4, 2\] but fake_a has shape \[4, 3\]"):
+        losses.mode_seeking(fake, torch.randn(4, 2), z, z)
+    with pytest.raises(ValueError, match=r"z_b has shape \[5, 2\] but z_a has shape \[4, 2\]"):
+        losses.mode_seeking(fake, fake, z, torch.randn(5, 2))
+    with pytest.raises(TypeError, match="z_a must be float64, float32, float16 or bfloat16, got torch.int64"):
+        losses.mode_seeking(fake, fake, torch.ones(4, 2, dtype=torch.int64), z)
+    with pytest.raises(TypeError, match="fake_b has dtype torch.float64 but fake_a has dtype torch.float32"):
+        losses.mode_seeking(fake, fake.double(), z, z)
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1.0"):
+        losses.mode_seeking(fake, fake, z, z, eps=-1)
+    with pytest.raises(TypeError, match="eps must be a real number, got str"):
+        losses.mode_seeking(fake, fake, z, z, eps="1e-5")

@@ -1,0 +1,356 @@
+"""Anti-collapse toolbox: stabilisers from the GAN literature that wrap an existing training step.
+
+    unrolled_generator_loss      G's loss against D unrolled k SGD steps ahead (Metz et al. 2017)
+    InstanceNoise                annealed Gaussian noise on everything D sees (Sonderby et al. 2017)
+    consistency_penalty          CR/bCR: D's output unchanged by augmentation (Zhang et al. 2020;
+                                 Zhao et al. 2021)
+    latent_consistency_penalty   zCR: consistency under small latent perturbations (Zhao et al. 2021)
+    pack, unpack                 PacGAN: D judges k samples at once (Lin et al. 2018)
+    clip_weights_                the original WGAN's weight clipping (Arjovsky et al. 2017)
+    GeneratorEMA                 an exponential moving average of G's weights for evaluation
+                                 (Karras et al. 2018, ProGAN/StyleGAN; Yazici et al. 2019)
+
+Every squared distance between two batches below is ``mean_i ||a_i - b_i||^2``: each sample's
+squared L2 distance summed over all its non-batch elements, averaged over the batch. For D outputs
+of shape [N] or [N, 1] that is the mean squared error; reimplementations that take the mean over all
+elements of images (StudioGAN's ``MSELoss``) use a weight smaller by the number of elements per sample.
+"""
+import itertools
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import _checks
+from .nn import spectral_norm_layers
+
+
+def _check_module(module, arg):
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(module).__name__}")
+
+
+def _check_callable(fn, arg):
+    if not callable(fn):
+        raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
+
+
+def _check_samples(x, arg):
+    _checks.check_floating(x, arg)
+    if x.dim() == 0:
+        raise ValueError(f"{arg} must have a batch dimension, got a 0-dimensional tensor")
+
+
+def _check_scalar(loss, arg):
+    if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+        shape = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"{arg} must return a scalar (0-d) tensor, got {shape}")
+    return loss
+
+
+def _mean_squared_distance(a, b, arg_a, arg_b):
+    """``mean_i ||a_i - b_i||^2`` over the batch (dim 0), the squared norm over every other dim."""
+    if a.shape != b.shape:
+        raise ValueError(f"{arg_b} has shape {list(b.shape)} but {arg_a} has shape {list(a.shape)}")
+    return (a - b).square().reshape(len(a), -1).sum(1).mean()
+
+
+# --- unrolled GAN ---------------------------------------------------------------------------------
+
+
+def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
+    """The generator's loss against D unrolled ``steps`` SGD steps ahead (Metz et al. 2017):
+
+        theta_0 = D's parameters,  theta_{j+1} = theta_j - lr * d/dtheta d_loss(D_theta_j(real), D_theta_j(fake))
+        loss    = g_loss(D_theta_steps(fake), D_theta_steps(real))
+
+    Each step's gradient is taken with ``create_graph=True`` and ``fake`` is not detached, so G's
+    gradient flows through the unrolled updates: G is rewarded for fakes that D's next updates will
+    not easily reject, which discourages it from hopping between modes. ``steps=0`` is the plain
+    generator loss; a few steps suffice on a mixture of Gaussians (examples/mixture_of_gaussians.py
+    unrolls 5).
+
+    ``D``: a ``torch.nn.Module``, run on copies of its parameters with ``torch.func.functional_call``;
+    every parameter is updated (also one the real D's optimiser would leave frozen), and its
+    ``requires_grad`` does not matter. D's own parameters, their ``.grad`` and its buffers are
+    untouched: the buffers are cloned once per call and the unrolled forwards update the clones. So in
+    training mode each forward advances the power iteration of a spectrally normalised layer on copies
+    of its ``u``, ``v`` (as the real D's steps would), and in eval mode all forwards use the real D's
+    ``u``, ``v``; the ``sigma`` that ``gan_kernels.nn.spectral_sigmas`` reports stays that of D's own
+    latest forward. Every step runs D on ``real``, then on ``fake``, in separate forwards (so that
+    batch statistics such as minibatch stddev never mix real and fake samples).
+
+    ``fake``: G's samples, with their graph to G. ``real``: a real batch (detached here).
+    ``d_loss(real_logits, fake_logits)`` -> scalar, D's loss for the unrolled steps, e.g.
+    ``functools.partial(losses.discriminator_loss, kind="non_saturating")``; it sees logits only, so
+    the unrolled steps carry no gradient penalty. ``g_loss(fake_logits, real_logits)`` -> scalar,
+    always called with both, e.g. ``functools.partial(losses.generator_loss, kind="non_saturating")``,
+    whose non-relativistic kinds ignore ``real_logits``. ``steps``: an int >= 0. ``lr``: the step size
+    of the unrolled SGD updates, > 0. Plain SGD keeps the unrolled graph free of optimiser state; for a
+    D trained with Adam it is not D's own learning rate (Adam's steps are normalised), so choose it for
+    how far the unrolled D should move (examples/mixture_of_gaussians.py measures a few).
+
+    Cost: each step runs D twice forward and once backward with ``create_graph=True``, and G's
+    backward then differentiates through all of it (second derivatives of D's layers, which the
+    gan_kernels ops and layers provide).
+    """
+    _check_module(D, "D")
+    _check_samples(fake, "fake")
+    _check_samples(real, "real")
+    _check_callable(d_loss, "d_loss")
+    _check_callable(g_loss, "g_loss")
+    steps = _checks.count(steps, "steps", minimum=0)
+    lr = _checks.positive(lr, "lr")
+    real = real.detach()
+    named = list(D.named_parameters())
+    if steps and not named:
+        raise ValueError(f"D ({type(D).__name__}) has no parameters to unroll; use steps=0")
+    names = [name for name, _ in named]
+    # Leaves of their own: G's backward must end here, not in D's parameters (their .grad).
+    params = [p.detach().requires_grad_() for _, p in named]
+    buffers = {name: b.clone() for name, b in D.named_buffers()}
+    kept_sigmas = [(layer, layer.sigma) for _, layer in spectral_norm_layers(D)]
+
+    def logits(params):
+        state = {**dict(zip(names, params)), **buffers}
+        return torch.func.functional_call(D, state, (real,)), torch.func.functional_call(D, state, (fake,))
+
+    try:
+        for _ in range(steps):
+            loss = _check_scalar(d_loss(*logits(params)), "d_loss")
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            params = [p if g is None else p - lr * g for p, g in zip(params, grads)]
+        real_logits, fake_logits = logits(params)
+        return _check_scalar(g_loss(fake_logits, real_logits), "g_loss")
+    finally:
+        for layer, sigma in kept_sigmas:
+            layer.sigma = sigma
+
+
+# --- instance noise -------------------------------------------------------------------------------
+
+
+class InstanceNoise:
+    """Instance noise (Sonderby et al. 2017; Arjovsky & Bottou 2017): ``x + std_t * N(0, I)`` on every
+    batch D sees, real and fake alike (in D's step and in G's loss), so that the two distributions
+    overlap early in training and D cannot separate them perfectly. ``std_t`` falls linearly from
+    ``std`` to 0 over ``anneal_steps`` calls of :meth:`step`:
+
+        std_t = std * max(0, 1 - t / anneal_steps),   t = the number of step() calls so far
+
+    Call :meth:`step` once per training iteration, after that iteration's D and G steps, so that
+    both see the same ``std_t``. Once ``std_t`` is 0 the input is returned unchanged, without a draw.
+    ``generator``: a ``torch.Generator`` on the inputs' device for reproducible noise (its state is
+    the caller's to save; :meth:`state_dict` holds the step count only).
+
+        noise = InstanceNoise(std=0.1, anneal_steps=10_000)
+        loss_d = losses.discriminator_loss(D(noise(real)), D(noise(fake.detach())), kind)
+        loss_g = losses.generator_loss(D(noise(fake)), kind=kind)
+        noise.step()
+    """
+
+    def __init__(self, std, anneal_steps, generator=None):
+        self.std = _checks.nonnegative(std, "std")
+        self.anneal_steps = _checks.count(anneal_steps, "anneal_steps", minimum=1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+        self.steps_taken = 0
+
+    @property
+    def current_std(self):
+        """The noise's standard deviation now, ``std_t``."""
+        return self.std * max(0.0, 1.0 - self.steps_taken / self.anneal_steps)
+
+    def __call__(self, x):
+        _checks.check_floating(x, "x")
+        std = self.current_std
+        if std == 0:
+            return x
+        return x + std * torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def step(self):
+        self.steps_taken += 1
+
+    def state_dict(self):
+        return {"steps_taken": self.steps_taken}
+
+    def load_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict) or "steps_taken" not in state_dict:
+            raise ValueError(f"state_dict must be a dict with the key 'steps_taken', got {state_dict!r}")
+        self.steps_taken = _checks.count(state_dict["steps_taken"], "state_dict['steps_taken']", minimum=0)
+
+    def __repr__(self):
+        return (f"InstanceNoise(std={self.std}, anneal_steps={self.anneal_steps}, steps_taken={self.steps_taken}, "
+                f"current_std={self.current_std:.4g})")
+
+
+# --- consistency regularisation -------------------------------------------------------------------
+
+
+def consistency_penalty(D, x, augment, weight, *, outputs=None):
+    """Consistency regularisation of D (CR, Zhang et al. 2020), the term added to D's loss:
+
+        weight * mean_i ||D(x)_i - D(augment(x))_i||^2
+
+    ``augment``: a callable mapping a batch to an augmented batch of the same shape (flips,
+    translations, ...; the paper's are flipping and shifting images). ``D(x)`` is not detached: the
+    gradient flows through both outputs, as the paper's algorithm writes it and as reimplementations
+    that reproduce its results (StudioGAN) train it. CR-GAN applies it to the real batch; balanced
+    CR (bCR, Zhao et al. 2021) to the real and the generated batch of D's step, with weight 10 each:
+
+        loss_d = loss_d + consistency_penalty(D, real, augment, 10) + consistency_penalty(D, fake.detach(), augment, 10)
+
+    ``outputs``: ``D(x)`` when the caller already has it (the adversarial loss's logits), saving a
+    forward. D's outputs may have any shape [N, ...] (the squared distance is summed per sample)."""
+    _check_callable(D, "D")
+    _check_samples(x, "x")
+    _check_callable(augment, "augment")
+    weight = _checks.nonnegative(weight, "weight")
+    if outputs is None:
+        outputs = D(x)
+    else:
+        _check_samples(outputs, "outputs")
+    augmented = augment(x)
+    if not isinstance(augmented, torch.Tensor) or augmented.shape != x.shape:
+        got = list(augmented.shape) if isinstance(augmented, torch.Tensor) else type(augmented).__name__
+        raise ValueError(f"augment must return a tensor of x's shape {list(x.shape)}, got {got}")
+    return weight * _mean_squared_distance(outputs, D(augmented), "D(x)", "D(augment(x))")
+
+
+def latent_consistency_penalty(G, D, z, sigma, weight_d, weight_g, *, generator=None):
+    """Latent consistency regularisation (zCR, Zhao et al. 2021): with ``delta ~ N(0, sigma^2 I)``,
+
+        d_term =  weight_d * mean_i ||D(G(z))_i - D(G(z + delta))_i||^2    (to D's loss and optimiser)
+        g_term = -weight_g * mean_i ||G(z)_i - G(z + delta)_i||^2          (to G's loss and optimiser)
+
+    Returns ``(d_term, g_term)``. D is made insensitive to small latent changes, while G is pushed to
+    make them visible in its samples (against collapse onto few outputs). G runs once on ``z`` and once
+    on ``z + delta``; ``d_term`` sees G's samples detached, so its gradient reaches only D, and
+    ``g_term`` runs no D, so its gradient reaches only G. The paper's settings: ``sigma`` 0.03,
+    ``weight_d`` 5, ``weight_g`` 0.5 (with its squared norms; see the module docstring for
+    reimplementations that average over elements). ``generator``: a ``torch.Generator`` for delta."""
+    _check_callable(G, "G")
+    _check_callable(D, "D")
+    _check_samples(z, "z")
+    sigma = _checks.nonnegative(sigma, "sigma")
+    weight_d = _checks.nonnegative(weight_d, "weight_d")
+    weight_g = _checks.nonnegative(weight_g, "weight_g")
+    delta = sigma * torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    fake, perturbed = G(z), G(z + delta)
+    d_term = weight_d * _mean_squared_distance(D(fake.detach()), D(perturbed.detach()), "D(G(z))", "D(G(z + delta))")
+    g_term = -weight_g * _mean_squared_distance(fake, perturbed, "G(z)", "G(z + delta)")
+    return d_term, g_term
+
+
+# --- PacGAN ---------------------------------------------------------------------------------------
+
+
+def pack(x, k):
+    """PacGAN's packing (Lin et al. 2018): ``[N, C, ...] -> [N/k, k*C, ...]``, so that D judges k
+    samples jointly and a generator that repeats itself is easy to spot. Consecutive samples form a
+    pack: pack m holds samples ``m*k, ..., m*k + k - 1``, sample ``m*k + j`` in channels
+    ``j*C, ..., (j+1)*C - 1``. Pack real and fake batches alike (never mix them in one pack) and build
+    D with ``k*C`` input channels; the losses then see N/k logits. k must divide N.
+    :func:`unpack` is the inverse."""
+    k = _checks.count(k, "k")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape [N, C, ...], got shape {list(x.shape)}")
+    n = x.shape[0]
+    if n % k:
+        raise ValueError(f"k={k} does not divide the batch size N={n} of x; use a batch size that is a multiple of k")
+    return x.reshape(n // k, k * x.shape[1], *x.shape[2:])
+
+
+def unpack(x, k):
+    """The inverse of :func:`pack`: ``[M, k*C, ...] -> [M*k, C, ...]``; k must divide dim 1."""
+    k = _checks.count(k, "k")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape [M, k*C, ...], got shape {list(x.shape)}")
+    channels = x.shape[1]
+    if channels % k:
+        raise ValueError(f"k={k} does not divide dim 1 (size {channels}) of x, which holds k samples' channels")
+    return x.reshape(x.shape[0] * k, channels // k, *x.shape[2:])
+
+
+# --- WGAN weight clipping -------------------------------------------------------------------------
+
+
+def clip_weights_(module, c):
+    """The original WGAN's Lipschitz constraint (Arjovsky et al. 2017): clamps every parameter of
+    ``module`` to ``[-c, c]`` in place, without autograd, after each critic step (the paper's c is
+    0.01). Every parameter means biases and normalisation scales too, as the WGAN code clamps
+    ``netD.parameters()``; buffers (BatchNorm running statistics, spectral norm's u, v) are not
+    parameters and are left alone."""
+    _check_module(module, "module")
+    c = _checks.positive(c, "c")
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.clamp_(-c, c)
+
+
+# --- generator EMA --------------------------------------------------------------------------------
+
+
+def half_life_decay(half_life_kimg, batch_size):
+    """The EMA decay per update for StyleGAN's convention of a half-life in thousands of images:
+    after ``half_life_kimg * 1000`` images (that many / ``batch_size`` updates) an old weight's share
+    has halved, ``decay = 0.5 ** (batch_size / (1000 * half_life_kimg))``. StyleGAN2-ADA's default
+    ``ema_kimg = 10`` at batch 32 gives 0.99778. (StyleGAN2-ADA can also ramp the half-life up at the
+    start, ``ema_rampup``; pass a fixed half-life here.)"""
+    half_life_kimg = _checks.positive(half_life_kimg, "half_life_kimg")
+    batch_size = _checks.count(batch_size, "batch_size")
+    return 0.5 ** (batch_size / (1000 * half_life_kimg))
+
+
+class GeneratorEMA(AveragedModel):
+    """An exponential moving average of a generator's weights, the generator to evaluate and sample
+    from (ProGAN, StyleGAN's ``G_ema``, BigGAN; Yazici et al. 2019 on why it helps). A
+    ``torch.optim.swa_utils.AveragedModel`` with ``get_ema_multi_avg_fn(decay)`` and
+    ``use_buffers=True``:
+
+        ema = GeneratorEMA(G, decay=half_life_decay(10, batch_size))
+        ...                                   # after every optimiser step of G:
+        ema.update(G)
+        samples = ema.module(z)               # or ema(z); ema.module.eval() for BatchNorm's running stats
+
+    The copy is made at construction (``copy.deepcopy``, with ``requires_grad`` off). The first
+    :meth:`update` copies G (AveragedModel's rule); every later one is
+
+        p_ema = decay * p_ema + (1 - decay) * p
+
+    for every parameter and every floating-point buffer (BatchNorm's running statistics, spectral
+    norm's u, v), as BigGAN averages its whole state dict. Integer buffers (BatchNorm's
+    ``num_batches_tracked``) go through the same formula and are stored back in their integer dtype,
+    as AveragedModel does. ``decay`` in [0, 1]; :func:`half_life_decay` converts StyleGAN's
+    half-life. The state dict (``module.*`` and ``n_averaged``) saves and restores the average."""
+
+    def __init__(self, G, decay, device=None):
+        _check_module(G, "G")
+        decay = _checks.real(decay, "decay")
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay}")
+        super().__init__(G, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.decay = decay
+        self.module.requires_grad_(False)
+
+    def update(self, G):
+        """Moves the average towards ``G``'s current parameters and buffers (see the class docstring)."""
+        _check_module(G, "G")
+        # AveragedModel pairs the tensors by position and stops at the shorter list: check they match.
+        ours = [t.shape for t in (*self.module.parameters(), *self.module.buffers())]
+        theirs = [t.shape for t in (*G.parameters(), *G.buffers())]
+        for index, (mine, other) in enumerate(itertools.zip_longest(ours, theirs)):
+            if mine != other:
+                describe = (lambda shape: "none" if shape is None else f"shape {list(shape)}")
+                raise ValueError(
+                    f"G ({type(G).__name__}) does not match the averaged generator: tensor {index} of its "
+                    f"parameters and buffers has {describe(other)}, the average's has {describe(mine)}"
+                )
+        self.update_parameters(G)
+
+    def extra_repr(self):
+        return f"decay={self.decay}"
