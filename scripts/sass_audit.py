@@ -1,0 +1,404 @@
+"""Machine-code audit of the CUDA kernels, no GPU needed: compiles every csrc/cuda/*.cu for sm_90 with
+the flags of CMakeLists.txt and reports, per kernel, what ptxas allocated (registers, spills, shared
+and local memory, from `nvcc -Xptxas -v`) and the widths of its global loads and stores (LDG/STG in
+`cuobjdump -sass`), so a design can be checked in the machine code before any GPU runs it.
+
+    python scripts/sass_audit.py [--json PATH] [--build-dir DIR] [SOURCE.cu ...]
+
+Exits 1 when a hot kernel spills or uses local memory (see HOT_KERNELS_RULE), 2 when a tool is
+missing or a compile fails, else 0. cuobjdump and the nvdisasm it runs are taken from PATH, else
+from the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (CUDA toolkits without them,
+like CI's, get them that way: `make cuda-check` installs both).
+
+The counts are static (instructions in the code, not executions), for the whole kernel and for its
+innermost loops, where a kernel spends its time; a branch a launch never takes still counts, so the
+source says which path runs.
+"""
+
+import argparse
+import concurrent.futures
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCH = "sm_90"
+CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+# CMakeLists.txt's target_compile_options for CUDA (tests/test_sass_audit.py checks that each still
+# appears there), and its CMAKE_CUDA_STANDARD.
+CMAKE_CUDA_OPTIONS = [
+    "-Werror=all-warnings",
+    "-O3",
+    "-D__CUDA_NO_HALF_OPERATORS__",
+    "-D__CUDA_NO_HALF_CONVERSIONS__",
+    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+    "-D__CUDA_NO_HALF2_OPERATORS__",
+]
+CUDA_STANDARD = "-std=c++17"
+
+# HOT_KERNELS_RULE: every kernel is hot, none is exempt from failing on spills or local memory. The
+# small ones (finish_penalty, write_stats, reduce_stat_grad) run on every call of their op, and the
+# float64 instances, which only gradcheck and tests use, come from the same source as the fp32 ones:
+# local memory there points at register pressure in code the hot instances share.
+
+# Bytes moved by one LDG/STG, from its width suffix; no suffix means 32 bits.
+ACCESS_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16, "256": 32}
+# An instruction line of `cuobjdump -sass`: address comment, optional predicate, opcode with modifiers.
+SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+
+
+@dataclasses.dataclass
+class Kernel:
+    source: str  # relative to the repository root
+    mangled: str
+    name: str = ""  # demangled, shortened for the table
+    registers: int = 0
+    stack_frame_bytes: int = 0  # the thread's local-memory frame: spills, local arrays, call frames
+    spill_store_bytes: int = 0
+    spill_load_bytes: int = 0
+    shared_bytes: int = 0  # static __shared__ only: dynamic shared memory is sized at launch
+    lmem_bytes: int = 0  # local memory outside the stack frame (printed by older ptxas only)
+    global_loads: Dict[int, int] = dataclasses.field(default_factory=dict)  # bytes per access -> instructions
+    global_stores: Dict[int, int] = dataclasses.field(default_factory=dict)
+    loop_loads: Dict[int, int] = dataclasses.field(default_factory=dict)  # the part of them in innermost loops
+    loop_stores: Dict[int, int] = dataclasses.field(default_factory=dict)
+    local_loads: int = 0  # LDL instructions
+    local_stores: int = 0  # STL instructions
+
+    @property
+    def family(self) -> str:
+        return self.name.split("<")[0]
+
+    def problems(self) -> List[str]:
+        """What makes this kernel fail the audit (every kernel is hot: HOT_KERNELS_RULE)."""
+        found = []
+        if self.spill_store_bytes or self.spill_load_bytes:
+            found.append(f"spills {self.spill_store_bytes} B stored, {self.spill_load_bytes} B loaded")
+        if self.stack_frame_bytes or self.lmem_bytes:
+            found.append(f"local memory {self.stack_frame_bytes + self.lmem_bytes} B")
+        if self.local_loads or self.local_stores:
+            found.append(f"{self.local_loads} LDL, {self.local_stores} STL")
+        return found
+
+
+def parse_ptxas(text: str, source: str) -> Dict[str, Kernel]:
+    """Entry functions of `nvcc -Xptxas -v` output (stderr), by mangled name. Device functions that
+    were not inlined also get "Function properties" lines; only entries are kept."""
+    kernels: Dict[str, Kernel] = {}
+    properties: Dict[str, List[int]] = {}
+    entry = None
+    described = None  # the function the last "Function properties for" line named
+    for line in text.splitlines():
+        if match := re.search(r"Compiling entry function '([^']+)'", line):
+            entry = kernels.setdefault(match.group(1), Kernel(source, match.group(1)))
+        elif match := re.search(r"Function properties for (\S+)", line):
+            described = match.group(1)
+        elif match := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line):
+            properties[described] = [int(v) for v in match.groups()]
+        elif entry is not None and (match := re.search(r"Used (\d+) registers(.*)", line)):
+            entry.registers = int(match.group(1))
+            # The rest is a comma-separated list of "N bytes <what>" (and "used N barriers").
+            for amount, what in re.findall(r"(\d+) bytes (\S+)", match.group(2)):
+                if what == "smem":
+                    entry.shared_bytes = int(amount)
+                elif what == "lmem":
+                    entry.lmem_bytes = int(amount)
+    for name, kernel in kernels.items():
+        kernel.stack_frame_bytes, kernel.spill_store_bytes, kernel.spill_load_bytes = properties.get(name, [0, 0, 0])
+    return kernels
+
+
+def access_bytes(opcode: str) -> int:
+    for modifier in opcode.split(".")[1:]:
+        if modifier in ACCESS_BYTES:
+            return ACCESS_BYTES[modifier]
+    return 4
+
+
+def innermost(loops: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+    """The (first, last) address ranges of `loops` that hold no other one."""
+    return [
+        outer
+        for outer in loops
+        if not any(outer[0] <= inner[0] and inner[1] <= outer[1] and inner != outer for inner in loops)
+    ]
+
+
+def parse_sass(text: str) -> Dict[str, Dict[str, Dict[int, int]]]:
+    """Per function of `cuobjdump -sass` output (mangled name), instruction counts by bytes per access:
+    global loads and stores in the whole function ("LDG", "STG") and in its innermost loops ("loop
+    LDG", "loop STG"), local ones ("LDL", "STL") under key 0. An innermost loop is the address range
+    of a backward branch that holds no other such range: where a kernel spends its time, and where a
+    partly vectorised loop shows (the compiler may give the peeled iterations 16-byte accesses and
+    the unrolled body narrower ones). An approximation: a block the compiler placed outside its
+    loop's range is counted as outside the loop."""
+    accesses: Dict[str, List[Tuple[int, str, int]]] = {}  # per function: (address, opcode, bytes)
+    loops: Dict[str, List[Tuple[int, int]]] = {}  # per function: (target, address) of each backward branch
+    function = None
+    for line in text.splitlines():
+        if match := re.match(r"\s*Function : (\S+)", line):
+            function = match.group(1)
+            accesses[function], loops[function] = [], []
+        elif function is not None and (match := SASS_INSTRUCTION.match(line)):
+            address, opcode = int(match.group(1), 16), match.group(2).split(".")[0]
+            if opcode in ("LDG", "STG"):
+                accesses[function].append((address, opcode, access_bytes(match.group(2))))
+            elif opcode in ("LDL", "STL"):
+                accesses[function].append((address, opcode, 0))
+            elif opcode == "BRA" and (target := re.search(r"0x([0-9a-f]+)\s*;", line)):
+                # Every function ends in a branch to itself, which is no loop.
+                if int(target.group(1), 16) < address:
+                    loops[function].append((int(target.group(1), 16), address))
+    functions = {}
+    for function, found in accesses.items():
+        hot = innermost(loops[function])
+        counts: Dict[str, Dict[int, int]] = {key: {} for key in ("LDG", "STG", "loop LDG", "loop STG", "LDL", "STL")}
+        for address, opcode, width in found:
+            counts[opcode][width] = counts[opcode].get(width, 0) + 1
+            if opcode in ("LDG", "STG") and any(first <= address <= last for first, last in hot):
+                counts[f"loop {opcode}"][width] = counts[f"loop {opcode}"].get(width, 0) + 1
+        functions[function] = counts
+    return functions
+
+
+def enum_names() -> Dict[str, List[str]]:
+    """Enumerators of our `enum class`es in declaration order, to print a template argument like
+    `(gan_kernels::BiasActMode)1` as `GradFromX`. Enums with explicit values or macro bodies are skipped."""
+    enums = {}
+    for header in sorted(glob.glob(os.path.join(ROOT, "csrc", "*", "*.h"))):
+        with open(header) as f:
+            for name, body in re.findall(r"enum class (\w+)\s*(?::\s*\w+\s*)?\{([^}]*)\}", f.read()):
+                names = [entry.strip() for entry in body.split(",") if entry.strip()]
+                if all(re.fullmatch(r"\w+", n) for n in names):
+                    enums[name] = names
+    return enums
+
+
+def short_name(demangled: str, enums: Dict[str, List[str]]) -> str:
+    """`void gan_kernels::(anonymous namespace)::k<float, (gan_kernels::Mode)1>(gan_kernels::P)` -> `k<float, B>`
+    for Mode {A, B}: no return type, namespaces or parameter list."""
+    name = demangled.removeprefix("void ")
+    if name.endswith(")"):  # the parameter list is the last top-level parenthesis
+        depth = 0
+        for at in range(len(name) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(name[at], 0)
+            if depth == 0:
+                name = name[:at]
+                break
+    name = name.replace("gan_kernels::(anonymous namespace)::", "").replace("gan_kernels::", "")
+
+    def enumerator(match):
+        names = enums.get(match.group(1), [])
+        value = int(match.group(2))
+        return names[value] if value < len(names) else match.group(0)
+
+    return re.sub(r"\((\w+)\)(\d+)", enumerator, name)
+
+
+def demangle(names: List[str]) -> List[str]:
+    """c++filt, in one call; the mangled names where binutils is missing."""
+    if not names or shutil.which("c++filt") is None:
+        return names
+    result = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def pip_tool(executable: str) -> Optional[str]:
+    """The binary a pip package of NVIDIA's puts under site-packages/nvidia/<cuXX>/bin."""
+    spec = importlib.util.find_spec("nvidia")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for path in sorted(glob.glob(os.path.join(folder, "*", "bin", executable))):
+            return path
+    return None
+
+
+def find_tool(executable: str) -> Optional[str]:
+    return shutil.which(executable) or pip_tool(executable)
+
+
+def tool_version(path: str) -> str:
+    """The release of a CUDA tool, from its "Cuda compilation tools, release 13.0, V13.0.88" line."""
+    match = re.search(r", V(\S+)", subprocess.run([path, "--version"], capture_output=True, text=True).stdout)
+    return match.group(1) if match else "unknown"
+
+
+def nvcc_command(nvcc: str, source: str, cubin: str, generated: str) -> List[str]:
+    return [
+        nvcc,
+        "-cubin",
+        f"-arch={ARCH}",
+        CUDA_STANDARD,
+        *CMAKE_CUDA_OPTIONS,
+        f"-I{os.path.join(ROOT, 'csrc')}",
+        f"-I{generated}",
+        "-Xptxas",
+        "-v",
+        "-o",
+        cubin,
+        source,
+    ]
+
+
+def audit_source(source: str, tools: Dict[str, str], build_dir: str, generated: str) -> List[Kernel]:
+    relative = os.path.relpath(source, ROOT)
+    cubin = os.path.join(build_dir, os.path.basename(source).replace(".cu", ".cubin"))
+    compiled = subprocess.run(nvcc_command(tools["nvcc"], source, cubin, generated), capture_output=True, text=True)
+    if compiled.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {relative}:\n{compiled.stderr}")
+    kernels = parse_ptxas(compiled.stderr, relative)
+    # cuobjdump -sass hands the disassembly to nvdisasm, which it looks for on PATH.
+    env = dict(os.environ, PATH=os.path.dirname(tools["nvdisasm"]) + os.pathsep + os.environ.get("PATH", ""))
+    sass = subprocess.run([tools["cuobjdump"], "-sass", cubin], capture_output=True, text=True, env=env)
+    if sass.returncode != 0:
+        raise RuntimeError(f"cuobjdump -sass failed on {cubin}:\n{sass.stderr}")
+    counts = parse_sass(sass.stdout)
+    if set(counts) != set(kernels):
+        raise RuntimeError(
+            f"{relative}: ptxas and cuobjdump list different kernels: {sorted(set(counts) ^ set(kernels))}"
+        )
+    for name, kernel in kernels.items():
+        kernel.global_loads, kernel.global_stores = counts[name]["LDG"], counts[name]["STG"]
+        kernel.loop_loads, kernel.loop_stores = counts[name]["loop LDG"], counts[name]["loop STG"]
+        kernel.local_loads, kernel.local_stores = counts[name]["LDL"].get(0, 0), counts[name]["STL"].get(0, 0)
+    return list(kernels.values())
+
+
+def widths(counts: Dict[int, int]) -> str:
+    """`16:4 4:2`: 4 instructions moving 16 bytes each, 2 moving 4 (static counts, not executions)."""
+    return " ".join(f"{width}:{counts[width]}" for width in sorted(counts, reverse=True)) or "-"
+
+
+def table(kernels: List[Kernel]) -> str:
+    header = ["kernel", "regs", "spill st/ld", "smem", "local", "LDL/STL", "LDG", "STG", "loop LDG", "loop STG"]
+    rows = [
+        [
+            k.name,
+            str(k.registers),
+            f"{k.spill_store_bytes}/{k.spill_load_bytes}",
+            str(k.shared_bytes),
+            str(k.stack_frame_bytes + k.lmem_bytes),
+            f"{k.local_loads}/{k.local_stores}",
+            widths(k.global_loads),
+            widths(k.global_stores),
+            widths(k.loop_loads),
+            widths(k.loop_stores),
+        ]
+        for k in kernels
+    ]
+    sizes = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    source = None
+    for kernel, row in zip([None, *kernels], [header, *rows]):
+        if kernel is not None and kernel.source != source:
+            source = kernel.source
+            lines.append(f"-- {source}")
+        lines.append(
+            "  ".join(
+                cell.ljust(size) if i == 0 else cell.rjust(size) for i, (cell, size) in enumerate(zip(row, sizes))
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def family_summary(kernels: List[Kernel]) -> str:
+    """Per kernel family: how many of its instances load and store 16 bytes at a time in their
+    innermost loops."""
+    families: Dict[str, List[Kernel]] = {}
+    for kernel in kernels:
+        families.setdefault(kernel.family, []).append(kernel)
+    width = max(len(name) for name in families)
+    lines = ["instances whose innermost loops have 16-byte global loads / 16-byte global stores / all instances:"]
+    for name, members in families.items():
+        loads = sum(1 for k in members if k.loop_loads.get(16))
+        stores = sum(1 for k in members if k.loop_stores.get(16))
+        lines.append(f"  {name.ljust(width)}  {loads:3d} / {stores:3d} / {len(members):3d}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sources", nargs="*", help="the .cu files to audit (default: csrc/cuda/*.cu)")
+    parser.add_argument("--json", metavar="PATH", help="also write the per-kernel results as JSON")
+    parser.add_argument(
+        "--build-dir",
+        default=os.path.join(ROOT, "build", "sass-audit"),
+        help="where the cubins and the generated activation table go",
+    )
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    sources = [os.path.abspath(s) for s in args.sources] or CUDA_SOURCES
+    tools = {name: find_tool(name) for name in ("nvcc", "cuobjdump", "nvdisasm")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        print(
+            f"not found on PATH or in a pip package: {', '.join(missing)} (a CUDA toolkit gives nvcc; "
+            "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm the others)",
+            file=sys.stderr,
+        )
+        return 2
+    generated = os.path.join(args.build_dir, "generated")
+    os.makedirs(generated, exist_ok=True)
+    # The header CMakeLists.txt and setup.py generate from the activation table.
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "gan_kernels", "_activations.py"),
+            os.path.join(generated, "activation_table.h"),
+        ],
+        check=True,
+    )
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            per_source = list(pool.map(lambda s: audit_source(s, tools, args.build_dir, generated), sources))
+    except RuntimeError as error:
+        print(error, file=sys.stderr)
+        return 2
+    kernels = [kernel for found in per_source for kernel in found]
+    enums = enum_names()
+    for kernel, demangled in zip(kernels, demangle([k.mangled for k in kernels])):
+        kernel.name = short_name(demangled, enums)
+    kernels.sort(key=lambda k: (k.source, k.name))
+    failing = [k for k in kernels if k.problems()]
+    seconds = time.monotonic() - started
+    versions = {name: tool_version(path) for name, path in tools.items() if name != "nvdisasm"}
+
+    print(table(kernels))
+    print()
+    print(family_summary(kernels))
+    print()
+    print(
+        f"{len(kernels)} kernels in {len(sources)} files for {ARCH} in {seconds:.0f} s "
+        f"(nvcc: {versions['nvcc']}; cuobjdump: {versions['cuobjdump']})"
+    )
+    if failing:
+        print(f"FAIL: {len(failing)} hot kernel(s) with spills or local memory:")
+        for kernel in failing:
+            print(f"  {kernel.source}: {kernel.name}: {'; '.join(kernel.problems())}")
+    else:
+        print("ok: no kernel spills or uses local memory")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "arch": ARCH,
+                    "tools": versions,
+                    "seconds": round(seconds, 1),
+                    "kernels": [dict(dataclasses.asdict(k), problems=k.problems()) for k in kernels],
+                },
+                f,
+                indent=1,
+            )
+    return 1 if failing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

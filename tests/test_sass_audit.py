@@ -1,0 +1,139 @@
+"""scripts/sass_audit.py: its parsers on canned ptxas and cuobjdump output (no CUDA toolkit needed),
+and one real audit of a kernel file where nvcc, cuobjdump and nvdisasm are found."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "sass_audit.py")
+_spec = importlib.util.spec_from_file_location("sass_audit", SCRIPT)
+sass_audit = importlib.util.module_from_spec(_spec)
+sys.modules["sass_audit"] = sass_audit  # dataclasses look their module up there
+_spec.loader.exec_module(sass_audit)
+
+# `nvcc -Xptxas -v` of CUDA 13.0 (names shortened): a clean kernel with static shared memory, a
+# device function that was not inlined (its properties must not be taken for a kernel), and a
+# kernel that spills.
+PTXAS = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z5tilesv' for 'sm_90'
+ptxas info    : Function properties for _Z5tilesv
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 2048 bytes smem
+ptxas info    : Compile time = 112.170 ms
+ptxas info    : Function properties for _Z6helperv
+    16 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function '_Z4rowsv' for 'sm_90'
+ptxas info    : Function properties for _Z4rowsv
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers, 8 bytes cumulative stack size
+ptxas info    : Compile time = 71.375 ms
+"""
+
+# `cuobjdump -sass` (hex encodings and most instructions left out): `rows` loads 16 bytes in a peeled
+# iteration and in its loop, stores 16 bytes only in the peeled iteration and 4 x 4 bytes in the loop,
+# and spills; `tiles` has no loop, 2-byte loads (one predicated, one read-only) and an 8-byte store.
+SASS = """\
+
+\tcode for sm_90
+\t\tFunction : _Z4rowsv
+\t.headerflags\t@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                     /* 0x00000a00ff017b82 */
+                                                                              /* 0x000e220000000800 */
+        /*0010*/                   STL [R1], R6 ;                             /* 0x0000000601007387 */
+        /*0020*/                   LDG.E.128 R4, desc[UR4][R28.64] ;          /* 0x000000041c047981 */
+        /*0030*/                   STG.E.128 desc[UR4][R2.64], R4 ;           /* 0x0000000402007986 */
+        /*0040*/               @!P0 BRA 0x100 ;                               /* 0x0000000000b08947 */
+        /*0050*/                   LDG.E.128 R8, desc[UR4][R10.64] ;          /* 0x000000040a087981 */
+        /*0060*/                   STG.E desc[UR4][R2.64], R8 ;               /* 0x0000000802007986 */
+        /*0070*/                   STG.E desc[UR4][R2.64+0x4], R9 ;           /* 0x0000040902007986 */
+        /*0080*/                   STG.E desc[UR4][R2.64+0x8], R10 ;          /* 0x0000080a02007986 */
+        /*0090*/                   STG.E desc[UR4][R2.64+0xc], R11 ;          /* 0x00000c0b02007986 */
+        /*00a0*/               @!P1 BRA 0x50 ;                                /* 0xfffffffc00a89947 */
+        /*00b0*/                   LDL R6, [R1] ;                             /* 0x0000000001067983 */
+        /*00c0*/               @P2 BRA 0x20 ;                                 /* 0xfffffff400d42947 */
+        /*0100*/                   EXIT ;                                     /* 0x000000000000794d */
+        /*0110*/                   BRA 0x110;                                 /* 0xfffffffc00fc7947 */
+\t\t..........
+
+
+
+\t\tFunction : _Z5tilesv
+\t.headerflags\t@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                     /* 0x00000a00ff017b82 */
+        /*0010*/               @P0 LDG.E.U16 R0, desc[UR6][R10.64] ;          /* 0x000000060a000981 */
+        /*0020*/                   LDG.E.U16.CONSTANT R2, desc[UR6][R14.64] ; /* 0x000000060e027981 */
+        /*0030*/                   STG.E.64 desc[UR6][R16.64], R20 ;          /* 0x0000001410007986 */
+        /*0040*/                   EXIT ;                                     /* 0x000000000000794d */
+        /*0050*/                   BRA 0x50;                                  /* 0xfffffffc00fc7947 */
+\t\t..........
+"""
+
+
+def test_ptxas_resources_of_each_kernel():
+    kernels = sass_audit.parse_ptxas(PTXAS, "csrc/cuda/x.cu")
+    assert set(kernels) == {"_Z5tilesv", "_Z4rowsv"}
+    tiles, rows = kernels["_Z5tilesv"], kernels["_Z4rowsv"]
+    assert (tiles.registers, tiles.shared_bytes, tiles.stack_frame_bytes) == (40, 2048, 0)
+    assert tiles.problems() == []
+    assert (rows.registers, rows.stack_frame_bytes, rows.spill_store_bytes, rows.spill_load_bytes) == (32, 8, 4, 4)
+    assert rows.problems() == ["spills 4 B stored, 4 B loaded", "local memory 8 B"]
+
+
+def test_sass_access_widths_whole_kernel_and_innermost_loops():
+    counts = sass_audit.parse_sass(SASS)
+    rows, tiles = counts["_Z4rowsv"], counts["_Z5tilesv"]
+    assert rows["LDG"] == {16: 2} and rows["STG"] == {16: 1, 4: 4}
+    # 0x50..0xa0 is the innermost loop; 0x20..0xc0 holds it and is not.
+    assert rows["loop LDG"] == {16: 1} and rows["loop STG"] == {4: 4}
+    assert rows["LDL"] == {0: 1} and rows["STL"] == {0: 1}
+    assert tiles["LDG"] == {2: 2} and tiles["STG"] == {8: 1}
+    assert tiles["loop LDG"] == {} and tiles["loop STG"] == {} and tiles["LDL"] == {}
+
+
+def test_kernel_names_shortened_with_enumerators():
+    enums = sass_audit.enum_names()  # read from csrc's headers
+    assert enums["BiasActMode"] == ["Forward", "GradFromX", "GradFromY", "Grad2"]
+    demangled = (
+        "void gan_kernels::(anonymous namespace)::bias_act_kernel<float, (gan_kernels::BiasActMode)1, 4>"
+        "(gan_kernels::BiasActParams, gan_kernels::BiasActScalars<float>)"
+    )
+    assert sass_audit.short_name(demangled, enums) == "bias_act_kernel<float, GradFromX, 4>"
+    assert sass_audit.short_name("void k<(gan_kernels::Unknown)7>(int (*)(int))", enums) == "k<(Unknown)7>"
+
+
+def test_flags_are_cmakes():
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        cmake = f.read()
+    for option in sass_audit.CMAKE_CUDA_OPTIONS:
+        assert option in cmake, f"{option} is no longer in CMakeLists.txt: update sass_audit.CMAKE_CUDA_OPTIONS"
+    assert "CMAKE_CUDA_STANDARD 17" in cmake and sass_audit.CUDA_STANDARD == "-std=c++17"
+
+
+@pytest.mark.skipif(
+    any(sass_audit.find_tool(tool) is None for tool in ("nvcc", "cuobjdump", "nvdisasm")),
+    reason="needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)",
+)
+def test_real_audit_of_pixel_norm(tmp_path):
+    report = tmp_path / "audit.json"
+    source = os.path.join(ROOT, "csrc", "cuda", "pixel_norm.cu")
+    run = subprocess.run(
+        [sys.executable, SCRIPT, "--json", str(report), "--build-dir", str(tmp_path), source],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode in (0, 1), run.stderr
+    kernels = {k["name"]: k for k in json.loads(report.read_text())["kernels"]}
+    assert run.returncode == int(any(k["problems"] for k in kernels.values())), run.stdout
+    for element in ("float", "double", "__half", "__nv_bfloat16"):
+        vector = 16 // {"float": 4, "double": 8}.get(element, 2)
+        for backward in ("false", "true"):
+            assert f"pixel_norm_tiles<{element}, {backward}, true>" in kernels
+            # The rows kernel's design: 16-byte loads in its loops on the vector path, none on the scalar one.
+            assert "16" in kernels[f"pixel_norm_rows<{element}, {vector}, {backward}>"]["loop_loads"]
+            assert "16" not in kernels[f"pixel_norm_rows<{element}, 1, {backward}>"]["global_loads"]
