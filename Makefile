@@ -6,6 +6,12 @@ TORCH_SPEC ?= torch==2.13.0
 RUFF_VERSION = 0.17.6
 CLANG_FORMAT_VERSION = 23.1.5
 CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+# cuobjdump and the nvdisasm it runs, for the machine-code audit where the CUDA toolkit lacks them
+# (CI's does); pinned, as the audit parses the text of their disassembly.
+SASS_TOOLS_VERSION = 13.5.37
+SASS_TOOLS = nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
+SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
+	assert all(m.version(p) == '$(SASS_TOOLS_VERSION)' for p in '$(SASS_TOOLS)'.split())
 
 .PHONY: deps build lint format cuda-check gpu-verify-dry test bench clean
 
@@ -24,11 +30,16 @@ build: deps
 # Compile-checks the torch-free CUDA kernels with plain nvcc (sm_80, sm_90), and the CUDA branch of
 # the torch glue against the headers every torch wheel ships: no GPU or CUDA build of torch needed.
 # CUDA_GLUE_TORCH_ROOT=<unpacked wheel>/torch checks the glue against another torch's headers, e.g.
-# the GPU box's 2.11 (README, "GPU status").
+# the GPU box's 2.11 (README, "GPU status"). Then the machine-code audit (scripts/sass_audit.py, about
+# 30 s on 2 cores): fails when a kernel spills or uses local memory; its table is in
+# build/sass-audit/audit.json.
 cuda-check: build
 	@if command -v nvcc >/dev/null; then \
 		cmake -S . -B build/cuda-check -G Ninja >/dev/null && cmake --build build/cuda-check && \
-		$(PYTHON) scripts/check_cuda_glue.py $(if $(CUDA_GLUE_TORCH_ROOT),--torch-root $(CUDA_GLUE_TORCH_ROOT)); \
+		$(PYTHON) scripts/check_cuda_glue.py $(if $(CUDA_GLUE_TORCH_ROOT),--torch-root $(CUDA_GLUE_TORCH_ROOT)) && \
+		{ $(PYTHON) -c "$(SASS_TOOLS_INSTALLED)" 2>/dev/null || \
+			$(PIP) install $(SASS_TOOLS:%=%==$(SASS_TOOLS_VERSION)); } && \
+		$(PYTHON) scripts/sass_audit.py --json build/sass-audit/audit.json; \
 	else echo "nvcc not found: skipping the CUDA compile check"; fi
 
 # The GPU check's commands, assembled and checked on this machine (no GPU needed), so the script
