@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "common/dtype.h"
 #include "common/host_device.h"
@@ -40,6 +41,19 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
+
+// Writes a Vec with one store of its size. A 16-byte Vec assigned member-wise may be split by the
+// compiler into 2- or 4-byte stores (seen in pixel_norm_rows' SASS, scripts/sass_audit.py); a uint4
+// store through the store intrinsic stays one 16-byte store.
+template <typename T, int N> __device__ __forceinline__ void store_vec(T* dst, const Vec<T, N>& v) {
+  if constexpr (sizeof(Vec<T, N>) == sizeof(uint4)) {
+    uint4 bits;
+    memcpy(&bits, &v, sizeof(bits));
+    __stwb(reinterpret_cast<uint4*>(dst), bits);
+  } else {
+    *reinterpret_cast<Vec<T, N>*>(dst) = v;
+  }
+}
 
 inline bool aligned_to(const void* p, std::uintptr_t bytes) {
   return p == nullptr || reinterpret_cast<std::uintptr_t>(p) % bytes == 0;

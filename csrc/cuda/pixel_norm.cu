@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
       for (int j = 0; j < V; ++j) {
         ov.v[j] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(to_acc(xv.v[j]), kBackward ? to_acc(gv.v[j]) : A(0), s));
       }
-      *reinterpret_cast<VecT*>(out + c) = ov;
+      store_vec(out + c, ov);
     }
   }
 }
