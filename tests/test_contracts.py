@@ -19,6 +19,8 @@ OPS = {
                             torch.randn(5, dtype=torch.float64, device=d)]),
     "minibatch_std": (lambda x: gan_kernels.minibatch_std(x, 2), lambda x: reference.minibatch_std(x, 2),
                       lambda d: [torch.randn(4, 6, 2, 3, dtype=torch.float64, device=d)]),
+    "minibatch_discrimination": (gan_kernels.minibatch_discrimination, reference.minibatch_discrimination,
+                                 lambda d: [torch.randn(5, 3, 4, dtype=torch.float64, device=d) / 4]),
     "per_sample_penalty": (lambda g: gan_kernels.per_sample_penalty(g, 1.0),
                            lambda g: reference.per_sample_penalty(g, 1.0),
                            lambda d: [torch.randn(3, 4, 2, dtype=torch.float64, device=d)]),
