@@ -58,7 +58,7 @@ RACECHECK_SELECTION = (
 RACECHECK_REACHES = ["pixel_norm_paths[tiles_cached", "pixel_norm_paths[tiles_uncached", "several_chunks",
                      "many_tiles", "spectral_norm_matches_reference[small"]
 
-OPS = "bias_act,gradient_penalty,minibatch_std,pixel_norm,spectral_norm"
+OPS = "bias_act,gradient_penalty,minibatch_discrimination,minibatch_std,pixel_norm,spectral_norm"
 ENVIRONMENT = r"""
 for tool in nvidia-smi nvcc compute-sanitizer; do command -v $tool >/dev/null || echo "$tool: not found"; done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
