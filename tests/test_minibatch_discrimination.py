@@ -51,9 +51,10 @@ def paper_minibatch_discrimination(m):
 
 
 def paper_layer(x, T):
-    """MinibatchDiscrimination transcribed in plain PyTorch on the layer's tensor T [A, B, C]."""
+    """MinibatchDiscrimination transcribed in plain PyTorch on the layer's tensor T [A, B, C], used
+    with its runtime gain 1 / (C sqrt(A))."""
     a, b, c = T.shape
-    m = (x @ T.reshape(a, b * c)).reshape(-1, b, c)
+    m = (x @ (T / (c * math.sqrt(a))).reshape(a, b * c)).reshape(-1, b, c)
     return torch.cat([x, paper_minibatch_discrimination(m)], dim=1)
 
 
@@ -520,14 +521,15 @@ def test_layer_follows_the_input_dtype(dtype):
 
 
 def test_initialisation_puts_unit_variance_inputs_at_l1_distance_about_one():
-    # T ~ N(0, 1/(C^2 A)): rows of M of two unit-variance samples differ by N(0, 2/C^2) per dim, so
-    # their expected L1 distance over C dims is 2/sqrt(pi) ~ 1.128 and c_b ~ 0.3.
+    # T ~ N(0, 1) used times 1/(C sqrt(A)): rows of M of two unit-variance samples differ by
+    # N(0, 2/C^2) per dim, so their expected L1 distance over C dims is 2/sqrt(pi) ~ 1.128, c_b ~ 0.3.
     torch.manual_seed(17)
     a, b, c = 64, 100, 5
     layer = MinibatchDiscrimination(a, b, c)
-    assert layer.T.std().item() == pytest.approx(1 / (c * math.sqrt(a)), rel=0.02)
+    assert layer.T.std().item() == pytest.approx(1.0, rel=0.02)
+    assert layer.weight_gain == 1 / (c * math.sqrt(a))
     x = torch.randn(256, a)
-    m = (x @ layer.T.flatten(1)).unflatten(1, (b, c))
+    m = (x @ (layer.T * layer.weight_gain).flatten(1)).unflatten(1, (b, c))
     distances = (m[:128] - m[128:]).abs().sum(dim=2)  # 128 independent pairs x 100 kernels
     assert distances.mean().item() == pytest.approx(2 / math.sqrt(math.pi), rel=0.05)
     o = layer(x)[:, a:]
