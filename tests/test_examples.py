@@ -56,7 +56,8 @@ def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
 
 
 def test_every_configuration_uses_the_same_optimiser_and_budget():
-    shared = {f.name for f in dataclasses.fields(mog.Config)} - {"loss", "spectral_norm", "penalty", "weight"}
+    shared = {f.name for f in dataclasses.fields(mog.Config)} - {"loss", "spectral_norm", "penalty", "weight",
+                                                                 "minibatch_discrimination"}
     for name in shared:
         assert len({getattr(c, name) for c in mog.CONFIGS.values()}) == 1, name
 
