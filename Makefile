@@ -51,7 +51,7 @@ gpu-verify-dry: build
 # the op tests run again under every other CPU capability ATen can pick on this machine, with the
 # compiled ops, and the NaN/inf definition tests with the reference too. Inductor's cache does not
 # key on the capability (a kernel cached under one gave wrong values under another), hence one each.
-CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py \
+CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py tests/test_minibatch_discrimination.py \
 	tests/test_gradient_penalty.py tests/test_spectral_norm.py tests/test_properties.py tests/test_contracts.py
 
 # Style: ruff (format + pyflakes/pycodestyle errors) for Python, clang-format for C++ and CUDA.

@@ -111,15 +111,30 @@ class Timer:
         return statistics.median(start.elapsed_time(end) for start, end in events)
 
     def peak_memory_mb(self, fn):
-        """Peak CUDA memory allocated during one call, above what was allocated before it."""
+        """Peak memory allocated during one call, above what was allocated before it: CUDA's allocator
+        statistics, or on the CPU the running sum of the allocations and frees the profiler records
+        (every tensor of c10's CPU allocator; not memory a kernel takes outside tensors)."""
         if self.device.type != "cuda":
-            return None
+            return cpu_peak_memory_mb(fn)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def cpu_peak_memory_mb(fn):
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held, peak = 0, 0
+    for event in events:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak / 2**20
 
 
 def copy_bandwidth_gbs(device, timer):

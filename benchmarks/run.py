@@ -79,7 +79,7 @@ def measure(case, timer):
             continue
         try:
             row[f"{name}_ms"] = timer(fn)
-            if case.mode == "fwd+bwd" or "step" in case.mode:
+            if case.mode in ("fwd+bwd", "r1") or "step" in case.mode:
                 row[f"{name}_peak_mb"] = timer.peak_memory_mb(fn)
         except Exception as error:  # torch.compile can fail late, e.g. on double backward
             row[f"{name}_ms"] = None
@@ -89,6 +89,16 @@ def measure(case, timer):
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
+
+
+def print_columns(lines):
+    """lines[0] is the header; the first four columns (op, shape, dtype, mode) left-aligned, numbers right."""
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(cell).ljust(w) if j < 4 else str(cell).rjust(w)
+                        for j, (cell, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 def print_table(rows, copy_gbs):
@@ -106,15 +116,22 @@ def print_table(rows, copy_gbs):
                       fmt(r["compile_ms"], ".3f"), fmt(ours, ".3f"), fmt(gbs, ".1f"),
                       fmt(r["ours_pct_copy"], ".0f"), fmt(r["speedup_eager"], ".2f"),
                       fmt(r["speedup_compile"], ".2f")])
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
-    for i, line in enumerate(lines):
-        print("  ".join(str(cell).ljust(w) if j < 4 else str(cell).rjust(w)
-                        for j, (cell, w) in enumerate(zip(line, widths))))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_columns(lines)
+    print_memory_table(rows)
     errors = {(r["op"], r["mode"], name): r[f"{name}_error"] for r in rows for name in IMPLS if r.get(f"{name}_error")}
     for (op, mode, name), error in sorted(errors.items()):
         print(f"note: {op} {mode} {name}: {error}")
+
+
+def print_memory_table(rows):
+    """Peak memory of the rows that measured it (fwd+bwd, r1 and steps): MB allocated above the inputs."""
+    rows = [r for r in rows if any(r.get(f"{name}_peak_mb") is not None for name in IMPLS)]
+    if not rows:
+        return
+    print("\npeak memory allocated during one call, MB above what was allocated before it")
+    header = ["op", "shape", "dtype", "mode", *[f"{name} MB" for name in IMPLS]]
+    print_columns([header] + [[r["op"], r["shape"], r["dtype"], r["mode"],
+                               *[fmt(r.get(f"{name}_peak_mb"), ".2f") for name in IMPLS]] for r in rows])
 
 
 def plot(rows, path):

@@ -37,6 +37,10 @@ samples are reported in the data's units. What differs per configuration is in C
            N(0, std_t^2) noise, std_t falling linearly from 0.3 (20x the modes' std in the
            standardised units D sees; the best of 0.1, 0.3 and 0.6 on the ring) to 0 by the step where
            the learning rates start to decay (Sonderby et al. 2017, gan_kernels.stabilizers.InstanceNoise)
+  mbdisc   non-saturating loss, nothing else but minibatch discrimination (Salimans et al. 2016)
+           before D's last layer: 32 kernels of 5 dims (the paper's kernel dim; half as many kernels
+           as D's 64 features, about the paper's ratio), computed within the real and within the
+           generated batch
 """
 import argparse
 import dataclasses
@@ -73,6 +77,7 @@ class Config:
     weight: float = 0.0  # WGAN-GP's lambda or R1's gamma
     unroll_steps: int = 0  # D steps G's loss looks ahead (unrolled GAN), each an SGD step of UNROLL_LR
     instance_noise: float = 0.0  # instance noise's initial std, in the standardised units D sees
+    minibatch_discrimination: tuple = ()  # (num_kernels, kernel_dim) of a layer before D's last one
     # The optimiser; every configuration below keeps these shared defaults (see the docstring).
     lr: float = 2e-3  # G's Adam learning rate
     lr_d: float = 4e-3  # D's Adam learning rate
@@ -94,6 +99,7 @@ CONFIGS = {
     "sn+r1": Config("non_saturating", spectral_norm=True, penalty="r1", weight=0.1),
     "unrolled": Config("non_saturating", unroll_steps=5),
     "instance-noise": Config("non_saturating", instance_noise=INSTANCE_NOISE_STD),
+    "mbdisc": Config("non_saturating", minibatch_discrimination=(32, 5)),
 }
 
 Z_DIM = 2
@@ -132,8 +138,24 @@ def mlp(sizes, activation):
     return nn.Sequential(*layers)
 
 
-def make_discriminator(config):
+class PerBatch(nn.Module):
+    """``layer`` applied to each ``batch`` rows on their own: D sees [real, fake(, ...)] in one
+    forward, and minibatch features must compare real samples with real ones, generated with generated."""
+
+    def __init__(self, layer, batch):
+        super().__init__()
+        self.layer, self.batch = layer, batch
+
+    def forward(self, x):
+        return torch.cat([self.layer(part) for part in x.split(self.batch)])
+
+
+def make_discriminator(config, batch=BATCH):
     d = mlp([2] + [WIDTH] * DEPTH + [1], lambda: nn.LeakyReLU(0.2))
+    if config.minibatch_discrimination:
+        kernels, kernel_dim = config.minibatch_discrimination
+        layer = gan_kernels.nn.MinibatchDiscrimination(WIDTH, kernels, kernel_dim)
+        d[-1] = nn.Sequential(PerBatch(layer, batch), nn.Linear(WIDTH + kernels, 1))
     if config.spectral_norm:
         for layer in d:
             if isinstance(layer, nn.Linear):
@@ -190,7 +212,7 @@ def train(config, dataset, steps, seed, batch=BATCH, progress=None, monitor_ever
     # normalisation); samples are returned in the data's own units.
     scale = float((centers.var(dim=0, unbiased=False).mean() + std ** 2).sqrt())
     g = mlp([Z_DIM] + [WIDTH] * DEPTH + [2], nn.ReLU)
-    d = make_discriminator(config)
+    d = make_discriminator(config, batch)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=config.betas, fused=True)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas, fused=True)
     curves = {"d_loss": [], "g_loss": [], "sigma": []}

@@ -5,6 +5,7 @@ from . import distributed, losses, monitor, nn, penalties, reference, stabilizer
 from ._backend import Backend, FallbackWarning, backend
 from .ops import (
     bias_act,
+    minibatch_discrimination,
     minibatch_std,
     per_sample_penalty,
     pixel_norm,
@@ -27,6 +28,7 @@ __all__ = [
     "gradient_penalty",
     "losses",
     "monitor",
+    "minibatch_discrimination",
     "minibatch_std",
     "nn",
     "penalties",

@@ -117,6 +117,34 @@ def minibatch_std(x, group_size=4, num_channels=1):
     y = y.mean(dim=[2, 3, 4])
     y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
     return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+# --- minibatch discrimination (Salimans et al. 2016) ------------------------------------------------
+
+
+def off_diagonal(pairs):
+    """[N, N, ...] -> [N, N-1, ...]: row i keeps every column j != i in ascending order. Sliced out,
+    not masked: a NaN on the diagonal (a NaN sample compared with itself) would reach the gradient
+    through any mask (0 * NaN), and slicing gives its gradient a plain 0."""
+    n = pairs.shape[0]
+    others = max(n - 1, 0)
+    # Flattened, the diagonal is every (N+1)-th element from 0: drop it by a shifted reshape.
+    return pairs.flatten(0, 1)[1:].unflatten(0, (others, n + 1))[:, :n].reshape(n, others, *pairs.shape[2:])
+
+
+def differences_to_others(t):
+    """``t[i] - t[j]`` for every sample i and every other sample j: [N, ...] -> [N, N-1, ...]."""
+    return off_diagonal(t.unsqueeze(1) - t.unsqueeze(0))
+
+
+def minibatch_discrimination(m):
+    """Minibatch discrimination's pairwise part: ``m`` [N, B, C] -> ``o`` [N, B] with
+    ``o[i, b] = sum_{j != i} exp(-sum_c |m[i, b, c] - m[j, b, c]|)``: 0 for a batch of one.
+    At a tie the derivative of |d| is sign(0) = 0, as torch.abs's gradient."""
+    distances = differences_to_others(m.to(_compute_dtype(m))).abs().sum(dim=3)  # [N, N-1, B]
+    return torch.exp(-distances).sum(dim=1).to(m.dtype)
+
+
 # --- bias_act (StyleGAN's bias_act) --------------------------------------------------------------
 
 from . import _activations  # noqa: E402

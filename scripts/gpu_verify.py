@@ -42,12 +42,13 @@ PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *NO_FALLBA
 # Smoke sets of tests/test_cuda.py for the sanitizers, each small and each reaching every kernel it
 # is meant for; the dry run checks that every family named in REACHES is selected.
 MEMCHECK_SELECTION = (
-    "(pixel_norm_paths or bias_act_paths or several_chunks or many_tiles) and (float32 or bfloat16)"
+    "(pixel_norm_paths or bias_act_paths or several_chunks or many_tiles or minibatch_discrimination_paths)"
+    " and (float32 or bfloat16)"
     " or tile_cache_limits and (float32-1536 or float32-768 or float64-768)"
     " or grid_stride or spectral_norm_matches_reference"
 )
 MEMCHECK_REACHES = ["pixel_norm_paths", "bias_act_paths", "several_chunks", "many_tiles", "tile_cache_limits",
-                    "grid_stride", "spectral_norm_matches_reference"]
+                    "grid_stride", "spectral_norm_matches_reference", "minibatch_discrimination_paths"]
 # Only the kernels with shared memory (bias_act has none), at small sizes: racecheck is slow.
 RACECHECK_SELECTION = (
     "pixel_norm_paths and tiles and float32 or tile_cache_limits and float32-1536"
@@ -57,7 +58,7 @@ RACECHECK_SELECTION = (
 RACECHECK_REACHES = ["pixel_norm_paths[tiles_cached", "pixel_norm_paths[tiles_uncached", "several_chunks",
                      "many_tiles", "spectral_norm_matches_reference[small"]
 
-OPS = "bias_act,gradient_penalty,minibatch_std,pixel_norm,spectral_norm"
+OPS = "bias_act,gradient_penalty,minibatch_discrimination,minibatch_std,pixel_norm,spectral_norm"
 ENVIRONMENT = r"""
 for tool in nvidia-smi nvcc compute-sanitizer; do command -v $tool >/dev/null || echo "$tool: not found"; done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv

@@ -888,4 +888,36 @@ SPECTRAL_NORM = OpEntry(
 )
 
 
-OPS = [PIXEL_NORM, MINIBATCH_STD, BIAS_ACT, PER_SAMPLE_PENALTY, SPECTRAL_NORM]
+# --- minibatch discrimination ------------------------------------------------------------------
+# Its own file (tests/test_minibatch_discrimination.py) holds the op's parity, opcheck and penalty
+# tests; the registry adds the contracts every op shares.
+
+
+def _minibatch_discrimination_public_call():
+    m = torch.randn(4, 3, 2)
+    return lambda: gan_kernels.minibatch_discrimination(m)
+
+
+def _minibatch_discrimination_gradcheck(device):
+    torch.manual_seed(11)
+    m = (torch.randn(5, 3, 4, dtype=torch.float64, device=device) / 4).requires_grad_()
+    return [(gan_kernels.minibatch_discrimination, (m,))]
+
+
+MINIBATCH_DISCRIMINATION = OpEntry(
+    name="minibatch_discrimination",
+    function=gan_kernels.minibatch_discrimination,
+    reference=reference.minibatch_discrimination,
+    compiled_ops=frozenset({"gan_kernels::minibatch_discrimination"}),
+    public_call=_minibatch_discrimination_public_call,
+    gradcheck=[Case("public", _minibatch_discrimination_gradcheck)],
+    bad_inputs=bad_calls(gan_kernels.minibatch_discrimination, [
+        (dict(m=torch.ones(2, 3, 4, dtype=torch.int64)), TypeError, "m must be float64, float32, float16 or bfloat16"),
+        (dict(m=torch.randn(2, 3)), ValueError, r"m must be a 3-D tensor \[N, B, C\]"),
+        (dict(m=[1.0]), TypeError, "m must be a torch.Tensor"),
+    ]),
+    forward_ad=(lambda d: ([torch.randn(5, 3, 4, dtype=torch.float64, device=d) / 4], {})),
+)
+
+
+OPS = [PIXEL_NORM, MINIBATCH_STD, BIAS_ACT, PER_SAMPLE_PENALTY, SPECTRAL_NORM, MINIBATCH_DISCRIMINATION]

@@ -4,8 +4,9 @@ the current stream, CUDA-graph capture), on the GPU only.
 Each launcher branch named in csrc/cuda has a case here: vector widths, cached and uncached tiles,
 the shared-memory bands of the pixel-norm cache, grid-stride loops past the 2^20-block cap,
 multi-block and more-than-32 spectral-norm layers, multi-chunk penalties, many-tile minibatch
-stddev. Every test fails if the pure-PyTorch fallback ran instead of our kernels: the module's
-fixture asserts that the compiled CUDA backend is active, and FallbackWarning is an error.
+stddev, minibatch discrimination with one and several dim chunks per row. Every test fails if the
+pure-PyTorch fallback ran instead of our kernels: the module's fixture asserts that the compiled CUDA
+backend is active, and FallbackWarning is an error.
 Sizes are the smallest that reach each path; the largest (the grid-stride cases) move under 2 GB.
 """
 import functools
@@ -291,6 +292,80 @@ def test_cuda_spectral_norm_matches_reference(layers):
         assert_close(got, expected.float())
 
 
+# ---- minibatch discrimination ------------------------------------------------------------------
+
+# A thread per (row, kernel) keeps up to 8 dims' gradient sums in registers: 5 dims take one thread
+# per row, 19 dims three (8, 8 and 3 dims, each recomputing the pairs' distances, only the first
+# writing the double backward's dL/dgrad).
+MINIBATCH_DISCRIMINATION_DIMS = {"one_chunk": 5, "three_chunks": 19}
+
+
+def minibatch_discrimination_outputs(fn, m, grad_out, upstream):
+    """o, dL/dm, and the double backward's d<dL/dm, upstream>/dm and /dgrad."""
+    leaf = m.detach().requires_grad_()
+    grad = grad_out.detach().requires_grad_()
+    o = fn(leaf)
+    (dm,) = torch.autograd.grad(o, leaf, grad, create_graph=True)
+    ddm, dgrad = torch.autograd.grad(dm, [leaf, grad], upstream)
+    return [o.detach(), dm.detach(), ddm, dgrad]
+
+
+def assert_minibatch_discrimination_matches_reference(m, grad_out, upstream):
+    """Against the reference in m's dtype, or for float32 against the float64 formula: each output
+    sums N-1 pair terms made of C-term sums, whose float32 rounding (~1e-7 of the terms' size)
+    exceeds atol=1e-6 where terms cancel, for the eager formula in float32 as for ours. float32 is
+    then held to being no further from the float64 formula than 4x the float32 eager formula is
+    (on the CPU kernel: 1.3x to 1.7x at these shapes)."""
+    got = minibatch_discrimination_outputs(gan_kernels.minibatch_discrimination, m, grad_out, upstream)
+    want = minibatch_discrimination_outputs(reference.minibatch_discrimination, m, grad_out, upstream)
+    exact = minibatch_discrimination_outputs(reference.minibatch_discrimination, m.double(), grad_out.double(),
+                                             upstream.double())
+    for index, (a, b, truth) in enumerate(zip(got, want, exact, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"output {index}"
+        if m.dtype == torch.float32:
+            ours_error = (a.double() - truth).abs().max()
+            eager_error = (b.double() - truth).abs().max()
+            assert ours_error <= 4 * eager_error, f"output {index}: {ours_error:.3g} vs eager float32 {eager_error:.3g}"
+        else:
+            assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("dims", list(MINIBATCH_DISCRIMINATION_DIMS))
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_cuda_minibatch_discrimination_paths(layout, dims, dtype):
+    # 37 samples: a partial warp of rows per kernel. The kernels read every layout through its strides.
+    # Values N(0, 1/C^2) put pairs at L1 distance ~1, where exp(-d) is far from 0.
+    torch.manual_seed(19)
+    n, kernels, c = 37, 6, MINIBATCH_DISCRIMINATION_DIMS[dims]
+    if layout == "contiguous":
+        m = torch.randn(n, kernels, c, dtype=dtype, device="cuda") / c
+    elif layout == "transposed":
+        m = (torch.randn(c, n, kernels, dtype=dtype, device="cuda") / c).permute(1, 2, 0)
+    else:
+        m = (torch.randn(n, 2 * kernels, 2 * c, dtype=dtype, device="cuda") / c)[:, ::2, ::2]
+    grad_out = torch.randn(kernels, n, dtype=dtype, device="cuda").t()  # a strided dL/do too
+    upstream = torch.randn(n, kernels, c, dtype=dtype, device="cuda")
+    assert_minibatch_discrimination_matches_reference(m, grad_out, upstream)
+
+
+def test_cuda_minibatch_discrimination_grid_stride_past_the_block_cap():
+    # 128 threads a block, one per (row, kernel): 2 samples of 2^26 + 3 kernels are 2^27 + 6 tasks,
+    # past 2^20 blocks. bfloat16 keeps each tensor at 256 MB; the first blocks and the loop's last
+    # are compared (a kernel's outputs depend on its own column of m only).
+    torch.manual_seed(20)
+    kernels = 64 * MAX_BLOCKS + 3
+    m = torch.randn(2, kernels, 1, dtype=torch.bfloat16, device="cuda")
+    grad_out = torch.randn(2, kernels, dtype=torch.bfloat16, device="cuda")
+    upstream = torch.randn_like(m)
+    got = minibatch_discrimination_outputs(gan_kernels.minibatch_discrimination, m, grad_out, upstream)
+    for part in (slice(0, 1000), slice(kernels - 1000, None)):
+        want = minibatch_discrimination_outputs(reference.minibatch_discrimination, m[:, part], grad_out[:, part],
+                                                upstream[:, part])
+        for a, b in zip(got, want, strict=True):
+            assert_close(a[:, part], b)
+
+
 # ---- every op: determinism, the current stream, CUDA graphs ------------------------------------
 
 
@@ -318,6 +393,8 @@ PROGRAMS = {
     "penalty_c0": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=0.0)),
     "minibatch_std": ((8, 512, 16, 16), lambda shape: functools.partial(gan_kernels.minibatch_std, group_size=4)),
     "spectral_norm": ((512, 512, 3, 3), spectral_normalised),
+    # N(0, 1/C^2) values: pairs at L1 distance ~1, where the similarities are far from 0
+    "minibatch_discrimination": ((64, 20, 19), lambda shape: lambda m: gan_kernels.minibatch_discrimination(m / 19)),
 }
 
 

@@ -56,7 +56,8 @@ def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
 
 
 def test_every_configuration_uses_the_same_optimiser_and_budget():
-    per_configuration = {"loss", "spectral_norm", "penalty", "weight", "unroll_steps", "instance_noise"}
+    per_configuration = {"loss", "spectral_norm", "penalty", "weight", "unroll_steps", "instance_noise",
+                         "minibatch_discrimination"}
     shared = {f.name for f in dataclasses.fields(mog.Config)} - per_configuration
     for name in shared:
         assert len({getattr(c, name) for c in mog.CONFIGS.values()}) == 1, name

@@ -118,6 +118,18 @@ def test_minibatch_std(groups, group_size, features, channels_per_feature, h, w,
 
 
 @SETTINGS
+@given(samples=st.integers(1, 9), kernels=st.integers(1, 4), dims=st.integers(1, 10), dtype=draw_dtype,
+       device=draw_device, data=st.data())
+def test_minibatch_discrimination(samples, kernels, dims, dtype, device, data):
+    torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
+    m = _random_tensor(data, (samples, kernels, dims), dtype, device) / dims  # pairs at L1 distance ~1
+    grad_out = torch.randn(samples, kernels, dtype=dtype, device=device)
+    got = _grads(gan_kernels.minibatch_discrimination, [m], grad_out)
+    want = _grads(reference.minibatch_discrimination, [m], grad_out)
+    _assert_all_close(got, want, dtype)
+
+
+@SETTINGS
 @given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), dtype=draw_dtype, device=draw_device,
        kind=scalar_kinds, center=st.sampled_from([0.0, 1.0, 2.5]), data=st.data())
 def test_per_sample_penalty(shape, dtype, device, kind, center, data):

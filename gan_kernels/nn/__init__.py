@@ -1,5 +1,6 @@
 """Drop-in layers for existing PyTorch GANs."""
 from .equalized import EqualizedConv2d, EqualizedLinear
+from .minibatch_discrimination import MinibatchDiscrimination
 from .minibatch_std import MinibatchStd
 from .pixel_norm import PixelNorm
 from .spectral_norm import (
@@ -14,6 +15,7 @@ from .spectral_norm import (
 __all__ = [
     "EqualizedConv2d",
     "EqualizedLinear",
+    "MinibatchDiscrimination",
     "MinibatchStd",
     "PixelNorm",
     "SpectralNorm",
