@@ -1,5 +1,6 @@
 """Build gan_kernels._C: CPU kernels always, CUDA kernels when torch is a CUDA build and nvcc
 is found (or FORCE_CUDA=1)."""
+
 import glob
 import os
 import runpy
@@ -80,6 +81,8 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.9",
     install_requires=["torch>=2.4"],
-    extras_require={"test": ["pytest", "hypothesis", "numpy", "tensorboard"],
-                    "examples": ["matplotlib", "scikit-learn", "tqdm"]},
+    extras_require={
+        "test": ["pytest", "hypothesis", "numpy", "tensorboard"],
+        "examples": ["matplotlib", "scikit-learn", "tqdm"],
+    },
 )

@@ -4,6 +4,7 @@ A case is one (op, shape, dtype, mode) with a zero-argument closure per implemen
 "eager" (the pure-PyTorch reference), "compile" (torch.compile of the reference, where it can
 run) and "ours". Ratios are against "ours"; GB/s use the case's ideal DRAM traffic.
 """
+
 import dataclasses
 import statistics
 from typing import Callable, Dict, Optional
@@ -128,8 +129,9 @@ def cpu_peak_memory_mb(fn):
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     held, peak = 0, 0
     for event in events:
         held += event.nbytes()

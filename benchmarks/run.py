@@ -5,6 +5,7 @@
 Prints a table, writes JSON (and with --plot a PNG of the speedups) under benchmarks/results/.
 Performance targets are read off here, never asserted in timed tests.
 """
+
 import argparse
 import datetime
 import importlib
@@ -39,8 +40,9 @@ def device_label(device):
 def git_commit():
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
-                               capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE, capture_output=True, text=True
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except OSError:
         return "unknown"
@@ -60,8 +62,9 @@ def make_compile_fn(enabled):
         if not enabled:
             return RuntimeError("torch.compile disabled (--no-compile)")
         if isinstance(fn, types.FunctionType):
-            copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__,
-                                      fn.__closure__)
+            copy = types.FunctionType(
+                fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+            )
             copy.__kwdefaults__ = fn.__kwdefaults__
             fn = copy
         return torch.compile(fn, dynamic=False)
@@ -95,15 +98,29 @@ def print_columns(lines):
     """lines[0] is the header; the first four columns (op, shape, dtype, mode) left-aligned, numbers right."""
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
     for i, line in enumerate(lines):
-        print("  ".join(str(cell).ljust(w) if j < 4 else str(cell).rjust(w)
-                        for j, (cell, w) in enumerate(zip(line, widths))))
+        print(
+            "  ".join(
+                str(cell).ljust(w) if j < 4 else str(cell).rjust(w) for j, (cell, w) in enumerate(zip(line, widths))
+            )
+        )
         if i == 0:
             print("  ".join("-" * w for w in widths))
 
 
 def print_table(rows, copy_gbs):
-    header = ["op", "shape", "dtype", "mode", "eager ms", "compile ms", "ours ms", "ours GB/s", "% copy",
-              "x eager", "x compile"]
+    header = [
+        "op",
+        "shape",
+        "dtype",
+        "mode",
+        "eager ms",
+        "compile ms",
+        "ours ms",
+        "ours GB/s",
+        "% copy",
+        "x eager",
+        "x compile",
+    ]
     lines = [header]
     for r in rows:
         ours = r["ours_ms"]
@@ -112,10 +129,21 @@ def print_table(rows, copy_gbs):
         r["ours_pct_copy"] = 100 * gbs / copy_gbs if gbs else None
         r["speedup_eager"] = r["eager_ms"] / ours if ours and r["eager_ms"] else None
         r["speedup_compile"] = r["compile_ms"] / ours if ours and r["compile_ms"] else None
-        lines.append([r["op"], r["shape"], r["dtype"], r["mode"], fmt(r["eager_ms"], ".3f"),
-                      fmt(r["compile_ms"], ".3f"), fmt(ours, ".3f"), fmt(gbs, ".1f"),
-                      fmt(r["ours_pct_copy"], ".0f"), fmt(r["speedup_eager"], ".2f"),
-                      fmt(r["speedup_compile"], ".2f")])
+        lines.append(
+            [
+                r["op"],
+                r["shape"],
+                r["dtype"],
+                r["mode"],
+                fmt(r["eager_ms"], ".3f"),
+                fmt(r["compile_ms"], ".3f"),
+                fmt(ours, ".3f"),
+                fmt(gbs, ".1f"),
+                fmt(r["ours_pct_copy"], ".0f"),
+                fmt(r["speedup_eager"], ".2f"),
+                fmt(r["speedup_compile"], ".2f"),
+            ]
+        )
     print_columns(lines)
     print_memory_table(rows)
     errors = {(r["op"], r["mode"], name): r[f"{name}_error"] for r in rows for name in IMPLS if r.get(f"{name}_error")}
@@ -130,8 +158,13 @@ def print_memory_table(rows):
         return
     print("\npeak memory allocated during one call, MB above what was allocated before it")
     header = ["op", "shape", "dtype", "mode", *[f"{name} MB" for name in IMPLS]]
-    print_columns([header] + [[r["op"], r["shape"], r["dtype"], r["mode"],
-                               *[fmt(r.get(f"{name}_peak_mb"), ".2f") for name in IMPLS]] for r in rows])
+    print_columns(
+        [header]
+        + [
+            [r["op"], r["shape"], r["dtype"], r["mode"], *[fmt(r.get(f"{name}_peak_mb"), ".2f") for name in IMPLS]]
+            for r in rows
+        ]
+    )
 
 
 def plot(rows, path):
@@ -144,12 +177,13 @@ def plot(rows, path):
         print("--plot needs matplotlib (pip install matplotlib); no plot written")
         return
     rows = [r for r in rows if r.get("speedup_eager")]
-    labels = [f'{r["op"]} {r["shape"]} {r["dtype"]} {r["mode"]}' for r in rows]
+    labels = [f"{r['op']} {r['shape']} {r['dtype']} {r['mode']}" for r in rows]
     fig, ax = plt.subplots(figsize=(9, 0.3 * len(rows) + 1.5))
     y = range(len(rows))
     ax.barh([i + 0.2 for i in y], [r["speedup_eager"] for r in rows], height=0.4, label="vs eager")
-    ax.barh([i - 0.2 for i in y], [r["speedup_compile"] or float("nan") for r in rows], height=0.4,
-            label="vs torch.compile")
+    ax.barh(
+        [i - 0.2 for i in y], [r["speedup_compile"] or float("nan") for r in rows], height=0.4, label="vs torch.compile"
+    )
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")  # ratios from 0.5x to 30x+ side by side
     ax.set_yticks(list(y), labels, fontsize=7)
@@ -163,8 +197,9 @@ def plot(rows, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", default=",".join(available_ops()), help="comma-separated, from: " +
-                        ", ".join(available_ops()))
+    parser.add_argument(
+        "--ops", default=",".join(available_ops()), help="comma-separated, from: " + ", ".join(available_ops())
+    )
     parser.add_argument("--quick", action="store_true", help="one shape and dtype per op, short timings")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     parser.add_argument("--plot", action="store_true", help="also write a PNG bar chart of the speedups")

@@ -42,7 +42,8 @@ std::vector<std::string> registered_ops() {
 // The activation table the kernels were built with: (name, default alpha, default gain, piecewise linear).
 std::vector<std::tuple<std::string, double, double, bool>> activations() {
   return {
-#define GAN_KERNELS_ACTIVATION_ROW(enumerator, name, alpha, gain, piecewise_linear) {name, alpha, gain, piecewise_linear},
+#define GAN_KERNELS_ACTIVATION_ROW(enumerator, name, alpha, gain, piecewise_linear) \
+  {name, alpha, gain, piecewise_linear},
       GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_ROW)
 #undef GAN_KERNELS_ACTIVATION_ROW
   };

@@ -11,6 +11,7 @@ classifier trained on the real digits (classes produced, entropy of the class hi
 confidence) and what the monitor flagged; saves a sample grid PNG and the monitor's dashboard PNG.
 Needs scikit-learn (the data and the classifier) and tqdm; matplotlib for the pictures.
 """
+
 import argparse
 import math
 import os
@@ -169,14 +170,16 @@ def main(argv=None):
     parser.add_argument("--r1-interval", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: these models are too small to gain from more)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default 1: these models are too small to gain from more)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     print(f"backend: {gan_kernels.backend()}")
-    g, images, labels, seconds_per_step, monitor = train(args.steps, args.batch, args.r1_gamma, args.r1_interval,
-                                                         args.seed)
+    g, images, labels, seconds_per_step, monitor = train(
+        args.steps, args.batch, args.r1_gamma, args.r1_interval, args.seed
+    )
     classifier = train_classifier(images, labels)
     with torch.no_grad():
         samples = g(torch.randn(1000, Z_DIM, generator=torch.Generator().manual_seed(args.seed)))
@@ -184,7 +187,10 @@ def main(argv=None):
     real_produced, real_entropy, real_confidence = class_coverage(classifier, images)
     print(f"\n{'':<10} {'classes':>8} {'entropy':>8} {'confidence':>11}")
     print(f"{'generated':<10} {produced:>5}/10 {entropy:>8.3f} {confidence:>11.3f}")
-    print(f"{'real':<10} {real_produced:>5}/10 {real_entropy:>8.3f} {real_confidence:>11.3f}   (max entropy ln 10 = 2.303)")
+    print(
+        f"{'real':<10} {real_produced:>5}/10 {real_entropy:>8.3f} {real_confidence:>11.3f}"
+        "   (max entropy ln 10 = 2.303)"
+    )
     print(f"{1e3 * seconds_per_step:.1f} ms per step")
     flagged = ", ".join(f"{name} (first at step {step})" for name, step in monitor.first_seen.items())
     print(f"StabilityMonitor: {flagged or 'nothing flagged'}")

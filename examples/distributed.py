@@ -9,6 +9,7 @@ modules, starts every rank from rank 0's state with gan_kernels.distributed.broa
 averages gradients with all_reduce_gradients (StyleGAN3's way). Prints per-step times on rank 0
 and checks at the end that every rank holds identical parameters (exit status 1 if not).
 """
+
 import argparse
 import os
 import sys
@@ -136,8 +137,10 @@ def main(argv=None):
     gen = torch.Generator(device=device).manual_seed(1000 + rank)
 
     if rank == 0:
-        print(f"{world_size} ranks on {device.type} ({dist.get_backend()}), loop {args.loop}, "
-              f"batch {args.batch} per rank ({args.batch * world_size} in all), lazy R1 every {args.r1_interval}")
+        print(
+            f"{world_size} ranks on {device.type} ({dist.get_backend()}), loop {args.loop}, "
+            f"batch {args.batch} per rank ({args.batch * world_size} in all), lazy R1 every {args.r1_interval}"
+        )
     times = []
     for step in range(args.steps):
         if use_cuda:
@@ -150,8 +153,7 @@ def main(argv=None):
         # penalties.r1 on the DDP module adds 0 * logits, so that DDP reduces this backward too.
         with torch.no_grad():  # D's step needs no graph of G
             fake = G(z)
-        loss_d = (nn.functional.softplus(D_train(fake)).mean()
-                  + nn.functional.softplus(-D_train(real)).mean())
+        loss_d = nn.functional.softplus(D_train(fake)).mean() + nn.functional.softplus(-D_train(real)).mean()
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         reg = lazy(step, penalties.r1, D_train, real, args.r1_gamma)
@@ -176,9 +178,12 @@ def main(argv=None):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         if rank == 0 and (step + 1) % args.print_every == 0:
-            recent = times[-args.print_every:]
-            print(f"step {step + 1:4d}  {1000 * sum(recent) / len(recent):7.1f} ms/step"
-                  f"  loss_d {loss_d.item():.3f}  loss_g {loss_g.item():.3f}", flush=True)
+            recent = times[-args.print_every :]
+            print(
+                f"step {step + 1:4d}  {1000 * sum(recent) / len(recent):7.1f} ms/step"
+                f"  loss_d {loss_d.item():.3f}  loss_g {loss_g.item():.3f}",
+                flush=True,
+            )
 
     identical = identical_on_every_rank([G, D])
     if rank == 0:

@@ -42,6 +42,7 @@ samples are reported in the data's units. What differs per configuration is in C
            as D's 64 features, about the paper's ratio), computed within the real and within the
            generated batch
 """
+
 import argparse
 import dataclasses
 import functools
@@ -180,11 +181,11 @@ def discriminator_loss(config, d, real, fake, generator, noise=None):
     if config.penalty == "wgan-gp":
         inputs.append(penalties.interpolates(real, fake, generator).requires_grad_())
     logits = d(torch.cat(inputs))
-    real_logits, fake_logits = logits[:n], logits[n:2 * n]
+    real_logits, fake_logits = logits[:n], logits[n : 2 * n]
     loss = losses.discriminator_loss(real_logits, fake_logits, config.loss)
     penalty = None
     if config.penalty == "wgan-gp":  # = penalties.wgan_gp(d, real, fake, weight), without a 2nd forward
-        penalty = config.weight * penalties.gradient_penalty(logits[2 * n:], inputs[2], center=1.0).mean()
+        penalty = config.weight * penalties.gradient_penalty(logits[2 * n :], inputs[2], center=1.0).mean()
     elif config.penalty == "r1":  # = penalties.r1(d, real, gamma), without a 2nd forward
         penalty = config.weight / 2 * penalties.gradient_penalty(real_logits, real, center=0.0).mean()
     if penalty is not None:
@@ -196,8 +197,14 @@ def generator_loss(config, d, fake, real, noise=None):
     """G's loss; ``real`` (the latest D step's real batch) is what the unrolled D steps train on."""
     if config.unroll_steps:
         return stabilizers.unrolled_generator_loss(
-            d, fake, real, functools.partial(losses.discriminator_loss, kind=config.loss),
-            functools.partial(losses.generator_loss, kind=config.loss), config.unroll_steps, UNROLL_LR)
+            d,
+            fake,
+            real,
+            functools.partial(losses.discriminator_loss, kind=config.loss),
+            functools.partial(losses.generator_loss, kind=config.loss),
+            config.unroll_steps,
+            UNROLL_LR,
+        )
     if noise is not None:
         fake = noise(fake)
     return losses.generator_loss(d(fake), kind=config.loss)
@@ -210,7 +217,7 @@ def train(config, dataset, steps, seed, batch=BATCH, progress=None, monitor_ever
     centers, std = DATASETS[dataset]
     # The networks work in standardised coordinates (unit variance per coordinate, as any input
     # normalisation); samples are returned in the data's own units.
-    scale = float((centers.var(dim=0, unbiased=False).mean() + std ** 2).sqrt())
+    scale = float((centers.var(dim=0, unbiased=False).mean() + std**2).sqrt())
     g = mlp([Z_DIM] + [WIDTH] * DEPTH + [2], nn.ReLU)
     d = make_discriminator(config, batch)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr, betas=config.betas, fused=True)
@@ -278,8 +285,9 @@ def save_pictures(results, out_dir):
         return []
     configs = sorted({c for c, _ in results}, key=list(CONFIGS).index)
     datasets = sorted({ds for _, ds in results}, key=list(DATASETS).index)
-    fig, axes = plt.subplots(len(datasets), len(configs), figsize=(2.6 * len(configs), 2.6 * len(datasets)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(datasets), len(configs), figsize=(2.6 * len(configs), 2.6 * len(datasets)), squeeze=False
+    )
     for i, ds in enumerate(datasets):
         centers, _ = DATASETS[ds]
         for j, name in enumerate(configs):
@@ -287,8 +295,9 @@ def save_pictures(results, out_dir):
             ax = axes[i][j]
             ax.scatter(r["samples"][:, 0], r["samples"][:, 1], s=1, alpha=0.4)
             ax.scatter(centers[:, 0], centers[:, 1], s=12, c="red", marker="x")
-            ax.set_title(f"{name} / {ds}\n{r['modes']:.1f}/{len(centers)} modes, {100 * r['quality']:.0f}% HQ",
-                         fontsize=8)
+            ax.set_title(
+                f"{name} / {ds}\n{r['modes']:.1f}/{len(centers)} modes, {100 * r['quality']:.0f}% HQ", fontsize=8
+            )
             lim = 3 if ds == "ring8" else 5.5
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
@@ -331,8 +340,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help=f"training steps per run (default: {default_steps})")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: these models are too small to gain from more)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default 1: these models are too small to gain from more)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = args.configs.split(",")
@@ -370,21 +380,33 @@ def main(argv=None):
                     modes.append(m)
                     quality.append(q)
                     flags.append(flagged(monitor))
-                results[name, ds] = {"modes": sum(modes) / len(modes), "quality": sum(quality) / len(quality),
-                                     "modes_per_seed": modes,
-                                     "ms_per_step": 1e3 * sum(seconds) / len(seconds) / steps[ds],
-                                     "samples": samples, "curves": curves, "flagged": flags}
+                results[name, ds] = {
+                    "modes": sum(modes) / len(modes),
+                    "quality": sum(quality) / len(quality),
+                    "modes_per_seed": modes,
+                    "ms_per_step": 1e3 * sum(seconds) / len(seconds) / steps[ds],
+                    "samples": samples,
+                    "curves": curves,
+                    "flagged": flags,
+                }
     progress.close()
 
-    print(f"\n{'config':<10} {'dataset':<8} {'modes covered':>14} {'per seed':>10} {'high quality':>13} {'ms/step':>8}"
-          "  flagged by the StabilityMonitor (per seed: condition@first step)")
+    print(
+        f"\n{'config':<10} {'dataset':<8} {'modes covered':>14} {'per seed':>10} {'high quality':>13} {'ms/step':>8}"
+        "  flagged by the StabilityMonitor (per seed: condition@first step)"
+    )
     for (name, ds), r in results.items():
         total = len(DATASETS[ds][0])
         per_seed = ",".join(map(str, r["modes_per_seed"]))
-        print(f"{name:<10} {ds:<8} {r['modes']:>9.1f}/{total:<4} {per_seed:>10} {100 * r['quality']:>12.1f}% "
-              f"{r['ms_per_step']:>8.2f}  " + " | ".join(r["flagged"]))
-    print(f"(averaged over {args.seeds} seed(s); steps per run: "
-          + ", ".join(f"{ds} {n}" for ds, n in steps.items()) + f"; batch {BATCH})")
+        print(
+            f"{name:<10} {ds:<8} {r['modes']:>9.1f}/{total:<4} {per_seed:>10} {100 * r['quality']:>12.1f}% "
+            f"{r['ms_per_step']:>8.2f}  " + " | ".join(r["flagged"])
+        )
+    print(
+        f"(averaged over {args.seeds} seed(s); steps per run: "
+        + ", ".join(f"{ds} {n}" for ds, n in steps.items())
+        + f"; batch {BATCH})"
+    )
     for path in save_pictures(results, args.out):
         print(f"saved {path}")
     return results

@@ -1,4 +1,5 @@
 """gan_kernels: fast, exact, twice-differentiable GAN stabilisation ops for PyTorch."""
+
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
 from . import distributed, losses, monitor, nn, penalties, reference, stabilizers

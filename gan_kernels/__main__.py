@@ -5,6 +5,7 @@ references), and with ``--require-cuda`` also unless the CUDA kernels are compil
 visible and one of our kernels runs on it without falling back: what a GPU check must establish
 before its tests can mean anything.
 """
+
 import argparse
 import sys
 import warnings
@@ -51,15 +52,21 @@ def cuda_problem():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gan_kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--require-cuda", action="store_true",
-                        help="exit 1 unless our CUDA kernels are compiled in and run on a visible GPU")
+    parser = argparse.ArgumentParser(
+        prog="python -m gan_kernels", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--require-cuda",
+        action="store_true",
+        help="exit 1 unless our CUDA kernels are compiled in and run on a visible GPU",
+    )
     args = parser.parse_args(argv)
     print_facts()
     if _backend._C is None:
-        print(f"error: gan_kernels._C could not be loaded ({_backend.C_ERROR}); every op would run its reference",
-              file=sys.stderr)
+        print(
+            f"error: gan_kernels._C could not be loaded ({_backend.C_ERROR}); every op would run its reference",
+            file=sys.stderr,
+        )
         return 1
     if args.require_cuda:
         problem = cuda_problem()

@@ -5,6 +5,7 @@ exports what it was built with, so a stale build is caught (tests/test_backend.p
 
 Plain Python without torch, so that the build can run it before torch is importable.
 """
+
 import math
 import os
 import sys

@@ -3,6 +3,7 @@
 ``GAN_KERNELS_IMPL=reference`` (read at import) forces the reference everywhere; ``auto`` (the
 default) uses the compiled ops wherever they have a kernel for the tensor's device.
 """
+
 import dataclasses
 import importlib.util
 import os
@@ -28,6 +29,7 @@ def _requested_impl():
 
 
 IMPL = _requested_impl()
+
 
 def _load_extension():
     """(the compiled module or None, why it is None)"""
@@ -136,5 +138,7 @@ def use_compiled(device, *tensors):
             "reference. Rebuild with a CUDA build of torch and nvcc on PATH (or FORCE_CUDA=1).",
         )
         return False
-    _warn_once(device.type, f"gan_kernels has no kernels for {device.type} tensors; they use the pure-PyTorch reference.")
+    _warn_once(
+        device.type, f"gan_kernels has no kernels for {device.type} tensors; they use the pure-PyTorch reference."
+    )
     return False

@@ -9,6 +9,7 @@ numbers and 0-d tensors. Under ``torch.compile(dynamic=True)`` scalars may arriv
 ``SymFloat``/``SymInt``; their values cannot be inspected while tracing, so the value checks are
 skipped there (the compiled op checks its arguments again when it runs).
 """
+
 import math
 import numbers
 import operator
@@ -75,8 +76,10 @@ def real(value, arg):
         return value
     if isinstance(value, torch.Tensor):
         if value.dim() != 0 or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{arg} must be a real number or a 0-d real tensor, got a tensor of shape "
-                            f"{list(value.shape)} and dtype {value.dtype}")
+            raise TypeError(
+                f"{arg} must be a real number or a 0-d real tensor, got a tensor of shape "
+                f"{list(value.shape)} and dtype {value.dtype}"
+            )
         return value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{arg} must be a real number, got {type(value).__name__} {value!r}")

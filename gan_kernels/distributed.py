@@ -4,6 +4,7 @@ StyleGAN3's), and for starting every rank from the same state.
 Every rank must call each function with the same module architecture (the same parameters and
 buffers, in the same order) and in the same order: they are collectives of ``torch.distributed``.
 """
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -65,12 +66,11 @@ def all_reduce_gradients(module, group=None):
                 [p.grad is not None for p in members], dtype=members[0].dtype, device=members[0].device
             )
             flat = torch.cat(
-                [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in members]
-                + [present]
+                [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in members] + [present]
             )
             dist.all_reduce(flat, group=group)
             grads = flat[: -len(members)].div_(world_size).split([p.numel() for p in members])
-            present_anywhere = flat[-len(members):] > 0
+            present_anywhere = flat[-len(members) :] > 0
             for p, grad, keep in zip(members, grads, present_anywhere.tolist()):
                 if not keep:
                     continue
@@ -157,7 +157,7 @@ class _SumScatterBatch(torch.autograd.Function):
         dist.all_reduce(total, group=group)
         rows = x.shape[0] // dist.get_world_size(group)
         rank = dist.get_rank(group)
-        return total[rank * rows:(rank + 1) * rows]
+        return total[rank * rows : (rank + 1) * rows]
 
     @staticmethod
     def backward(ctx, grad):

@@ -28,6 +28,7 @@ mode_seeking(fake_a, fake_b, z_a, z_b, eps)       1 / (mean|fake_a - fake_b| / m
 
 Sources: feature matching, Salimans et al. 2016; mode seeking (MSGAN), Mao et al. 2019.
 """
+
 import torch
 
 from . import _checks

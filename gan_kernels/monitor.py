@@ -40,6 +40,7 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   the first ``sigma_baseline_checks`` checks and grew in each of the last ``patience`` checks
   (spectrally normalised layers: the normalised sigma, which should stay 1).
 """
+
 import dataclasses
 import math
 import warnings as python_warnings
@@ -131,8 +132,17 @@ def _format(value):
 
 
 # Per-step values accumulated on the device, one slot each.
-_SLOTS = ("real_logit_mean", "fake_logit_mean", "logit_gap", "d_accuracy", "d_loss", "g_loss", "penalty",
-          "grad_norm/D", "grad_norm/G")
+_SLOTS = (
+    "real_logit_mean",
+    "fake_logit_mean",
+    "logit_gap",
+    "d_accuracy",
+    "d_loss",
+    "g_loss",
+    "penalty",
+    "grad_norm/D",
+    "grad_norm/G",
+)
 _SLOT = {name: index for index, name in enumerate(_SLOTS)}
 
 _CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
@@ -205,8 +215,11 @@ class StabilityMonitor:
                 raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
         if D is None:
             raise TypeError("D must be a torch.nn.Module, got None")
-        for arg, value, minimum in (("every", every, 1), ("sigma_iterations", sigma_iterations, 1),
-                                    ("samples", samples, 2)):
+        for arg, value, minimum in (
+            ("every", every, 1),
+            ("sigma_iterations", sigma_iterations, 1),
+            ("samples", samples, 2),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
@@ -356,8 +369,11 @@ class StabilityMonitor:
         raw, normalised = {}, {}
         for layers in groups.values():
             sigmas = spectral_norm_power_iteration_(
-                [layer.weight.detach() for layer in layers], [layer.u for layer in layers],
-                [layer.v for layer in layers], [layer.dim for layer in layers], iterations,
+                [layer.weight.detach() for layer in layers],
+                [layer.u for layer in layers],
+                [layer.v for layer in layers],
+                [layer.dim for layer in layers],
+                iterations,
             ).tolist()
             for layer, sigma in zip(layers, sigmas):
                 raw[layer.name] = sigma
@@ -396,8 +412,9 @@ class StabilityMonitor:
         raw, normalised = self._sigmas() if self._layers else ({}, {})
         scalars.update({f"sigma/{name}": value for name, value in raw.items()})
         scalars.update({f"sigma_normalized/{name}": value for name, value in normalised.items()})
-        record = dict(scalars, _steps=self._window_steps, _variances=variances,
-                      _diversities=[float(d) for d in self._diversity])
+        record = dict(
+            scalars, _steps=self._window_steps, _variances=variances, _diversities=[float(d) for d in self._diversity]
+        )
         self.history.append(record)
         self._diversity = []
         self._reset_window()
@@ -436,8 +453,13 @@ class StabilityMonitor:
 
         accuracies = self._recent("d_accuracy", t.patience)
         if accuracies and min(accuracies) >= t.overpowering_accuracy:
-            flag("discriminator_overpowering", d_accuracy=accuracies[-1], threshold=t.overpowering_accuracy,
-                 real_logit_mean=latest.get("real_logit_mean"), fake_logit_mean=latest.get("fake_logit_mean"))
+            flag(
+                "discriminator_overpowering",
+                d_accuracy=accuracies[-1],
+                threshold=t.overpowering_accuracy,
+                real_logit_mean=latest.get("real_logit_mean"),
+                fake_logit_mean=latest.get("fake_logit_mean"),
+            )
 
         norms = self._recent("grad_norm/G", t.patience + 1)
         if norms:
@@ -447,14 +469,18 @@ class StabilityMonitor:
         if winning and norms:
             largest = self._largest_g_norm
             if all(norm < t.vanishing_gradient_ratio * largest for norm in norms[1:]):
-                flag("vanishing_generator_gradient", grad_norm_G=norms[-1], largest=largest,
-                     ratio=t.vanishing_gradient_ratio)
+                flag(
+                    "vanishing_generator_gradient",
+                    grad_norm_G=norms[-1],
+                    largest=largest,
+                    ratio=t.vanishing_gradient_ratio,
+                )
 
         oscillation = self._oscillation()
         if oscillation:
             flag("oscillation", **oscillation)
 
-        self._diversities = (self._diversities + latest["_diversities"])[-t.patience:]
+        self._diversities = (self._diversities + latest["_diversities"])[-t.patience :]
         if len(self._diversities) == t.patience and max(self._diversities) < t.collapse_diversity:
             flag("mode_collapse", diversity=self._diversities[-1], threshold=t.collapse_diversity)
 
@@ -498,8 +524,13 @@ class StabilityMonitor:
         late = math.sqrt(sum(d * d for d in deviations[half:]) / (len(deviations) - half))
         settling = late < t.oscillation_decay * early
         if crossings >= t.oscillation_crossings and contrast >= t.oscillation_contrast and not settling:
-            return {"signal": key, "crossings": crossings, "contrast": contrast, "amplitude": late,
-                    "earlier_amplitude": early}
+            return {
+                "signal": key,
+                "crossings": crossings,
+                "contrast": contrast,
+                "amplitude": late,
+                "earlier_amplitude": early,
+            }
         return None
 
     # --- results ----------------------------------------------------------------------------------
@@ -543,8 +574,11 @@ class StabilityMonitor:
             ("losses", ["d_loss", "g_loss", "penalty"], False),
             ("logit gap and D accuracy", ["logit_gap", "d_accuracy"], False),
             ("gradient norms", ["grad_norm/D", "grad_norm/G"], True),
-            ("spectral norms (raw weights)", sorted({k for r in self.history for k in r if k.startswith("sigma/")}),
-             True),
+            (
+                "spectral norms (raw weights)",
+                sorted({k for r in self.history for k in r if k.startswith("sigma/")}),
+                True,
+            ),
             ("diversity (generated / real)", ["diversity"], False),
         ]
         for ax, (title, keys, log) in zip(axes, panels):
@@ -557,8 +591,17 @@ class StabilityMonitor:
             has_curves = bool(ax.lines)
             for name, step in self.first_seen.items():
                 ax.axvline(step, color="red", linewidth=0.8, linestyle="--")
-                ax.text(step, 0.98, name, rotation=90, va="top", ha="right", fontsize=6, color="red",
-                        transform=ax.get_xaxis_transform())
+                ax.text(
+                    step,
+                    0.98,
+                    name,
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                    fontsize=6,
+                    color="red",
+                    transform=ax.get_xaxis_transform(),
+                )
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
             if has_curves:

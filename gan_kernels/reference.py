@@ -1,6 +1,7 @@
 """Pure-PyTorch formulas of every op: the spec, the fallback when no compiled kernel fits, and
 the oracle the tests compare against. fp16/bf16 inputs are computed in float32 and returned in
 their own dtype, as the kernels do."""
+
 import torch
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -54,6 +55,8 @@ def gradient_penalty(outputs, inputs, center=1.0):
     """Per-sample penalty of ``g = d(sum(outputs))/d(inputs)``, differentiable (create_graph)."""
     (g,) = torch.autograd.grad(outputs.sum(), inputs, create_graph=True)
     return per_sample_penalty(g, center)
+
+
 # --- spectral norm -------------------------------------------------------------------------------
 # torch.nn.utils.parametrizations.spectral_norm, batched over lists of weights. A weight is seen as
 # the matrix with `dim` moved first and the other dims flattened, as PyTorch's _SpectralNorm does.
@@ -101,6 +104,8 @@ def spectral_norm_normalize(weights, us, vs, dims):
                 sigma = sigma + (sigma.to(weight.dtype).to(compute) - sigma).detach()
             out.append((wc / sigma).to(weight.dtype))
     return out
+
+
 def minibatch_std(x, group_size=4, num_channels=1):
     """StyleGAN2's ``MinibatchStdLayer``: append F = num_channels channels holding, for each group of
     G = min(group_size, N) samples (sample n is in group n % (N/G)), the mean over each feature's

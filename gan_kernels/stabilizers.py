@@ -15,6 +15,7 @@ squared L2 distance summed over all its non-batch elements, averaged over the ba
 of shape [N] or [N, 1] that is the mean squared error; reimplementations that take the mean over all
 elements of images (StudioGAN's ``MSELoss``) use a weight smaller by the number of elements per sample.
 """
+
 import itertools
 
 import torch
@@ -180,8 +181,10 @@ class InstanceNoise:
         self.steps_taken = _checks.count(state_dict["steps_taken"], "state_dict['steps_taken']", minimum=0)
 
     def __repr__(self):
-        return (f"InstanceNoise(std={self.std}, anneal_steps={self.anneal_steps}, steps_taken={self.steps_taken}, "
-                f"current_std={self.current_std:.4g})")
+        return (
+            f"InstanceNoise(std={self.std}, anneal_steps={self.anneal_steps}, steps_taken={self.steps_taken}, "
+            f"current_std={self.current_std:.4g})"
+        )
 
 
 # --- consistency regularisation -------------------------------------------------------------------
@@ -343,9 +346,12 @@ class GeneratorEMA(AveragedModel):
         # AveragedModel pairs the tensors by position and stops at the shorter list: check they match.
         ours = [t.shape for t in (*self.module.parameters(), *self.module.buffers())]
         theirs = [t.shape for t in (*G.parameters(), *G.buffers())]
+
+        def describe(shape):
+            return "none" if shape is None else f"shape {list(shape)}"
+
         for index, (mine, other) in enumerate(itertools.zip_longest(ours, theirs)):
             if mine != other:
-                describe = (lambda shape: "none" if shape is None else f"shape {list(shape)}")
                 raise ValueError(
                     f"G ({type(G).__name__}) does not match the averaged generator: tensor {index} of its "
                     f"parameters and buffers has {describe(other)}, the average's has {describe(mine)}"

@@ -9,6 +9,7 @@ errors that would otherwise first show on a GPU box. The kernels themselves are 
 `pip download torch==2.11.0 --no-deps` and unzipped, never installed), which also catches an API
 that version lacks. Then the CPU sources (csrc/cpu, csrc/module.cpp) are checked too: the box
 builds them against that torch as well."""
+
 import sysconfig
 import argparse
 import concurrent.futures
@@ -60,22 +61,36 @@ def main():
     os.makedirs(os.path.join(stub, "c10", "cuda", "impl"), exist_ok=True)
     with open(os.path.join(stub, "c10", "cuda", "impl", "cuda_cmake_macros.h"), "w") as f:
         f.write("#pragma once\n")
-    flags = ["-fsyntax-only", "-std=c++17", "-DWITH_CUDA", f"-I{cuda}", f"-I{os.path.join(ROOT, 'csrc')}",
-             f"-I{generated}", *[f"-I{p}" for p in torch_include_paths(args.torch_root)], f"-I{stub}"]
+    flags = [
+        "-fsyntax-only",
+        "-std=c++17",
+        "-DWITH_CUDA",
+        f"-I{cuda}",
+        f"-I{os.path.join(ROOT, 'csrc')}",
+        f"-I{generated}",
+        *[f"-I{p}" for p in torch_include_paths(args.torch_root)],
+        f"-I{stub}",
+    ]
     sources = sorted(glob.glob(os.path.join(ROOT, "csrc", "ops", "*.cpp")))
     if args.torch_root:
         # module.cpp includes torch/extension.h (Python's headers) and the build facts setup.py writes.
         info = os.path.join(stub, "build_info.h")
         with open(info, "w") as f:
-            f.write('#pragma once\n#define GAN_KERNELS_VERSION ""\n#define GAN_KERNELS_TORCH_VERSION ""\n'
-                    '#define GAN_KERNELS_CUDA_ARCHS ""\n')
+            f.write(
+                '#pragma once\n#define GAN_KERNELS_VERSION ""\n#define GAN_KERNELS_TORCH_VERSION ""\n'
+                '#define GAN_KERNELS_CUDA_ARCHS ""\n'
+            )
         flags += ["-fopenmp", "-Wno-unknown-pragmas", "-Wno-psabi", f"-I{sysconfig.get_paths()['include']}"]
-        sources += sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [os.path.join(ROOT, "csrc", "module.cpp")]
+        sources += sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [
+            os.path.join(ROOT, "csrc", "module.cpp")
+        ]
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for source, rc, stderr in pool.map(lambda s: check(s, flags), sources):
-            print(f"{'ok  ' if rc == 0 else 'FAIL'} {os.path.relpath(source, ROOT)} (WITH_CUDA, torch headers of "
-                  f"{args.torch_root or 'the installed torch'})")
+            print(
+                f"{'ok  ' if rc == 0 else 'FAIL'} {os.path.relpath(source, ROOT)} (WITH_CUDA, torch headers of "
+                f"{args.torch_root or 'the installed torch'})"
+            )
             if rc:
                 failed += 1
                 print(stderr)

@@ -1,6 +1,7 @@
 """Prints the CPU capabilities ATen can run on this machine other than the one it picks by itself
 (`ATEN_CPU_CAPABILITY=<name>` selects one), one per line: what `make test` re-runs the CPU-kernel
 tests under, since torch's vectorised kernels and ours differ between instruction sets."""
+
 import os
 import subprocess
 import sys

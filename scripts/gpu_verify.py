@@ -13,6 +13,7 @@ prints goes to $OUT/<stage>.log ($OUT defaults to ./gpu-out); the benchmark JSON
 report (JUnit XML) land beside it, at most 8 files a call as the box's tool returns them. The last
 lines printed are a table of the steps: result, seconds, what was counted.
 """
+
 import argparse
 import concurrent.futures
 import dataclasses
@@ -47,16 +48,29 @@ MEMCHECK_SELECTION = (
     " or tile_cache_limits and (float32-1536 or float32-768 or float64-768)"
     " or grid_stride or spectral_norm_matches_reference"
 )
-MEMCHECK_REACHES = ["pixel_norm_paths", "bias_act_paths", "several_chunks", "many_tiles", "tile_cache_limits",
-                    "grid_stride", "spectral_norm_matches_reference", "minibatch_discrimination_paths"]
+MEMCHECK_REACHES = [
+    "pixel_norm_paths",
+    "bias_act_paths",
+    "several_chunks",
+    "many_tiles",
+    "tile_cache_limits",
+    "grid_stride",
+    "spectral_norm_matches_reference",
+    "minibatch_discrimination_paths",
+]
 # Only the kernels with shared memory (bias_act has none), at small sizes: racecheck is slow.
 RACECHECK_SELECTION = (
     "pixel_norm_paths and tiles and float32 or tile_cache_limits and float32-1536"
     " or several_chunks and float32 and 8200 or many_tiles and float32"
     " or spectral_norm_matches_reference and small"
 )
-RACECHECK_REACHES = ["pixel_norm_paths[tiles_cached", "pixel_norm_paths[tiles_uncached", "several_chunks",
-                     "many_tiles", "spectral_norm_matches_reference[small"]
+RACECHECK_REACHES = [
+    "pixel_norm_paths[tiles_cached",
+    "pixel_norm_paths[tiles_uncached",
+    "several_chunks",
+    "many_tiles",
+    "spectral_norm_matches_reference[small",
+]
 
 OPS = "bias_act,gradient_penalty,minibatch_discrimination,minibatch_std,pixel_norm,spectral_norm"
 ENVIRONMENT = r"""
@@ -118,8 +132,9 @@ def pytest_and_sanitizer(output):
 
 
 def run_quietly(argv, env=None, timeout=300):
-    return subprocess.run(argv, cwd=ROOT, env={**os.environ, **STEP_ENV, **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        argv, cwd=ROOT, env={**os.environ, **STEP_ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check_files(*paths):
@@ -158,13 +173,15 @@ def check_pytest_selection(reaches=()):
         start = step.argv.index(PY)
         argv = [a for a in step.argv[start:] if not a.startswith("--junitxml") and a not in ("-x",)]
         if "-n" in argv:
-            del argv[argv.index("-n"):argv.index("-n") + 2]
+            del argv[argv.index("-n") : argv.index("-n") + 2]
         if "tests" in argv:  # the whole suite's CUDA cases: collecting every file takes a minute on CI's
             argv[argv.index("tests")] = "tests/test_cuda.py"  # two cores; the CUDA file stands in for it
         result = run_quietly([*argv, "--collect-only"], step.env)
         ids = [line for line in result.stdout.splitlines() if "::" in line]
         if result.returncode != 0 or not ids:
-            raise RuntimeError(f"collection failed (exit {result.returncode}): {result.stdout[-800:]}{result.stderr[-800:]}")
+            raise RuntimeError(
+                f"collection failed (exit {result.returncode}): {result.stdout[-800:]}{result.stderr[-800:]}"
+            )
         missing = [r for r in reaches if not any(r in i for i in ids)]
         if missing:
             raise RuntimeError(f"the selection no longer reaches {', '.join(missing)}")
@@ -176,7 +193,7 @@ def check_pytest_selection(reaches=()):
 def check_benchmark(step):
     argv = [a for a in step.argv if a != "--plot"]
     if "--out" in argv:
-        del argv[argv.index("--out"):argv.index("--out") + 2]
+        del argv[argv.index("--out") : argv.index("--out") + 2]
     result = run_quietly([*argv, "--list", "--device", "cpu"])
     if result.returncode != 0:
         raise RuntimeError(f"exit {result.returncode}: {result.stderr.strip()[-800:]}")
@@ -187,14 +204,27 @@ def check_benchmark(step):
 
 
 def build_step(**kwargs):
-    return Step("build", [PY, "setup.py", "build_ext", "--inplace"], 240, env=BUILD_ENV, required=True,
-                dry=check_files("setup.py", "csrc/cuda", "csrc/ops"),
-                detail=last_match(r"(error: .*|Error .*)", "built"), **kwargs)
+    return Step(
+        "build",
+        [PY, "setup.py", "build_ext", "--inplace"],
+        240,
+        env=BUILD_ENV,
+        required=True,
+        dry=check_files("setup.py", "csrc/cuda", "csrc/ops"),
+        detail=last_match(r"(error: .*|Error .*)", "built"),
+        **kwargs,
+    )
 
 
 def require_cuda_step():
-    return Step("require-cuda", [PY, "-m", "gan_kernels", "--require-cuda"], 60, required=True,
-                dry=check_require_cuda, detail=last_match(r"(GPU .*|error: .*)"))
+    return Step(
+        "require-cuda",
+        [PY, "-m", "gan_kernels", "--require-cuda"],
+        60,
+        required=True,
+        dry=check_require_cuda,
+        detail=last_match(r"(GPU .*|error: .*)"),
+    )
 
 
 def stages(out):
@@ -202,33 +232,103 @@ def stages(out):
         Step("environment", shell(ENVIRONMENT), 30, dry=check_by_running, detail=last_match(r"NVIDIA .*", "no GPU")),
         build_step(),
         require_cuda_step(),
-        Step("cuda-tests", [*PYTEST, "-n", "8", "--maxfail", "25", f"--junitxml={out}/cuda-tests.xml", "-k", "cuda",
-                            "tests"], 180, dry=check_pytest_selection(), detail=junit_counts(f"{out}/cuda-tests.xml")),
-        Step("memcheck", ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", "--print-limit", "20",
-                          *PYTEST, "-x", "-k", MEMCHECK_SELECTION, "tests/test_cuda.py"], 150,
-             # Every allocation its own cudaMalloc, so an overrun past a tensor into the caching
-             # allocator's pool is an error, not a write into a neighbour.
-             env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
-             dry=check_pytest_selection(MEMCHECK_REACHES), detail=pytest_and_sanitizer),
-        Step("bench-ops", [PY, "benchmarks/run.py", "--no-compile", "--ops", OPS, "--plot",
-                           "--out", f"{out}/cuda-h200.json"], 120, dry=check_benchmark,
-             detail=last_match(r"device copy bandwidth.*")),
+        Step(
+            "cuda-tests",
+            [*PYTEST, "-n", "8", "--maxfail", "25", f"--junitxml={out}/cuda-tests.xml", "-k", "cuda", "tests"],
+            180,
+            dry=check_pytest_selection(),
+            detail=junit_counts(f"{out}/cuda-tests.xml"),
+        ),
+        Step(
+            "memcheck",
+            [
+                "compute-sanitizer",
+                "--tool",
+                "memcheck",
+                "--error-exitcode",
+                "1",
+                "--print-limit",
+                "20",
+                *PYTEST,
+                "-x",
+                "-k",
+                MEMCHECK_SELECTION,
+                "tests/test_cuda.py",
+            ],
+            150,
+            # Every allocation its own cudaMalloc, so an overrun past a tensor into the caching
+            # allocator's pool is an error, not a write into a neighbour.
+            env={"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
+            dry=check_pytest_selection(MEMCHECK_REACHES),
+            detail=pytest_and_sanitizer,
+        ),
+        Step(
+            "bench-ops",
+            [PY, "benchmarks/run.py", "--no-compile", "--ops", OPS, "--plot", "--out", f"{out}/cuda-h200.json"],
+            120,
+            dry=check_benchmark,
+            detail=last_match(r"device copy bandwidth.*"),
+        ),
     ]
     second = [
         # A fresh box has no build left from `first`: only then build again.
         build_step(run_unless=[PY, "-m", "gan_kernels", "--require-cuda"]),
         require_cuda_step(),
-        Step("racecheck", ["compute-sanitizer", "--tool", "racecheck", "--racecheck-report", "hazard",
-                           "--error-exitcode", "1", "--print-limit", "20", *PYTEST, "-x", "-k", RACECHECK_SELECTION,
-                           "tests/test_cuda.py"], 150,
-             dry=check_pytest_selection(RACECHECK_REACHES), detail=pytest_and_sanitizer),
+        Step(
+            "racecheck",
+            [
+                "compute-sanitizer",
+                "--tool",
+                "racecheck",
+                "--racecheck-report",
+                "hazard",
+                "--error-exitcode",
+                "1",
+                "--print-limit",
+                "20",
+                *PYTEST,
+                "-x",
+                "-k",
+                RACECHECK_SELECTION,
+                "tests/test_cuda.py",
+            ],
+            150,
+            dry=check_pytest_selection(RACECHECK_REACHES),
+            detail=pytest_and_sanitizer,
+        ),
         # One shape and dtype per op (--quick), each case with its own compiled function.
-        Step("bench-compile", [PY, "benchmarks/run.py", "--quick", "--ops", "bias_act,gradient_penalty,minibatch_std,"
-                               "pixel_norm", "--plot", "--out", f"{out}/cuda-h200-compile.json"], 200,
-             dry=check_benchmark, detail=last_match(r"json: .*")),
-        Step("bench-e2e", [PY, "benchmarks/run.py", "--no-compile", "--ops", "end_to_end", "--plot",
-                           "--out", f"{out}/cuda-h200-e2e.json"], 120, dry=check_benchmark,
-             detail=last_match(r"json: .*")),
+        Step(
+            "bench-compile",
+            [
+                PY,
+                "benchmarks/run.py",
+                "--quick",
+                "--ops",
+                "bias_act,gradient_penalty,minibatch_std,pixel_norm",
+                "--plot",
+                "--out",
+                f"{out}/cuda-h200-compile.json",
+            ],
+            200,
+            dry=check_benchmark,
+            detail=last_match(r"json: .*"),
+        ),
+        Step(
+            "bench-e2e",
+            [
+                PY,
+                "benchmarks/run.py",
+                "--no-compile",
+                "--ops",
+                "end_to_end",
+                "--plot",
+                "--out",
+                f"{out}/cuda-h200-e2e.json",
+            ],
+            120,
+            dry=check_benchmark,
+            detail=last_match(r"json: .*"),
+        ),
     ]
     return {"first": first, "second": second}
 
@@ -245,8 +345,14 @@ def run_step(step, limit_s, log_path):
         log.flush()
         begin = log.tell()
         try:
-            process = subprocess.Popen(step.argv, cwd=ROOT, env={**os.environ, **STEP_ENV, **step.env}, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                step.argv,
+                cwd=ROOT,
+                env={**os.environ, **STEP_ENV, **step.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         except OSError as error:  # e.g. compute-sanitizer missing on the box
             log.write(f"{error}\n".encode())
             return f"FAIL ({type(error).__name__})", str(error)
@@ -294,15 +400,22 @@ def run_stage(name, steps, out, budget_s):
         print(f"[{time.monotonic() - start:5.0f} s] {step.name} (limit {min(step.limit_s, left)} s) ...", flush=True)
         step_start = time.monotonic()
         result, output = run_step(step, min(step.limit_s, left), log_path)
-        rows.append((step.name, result, round(time.monotonic() - step_start), step.detail(output) if step.detail else ""))
+        rows.append(
+            (step.name, result, round(time.monotonic() - step_start), step.detail(output) if step.detail else "")
+        )
         if result != "pass":
             print("\n".join(output.splitlines()[-25:]), flush=True)
             if step.required:
-                print(f"ABORT: {step.name} failed, so nothing after it would test our CUDA kernels "
-                      f"(see {out}/{name}.log)", flush=True)
+                print(
+                    f"ABORT: {step.name} failed, so nothing after it would test our CUDA kernels "
+                    f"(see {out}/{name}.log)",
+                    flush=True,
+                )
                 aborted = True
-    table = print_table(f"== gpu_verify {name}: {round(time.monotonic() - start)} s of a {budget_s} s budget; "
-                        f"logs in {out}/{name}.log", rows)
+    table = print_table(
+        f"== gpu_verify {name}: {round(time.monotonic() - start)} s of a {budget_s} s budget; logs in {out}/{name}.log",
+        rows,
+    )
     with open(os.path.join(out, f"{name}-summary.txt"), "w") as f:
         f.write(table + "\n")
     return all(r[1] in ("pass", "skipped") for r in rows)
@@ -331,10 +444,12 @@ def dry_run(stage_steps):
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda item: check(item[0]), checks.values()))
     rows = [("+".join(names) + "/" + step.name, *result) for (step, names), result in zip(checks.values(), results)]
-    budgets = "; ".join(f"{name}: " + ", ".join(f"{s.name} {s.limit_s}" for s in steps)
-                        for name, steps in stage_steps.items())
-    print_table(f"== gpu_verify --dry-run (step limits in s: {budgets}; stage budget {STAGE_BUDGET_S} s)", rows,
-                width=24)
+    budgets = "; ".join(
+        f"{name}: " + ", ".join(f"{s.name} {s.limit_s}" for s in steps) for name, steps in stage_steps.items()
+    )
+    print_table(
+        f"== gpu_verify --dry-run (step limits in s: {budgets}; stage budget {STAGE_BUDGET_S} s)", rows, width=24
+    )
     return all(r[1] == "ok" for r in rows)
 
 

@@ -2,6 +2,7 @@
 whose build lacks CUDA kernels it fails instead of testing the reference on CUDA tensors and
 passing (tests/test_cuda.py guards its own cases the same way). Forcing the reference with
 GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is meant to run."""
+
 import pytest
 
 import gan_kernels

@@ -1,4 +1,5 @@
 """Shared test helpers: devices, dtypes, tolerances, layouts."""
+
 import contextlib
 import warnings
 
@@ -69,8 +70,9 @@ def sum_of_squares(y):
     return y.square().sum()
 
 
-def assert_compiled_matches_eager(model, x, eager=None, loss=sum_of_squares, output_tolerance=(1e-5, 1e-5),
-                                  gradient_tolerance=(1e-4, 1e-4)):
+def assert_compiled_matches_eager(
+    model, x, eager=None, loss=sum_of_squares, output_tolerance=(1e-5, 1e-5), gradient_tolerance=(1e-4, 1e-4)
+):
     """torch.compile(fullgraph=True) of a module or function using our ops: no graph break, and the
     output and the gradient of ``loss(output)`` with respect to ``x`` (a tensor or a list of them)
     that ``eager`` (default: ``model`` itself, not compiled) gives, within (rtol, atol) tolerances

@@ -8,6 +8,7 @@ Adding an op is one more OpEntry in OPS; what only that op promises goes to its 
 Each sample builds its tensors when a test runs, from its own seed, so every run and every device
 draws the same inputs.
 """
+
 import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Optional
@@ -207,15 +208,25 @@ PIXEL_NORM_BAD_INPUTS = [
 ]
 
 PIXEL_NORM_BAD_OP_INPUTS = [
-    BadCall(lambda: ops().pixel_norm.default(torch.ones(2, 3, dtype=torch.int32), 1, 1e-8), TypeError,
-            "x must be float64"),
+    BadCall(
+        lambda: ops().pixel_norm.default(torch.ones(2, 3, dtype=torch.int32), 1, 1e-8), TypeError, "x must be float64"
+    ),
     BadCall(lambda: ops().pixel_norm.default(torch.randn(2, 3), 5, 1e-8), IndexError, "dim=5 is out of range"),
-    BadCall(lambda: ops().pixel_norm.default(torch.randn(2, 3), 1, -0.5), ValueError,
-            "eps must be a finite number >= 0, got -0.5"),
-    BadCall(lambda: ops().pixel_norm_backward.default(torch.randn(2, 4), torch.randn(2, 3), 1, 1e-8), ValueError,
-            r"grad has shape \[2, 4\] but x has shape \[2, 3\]"),
-    BadCall(lambda: ops().pixel_norm_backward.default(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3), 1,
-                                                      1e-8), TypeError, "grad has dtype torch.float64 but x has dtype torch.float32"),
+    BadCall(
+        lambda: ops().pixel_norm.default(torch.randn(2, 3), 1, -0.5),
+        ValueError,
+        "eps must be a finite number >= 0, got -0.5",
+    ),
+    BadCall(
+        lambda: ops().pixel_norm_backward.default(torch.randn(2, 4), torch.randn(2, 3), 1, 1e-8),
+        ValueError,
+        r"grad has shape \[2, 4\] but x has shape \[2, 3\]",
+    ),
+    BadCall(
+        lambda: ops().pixel_norm_backward.default(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3), 1, 1e-8),
+        TypeError,
+        "grad has dtype torch.float64 but x has dtype torch.float32",
+    ),
 ]
 
 PIXEL_NORM = OpEntry(
@@ -224,10 +235,13 @@ PIXEL_NORM = OpEntry(
     reference=reference.pixel_norm,
     compiled_ops=frozenset({"gan_kernels::pixel_norm"}),
     public_call=_pixel_norm_public_call,
-    parity=[_pixel_norm_parity(dtype, layout, dim)
-            for dtype in FLOAT_DTYPES for layout in LAYOUTS for dim in (1, -1, 0)],
-    gradcheck=[*(_pixel_norm_gradcheck(layout, dim) for layout in LAYOUTS for dim in (1, 3)),
-               Case("backward", _pixel_norm_backward_gradcheck, requires_ops=True)],
+    parity=[
+        _pixel_norm_parity(dtype, layout, dim) for dtype in FLOAT_DTYPES for layout in LAYOUTS for dim in (1, -1, 0)
+    ],
+    gradcheck=[
+        *(_pixel_norm_gradcheck(layout, dim) for layout in LAYOUTS for dim in (1, 3)),
+        Case("backward", _pixel_norm_backward_gradcheck, requires_ops=True),
+    ],
     opcheck=[_pixel_norm_opcheck(layout) for layout in ("contiguous", "channels_last", "strided")],
     penalty=[Case("r1", _pixel_norm_penalty)],
     compile=[Case("conv_pixel_norm_lrelu", _pixel_norm_compile)],
@@ -295,8 +309,11 @@ def _minibatch_std_opcheck(layout):
         x = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
         g = make_4d((4, 8, 3, 3), layout, torch.float32, device).requires_grad_()
         u = make_4d((4, 6, 3, 3), layout, torch.float32, device).requires_grad_()
-        return [(ops().minibatch_std.default, (x, 2, 2)), (ops().minibatch_std_backward.default, (g, x, 2, 2)),
-                (ops().minibatch_std_double_backward.default, (u, g, x, 2, 2))]
+        return [
+            (ops().minibatch_std.default, (x, 2, 2)),
+            (ops().minibatch_std_backward.default, (g, x, 2, 2)),
+            (ops().minibatch_std_double_backward.default, (u, g, x, 2, 2)),
+        ]
 
     return Case(layout, make, requires_ops=True)
 
@@ -372,14 +389,25 @@ def _minibatch_std_op(x, group_size=4, num_channels=1):
 MINIBATCH_STD_BAD_OP_INPUTS = [
     # The op gives the public function's messages.
     *bad_calls(_minibatch_std_op, MINIBATCH_STD_BAD_INPUTS),
-    BadCall(lambda: ops().minibatch_std_backward.default(torch.randn(4, 6, 2, 2), torch.randn(4, 6, 2, 2), 4, 1),
-            ValueError, r"grad has shape \[4, 6, 2, 2\] but the output of minibatch_std has shape \[4, 7, 2, 2\]"),
-    BadCall(lambda: ops().minibatch_std_backward.default(torch.randn(4, 7, 2, 2, dtype=torch.float64),
-                                                         torch.randn(4, 6, 2, 2), 4, 1),
-            TypeError, "grad has dtype torch.float64 but x has dtype torch.float32"),
-    BadCall(lambda: ops().minibatch_std_double_backward.default(torch.randn(4, 7, 2, 2), torch.randn(4, 7, 2, 2),
-                                                                torch.randn(4, 6, 2, 2), 4, 1),
-            ValueError, r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]"),
+    BadCall(
+        lambda: ops().minibatch_std_backward.default(torch.randn(4, 6, 2, 2), torch.randn(4, 6, 2, 2), 4, 1),
+        ValueError,
+        r"grad has shape \[4, 6, 2, 2\] but the output of minibatch_std has shape \[4, 7, 2, 2\]",
+    ),
+    BadCall(
+        lambda: ops().minibatch_std_backward.default(
+            torch.randn(4, 7, 2, 2, dtype=torch.float64), torch.randn(4, 6, 2, 2), 4, 1
+        ),
+        TypeError,
+        "grad has dtype torch.float64 but x has dtype torch.float32",
+    ),
+    BadCall(
+        lambda: ops().minibatch_std_double_backward.default(
+            torch.randn(4, 7, 2, 2), torch.randn(4, 7, 2, 2), torch.randn(4, 6, 2, 2), 4, 1
+        ),
+        ValueError,
+        r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]",
+    ),
 ]
 
 MINIBATCH_STD = OpEntry(
@@ -388,24 +416,38 @@ MINIBATCH_STD = OpEntry(
     reference=reference.minibatch_std,
     compiled_ops=frozenset({"gan_kernels::minibatch_std"}),
     public_call=_minibatch_std_public_call,
-    parity=[_minibatch_std_parity(dtype, layout, group_size, num_channels)
-            for dtype in FLOAT_DTYPES for layout in LAYOUTS for group_size, num_channels in ((4, 1), (2, 3))],
-    gradcheck=[*(_minibatch_std_gradcheck(layout, group_size, num_channels)
-                 for layout in LAYOUTS for group_size, num_channels in ((2, 1), (3, 2), (1, 1))),
-               *(_minibatch_std_backward_gradcheck(layout) for layout in ("contiguous", "channels_last")),
-               _minibatch_std_double_backward_gradcheck("contiguous", 2, 2),
-               _minibatch_std_double_backward_gradcheck("channels_last", 3, 1)],
-    opcheck=[*(_minibatch_std_opcheck(layout) for layout in ("contiguous", "channels_last")),
-             _minibatch_std_forward_opcheck((4, 6, 3, 3), "strided"),
-             _minibatch_std_forward_opcheck((3, 4, 2, 2), "permuted"),
-             _minibatch_std_forward_opcheck((0, 4, 3, 3), "contiguous")],
+    parity=[
+        _minibatch_std_parity(dtype, layout, group_size, num_channels)
+        for dtype in FLOAT_DTYPES
+        for layout in LAYOUTS
+        for group_size, num_channels in ((4, 1), (2, 3))
+    ],
+    gradcheck=[
+        *(
+            _minibatch_std_gradcheck(layout, group_size, num_channels)
+            for layout in LAYOUTS
+            for group_size, num_channels in ((2, 1), (3, 2), (1, 1))
+        ),
+        *(_minibatch_std_backward_gradcheck(layout) for layout in ("contiguous", "channels_last")),
+        _minibatch_std_double_backward_gradcheck("contiguous", 2, 2),
+        _minibatch_std_double_backward_gradcheck("channels_last", 3, 1),
+    ],
+    opcheck=[
+        *(_minibatch_std_opcheck(layout) for layout in ("contiguous", "channels_last")),
+        _minibatch_std_forward_opcheck((4, 6, 3, 3), "strided"),
+        _minibatch_std_forward_opcheck((3, 4, 2, 2), "permuted"),
+        _minibatch_std_forward_opcheck((0, 4, 3, 3), "contiguous"),
+    ],
     penalty=[Case("r1", _minibatch_std_penalty)],
     compile=[Case("conv_mbstd_lrelu", _minibatch_std_compile)],
     bad_inputs=[
         *bad_calls(gan_kernels.minibatch_std, MINIBATCH_STD_BAD_INPUTS),
         BadCall(lambda: gan_kernels.minibatch_std([1.0, 2.0]), TypeError, "x must be a torch.Tensor"),
-        BadCall(lambda: gan_kernels.minibatch_std(torch.randn(4, 4, 2, 2), 2.0), TypeError,
-                "group_size must be an int, got float"),
+        BadCall(
+            lambda: gan_kernels.minibatch_std(torch.randn(4, 4, 2, 2), 2.0),
+            TypeError,
+            "group_size must be an int, got float",
+        ),
     ],
     bad_op_inputs=MINIBATCH_STD_BAD_OP_INPUTS,
     forward_ad=(lambda d: ([torch.randn(4, 6, 2, 3, dtype=torch.float64, device=d)], dict(group_size=2))),
@@ -465,8 +507,10 @@ def _bias_act_gradcheck(act, layout):
         torch.manual_seed(3)
         x = make_4d((2, 4, 2, 2), layout, torch.float64, device).requires_grad_()
         b = torch.randn(4, dtype=torch.float64, device=device, requires_grad=True)
-        return [(lambda t, bias, options=options: gan_kernels.bias_act(t, bias, act=act, **options), (x, b))
-                for options in ({}, dict(gain=0.8, clamp=0.6, scale=1.4))]
+        return [
+            (lambda t, bias, options=options: gan_kernels.bias_act(t, bias, act=act, **options), (x, b))
+            for options in ({}, dict(gain=0.8, clamp=0.6, scale=1.4))
+        ]
 
     return Case(f"{act}-{layout}", make)
 
@@ -503,11 +547,13 @@ def _bias_act_opcheck(layout):
         x, g, u = t(), t(), t()
         b = torch.randn(6, device=device, requires_grad=True)
         forward, grad, grad2 = ops().bias_act.default, ops().bias_act_grad.default, ops().bias_act_grad2.default
-        return [(forward, (x, b, 1, "lrelu", 0.2, 1.4, 0.8, 1.0)),
-                (forward, (x, None, -1, "swish", 0.0, 1.0, None, 0.5)),
-                (grad, (g, x, b, 1, "tanh", 0.0, 1.0, 0.9, 1.2, False)),
-                (grad, (g, x, None, 1, "relu", 0.0, 1.4, None, 1.0, True)),
-                (grad2, (u, g, x, b, 1, "softplus", 0.0, 1.0, None, 1.0))]
+        return [
+            (forward, (x, b, 1, "lrelu", 0.2, 1.4, 0.8, 1.0)),
+            (forward, (x, None, -1, "swish", 0.0, 1.0, None, 0.5)),
+            (grad, (g, x, b, 1, "tanh", 0.0, 1.0, 0.9, 1.2, False)),
+            (grad, (g, x, None, 1, "relu", 0.0, 1.4, None, 1.0, True)),
+            (grad2, (u, g, x, b, 1, "softplus", 0.0, 1.0, None, 1.0)),
+        ]
 
     return Case(layout, make, requires_ops=True)
 
@@ -537,8 +583,9 @@ def _bias_act_penalty(act):
 def _bias_act_compile(device):
     torch.manual_seed(9)
     b = torch.randn(8, device=device)
-    return CompileCall(lambda x: gan_kernels.bias_act(x, b, act="lrelu", clamp=1.0),
-                       torch.randn(2, 8, 4, 4, device=device))
+    return CompileCall(
+        lambda x: gan_kernels.bias_act(x, b, act="lrelu", clamp=1.0), torch.randn(2, 8, 4, 4, device=device)
+    )
 
 
 def _bias_act_public_call():
@@ -555,11 +602,22 @@ def _bias_act_public_call():
 X = torch.randn(2, 3)
 BIAS_ACT_BAD_INPUTS = [
     (dict(x=torch.ones(2, 3, dtype=torch.int64)), TypeError, "x must be float64, float32, float16 or bfloat16"),
-    (dict(x=X, act="gelu"), ValueError,
-     "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got 'gelu'"),
+    (
+        dict(x=X, act="gelu"),
+        ValueError,
+        "act must be one of linear, relu, lrelu, tanh, sigmoid, elu, selu, softplus, swish, got 'gelu'",
+    ),
     (dict(x=X, b=torch.randn(4)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[4\]"),
-    (dict(x=X, b=torch.randn(3, 1)), ValueError, r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[3, 1\]"),
-    (dict(x=X, b=torch.randn(3, dtype=torch.float64)), TypeError, "b has dtype torch.float64 but x has dtype torch.float32"),
+    (
+        dict(x=X, b=torch.randn(3, 1)),
+        ValueError,
+        r"b must be a 1-D tensor of length x.shape\[1\] = 3, got shape \[3, 1\]",
+    ),
+    (
+        dict(x=X, b=torch.randn(3, dtype=torch.float64)),
+        TypeError,
+        "b has dtype torch.float64 but x has dtype torch.float32",
+    ),
     (dict(x=X, b=torch.randn(3, device="meta")), ValueError, "b is on meta but x is on cpu"),
     (dict(x=X, b=torch.randn(3), dim=2), IndexError, "dim=2 is out of range"),
     (dict(x=X, b=torch.randn(3), dim=-3), IndexError, "dim=-3 is out of range"),
@@ -578,15 +636,26 @@ BIAS_ACT_BAD_OP_INPUTS = [
     # The op raises the public function's errors. A meta b sends the op to its fake kernel: the device
     # check is only reachable with a GPU. A float dim never reaches the op: the dispatcher rejects it
     # against the schema's int.
-    *bad_calls(_bias_act_op, [case for case in BIAS_ACT_BAD_INPUTS if "meta" not in case[2]
-                              and "got float" not in case[2]]),
-    BadCall(lambda: ops().bias_act_grad.default(torch.randn(2, 4), torch.randn(2, 3), None, 1, "tanh", 0.0, 1.0,
-                                                None, 1.0, False),
-            ValueError, r"grad has shape \[2, 4\] but x has shape \[2, 3\]"),
-    BadCall(lambda: ops().bias_act_grad.default(X, X, None, 1, "tanh", 0.0, 1.0, None, 1.0, True), ValueError,
-            "ref_is_y needs act linear, relu or lrelu"),
-    BadCall(lambda: ops().bias_act_grad2.default(X.double(), X, X, None, 1, "tanh", 0.0, 1.0, None, 1.0), TypeError,
-            "upstream has dtype torch.float64 but x has dtype torch.float32"),
+    *bad_calls(
+        _bias_act_op, [case for case in BIAS_ACT_BAD_INPUTS if "meta" not in case[2] and "got float" not in case[2]]
+    ),
+    BadCall(
+        lambda: ops().bias_act_grad.default(
+            torch.randn(2, 4), torch.randn(2, 3), None, 1, "tanh", 0.0, 1.0, None, 1.0, False
+        ),
+        ValueError,
+        r"grad has shape \[2, 4\] but x has shape \[2, 3\]",
+    ),
+    BadCall(
+        lambda: ops().bias_act_grad.default(X, X, None, 1, "tanh", 0.0, 1.0, None, 1.0, True),
+        ValueError,
+        "ref_is_y needs act linear, relu or lrelu",
+    ),
+    BadCall(
+        lambda: ops().bias_act_grad2.default(X.double(), X, X, None, 1, "tanh", 0.0, 1.0, None, 1.0),
+        TypeError,
+        "upstream has dtype torch.float64 but x has dtype torch.float32",
+    ),
 ]
 
 BIAS_ACT = OpEntry(
@@ -595,21 +664,37 @@ BIAS_ACT = OpEntry(
     reference=reference.bias_act,
     compiled_ops=frozenset({"gan_kernels::bias_act", "gan_kernels::bias_act_grad", "gan_kernels::bias_act_grad2"}),
     public_call=_bias_act_public_call,
-    parity=[*(_bias_act_parity(dtype, act, layout, options_id)
-              for dtype in FLOAT_DTYPES for act in ACTS for layout in ("contiguous", "channels_last", "strided")
-              for options_id in BIAS_ACT_OPTIONS),
-            *(_bias_act_parity_without_bias(dtype, act, options_id)
-              for dtype in FLOAT_DTYPES for act in ACTS for options_id in NO_BIAS_OPTIONS)],
+    parity=[
+        *(
+            _bias_act_parity(dtype, act, layout, options_id)
+            for dtype in FLOAT_DTYPES
+            for act in ACTS
+            for layout in ("contiguous", "channels_last", "strided")
+            for options_id in BIAS_ACT_OPTIONS
+        ),
+        *(
+            _bias_act_parity_without_bias(dtype, act, options_id)
+            for dtype in FLOAT_DTYPES
+            for act in ACTS
+            for options_id in NO_BIAS_OPTIONS
+        ),
+    ],
     assert_gradient_close=_assert_bias_act_gradient_close,
-    gradcheck=[*(_bias_act_gradcheck(act, layout) for act in ACTS for layout in ("contiguous", "channels_last")),
-               *(_bias_act_gradient_ops_gradcheck(act) for act in SMOOTH_ACTS)],
+    gradcheck=[
+        *(_bias_act_gradcheck(act, layout) for act in ACTS for layout in ("contiguous", "channels_last")),
+        *(_bias_act_gradient_ops_gradcheck(act) for act in SMOOTH_ACTS),
+    ],
     opcheck=[_bias_act_opcheck(layout) for layout in ("contiguous", "channels_last")],
     penalty=[_bias_act_penalty(act) for act in ("tanh", "lrelu")],
     compile=[Case("lrelu_clamp", _bias_act_compile)],
     bad_inputs=bad_calls(gan_kernels.bias_act, BIAS_ACT_BAD_INPUTS),
     bad_op_inputs=BIAS_ACT_BAD_OP_INPUTS,
-    forward_ad=(lambda d: ([torch.randn(3, 5, 2, 2, dtype=torch.float64, device=d),
-                                       torch.randn(5, dtype=torch.float64, device=d)], dict(act="elu", clamp=1.5))),
+    forward_ad=(
+        lambda d: (
+            [torch.randn(3, 5, 2, 2, dtype=torch.float64, device=d), torch.randn(5, dtype=torch.float64, device=d)],
+            dict(act="elu", clamp=1.5),
+        )
+    ),
 )
 
 
@@ -686,10 +771,14 @@ def _penalty_through_the_op(center):
 
 def _penalty_compile(device):
     torch.manual_seed(10)
-    return CompileCall(lambda t: gan_kernels.per_sample_penalty(t, 1.0).mean(),
-                       torch.randn(4, 3, 6, 6, device=device),
-                       eager=lambda t: reference.per_sample_penalty(t, 1.0).mean(), loss=lambda out: out,
-                       output_tolerance=(1e-5, 1e-6), gradient_tolerance=(1e-5, 1e-6))
+    return CompileCall(
+        lambda t: gan_kernels.per_sample_penalty(t, 1.0).mean(),
+        torch.randn(4, 3, 6, 6, device=device),
+        eager=lambda t: reference.per_sample_penalty(t, 1.0).mean(),
+        loss=lambda out: out,
+        output_tolerance=(1e-5, 1e-6),
+        gradient_tolerance=(1e-5, 1e-6),
+    )
 
 
 def _penalty_public_call():
@@ -711,20 +800,39 @@ def _penalty_backward_op(*args):
 
 
 PENALTY_BAD_OP_INPUTS = [
-    BadCall(lambda: ops().gradient_penalty.default(torch.ones(2, 3, dtype=torch.int32), 1.0), TypeError,
-            "g must be float64, float32, float16 or bfloat16"),
-    BadCall(lambda: ops().gradient_penalty.default(torch.tensor(1.0), 1.0), ValueError,
-            "g must have a batch dimension"),
-    BadCall(lambda: ops().gradient_penalty.default(torch.randn(2, 3), -1.0), ValueError,
-            "center must be a finite number >= 0, got -1.0"),
-    BadCall(lambda: _penalty_backward_op(torch.randn(3), torch.randn(2, 3), 1.0), ValueError,
-            r"grad has shape \[3\] but expected \[2\], one value per sample of g"),
-    BadCall(lambda: _penalty_backward_op(torch.randn(2, 1), torch.randn(2, 3), 1.0), ValueError,
-            r"grad has shape \[2, 1\] but expected \[2\]"),
-    BadCall(lambda: _penalty_backward_op(torch.randn(2, dtype=torch.float64), torch.randn(2, 3), 1.0), TypeError,
-            r"grad has dtype torch.float64 but the penalty of g \(torch.float32\) has dtype torch.float32"),
-    BadCall(lambda: _penalty_backward_op(torch.randn(2, dtype=torch.float16), torch.randn(2, 3).half(), 1.0),
-            TypeError, r"grad has dtype torch.float16 but the penalty of g \(torch.float16\) has dtype torch.float32"),
+    BadCall(
+        lambda: ops().gradient_penalty.default(torch.ones(2, 3, dtype=torch.int32), 1.0),
+        TypeError,
+        "g must be float64, float32, float16 or bfloat16",
+    ),
+    BadCall(
+        lambda: ops().gradient_penalty.default(torch.tensor(1.0), 1.0), ValueError, "g must have a batch dimension"
+    ),
+    BadCall(
+        lambda: ops().gradient_penalty.default(torch.randn(2, 3), -1.0),
+        ValueError,
+        "center must be a finite number >= 0, got -1.0",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(3), torch.randn(2, 3), 1.0),
+        ValueError,
+        r"grad has shape \[3\] but expected \[2\], one value per sample of g",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2, 1), torch.randn(2, 3), 1.0),
+        ValueError,
+        r"grad has shape \[2, 1\] but expected \[2\]",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2, dtype=torch.float64), torch.randn(2, 3), 1.0),
+        TypeError,
+        r"grad has dtype torch.float64 but the penalty of g \(torch.float32\) has dtype torch.float32",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2, dtype=torch.float16), torch.randn(2, 3).half(), 1.0),
+        TypeError,
+        r"grad has dtype torch.float16 but the penalty of g \(torch.float16\) has dtype torch.float32",
+    ),
 ]
 
 PER_SAMPLE_PENALTY = OpEntry(
@@ -733,17 +841,28 @@ PER_SAMPLE_PENALTY = OpEntry(
     reference=reference.per_sample_penalty,
     compiled_ops=frozenset({"gan_kernels::gradient_penalty", "gan_kernels::gradient_penalty_backward"}),
     public_call=_penalty_public_call,
-    parity=[_penalty_parity(dtype, layout, center)
-            for dtype in FLOAT_DTYPES for layout in LAYOUTS for center in (0.0, 1.0, 0.5)],
+    parity=[
+        _penalty_parity(dtype, layout, center)
+        for dtype in FLOAT_DTYPES
+        for layout in LAYOUTS
+        for center in (0.0, 1.0, 0.5)
+    ],
     output_dtype=_penalty_dtype,
-    gradcheck=[*(_penalty_gradcheck(layout, center)
-                 for layout in ("contiguous", "channels_last", "strided") for center in (0.0, 1.0)),
-               *(_penalty_backward_gradcheck(center) for center in (0.0, 1.0))],
+    gradcheck=[
+        *(
+            _penalty_gradcheck(layout, center)
+            for layout in ("contiguous", "channels_last", "strided")
+            for center in (0.0, 1.0)
+        ),
+        *(_penalty_backward_gradcheck(center) for center in (0.0, 1.0)),
+    ],
     opcheck=[_penalty_opcheck(layout) for layout in ("contiguous", "channels_last", "strided")],
     penalty=[_penalty_through_the_op(center) for center in (0.0, 1.0)],
     compile=[Case("mean_penalty", _penalty_compile)],
-    bad_inputs=[BadCall(lambda args=args: gan_kernels.per_sample_penalty(*args), error, match)
-                for args, error, match in PENALTY_BAD_INPUTS],
+    bad_inputs=[
+        BadCall(lambda args=args: gan_kernels.per_sample_penalty(*args), error, match)
+        for args, error, match in PENALTY_BAD_INPUTS
+    ],
     bad_op_inputs=PENALTY_BAD_OP_INPUTS,
     forward_ad=(lambda d: ([torch.randn(3, 4, 2, dtype=torch.float64, device=d)], dict(center=1.0))),
 )
@@ -833,41 +952,80 @@ def _spectral_norm_public_call():
 def spectral_bad_calls(table):
     """BadCalls of ``call(weights, us, vs, dims)`` on two random float32 layers, from a table of
     (call, error, match)."""
-    return [BadCall(lambda call=call: call(*random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])),
-                    error, match) for call, error, match in table]
+    return [
+        BadCall(
+            lambda call=call: call(*random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])), error, match
+        )
+        for call, error, match in table
+    ]
 
 
 def _power_op(*args):
     return ops().spectral_norm_power_iteration_.default(*args)
 
 
-SPECTRAL_NORM_BAD_INPUTS = spectral_bad_calls([
-    (lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u[:1], v, d), ValueError,
-     "us has 1 entries but weights has 2"),
-    (lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_([w[0], w[1].int()], u, v, d), TypeError,
-     r"weights\[1\] must be float64"),
-    (lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, -1), ValueError,
-     "n_power_iterations must be an integer >= 0, got -1"),
-    (lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 1, 0), ValueError,
-     "eps must be a finite number > 0, got 0"),
-])
+SPECTRAL_NORM_BAD_INPUTS = spectral_bad_calls(
+    [
+        (
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u[:1], v, d),
+            ValueError,
+            "us has 1 entries but weights has 2",
+        ),
+        (
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_([w[0], w[1].int()], u, v, d),
+            TypeError,
+            r"weights\[1\] must be float64",
+        ),
+        (
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, -1),
+            ValueError,
+            "n_power_iterations must be an integer >= 0, got -1",
+        ),
+        (
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 1, 0),
+            ValueError,
+            "eps must be a finite number > 0, got 0",
+        ),
+    ]
+)
 
-SPECTRAL_NORM_BAD_OP_INPUTS = spectral_bad_calls([
-    (lambda w, u, v, d: _power_op(w, [u[0], u[0]], v, d, 1, 1e-12), ValueError,
-     r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]"),
-    (lambda w, u, v, d: _power_op([w[0], w[1].double()], u, v, d, 1, 1e-12), TypeError,
-     r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32"),
-    (lambda w, u, v, d: _power_op([w[0].int(), w[1]], u, v, d, 1, 1e-12), TypeError, r"weights\[0\] must be float64"),
-    (lambda w, u, v, d: _power_op([u[0], w[1]], u, v, d, 1, 1e-12), ValueError,
-     r"weights\[0\] must have at least 2 dimensions"),
-    (lambda w, u, v, d: _power_op(w, u, v, [0, 4], 1, 1e-12), IndexError, r"dims\[1\]=4 is out of range"),
-    (lambda w, u, v, d: _power_op(w, u, v, d, -2, 1e-12), ValueError, "n_power_iterations must be >= 0, got -2"),
-    (lambda w, u, v, d: _power_op(w, u, v, d, 1, 0.0), ValueError, "eps must be a finite number > 0, got 0"),
-    (lambda w, u, v, d: ops().spectral_norm_normalize.default(w, u, v, torch.ones(3), d), ValueError,
-     r"sigmas must have shape \[2\]"),
-    (lambda w, u, v, d: ops().spectral_norm_normalize_backward.default(w[:1], w, u, v, torch.ones(2), d), ValueError,
-     r"grads\[0\] has shape \[5, 7\] but weights\[0\] has shape \[5, 7\]|grads has 1 tensors but weights has 2"),
-])
+SPECTRAL_NORM_BAD_OP_INPUTS = spectral_bad_calls(
+    [
+        (
+            lambda w, u, v, d: _power_op(w, [u[0], u[0]], v, d, 1, 1e-12),
+            ValueError,
+            r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]",
+        ),
+        (
+            lambda w, u, v, d: _power_op([w[0], w[1].double()], u, v, d, 1, 1e-12),
+            TypeError,
+            r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32",
+        ),
+        (
+            lambda w, u, v, d: _power_op([w[0].int(), w[1]], u, v, d, 1, 1e-12),
+            TypeError,
+            r"weights\[0\] must be float64",
+        ),
+        (
+            lambda w, u, v, d: _power_op([u[0], w[1]], u, v, d, 1, 1e-12),
+            ValueError,
+            r"weights\[0\] must have at least 2 dimensions",
+        ),
+        (lambda w, u, v, d: _power_op(w, u, v, [0, 4], 1, 1e-12), IndexError, r"dims\[1\]=4 is out of range"),
+        (lambda w, u, v, d: _power_op(w, u, v, d, -2, 1e-12), ValueError, "n_power_iterations must be >= 0, got -2"),
+        (lambda w, u, v, d: _power_op(w, u, v, d, 1, 0.0), ValueError, "eps must be a finite number > 0, got 0"),
+        (
+            lambda w, u, v, d: ops().spectral_norm_normalize.default(w, u, v, torch.ones(3), d),
+            ValueError,
+            r"sigmas must have shape \[2\]",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_normalize_backward.default(w[:1], w, u, v, torch.ones(2), d),
+            ValueError,
+            r"grads\[0\] has shape \[5, 7\] but weights\[0\] has shape \[5, 7\]|grads has 1 tensors but weights has 2",
+        ),
+    ]
+)
 
 SPECTRAL_NORM = OpEntry(
     name="spectral_norm",
@@ -878,8 +1036,10 @@ SPECTRAL_NORM = OpEntry(
     public_call=_spectral_norm_public_call,
     # Parity of the in-place power iteration (u, v, sigmas) and of the normalisation: test_spectral_norm.py
     # (test_ops_match_reference: float32 gradients checked against their error bound).
-    gradcheck=[Case("normalised_weights", _spectral_norm_gradcheck),
-               Case("normalize_backward", _spectral_norm_backward_gradcheck, requires_ops=True)],
+    gradcheck=[
+        Case("normalised_weights", _spectral_norm_gradcheck),
+        Case("normalize_backward", _spectral_norm_backward_gradcheck, requires_ops=True),
+    ],
     opcheck=[Case("power_iteration_normalize", _spectral_norm_opcheck, requires_ops=True)],
     penalty=[Case("r1", _spectral_norm_penalty)],
     compile=[Case("normalize", _spectral_norm_compile, requires_ops=True)],
@@ -911,11 +1071,18 @@ MINIBATCH_DISCRIMINATION = OpEntry(
     compiled_ops=frozenset({"gan_kernels::minibatch_discrimination"}),
     public_call=_minibatch_discrimination_public_call,
     gradcheck=[Case("public", _minibatch_discrimination_gradcheck)],
-    bad_inputs=bad_calls(gan_kernels.minibatch_discrimination, [
-        (dict(m=torch.ones(2, 3, 4, dtype=torch.int64)), TypeError, "m must be float64, float32, float16 or bfloat16"),
-        (dict(m=torch.randn(2, 3)), ValueError, r"m must be a 3-D tensor \[N, B, C\]"),
-        (dict(m=[1.0]), TypeError, "m must be a torch.Tensor"),
-    ]),
+    bad_inputs=bad_calls(
+        gan_kernels.minibatch_discrimination,
+        [
+            (
+                dict(m=torch.ones(2, 3, 4, dtype=torch.int64)),
+                TypeError,
+                "m must be float64, float32, float16 or bfloat16",
+            ),
+            (dict(m=torch.randn(2, 3)), ValueError, r"m must be a 3-D tensor \[N, B, C\]"),
+            (dict(m=[1.0]), TypeError, "m must be a torch.Tensor"),
+        ],
+    ),
     forward_ad=(lambda d: ([torch.randn(5, 3, 4, dtype=torch.float64, device=d) / 4], {})),
 )
 

@@ -1,4 +1,5 @@
 """The fallback policy: the package works without _C, says why once, and can be forced to the reference."""
+
 import os
 import shutil
 import subprocess
@@ -69,10 +70,14 @@ def test_without_extension_imports_warns_once_and_runs_the_reference():
 
 def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_users_import(tmp_path):
     # A checkout without the compiled .so, imported from a user's script.
-    shutil.copytree(os.path.join(ROOT, "gan_kernels"), tmp_path / "gan_kernels",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    shutil.copytree(
+        os.path.join(ROOT, "gan_kernels"),
+        tmp_path / "gan_kernels",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
     script = tmp_path / "train.py"
-    script.write_text(textwrap.dedent("""\
+    script.write_text(
+        textwrap.dedent("""\
         import warnings
         warnings.simplefilter("always")
         with warnings.catch_warnings(record=True) as caught:
@@ -81,10 +86,12 @@ def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_use
         print(w.filename, w.lineno, sep="|")
         print(w.message)
         print(gan_kernels.backend().reason)
-        """))
+        """)
+    )
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "GAN_KERNELS_IMPL": "auto"}
-    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     location, message, reason = result.stdout.strip().splitlines()
     assert location == f"{script}|4"
@@ -150,8 +157,14 @@ def run_entry_point(*args, prelude=""):
     sys.argv = ["gan_kernels", *{list(args)!r}]
     runpy.run_module("gan_kernels", run_name="__main__")
     """)
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_module_entry_point_prints_the_build_facts():
@@ -173,8 +186,10 @@ def test_module_entry_point_fails_when_the_extension_does_not_load():
     assert "gan_kernels._C could not be loaded" in result.stderr and "blocked by the test" in result.stderr
 
 
-@pytest.mark.skipif(OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available(),
-                    reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes")
+@pytest.mark.skipif(
+    OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available(),
+    reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes",
+)
 def test_require_cuda_fails_without_cuda_kernels_or_gpu():
     result = run_entry_point("--require-cuda")
     assert result.returncode == 1

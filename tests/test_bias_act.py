@@ -1,5 +1,6 @@
 """bias_act: what only it promises. The contracts every op keeps (parity with the reference,
 gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contracts.py."""
+
 import math
 
 import pytest
@@ -138,8 +139,18 @@ def test_piecewise_linear_acts_have_no_second_derivative(device, act):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape, dim", [((0, 4, 3, 3), 1), ((2, 0, 3, 3), 1), ((2, 4, 0, 3), 1), ((1, 1, 1, 1), 1),
-                                        ((7,), 0), ((5, 1, 3), 1), ((3, 7, 1, 1), 1)])
+@pytest.mark.parametrize(
+    "shape, dim",
+    [
+        ((0, 4, 3, 3), 1),
+        ((2, 0, 3, 3), 1),
+        ((2, 4, 0, 3), 1),
+        ((1, 1, 1, 1), 1),
+        ((7,), 0),
+        ((5, 1, 3), 1),
+        ((3, 7, 1, 1), 1),
+    ],
+)
 def test_empty_and_odd_shapes(device, shape, dim):
     torch.manual_seed(9)
     x = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
@@ -214,8 +225,13 @@ def test_nan_and_infinity_follow_the_definition(device, dtype, act, clamp):
             if abs(limit * gain) > clamp:
                 want = 0.0
         # want is exact; the gradient is rounded once to dtype.
-        torch.testing.assert_close(gx[:, column].double().cpu(), torch.full((2,), want, dtype=torch.float64),
-                                   equal_nan=True, rtol=torch.finfo(dtype).eps, atol=0)
+        torch.testing.assert_close(
+            gx[:, column].double().cpu(),
+            torch.full((2,), want, dtype=torch.float64),
+            equal_nan=True,
+            rtol=torch.finfo(dtype).eps,
+            atol=0,
+        )
     if act == "relu":
         assert (y[:, 2] == 0).all() and (gx[:, 2] == 0).all()  # relu(-inf) = 0, not -inf * 0
     # Finite inputs: the reference, whose torch kernels agree on every CPU away from NaN.

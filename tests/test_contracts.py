@@ -3,6 +3,7 @@
 gradgradcheck, opcheck, a gradient penalty through the op, torch.compile, bad inputs naming the
 argument, reaching the compiled ops and forward-mode AD; then contracts of the public API across
 ops: torch.compile with dynamic shapes, and scalar arguments in every form PyTorch accepts."""
+
 import numpy as np
 import pytest
 import torch
@@ -94,8 +95,9 @@ def test_penalty_through_the_op_matches_reference(device, op, case):
 def test_torch_compile_fullgraph(device, op, case):
     skip_without_ops(case)
     call = case.make(device)
-    assert_compiled_matches_eager(call.fn, call.x, call.eager, call.loss, call.output_tolerance,
-                                  call.gradient_tolerance)
+    assert_compiled_matches_eager(
+        call.fn, call.x, call.eager, call.loss, call.output_tolerance, call.gradient_tolerance
+    )
 
 
 @pytest.mark.parametrize("op, bad", bad_input_params("bad_inputs"))
@@ -168,8 +170,11 @@ def test_forward_over_reverse(device, op):
 @pytest.mark.parametrize("device", DEVICES)
 def test_compile_with_dynamic_shapes(device):
     # Symbolic scalars reach the argument checks under dynamic=True: they must trace, not fail.
-    model = torch.nn.Sequential(gan_kernels.nn.EqualizedConv2d(4, 6, 3, activation="lrelu", conv_clamp=256.0),
-                                gan_kernels.nn.PixelNorm(), gan_kernels.nn.MinibatchStd(2)).to(device)
+    model = torch.nn.Sequential(
+        gan_kernels.nn.EqualizedConv2d(4, 6, 3, activation="lrelu", conv_clamp=256.0),
+        gan_kernels.nn.PixelNorm(),
+        gan_kernels.nn.MinibatchStd(2),
+    ).to(device)
 
     def step(x, eps, clamp):
         y = model(x)
@@ -189,8 +194,9 @@ def test_every_scalar_argument_takes_numpy_scalars_and_0d_tensors(value):
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(gan_kernels.pixel_norm(x, eps=value), gan_kernels.pixel_norm(x, eps=1.5))
     for arg in ("alpha", "gain", "clamp", "scale"):
-        torch.testing.assert_close(gan_kernels.bias_act(x, act="lrelu", **{arg: value}),
-                                   gan_kernels.bias_act(x, act="lrelu", **{arg: 1.5}))
+        torch.testing.assert_close(
+            gan_kernels.bias_act(x, act="lrelu", **{arg: value}), gan_kernels.bias_act(x, act="lrelu", **{arg: 1.5})
+        )
     torch.testing.assert_close(gan_kernels.per_sample_penalty(x, value), gan_kernels.per_sample_penalty(x, 1.5))
     layer = gan_kernels.nn.EqualizedConv2d(3, 2, 1, conv_clamp=value, lr_multiplier=value)
     assert layer.conv_clamp == 1.5 and layer.bias_gain == 1.5
@@ -199,11 +205,14 @@ def test_every_scalar_argument_takes_numpy_scalars_and_0d_tensors(value):
     def D(t):
         return t.square().sum(dim=[1, 2, 3])
 
-    for penalty in (lambda: gan_kernels.penalties.r1(D, x, value), lambda: gan_kernels.penalties.r2(D, x, value),
-                    lambda: gan_kernels.penalties.wgan_gp(D, x, x.flip(0), value),
-                    lambda: gan_kernels.penalties.dragan(D, x, value, perturbation=value),
-                    lambda: gan_kernels.penalties.zero_centered_gp(D, x, x.flip(0), value),
-                    lambda: gan_kernels.gradient_penalty(D(x.requires_grad_()), x, center=value)):
+    for penalty in (
+        lambda: gan_kernels.penalties.r1(D, x, value),
+        lambda: gan_kernels.penalties.r2(D, x, value),
+        lambda: gan_kernels.penalties.wgan_gp(D, x, x.flip(0), value),
+        lambda: gan_kernels.penalties.dragan(D, x, value, perturbation=value),
+        lambda: gan_kernels.penalties.zero_centered_gp(D, x, x.flip(0), value),
+        lambda: gan_kernels.gradient_penalty(D(x.requires_grad_()), x, center=value),
+    ):
         assert penalty().isfinite().all()
 
 
@@ -222,22 +231,49 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
     "call, error, match",
     [
         (lambda: gan_kernels.pixel_norm(torch.randn(2, 3), dim=1.0), TypeError, "dim must be an int, got float"),
-        (lambda: gan_kernels.bias_act(torch.randn(2, 3), torch.randn(3), dim=1.5), TypeError,
-         "dim must be an int, got float"),
-        (lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), 2**63), ValueError,
-         r"group_size=9223372036854775808 is too large"),
-        (lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), 2.0), TypeError, "group_size must be an int, got float"),
-        (lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), True), TypeError, "group_size must be an int, got bool"),
+        (
+            lambda: gan_kernels.bias_act(torch.randn(2, 3), torch.randn(3), dim=1.5),
+            TypeError,
+            "dim must be an int, got float",
+        ),
+        (
+            lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), 2**63),
+            ValueError,
+            r"group_size=9223372036854775808 is too large",
+        ),
+        (
+            lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), 2.0),
+            TypeError,
+            "group_size must be an int, got float",
+        ),
+        (
+            lambda: gan_kernels.minibatch_std(torch.randn(4, 2, 1, 1), True),
+            TypeError,
+            "group_size must be an int, got bool",
+        ),
         (lambda: gan_kernels.nn.EqualizedLinear(0, 5), ValueError, "in_features must be >= 1, got 0"),
         (lambda: gan_kernels.nn.EqualizedConv2d(0, 5, 3), ValueError, "in_channels must be >= 1, got 0"),
         (lambda: gan_kernels.nn.EqualizedConv2d(2, 5, 0), ValueError, "kernel_size must be >= 1, got 0"),
-        (lambda: gan_kernels.nn.EqualizedLinear(2, 5, lr_multiplier=0), ValueError,
-         "lr_multiplier must be a finite number > 0, got 0.0"),
-        (lambda: gan_kernels.nn.EqualizedConv2d(2, 5, 3, conv_clamp=float("inf")), ValueError,
-         "conv_clamp must be a finite number >= 0, got inf"),
-        (lambda: gan_kernels.per_sample_penalty(torch.randn(2, 3), torch.ones(2)), TypeError,
-         r"center must be a real number or a 0-d real tensor, got a tensor of shape \[2\]"),
-        (lambda: gan_kernels.per_sample_penalty(torch.randn(2, 3), "1"), TypeError, "center must be a real number, got str"),
+        (
+            lambda: gan_kernels.nn.EqualizedLinear(2, 5, lr_multiplier=0),
+            ValueError,
+            "lr_multiplier must be a finite number > 0, got 0.0",
+        ),
+        (
+            lambda: gan_kernels.nn.EqualizedConv2d(2, 5, 3, conv_clamp=float("inf")),
+            ValueError,
+            "conv_clamp must be a finite number >= 0, got inf",
+        ),
+        (
+            lambda: gan_kernels.per_sample_penalty(torch.randn(2, 3), torch.ones(2)),
+            TypeError,
+            r"center must be a real number or a 0-d real tensor, got a tensor of shape \[2\]",
+        ),
+        (
+            lambda: gan_kernels.per_sample_penalty(torch.randn(2, 3), "1"),
+            TypeError,
+            "center must be a real number, got str",
+        ),
         (lambda: gan_kernels.penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
     ],
 )
@@ -256,6 +292,8 @@ def test_0d_and_1d_inputs_work_where_the_formula_does(device):
         assert torch.autograd.gradcheck(lambda t: gan_kernels.bias_act(t, act="tanh", clamp=0.5), (x,))
         assert torch.autograd.gradcheck(lambda t: gan_kernels.pixel_norm(t, dim=-1), (x,))
     b = torch.randn(5, dtype=torch.float64, device=device)
-    torch.testing.assert_close(gan_kernels.bias_act(x1, b, dim=0, act="tanh"), reference.bias_act(x1, b, dim=0, act="tanh"))
+    torch.testing.assert_close(
+        gan_kernels.bias_act(x1, b, dim=0, act="tanh"), reference.bias_act(x1, b, dim=0, act="tanh")
+    )
     with pytest.raises(IndexError, match="b needs x with at least one dimension"):
         gan_kernels.bias_act(x0, torch.randn(1, dtype=torch.float64, device=device))

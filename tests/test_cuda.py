@@ -9,6 +9,7 @@ pure-PyTorch fallback ran instead of our kernels: the module's fixture asserts t
 backend is active, and FallbackWarning is an error.
 Sizes are the smallest that reach each path; the largest (the grid-stride cases) move under 2 GB.
 """
+
 import functools
 import math
 import os
@@ -46,8 +47,14 @@ def our_cuda_kernels_are_active():
 
 
 def test_cuda_entry_point_requires_and_finds_the_cuda_kernels():
-    result = subprocess.run([sys.executable, "-m", "gan_kernels", "--require-cuda"], cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "gan_kernels", "--require-cuda"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "our kernels ran on the GPU" in result.stdout
 
@@ -84,8 +91,11 @@ PIXEL_NORM_BANDS = {
 }
 
 
-@pytest.mark.parametrize("dtype,channels", [(d, c) for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
-                         ids=[f"{dtype_id(d)}-{c}" for d, cs in PIXEL_NORM_BANDS.items() for c in cs])
+@pytest.mark.parametrize(
+    "dtype,channels",
+    [(d, c) for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
+    ids=[f"{dtype_id(d)}-{c}" for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
+)
 def test_cuda_pixel_norm_tile_cache_limits(dtype, channels):
     # Up to 1536 (forward) and 768 (backward) channels the cache alone fits in 48 KiB; with the
     # static arrays the launch failed with "invalid argument" from a band below that (issue 12).
@@ -144,8 +154,9 @@ def test_cuda_bias_act_paths(path, act, dtype):
     torch.manual_seed(4)
     x = torch.randn(shape, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
     b = torch.randn(shape[1], dtype=dtype, device="cuda")
-    assert_matches_reference(lambda t: gan_kernels.bias_act(t, b, **kwargs),
-                             lambda t: reference.bias_act(t, b, **kwargs), x)
+    assert_matches_reference(
+        lambda t: gan_kernels.bias_act(t, b, **kwargs), lambda t: reference.bias_act(t, b, **kwargs), x
+    )
     if act == "swish_clamp":  # the Grad2 kernel: d/dx of the gradient
         grad_out = torch.randn_like(x)
         upstream = torch.randn_like(x)
@@ -180,8 +191,9 @@ PENALTY_SHAPES = [(3, 8200), (3, 3, 70, 70), (3, 8195)]
 def test_cuda_penalty_several_chunks_per_sample(shape, center, dtype):
     torch.manual_seed(6)
     g = torch.randn(shape, dtype=dtype, device="cuda")
-    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, center),
-                             lambda t: reference.per_sample_penalty(t, center), g)
+    assert_matches_reference(
+        lambda t: gan_kernels.per_sample_penalty(t, center), lambda t: reference.per_sample_penalty(t, center), g
+    )
 
 
 @pytest.mark.parametrize("center", [0.0, 1.0])
@@ -189,16 +201,18 @@ def test_cuda_penalty_grid_stride_past_the_block_cap(center):
     # One element per sample: one chunk task per sample, and 8 samples per block in the final pass.
     torch.manual_seed(7)
     g = torch.randn(8 * MAX_BLOCKS + 24, 1, device="cuda")
-    assert_matches_reference(lambda t: gan_kernels.per_sample_penalty(t, center),
-                             lambda t: reference.per_sample_penalty(t, center), g)
+    assert_matches_reference(
+        lambda t: gan_kernels.per_sample_penalty(t, center), lambda t: reference.per_sample_penalty(t, center), g
+    )
 
 
 # ---- minibatch stddev --------------------------------------------------------------------------
 
 
 def assert_minibatch_std_matches_reference(x):
-    assert_matches_reference(lambda t: gan_kernels.minibatch_std(t, 4, 1),
-                             lambda t: reference.minibatch_std(t, 4, 1), x)
+    assert_matches_reference(
+        lambda t: gan_kernels.minibatch_std(t, 4, 1), lambda t: reference.minibatch_std(t, 4, 1), x
+    )
     grad_out = torch.randn(x.shape[0], x.shape[1] + 1, *x.shape[2:], dtype=x.dtype, device=x.device)
     upstream = torch.randn_like(x)
 
@@ -318,8 +332,9 @@ def assert_minibatch_discrimination_matches_reference(m, grad_out, upstream):
     (on the CPU kernel: 1.3x to 1.7x at these shapes)."""
     got = minibatch_discrimination_outputs(gan_kernels.minibatch_discrimination, m, grad_out, upstream)
     want = minibatch_discrimination_outputs(reference.minibatch_discrimination, m, grad_out, upstream)
-    exact = minibatch_discrimination_outputs(reference.minibatch_discrimination, m.double(), grad_out.double(),
-                                             upstream.double())
+    exact = minibatch_discrimination_outputs(
+        reference.minibatch_discrimination, m.double(), grad_out.double(), upstream.double()
+    )
     for index, (a, b, truth) in enumerate(zip(got, want, exact, strict=True)):
         assert a.dtype == b.dtype and a.shape == b.shape, f"output {index}"
         if m.dtype == torch.float32:
@@ -360,8 +375,9 @@ def test_cuda_minibatch_discrimination_grid_stride_past_the_block_cap():
     upstream = torch.randn_like(m)
     got = minibatch_discrimination_outputs(gan_kernels.minibatch_discrimination, m, grad_out, upstream)
     for part in (slice(0, 1000), slice(kernels - 1000, None)):
-        want = minibatch_discrimination_outputs(reference.minibatch_discrimination, m[:, part], grad_out[:, part],
-                                                upstream[:, part])
+        want = minibatch_discrimination_outputs(
+            reference.minibatch_discrimination, m[:, part], grad_out[:, part], upstream[:, part]
+        )
         for a, b in zip(got, want, strict=True):
             assert_close(a[:, part], b)
 
@@ -387,8 +403,12 @@ def spectral_normalised(shape):
 # multi-block paths: (input shape, maker of the function).
 PROGRAMS = {
     "pixel_norm": ((4, 64, 8, 8), lambda shape: gan_kernels.pixel_norm),
-    "bias_act": ((4, 32, 8, 8), lambda shape: functools.partial(
-        gan_kernels.bias_act, b=torch.randn(shape[1], device="cuda"), act="swish", clamp=1.5)),
+    "bias_act": (
+        (4, 32, 8, 8),
+        lambda shape: functools.partial(
+            gan_kernels.bias_act, b=torch.randn(shape[1], device="cuda"), act="swish", clamp=1.5
+        ),
+    ),
     "penalty_c1": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=1.0)),
     "penalty_c0": ((4, 3, 64, 64), lambda shape: functools.partial(gan_kernels.per_sample_penalty, center=0.0)),
     "minibatch_std": ((8, 512, 16, 16), lambda shape: functools.partial(gan_kernels.minibatch_std, group_size=4)),

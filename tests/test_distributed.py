@@ -13,6 +13,7 @@ same for a StyleGAN-like G trained with the path-length penalty (in its loss, or
 own): each rank draws its own noise, and the regulariser's running mean must be bitwise identical
 on every rank and equal one process's on the concatenated batch and noise.
 """
+
 import datetime
 import json
 import os
@@ -43,6 +44,7 @@ GROUP_DEADLINE_S = 240  # for the spawned group running every scenario
 
 
 # ---- models and data --------------------------------------------------------------------------
+
 
 def equalized_discriminator(process_group=None):
     """StyleGAN-like: equalized-LR layers, a pixel norm and the minibatch-stddev epilogue (grouping
@@ -116,16 +118,24 @@ def adversarial_loss_and_r1(D, real, fake, gamma):
     x = real.detach().requires_grad_()
     logits = D(x)
     r1 = gan_kernels.gradient_penalty(logits, x, center=0.0).mean()
-    return (torch.nn.functional.softplus(fake_logits).mean() + torch.nn.functional.softplus(-logits).mean()
-            + gamma / 2 * r1)
+    return (
+        torch.nn.functional.softplus(fake_logits).mean() + torch.nn.functional.softplus(-logits).mean() + gamma / 2 * r1
+    )
 
 
 # ---- one training step, data-parallel and in one process --------------------------------------
 
 # r1_reused_logits: StyleGAN2's R1 on the logits of the adversarial loss's own forward of the reals.
 PENALTIES = ["wgan_gp", "r1", "r2", "dragan", "zero_centered_gp", "lazy_r1", "r1_reused_logits"]
-WEIGHTS = {"wgan_gp": 10.0, "r1": 1.0, "r2": 1.0, "dragan": 10.0, "zero_centered_gp": 5.0, "lazy_r1": 1.0,
-           "r1_reused_logits": 1.0}
+WEIGHTS = {
+    "wgan_gp": 10.0,
+    "r1": 1.0,
+    "r2": 1.0,
+    "dragan": 10.0,
+    "zero_centered_gp": 5.0,
+    "lazy_r1": 1.0,
+    "r1_reused_logits": 1.0,
+}
 
 
 def parallel_step(D, penalty, step, real, fake, gen, group):
@@ -183,8 +193,9 @@ def single_process_step(D, penalty, step, reals, fakes, gens, per_rank_groups):
         loss = loss + penalty_at(torch.cat(fakes), 0.0) / 2
     elif penalty == "dragan":
         std = torch.cat(reals).std(correction=0)
-        loss = loss + penalty_at(torch.cat([penalties.dragan_points(r, std=std, generator=g)
-                                            for r, g in zip(reals, gens)]), 1.0)
+        loss = loss + penalty_at(
+            torch.cat([penalties.dragan_points(r, std=std, generator=g) for r, g in zip(reals, gens)]), 1.0
+        )
     loss.backward()
     if penalty == "lazy_r1" and step % LAZY_INTERVAL == 0:
         (LAZY_INTERVAL * penalty_at(torch.cat(reals), 0.0) / 2).backward()
@@ -222,8 +233,15 @@ def single_process_states(model_kind, penalty, world_size):
         for step in range(STEPS):
             batches = [rank_batch(step, r) for r in range(world_size)]
             opt.zero_grad()
-            single_process_step(D, penalty, step, [b[0] for b in batches], [b[1] for b in batches], gens,
-                                per_rank_groups=model_kind != "equalized_cross_rank")
+            single_process_step(
+                D,
+                penalty,
+                step,
+                [b[0] for b in batches],
+                [b[1] for b in batches],
+                gens,
+                per_rank_groups=model_kind != "equalized_cross_rank",
+            )
             opt.step()
             states.append({name: t.detach().clone() for name, t in state(D).items()})
         _single_process_states[key] = states
@@ -313,15 +331,17 @@ def fixed_critic():
     """G's adversarial loss needs a D; a fixed one (not trained, the same on every rank) keeps the
     scenarios about G."""
     torch.manual_seed(123)
-    critic = torch.nn.Sequential(EqualizedConv2d(3, 4, 3, activation="lrelu"), torch.nn.Flatten(),
-                                 EqualizedLinear(4 * 4 * 4, 1)).double()
+    critic = torch.nn.Sequential(
+        EqualizedConv2d(3, 4, 3, activation="lrelu"), torch.nn.Flatten(), EqualizedLinear(4 * 4 * 4, 1)
+    ).double()
     return critic.requires_grad_(False)
 
 
 def rank_latents(step, rank):
     """The z rank ``rank`` draws at ``step``: every process can make every rank's."""
-    return torch.randn(BATCH_PER_RANK, Z_DIM, dtype=torch.float64,
-                       generator=torch.Generator().manual_seed(2000 * step + rank))
+    return torch.randn(
+        BATCH_PER_RANK, Z_DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(2000 * step + rank)
+    )
 
 
 def path_length_noise_generator(rank):
@@ -389,8 +409,9 @@ def single_process_generator_states(penalty, world_size):
             if penalty == "lazy_path_length" and step % LAZY_INTERVAL == 0:
                 (LAZY_INTERVAL * penalty_of_the_whole_batch(*G(z))).backward()
             opt.step()
-            states.append({name: t.detach().clone() for name, t in state(G).items()}
-                          | {"mean_length": mean_length.clone()})
+            states.append(
+                {name: t.detach().clone() for name, t in state(G).items()} | {"mean_length": mean_length.clone()}
+            )
         _single_process_states[key] = states
     return _single_process_states[key]
 
@@ -421,6 +442,7 @@ def train_generator_and_compare(wrapper, penalty, group):
 
 # ---- scenarios not about training ------------------------------------------------------------
 
+
 def broadcast_state_copies_parameters_and_buffers(group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     src = world_size - 1  # the groups are ranks 0 .. n-1, so group and global ranks agree
@@ -437,12 +459,14 @@ def broadcast_state_copies_parameters_and_buffers(group):
 
 def all_reduce_gradients_agrees_on_missing_gradients(group):
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
-    model = torch.nn.ParameterDict({
-        "everywhere": torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)),
-        "rank0_only": torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)),
-        "nowhere": torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
-        "float32": torch.nn.Parameter(torch.zeros(2, dtype=torch.float32)),
-    })
+    model = torch.nn.ParameterDict(
+        {
+            "everywhere": torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)),
+            "rank0_only": torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)),
+            "nowhere": torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)),
+            "float32": torch.nn.Parameter(torch.zeros(2, dtype=torch.float32)),
+        }
+    )
 
     def grad_of(name, r):
         return torch.arange(1.0, 1.0 + model[name].numel(), dtype=model[name].dtype) * (r + 1)
@@ -455,8 +479,9 @@ def all_reduce_gradients_agrees_on_missing_gradients(group):
     for name in ("everywhere", "float32"):
         expected = sum(grad_of(name, r) for r in range(world_size)) / world_size
         torch.testing.assert_close(model[name].grad, expected, **TOLERANCES[model[name].dtype])
-    torch.testing.assert_close(model["rank0_only"].grad, grad_of("rank0_only", 0) / world_size,
-                               **TOLERANCES[torch.float64])
+    torch.testing.assert_close(
+        model["rank0_only"].grad, grad_of("rank0_only", 0) / world_size, **TOLERANCES[torch.float64]
+    )
     assert model["nowhere"].grad is None
 
 
@@ -505,27 +530,33 @@ MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
 ALL_REDUCE_PENALTIES = {"equalized": PENALTIES}
 for _model in MODELS:
     for _penalty in PENALTIES:
-        SCENARIOS[f"train-{_model}-ddp-{_penalty}"] = (
-            lambda group, m=_model, p=_penalty: train_and_compare(m, "ddp", p, group)
+        SCENARIOS[f"train-{_model}-ddp-{_penalty}"] = lambda group, m=_model, p=_penalty: train_and_compare(
+            m, "ddp", p, group
         )
     for _penalty in ALL_REDUCE_PENALTIES.get(_model, ["wgan_gp", "lazy_r1"]):
-        SCENARIOS[f"train-{_model}-all_reduce-{_penalty}"] = (
-            lambda group, m=_model, p=_penalty: train_and_compare(m, "all_reduce", p, group)
+        SCENARIOS[f"train-{_model}-all_reduce-{_penalty}"] = lambda group, m=_model, p=_penalty: train_and_compare(
+            m, "all_reduce", p, group
         )
 for _wrapper in ("ddp", "all_reduce"):
     for _penalty in G_PENALTIES:
-        SCENARIOS[f"train-generator-{_wrapper}-{_penalty}"] = (
-            lambda group, w=_wrapper, p=_penalty: train_generator_and_compare(w, p, group)
+        SCENARIOS[f"train-generator-{_wrapper}-{_penalty}"] = lambda group, w=_wrapper, p=_penalty: (
+            train_generator_and_compare(w, p, group)
         )
 
 
 # ---- the spawned group -------------------------------------------------------------------------
 
+
 def _worker(rank, port, results_dir):
     torch.set_num_threads(1)
     world_size = max(WORLD_SIZES)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
     # new_group is a collective of all ranks, members or not.
     groups = {n: dist.new_group(list(range(n))) for n in WORLD_SIZES}
     results = {}
@@ -572,8 +603,9 @@ def _run_group(results_dir):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # inherited by the spawned processes
     try:
-        context = mp.start_processes(_worker, args=(_free_port(), str(results_dir)),
-                                     nprocs=world_size, join=False, start_method="spawn")
+        context = mp.start_processes(
+            _worker, args=(_free_port(), str(results_dir)), nprocs=world_size, join=False, start_method="spawn"
+        )
     finally:
         for k, v in saved.items():
             if v is None:
@@ -615,11 +647,16 @@ def test_scenario(group_results, scenario, world_size):
 
 # ---- in this process, without a process group ---------------------------------------------------
 
-@pytest.mark.parametrize("call", [
-    lambda: all_reduce_gradients(torch.nn.Linear(2, 2)),
-    lambda: broadcast_state(torch.nn.Linear(2, 2)),
-    lambda: global_std(torch.randn(3)),
-], ids=["all_reduce_gradients", "broadcast_state", "global_std"])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: all_reduce_gradients(torch.nn.Linear(2, 2)),
+        lambda: broadcast_state(torch.nn.Linear(2, 2)),
+        lambda: global_std(torch.randn(3)),
+    ],
+    ids=["all_reduce_gradients", "broadcast_state", "global_std"],
+)
 def test_without_init_process_group_the_error_says_what_to_call(call):
     expected = r"torch.distributed is not initialized: call torch.distributed.init_process_group\(\)"
     with pytest.raises(RuntimeError, match=expected):

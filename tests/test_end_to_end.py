@@ -11,6 +11,7 @@ helpers.TOLERANCES.
   with penalties.wgan_gp vs torch.nn.utils.parametrizations.spectral_norm with the textbook
   WGAN-GP, over a few optimiser steps (u, v move each forward).
 """
+
 import math
 
 import pytest
@@ -50,10 +51,18 @@ class ReferenceMinibatchStd(torch.nn.Module):
         return reference.minibatch_std(x, self.group_size, self.num_channels)
 
 
-OUR_LAYERS = dict(conv=gan_kernels.nn.EqualizedConv2d, linear=gan_kernels.nn.EqualizedLinear,
-                  pixel_norm=gan_kernels.nn.PixelNorm, mbstd=gan_kernels.nn.MinibatchStd)
-REFERENCE_LAYERS = dict(conv=ReferenceEqualizedConv2d, linear=ReferenceEqualizedLinear,
-                        pixel_norm=ReferencePixelNorm, mbstd=ReferenceMinibatchStd)
+OUR_LAYERS = dict(
+    conv=gan_kernels.nn.EqualizedConv2d,
+    linear=gan_kernels.nn.EqualizedLinear,
+    pixel_norm=gan_kernels.nn.PixelNorm,
+    mbstd=gan_kernels.nn.MinibatchStd,
+)
+REFERENCE_LAYERS = dict(
+    conv=ReferenceEqualizedConv2d,
+    linear=ReferenceEqualizedLinear,
+    pixel_norm=ReferencePixelNorm,
+    mbstd=ReferenceMinibatchStd,
+)
 
 
 class StyleGAN2LikeD(torch.nn.Module):
@@ -251,8 +260,9 @@ def test_stylegan2_training_loop_with_lazy_r1_matches_textbook(device):
         for d, o in ((D, opt), (D_ref, opt_ref)):
             o.zero_grad(set_to_none=True)
         with unregistered_autograd_is_an_error():
-            loss = stylegan2_d_loss(D, real, fake, step, lazy, 10.0,
-                                    lambda logits, x: gan_kernels.gradient_penalty(logits, x, center=0.0))
+            loss = stylegan2_d_loss(
+                D, real, fake, step, lazy, 10.0, lambda logits, x: gan_kernels.gradient_penalty(logits, x, center=0.0)
+            )
             loss.backward()
         loss_ref = stylegan2_d_loss(D_ref, real, fake, step, lazy, 10.0, textbook_r1_on_logits)
         loss_ref.backward()
@@ -275,9 +285,14 @@ def test_stylegan2_like_d_runs_our_compiled_ops_through_the_double_backward():
         penalties.r1(D, real, 10.0).backward()
     names = {e.name for e in prof.function_events}
     expected = {
-        "gan_kernels::bias_act", "gan_kernels::bias_act_grad", "gan_kernels::pixel_norm",
-        "gan_kernels::pixel_norm_backward", "gan_kernels::minibatch_std", "gan_kernels::minibatch_std_backward",
-        "gan_kernels::minibatch_std_double_backward", "gan_kernels::gradient_penalty",
+        "gan_kernels::bias_act",
+        "gan_kernels::bias_act_grad",
+        "gan_kernels::pixel_norm",
+        "gan_kernels::pixel_norm_backward",
+        "gan_kernels::minibatch_std",
+        "gan_kernels::minibatch_std_backward",
+        "gan_kernels::minibatch_std_double_backward",
+        "gan_kernels::gradient_penalty",
         "gan_kernels::gradient_penalty_backward",
     }
     assert expected <= names, sorted(expected - names)

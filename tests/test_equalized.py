@@ -1,4 +1,5 @@
 """gan_kernels.nn.EqualizedLinear / EqualizedConv2d against StyleGAN's FullyConnectedLayer / Conv2dLayer."""
+
 import math
 
 import numpy as np
@@ -99,8 +100,9 @@ def test_linear_initialisation_and_state_dict():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("activation, conv_clamp, gain", [("lrelu", None, 1), ("lrelu", 0.5, 0.7), ("linear", 1.0, 1),
-                                                          ("tanh", None, 2.0)])
+@pytest.mark.parametrize(
+    "activation, conv_clamp, gain", [("lrelu", None, 1), ("lrelu", 0.5, 0.7), ("linear", 1.0, 1), ("tanh", None, 2.0)]
+)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_conv2d_matches_stylegan(device, activation, conv_clamp, gain, layout):
     torch.manual_seed(2)
@@ -125,15 +127,22 @@ def test_conv2d_in_bfloat16_keeps_its_dtype(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("kind, args, kwargs", [("Conv2d", (4, 6, 3), dict(activation="lrelu", conv_clamp=256)),
-                                                ("Linear", (4, 6), dict(activation="lrelu")),
-                                                ("Linear", (4, 6), {})], ids=["conv2d", "linear_lrelu", "linear"])
+@pytest.mark.parametrize(
+    "kind, args, kwargs",
+    [
+        ("Conv2d", (4, 6, 3), dict(activation="lrelu", conv_clamp=256)),
+        ("Linear", (4, 6), dict(activation="lrelu")),
+        ("Linear", (4, 6), {}),
+    ],
+    ids=["conv2d", "linear_lrelu", "linear"],
+)
 def test_layers_under_autocast_match_reference(device, kind, args, kwargs):
     # Autocast lowers the conv/matmul output but not the float32 bias: the layers cast it to the output.
     torch.manual_seed(4)
     layer = randomise_bias({"Conv2d": EqualizedConv2d, "Linear": EqualizedLinear}[kind](*args, **kwargs)).to(device)
-    twin = copy_of(layer, {"Conv2d": ReferenceEqualizedConv2d, "Linear": ReferenceEqualizedLinear}[kind], *args,
-                   **kwargs).to(device)
+    twin = copy_of(
+        layer, {"Conv2d": ReferenceEqualizedConv2d, "Linear": ReferenceEqualizedLinear}[kind], *args, **kwargs
+    ).to(device)
     x = torch.randn((2, 4, 5, 5) if kind == "Conv2d" else (3, 4), device=device)
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         y, y_ref = layer(x), twin(x)
@@ -157,8 +166,11 @@ def test_conv2d_loads_a_stylegan2_ada_state_dict_strictly():
     # 4x4 outer product) and saves it; without up/downsampling its forward never reads it.
     src = randomise_bias(EqualizedConv2d(3, 4, 3, activation="lrelu"))
     taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    state = {"weight": src.weight.detach().clone(), "bias": src.bias.detach().clone(),
-             "resample_filter": torch.outer(taps, taps) / torch.outer(taps, taps).sum()}
+    state = {
+        "weight": src.weight.detach().clone(),
+        "bias": src.bias.detach().clone(),
+        "resample_filter": torch.outer(taps, taps) / torch.outer(taps, taps).sum(),
+    }
     dst = EqualizedConv2d(3, 4, 3, activation="lrelu")
     dst.load_state_dict(state, strict=True)
     x = torch.randn(2, 3, 5, 5)

@@ -1,4 +1,5 @@
 """Smoke tests of the examples (a few iterations each) and their metrics on hand-made samples."""
+
 import dataclasses
 import os
 import signal
@@ -45,7 +46,9 @@ def test_a_mode_with_a_few_stray_points_is_not_covered():
 
 def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
     pytest.importorskip("tqdm")
-    results = mog.main(["--steps", "3", "--seeds", "1", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())])
+    results = mog.main(
+        ["--steps", "3", "--seeds", "1", "--out", str(tmp_path), "--threads", str(torch.get_num_threads())]
+    )
     assert set(results) == {(c, d) for c in mog.CONFIGS for d in mog.DATASETS}
     for r in results.values():
         assert r["samples"].shape == (2500, 2) and torch.isfinite(r["samples"]).all()
@@ -56,8 +59,15 @@ def test_mixture_of_gaussians_runs_every_configuration(tmp_path):
 
 
 def test_every_configuration_uses_the_same_optimiser_and_budget():
-    per_configuration = {"loss", "spectral_norm", "penalty", "weight", "unroll_steps", "instance_noise",
-                         "minibatch_discrimination"}
+    per_configuration = {
+        "loss",
+        "spectral_norm",
+        "penalty",
+        "weight",
+        "unroll_steps",
+        "instance_noise",
+        "minibatch_discrimination",
+    }
     shared = {f.name for f in dataclasses.fields(mog.Config)} - per_configuration
     for name in shared:
         assert len({getattr(c, name) for c in mog.CONFIGS.values()}) == 1, name
@@ -65,7 +75,7 @@ def test_every_configuration_uses_the_same_optimiser_and_budget():
 
 def test_samples_are_returned_in_the_data_units():
     # The networks train on standardised data; the samples come back scaled to the mixture.
-    for ds, expected_spread in (("ring8", 2.0), ("grid25", 8 ** 0.5)):
+    for ds, expected_spread in (("ring8", 2.0), ("grid25", 8**0.5)):
         samples, _, _ = mog.train(mog.CONFIGS["r1"], ds, 300, 0)
         assert 0.5 * expected_spread < samples.std(dim=0).mean() < 1.5 * expected_spread
 
@@ -118,13 +128,25 @@ def test_distributed_example_runs_under_torchrun():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     example = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "distributed.py")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={port}", example, "--steps", "3", "--print-every", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        example,
+        "--steps",
+        "3",
+        "--print-every",
+        "1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if "lo" in [name for _, name in socket.if_nameindex()]:
         env["GLOO_SOCKET_IFNAME"] = "lo"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:

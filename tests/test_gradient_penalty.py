@@ -1,6 +1,7 @@
 """The per-sample penalty op: (||g_i|| - center)^2, sum(g_i^2) for center 0. What only it promises:
 the contracts every op keeps (parity with the reference, gradcheck, opcheck, a penalty through it,
 compile, bad inputs) run in test_contracts.py."""
+
 import pytest
 import torch
 from helpers import (

@@ -1,6 +1,7 @@
 """gan_kernels.losses against the textbook formulas (float64), their gradients, stable values at
 logits of +-100, reductions, patch-shaped logits and bad input; feature matching and mode seeking
 against numpy and closed-form gradients."""
+
 import numpy as np
 import pytest
 import torch

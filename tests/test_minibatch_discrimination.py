@@ -95,8 +95,10 @@ def test_second_derivative_matches_reference(device, dtype, layout):
     m = make_m((7, 4, 3), layout, dtype, device)
     grad_out = torch.randn(7, 4, dtype=dtype, device=device)
     upstream = make_m((7, 4, 3), layout, dtype, device)
-    for got, want in zip(second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream),
-                         second_order(reference.minibatch_discrimination, m, grad_out, upstream)):
+    for got, want in zip(
+        second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream),
+        second_order(reference.minibatch_discrimination, m, grad_out, upstream),
+    ):
         assert got.dtype == dtype
         assert_close(got, want)
 
@@ -306,8 +308,10 @@ def test_derivative_at_ties_is_that_of_sign_zero(device):
     o_ref, dm_ref = grads(reference.minibatch_discrimination, m, grad_out)
     assert_close(o, o_ref)
     assert_close(dm, dm_ref)
-    for got, want in zip(second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream),
-                         second_order(reference.minibatch_discrimination, m, grad_out, upstream)):
+    for got, want in zip(
+        second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream),
+        second_order(reference.minibatch_discrimination, m, grad_out, upstream),
+    ):
         assert_close(got, want)
     # Written out for sample 1, dim 0: its only nonzero terms come from samples 4 (not tied with it).
     d = m[1] - m[4]
@@ -325,8 +329,9 @@ def test_identical_samples_are_fully_similar_with_zero_gradient(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination],
-                         ids=["public", "reference"])
+@pytest.mark.parametrize(
+    "fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination], ids=["public", "reference"]
+)
 def test_nan_is_visible_in_every_dependent_output_and_gradient(device, fn):
     # README "NaN and infinity": sample 2 diverged in kernel 0. Every o[:, 0] compares with it, so
     # every one is NaN, and so is every gradient of kernel 0; kernels 1 and 2 stay finite.
@@ -350,8 +355,9 @@ def test_nan_is_visible_in_every_dependent_output_and_gradient(device, fn):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination],
-                         ids=["public", "reference"])
+@pytest.mark.parametrize(
+    "fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination], ids=["public", "reference"]
+)
 def test_nan_in_a_batch_of_one_is_not_visible(device, fn):
     # Nothing depends on a lone sample (o = 0): neither o nor its gradient may be NaN.
     m = torch.tensor([[[NAN, 1.0]]], dtype=torch.float64, device=device, requires_grad=True)
@@ -382,8 +388,12 @@ def test_results_do_not_depend_on_the_thread_count():
     try:
         for count in (1, max(2, threads)):
             torch.set_num_threads(count)
-            results.append([*grads(gan_kernels.minibatch_discrimination, m, grad_out),
-                            *second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream)])
+            results.append(
+                [
+                    *grads(gan_kernels.minibatch_discrimination, m, grad_out),
+                    *second_order(gan_kernels.minibatch_discrimination, m, grad_out, upstream),
+                ]
+            )
     finally:
         torch.set_num_threads(threads)
     for one, many in zip(*results, strict=True):
@@ -406,8 +416,9 @@ def peak_bytes_allocated(fn):
     is not seen; callers add its bound."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     held, peak = 0, 0
     for event in events:
         held += event.nbytes()
@@ -439,8 +450,11 @@ def test_peak_memory_at_128_samples_is_below_the_eager_formula():
 
 
 BAD_INPUTS = [
-    (dict(m=torch.randn(4, 3)), ValueError,
-     r"m must be a 3-D tensor \[N, B, C\] \(samples, kernels, kernel dims\), got shape \[4, 3\]"),
+    (
+        dict(m=torch.randn(4, 3)),
+        ValueError,
+        r"m must be a 3-D tensor \[N, B, C\] \(samples, kernels, kernel dims\), got shape \[4, 3\]",
+    ),
     (dict(m=torch.randn(4, 3, 2, 1)), ValueError, r"m must be a 3-D tensor \[N, B, C\].*got shape \[4, 3, 2, 1\]"),
     (dict(m=torch.ones(4, 3, 2, dtype=torch.int64)), TypeError, "m must be float64, float32, float16 or bfloat16"),
     (dict(m=torch.ones(4, 3, 2, dtype=torch.complex64)), TypeError, "m must be float64, float32, float16 or bfloat16"),
@@ -468,8 +482,11 @@ def test_non_tensor_input_names_the_argument():
 @requires_ops
 def test_bad_grad_and_upstream_to_the_backward_ops_name_them():
     m = torch.randn(4, 3, 2)
-    with pytest.raises(ValueError, match=r"grad has shape \[4, 2\] but the output of minibatch_discrimination has "
-                                         r"shape \[4, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"grad has shape \[4, 2\] but the output of minibatch_discrimination has "
+        r"shape \[4, 3\]",
+    ):
         backward_op(torch.randn(4, 2), m)
     with pytest.raises(TypeError, match="grad has dtype torch.float64 but m has dtype torch.float32"):
         backward_op(torch.randn(4, 3, dtype=torch.float64), m)

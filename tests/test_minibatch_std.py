@@ -1,5 +1,6 @@
 """Minibatch stddev: what only it promises. The contracts every op keeps (parity with the reference,
 gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contracts.py."""
+
 import math
 
 import pytest

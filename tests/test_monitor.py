@@ -2,6 +2,7 @@
 literature says it occurs and nowhere else (Dirac-GAN with and without R1, a one-point generator, a
 discriminator trained alone, a weight scaled up every step, a NaN, a healthy R1 mixture run), its
 spectral norms against torch.linalg.matrix_norm, its scalars, writer, plot and bad input."""
+
 import math
 import os
 import sys
@@ -68,8 +69,7 @@ def dirac_gan(gamma, steps=400, lr=0.1, every=10):
         g_loss.backward()
         monitor.observe_gradients("G", g)
         opt_g.step()
-        monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss,
-                        penalty=penalty)
+        monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss, penalty=penalty)
     return monitor, g.weight.item(), d.weight.item()
 
 
@@ -114,8 +114,9 @@ def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors)
     monitor = StabilityMonitor(mog.make_discriminator(mog.CONFIGS["none"]), every=5)
     for _ in range(20):
         monitor.observe(d_loss=1.0)
-        monitor.observe_samples(mog.sample_mixture(centers, std, 256, generator),
-                                mog.sample_mixture(centers, std, 256, generator))
+        monitor.observe_samples(
+            mog.sample_mixture(centers, std, 256, generator), mog.sample_mixture(centers, std, 256, generator)
+        )
     assert 0.8 < monitor.report()["diversity"] < 1.25
     assert monitor.warnings == []
 
@@ -128,8 +129,9 @@ def test_thresholds_are_settable():
     with pytest.warns(StabilityWarning, match="mode_collapse"):
         for _ in range(10):
             strict.observe(d_loss=1.0)
-            strict.observe_samples(mog.sample_mixture(centers, std, 256, generator),
-                                   mog.sample_mixture(centers, std, 256, generator))
+            strict.observe_samples(
+                mog.sample_mixture(centers, std, 256, generator), mog.sample_mixture(centers, std, 256, generator)
+            )
     (issue,) = strict.warnings
     assert issue.name == "mode_collapse" and issue.evidence["threshold"] == 1.5
 
@@ -180,8 +182,11 @@ def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
 @pytest.mark.parametrize("where", ["d_loss", "real_logits"])
 def test_a_nan_is_flagged_non_finite_at_once(where, device):
     monitor = StabilityMonitor(torch.nn.Linear(3, 1).to(device), every=50)
-    monitor.observe(d_loss=torch.tensor(0.7, device=device), real_logits=torch.randn(4, device=device),
-                    fake_logits=torch.randn(4, device=device))
+    monitor.observe(
+        d_loss=torch.tensor(0.7, device=device),
+        real_logits=torch.randn(4, device=device),
+        fake_logits=torch.randn(4, device=device),
+    )
     values = {"d_loss": torch.tensor(0.7), "real_logits": torch.randn(4), "fake_logits": torch.randn(4)}
     values[where] = torch.tensor(math.nan) if where == "d_loss" else torch.tensor([0.1, math.nan, 0, 1])
     monitor.observe(**{name: value.to(device) for name, value in values.items()})
@@ -195,8 +200,20 @@ def test_a_healthy_r1_mixture_run_raises_nothing(stability_warnings_are_errors, 
     assert monitor.first_seen == {} and monitor.warnings == []
     assert len(monitor.history) == 600 // 25
     report = monitor.report()
-    for key in ("real_logit_mean", "fake_logit_mean", "logit_gap", "d_accuracy", "d_loss", "g_loss", "penalty",
-                "grad_norm/D", "grad_norm/G", "diversity", "sigma/D/0.weight", "sigma/G/0.weight"):
+    for key in (
+        "real_logit_mean",
+        "fake_logit_mean",
+        "logit_gap",
+        "d_accuracy",
+        "d_loss",
+        "g_loss",
+        "penalty",
+        "grad_norm/D",
+        "grad_norm/G",
+        "diversity",
+        "sigma/D/0.weight",
+        "sigma/G/0.weight",
+    ):
         assert math.isfinite(report[key]), key
 
 
@@ -215,13 +232,20 @@ def spiked(shape, dim, seed, top=3.0):
 def test_sigmas_equal_the_matrix_norm_after_warm_up():
     torch.manual_seed(0)
     d = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3), torch.nn.ConvTranspose2d(8, 4, 2), torch.nn.Flatten(), torch.nn.Linear(36, 6),
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.ConvTranspose2d(8, 4, 2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(36, 6),
         gan_kernels.nn.spectral_norm(torch.nn.Linear(6, 5)),
         torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(5, 1)),
     )
-    targets = {"0.weight": (d[0].weight, 0), "1.weight": (d[1].weight, 1), "3.weight": (d[3].weight, 0),
-               "4.weight": (d[4].parametrizations.weight.original, 0),
-               "5.weight": (d[5].parametrizations.weight.original, 0)}
+    targets = {
+        "0.weight": (d[0].weight, 0),
+        "1.weight": (d[1].weight, 1),
+        "3.weight": (d[3].weight, 0),
+        "4.weight": (d[4].parametrizations.weight.original, 0),
+        "5.weight": (d[5].parametrizations.weight.original, 0),
+    }
     ratios = {}
     with torch.no_grad():
         for seed, (name, (weight, dim)) in enumerate(targets.items()):
@@ -256,8 +280,12 @@ def test_report_holds_the_means_of_the_observed_values(device):
     real = [torch.tensor([1.0, 2.0, -1.0]), torch.tensor([0.5, 0.5, 3.0])]
     fake = [torch.tensor([-1.0, 0.5, -2.0, -3.0]), torch.tensor([-0.5, -0.5, 1.0, 2.0])]
     for r, f, loss in zip(real, fake, (0.25, 0.75)):
-        monitor.observe(real_logits=r.to(device), fake_logits=f.to(device), d_loss=loss,
-                        penalty=torch.tensor(2 * loss, device=device))
+        monitor.observe(
+            real_logits=r.to(device),
+            fake_logits=f.to(device),
+            d_loss=loss,
+            penalty=torch.tensor(2 * loss, device=device),
+        )
     report = monitor.report()
     assert report["step"] == 2
     assert report["real_logit_mean"] == pytest.approx(float(real[0].mean() + real[1].mean()) / 2)
@@ -332,8 +360,14 @@ def test_plot_draws_a_dashboard(tmp_path, one_thread):
 def test_every_condition_has_remedies():
     from gan_kernels.monitor import REMEDIES
 
-    assert set(CONDITIONS) == {"non_finite", "discriminator_overpowering", "vanishing_generator_gradient",
-                               "oscillation", "mode_collapse", "exploding_sigma"}
+    assert set(CONDITIONS) == {
+        "non_finite",
+        "discriminator_overpowering",
+        "vanishing_generator_gradient",
+        "oscillation",
+        "mode_collapse",
+        "exploding_sigma",
+    }
     assert all(len(REMEDIES[name]) >= 2 for name in CONDITIONS)
     assert gan_kernels.StabilityWarning is StabilityWarning and issubclass(StabilityWarning, UserWarning)
 

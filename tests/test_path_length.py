@@ -1,6 +1,7 @@
 """gan_kernels.penalties.PathLengthRegularizer against StyleGAN2's formula written out in plain PyTorch:
 value, parameter gradients and second derivatives; gradcheck / gradgradcheck; the running mean
 (buffer, state dict, average over ranks); zero gradients; lazy regularisation; bad input."""
+
 import math
 import os
 import tempfile
@@ -71,8 +72,10 @@ def test_penalty_gradients_and_second_derivatives_equal_the_formula(mean_before,
         assert grad.abs().max() > 0
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-12)
     # Second order: the derivative of a random projection of the first derivatives.
-    projections = [torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=grad.dtype).to(device)
-                   for grad in grads]
+    projections = [
+        torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=grad.dtype).to(device)
+        for grad in grads
+    ]
     second = torch.autograd.grad(sum((g * p).sum() for g, p in zip(grads, projections)), inputs, retain_graph=True)
     second_expected = torch.autograd.grad(sum((g * p).sum() for g, p in zip(expected_grads, projections)), inputs)
     for grad, grad_expected in zip(second, second_expected):
@@ -195,8 +198,10 @@ def test_decay_accepts_numpy_and_tensor_scalars():
     assert PathLengthRegularizer(torch.tensor(0.5)).decay == 0.5
 
 
-@pytest.mark.parametrize("decay, error", [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError),
-                                          ("0.1", TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "decay, error",
+    [(-0.1, ValueError), (1.5, ValueError), (float("nan"), ValueError), ("0.1", TypeError), (True, TypeError)],
+)
 def test_bad_decay_names_the_argument_and_value(decay, error):
     with pytest.raises(error, match=f"decay.*{decay!r}" if error is ValueError else "decay"):
         PathLengthRegularizer(decay)
@@ -221,8 +226,7 @@ def test_bad_inputs_name_the_argument():
 
 
 def _path_length_on_rank(rank, world_size, init_file, out_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                                         world_size=world_size)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         g_net = TinySynthesis()
         regularizer = PathLengthRegularizer(decay=0.5).double()
@@ -236,8 +240,7 @@ def _path_length_on_rank(rank, world_size, init_file, out_dir):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_running_mean_is_averaged_over_ranks():
     with tempfile.TemporaryDirectory() as out_dir:
-        torch.multiprocessing.spawn(_path_length_on_rank, args=(2, os.path.join(out_dir, "init"), out_dir),
-                                    nprocs=2)
+        torch.multiprocessing.spawn(_path_length_on_rank, args=(2, os.path.join(out_dir, "init"), out_dir), nprocs=2)
         means = [torch.load(os.path.join(out_dir, f"rank{rank}.pt")) for rank in range(2)]
     g_net = TinySynthesis()
     batch_means = []

@@ -1,5 +1,6 @@
 """gan_kernels.penalties: gradient_penalty, the WGAN-GP / R1 / R2 / DRAGAN / zero-centred helpers and
 lazy regularisation, against the textbook pure-PyTorch computation on small discriminators."""
+
 import pytest
 import torch
 from helpers import DEVICES, assert_close, unregistered_autograd_is_an_error
@@ -29,13 +30,21 @@ def make_discriminator(kind):
     torch.manual_seed(100)
     if kind == "mlp":
         d = torch.nn.Sequential(
-            torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.LeakyReLU(0.2), torch.nn.Linear(16, 16),
-            torch.nn.Softplus(), torch.nn.Linear(16, 1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(48, 16),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Linear(16, 16),
+            torch.nn.Softplus(),
+            torch.nn.Linear(16, 1),
         )
     elif kind == "conv_pixelnorm":
         d = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LeakyReLU(0.2), gan_kernels.nn.PixelNorm(),
-            torch.nn.Conv2d(8, 8, 3, stride=2, padding=1), torch.nn.Softplus(), torch.nn.Flatten(),
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.LeakyReLU(0.2),
+            gan_kernels.nn.PixelNorm(),
+            torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            torch.nn.Softplus(),
+            torch.nn.Flatten(),
             torch.nn.Linear(8 * 2 * 2, 1),
         )
     elif kind == "patch":  # returns a [N, 1, 2, 2] map: summed per sample
@@ -248,8 +257,9 @@ def test_dragan_std_replaces_the_batch_std(as_tensor):
     D = make_discriminator("mlp")
     real = torch.randn(SHAPE, dtype=torch.float64)
     std = 3.0 * real.std(correction=0)
-    got = penalties.dragan(D, real, 7.0, std=std if as_tensor else std.item(),
-                           generator=torch.Generator().manual_seed(5))
+    got = penalties.dragan(
+        D, real, 7.0, std=std if as_tensor else std.item(), generator=torch.Generator().manual_seed(5)
+    )
     gen = torch.Generator().manual_seed(5)
     noise = torch.rand(real.shape, dtype=real.dtype, generator=gen)
     alpha = uniform_per_sample(real, gen)
@@ -262,36 +272,67 @@ def test_dragan_std_replaces_the_batch_std(as_tensor):
 @pytest.mark.parametrize(
     "call, error, match",
     [
-        (lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r.detach()), ValueError,
-         "inputs does not require grad"),
-        (lambda D, r, f: gan_kernels.gradient_penalty(D(f), r.requires_grad_()), ValueError,
-         "outputs does not depend on inputs"),
-        (lambda D, r, f: gan_kernels.gradient_penalty(D(f.requires_grad_()), r.requires_grad_()), ValueError,
-         "outputs does not depend on inputs"),
+        (
+            lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r.detach()),
+            ValueError,
+            "inputs does not require grad",
+        ),
+        (
+            lambda D, r, f: gan_kernels.gradient_penalty(D(f), r.requires_grad_()),
+            ValueError,
+            "outputs does not depend on inputs",
+        ),
+        (
+            lambda D, r, f: gan_kernels.gradient_penalty(D(f.requires_grad_()), r.requires_grad_()),
+            ValueError,
+            "outputs does not depend on inputs",
+        ),
         (lambda D, r, f: penalties.r1(constant_d, r, 1.0), ValueError, "outputs does not depend on inputs"),
-        (lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r, center=-1.0), ValueError,
-         "center must be a finite number >= 0, got -1.0"),
+        (
+            lambda D, r, f: gan_kernels.gradient_penalty(D(r.requires_grad_()), r, center=-1.0),
+            ValueError,
+            "center must be a finite number >= 0, got -1.0",
+        ),
         (lambda D, r, f: gan_kernels.gradient_penalty([1.0], r), TypeError, "outputs must be a torch.Tensor"),
         (lambda D, r, f: penalties.r1(D, r.long(), 1.0), TypeError, "real must be float64, float32, float16"),
         (lambda D, r, f: penalties.r2(D, f.long(), 1.0), TypeError, "fake must be float64, float32, float16"),
-        (lambda D, r, f: penalties.wgan_gp(D, r, f[:2]), ValueError,
-         r"fake has shape \[2, 3, 4, 4\] but real has shape \[4, 3, 4, 4\]"),
-        (lambda D, r, f: penalties.zero_centered_gp(D, r, f.float(), 1.0), TypeError,
-         "fake has dtype torch.float32 but real has dtype torch.float64"),
+        (
+            lambda D, r, f: penalties.wgan_gp(D, r, f[:2]),
+            ValueError,
+            r"fake has shape \[2, 3, 4, 4\] but real has shape \[4, 3, 4, 4\]",
+        ),
+        (
+            lambda D, r, f: penalties.zero_centered_gp(D, r, f.float(), 1.0),
+            TypeError,
+            "fake has dtype torch.float32 but real has dtype torch.float64",
+        ),
         (lambda D, r, f: penalties.wgan_gp(D, r, f.to("meta")), ValueError, "fake is on meta but real is on cpu"),
         (lambda D, r, f: penalties.wgan_gp(D, r, f, weight=-10.0), ValueError, "weight must be a finite number >= 0"),
         (lambda D, r, f: penalties.r1(D, r, -1.0), ValueError, "gamma must be a finite number >= 0, got -1.0"),
         (lambda D, r, f: penalties.r2(D, f, float("nan")), ValueError, "gamma must be a finite number >= 0"),
-        (lambda D, r, f: penalties.dragan(D, r, 10.0, perturbation=-0.5), ValueError,
-         "perturbation must be a finite number >= 0"),
-        (lambda D, r, f: penalties.dragan(D, r, 10.0, std=-1.0), ValueError, "std must be a finite number >= 0, got -1.0"),
-        (lambda D, r, f: penalties.dragan(D, r, 10.0, std=r.std(dim=0)), ValueError,
-         r"std must be a number or a one-element tensor, got a tensor of shape \[3, 4, 4\]"),
+        (
+            lambda D, r, f: penalties.dragan(D, r, 10.0, perturbation=-0.5),
+            ValueError,
+            "perturbation must be a finite number >= 0",
+        ),
+        (
+            lambda D, r, f: penalties.dragan(D, r, 10.0, std=-1.0),
+            ValueError,
+            "std must be a finite number >= 0, got -1.0",
+        ),
+        (
+            lambda D, r, f: penalties.dragan(D, r, 10.0, std=r.std(dim=0)),
+            ValueError,
+            r"std must be a number or a one-element tensor, got a tensor of shape \[3, 4, 4\]",
+        ),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
         (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
-        (lambda D, r, f: penalties.lazy_adam_hyperparameters(1e-3, (0.0, 0.99), 2.5), TypeError,
-         "interval must be an int, got float"),
+        (
+            lambda D, r, f: penalties.lazy_adam_hyperparameters(1e-3, (0.0, 0.99), 2.5),
+            TypeError,
+            "interval must be an int, got float",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(call, error, match):

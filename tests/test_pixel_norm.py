@@ -1,5 +1,6 @@
 """Pixel norm: what only it promises. The contracts every op keeps (parity with the reference,
 gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contracts.py."""
+
 import pytest
 import torch
 from helpers import DEVICES, assert_close, make_4d
@@ -94,9 +95,7 @@ def test_random_shapes_dims_and_layouts_match_reference(shape, data):
     order = data.draw(st.permutations(range(len(shape))), label="memory order")
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     # A dense tensor whose memory order is `order`.
-    x = torch.randn([shape[i] for i in order], dtype=torch.float64).permute(
-        [order.index(i) for i in range(len(shape))]
-    )
+    x = torch.randn([shape[i] for i in order], dtype=torch.float64).permute([order.index(i) for i in range(len(shape))])
     grad_out = torch.randn(shape, dtype=torch.float64)
     y, gx = grads(gan_kernels.pixel_norm, x, dim, grad_out)
     y_ref, gx_ref = grads(reference.pixel_norm, x, dim, grad_out)

@@ -3,6 +3,7 @@ devices and the forms a scalar argument comes in (Python numbers, numpy scalars,
 
 The suite runs once with the compiled ops and once with GAN_KERNELS_IMPL=reference (make test), so
 these also check that both backends accept the same arguments."""
+
 import numpy as np
 import torch
 from helpers import DEVICES, FLOAT_DTYPES, assert_close
@@ -65,8 +66,13 @@ draw_dtype = st.sampled_from(FLOAT_DTYPES)
 
 
 @SETTINGS
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), dtype=draw_dtype, device=draw_device,
-       kind=scalar_kinds, data=st.data())
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    dtype=draw_dtype,
+    device=draw_device,
+    kind=scalar_kinds,
+    data=st.data(),
+)
 def test_pixel_norm(shape, dtype, device, kind, data):
     dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")
     eps = _as_scalar_type(data.draw(st.sampled_from([1e-8, 0.5])), kind)
@@ -79,8 +85,14 @@ def test_pixel_norm(shape, dtype, device, kind, data):
 
 
 @SETTINGS
-@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), dtype=draw_dtype, device=draw_device,
-       kind=scalar_kinds, act=st.sampled_from(list(reference.BIAS_ACT_ACTIVATIONS)), data=st.data())
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
+    dtype=draw_dtype,
+    device=draw_device,
+    kind=scalar_kinds,
+    act=st.sampled_from(list(reference.BIAS_ACT_ACTIVATIONS)),
+    data=st.data(),
+)
 def test_bias_act(shape, dtype, device, kind, act, data):
     dim = data.draw(st.integers(-len(shape), len(shape) - 1), label="dim")
     clamp = data.draw(st.sampled_from([None, 0.7, 3.0]), label="clamp")
@@ -103,9 +115,18 @@ def test_bias_act(shape, dtype, device, kind, act, data):
 
 
 @SETTINGS
-@given(groups=st.integers(1, 3), group_size=st.sampled_from([1, 2, 4, 8]), features=st.integers(1, 3),
-       channels_per_feature=st.integers(1, 3), h=st.integers(1, 4), w=st.integers(1, 4), dtype=draw_dtype,
-       device=draw_device, kind=int_kinds, data=st.data())
+@given(
+    groups=st.integers(1, 3),
+    group_size=st.sampled_from([1, 2, 4, 8]),
+    features=st.integers(1, 3),
+    channels_per_feature=st.integers(1, 3),
+    h=st.integers(1, 4),
+    w=st.integers(1, 4),
+    dtype=draw_dtype,
+    device=draw_device,
+    kind=int_kinds,
+    data=st.data(),
+)
 def test_minibatch_std(groups, group_size, features, channels_per_feature, h, w, dtype, device, kind, data):
     shape = (groups * group_size, features * channels_per_feature, h, w)
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
@@ -118,8 +139,14 @@ def test_minibatch_std(groups, group_size, features, channels_per_feature, h, w,
 
 
 @SETTINGS
-@given(samples=st.integers(1, 9), kernels=st.integers(1, 4), dims=st.integers(1, 10), dtype=draw_dtype,
-       device=draw_device, data=st.data())
+@given(
+    samples=st.integers(1, 9),
+    kernels=st.integers(1, 4),
+    dims=st.integers(1, 10),
+    dtype=draw_dtype,
+    device=draw_device,
+    data=st.data(),
+)
 def test_minibatch_discrimination(samples, kernels, dims, dtype, device, data):
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     m = _random_tensor(data, (samples, kernels, dims), dtype, device) / dims  # pairs at L1 distance ~1
@@ -130,8 +157,14 @@ def test_minibatch_discrimination(samples, kernels, dims, dtype, device, data):
 
 
 @SETTINGS
-@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), dtype=draw_dtype, device=draw_device,
-       kind=scalar_kinds, center=st.sampled_from([0.0, 1.0, 2.5]), data=st.data())
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    dtype=draw_dtype,
+    device=draw_device,
+    kind=scalar_kinds,
+    center=st.sampled_from([0.0, 1.0, 2.5]),
+    data=st.data(),
+)
 def test_per_sample_penalty(shape, dtype, device, kind, center, data):
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     g = _random_tensor(data, shape, dtype, device)
@@ -142,9 +175,14 @@ def test_per_sample_penalty(shape, dtype, device, kind, center, data):
 
 
 @SETTINGS
-@given(shapes=st.lists(st.lists(st.integers(1, 5), min_size=2, max_size=4), min_size=1, max_size=4),
-       dtype=st.sampled_from([torch.float64, torch.float32]), device=draw_device, kind=scalar_kinds,
-       steps=st.integers(0, 3), data=st.data())
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 5), min_size=2, max_size=4), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    device=draw_device,
+    kind=scalar_kinds,
+    steps=st.integers(0, 3),
+    data=st.data(),
+)
 def test_spectral_norm(shapes, dtype, device, kind, steps, data):
     torch.manual_seed(data.draw(st.integers(0, 2**31 - 1), label="seed"))
     weights = [_random_tensor(data, shape, dtype, device, f"weights[{i}]") for i, shape in enumerate(shapes)]
@@ -164,4 +202,3 @@ def test_spectral_norm(shapes, dtype, device, kind, steps, data):
     normalized = gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)
     for got, want in zip(normalized, reference.spectral_norm_normalize(weights, us_ref, vs_ref, dims)):
         assert_close(got, want, dtype)
-

@@ -1,6 +1,7 @@
 """Spectral normalisation: the layer against PyTorch's, batching, and what only the batched ops promise.
 The contracts every op keeps (gradcheck, opcheck, a penalty through it, compile, bad inputs) run
 in test_contracts.py."""
+
 import collections
 import copy
 import threading
@@ -107,8 +108,10 @@ def test_conv_transpose_normalises_dim_1_and_sigma_is_the_spectral_norm():
     matrix = reference.spectral_weight_matrix(layer.parametrizations.weight.original.detach(), 1)
     sigma = spectral_sigmas(layer)["weight"]
     assert_close(sigma, torch.linalg.matrix_norm(matrix, 2))
-    assert_close(torch.linalg.matrix_norm(reference.spectral_weight_matrix(layer.weight.detach(), 1), 2),
-                 torch.tensor(1.0, dtype=torch.float64))
+    assert_close(
+        torch.linalg.matrix_norm(reference.spectral_weight_matrix(layer.weight.detach(), 1), 2),
+        torch.tensor(1.0, dtype=torch.float64),
+    )
 
 
 def test_one_dimensional_weight_is_normalised_as_pytorch_does():
@@ -141,14 +144,18 @@ def test_checkpoints_load_both_ways(kind):
 
 def test_loads_checkpoints_of_the_older_spectral_norm():
     torch.manual_seed(3)
-    old = torch.nn.Sequential(torch.nn.utils.spectral_norm(torch.nn.Conv2d(3, 5, 3)), torch.nn.Flatten(),
-                              torch.nn.utils.spectral_norm(torch.nn.Linear(5 * 9, 1)))
+    old = torch.nn.Sequential(
+        torch.nn.utils.spectral_norm(torch.nn.Conv2d(3, 5, 3)),
+        torch.nn.Flatten(),
+        torch.nn.utils.spectral_norm(torch.nn.Linear(5 * 9, 1)),
+    )
     x = torch.randn(2, 3, 5, 5)
     for _ in range(3):
         old(x)
     old.eval()
-    ours = torch.nn.Sequential(spectral_norm(torch.nn.Conv2d(3, 5, 3)), torch.nn.Flatten(),
-                               spectral_norm(torch.nn.Linear(5 * 9, 1))).eval()
+    ours = torch.nn.Sequential(
+        spectral_norm(torch.nn.Conv2d(3, 5, 3)), torch.nn.Flatten(), spectral_norm(torch.nn.Linear(5 * 9, 1))
+    ).eval()
     assert "0.weight_orig" in old.state_dict()
     ours.load_state_dict(old.state_dict())
     assert torch.equal(ours[0].parametrizations.weight[0]._u, old[0].weight_u)
@@ -365,8 +372,10 @@ def test_empty_weight_as_pytorch(in_features, out_features):
         module.y = module(x)
         module.y.sum().backward()
     assert ours.weight.shape == theirs.weight.shape == (out_features, in_features)
-    for got, want in zip((ours.y, *buffers(ours), ours.parametrizations.weight.original.grad),
-                         (theirs.y, *buffers(theirs), theirs.parametrizations.weight.original.grad)):
+    for got, want in zip(
+        (ours.y, *buffers(ours), ours.parametrizations.weight.original.grad),
+        (theirs.y, *buffers(theirs), theirs.parametrizations.weight.original.grad),
+    ):
         assert torch.equal(got, want)  # empty, or only zeros and the bias: nothing to round
 
 
@@ -428,7 +437,9 @@ def test_loads_checkpoints_from_before_pytorch_1_1(make):
     assert torch.equal(u, pre_1_1["weight_u"])
     # v satisfies the invariant of a trained layer, u = normalize(W v) ...
     dim = ours.parametrizations.weight[0].dim
-    assert_close(torch.nn.functional.normalize(reference.spectral_weight_matrix(pre_1_1["weight_orig"], dim) @ v, dim=0), u)
+    assert_close(
+        torch.nn.functional.normalize(reference.spectral_weight_matrix(pre_1_1["weight_orig"], dim) @ v, dim=0), u
+    )
     # ... and gives the saved normalised weight, as PyTorch's loaded layer does. (PyTorch's own v is
     # not compared: its pinverse(W^T W) inverts the float32 rounding noise of W^T W's zero singular
     # values when W has fewer rows than columns.)
@@ -437,6 +448,7 @@ def test_loads_checkpoints_from_before_pytorch_1_1(make):
 
 
 # ---- the ops -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
@@ -469,8 +481,9 @@ def test_ops_match_reference(device, dtype, steps):
         assert_close(got, want.to(dtype))
     for index, (got, want) in enumerate(zip(grads, grads_ref)):
         if dtype == torch.float32:
-            assert_float32_gradient_within_error_bound(got, want, upstream[index], weights[index], us[index],
-                                                       vs[index], dims[index])
+            assert_float32_gradient_within_error_bound(
+                got, want, upstream[index], weights[index], us[index], vs[index], dims[index]
+            )
         else:
             assert_close(got, want.to(dtype))
 
@@ -491,7 +504,9 @@ def assert_float32_gradient_within_error_bound(got, want, upstream, weight, u, v
         return n * e / (1 - n * e)
 
     # Entry by entry in the matrix view (dim first, the rest flattened), where u v^T is an outer product.
-    g, w, got, want = (reference.spectral_weight_matrix(t.detach().double(), dim) for t in (upstream, weight, got, want))
+    g, w, got, want = (
+        reference.spectral_weight_matrix(t.detach().double(), dim) for t in (upstream, weight, got, want)
+    )
     u, v = u.double(), v.double()
     sigma = torch.vdot(u, w @ v)
     delta = gamma(sum(w.shape)) * float(u.abs() @ w.abs() @ v.abs() / sigma.abs())
@@ -526,14 +541,17 @@ def test_gradcheck_through_a_layer_in_training_with_u_v_reset(device, batched):
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_mode_ad_through_spectral_norm(device):
     torch.manual_seed(3)
-    weights = [torch.randn(4, 3, 2, dtype=torch.float64, device=device),
-               torch.randn(5, 6, dtype=torch.float64, device=device)]
-    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=w.dtype, device=device), dim=0)
-          for w in weights]
-    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), dtype=w.dtype, device=device), dim=0)
-          for w in weights]
-    sigmas = torch.stack([torch.vdot(u, reference.spectral_weight_matrix(w, 0) @ v)
-                          for w, u, v in zip(weights, us, vs)])
+    weights = [
+        torch.randn(4, 3, 2, dtype=torch.float64, device=device),
+        torch.randn(5, 6, dtype=torch.float64, device=device),
+    ]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], dtype=w.dtype, device=device), dim=0) for w in weights]
+    vs = [
+        torch.nn.functional.normalize(torch.randn(w[0].numel(), dtype=w.dtype, device=device), dim=0) for w in weights
+    ]
+    sigmas = torch.stack(
+        [torch.vdot(u, reference.spectral_weight_matrix(w, 0) @ v) for w, u, v in zip(weights, us, vs)]
+    )
     tangents = tuple(torch.randn_like(w) for w in weights)
 
     def ours(*w):
@@ -574,23 +592,47 @@ class IntWeight(torch.nn.Module):
 @pytest.mark.parametrize(
     "make, kwargs, error, match",
     [
-        (IntWeight, {}, TypeError,
-         "IntWeight.weight must be float64, float32, float16, bfloat16, complex64 or complex128, got torch.int64"),
-        (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=0), ValueError,
-         "n_power_iterations must be an integer >= 1, got 0"),
+        (
+            IntWeight,
+            {},
+            TypeError,
+            "IntWeight.weight must be float64, float32, float16, bfloat16, complex64 or complex128, got torch.int64",
+        ),
+        (
+            lambda: torch.nn.Linear(3, 2),
+            dict(n_power_iterations=0),
+            ValueError,
+            "n_power_iterations must be an integer >= 1, got 0",
+        ),
         (lambda: torch.nn.Linear(3, 2), dict(eps=0.0), ValueError, "eps must be a finite number > 0, got 0.0"),
         (lambda: torch.nn.Linear(3, 2), dict(eps=-1e-3), ValueError, "eps must be a finite number > 0, got -0.001"),
-        (lambda: torch.nn.Linear(3, 2), dict(name="wieght"), ValueError,
-         "name='wieght' is not a parameter or buffer of Linear"),
+        (
+            lambda: torch.nn.Linear(3, 2),
+            dict(name="wieght"),
+            ValueError,
+            "name='wieght' is not a parameter or buffer of Linear",
+        ),
         (lambda: torch.nn.Linear(3, 2), dict(dim=2), IndexError, "dim=2 is out of range"),
         (lambda: torch.nn.Linear(3, 2), dict(dim=0.0), TypeError, "dim must be an int, got float"),
-        (lambda: torch.nn.Linear(3, 2), dict(n_power_iterations=1.0), TypeError,
-         "n_power_iterations must be an int, got float"),
-        (lambda: torch.nn.Linear(3, 2), dict(eps=torch.tensor([1e-3, 1e-3])), TypeError,
-         r"eps must be a real number or a 0-d real tensor, got a tensor of shape \[2\]"),
-        (lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)), {}, ValueError,
-         "Linear.weight is already normalised by the older torch.nn.utils.spectral_norm; "
-         "call torch.nn.utils.remove_spectral_norm first"),
+        (
+            lambda: torch.nn.Linear(3, 2),
+            dict(n_power_iterations=1.0),
+            TypeError,
+            "n_power_iterations must be an int, got float",
+        ),
+        (
+            lambda: torch.nn.Linear(3, 2),
+            dict(eps=torch.tensor([1e-3, 1e-3])),
+            TypeError,
+            r"eps must be a real number or a 0-d real tensor, got a tensor of shape \[2\]",
+        ),
+        (
+            lambda: torch.nn.utils.spectral_norm(torch.nn.Linear(3, 2)),
+            {},
+            ValueError,
+            "Linear.weight is already normalised by the older torch.nn.utils.spectral_norm; "
+            "call torch.nn.utils.remove_spectral_norm first",
+        ),
     ],
 )
 def test_bad_input_names_the_argument(make, kwargs, error, match):
@@ -612,8 +654,10 @@ def test_random_shapes_and_dims_match_reference(data, shape):
     assert_close(sigmas, sigmas_ref)
     for got, want in zip(us + vs, us_ref + vs_ref):
         assert_close(got, want)
-    for got, want in zip(gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
-                         reference.spectral_norm_normalize(weights, us, vs, wrapped)):
+    for got, want in zip(
+        gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims),
+        reference.spectral_norm_normalize(weights, us, vs, wrapped),
+    ):
         assert_close(got, want)
 
 
@@ -635,8 +679,10 @@ def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
         match = rf"{entry}\[1\] is on meta but weights\[0\] is on cpu"
     calls = [lambda: gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)]
     if OPS_REGISTERED:
-        calls += [lambda: normalize_op(weights, us, vs, sigmas, dims),
-                  lambda: normalize_backward_op([torch.ones_like(w) for w in weights], weights, us, vs, sigmas, dims)]
+        calls += [
+            lambda: normalize_op(weights, us, vs, sigmas, dims),
+            lambda: normalize_backward_op([torch.ones_like(w) for w in weights], weights, us, vs, sigmas, dims),
+        ]
     if entry != "sigmas":
         calls.append(lambda: gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims))
         if OPS_REGISTERED:
@@ -689,6 +735,7 @@ def test_negative_dims_wrap_as_pytorch_does():
     # The double backward reshapes by dim: with -1 it raised "shape ... is invalid".
     assert torch.autograd.gradgradcheck(lambda *ws: tuple(normalised_weights(list(ws), us, vs, negative, 0)), leaves)
     if OPS_REGISTERED:
+
         def direct(*ws):  # the op called as torch.ops, without the public function's wrapping
             detached = [w.detach() for w in ws]
             sigmas = power_op(detached, [u.clone() for u in us], [v.clone() for v in vs], negative, 0, 1e-12)
@@ -697,13 +744,20 @@ def test_negative_dims_wrap_as_pytorch_does():
         assert torch.autograd.gradgradcheck(direct, leaves)
 
 
-@pytest.mark.parametrize("dim, error, match", [
-    (0.7, TypeError, r"dims\[0\] must be an int, got float"),
-    (True, TypeError, r"dims\[0\] must be an int, got bool"),
-    (torch.tensor(0.0), TypeError, r"dims\[0\] must be an int, got Tensor"),
-    (-3, IndexError, r"dims\[0\]=-3 is out of range for a tensor with 2 dimensions \(expected -2 <= dims\[0\] < 2\)"),
-    (2, IndexError, r"dims\[0\]=2 is out of range"),
-])
+@pytest.mark.parametrize(
+    "dim, error, match",
+    [
+        (0.7, TypeError, r"dims\[0\] must be an int, got float"),
+        (True, TypeError, r"dims\[0\] must be an int, got bool"),
+        (torch.tensor(0.0), TypeError, r"dims\[0\] must be an int, got Tensor"),
+        (
+            -3,
+            IndexError,
+            r"dims\[0\]=-3 is out of range for a tensor with 2 dimensions \(expected -2 <= dims\[0\] < 2\)",
+        ),
+        (2, IndexError, r"dims\[0\]=2 is out of range"),
+    ],
+)
 def test_dims_that_are_not_an_int_in_range_are_rejected(dim, error, match):
     weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
     with pytest.raises(error, match=match):
@@ -733,6 +787,9 @@ def test_vmap_of_the_ops_is_a_clear_error():
         ("spectral_norm_normalize_backward", lambda w: normalize_backward_op([w], weights, us, vs, sigmas, dims)[0]),
         ("spectral_norm_power_iteration_", lambda w: power_op([w], us, vs, dims, 1, 1e-12)),
     ]:
-        with pytest.raises(NotImplementedError, match=f"gan_kernels::{op_name} has no vmap rule: it is already "
-                           "batched over layers, so pass the weights as a list"):
+        with pytest.raises(
+            NotImplementedError,
+            match=f"gan_kernels::{op_name} has no vmap rule: it is already "
+            "batched over layers, so pass the weights as a list",
+        ):
             torch.func.vmap(call)(batch)

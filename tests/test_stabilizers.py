@@ -3,6 +3,7 @@ the unrolled generator loss (values and G's gradients through the unrolled D ste
 torch layers and from gan_kernels' equalized and spectrally normalised layers), instance noise,
 bCR and zCR, PacGAN's packing, WGAN's weight clipping and the generator EMA; bad inputs name the
 argument."""
+
 import functools
 import math
 
@@ -14,8 +15,14 @@ from helpers import unregistered_autograd_is_an_error
 
 import gan_kernels
 from gan_kernels import losses, stabilizers
-from gan_kernels.nn import (EqualizedConv2d, EqualizedLinear, MinibatchStd, batch_spectral_norm, spectral_norm,
-                            spectral_sigmas)
+from gan_kernels.nn import (
+    EqualizedConv2d,
+    EqualizedLinear,
+    MinibatchStd,
+    batch_spectral_norm,
+    spectral_norm,
+    spectral_sigmas,
+)
 
 # --- unrolled GAN ---------------------------------------------------------------------------------
 
@@ -37,8 +44,10 @@ TEXTBOOK = {
 
 
 def library_losses(kind):
-    return (functools.partial(losses.discriminator_loss, kind=kind),
-            functools.partial(losses.generator_loss, kind=kind))
+    return (
+        functools.partial(losses.discriminator_loss, kind=kind),
+        functools.partial(losses.generator_loss, kind=kind),
+    )
 
 
 def make_generator(seed=0):
@@ -49,7 +58,10 @@ def make_generator(seed=0):
 def make_torch_discriminator(seed=1):
     torch.manual_seed(seed)
     return torch.nn.Sequential(
-        torch.nn.Linear(2, 16), torch.nn.LeakyReLU(0.2), torch.nn.Linear(16, 16), torch.nn.Tanh(),
+        torch.nn.Linear(2, 16),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Linear(16, 16),
+        torch.nn.Tanh(),
         torch.nn.Linear(16, 1),
     ).double()
 
@@ -67,7 +79,8 @@ def make_gan_kernels_discriminator(seed=1, batched=False):
     torch.manual_seed(seed)
     d = torch.nn.Sequential(
         EqualizedLinear(2, 16, activation="lrelu", lr_multiplier=0.5),
-        spectral_norm(torch.nn.Linear(16, 16)), torch.nn.Softplus(),
+        spectral_norm(torch.nn.Linear(16, 16)),
+        torch.nn.Softplus(),
         EqualizedLinear(16, 16, activation="swish"),
         spectral_norm(torch.nn.Linear(16, 1)),
     ).double()
@@ -109,8 +122,11 @@ def gan_kernels_discriminator_transcription(theta, x, state, training):
 
 def spectral_state(d):
     """Copies of each spectrally normalised layer's [u, v], by layer index."""
-    return {name: [module.parametrizations.weight[0]._u.clone(), module.parametrizations.weight[0]._v.clone()]
-            for name, module in d.named_children() if hasattr(module, "parametrizations")}
+    return {
+        name: [module.parametrizations.weight[0]._u.clone(), module.parametrizations.weight[0]._v.clone()]
+        for name, module in d.named_children()
+        if hasattr(module, "parametrizations")
+    }
 
 
 def unrolled_transcription(d, transcription, fake, real, kind, steps, lr):
@@ -121,8 +137,7 @@ def unrolled_transcription(d, transcription, fake, real, kind, steps, lr):
     state = spectral_state(d)
 
     def logits(theta):
-        return (transcription(theta, real.detach(), state, d.training),
-                transcription(theta, fake, state, d.training))
+        return (transcription(theta, real.detach(), state, d.training), transcription(theta, fake, state, d.training))
 
     for _ in range(steps):
         loss = d_loss(*logits(theta))
@@ -135,8 +150,10 @@ def unrolled_transcription(d, transcription, fake, real, kind, steps, lr):
 DISCRIMINATORS = {
     "torch": (make_torch_discriminator, torch_discriminator_transcription),
     "gan_kernels": (make_gan_kernels_discriminator, gan_kernels_discriminator_transcription),
-    "gan_kernels_batched": (functools.partial(make_gan_kernels_discriminator, batched=True),
-                            gan_kernels_discriminator_transcription),
+    "gan_kernels_batched": (
+        functools.partial(make_gan_kernels_discriminator, batched=True),
+        gan_kernels_discriminator_transcription,
+    ),
 }
 
 
@@ -215,8 +232,11 @@ def test_unrolled_gradient_through_a_convolutional_minibatch_std_discriminator_m
     # against finite differences of the loss, for equalized convolutions and minibatch stddev.
     torch.manual_seed(8)
     d = torch.nn.Sequential(
-        EqualizedConv2d(3, 4, 3, activation="lrelu"), MinibatchStd(group_size=2), torch.nn.Flatten(),
-        EqualizedLinear(5 * 4 * 4, 1, activation="swish"), EqualizedLinear(1, 1),
+        EqualizedConv2d(3, 4, 3, activation="lrelu"),
+        MinibatchStd(group_size=2),
+        torch.nn.Flatten(),
+        EqualizedLinear(5 * 4 * 4, 1, activation="swish"),
+        EqualizedLinear(1, 1),
     ).double()
     z = torch.randn(4, 2, dtype=torch.float64)
     real, base = torch.randn(2, 4, 3, 4, 4, dtype=torch.float64)
@@ -244,8 +264,13 @@ def test_unrolled_works_with_torch_spectral_norm_and_a_frozen_discriminator():
     # torch's own parametrization (buffers _u, _v updated with out=) on copies as well; D's
     # requires_grad does not matter (a G step often turns it off).
     torch.manual_seed(3)
-    d = torch.nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(2, 8)), torch.nn.Tanh(),
-                            torch.nn.Linear(8, 1)).double().requires_grad_(False)
+    d = (
+        torch.nn.Sequential(
+            torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(2, 8)), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        )
+        .double()
+        .requires_grad_(False)
+    )
     g = make_generator()
     z, real = batches()
     before = {name: t.clone() for name, t in d.state_dict().items()}
@@ -358,8 +383,9 @@ def test_instance_noise_bad_arguments_name_the_argument():
 def make_patch_discriminator(seed=4):
     """Returns a [N, 1, 2, 2] map, so the squared distance is summed per sample over 4 elements."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(),
-                               torch.nn.Conv2d(4, 1, 2, stride=2)).double()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(), torch.nn.Conv2d(4, 1, 2, stride=2)
+    ).double()
 
 
 def flip(x):
@@ -368,7 +394,7 @@ def flip(x):
 
 def consistency_transcription(d, x, augment, weight):
     """weight * mean_i ||D(x)_i - D(T(x))_i||^2, sample by sample; both outputs keep their graph."""
-    per_sample = [((d(x[i:i + 1]) - d(augment(x[i:i + 1]))) ** 2).sum() for i in range(len(x))]
+    per_sample = [((d(x[i : i + 1]) - d(augment(x[i : i + 1]))) ** 2).sum() for i in range(len(x))]
     return weight * sum(per_sample) / len(x)
 
 
@@ -383,8 +409,9 @@ def test_consistency_penalty_and_its_gradients_equal_the_transcription(reuse_out
     inputs = [x, *d.parameters()]
     # The output layer's bias cancels in the difference of two outputs: its gradient is 0.
     names = ["x"] + [name for name, _ in d.named_parameters()]
-    for name, grad, grad_expected in zip(names, torch.autograd.grad(penalty, inputs),
-                                         torch.autograd.grad(expected, inputs)):
+    for name, grad, grad_expected in zip(
+        names, torch.autograd.grad(penalty, inputs), torch.autograd.grad(expected, inputs)
+    ):
         assert (grad_expected.abs().sum() > 0) == (name != "2.bias")
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-14)
 
@@ -415,7 +442,8 @@ def test_latent_consistency_terms_and_their_gradients_equal_the_transcription():
     z = torch.randn(6, 3, dtype=torch.float64)
     sigma, weight_d, weight_g = 0.03, 5.0, 0.5
     d_term, g_term = stabilizers.latent_consistency_penalty(
-        g, d, z, sigma, weight_d, weight_g, generator=torch.Generator().manual_seed(11))
+        g, d, z, sigma, weight_d, weight_g, generator=torch.Generator().manual_seed(11)
+    )
     delta = sigma * torch.randn(6, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     fake, perturbed = g(z), g(z + delta)
     expected_d = weight_d * sum(((d(fake[i].detach()) - d(perturbed[i].detach())) ** 2).sum() for i in range(6)) / 6
@@ -425,15 +453,15 @@ def test_latent_consistency_terms_and_their_gradients_equal_the_transcription():
     # d_term trains D only, g_term G only.
     d_params, g_params = list(d.parameters()), list(g.parameters())
     grads = torch.autograd.grad(d_term, d_params + g_params, allow_unused=True)
-    assert all(grad is None for grad in grads[len(d_params):])
+    assert all(grad is None for grad in grads[len(d_params) :])
     d_names = [name for name, _ in d.named_parameters()]
     for name, grad, grad_expected in zip(d_names, grads, torch.autograd.grad(expected_d, d_params)):
         assert (grad_expected.abs().sum() > 0) == (name != "4.bias")  # the output bias cancels
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-16)
     grads = torch.autograd.grad(g_term, d_params + g_params, allow_unused=True)
-    assert all(grad is None for grad in grads[:len(d_params)])
+    assert all(grad is None for grad in grads[: len(d_params)])
     g_names = [name for name, _ in g.named_parameters()]
-    for name, grad, grad_expected in zip(g_names, grads[len(d_params):], torch.autograd.grad(expected_g, g_params)):
+    for name, grad, grad_expected in zip(g_names, grads[len(d_params) :], torch.autograd.grad(expected_g, g_params)):
         assert (grad_expected.abs().sum() > 0) == (name != "2.bias")  # G's output bias cancels
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-16)
 
@@ -525,8 +553,9 @@ def test_clip_weights_bad_arguments_name_the_argument():
 
 def make_batchnorm_generator(seed=6):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
-                               torch.nn.Linear(4, 2)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(), torch.nn.Linear(4, 2)
+    ).double()
 
 
 def train_a_little(g, seed):

@@ -50,8 +50,9 @@ def cases(device, quick, compile_fn):
             b = torch.randn(shape[1], device=device, dtype=dtype)
             nbytes = x.nbytes
             # forward: read x, write y; backward (a clamp saves x): read x and dy, write dx
-            out += forward_backward_cases("bias_act", (x, b), torch.randn_like(x), bias_act_fns(),
-                                          2 * nbytes, 3 * nbytes, compile_fn)
+            out += forward_backward_cases(
+                "bias_act", (x, b), torch.randn_like(x), bias_act_fns(), 2 * nbytes, 3 * nbytes, compile_fn
+            )
     for shape in conv_shapes:
         for dtype in conv_dtypes:
             x = torch.randn(shape, device=device, dtype=dtype)
@@ -59,6 +60,11 @@ def cases(device, quick, compile_fn):
                 x = x.contiguous(memory_format=torch.channels_last)
             fns = conv_layer_fns(shape[1], shape[1], device, dtype)
             # A layer is compute-bound: no ideal traffic, so no GB/s column.
-            out += [case for case in forward_backward_cases("equalized_conv2d_lrelu", (x,), torch.randn_like(x),
-                                                            fns, 0, 0, compile_fn) if case.mode != "bwd"]
+            out += [
+                case
+                for case in forward_backward_cases(
+                    "equalized_conv2d_lrelu", (x,), torch.randn_like(x), fns, 0, 0, compile_fn
+                )
+                if case.mode != "bwd"
+            ]
     return out

@@ -18,6 +18,7 @@ Each timed call is one step: zero the grads, forwards, loss, penalty, backward t
 torch.compile cannot run the double backward of a gradient penalty (AOTAutograd raises), so the
 regularised steps have no compile column; the unregularised StyleGAN2 step compiles the eager D.
 """
+
 import math
 
 import torch
@@ -54,10 +55,12 @@ class ReferenceMinibatchStd(torch.nn.Module):
         return reference.minibatch_std(x, 4, 1)
 
 
-OUR_LAYERS = dict(conv=gan_kernels.nn.EqualizedConv2d, linear=gan_kernels.nn.EqualizedLinear,
-                  mbstd=lambda: gan_kernels.nn.MinibatchStd(4, 1))
-REFERENCE_LAYERS = dict(conv=ReferenceEqualizedConv2d, linear=ReferenceEqualizedLinear,
-                        mbstd=ReferenceMinibatchStd)
+OUR_LAYERS = dict(
+    conv=gan_kernels.nn.EqualizedConv2d,
+    linear=gan_kernels.nn.EqualizedLinear,
+    mbstd=lambda: gan_kernels.nn.MinibatchStd(4, 1),
+)
+REFERENCE_LAYERS = dict(conv=ReferenceEqualizedConv2d, linear=ReferenceEqualizedLinear, mbstd=ReferenceMinibatchStd)
 
 
 class DBlock(torch.nn.Module):
@@ -139,16 +142,36 @@ def stylegan2_cases(device, quick, compile_fn, shape, max_channels, dtype=torch.
     out = []
     if not quick:
         compiled = compile_fn(eager)
-        out.append(Case(op, shape_name(shape), dtype_name(dtype), "d step", {
-            "eager": stylegan2_step(eager, real, fake, None),
-            "compile": compiled if isinstance(compiled, Exception) else stylegan2_step(compiled, real, fake, None),
-            "ours": stylegan2_step(ours, real, fake, None),
-        }))
-    out.append(Case(op, shape_name(shape), dtype_name(dtype), "d step + r1", {
-        "eager": stylegan2_step(eager, real, fake, textbook_r1),
-        "compile": NO_DOUBLE_BACKWARD,
-        "ours": stylegan2_step(ours, real, fake, lambda logits, x: gan_kernels.gradient_penalty(logits, x, 0.0)),
-    }))
+        out.append(
+            Case(
+                op,
+                shape_name(shape),
+                dtype_name(dtype),
+                "d step",
+                {
+                    "eager": stylegan2_step(eager, real, fake, None),
+                    "compile": compiled
+                    if isinstance(compiled, Exception)
+                    else stylegan2_step(compiled, real, fake, None),
+                    "ours": stylegan2_step(ours, real, fake, None),
+                },
+            )
+        )
+    out.append(
+        Case(
+            op,
+            shape_name(shape),
+            dtype_name(dtype),
+            "d step + r1",
+            {
+                "eager": stylegan2_step(eager, real, fake, textbook_r1),
+                "compile": NO_DOUBLE_BACKWARD,
+                "ours": stylegan2_step(
+                    ours, real, fake, lambda logits, x: gan_kernels.gradient_penalty(logits, x, 0.0)
+                ),
+            },
+        )
+    )
     return out
 
 
@@ -179,11 +202,17 @@ def sngan_case(device, shape, width, dtype=torch.float32):
     batch_spectral_norm(ours)
     real = torch.randn(shape, device=device, dtype=dtype)
     fake = torch.randn(shape, device=device, dtype=dtype)
-    return Case(f"e2e sngan D w={width}", shape_name(shape), dtype_name(dtype), "d step + wgan-gp + sn", {
-        "eager": wgan_gp_step(eager, real, fake, textbook_wgan_gp),
-        "compile": NO_DOUBLE_BACKWARD,
-        "ours": wgan_gp_step(ours, real, fake, lambda D, r, f: penalties.wgan_gp(D, r, f, GP_WEIGHT)),
-    })
+    return Case(
+        f"e2e sngan D w={width}",
+        shape_name(shape),
+        dtype_name(dtype),
+        "d step + wgan-gp + sn",
+        {
+            "eager": wgan_gp_step(eager, real, fake, textbook_wgan_gp),
+            "compile": NO_DOUBLE_BACKWARD,
+            "ours": wgan_gp_step(ours, real, fake, lambda D, r, f: penalties.wgan_gp(D, r, f, GP_WEIGHT)),
+        },
+    )
 
 
 def cases(device, quick, compile_fn):

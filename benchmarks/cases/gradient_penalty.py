@@ -1,4 +1,5 @@
 """Gradient penalty: the per-sample penalty op (fwd, bwd, fwd+bwd) and one R1 discriminator step."""
+
 import torch
 from harness import Case, dtype_name, forward_backward_cases, shape_name
 

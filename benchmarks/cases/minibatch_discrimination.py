@@ -1,5 +1,6 @@
 """Minibatch discrimination's pairwise op at the paper's B = 100 kernels of C = 5 dims: forward,
 backward, forward+backward and the R1 path (double backward), against the eager formula."""
+
 import torch
 from harness import Case, dtype_name, forward_backward_cases, shape_name
 
@@ -21,8 +22,9 @@ def r1_case(m, fns):
 
         return run
 
-    return Case("minibatch_discrimination", shape_name(m.shape), dtype_name(m.dtype), "r1",
-                {k: make(f) for k, f in fns.items()})
+    return Case(
+        "minibatch_discrimination", shape_name(m.shape), dtype_name(m.dtype), "r1", {k: make(f) for k, f in fns.items()}
+    )
 
 
 def cases(device, quick, compile_fn):
@@ -37,7 +39,8 @@ def cases(device, quick, compile_fn):
             o_bytes = m.nbytes // 5
             grad_out = torch.randn(n, 100, device=device, dtype=dtype)
             # forward: read m, write o; backward: read m and do, write dm (the pair work is compute)
-            out += forward_backward_cases("minibatch_discrimination", (m,), grad_out, fns, m.nbytes + o_bytes,
-                                          2 * m.nbytes + o_bytes, compile_fn)
+            out += forward_backward_cases(
+                "minibatch_discrimination", (m,), grad_out, fns, m.nbytes + o_bytes, 2 * m.nbytes + o_bytes, compile_fn
+            )
             out.append(r1_case(m, fns))
     return out

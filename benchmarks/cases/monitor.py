@@ -11,6 +11,7 @@ Timed calls repeat the step, so every 50th call runs the monitor's check (its ho
 power iteration over D's layers): its cost is amortised as in training. No torch.compile column:
 the monitor is bookkeeping around a step, not a kernel.
 """
+
 import torch
 from cases.end_to_end import OUR_LAYERS, StyleGAN2LikeD
 from harness import Case, dtype_name, shape_name
@@ -52,9 +53,22 @@ def cases(device, quick, compile_fn):
     op = f"monitor every={EVERY}, stylegan2 D c<={max_channels}"
     name, dtype = shape_name(shape), dtype_name(torch.float32)
     return [
-        Case(op, name, dtype, "d step + monitor",
-             {"eager": lambda: d_step(D, real, fake), "compile": NOT_COMPILED, "ours": step_with_monitor}),
-        Case(op, name, dtype, "monitor calls",
-             {"eager": lambda: d_step(D, real, fake), "compile": NOT_COMPILED,
-              "ours": lambda: monitor_calls(monitor, D, *step_outputs)}),
+        Case(
+            op,
+            name,
+            dtype,
+            "d step + monitor",
+            {"eager": lambda: d_step(D, real, fake), "compile": NOT_COMPILED, "ours": step_with_monitor},
+        ),
+        Case(
+            op,
+            name,
+            dtype,
+            "monitor calls",
+            {
+                "eager": lambda: d_step(D, real, fake),
+                "compile": NOT_COMPILED,
+                "ours": lambda: monitor_calls(monitor, D, *step_outputs),
+            },
+        ),
     ]

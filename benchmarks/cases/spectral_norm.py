@@ -5,6 +5,7 @@ backward for every layer of an SNGAN-ResNet-like D) and a whole WGAN-GP D step o
 it also prints the kernel launches of the spectral-norm work of one forward with 12 and 24 layers.
 torch.compile is not timed: the power iteration mutates buffers and the GP step needs double backward.
 """
+
 import torch
 from harness import Case, dtype_name
 
@@ -112,20 +113,38 @@ def cases(device, quick, compile_fn):
         grads = [torch.randn_like(w) for w in weights()]
         return lambda: torch.autograd.backward(weights(), grads)
 
-    out.append(Case("spectral_norm", f"sngan_d_{n_layers}_layers", dtype_name(dtype), "sn fwd+bwd",
-                    {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED,
-                     "ours": sn_part_run(models["ours"])}))
+    out.append(
+        Case(
+            "spectral_norm",
+            f"sngan_d_{n_layers}_layers",
+            dtype_name(dtype),
+            "sn fwd+bwd",
+            {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED, "ours": sn_part_run(models["ours"])},
+        )
+    )
     batch = 64 if device.type == "cuda" else 8  # CPU double backward of convs is slow: keep the run short
     torch.manual_seed(1)
     real, fake = (torch.randn(batch, 3, 32, 32, device=device, dtype=dtype) for _ in range(2))
     eps = torch.rand(batch, 1, 1, 1, device=device, dtype=dtype)
     if not quick:
-        out.append(Case("spectral_norm", f"sngan_d_{batch}x3x32x32", dtype_name(dtype), "wgan-gp step",
-                        {"eager": gp_step(models["eager"], real, fake, eps), "compile": NOT_COMPILED,
-                         "ours": gp_step(models["ours"], real, fake, eps)}))
+        out.append(
+            Case(
+                "spectral_norm",
+                f"sngan_d_{batch}x3x32x32",
+                dtype_name(dtype),
+                "wgan-gp step",
+                {
+                    "eager": gp_step(models["eager"], real, fake, eps),
+                    "compile": NOT_COMPILED,
+                    "ours": gp_step(models["ours"], real, fake, eps),
+                },
+            )
+        )
     if device.type == "cuda":
         for n in (12, 24):
-            print(f"spectral_norm: kernel launches of the SN work of one forward with {n} SN layers: "
-                  f"ours {launches(device, n, spectral_norm, True)}, "
-                  f"PyTorch {launches(device, n, torch_spectral_norm, False)}")
+            print(
+                f"spectral_norm: kernel launches of the SN work of one forward with {n} SN layers: "
+                f"ours {launches(device, n, spectral_norm, True)}, "
+                f"PyTorch {launches(device, n, torch_spectral_norm, False)}"
+            )
     return out

@@ -61,8 +61,7 @@ enum class BiasActMode : int32_t { Forward, GradFromX, GradFromY, Grad2 };
 GAN_KERNELS_HD constexpr bool piecewise_linear(Activation act) {
   switch (act) {
 #define GAN_KERNELS_ACTIVATION_PIECEWISE(enumerator, name, alpha, gain, piecewise_linear) \
-  case Activation::enumerator:                                                          \
-    return piecewise_linear;
+  case Activation::enumerator: return piecewise_linear;
     GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_PIECEWISE)
 #undef GAN_KERNELS_ACTIVATION_PIECEWISE
   }
@@ -81,17 +80,14 @@ template <Activation kAct> using ActTag = std::integral_constant<Activation, kAc
 template <typename F> GAN_KERNELS_HD auto with_activation(Activation act, F&& f) {
   switch (act) {
 #define GAN_KERNELS_ACTIVATION_CASE(enumerator, name, alpha, gain, piecewise_linear) \
-  case Activation::enumerator:                                                     \
-    return f(ActTag<kernel_activation(Activation::enumerator)>{});
+  case Activation::enumerator: return f(ActTag<kernel_activation(Activation::enumerator)>{});
     GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_CASE)
 #undef GAN_KERNELS_ACTIVATION_CASE
   }
   return f(ActTag<Activation::Lrelu>{});  // unreachable: every enumerator has its case
 }
 
-template <typename A> GAN_KERNELS_HD A sigmoid_of(A v) {
-  return A(1) / (A(1) + ElementMath<A>::exp(A(0) - v));
-}
+template <typename A> GAN_KERNELS_HD A sigmoid_of(A v) { return A(1) / (A(1) + ElementMath<A>::exp(A(0) - v)); }
 
 // Linear runs as lrelu with alpha 1: same results, one kernel fewer to compile. Relu does not run
 // as lrelu with alpha 0, whose -inf * 0 would make relu(-inf) NaN.

@@ -4,10 +4,10 @@
 #pragma once
 
 // X(enumerator, at::ScalarType enumerator, CPU element type, CUDA element type)
-#define GAN_KERNELS_FOR_EACH_DTYPE(X)                  \
-  X(Float64, Double, double, double)                   \
-  X(Float32, Float, float, float)                      \
-  X(Float16, Half, c10::Half, __half)                  \
+#define GAN_KERNELS_FOR_EACH_DTYPE(X) \
+  X(Float64, Double, double, double)  \
+  X(Float32, Float, float, float)     \
+  X(Float16, Half, c10::Half, __half) \
   X(BFloat16, BFloat16, c10::BFloat16, __nv_bfloat16)
 
 namespace gan_kernels {
@@ -23,8 +23,7 @@ enum class DType {
 template <typename Elements, typename F> decltype(auto) dispatch_dtype(DType dtype, F&& f) {
   switch (dtype) {
 #define GAN_KERNELS_DTYPE_CASE(name, scalar_type, cpu_type, cuda_type) \
-  case DType::name:                                                    \
-    return f(typename Elements::name{});
+  case DType::name: return f(typename Elements::name{});
     GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_CASE)
 #undef GAN_KERNELS_DTYPE_CASE
   }

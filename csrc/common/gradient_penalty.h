@@ -17,12 +17,12 @@ enum class GradientPenaltyMode { Forward, Backward };
 // chunks of `chunk` elements whose sums are added in chunk order: the chunking is the device's
 // constant, so the result depends neither on the thread count nor on the GPU.
 struct GradientPenaltyParams {
-  void* out;           // Forward: [samples] penalties in the accumulator type (float; double for
-                       // float64). Backward: dL/dg, laid out like g
+  void* out;  // Forward: [samples] penalties in the accumulator type (float; double for
+              // float64). Backward: dL/dg, laid out like g
   const void* g;
-  const void* grad;    // Backward: [samples] dL/dout in the accumulator type; else nullptr
-  void* partials;      // gradient_penalty_partials(*this) sums of squares in the accumulator type;
-                       // nullptr in the backward when center == 0 (no norm needed)
+  const void* grad;  // Backward: [samples] dL/dout in the accumulator type; else nullptr
+  void* partials;    // gradient_penalty_partials(*this) sums of squares in the accumulator type;
+                     // nullptr in the backward when center == 0 (no norm needed)
   int64_t samples;
   int64_t per_sample;  // > 0
   int64_t chunk;

@@ -62,8 +62,8 @@ inline MinibatchStdLayout minibatch_std_layout(const MinibatchStdParams& p) {
   const int64_t x_sample = p.channels * p.pixels;
   const int64_t y_sample = (p.channels + p.features) * p.pixels;
   if (p.channels_last) {
-    return {p.pixels, c, c, p.channels, p.channels + p.features, x_sample, y_sample, p.channels, 1,
-            p.channels + p.features};
+    return {p.pixels, c,        c,          p.channels, p.channels + p.features,
+            x_sample, y_sample, p.channels, 1,          p.channels + p.features};
   }
   return {c, p.pixels, c * p.pixels, p.pixels, p.pixels, x_sample, y_sample, p.channels * p.pixels, p.pixels, 1};
 }

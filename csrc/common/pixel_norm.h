@@ -15,7 +15,7 @@ enum class PixelNormMode { Forward, Backward };
 // Tensors are dense and indexed as [outer, channels, inner]: element (o, c, i) at
 // o * channels * inner + c * inner + i.
 struct PixelNormParams {
-  void* out;         // y in the forward, dL/dx in the backward
+  void* out;  // y in the forward, dL/dx in the backward
   const void* x;
   const void* grad;  // dL/dy in the backward, else nullptr
   int64_t outer;
@@ -32,8 +32,7 @@ template <typename A> struct PixelNormScales {
   A k;
 };
 
-template <typename A>
-GAN_KERNELS_HD PixelNormScales<A> pixel_norm_scales(A sum_xx, A sum_gx, int64_t channels, A eps) {
+template <typename A> GAN_KERNELS_HD PixelNormScales<A> pixel_norm_scales(A sum_xx, A sum_gx, int64_t channels, A eps) {
   using std::sqrt;
   const A r = A(1) / sqrt(sum_xx / A(channels) + eps);
   return {r, r * r * r * sum_gx / A(channels)};

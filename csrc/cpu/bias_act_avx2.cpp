@@ -19,7 +19,9 @@
 
 namespace gan_kernels {
 
-void bias_act_cpu_range_avx2(const BiasActParams& p, int64_t begin, int64_t end) { range_any_dtype<true>(p, begin, end); }
+void bias_act_cpu_range_avx2(const BiasActParams& p, int64_t begin, int64_t end) {
+  range_any_dtype<true>(p, begin, end);
+}
 
 }  // namespace gan_kernels
 #endif

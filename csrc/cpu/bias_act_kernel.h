@@ -46,8 +46,8 @@ namespace {
 // float and double compute in their own type, Half and BFloat16 in float: one value at a time
 // (kVectors false) or a vector of them. A vector of Half or BFloat16 loads as two float vectors.
 template <typename scalar_t> using acc_t = at::vec::vec_scalar_t<scalar_t>;
-template <typename scalar_t, bool kVectors>
-using compute_t = std::conditional_t<kVectors, VecOf<acc_t<scalar_t>>, acc_t<scalar_t>>;
+template <typename scalar_t, bool kVectors> using compute_t =
+    std::conditional_t<kVectors, VecOf<acc_t<scalar_t>>, acc_t<scalar_t>>;
 
 template <typename scalar_t> struct Operands {
   scalar_t* out;
@@ -140,8 +140,7 @@ template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActPa
     constexpr M kMode = decltype(mode_tag)::value;
     with_activation(p.act, [&](auto act_tag) {
       constexpr Activation kAct = decltype(act_tag)::value;
-      if constexpr (kMode == M::Grad2 ? !piecewise_linear(kAct)
-                                      : kMode != M::GradFromY || piecewise_linear(kAct)) {
+      if constexpr (kMode == M::Grad2 ? !piecewise_linear(kAct) : kMode != M::GradFromY || piecewise_linear(kAct)) {
         range<scalar_t, kAct, kMode, kVectors>(p, begin, end);
       }
     });

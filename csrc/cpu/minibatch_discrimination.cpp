@@ -91,9 +91,9 @@ template <typename A, typename Term> A sum_range(int64_t begin, int64_t end, con
 // One kernel b's columns in the accumulator type, [C][N] (each pass over partners reads contiguous
 // memory), and its output sums.
 template <typename A> struct KernelBuffers {
-  std::vector<A> x, u, g;             // M[:, b, :], U[:, b, :] and dL/do[:, b]
-  std::vector<A> scalar_sums;         // [N]: o or dL/dgrad
-  std::vector<A> vector_sums;         // [C][N]: dL/dM
+  std::vector<A> x, u, g;                                      // M[:, b, :], U[:, b, :] and dL/do[:, b]
+  std::vector<A> scalar_sums;                                  // [N]: o or dL/dgrad
+  std::vector<A> vector_sums;                                  // [C][N]: dL/dM
   std::vector<A> distance, t, terms, weights, signed_weights;  // [N]: one row's pairs
 };
 
@@ -130,8 +130,8 @@ template <Mode kMode, typename A> void pair_sums(KernelBuffers<A>& buf, int64_t 
     }
     const A g_i = kHasGrad ? g[i] : A(0);
     for (int64_t j = first; j < n; ++j) {
-      const PairTerms<A> pair = pair_terms<kMode, A>(similarity(distance[j]), kHasUpstream ? t[j] : A(0),
-                                                     kHasGrad ? g_i + g[j] : A(0));
+      const PairTerms<A> pair =
+          pair_terms<kMode, A>(similarity(distance[j]), kHasUpstream ? t[j] : A(0), kHasGrad ? g_i + g[j] : A(0));
       terms[j] = pair.scalar;
       weights[j] = pair.vector_weight;
     }
@@ -169,10 +169,15 @@ template <typename scalar_t, Mode kMode> void run(const MinibatchDiscriminationP
   const auto scalar_at = strided<scalar_t>(p.scalar_out, p.scalar_out_strides);
   const auto vector_at = strided<scalar_t>(p.vector_out, p.vector_out_strides);
   at::parallel_for(0, kernels, 1, [&](int64_t begin, int64_t end) {
-    KernelBuffers<A> buf{std::vector<A>(dims * n), std::vector<A>(kHasUpstream ? dims * n : 0),
-                         std::vector<A>(kHasGrad ? n : 0), std::vector<A>(n),
-                         std::vector<A>(kHasVectorOut ? dims * n : 0), std::vector<A>(n),
-                         std::vector<A>(kHasUpstream ? n : 0), std::vector<A>(n), std::vector<A>(n),
+    KernelBuffers<A> buf{std::vector<A>(dims * n),
+                         std::vector<A>(kHasUpstream ? dims * n : 0),
+                         std::vector<A>(kHasGrad ? n : 0),
+                         std::vector<A>(n),
+                         std::vector<A>(kHasVectorOut ? dims * n : 0),
+                         std::vector<A>(n),
+                         std::vector<A>(kHasUpstream ? n : 0),
+                         std::vector<A>(n),
+                         std::vector<A>(n),
                          std::vector<A>(kHasVectorOut ? n : 0)};
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t j = 0; j < n; ++j) {

@@ -22,13 +22,13 @@ constexpr double kEps = kMinibatchStdEps;
 
 template <typename scalar_t> struct Tensors {
   using acc_t = at::opmath_type<scalar_t>;
-  scalar_t* y_out;         // forward output, dL/ddy
-  scalar_t* x_out;         // dx, dL/dx
+  scalar_t* y_out;  // forward output, dL/ddy
+  scalar_t* x_out;  // dx, dL/dx
   const scalar_t* x;
-  const scalar_t* y_in;    // dy
-  const scalar_t* x_in;    // u
-  acc_t* partials;         // per task: sum(s) (forward) or sum(u d / s) (double backward) of the row
-  const acc_t* coefs;      // per (group, feature): a
+  const scalar_t* y_in;  // dy
+  const scalar_t* x_in;  // u
+  acc_t* partials;       // per task: sum(s) (forward) or sum(u d / s) (double backward) of the row
+  const acc_t* coefs;    // per (group, feature): a
 };
 
 // One task per (group, feature, row).
@@ -136,7 +136,8 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdParams& s, const L
             scalar_t* dx = t.x_out + n * l.x_sample_stride + x_base + col0;
             for (int64_t j = 0; j < width; ++j) {
               const acc_t r = inv_std[j];
-              dx[j] = scalar_t(coef * r * ((acc_t(ur[j]) - u_mean[j]) - u_dot_d[j] * centred(xr, j) * r * r / acc_t(G)));
+              dx[j] =
+                  scalar_t(coef * r * ((acc_t(ur[j]) - u_mean[j]) - u_dot_d[j] * centred(xr, j) * r * r / acc_t(G)));
             }
           }
         }
@@ -152,9 +153,9 @@ void group_rows(const Tensors<scalar_t>& t, const MinibatchStdParams& s, const L
 
 // Channel C + f of every member of group m gets sum(partials of the (m, f) block) * scale; the
 // partials are summed in row order whatever the thread count, so the result is deterministic.
-template <typename scalar_t>
-void write_stats(scalar_t* y, const at::opmath_type<scalar_t>* partials, at::opmath_type<scalar_t> scale,
-                 const MinibatchStdParams& s, const Layout& l) {
+template <typename scalar_t> void write_stats(scalar_t* y, const at::opmath_type<scalar_t>* partials,
+                                              at::opmath_type<scalar_t> scale, const MinibatchStdParams& s,
+                                              const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t group_feature = 0; group_feature < s.groups * s.features; ++group_feature) {
     acc_t total = 0;
@@ -170,9 +171,8 @@ void write_stats(scalar_t* y, const at::opmath_type<scalar_t>* partials, at::opm
 }
 
 // coefs[m, f] = a = sum of dy over the stddev channel f of group m's members / (K G).
-template <typename scalar_t>
-void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy, const MinibatchStdParams& s,
-                      const Layout& l) {
+template <typename scalar_t> void reduce_stat_grad(at::opmath_type<scalar_t>* coefs, const scalar_t* dy,
+                                                   const MinibatchStdParams& s, const Layout& l) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t scale = acc_t(1) / (acc_t(l.rows * l.cols) * acc_t(s.group_size));
   for (int64_t group_feature = 0; group_feature < s.groups * s.features; ++group_feature) {
@@ -196,9 +196,12 @@ template <typename acc_t> acc_t* coefs_of(const MinibatchStdParams& p) {
 template <typename scalar_t, Mode kMode> void run(const MinibatchStdParams& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout l = minibatch_std_layout(s);
-  const Tensors<scalar_t> t{static_cast<scalar_t*>(s.y_out),         static_cast<scalar_t*>(s.x_out),
-                            static_cast<const scalar_t*>(s.x),       static_cast<const scalar_t*>(s.grad),
-                            static_cast<const scalar_t*>(s.upstream), partials_of<acc_t>(s),
+  const Tensors<scalar_t> t{static_cast<scalar_t*>(s.y_out),
+                            static_cast<scalar_t*>(s.x_out),
+                            static_cast<const scalar_t*>(s.x),
+                            static_cast<const scalar_t*>(s.grad),
+                            static_cast<const scalar_t*>(s.upstream),
+                            partials_of<acc_t>(s),
                             coefs_of<acc_t>(s)};
   if (kMode != Mode::Forward) reduce_stat_grad<scalar_t>(coefs_of<acc_t>(s), t.y_in, s, l);
   group_rows<scalar_t, kMode>(t, s, l);
@@ -213,9 +216,8 @@ template <typename scalar_t, Mode kMode> void run(const MinibatchStdParams& s) {
 
 size_t minibatch_std_cpu_workspace_bytes(const MinibatchStdParams& p) {
   const int64_t entries = p.groups * p.features * (minibatch_std_layout(p).rows + 1);
-  return size_t(entries) * dispatch_dtype<CpuElements>(p.dtype, [](auto tag) {
-           return sizeof(at::opmath_type<decltype(tag)>);
-         });
+  return size_t(entries) *
+         dispatch_dtype<CpuElements>(p.dtype, [](auto tag) { return sizeof(at::opmath_type<decltype(tag)>); });
 }
 
 void minibatch_std_cpu(const MinibatchStdParams& p) {

@@ -122,4 +122,3 @@ void pixel_norm_cpu(const PixelNormParams& p) {
 }
 
 }  // namespace gan_kernels
-

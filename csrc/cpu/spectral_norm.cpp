@@ -15,8 +15,7 @@ namespace {
 // (fixed order: deterministic, and the same whatever the other layers in the batch).
 constexpr int64_t kLanes = 8;
 
-template <typename acc_t, typename scalar_t>
-acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+template <typename acc_t, typename scalar_t> acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
   acc_t part[kLanes] = {};
   for (int64_t k = 0; k < n; ++k) part[k % kLanes] += acc_t(a[k]) * acc_t(b[k]);
   acc_t sum = 0;
@@ -66,7 +65,8 @@ template <typename scalar_t> struct Layer {
 };
 
 // dst = src / max(||src||, eps), as torch.nn.functional.normalize.
-template <typename scalar_t, typename acc_t> void normalize_into(scalar_t* dst, const acc_t* src, int64_t n, double eps) {
+template <typename scalar_t, typename acc_t>
+void normalize_into(scalar_t* dst, const acc_t* src, int64_t n, double eps) {
   acc_t sum_sq = 0;
   for (int64_t k = 0; k < n; ++k) sum_sq += src[k] * src[k];
   const acc_t denom = std::max(std::sqrt(sum_sq), acc_t(eps));

@@ -27,8 +27,8 @@ __device__ __forceinline__ A element(Activation act, A r, A b, A g1, A g2, const
 // Each thread handles groups of V consecutive elements with V-wide loads. V > 1 only when every
 // group lies in one channel (inner % V == 0) or spans V consecutive channels (inner == 1,
 // channels % V == 0), so one division per group finds the channels.
-template <typename T, BiasActMode kMode, int V>
-__global__ void __launch_bounds__(kThreads) bias_act_kernel(BiasActParams p, BiasActScalars<acc_t<T>> s) {
+template <typename T, BiasActMode kMode, int V> __global__ void __launch_bounds__(kThreads)
+    bias_act_kernel(BiasActParams p, BiasActScalars<acc_t<T>> s) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
   constexpr bool kUsesG1 = kMode != BiasActMode::Forward;
@@ -64,10 +64,10 @@ template <typename T, BiasActMode kMode> cudaError_t launch_mode(const BiasActPa
   using A = acc_t<T>;
   const BiasActScalars<A> s{A(p.scalars.alpha), A(p.scalars.gain), A(p.scalars.clamp), A(p.scalars.scale)};
   constexpr int V = 16 / sizeof(T);
-  const bool groups_share_channels = p.bias == nullptr || p.channels == 1 || p.inner % V == 0 ||
-                                     (p.inner == 1 && p.channels % V == 0);
-  const bool vectorised = p.numel % V == 0 && groups_share_channels && aligned_to(p.out, 16) &&
-                          aligned_to(p.ref, 16) && aligned_to(p.g1, 16) && aligned_to(p.g2, 16);
+  const bool groups_share_channels =
+      p.bias == nullptr || p.channels == 1 || p.inner % V == 0 || (p.inner == 1 && p.channels % V == 0);
+  const bool vectorised = p.numel % V == 0 && groups_share_channels && aligned_to(p.out, 16) && aligned_to(p.ref, 16) &&
+                          aligned_to(p.g1, 16) && aligned_to(p.g2, 16);
   if (vectorised) {
     const int64_t blocks = std::min(ceil_div(p.numel / V, kThreads), kMaxBlocks);
     bias_act_kernel<T, kMode, V><<<blocks, kThreads, 0, stream>>>(p, s);
@@ -95,7 +95,8 @@ cudaError_t launch_bias_act(const BiasActParams& params, cudaStream_t stream) {
   if (params.mode == BiasActMode::GradFromY && !piecewise_linear(params.act)) {
     return cudaErrorInvalidValue;
   }
-  return dispatch_dtype<CudaElements>(params.dtype, [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
+  return dispatch_dtype<CudaElements>(params.dtype,
+                                      [&](auto tag) { return launch_typed<decltype(tag)>(params, stream); });
 }
 
 }  // namespace gan_kernels

@@ -16,8 +16,12 @@
 namespace gan_kernels {
 
 // fp16/bf16 accumulate in float, float64 in double.
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
+template <typename T> struct Acc {
+  using type = float;
+};
+template <> struct Acc<double> {
+  using type = double;
+};
 template <typename T> using acc_t = typename Acc<T>::type;
 
 __device__ __forceinline__ float to_acc(float v) { return v; }

@@ -76,8 +76,8 @@ template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty
 
 // The backward: dL/dg = scale_i * g, one block per (sample, chunk) task. With kNormed the sample's
 // scale needs its norm, summed from pass 1's chunk sums by the first warp.
-template <typename T, int V, bool kNormed>
-__global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams p) {
+template <typename T, int V, bool kNormed> __global__ void __launch_bounds__(kThreads)
+    scale_samples(GradientPenaltyParams p) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
   __shared__ A sample_scale;

@@ -21,8 +21,8 @@ __host__ __device__ int64_t dim_chunks(Mode mode, int64_t dims) {
 // (deterministic, no atomics) and writes its outputs. Consecutive threads take consecutive rows of
 // one kernel, so a warp reads each partner's values at one address, a broadcast from L1. No pair
 // tensor exists anywhere: a pair's distance is recomputed where it is needed.
-template <typename T, Mode kMode>
-__global__ void __launch_bounds__(kThreads) pair_sums(MinibatchDiscriminationParams p) {
+template <typename T, Mode kMode> __global__ void __launch_bounds__(kThreads)
+    pair_sums(MinibatchDiscriminationParams p) {
   using A = acc_t<T>;
   constexpr bool kHasGrad = kMode != Mode::Forward;
   constexpr bool kHasUpstream = kMode == Mode::DoubleBackward;

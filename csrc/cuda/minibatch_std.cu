@@ -52,8 +52,8 @@ template <typename A> __device__ A block_sum(A v, A* scratch) {
 // tile and loops over the G members (see Mode). The forward and the double backward reduce the
 // tile's sum(s) or sum(u d / s) into its partial. Reads of x after the first hit the cache lines
 // the first read brought in, so x crosses DRAM once.
-template <typename T, Mode kMode>
-__global__ void __launch_bounds__(kThreads) group_positions(MinibatchStdParams p, Layout l) {
+template <typename T, Mode kMode> __global__ void __launch_bounds__(kThreads)
+    group_positions(MinibatchStdParams p, Layout l) {
   using A = acc_t<T>;
   __shared__ A scratch[kWarps];
   const T* x = static_cast<const T*>(p.x);
@@ -134,8 +134,8 @@ __global__ void __launch_bounds__(kThreads) group_positions(MinibatchStdParams p
 
 // One block per (group, feature): sum(partials of its tiles) * scale, written to channel C + f of
 // every pixel of the G members of the group.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) write_stats(MinibatchStdParams p, Layout l, double scale) {
+template <typename T> __global__ void __launch_bounds__(kThreads)
+    write_stats(MinibatchStdParams p, Layout l, double scale) {
   using A = acc_t<T>;
   __shared__ A scratch[kWarps];
   __shared__ A stat;

@@ -12,8 +12,8 @@ constexpr int kWarpsPerBlock = kThreads / 32;
 constexpr size_t kSharedBytesPerBlock = 48 * 1024;
 
 // inner == 1 (channels_last, or the last dim): a warp per row of contiguous channels, V-wide loads.
-template <typename T, int V, bool kBackward>
-__global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
+template <typename T, int V, bool kBackward> __global__ void __launch_bounds__(kThreads)
+    pixel_norm_rows(PixelNormParams p) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
   const int lane = threadIdx.x % 32;
@@ -47,7 +47,8 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_rows(PixelNormParams p) {
       VecT ov;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
-        ov.v[j] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(to_acc(xv.v[j]), kBackward ? to_acc(gv.v[j]) : A(0), s));
+        ov.v[j] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(
+            to_acc(xv.v[j]), kBackward ? to_acc(gv.v[j]) : A(0), s));
       }
       store_vec(out + c, ov);
     }
@@ -62,8 +63,8 @@ template <typename T, bool kBackward> __host__ __device__ constexpr size_t tile_
 
 // inner > 1 (NCHW): a block owns a tile of kTile neighbouring inner positions (one 32-byte sector
 // per channel) across all channels; threads stride the channels and reduce through shared memory.
-template <typename T, bool kBackward, bool kCached>
-__global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) {
+template <typename T, bool kBackward, bool kCached> __global__ void __launch_bounds__(kThreads)
+    pixel_norm_tiles(PixelNormParams p) {
   using A = acc_t<T>;
   constexpr int kTile = 32 / sizeof(T);
   constexpr int kRows = kThreads / kTile;
@@ -119,7 +120,9 @@ __global__ void __launch_bounds__(kThreads) pixel_norm_tiles(PixelNormParams p) 
       for (int64_t c = ty; c < channels; c += kRows) {
         const T xv = kCached ? cache_x[c * kTile + tx] : x[base + c * inner];
         const T gv = kBackward ? (kCached ? cache_g[c * kTile + tx] : g[base + c * inner]) : T();
-        out[base + c * inner] = from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(to_acc(xv), to_acc(gv), s));
+        out[base + c * inner] =
+            from_acc<T>(pixel_norm_apply<A, kBackward ? PixelNormMode::Backward : PixelNormMode::Forward>(
+                to_acc(xv), to_acc(gv), s));
       }
     }
     __syncthreads();  // the next tile reuses partials

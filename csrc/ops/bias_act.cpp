@@ -1,12 +1,13 @@
 // Contract of gan_kernels::bias_act, bias_act_grad and bias_act_grad2: schemas, checks, output
 // allocation and the CPU/CUDA registrations. Autograd and fake kernels: gan_kernels/ops/bias_act.py.
+#include "common/bias_act.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
 
-#include "common/bias_act.h"
 #include "cpu/bias_act.h"
 #include "ops/common.h"
 
@@ -22,7 +23,7 @@ std::string activation_names() {
   std::string names;
   const char* separator = "";
 #define GAN_KERNELS_ACTIVATION_NAME(enumerator, name, alpha, gain, piecewise_linear) \
-  names += separator + std::string(name);                                          \
+  names += separator + std::string(name);                                            \
   separator = ", ";
   GAN_KERNELS_FOR_EACH_ACTIVATION(GAN_KERNELS_ACTIVATION_NAME)
 #undef GAN_KERNELS_ACTIVATION_NAME
@@ -99,9 +100,9 @@ void on_cuda(const BiasActParams& params, const at::Tensor& ref) {
 }
 #endif
 
-template <Kernel kernel>
-at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
-                   double alpha, double gain, std::optional<double> clamp, double scale) {
+template <Kernel kernel> at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int64_t dim,
+                                            c10::string_view act, double alpha, double gain,
+                                            std::optional<double> clamp, double scale) {
   const Checked c = check_args(x, b, dim, act, alpha, gain, clamp, scale);
   const at::Tensor xd = dense_input(x);
   at::Tensor out = at::empty_like(xd);
@@ -113,10 +114,10 @@ at::Tensor forward(const at::Tensor& x, const std::optional<at::Tensor>& b, int6
   return out;
 }
 
-template <Kernel kernel>
-at::Tensor grad(const at::Tensor& grad, const at::Tensor& ref, const std::optional<at::Tensor>& b, int64_t dim,
-                c10::string_view act, double alpha, double gain, std::optional<double> clamp, double scale,
-                bool ref_is_y) {
+template <Kernel kernel> at::Tensor grad(const at::Tensor& grad, const at::Tensor& ref,
+                                         const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
+                                         double alpha, double gain, std::optional<double> clamp, double scale,
+                                         bool ref_is_y) {
   const char* ref_name = ref_is_y ? "y" : "x";
   check_floating(ref, ref_name);
   const Checked c = check_args(ref, b, dim, act, alpha, gain, clamp, scale);
@@ -135,10 +136,9 @@ at::Tensor grad(const at::Tensor& grad, const at::Tensor& ref, const std::option
   return out;
 }
 
-template <Kernel kernel>
-at::Tensor grad2(const at::Tensor& upstream, const at::Tensor& grad, const at::Tensor& x,
-                 const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act, double alpha, double gain,
-                 std::optional<double> clamp, double scale) {
+template <Kernel kernel> at::Tensor grad2(const at::Tensor& upstream, const at::Tensor& grad, const at::Tensor& x,
+                                          const std::optional<at::Tensor>& b, int64_t dim, c10::string_view act,
+                                          double alpha, double gain, std::optional<double> clamp, double scale) {
   const Checked c = check_args(x, b, dim, act, alpha, gain, clamp, scale);
   check_same(upstream, x, "upstream", "x");
   check_same(grad, x, "grad", "x");

@@ -24,8 +24,7 @@ namespace gan_kernels {
 inline std::optional<DType> kernel_dtype_of(at::ScalarType type) {
   switch (type) {
 #define GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE(name, scalar_type, cpu_type, cuda_type) \
-  case at::ScalarType::scalar_type:                                               \
-    return DType::name;
+  case at::ScalarType::scalar_type: return DType::name;
     GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE)
 #undef GAN_KERNELS_DTYPE_FROM_SCALAR_TYPE
     default: return std::nullopt;
@@ -39,7 +38,7 @@ inline std::string dtype_name(at::ScalarType type) { return "torch." + std::stri
 inline std::string kernel_dtype_names() {
   std::string names;
   const char* separator = "";
-#define GAN_KERNELS_DTYPE_NAME(name, scalar_type, cpu_type, cuda_type)          \
+#define GAN_KERNELS_DTYPE_NAME(name, scalar_type, cpu_type, cuda_type)                     \
   names += separator + std::string(c10::getDtypeNames(at::ScalarType::scalar_type).first); \
   separator = ", ";
   GAN_KERNELS_FOR_EACH_DTYPE(GAN_KERNELS_DTYPE_NAME)
@@ -74,8 +73,8 @@ inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* a
 
 inline int64_t wrap_dim(int64_t dim, const at::Tensor& t, const char* arg) {
   const int64_t ndim = t.dim();
-  TORCH_CHECK_INDEX(ndim > 0 && dim >= -ndim && dim < ndim, arg, "=", dim, " is out of range for a tensor with ",
-                    ndim, " dimensions (expected ", -ndim, " <= ", arg, " < ", ndim, ")");
+  TORCH_CHECK_INDEX(ndim > 0 && dim >= -ndim && dim < ndim, arg, "=", dim, " is out of range for a tensor with ", ndim,
+                    " dimensions (expected ", -ndim, " <= ", arg, " < ", ndim, ")");
   return dim < 0 ? dim + ndim : dim;
 }
 

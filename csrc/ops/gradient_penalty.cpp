@@ -1,10 +1,11 @@
 // Contract of gan_kernels::gradient_penalty and gan_kernels::gradient_penalty_backward: schemas, checks,
 // output allocation and the CPU/CUDA registrations. Autograd and fake kernels: gan_kernels/ops/gradient_penalty.py.
+#include "cpu/gradient_penalty.h"
+
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
-#include "cpu/gradient_penalty.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
@@ -20,9 +21,8 @@ struct Device {
   void (*run)(const GradientPenaltyParams& p, const at::Tensor& ref);
 };
 
-constexpr Device kCpu{kCpuGradientPenaltyChunk, [](const GradientPenaltyParams& p, const at::Tensor&) {
-                        gradient_penalty_cpu(p);
-                      }};
+constexpr Device kCpu{kCpuGradientPenaltyChunk,
+                      [](const GradientPenaltyParams& p, const at::Tensor&) { gradient_penalty_cpu(p); }};
 #ifdef WITH_CUDA
 constexpr Device kCuda{kCudaGradientPenaltyChunk, [](const GradientPenaltyParams& p, const at::Tensor& ref) {
                          launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_gradient_penalty(p, stream); });
@@ -42,7 +42,6 @@ at::Tensor samples_in_blocks(const at::Tensor& g) {
   const bool blocks = g.is_non_overlapping_and_dense() && (samples <= 1 || g.stride(0) * samples == g.numel());
   return blocks ? g : g.contiguous();
 }
-
 
 // The penalties of fp16/bf16 gradients are returned in float32, the type they are summed in:
 // (||g|| - c)^2 passes fp16's 65504 at |g| of about 256.
@@ -85,8 +84,8 @@ template <const Device& device> at::Tensor backward(const at::Tensor& grad, cons
   TORCH_CHECK_TYPE(grad.scalar_type() == penalty_dtype(g), "grad has dtype ", dtype_name(grad.scalar_type()),
                    " but the penalty of g (", dtype_name(g.scalar_type()), ") has dtype ",
                    dtype_name(penalty_dtype(g)));
-  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == g.size(0), "grad has shape ", grad.sizes(),
-                    " but expected [", g.size(0), "], one value per sample of g");
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == g.size(0), "grad has shape ", grad.sizes(), " but expected [",
+                    g.size(0), "], one value per sample of g");
   const at::Tensor gd = samples_in_blocks(g);
   const at::Tensor grad_c = grad.contiguous();
   // The output is allocated like g (what the fake kernel promises); when that layout is not one the

@@ -1,12 +1,13 @@
 // Contract of gan_kernels::minibatch_discrimination, minibatch_discrimination_backward and
 // minibatch_discrimination_double_backward: schemas, checks, output allocation and the CPU/CUDA
 // registrations. Autograd and fake kernels: gan_kernels/ops/minibatch_discrimination.py.
+#include "cpu/minibatch_discrimination.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
 
-#include "cpu/minibatch_discrimination.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
@@ -27,8 +28,8 @@ void check_grad(const at::Tensor& grad, const at::Tensor& m) {
   check_same_device(grad, m, "grad", "m");
   check_same_dtype(grad, m, "grad", "m");
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == m.size(0) && grad.size(1) == m.size(1), "grad has shape ",
-                    grad.sizes(), " but the output of minibatch_discrimination has shape [", m.size(0), ", ",
-                    m.size(1), "]");
+                    grad.sizes(), " but the output of minibatch_discrimination has shape [", m.size(0), ", ", m.size(1),
+                    "]");
 }
 
 at::Tensor per_row(const at::Tensor& m) { return at::empty({m.size(0), m.size(1)}, m.options()); }
@@ -52,9 +53,9 @@ MinibatchDiscriminationStrides strides_of(const at::Tensor& t) {
 }
 
 // Undefined tensors are the ones the mode does not use.
-template <Kernel kernel>
-void run(MinibatchDiscriminationMode mode, const at::Tensor& scalar_out, const at::Tensor& vector_out,
-         const at::Tensor& m, const at::Tensor& grad, const at::Tensor& upstream) {
+template <Kernel kernel> void run(MinibatchDiscriminationMode mode, const at::Tensor& scalar_out,
+                                  const at::Tensor& vector_out, const at::Tensor& m, const at::Tensor& grad,
+                                  const at::Tensor& upstream) {
   const MinibatchDiscriminationParams params{scalar_out.defined() ? scalar_out.mutable_data_ptr() : nullptr,
                                              vector_out.defined() ? vector_out.mutable_data_ptr() : nullptr,
                                              m.const_data_ptr(),
@@ -91,9 +92,9 @@ template <Kernel kernel> at::Tensor backward(const at::Tensor& grad, const at::T
   return grad_m;
 }
 
-template <Kernel kernel>
-std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, const at::Tensor& grad,
-                                                   const at::Tensor& m) {
+template <Kernel kernel> std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream,
+                                                                            const at::Tensor& grad,
+                                                                            const at::Tensor& m) {
   check_m(m);
   check_grad(grad, m);
   check_same(upstream, m, "upstream", "m");

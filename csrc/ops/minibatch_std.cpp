@@ -1,6 +1,8 @@
 // Contract of gan_kernels::minibatch_std, minibatch_std_backward and minibatch_std_double_backward:
 // schemas, checks, output and workspace allocation, and the CPU/CUDA registrations. Autograd and
 // fake kernels: gan_kernels/ops/minibatch_std.py.
+#include "cpu/minibatch_std.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -8,7 +10,6 @@
 #include <tuple>
 #include <vector>
 
-#include "cpu/minibatch_std.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
@@ -21,7 +22,7 @@ namespace {
 // channels_last inputs give channels_last outputs (and gradients); every other layout, NCHW-contiguous.
 at::MemoryFormat output_format(const at::Tensor& x) {
   return x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous() ? at::MemoryFormat::ChannelsLast
-                                                                                : at::MemoryFormat::Contiguous;
+                                                                               : at::MemoryFormat::Contiguous;
 }
 
 // A device: the scratch its kernels need for a launch, and how it runs one on the device of `ref`.
@@ -68,8 +69,8 @@ MinibatchStdParams check_args(const at::Tensor& x, int64_t group_size, int64_t n
 
 // Runs `mode` of the launch `p` with the given tensors (undefined where the mode has none) and the
 // device's scratch.
-void run(const Device& device, MinibatchStdParams p, MinibatchStdMode mode, const at::Tensor& x,
-         const at::Tensor& grad, const at::Tensor& upstream, at::Tensor& y_out, at::Tensor& x_out) {
+void run(const Device& device, MinibatchStdParams p, MinibatchStdMode mode, const at::Tensor& x, const at::Tensor& grad,
+         const at::Tensor& upstream, at::Tensor& y_out, at::Tensor& x_out) {
   p.mode = mode;
   p.x = x.const_data_ptr();
   p.grad = grad.defined() ? grad.const_data_ptr() : nullptr;
@@ -91,8 +92,7 @@ void check_like(const at::Tensor& t, const char* arg, const at::Tensor& x, at::I
   TORCH_CHECK_VALUE(t.sizes() == shape, arg, " has shape ", t.sizes(), " but ", what, " has shape ", shape);
 }
 
-template <const Device& device>
-at::Tensor forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+template <const Device& device> at::Tensor forward(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
   const MinibatchStdParams shape = check_args(x, group_size, num_channels);
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);

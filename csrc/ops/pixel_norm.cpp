@@ -1,9 +1,10 @@
 // Contract of gan_kernels::pixel_norm and gan_kernels::pixel_norm_backward: schemas, checks, output
 // allocation and the CPU/CUDA registrations. Autograd and fake kernels: gan_kernels/ops/pixel_norm.py.
+#include "cpu/pixel_norm.h"
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "cpu/pixel_norm.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA

@@ -3,6 +3,8 @@
 // weight) and gan_kernels::spectral_norm_normalize_backward. Each takes whole lists, so the work of
 // all the spectrally normalised layers of a model is a constant number of kernel calls.
 // Autograd and fake kernels: gan_kernels/ops/spectral_norm.py.
+#include "cpu/spectral_norm.h"
+
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -14,7 +16,6 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/spectral_norm.h"
 #include "ops/common.h"
 
 #ifdef WITH_CUDA
@@ -55,8 +56,8 @@ void check_vector(const at::Tensor& t, const at::Tensor& weight, int64_t length,
                   const std::string& weight_arg) {
   check_same_device(t, weight, arg.c_str(), weight_arg.c_str());
   check_same_dtype(t, weight, arg.c_str(), weight_arg.c_str());
-  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, arg, " must have shape [", length, "] to match ",
-                    weight_arg, ", got ", t.sizes());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == length, arg, " must have shape [", length, "] to match ", weight_arg,
+                    ", got ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), arg, " must be contiguous");
 }
 
@@ -125,7 +126,8 @@ void check_sigmas(const at::Tensor& sigmas, const at::TensorList weights) {
 }
 
 at::Tensor empty_sigmas(const at::TensorList weights) {
-  return weights.empty() ? at::empty({0}, at::kFloat) : at::empty({static_cast<int64_t>(weights.size())}, weights[0].options());
+  return weights.empty() ? at::empty({0}, at::kFloat)
+                         : at::empty({static_cast<int64_t>(weights.size())}, weights[0].options());
 }
 
 std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) {
@@ -139,7 +141,8 @@ at::ScalarType accumulator_type(const at::Tensor& t) { return at::toOpMathType(t
 
 // The layers [begin, end) as a launch's table; grads and out may be empty (the power iteration).
 SpectralParams make_params(SpectralMode mode, const std::vector<SpectralLayer>& layers, size_t begin, size_t end,
-                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out, const at::Tensor& sigmas) {
+                           const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out,
+                           const at::Tensor& sigmas) {
   SpectralParams p{};
   p.mode = mode;
   p.count = static_cast<int>(end - begin);
@@ -177,7 +180,8 @@ void run(const Device& device, SpectralMode mode, const std::vector<SpectralLaye
     p.eps = eps;
     int64_t scratch = 0;
     if (mode == SpectralMode::PowerIteration) {
-      for (size_t l = begin; l < end; ++l) scratch += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
+      for (size_t l = begin; l < end; ++l)
+        scratch += layers[l].view.channels + layers[l].view.outer * layers[l].view.inner;
     } else if (mode == SpectralMode::NormalizeBackward && device.normalize_backward_scratch) {
       scratch = int64_t(p.count) * p.blocks_per_layer;
     }
@@ -187,9 +191,9 @@ void run(const Device& device, SpectralMode mode, const std::vector<SpectralLaye
   }
 }
 
-template <const Device& device>
-at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs, at::IntArrayRef dims,
-                           int64_t n_power_iterations, double eps) {
+template <const Device& device> at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                                           at::IntArrayRef dims, int64_t n_power_iterations,
+                                                           double eps) {
   const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
   check_vectors_do_not_overlap(us, vs);
   TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
@@ -201,9 +205,9 @@ at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::Tensor
   return sigmas;
 }
 
-template <const Device& device>
-std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us, at::TensorList vs,
-                                  const at::Tensor& sigmas, at::IntArrayRef dims) {
+template <const Device& device> std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us,
+                                                                  at::TensorList vs, const at::Tensor& sigmas,
+                                                                  at::IntArrayRef dims) {
   const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
   check_sigmas(sigmas, weights);
   std::vector<at::Tensor> out = empty_outputs(layers);

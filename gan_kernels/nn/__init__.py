@@ -1,4 +1,5 @@
 """Drop-in layers for existing PyTorch GANs."""
+
 from .equalized import EqualizedConv2d, EqualizedLinear
 from .minibatch_discrimination import MinibatchDiscrimination
 from .minibatch_std import MinibatchStd

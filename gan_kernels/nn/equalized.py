@@ -8,6 +8,7 @@ results bit-compatible with StyleGAN's layers.
 
 Without the compiled extension, or with GAN_KERNELS_IMPL=reference, the same layers run
 ``gan_kernels.reference.bias_act``: the op picks its implementation, the layer does not."""
+
 import math
 
 import torch
@@ -18,9 +19,7 @@ from ..ops.bias_act import bias_act
 
 def _check_activation(activation):
     if activation not in reference.BIAS_ACT_ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {', '.join(reference.BIAS_ACT_ACTIVATIONS)}, got {activation!r}"
-        )
+        raise ValueError(f"activation must be one of {', '.join(reference.BIAS_ACT_ACTIVATIONS)}, got {activation!r}")
 
 
 def _default_gain(activation):
@@ -57,7 +56,10 @@ class EqualizedLinear(_EqualizedLayer):
         super().__init__()
         _check_activation(activation)
         # in_features >= 1: the runtime gain is 1/sqrt(in_features).
-        in_features, out_features = _checks.count(in_features, "in_features"), _checks.count(out_features, "out_features", 0)
+        in_features, out_features = (
+            _checks.count(in_features, "in_features"),
+            _checks.count(out_features, "out_features", 0),
+        )
         lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
@@ -85,11 +87,24 @@ class EqualizedConv2d(_EqualizedLayer):
     ``weight.to(x.dtype) * lr_multiplier / sqrt(in * k * k)``; ``forward(x, gain)`` scales the
     activation gain and ``conv_clamp`` by ``gain``."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="linear", lr_multiplier=1,
-                 conv_clamp=None, stride=1, padding=None):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        bias=True,
+        activation="linear",
+        lr_multiplier=1,
+        conv_clamp=None,
+        stride=1,
+        padding=None,
+    ):
         super().__init__()
         _check_activation(activation)
-        in_channels, out_channels = _checks.count(in_channels, "in_channels"), _checks.count(out_channels, "out_channels", 0)
+        in_channels, out_channels = (
+            _checks.count(in_channels, "in_channels"),
+            _checks.count(out_channels, "out_channels", 0),
+        )
         kernel_size = _checks.count(kernel_size, "kernel_size")
         lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
         if conv_clamp is not None:
@@ -112,8 +127,9 @@ class EqualizedConv2d(_EqualizedLayer):
             return self.forward(x.unsqueeze(0), gain).squeeze(0)
         x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
         act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain,
-                              clamp=act_clamp)
+        return self._bias_act(
+            x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # StyleGAN2-ADA's Conv2dLayer always saves its resample_filter buffer, which a layer without
@@ -122,6 +138,8 @@ class EqualizedConv2d(_EqualizedLayer):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"activation={self.activation}, stride={self.stride}, padding={self.padding}, "
-                f"conv_clamp={self.conv_clamp}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"activation={self.activation}, stride={self.stride}, padding={self.padding}, "
+            f"conv_clamp={self.conv_clamp}"
+        )

@@ -38,7 +38,7 @@ class MinibatchStd(torch.nn.Module):
             raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
         y = minibatch_std(all_gather_batch(x, self.process_group), self.group_size, self.num_channels)
         rows, rank = x.shape[0], torch.distributed.get_rank(self.process_group)
-        return y[rank * rows:(rank + 1) * rows]
+        return y[rank * rows : (rank + 1) * rows]
 
     def extra_repr(self):
         cross_rank = ", process_group=<across ranks>" if self.process_group is not None else ""

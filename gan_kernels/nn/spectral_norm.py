@@ -1,5 +1,6 @@
 """Spectral normalisation as a drop-in for ``torch.nn.utils.parametrizations.spectral_norm``, and a
 grouping that runs the power iterations of every such layer of a model as one batched op call."""
+
 import math
 import threading
 

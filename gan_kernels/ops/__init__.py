@@ -1,4 +1,5 @@
 """Public functional ops: each picks the compiled op or its reference (see gan_kernels.backend())."""
+
 from .. import _backend
 from . import bias_act as _bias_act
 from . import gradient_penalty as _gradient_penalty
@@ -19,5 +20,12 @@ if _backend._C is not None:
     for _op in (_pixel_norm, _bias_act, _minibatch_std, _gradient_penalty, _spectral_norm, _minibatch_discrimination):
         _op.register()
 
-__all__ = ["bias_act", "minibatch_discrimination", "minibatch_std", "per_sample_penalty", "pixel_norm",
-           "spectral_norm_normalize", "spectral_norm_power_iteration_"]
+__all__ = [
+    "bias_act",
+    "minibatch_discrimination",
+    "minibatch_std",
+    "per_sample_penalty",
+    "pixel_norm",
+    "spectral_norm_normalize",
+    "spectral_norm_power_iteration_",
+]

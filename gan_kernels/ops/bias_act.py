@@ -5,6 +5,7 @@ Three dispatcher ops, with v = x * scale + b:
   bias_act_grad   dL/dv from dL/dy and the saved tensor (x, or y where its sign is enough)
   bias_act_grad2  d/dv of <upstream, bias_act_grad> for the smooth acts
 """
+
 import torch
 
 from .. import _activations, _backend, _checks, reference
@@ -12,6 +13,7 @@ from .. import _activations, _backend, _checks, reference
 ACTIVATIONS = tuple(a.name for a in _activations.ACTIVATIONS)
 # act'' = 0 wherever it exists: their gradient is linear in dL/dy and has no second-order term.
 PIECEWISE_LINEAR = tuple(a.name for a in _activations.ACTIVATIONS if a.piecewise_linear)
+
 
 def _check_activation(act):
     if act not in ACTIVATIONS:
@@ -25,8 +27,9 @@ def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     _checks.check_floating(x, "x")
     _check_activation(act)
     dim = _checks.integer(dim, "dim")
-    alpha, gain, scale = (_checks.finite(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"),
-                                                                           (scale, "scale")))
+    alpha, gain, scale = (
+        _checks.finite(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale"))
+    )
     if clamp is not None:
         clamp = _checks.nonnegative(clamp, "clamp")
     if b is None:
@@ -65,8 +68,9 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
         # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
         # the schema takes. Without a bias, dim plays no part (as in StyleGAN): 1-d inputs work with dim=1.
         dim = 0 if b is None else _checks.int64(dim, "dim")
-        alpha, gain, scale = (_checks.real(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"),
-                                                                         (scale, "scale")))
+        alpha, gain, scale = (
+            _checks.real(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale"))
+        )
         clamp = None if clamp is None else _checks.real(clamp, "clamp")
         return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
     return reference.bias_act(x, b, *_check_args(x, b, dim, act, alpha, gain, clamp, scale))
@@ -142,7 +146,9 @@ def _grad_backward(ctx, upstream):
     d_grad = d_ref = d_b = None
     if ctx.needs_input_grad[0]:
         # bias_act_grad is linear in grad, with a diagonal Jacobian.
-        d_grad = torch.ops.gan_kernels.bias_act_grad(upstream, ref, b, dim, act, alpha, gain, clamp, scale, ctx.ref_is_y)
+        d_grad = torch.ops.gan_kernels.bias_act_grad(
+            upstream, ref, b, dim, act, alpha, gain, clamp, scale, ctx.ref_is_y
+        )
     # Piecewise-linear acts (the only ones saving y) have no second-order term, so y and x get none.
     if act not in PIECEWISE_LINEAR and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
         d_v = torch.ops.gan_kernels.bias_act_grad2(upstream, grad, ref, b, dim, act, alpha, gain, clamp, scale)

@@ -13,6 +13,7 @@ has no value), for ``center == 0`` the gradient ``2 g`` is NaN or inf exactly wh
 fp16/bf16 gradients give float32 penalties: they are summed in float32, and ``(||g|| - c)^2``
 passes fp16's largest value at ``|g|`` of about 256.
 """
+
 import math
 
 import torch

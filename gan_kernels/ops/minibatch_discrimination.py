@@ -10,6 +10,7 @@ derivative torch.abs's gradient uses), e = exp(-sum_c |d_c|) and g = dL/do:
 The kernels sum over the partners j in a fixed order and never build a pair tensor ([N, N, B, C] or
 [N, N, B]); only third and higher derivatives (not needed for R1) build [N, N-1, B, C] in aten ops.
 """
+
 import torch
 
 from .. import _backend, _checks, reference
@@ -117,18 +118,22 @@ def _double_backward_backward(ctx, w_grad, w_m):
     want_upstream, want_grad, want_m = ctx.needs_input_grad
     d_upstream = d_grad = d_m = None
     if want_upstream:
-        d_upstream = _total([
-            ops.minibatch_discrimination_backward(w_grad, m) if w_grad is not None else None,
-            ops.minibatch_discrimination_double_backward(w_m, grad, m)[1] if w_m is not None else None,
-        ])
+        d_upstream = _total(
+            [
+                ops.minibatch_discrimination_backward(w_grad, m) if w_grad is not None else None,
+                ops.minibatch_discrimination_double_backward(w_m, grad, m)[1] if w_m is not None else None,
+            ]
+        )
     bilinear = _third_order_terms(upstream, w_m, grad, m) if w_m is not None and (want_grad or want_m) else None
     if want_grad and bilinear is not None:
         d_grad = bilinear[0]
     if want_m:
-        d_m = _total([
-            -bilinear[1] if bilinear is not None else None,
-            ops.minibatch_discrimination_double_backward(upstream, w_grad, m)[1] if w_grad is not None else None,
-        ])
+        d_m = _total(
+            [
+                -bilinear[1] if bilinear is not None else None,
+                ops.minibatch_discrimination_double_backward(upstream, w_grad, m)[1] if w_grad is not None else None,
+            ]
+        )
     return d_upstream, d_grad, d_m
 
 
@@ -143,6 +148,7 @@ def register():
         "gan_kernels::minibatch_discrimination_backward", _backward_backward, setup_context=_setup_backward
     )
     torch.library.register_autograd(
-        "gan_kernels::minibatch_discrimination_double_backward", _double_backward_backward,
+        "gan_kernels::minibatch_discrimination_double_backward",
+        _double_backward_backward,
         setup_context=_setup_double_backward,
     )

@@ -1,4 +1,5 @@
 """Minibatch standard deviation: StyleGAN2's ``MinibatchStdLayer`` (ProGAN/StyleGAN discriminator epilogue)."""
+
 import torch
 
 from .. import _backend, _checks, reference
@@ -57,9 +58,7 @@ def _output_format(x):
 def _fake_forward(x, group_size, num_channels):
     _check_args(x, group_size, num_channels)
     n, c, h, w = x.shape
-    return torch.empty(
-        (n, c + num_channels, h, w), dtype=x.dtype, device=x.device, memory_format=_output_format(x)
-    )
+    return torch.empty((n, c + num_channels, h, w), dtype=x.dtype, device=x.device, memory_format=_output_format(x))
 
 
 def _fake_backward(grad, x, group_size, num_channels):

@@ -1,4 +1,5 @@
 """Pixel norm: ``y = x * rsqrt(mean(x^2, dim) + eps)`` (ProGAN PixelNorm, StyleGAN normalize_2nd_moment)."""
+
 import torch
 
 from .. import _backend, _checks, reference

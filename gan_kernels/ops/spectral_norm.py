@@ -81,10 +81,7 @@ def _check_lists(weights, us, vs, dims):
         _check_weight(weight, f"weights[{index}]")
     if weights:
         _check_same_device(_entries("weights", weights) + _entries("us", us) + _entries("vs", vs), weights[0].device)
-    return [
-        _checks.wrap_dim(dim, weight, f"dims[{index}]")
-        for index, (weight, dim) in enumerate(zip(weights, dims))
-    ]
+    return [_checks.wrap_dim(dim, weight, f"dims[{index}]") for index, (weight, dim) in enumerate(zip(weights, dims))]
 
 
 def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
@@ -97,8 +94,11 @@ def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
 
 def _use_compiled(weights, *tensors):
     """Real weights on a device with kernels; not under forward-mode AD (see _backend.use_compiled)."""
-    return (bool(weights) and weights[0].dtype not in _COMPLEX_DTYPES
-            and _backend.use_compiled(weights[0].device, *weights, *tensors))
+    return (
+        bool(weights)
+        and weights[0].dtype not in _COMPLEX_DTYPES
+        and _backend.use_compiled(weights[0].device, *weights, *tensors)
+    )
 
 
 def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, eps=1e-12):

@@ -5,6 +5,7 @@ Every helper takes plain tensors, detaches them and enables gradients on its own
 ``D(x, *d_args, **d_kwargs)`` (D may return any shape; outputs are summed per sample), and returns
 the weighted scalar loss to add to the discriminator loss.
 """
+
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -29,9 +30,7 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     if inputs.dim() == 0:
         raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
     if not inputs.requires_grad:
-        raise ValueError(
-            "inputs does not require grad: call inputs.requires_grad_() before computing outputs from it"
-        )
+        raise ValueError("inputs does not require grad: call inputs.requires_grad_() before computing outputs from it")
     if not outputs.requires_grad:
         raise ValueError("outputs does not depend on inputs (outputs.requires_grad is False)")
     # Summed in at least float32: fp16 logits of a large batch can overflow their own sum.
@@ -147,8 +146,7 @@ def dragan_points(real, perturbation=0.5, std=None, generator=None):
     return r + alpha * (perturbation * std * noise)
 
 
-def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwargs=None, scaler=None,
-           generator=None):
+def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwargs=None, scaler=None, generator=None):
     """DRAGAN (Kodali et al. 2017): ``weight * mean_i (||g_i|| - 1)^2`` at :func:`dragan_points`
     ``(real, perturbation, std, generator)``: ``real + alpha * perturbation * std * U``,
     ``alpha ~ U(0,1)`` per sample, ``U ~ U(0,1)`` per element, std the population std of ``real``

@@ -1,5 +1,6 @@
 """Lazy regularisation (StyleGAN2): run the penalty every ``interval`` steps only, scaled by
 ``interval`` so its average strength is unchanged, and correct Adam for the extra steps."""
+
 from .. import _checks
 
 

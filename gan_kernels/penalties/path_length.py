@@ -1,5 +1,6 @@
 """StyleGAN2's path-length regulariser (Karras et al. 2020) for the generator, on the fused
 per-sample penalty op."""
+
 import math
 
 import torch
