@@ -361,6 +361,27 @@ def test_nan_in_a_batch_of_one_is_not_visible(device, fn):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination],
+                         ids=["public", "reference"])
+def test_an_infinitely_distant_sample_gives_the_formulas_limit(device, fn):
+    # Sample 2 is at +inf in kernel 0: similarity 0 with every other sample, and no derivative.
+    torch.manual_seed(18)
+    m = torch.randn(4, 3, 2, dtype=torch.float64, device=device) / 2
+    m[2, 0, 1] = float("inf")
+    grad_out = torch.randn(4, 3, dtype=torch.float64, device=device)
+    upstream = torch.randn_like(m)
+    o, dm = grads(fn, m, grad_out)
+    finite = m.clone()
+    finite[2, 0] = 1e6  # as far as makes exp(-d) 0 in float64
+    o_limit, dm_limit = grads(reference.minibatch_discrimination, finite, grad_out)
+    assert o[2, 0] == 0 and o.isfinite().all() and dm.isfinite().all()
+    assert_close(o, o_limit)
+    assert_close(dm, dm_limit)
+    dm2, ddm = second_order(fn, m, grad_out, upstream)
+    assert_close(ddm, second_order(reference.minibatch_discrimination, finite, grad_out, upstream)[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(0, 3, 2), (3, 0, 2), (3, 2, 0)])
 def test_empty(device, shape):
     m = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
