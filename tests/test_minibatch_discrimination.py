@@ -441,7 +441,8 @@ def peak_bytes_allocated(fn):
 def test_peak_memory_at_128_samples_is_below_the_eager_formula():
     """Forward and backward at the paper's B = 100, C = 5 and N = 128, float32: the eager formula holds
     [N, N-1, B, C] differences and their abs (32.5 MB each) and more for autograd; ours holds only the
-    outputs (51 kB and 256 kB) and per thread a scratch of at most (2C + 4) N doubles (14 kB)."""
+    outputs (51 kB and 256 kB) and, outside tensors, per thread at most (3C + 7) N accumulators
+    (the double backward's buffers; 22 kB as doubles), added here as a bound."""
     torch.manual_seed(16)
     n, kernels, dims = 128, 100, 5
     m = torch.randn(n, kernels, dims, requires_grad=True)
@@ -450,7 +451,7 @@ def test_peak_memory_at_128_samples_is_below_the_eager_formula():
     def step(fn):
         return lambda: torch.autograd.grad(fn(m), m, grad_out)
 
-    scratch_bound = torch.get_num_threads() * (2 * dims + 4) * n * 8
+    scratch_bound = torch.get_num_threads() * (3 * dims + 7) * n * 8
     ours = peak_bytes_allocated(step(gan_kernels.minibatch_discrimination)) + scratch_bound
     eager = peak_bytes_allocated(step(reference.minibatch_discrimination))
     pair_tensor = n * (n - 1) * kernels * dims * 4
