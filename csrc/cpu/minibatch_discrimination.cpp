@@ -132,8 +132,8 @@ template <Mode kMode, typename A> void pair_sums(KernelBuffers<A>& buf, int64_t 
     for (int64_t j = first; j < n; ++j) {
       const PairTerms<A> pair =
           pair_terms<kMode, A>(similarity(distance[j]), kHasUpstream ? t[j] : A(0), kHasGrad ? g_i + g[j] : A(0));
-      terms[j] = pair.scalar;
-      weights[j] = pair.vector_weight;
+      if (kHasScalarOut) terms[j] = pair.scalar;
+      if (kHasVectorOut) weights[j] = pair.vector_weight;
     }
     if (kHasScalarOut) {
       A* sums = buf.scalar_sums.data();
@@ -172,12 +172,12 @@ template <typename scalar_t, Mode kMode> void run(const MinibatchDiscriminationP
     KernelBuffers<A> buf{std::vector<A>(dims * n),
                          std::vector<A>(kHasUpstream ? dims * n : 0),
                          std::vector<A>(kHasGrad ? n : 0),
-                         std::vector<A>(n),
+                         std::vector<A>(kHasScalarOut ? n : 0),
                          std::vector<A>(kHasVectorOut ? dims * n : 0),
                          std::vector<A>(n),
                          std::vector<A>(kHasUpstream ? n : 0),
-                         std::vector<A>(n),
-                         std::vector<A>(n),
+                         std::vector<A>(kHasScalarOut ? n : 0),
+                         std::vector<A>(kHasVectorOut ? n : 0),
                          std::vector<A>(kHasVectorOut ? n : 0)};
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t j = 0; j < n; ++j) {

@@ -40,9 +40,10 @@ template <typename T, Mode kMode> __global__ void __launch_bounds__(kThreads)
   const int64_t tasks = rows * dim_chunks(kMode, dims);
   for (int64_t task = int64_t(blockIdx.x) * kThreads + threadIdx.x; task < tasks;
        task += int64_t(gridDim.x) * kThreads) {
-    const int64_t i = task % n;
-    const int64_t b = (task / n) % p.kernels;
-    const int64_t chunk = task / rows;
+    const int64_t sample_kernel = task / n;  // consecutive tasks: consecutive rows i of one kernel
+    const int64_t i = task - sample_kernel * n;
+    const int64_t chunk = sample_kernel / p.kernels;
+    const int64_t b = sample_kernel - chunk * p.kernels;
     const int64_t first_dim = chunk * kDimsPerThread;
     const T* m_b = m + b * ms.kernel;
     const T* m_i = m_b + i * ms.sample;
