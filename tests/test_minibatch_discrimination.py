@@ -367,8 +367,9 @@ def test_nan_in_a_batch_of_one_is_not_visible(device, fn):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination],
-                         ids=["public", "reference"])
+@pytest.mark.parametrize(
+    "fn", [gan_kernels.minibatch_discrimination, reference.minibatch_discrimination], ids=["public", "reference"]
+)
 def test_an_infinitely_distant_sample_gives_the_formulas_limit(device, fn):
     # Sample 2 is at +inf in kernel 0: similarity 0 with every other sample, and no derivative.
     torch.manual_seed(18)
