@@ -1,4 +1,6 @@
 import math
+import os
+import sys
 
 import pytest
 import torch
@@ -16,6 +18,10 @@ from helpers import (
 import gan_kernels
 from gan_kernels import _backend, reference
 from gan_kernels.nn import MinibatchDiscrimination
+
+# The benchmarks' measurement of CPU peak memory, so the test and the benchmark table measure alike.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from harness import cpu_peak_bytes  # noqa: E402
 
 ops = torch.ops.gan_kernels if OPS_REGISTERED else None
 forward_op = ops.minibatch_discrimination.default if OPS_REGISTERED else None
@@ -431,23 +437,6 @@ def test_public_function_runs_the_compiled_op():
     assert any(event.name == "gan_kernels::minibatch_discrimination" for event in prof.function_events)
 
 
-def peak_bytes_allocated(fn):
-    """Peak of the bytes held by tensors that ``fn`` allocates, above what was held before: the
-    running sum of every CPU allocation and free the profiler records (c10's allocator reports each
-    one) during the call. Memory outside tensors (our CPU kernel's per-thread std::vector scratch)
-    is not seen; callers add its bound."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
-    )
-    held, peak = 0, 0
-    for event in events:
-        held += event.nbytes()
-        peak = max(peak, held)
-    return peak
-
-
 @requires_ops
 @pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
 def test_peak_memory_at_128_samples_is_below_the_eager_formula():
@@ -463,9 +452,10 @@ def test_peak_memory_at_128_samples_is_below_the_eager_formula():
     def step(fn):
         return lambda: torch.autograd.grad(fn(m), m, grad_out)
 
+    # cpu_peak_bytes sees tensors only: the kernel's per-thread scratch is added as its bound.
     scratch_bound = torch.get_num_threads() * (3 * dims + 7) * n * 8
-    ours = peak_bytes_allocated(step(gan_kernels.minibatch_discrimination)) + scratch_bound
-    eager = peak_bytes_allocated(step(reference.minibatch_discrimination))
+    ours = cpu_peak_bytes(step(gan_kernels.minibatch_discrimination)) + scratch_bound
+    eager = cpu_peak_bytes(step(reference.minibatch_discrimination))
     pair_tensor = n * (n - 1) * kernels * dims * 4
     assert eager >= 2 * pair_tensor  # the measurement sees the eager formula's pair tensors
     assert ours < 2 * (m.nbytes + grad_out.nbytes)
