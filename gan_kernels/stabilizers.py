@@ -256,8 +256,7 @@ def pack(x, k):
     D with ``k*C`` input channels; the losses then see N/k logits. k must divide N.
     :func:`unpack` is the inverse."""
     k = _checks.count(k, "k")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have shape [N, C, ...], got shape {list(x.shape)}")
     n = x.shape[0]
@@ -269,8 +268,7 @@ def pack(x, k):
 def unpack(x, k):
     """The inverse of :func:`pack`: ``[M, k*C, ...] -> [M*k, C, ...]``; k must divide dim 1."""
     k = _checks.count(k, "k")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _checks.tensor(x, "x")
     if x.dim() < 2:
         raise ValueError(f"x must have shape [M, k*C, ...], got shape {list(x.shape)}")
     channels = x.shape[1]

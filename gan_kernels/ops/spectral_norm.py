@@ -16,8 +16,7 @@ _COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 
 def check_weight_dtype(weight, arg):
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{arg} must be a torch.Tensor, got {type(weight).__name__}")
+    _checks.tensor(weight, arg)
     if weight.dtype not in _checks.FLOAT_DTYPES + _COMPLEX_DTYPES:
         raise TypeError(
             f"{arg} must be float64, float32, float16, bfloat16, complex64 or complex128, got {weight.dtype}"
@@ -39,8 +38,7 @@ def _check_same_device(named_tensors, device):
     another device's kernel for the whole call: a `meta` entry, for one, runs the fake kernel and
     returns uninitialised values."""
     for name, t in named_tensors:
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        _checks.tensor(t, name)
         if t.device != device:
             raise ValueError(
                 f"{name} is on {t.device} but weights[0] is on {device}: "
