@@ -43,16 +43,15 @@ def write_build_info(with_cuda):
             f.write(text)
 
 
-def write_activation_table():
-    """bias_act's activation table as the kernels' header (gan_kernels/_activations.py holds it)."""
-    table = runpy.run_path(os.path.join(ROOT, "gan_kernels", "_activations.py"))
-    table["write_cpp_header"](os.path.join(GENERATED, "activation_table.h"))
+def write_table_headers():
+    """The activation and dtype tables (gan_kernels/_activations.py, _dtypes.py) as the kernels' headers."""
+    runpy.run_path(os.path.join(ROOT, "gan_kernels", "_codegen.py"))["write_headers"](GENERATED)
 
 
 def extension():
     with_cuda = cuda_wanted()
     write_build_info(with_cuda)
-    write_activation_table()
+    write_table_headers()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # at::parallel_for is inline OpenMP: without -fopenmp our CPU kernels would run on one thread.
     # ATen's vector headers (cpu/bias_act_kernel.h) carry `#pragma unroll`s GCC does not know, and
