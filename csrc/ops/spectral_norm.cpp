@@ -3,8 +3,8 @@
 // weight) and gan_kernels::spectral_norm_normalize_backward. Each takes whole lists, so the work of
 // all the spectrally normalised layers of a model is a constant number of kernel calls.
 // The *_one ops are the same kernels for one weight, for the per-layer path: a call with lists costs
-// more than a small layer's arithmetic. Autograd and fake kernels: gan_kernels/ops/spectral_norm.py,
-// except spectral_norm_normalize_one's autograd, which is here (see NormalizeOne).
+// more than a small layer's arithmetic. Fake kernels and the backward ops' autograd:
+// gan_kernels/ops/spectral_norm.py; the normalisations' autograd is here (NormalizeList, NormalizeOne).
 #include "cpu/spectral_norm.h"
 
 #include <ATen/ATen.h>
@@ -298,19 +298,24 @@ template <const Device& device> at::Tensor normalize_one_backward(const at::Tens
   return out[0];
 }
 
-// spectral_norm_normalize_one's autograd, in C++: a Python autograd kernel (register_autograd) costs
-// about 50 us per forward and backward, more than a small layer's whole spectral norm in PyTorch.
-// The backward is spectral_norm_normalize_one_backward called through the dispatcher, so its own
-// register_autograd (gan_kernels/ops/spectral_norm.py) carries the double backward.
+// The autograd of spectral_norm_normalize and spectral_norm_normalize_one, in C++: a Python autograd
+// kernel (register_autograd) costs about 50 us per forward and per backward for one weight and
+// grows with the list (0.7 ms each way for the 11 weights of an SNGAN D, measured), more than
+// PyTorch's whole spectral norm of small layers. The backward runs the *_backward op through the
+// dispatcher, so that op's own register_autograd (gan_kernels/ops/spectral_norm.py) carries the
+// double backward.
+template <typename Sig> c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 class NormalizeOne : public torch::autograd::Function<NormalizeOne> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& u,
                             const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("gan_kernels::spectral_norm_normalize_one", "")
-            .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+            "gan_kernels::spectral_norm_normalize_one");
     ctx->save_for_backward({weight, u, v, sigma});
     ctx->saved_data["dim"] = dim;
     return op.call(weight, u, v, sigma, dim);
@@ -318,10 +323,9 @@ class NormalizeOne : public torch::autograd::Function<NormalizeOne> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  const torch::autograd::variable_list& grads) {
-    static const auto op = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("gan_kernels::spectral_norm_normalize_one_backward", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                 const at::Tensor&, const at::Tensor&, int64_t)>();
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, int64_t)>("gan_kernels::spectral_norm_normalize_one_backward");
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     // grads[0] is defined: the context materialises an unused output's gradient as zeros.
     at::Tensor grad_weight = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], ctx->saved_data["dim"].toInt());
@@ -329,9 +333,50 @@ class NormalizeOne : public torch::autograd::Function<NormalizeOne> {
   }
 };
 
+class NormalizeList : public torch::autograd::Function<NormalizeList> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList weights,
+                                                at::TensorList us, at::TensorList vs, const at::Tensor& sigmas,
+                                                at::IntArrayRef dims) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op =
+        find_op<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+                                        at::IntArrayRef)>("gan_kernels::spectral_norm_normalize");
+    torch::autograd::variable_list saved;
+    saved.reserve(3 * weights.size() + 1);
+    for (const at::TensorList list : {weights, us, vs}) saved.insert(saved.end(), list.begin(), list.end());
+    saved.push_back(sigmas);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dims"] = dims.vec();
+    return op.call(weights, us, vs, sigmas, dims);
+  }
+
+  // One gradient per forward input: the weights', then none for every u, v, sigmas and dims.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op = find_op<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                           at::TensorList, const at::Tensor&, at::IntArrayRef)>(
+        "gan_kernels::spectral_norm_normalize_backward");
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const auto count = static_cast<int64_t>(grads.size());
+    const at::TensorList all(saved);
+    const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
+    // grads are defined: the context materialises unused outputs' gradients as zeros.
+    torch::autograd::variable_list out =
+        op.call(grads, all.slice(0, count), all.slice(count, count), all.slice(2 * count, count), saved.back(), dims);
+    out.resize(3 * count + 2);
+    return out;
+  }
+};
+
 at::Tensor normalize_one_autograd(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
                                   const at::Tensor& sigma, int64_t dim) {
   return NormalizeOne::apply(weight, u, v, sigma, dim);
+}
+
+std::vector<at::Tensor> normalize_autograd(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                           const at::Tensor& sigmas, at::IntArrayRef dims) {
+  return NormalizeList::apply(weights, us, vs, sigmas, dims);
 }
 }  // namespace
 
@@ -378,6 +423,9 @@ TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
 }
 #endif
 
-TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) { m.impl("spectral_norm_normalize_one", &normalize_one_autograd); }
+TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) {
+  m.impl("spectral_norm_normalize", &normalize_autograd);
+  m.impl("spectral_norm_normalize_one", &normalize_one_autograd);
+}
 
 }  // namespace gan_kernels

@@ -185,12 +185,6 @@ def _wrapped_dims(dims, weights):
     return [dim % weight.dim() for dim, weight in zip(dims, weights)]
 
 
-def _setup_normalize(ctx, inputs, output):
-    weights, us, vs, sigmas, dims = inputs
-    ctx.save_for_backward(*weights, *us, *vs, sigmas)
-    ctx.count, ctx.dims = len(weights), _wrapped_dims(dims, weights)
-
-
 def _unpack(ctx):
     saved, n = ctx.saved_tensors, ctx.count
     return list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n : 3 * n]), saved[3 * n :]
@@ -199,15 +193,6 @@ def _unpack(ctx):
 def _dense_grads(grads, like):
     # Outputs that took no part in the loss arrive as None.
     return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, like)]
-
-
-def _normalize_backward(ctx, grads):
-    weights, us, vs, rest = _unpack(ctx)
-    (sigmas,) = rest
-    grads = _dense_grads(grads, weights)
-    grad_weights = torch.ops.gan_kernels.spectral_norm_normalize_backward(grads, weights, us, vs, sigmas, ctx.dims)
-    no_grads = [None] * ctx.count
-    return grad_weights, no_grads, no_grads, None, None
 
 
 def _setup_normalize_backward(ctx, inputs, output):
@@ -309,17 +294,13 @@ def register():
     torch.library.register_fake("gan_kernels::spectral_norm_normalize_one_backward", _fake_normalize_one_backward)
     # The power iteration mutates u, v and returns constants (as PyTorch's runs under no_grad);
     # register_autograd does not accept mutating ops, and sigma's derivative is carried by the
-    # normalisation ops below.
-    torch.library.register_autograd(
-        "gan_kernels::spectral_norm_normalize", _normalize_backward, setup_context=_setup_normalize
-    )
+    # normalisation ops. Their autograd is in C++ (csrc/ops/spectral_norm.cpp: a Python one costs
+    # more than a small layer's spectral norm); their backward ops' derivatives are here.
     torch.library.register_autograd(
         "gan_kernels::spectral_norm_normalize_backward",
         _normalize_backward_backward,
         setup_context=_setup_normalize_backward,
     )
-    # spectral_norm_normalize_one's autograd is in C++ (csrc/ops/spectral_norm.cpp): a Python one
-    # would cost more than a small layer's spectral norm. Its backward op's derivative is here.
     torch.library.register_autograd(
         "gan_kernels::spectral_norm_normalize_one_backward",
         _normalize_one_backward_backward,
