@@ -844,14 +844,24 @@ def test_vmap_of_the_ops_is_a_clear_error():
     weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:1])
     batch = torch.randn(3, *weights[0].shape)
     sigmas = torch.ones(1)
+    ops = torch.ops.gan_kernels
     for op_name, call in [
         ("spectral_norm_normalize", lambda w: normalize_op([w], us, vs, sigmas, dims)[0]),
         ("spectral_norm_normalize_backward", lambda w: normalize_backward_op([w], weights, us, vs, sigmas, dims)[0]),
         ("spectral_norm_power_iteration_", lambda w: power_op([w], us, vs, dims, 1, 1e-12)),
+        ("spectral_norm_normalize_one", lambda w: ops.spectral_norm_normalize_one(w, us[0], vs[0], sigmas[0], 0)),
+        (
+            "spectral_norm_normalize_one_backward",
+            lambda w: ops.spectral_norm_normalize_one_backward(w, weights[0], us[0], vs[0], sigmas[0], 0),
+        ),
+        (
+            "spectral_norm_power_iteration_one_",
+            lambda w: ops.spectral_norm_power_iteration_one_(w, us[0], vs[0], 0, 1, 1e-12),
+        ),
     ]:
         with pytest.raises(
             NotImplementedError,
-            match=f"gan_kernels::{op_name} has no vmap rule: it is already "
+            match=f"gan_kernels::{op_name} has no vmap rule: the spectral-norm ops are already "
             "batched over layers, so pass the weights as a list",
         ):
             torch.func.vmap(call)(batch)

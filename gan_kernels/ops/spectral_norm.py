@@ -268,8 +268,9 @@ def _fake_normalize_one_backward(grad, weight, u, v, sigma, dim):
 def _no_vmap_rule(op_name):
     def rule(info, in_dims, *args):
         raise NotImplementedError(
-            f"gan_kernels::{op_name} has no vmap rule: it is already batched over layers, so pass the "
-            "weights as a list instead of vmapping over a batch dimension"
+            f"gan_kernels::{op_name} has no vmap rule: the spectral-norm ops are already batched over "
+            "layers, so pass the weights as a list (spectral_norm_power_iteration_, spectral_norm_normalize) "
+            "instead of vmapping over a batch dimension"
         )
 
     return rule
