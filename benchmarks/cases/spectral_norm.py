@@ -152,7 +152,10 @@ def cases(device, quick, compile_fn):
         out += layer_cases(device, dtype, shape)
     models = {"eager": make_d(torch_spectral_norm, device, dtype), "ours": make_d(spectral_norm, device, dtype)}
     batch_spectral_norm(models["ours"])
-    n_layers = len(NormalisedWeights(models["ours"]).owners)
+    owners = NormalisedWeights(models["ours"]).owners
+    n_layers = len(owners)
+    # As one layer's (layer_cases): 8 passes over every weight.
+    weight_bytes = sum(m.parametrizations.weight.original.nbytes for m in owners)
 
     def sn_part_run(model):
         weights = NormalisedWeights(model)
@@ -168,6 +171,7 @@ def cases(device, quick, compile_fn):
             dtype_name(dtype),
             "sn fwd+bwd",
             {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED, "ours": sn_part_run(models["ours"])},
+            8 * weight_bytes,
             eager_target=BATCHED_TARGET,
         )
     )
