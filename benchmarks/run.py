@@ -73,7 +73,14 @@ def make_compile_fn(enabled):
 
 
 def measure(case, timer):
-    row = {"op": case.op, "shape": case.shape, "dtype": case.dtype, "mode": case.mode, "bytes": case.bytes}
+    row = {
+        "op": case.op,
+        "shape": case.shape,
+        "dtype": case.dtype,
+        "mode": case.mode,
+        "bytes": case.bytes,
+        "eager_target": case.eager_target,
+    }
     for name in IMPLS:
         fn = case.impls.get(name)
         if fn is None or isinstance(fn, Exception):
@@ -92,6 +99,18 @@ def measure(case, timer):
 
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
+
+
+def misses(row):
+    """The targets a measured row misses: "eager<2" when ours is under the case's eager target
+    (see harness.Case), "compile<1" when torch.compile of the reference is faster than ours."""
+    out = []
+    target = row.get("eager_target")
+    if target is not None and row["speedup_eager"] is not None and row["speedup_eager"] < target:
+        out.append(f"eager<{target:g}")
+    if row["speedup_compile"] is not None and row["speedup_compile"] < 1.0:
+        out.append("compile<1")
+    return out
 
 
 def print_columns(lines):
@@ -120,6 +139,7 @@ def print_table(rows, copy_gbs):
         "% copy",
         "x eager",
         "x compile",
+        "misses",
     ]
     lines = [header]
     for r in rows:
@@ -129,6 +149,7 @@ def print_table(rows, copy_gbs):
         r["ours_pct_copy"] = 100 * gbs / copy_gbs if gbs else None
         r["speedup_eager"] = r["eager_ms"] / ours if ours and r["eager_ms"] else None
         r["speedup_compile"] = r["compile_ms"] / ours if ours and r["compile_ms"] else None
+        r["misses"] = misses(r)
         lines.append(
             [
                 r["op"],
@@ -142,9 +163,12 @@ def print_table(rows, copy_gbs):
                 fmt(r["ours_pct_copy"], ".0f"),
                 fmt(r["speedup_eager"], ".2f"),
                 fmt(r["speedup_compile"], ".2f"),
+                ", ".join(r["misses"]) or "-",
             ]
         )
     print_columns(lines)
+    missed = sum(1 for r in rows if r["misses"])
+    print(f"\n{missed} of {len(rows)} rows miss a target (x eager under the row's target, or x compile under 1)")
     print_memory_table(rows)
     errors = {(r["op"], r["mode"], name): r[f"{name}_error"] for r in rows for name in IMPLS if r.get(f"{name}_error")}
     for (op, mode, name), error in sorted(errors.items()):
@@ -227,8 +251,13 @@ def main():
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "copy_gbs": copy_gbs,
+        # The kernels ATen (and ours) picked: default, avx2, avx512 (ATEN_CPU_CAPABILITY can lower it).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
-    print(f"device {meta['device']} | torch {meta['torch']} | backend {meta['backend']} | commit {meta['commit']}")
+    print(
+        f"device {meta['device']} ({meta['cpu_capability']}) | torch {meta['torch']} | backend {meta['backend']} "
+        f"| commit {meta['commit']}"
+    )
     print(f"device copy bandwidth (measured now): {copy_gbs:.1f} GB/s\n")
 
     rows = []

@@ -27,6 +27,7 @@ from helpers import (
 
 import gan_kernels
 from gan_kernels import reference
+from gan_kernels.ops.spectral_norm import spectral_norm_one_
 
 
 def dtype_id(dtype):
@@ -900,6 +901,40 @@ def _spectral_norm_backward_gradcheck(device):
     return [(backward, tuple(t.requires_grad_() for t in grads + weights))]
 
 
+# The per-layer path's single-weight ops, on one conv weight normalised along dim 1.
+ONE_LAYER_SHAPE = ((3, 4, 2, 2), 1)
+
+
+def _one_layer(dtype, device):
+    (weight,), (u,), (v,), (dim,) = random_spectral_layers(dtype, device, [ONE_LAYER_SHAPE])
+    return weight, u, v, dim
+
+
+def _one_sigma(weight, u, v, dim):
+    # sigma = u . (W v) from W's value (no iteration), so that gradcheck's perturbed W moves it.
+    return ops().spectral_norm_power_iteration_one_.default(weight.detach(), u.clone(), v.clone(), dim, 0, 1e-12)
+
+
+def _spectral_norm_one_gradcheck(device):
+    torch.manual_seed(13)
+    weight, u, v, dim = _one_layer(torch.float64, device)
+
+    def fn(w):
+        return ops().spectral_norm_normalize_one.default(w, u, v, _one_sigma(w, u, v, dim), dim)
+
+    return [(fn, (weight.requires_grad_(),))]
+
+
+def _spectral_norm_one_backward_gradcheck(device):
+    torch.manual_seed(14)
+    weight, u, v, dim = _one_layer(torch.float64, device)
+
+    def backward(g, w):
+        return ops().spectral_norm_normalize_one_backward.default(g, w, u, v, _one_sigma(w, u, v, dim), dim)
+
+    return [(backward, (torch.randn_like(weight).requires_grad_(), weight.requires_grad_()))]
+
+
 def _spectral_norm_opcheck(device):
     power, normalize = ops().spectral_norm_power_iteration_.default, ops().spectral_norm_normalize.default
     torch.manual_seed(11)
@@ -910,6 +945,13 @@ def _spectral_norm_opcheck(device):
     yield normalize, (leaves, us, vs, sigmas, dims)
     grads = [torch.randn_like(w).requires_grad_() for w in weights]
     yield ops().spectral_norm_normalize_backward.default, (grads, leaves, us, vs, sigmas, dims)
+    weight, u, v, dim = _one_layer(torch.float32, device)
+    yield ops().spectral_norm_power_iteration_one_.default, (weight, u, v, dim, 2, 1e-12)
+    sigma = ops().spectral_norm_power_iteration_one_.default(weight, u, v, dim, 0, 1e-12)
+    leaf = weight.requires_grad_()
+    yield ops().spectral_norm_normalize_one.default, (leaf, u, v, sigma, dim)
+    grad = torch.randn_like(weight).requires_grad_()
+    yield ops().spectral_norm_normalize_one_backward.default, (grad, leaf, u, v, sigma, dim)
 
 
 def _spectral_norm_penalty(device):
@@ -944,9 +986,20 @@ def _spectral_norm_compile(device):
     return CompileCall(fn, weights, loss=sum, output_tolerance=None, gradient_tolerance=None)
 
 
+def _spectral_norm_one_compile(device):
+    """The per-layer path as the layer runs it: power iteration on u, v, then W / sigma."""
+    torch.manual_seed(15)
+    weight, u, v, dim = _one_layer(torch.float32, device)
+
+    def fn(w):
+        return spectral_norm_one_(w, u.clone(), v.clone(), dim, 1, 1e-12)[0]
+
+    return CompileCall(fn, weight, output_tolerance=None, gradient_tolerance=None)
+
+
 def _spectral_norm_public_call():
     layer = gan_kernels.nn.spectral_norm(torch.nn.Linear(4, 3))
-    return lambda: layer.weight
+    return lambda: layer.weight.sum().backward()
 
 
 def spectral_bad_calls(table):
@@ -958,6 +1011,12 @@ def spectral_bad_calls(table):
         )
         for call, error, match in table
     ]
+
+
+def _overlapping(rows, cols):
+    """u and v for a [rows, cols] weight, as views of one buffer that share an element."""
+    buffer = torch.randn(rows + cols - 1)
+    return buffer[:rows], buffer[rows - 1 :]
 
 
 def _power_op(*args):
@@ -1024,6 +1083,48 @@ SPECTRAL_NORM_BAD_OP_INPUTS = spectral_bad_calls(
             ValueError,
             r"grads\[0\] has shape \[5, 7\] but weights\[0\] has shape \[5, 7\]|grads has 1 tensors but weights has 2",
         ),
+        # The single-weight ops name their own arguments.
+        (
+            lambda w, u, v, d: ops().spectral_norm_power_iteration_one_.default(w[0], u[1], v[0], d[0], 1, 1e-12),
+            ValueError,
+            r"u must have shape \[5\] to match weight, got \[4\]",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_power_iteration_one_.default(w[0], u[0], v[0], 2, 1, 1e-12),
+            IndexError,
+            r"dim=2 is out of range",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_power_iteration_one_.default(
+                w[0], *_overlapping(5, 7), d[0], 1, 1e-12
+            ),
+            ValueError,
+            "u and v share memory",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_power_iteration_one_.default(w[0], u[0], v[0], d[0], -1, 1e-12),
+            ValueError,
+            "n_power_iterations must be >= 0, got -1",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_normalize_one.default(w[0], u[0], v[0], torch.ones(1), d[0]),
+            ValueError,
+            r"sigma must be a 0-d tensor, got shape \[1\]",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_normalize_one.default(
+                w[0], u[0], v[0], torch.ones((), dtype=torch.float64), d[0]
+            ),
+            TypeError,
+            r"sigma has dtype torch.float64 but weight has dtype torch.float32",
+        ),
+        (
+            lambda w, u, v, d: ops().spectral_norm_normalize_one_backward.default(
+                w[1], w[0], u[0], v[0], torch.ones(()), d[0]
+            ),
+            ValueError,
+            r"grad has shape \[4, 3, 3, 2\] but weight has shape \[5, 7\]",
+        ),
     ]
 )
 
@@ -1032,17 +1133,29 @@ SPECTRAL_NORM = OpEntry(
     # The normalised weights with sigma = u . (W v) from the given u, v: reference.spectral_norm_normalize.
     function=lambda weights, us, vs, dims: normalised_weights(weights, us, vs, dims, steps=0),
     reference=reference.spectral_norm_normalize,
-    compiled_ops=frozenset({"gan_kernels::spectral_norm_power_iteration_", "gan_kernels::spectral_norm_normalize"}),
+    # The layer's per-layer path; the batched ops: test_spectral_norm.py (one call of each per forward).
+    compiled_ops=frozenset(
+        {
+            "gan_kernels::spectral_norm_power_iteration_one_",
+            "gan_kernels::spectral_norm_normalize_one",
+            "gan_kernels::spectral_norm_normalize_one_backward",
+        }
+    ),
     public_call=_spectral_norm_public_call,
     # Parity of the in-place power iteration (u, v, sigmas) and of the normalisation: test_spectral_norm.py
     # (test_ops_match_reference: float32 gradients checked against their error bound).
     gradcheck=[
         Case("normalised_weights", _spectral_norm_gradcheck),
         Case("normalize_backward", _spectral_norm_backward_gradcheck, requires_ops=True),
+        Case("normalize_one", _spectral_norm_one_gradcheck, requires_ops=True),
+        Case("normalize_one_backward", _spectral_norm_one_backward_gradcheck, requires_ops=True),
     ],
     opcheck=[Case("power_iteration_normalize", _spectral_norm_opcheck, requires_ops=True)],
     penalty=[Case("r1", _spectral_norm_penalty)],
-    compile=[Case("normalize", _spectral_norm_compile, requires_ops=True)],
+    compile=[
+        Case("normalize", _spectral_norm_compile, requires_ops=True),
+        Case("one_layer", _spectral_norm_one_compile, requires_ops=True),
+    ],
     bad_inputs=SPECTRAL_NORM_BAD_INPUTS,
     bad_op_inputs=SPECTRAL_NORM_BAD_OP_INPUTS,
 )

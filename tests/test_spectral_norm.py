@@ -293,6 +293,25 @@ def test_batched_runs_one_power_iteration_per_forward():
     assert names.count("gan_kernels::spectral_norm_normalize") == 1
 
 
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+def test_per_layer_path_is_one_call_of_each_single_weight_op_with_cpp_autograd():
+    """Issue 15: a layer's forward and backward cross no list op and no Python autograd function
+    (each costs more than a small layer's whole spectral norm in PyTorch)."""
+    layer = spectral_norm(torch.nn.Conv2d(3, 4, 3))
+    with torch.autograd.profiler.profile() as prof:
+        weight = layer.weight
+        weight.sum().backward()
+    ours = collections.Counter(e.name for e in prof.function_events if e.name.startswith("gan_kernels::"))
+    assert ours == {
+        "gan_kernels::spectral_norm_power_iteration_one_": 1,
+        "gan_kernels::spectral_norm_normalize_one": 1,
+        "gan_kernels::spectral_norm_normalize_one_backward": 1,
+    }
+    # A Python autograd function's node is named after its class in Python (e.g. "BackwardCFunction").
+    assert "NormalizeOne" in weight.grad_fn.name()
+
+
 def test_sigma_is_readable_after_each_forward():
     d = make_d(spectral_norm)
     d(torch.randn(2, 3, 8, 8, dtype=torch.float64))
@@ -782,14 +801,24 @@ def test_vmap_of_the_ops_is_a_clear_error():
     weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:1])
     batch = torch.randn(3, *weights[0].shape)
     sigmas = torch.ones(1)
+    ops = torch.ops.gan_kernels
     for op_name, call in [
         ("spectral_norm_normalize", lambda w: normalize_op([w], us, vs, sigmas, dims)[0]),
         ("spectral_norm_normalize_backward", lambda w: normalize_backward_op([w], weights, us, vs, sigmas, dims)[0]),
         ("spectral_norm_power_iteration_", lambda w: power_op([w], us, vs, dims, 1, 1e-12)),
+        ("spectral_norm_normalize_one", lambda w: ops.spectral_norm_normalize_one(w, us[0], vs[0], sigmas[0], 0)),
+        (
+            "spectral_norm_normalize_one_backward",
+            lambda w: ops.spectral_norm_normalize_one_backward(w, weights[0], us[0], vs[0], sigmas[0], 0),
+        ),
+        (
+            "spectral_norm_power_iteration_one_",
+            lambda w: ops.spectral_norm_power_iteration_one_(w, us[0], vs[0], 0, 1, 1e-12),
+        ),
     ]:
         with pytest.raises(
             NotImplementedError,
-            match=f"gan_kernels::{op_name} has no vmap rule: it is already "
+            match=f"gan_kernels::{op_name} has no vmap rule: the spectral-norm ops are already "
             "batched over layers, so pass the weights as a list",
         ):
             torch.func.vmap(call)(batch)

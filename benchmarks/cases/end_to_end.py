@@ -23,7 +23,7 @@ import math
 
 import torch
 from cases.spectral_norm import SNGANResNetD
-from harness import Case, dtype_name, shape_name
+from harness import DROP_IN_TARGET, Case, dtype_name, shape_name
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 import gan_kernels
@@ -155,6 +155,7 @@ def stylegan2_cases(device, quick, compile_fn, shape, max_channels, dtype=torch.
                     else stylegan2_step(compiled, real, fake, None),
                     "ours": stylegan2_step(ours, real, fake, None),
                 },
+                eager_target=DROP_IN_TARGET,
             )
         )
     out.append(
@@ -170,6 +171,7 @@ def stylegan2_cases(device, quick, compile_fn, shape, max_channels, dtype=torch.
                     ours, real, fake, lambda logits, x: gan_kernels.gradient_penalty(logits, x, 0.0)
                 ),
             },
+            eager_target=DROP_IN_TARGET,
         )
     )
     return out
@@ -212,6 +214,7 @@ def sngan_case(device, shape, width, dtype=torch.float32):
             "compile": NO_DOUBLE_BACKWARD,
             "ours": wgan_gp_step(ours, real, fake, lambda D, r, f: penalties.wgan_gp(D, r, f, GP_WEIGHT)),
         },
+        eager_target=DROP_IN_TARGET,
     )
 
 

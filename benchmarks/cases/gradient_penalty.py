@@ -1,7 +1,7 @@
 """Gradient penalty: the per-sample penalty op (fwd, bwd, fwd+bwd) and one R1 discriminator step."""
 
 import torch
-from harness import Case, dtype_name, forward_backward_cases, shape_name
+from harness import DROP_IN_TARGET, Case, dtype_name, forward_backward_cases, shape_name
 
 import gan_kernels
 from gan_kernels import reference
@@ -57,7 +57,7 @@ def r1_step_case(device, shape, max_channels, gamma=10.0):
         "compile": RuntimeError("torch.compile cannot run the double backward of a gradient penalty"),
         "ours": step(ours_d, lambda logits, x: gan_kernels.gradient_penalty(logits, x, 0.0)),
     }
-    return Case("r1 step (D)", shape_name(shape), dtype_name(real.dtype), "r1 step", impls)
+    return Case("r1 step (D)", shape_name(shape), dtype_name(real.dtype), "r1 step", impls, eager_target=DROP_IN_TARGET)
 
 
 def cases(device, quick, compile_fn):

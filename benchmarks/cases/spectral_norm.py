@@ -1,18 +1,25 @@
-"""Spectral norm: PyTorch's parametrization ("eager") against ours, batched over the model ("ours").
+"""Spectral norm: PyTorch's parametrization ("eager") against ours.
 
-Cases: the spectral-norm part of a training step (power iteration, normalisation and their
-backward for every layer of an SNGAN-ResNet-like D) and a whole WGAN-GP D step on that D. On CUDA
-it also prints the kernel launches of the spectral-norm work of one forward with 12 and 24 layers.
-torch.compile is not timed: the power iteration mutates buffers and the GP step needs double backward.
+Cases: one layer on its own (ours per layer, no batch_spectral_norm): the training forward (power
+iteration and W / sigma) and forward+backward, from a 16x16 weight, whose time is the per-call
+overhead of either implementation, to a 512x512x3x3 conv; the spectral-norm part of a training step
+(power iteration, normalisation and their backward for every layer of an SNGAN-ResNet-like D, ours
+batched over the model); and a whole WGAN-GP D step on that D. On CUDA it also prints the kernel
+launches of the spectral-norm work of one forward with 12 and 24 layers. torch.compile is not timed:
+the power iteration mutates buffers and the GP step needs double backward.
 """
 
 import torch
-from harness import Case, dtype_name
+from harness import DROP_IN_TARGET, Case, dtype_name, shape_name
 
 from gan_kernels.nn import batch_spectral_norm, spectral_norm
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 NOT_COMPILED = RuntimeError("not applicable: mutating power iteration / double backward")
+# Issue 15: the 11 layers of the SNGAN D batched into one call per forward, at least 1.5x PyTorch's.
+BATCHED_TARGET = 1.5
+# One layer's weight: a tiny linear (the per-call overhead), a 128-channel and a 512-channel 3x3 conv.
+LAYER_SHAPES = [(16, 16), (128, 128, 3, 3), (512, 512, 3, 3)]
 
 
 class DisBlock(torch.nn.Module):
@@ -99,12 +106,56 @@ def launches(device, n_layers, normalise, batched):
     return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def one_layer(normalise, shape, device, dtype):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(shape[1], shape[0]) if len(shape) == 2 else torch.nn.Conv2d(shape[1], shape[0], shape[2])
+    return normalise(layer.to(device, dtype))
+
+
+def layer_cases(device, dtype, shape):
+    """One layer's training forward (power iteration, W / sigma and its graph) and forward+backward,
+    PyTorch's parametrization against ours without batching. Ideal traffic: the power iteration
+    reads W three times (W v, W^T u, sigma's W v), W / sigma reads and writes it, the backward reads
+    the gradient and W and writes dW."""
+    layers = {"eager": one_layer(torch_spectral_norm, shape, device, dtype)}
+    layers["ours"] = one_layer(spectral_norm, shape, device, dtype)
+    layers["ours"].load_state_dict(layers["eager"].state_dict())  # same keys: same W, u, v
+    grad = torch.randn(shape, device=device, dtype=dtype)
+    weight_bytes = grad.nbytes
+    op = "spectral_norm per-call overhead" if shape == LAYER_SHAPES[0] else "spectral_norm one layer"
+
+    def fwd(layer):
+        return lambda: layer.weight
+
+    def fwd_bwd(layer):
+        original = layer.parametrizations.weight.original
+        return lambda: torch.autograd.grad(layer.weight, original, grad)
+
+    return [
+        Case(
+            op,
+            shape_name(shape),
+            dtype_name(dtype),
+            mode,
+            {"eager": make(layers["eager"]), "compile": NOT_COMPILED, "ours": make(layers["ours"])},
+            traffic * weight_bytes,
+            eager_target=DROP_IN_TARGET,
+        )
+        for mode, make, traffic in (("layer fwd", fwd, 5), ("layer fwd+bwd", fwd_bwd, 8))
+    ]
+
+
 def cases(device, quick, compile_fn):
     dtype = torch.float32
     out = []
+    for shape in LAYER_SHAPES[:1] if quick else LAYER_SHAPES:
+        out += layer_cases(device, dtype, shape)
     models = {"eager": make_d(torch_spectral_norm, device, dtype), "ours": make_d(spectral_norm, device, dtype)}
     batch_spectral_norm(models["ours"])
-    n_layers = len(NormalisedWeights(models["ours"]).owners)
+    owners = NormalisedWeights(models["ours"]).owners
+    n_layers = len(owners)
+    # As one layer's (layer_cases): 8 passes over every weight.
+    weight_bytes = sum(m.parametrizations.weight.original.nbytes for m in owners)
 
     def sn_part_run(model):
         weights = NormalisedWeights(model)
@@ -120,6 +171,8 @@ def cases(device, quick, compile_fn):
             dtype_name(dtype),
             "sn fwd+bwd",
             {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED, "ours": sn_part_run(models["ours"])},
+            8 * weight_bytes,
+            eager_target=BATCHED_TARGET,
         )
     )
     batch = 64 if device.type == "cuda" else 8  # CPU double backward of convs is slow: keep the run short
@@ -138,6 +191,7 @@ def cases(device, quick, compile_fn):
                     "compile": NOT_COMPILED,
                     "ours": gp_step(models["ours"], real, fake, eps),
                 },
+                eager_target=DROP_IN_TARGET,
             )
         )
     if device.type == "cuda":

@@ -2,11 +2,14 @@
 // u, v in place and returns the sigmas), gan_kernels::spectral_norm_normalize (W / sigma for every
 // weight) and gan_kernels::spectral_norm_normalize_backward. Each takes whole lists, so the work of
 // all the spectrally normalised layers of a model is a constant number of kernel calls.
-// Autograd and fake kernels: gan_kernels/ops/spectral_norm.py.
+// The *_one ops are the same kernels for one weight, for the per-layer path: a call with lists costs
+// more than a small layer's arithmetic. Fake kernels and the backward ops' autograd:
+// gan_kernels/ops/spectral_norm.py; the normalisations' autograd is here (NormalizeList, NormalizeOne).
 #include "cpu/spectral_norm.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -64,28 +67,59 @@ void check_vector(const at::Tensor& t, const at::Tensor& weight, int64_t length,
 // The power iteration writes every u and v, so two entries sharing memory (one buffer passed for two
 // layers) would race. All are contiguous and on one device, so each is the address range
 // [data, data + nbytes): sorted by start, any overlap shows up between neighbours.
-void check_vectors_do_not_overlap(const at::TensorList us, const at::TensorList vs) {
+void check_vectors_do_not_overlap(const std::vector<std::pair<at::Tensor, std::string>>& vectors) {
   struct Range {
     uintptr_t begin;
     uintptr_t end;
-    std::string arg;
+    const std::string* arg;
   };
   std::vector<Range> ranges;
-  ranges.reserve(us.size() + vs.size());
-  for (const auto& [list, name] : {std::pair{us, "us"}, std::pair{vs, "vs"}}) {
-    for (size_t l = 0; l < list.size(); ++l) {
-      if (list[l].numel() == 0) continue;  // an empty vector has no memory to share
-      const auto begin = reinterpret_cast<uintptr_t>(list[l].const_data_ptr());
-      ranges.push_back({begin, begin + list[l].nbytes(), item(name, l)});
-    }
+  ranges.reserve(vectors.size());
+  for (const auto& [t, name] : vectors) {
+    if (t.numel() == 0) continue;  // an empty vector has no memory to share
+    const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+    ranges.push_back({begin, begin + t.nbytes(), &name});
   }
   // Stable, so that for equal starts the message names the entries in argument order.
   std::stable_sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
   for (size_t k = 1; k < ranges.size(); ++k) {
-    TORCH_CHECK_VALUE(ranges[k].begin >= ranges[k - 1].end, ranges[k - 1].arg, " and ", ranges[k].arg,
+    TORCH_CHECK_VALUE(ranges[k].begin >= ranges[k - 1].end, *ranges[k - 1].arg, " and ", *ranges[k].arg,
                       " share memory; the power iteration updates each in place, so every layer needs its own u "
                       "and v tensors (clone one of them)");
   }
+}
+
+// What the checks call a layer's arguments: "weights[3]" in a list op, "weight" in a *_one op.
+struct LayerArgs {
+  std::string weight;
+  std::string u;
+  std::string v;
+  std::string dim;
+};
+
+LayerArgs list_args(size_t l) { return {item("weights", l), item("us", l), item("vs", l), item("dims", l)}; }
+
+const LayerArgs kOneArgs{"weight", "u", "v", "dim"};
+
+// Checks one layer and describes its weight as the matrix PyTorch's spectral norm uses. `first`: the
+// list's weights[0], which every later weight must match in device and dtype.
+SpectralLayer layer_of(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v, int64_t dim_arg,
+                       const LayerArgs& args, const at::Tensor* first = nullptr) {
+  check_floating(w, args.weight.c_str());
+  TORCH_CHECK_VALUE(w.dim() >= 2, args.weight, " must have at least 2 dimensions, got shape ", w.sizes());
+  if (first != nullptr) {
+    check_same_device(w, *first, args.weight.c_str(), "weights[0]");
+    check_same_dtype(w, *first, args.weight.c_str(), "weights[0]");
+  }
+  const int64_t dim = wrap_dim(dim_arg, w, args.dim.c_str());
+  int64_t outer = 1;
+  int64_t inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= w.size(d);
+  for (int64_t d = dim + 1; d < w.dim(); ++d) inner *= w.size(d);
+  const int64_t rows = w.size(dim);
+  check_vector(u, w, rows, args.u, args.weight);
+  check_vector(v, w, outer * inner, args.v, args.weight);
+  return {w.contiguous(), u, v, {outer, rows, inner}};
 }
 
 // Checks the lists and describes each weight as the matrix PyTorch's spectral norm uses.
@@ -98,23 +132,7 @@ std::vector<SpectralLayer> layers_of(const at::TensorList weights, const at::Ten
   std::vector<SpectralLayer> layers;
   layers.reserve(count);
   for (size_t l = 0; l < count; ++l) {
-    const at::Tensor& w = weights[l];
-    const std::string arg = item("weights", l);
-    check_floating(w, arg.c_str());
-    TORCH_CHECK_VALUE(w.dim() >= 2, arg, " must have at least 2 dimensions, got shape ", w.sizes());
-    if (l > 0) {
-      check_same_device(w, weights[0], arg.c_str(), "weights[0]");
-      check_same_dtype(w, weights[0], arg.c_str(), "weights[0]");
-    }
-    const int64_t dim = wrap_dim(dims[l], w, item("dims", l).c_str());
-    int64_t outer = 1;
-    int64_t inner = 1;
-    for (int64_t d = 0; d < dim; ++d) outer *= w.size(d);
-    for (int64_t d = dim + 1; d < w.dim(); ++d) inner *= w.size(d);
-    const int64_t rows = w.size(dim);
-    check_vector(us[l], w, rows, item("us", l), arg);
-    check_vector(vs[l], w, outer * inner, item("vs", l), arg);
-    layers.push_back({w.contiguous(), us[l], vs[l], {outer, rows, inner}});
+    layers.push_back(layer_of(weights[l], us[l], vs[l], dims[l], list_args(l), l > 0 ? &weights[0] : nullptr));
   }
   return layers;
 }
@@ -123,6 +141,18 @@ void check_sigmas(const at::Tensor& sigmas, const at::TensorList weights) {
   TORCH_CHECK_VALUE(sigmas.dim() == 1 && sigmas.size(0) == static_cast<int64_t>(weights.size()),
                     "sigmas must have shape [", weights.size(), "] (one per weight), got ", sigmas.sizes());
   if (!weights.empty()) check_vector(sigmas, weights[0], sigmas.size(0), "sigmas", "weights[0]");
+}
+
+// A *_one op's sigma: a 0-d tensor like its weight.
+void check_sigma(const at::Tensor& sigma, const at::Tensor& weight) {
+  check_same_device(sigma, weight, "sigma", "weight");
+  check_same_dtype(sigma, weight, "sigma", "weight");
+  TORCH_CHECK_VALUE(sigma.dim() == 0, "sigma must be a 0-d tensor, got shape ", sigma.sizes());
+}
+
+void check_power_iteration_args(int64_t n_power_iterations, double eps) {
+  TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
+  check_positive(eps, "eps");
 }
 
 at::Tensor empty_sigmas(const at::TensorList weights) {
@@ -195,9 +225,11 @@ template <const Device& device> at::Tensor power_iteration(at::TensorList weight
                                                            at::IntArrayRef dims, int64_t n_power_iterations,
                                                            double eps) {
   const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
-  check_vectors_do_not_overlap(us, vs);
-  TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
-  check_positive(eps, "eps");
+  std::vector<std::pair<at::Tensor, std::string>> vectors;
+  for (size_t l = 0; l < us.size(); ++l) vectors.emplace_back(us[l], item("us", l));
+  for (size_t l = 0; l < vs.size(); ++l) vectors.emplace_back(vs[l], item("vs", l));
+  check_vectors_do_not_overlap(vectors);
+  check_power_iteration_args(n_power_iterations, eps);
   at::Tensor sigmas = empty_sigmas(weights);
   if (layers.empty()) return sigmas;
   std::vector<at::Tensor> none;
@@ -232,6 +264,120 @@ std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList 
   if (!layers.empty()) run(device, SpectralMode::NormalizeBackward, layers, dense_grads, out, sigmas.contiguous());
   return out;
 }
+
+// The *_one ops: one layer through the same launch as a list of one, so the per-layer and batched
+// paths give the same bits. sigma is a 0-d tensor.
+template <const Device& device> at::Tensor power_iteration_one(const at::Tensor& weight, at::Tensor& u, at::Tensor& v,
+                                                               int64_t dim, int64_t n_power_iterations, double eps) {
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  check_vectors_do_not_overlap({{u, "u"}, {v, "v"}});
+  check_power_iteration_args(n_power_iterations, eps);
+  at::Tensor sigma = at::empty({}, weight.options());
+  std::vector<at::Tensor> none;
+  run(device, SpectralMode::PowerIteration, layers, none, none, sigma, n_power_iterations, eps);
+  return sigma;
+}
+
+template <const Device& device> at::Tensor normalize_one(const at::Tensor& weight, const at::Tensor& u,
+                                                         const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  check_sigma(sigma, weight);
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  run(device, SpectralMode::Normalize, layers, {}, out, sigma);
+  return out[0];
+}
+
+template <const Device& device> at::Tensor normalize_one_backward(const at::Tensor& grad, const at::Tensor& weight,
+                                                                  const at::Tensor& u, const at::Tensor& v,
+                                                                  const at::Tensor& sigma, int64_t dim) {
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  check_sigma(sigma, weight);
+  check_same(grad, weight, "grad", "weight");
+  std::vector<at::Tensor> out = empty_outputs(layers);
+  run(device, SpectralMode::NormalizeBackward, layers, {grad.contiguous()}, out, sigma);
+  return out[0];
+}
+
+// The autograd of spectral_norm_normalize and spectral_norm_normalize_one, in C++: a Python autograd
+// kernel (register_autograd) costs about 50 us per forward and per backward for one weight and
+// grows with the list (0.7 ms each way for the 11 weights of an SNGAN D, measured), more than
+// PyTorch's whole spectral norm of small layers. The backward runs the *_backward op through the
+// dispatcher, so that op's own register_autograd (gan_kernels/ops/spectral_norm.py) carries the
+// double backward.
+template <typename Sig> c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+class NormalizeOne : public torch::autograd::Function<NormalizeOne> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& weight, const at::Tensor& u,
+                            const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>(
+            "gan_kernels::spectral_norm_normalize_one");
+    ctx->save_for_backward({weight, u, v, sigma});
+    ctx->saved_data["dim"] = dim;
+    return op.call(weight, u, v, sigma, dim);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&, int64_t)>("gan_kernels::spectral_norm_normalize_one_backward");
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    // grads[0] is defined: the context materialises an unused output's gradient as zeros.
+    at::Tensor grad_weight = op.call(grads[0], saved[0], saved[1], saved[2], saved[3], ctx->saved_data["dim"].toInt());
+    return {grad_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class NormalizeList : public torch::autograd::Function<NormalizeList> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::TensorList weights,
+                                                at::TensorList us, at::TensorList vs, const at::Tensor& sigmas,
+                                                at::IntArrayRef dims) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op =
+        find_op<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&,
+                                        at::IntArrayRef)>("gan_kernels::spectral_norm_normalize");
+    torch::autograd::variable_list saved;
+    saved.reserve(3 * weights.size() + 1);
+    for (const at::TensorList list : {weights, us, vs}) saved.insert(saved.end(), list.begin(), list.end());
+    saved.push_back(sigmas);
+    ctx->save_for_backward(saved);
+    ctx->saved_data["dims"] = dims.vec();
+    return op.call(weights, us, vs, sigmas, dims);
+  }
+
+  // One gradient per forward input: the weights', then none for every u, v, sigmas and dims.
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op = find_op<std::vector<at::Tensor>(at::TensorList, at::TensorList, at::TensorList,
+                                                           at::TensorList, const at::Tensor&, at::IntArrayRef)>(
+        "gan_kernels::spectral_norm_normalize_backward");
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    const auto count = static_cast<int64_t>(grads.size());
+    const at::TensorList all(saved);
+    const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
+    // grads are defined: the context materialises unused outputs' gradients as zeros.
+    torch::autograd::variable_list out =
+        op.call(grads, all.slice(0, count), all.slice(count, count), all.slice(2 * count, count), saved.back(), dims);
+    out.resize(3 * count + 2);
+    return out;
+  }
+};
+
+at::Tensor normalize_one_autograd(const at::Tensor& weight, const at::Tensor& u, const at::Tensor& v,
+                                  const at::Tensor& sigma, int64_t dim) {
+  return NormalizeOne::apply(weight, u, v, sigma, dim);
+}
+
+std::vector<at::Tensor> normalize_autograd(at::TensorList weights, at::TensorList us, at::TensorList vs,
+                                           const at::Tensor& sigmas, at::IntArrayRef dims) {
+  return NormalizeList::apply(weights, us, vs, sigmas, dims);
+}
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -245,12 +391,25 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
       "spectral_norm_normalize_backward(Tensor[] grads, Tensor[] weights, Tensor[] us, Tensor[] vs, Tensor sigmas, "
       "int[] dims) -> Tensor[]",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "spectral_norm_power_iteration_one_(Tensor weight, Tensor(a!) u, Tensor(b!) v, int dim, "
+      "int n_power_iterations, float eps) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def("spectral_norm_normalize_one(Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "spectral_norm_normalize_one_backward(Tensor grad, Tensor weight, Tensor u, Tensor v, Tensor sigma, int dim) "
+      "-> Tensor",
+      {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("spectral_norm_power_iteration_", &power_iteration<kCpu>);
   m.impl("spectral_norm_normalize", &normalize<kCpu>);
   m.impl("spectral_norm_normalize_backward", &normalize_backward<kCpu>);
+  m.impl("spectral_norm_power_iteration_one_", &power_iteration_one<kCpu>);
+  m.impl("spectral_norm_normalize_one", &normalize_one<kCpu>);
+  m.impl("spectral_norm_normalize_one_backward", &normalize_one_backward<kCpu>);
 }
 
 #ifdef WITH_CUDA
@@ -258,7 +417,15 @@ TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
   m.impl("spectral_norm_power_iteration_", &power_iteration<kCuda>);
   m.impl("spectral_norm_normalize", &normalize<kCuda>);
   m.impl("spectral_norm_normalize_backward", &normalize_backward<kCuda>);
+  m.impl("spectral_norm_power_iteration_one_", &power_iteration_one<kCuda>);
+  m.impl("spectral_norm_normalize_one", &normalize_one<kCuda>);
+  m.impl("spectral_norm_normalize_one_backward", &normalize_one_backward<kCuda>);
 }
 #endif
+
+TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) {
+  m.impl("spectral_norm_normalize", &normalize_autograd);
+  m.impl("spectral_norm_normalize_one", &normalize_one_autograd);
+}
 
 }  // namespace gan_kernels

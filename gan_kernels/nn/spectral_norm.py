@@ -12,6 +12,7 @@ from ..ops.spectral_norm import (
     check_n_power_iterations,
     check_weight_dtype,
     spectral_norm_normalize,
+    spectral_norm_one_,
     spectral_norm_power_iteration_,
 )
 
@@ -24,7 +25,7 @@ _CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.
 class SpectralNorm(torch.nn.Module):
     """The parametrization ``W -> W / sigma(W)`` registered by :func:`spectral_norm`: PyTorch's
     ``_SpectralNorm`` with the same buffers (``_u``, ``_v``), numerics and behaviour, computed by the
-    batched gan_kernels ops. ``sigma`` holds the sigma used by the latest forward (a detached
+    gan_kernels ops. ``sigma`` holds the sigma used by the latest forward (a detached
     scalar tensor, None before the first forward and for 1-D weights)."""
 
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
@@ -61,15 +62,10 @@ class SpectralNorm(torch.nn.Module):
             if found is not None:
                 normalized, self.sigma = found
                 return normalized
-        sigmas = spectral_norm_power_iteration_(
-            [weight], [self._u], [self._v], [self.dim], self.power_iterations(), self.eps
+        normalized, self.sigma = spectral_norm_one_(
+            weight, self._u, self._v, self.dim, self.power_iterations(), self.eps
         )
-        # Clones, as PyTorch's: the next forward updates _u, _v in place, and this forward's
-        # graph (D(real) - D(fake)) must keep the values it used.
-        u = self._u.clone(memory_format=torch.contiguous_format)
-        v = self._v.clone(memory_format=torch.contiguous_format)
-        self.sigma = sigmas[0]
-        return spectral_norm_normalize([weight], [u], [v], sigmas, [self.dim])[0]
+        return normalized
 
     def right_inverse(self, value):
         return value

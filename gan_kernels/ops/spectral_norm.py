@@ -3,7 +3,8 @@
 ``spectral_norm_power_iteration_`` updates the power-iteration vectors u, v of a whole list of
 weights in place and returns their sigmas; ``spectral_norm_normalize`` returns every ``W / sigma``.
 Each is one op call whatever the number of weights. A weight is seen as the matrix with ``dims[i]``
-moved first and the other dims flattened, as PyTorch does.
+moved first and the other dims flattened, as PyTorch does. ``spectral_norm_one_`` is one layer's
+forward (the per-layer path of nn.spectral_norm) on the single-weight ops, which give the same bits.
 """
 
 import torch
@@ -130,6 +131,27 @@ def spectral_norm_normalize(weights, us, vs, sigmas, dims):
     return reference.spectral_norm_normalize(weights, us, vs, dims)
 
 
+def spectral_norm_one_(weight, u, v, dim, n_power_iterations, eps):
+    """One layer's spectral norm: ``n_power_iterations`` steps on ``u``, ``v`` (in place), then
+    ``(W / sigma, sigma)`` with sigma detached and ``W / sigma`` differentiable as
+    spectral_norm_normalize's. For the layer, which has checked its arguments once: the compiled path
+    leaves the remaining checks to the ops, so a small layer costs a few op calls, no list handling
+    and no Python autograd."""
+    if weight.dtype in _COMPLEX_DTYPES or not _backend.use_compiled(weight.device, weight, u, v):
+        sigmas = spectral_norm_power_iteration_([weight], [u], [v], [dim], n_power_iterations, eps)
+        u, v = _snapshot(u), _snapshot(v)
+        return spectral_norm_normalize([weight], [u], [v], sigmas, [dim])[0], sigmas[0]
+    ops = torch.ops.gan_kernels
+    sigma = ops.spectral_norm_power_iteration_one_(weight.detach(), u, v, dim, n_power_iterations, eps)
+    return ops.spectral_norm_normalize_one(weight, _snapshot(u), _snapshot(v), sigma, dim), sigma
+
+
+def _snapshot(vector):
+    # As PyTorch's clones: the next forward updates u, v in place, and this forward's graph
+    # (D(real) - D(fake)) must keep the values it used.
+    return vector.clone(memory_format=torch.contiguous_format)
+
+
 def _weight_shaped(matrix, weight, dim):
     """Inverse of reference.spectral_weight_matrix: a [rows, cols] matrix back in ``weight``'s shape."""
     permuted = [weight.shape[dim]] + [s for d, s in enumerate(weight.shape) if d != dim]
@@ -163,12 +185,6 @@ def _wrapped_dims(dims, weights):
     return [dim % weight.dim() for dim, weight in zip(dims, weights)]
 
 
-def _setup_normalize(ctx, inputs, output):
-    weights, us, vs, sigmas, dims = inputs
-    ctx.save_for_backward(*weights, *us, *vs, sigmas)
-    ctx.count, ctx.dims = len(weights), _wrapped_dims(dims, weights)
-
-
 def _unpack(ctx):
     saved, n = ctx.saved_tensors, ctx.count
     return list(saved[:n]), list(saved[n : 2 * n]), list(saved[2 * n : 3 * n]), saved[3 * n :]
@@ -177,15 +193,6 @@ def _unpack(ctx):
 def _dense_grads(grads, like):
     # Outputs that took no part in the loss arrive as None.
     return [torch.zeros_like(w) if g is None else g for g, w in zip(grads, like)]
-
-
-def _normalize_backward(ctx, grads):
-    weights, us, vs, rest = _unpack(ctx)
-    (sigmas,) = rest
-    grads = _dense_grads(grads, weights)
-    grad_weights = torch.ops.gan_kernels.spectral_norm_normalize_backward(grads, weights, us, vs, sigmas, ctx.dims)
-    no_grads = [None] * ctx.count
-    return grad_weights, no_grads, no_grads, None, None
 
 
 def _setup_normalize_backward(ctx, inputs, output):
@@ -204,6 +211,18 @@ def _normalize_backward_backward(ctx, upstreams):
         grad_weights.append(gw)
     no_grads = [None] * ctx.count
     return grad_grads, grad_weights, no_grads, no_grads, None, None
+
+
+def _setup_normalize_one_backward(ctx, inputs, output):
+    grad, weight, u, v, sigma, dim = inputs
+    ctx.save_for_backward(weight, u, v, grad)
+    ctx.dim = dim % weight.dim()
+
+
+def _normalize_one_backward_backward(ctx, upstream):
+    weight, u, v, grad = ctx.saved_tensors
+    grad_grad, grad_weight = _normalize_backward_grads(upstream, grad, weight, u, v, ctx.dim, True, True)
+    return grad_grad, grad_weight, None, None, None, None
 
 
 def _check_fake_devices(weights, us, vs, others=()):
@@ -231,11 +250,27 @@ def _fake_normalize_backward(grads, weights, us, vs, sigmas, dims):
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 
+def _fake_sigma(weight, u, v, dim, n_power_iterations, eps):
+    _check_fake_devices([weight], [u], [v])
+    return weight.new_empty(())
+
+
+def _fake_normalized_one(weight, u, v, sigma, dim):
+    _check_fake_devices([weight], [u], [v], [("sigma", sigma)])
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _fake_normalize_one_backward(grad, weight, u, v, sigma, dim):
+    _check_fake_devices([weight], [u], [v], [("sigma", sigma), ("grad", grad)])
+    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
 def _no_vmap_rule(op_name):
     def rule(info, in_dims, *args):
         raise NotImplementedError(
-            f"gan_kernels::{op_name} has no vmap rule: it is already batched over layers, so pass the "
-            "weights as a list instead of vmapping over a batch dimension"
+            f"gan_kernels::{op_name} has no vmap rule: the spectral-norm ops are already batched over "
+            "layers, so pass the weights as a list (spectral_norm_power_iteration_, spectral_norm_normalize) "
+            "instead of vmapping over a batch dimension"
         )
 
     return rule
@@ -245,6 +280,9 @@ _OP_NAMES = (
     "spectral_norm_power_iteration_",
     "spectral_norm_normalize",
     "spectral_norm_normalize_backward",
+    "spectral_norm_power_iteration_one_",
+    "spectral_norm_normalize_one",
+    "spectral_norm_normalize_one_backward",
 )
 
 
@@ -252,16 +290,22 @@ def register():
     torch.library.register_fake("gan_kernels::spectral_norm_power_iteration_", _fake_sigmas)
     torch.library.register_fake("gan_kernels::spectral_norm_normalize", _fake_normalized)
     torch.library.register_fake("gan_kernels::spectral_norm_normalize_backward", _fake_normalize_backward)
+    torch.library.register_fake("gan_kernels::spectral_norm_power_iteration_one_", _fake_sigma)
+    torch.library.register_fake("gan_kernels::spectral_norm_normalize_one", _fake_normalized_one)
+    torch.library.register_fake("gan_kernels::spectral_norm_normalize_one_backward", _fake_normalize_one_backward)
     # The power iteration mutates u, v and returns constants (as PyTorch's runs under no_grad);
     # register_autograd does not accept mutating ops, and sigma's derivative is carried by the
-    # normalisation ops below.
-    torch.library.register_autograd(
-        "gan_kernels::spectral_norm_normalize", _normalize_backward, setup_context=_setup_normalize
-    )
+    # normalisation ops. Their autograd is in C++ (csrc/ops/spectral_norm.cpp: a Python one costs
+    # more than a small layer's spectral norm); their backward ops' derivatives are here.
     torch.library.register_autograd(
         "gan_kernels::spectral_norm_normalize_backward",
         _normalize_backward_backward,
         setup_context=_setup_normalize_backward,
+    )
+    torch.library.register_autograd(
+        "gan_kernels::spectral_norm_normalize_one_backward",
+        _normalize_one_backward_backward,
+        setup_context=_setup_normalize_one_backward,
     )
     # Without a rule, vmap fails with "Batching rule not implemented ... could not generate a
     # fallback", which does not say what to do instead.
