@@ -90,7 +90,10 @@ def extension():
     # ATen's vector headers (cpu/<op>_kernel.h) carry `#pragma unroll`s GCC does not know, and
     # pass vectors by value, of which GCC notes an ABI change of GCC 4.6: nothing we export
     # takes a vector.
-    cxx_flags = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    # -ffp-contract=off: GCC would otherwise fuse a*b - c*d into an FMA in the builds that have one,
+    # rounding differently from the reference's separate operations where they cancel (pixel norm's
+    # backward over a single channel).
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
     kwargs = dict(
         name="gan_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc"), GENERATED],
