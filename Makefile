@@ -54,6 +54,13 @@ gpu-verify-dry: build
 CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py tests/test_minibatch_discrimination.py \
 	tests/test_gradient_penalty.py tests/test_spectral_norm.py tests/test_properties.py tests/test_contracts.py
 
+# The second pass, with the pure-PyTorch reference forced: the files that test the ops' two
+# implementations. The layers, penalties and examples above the ops call the same public functions;
+# the monitor, losses, stabilizers, distributed helpers, examples and tools do not depend on the
+# backend, and run once, with the compiled ops.
+REFERENCE_TESTS = $(CAPABILITY_TESTS) tests/test_backend.py tests/test_end_to_end.py tests/test_equalized.py \
+	tests/test_penalties.py tests/test_path_length.py
+
 # Style: ruff (format + pyflakes/pycodestyle errors) for Python, clang-format for C++ and CUDA.
 # `make format` applies both.
 lint: deps
@@ -67,7 +74,7 @@ format: deps
 
 test: lint build cuda-check gpu-verify-dry
 	$(PYTHON) -m pytest -q
-	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q
+	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q $(REFERENCE_TESTS)
 	@for capability in $$($(PYTHON) scripts/cpu_capabilities.py); do \
 		echo "ATEN_CPU_CAPABILITY=$$capability"; \
 		export TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-$$capability; \

@@ -43,10 +43,9 @@ def write_build_info(with_cuda):
             f.write(text)
 
 
-def write_activation_table():
-    """bias_act's activation table as the kernels' header (gan_kernels/_activations.py holds it)."""
-    table = runpy.run_path(os.path.join(ROOT, "gan_kernels", "_activations.py"))
-    table["write_cpp_header"](os.path.join(GENERATED, "activation_table.h"))
+def write_table_headers():
+    """The activation and dtype tables (gan_kernels/_activations.py, _dtypes.py) as the kernels' headers."""
+    runpy.run_path(os.path.join(ROOT, "gan_kernels", "_codegen.py"))["write_headers"](GENERATED)
 
 
 # ATen's CPU capabilities, as cpu/capability.h names their builds.
@@ -81,7 +80,7 @@ def write_cpu_capability_sources():
 def extension():
     with_cuda = cuda_wanted()
     write_build_info(with_cuda)
-    write_activation_table()
+    write_table_headers()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # Last, so that where an inline function of a torch header is emitted by several sources the
     # linker keeps a copy built for the default instruction set (it keeps the first it meets).

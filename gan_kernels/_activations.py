@@ -1,14 +1,12 @@
 """The activations of bias_act, one row each: the one table that the kernels, the reference and the
 autograd formulas read. The C++ kernels see it as a header generated from this file at build time
-(``python gan_kernels/_activations.py OUT.h``, run by setup.py and CMakeLists.txt), and ``_C``
-exports what it was built with, so a stale build is caught (tests/test_backend.py).
+(``gan_kernels/_codegen.py``), and ``_C`` exports what it was built with, so a stale build is caught
+(tests/test_backend.py).
 
 Plain Python without torch, so that the build can run it before torch is importable.
 """
 
 import math
-import os
-import sys
 from typing import NamedTuple
 
 
@@ -64,19 +62,3 @@ def cpp_header():
         "#undef GAN_KERNELS_ACTIVATION_CONSTEXPR\n\n"
         "}  // namespace gan_kernels\n"
     )
-
-
-def write_cpp_header(path):
-    """Writes the header only when its text changes, so that a rebuild recompiles nothing for it."""
-    text = cpp_header()
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() == text:
-                return
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-if __name__ == "__main__":
-    write_cpp_header(sys.argv[1])

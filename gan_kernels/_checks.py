@@ -16,8 +16,10 @@ import operator
 
 import torch
 
-# The dtypes the kernels take; csrc/common/dtype.h has the same list (tests/test_backend.py compares).
-FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+from . import _dtypes
+
+# The dtypes the kernels take, from the table the kernels are generated from.
+FLOAT_DTYPES = tuple(getattr(torch, d.name) for d in _dtypes.DTYPES)
 _FLOAT_DTYPE_NAMES = " or ".join(
     [", ".join(str(d).removeprefix("torch.") for d in FLOAT_DTYPES[:-1]), str(FLOAT_DTYPES[-1]).removeprefix("torch.")]
 )

@@ -45,7 +45,8 @@ PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rfE", *NO_FALLBA
 MEMCHECK_SELECTION = (
     "(pixel_norm_paths or bias_act_paths or several_chunks or many_tiles or minibatch_discrimination_paths)"
     " and (float32 or bfloat16)"
-    " or tile_cache_limits and (float32-1536 or float32-768 or float64-768)"
+    " or minibatch_std_group_sizes and float32"
+    " or tile_cache_limits and (float32-1472 or float32-720 or float64-704)"
     " or grid_stride or spectral_norm_matches_reference"
 )
 MEMCHECK_REACHES = [
@@ -53,6 +54,7 @@ MEMCHECK_REACHES = [
     "bias_act_paths",
     "several_chunks",
     "many_tiles",
+    "minibatch_std_group_sizes",
     "tile_cache_limits",
     "grid_stride",
     "spectral_norm_matches_reference",
@@ -60,7 +62,7 @@ MEMCHECK_REACHES = [
 ]
 # Only the kernels with shared memory (bias_act has none), at small sizes: racecheck is slow.
 RACECHECK_SELECTION = (
-    "pixel_norm_paths and tiles and float32 or tile_cache_limits and float32-1536"
+    "pixel_norm_paths and tiles and float32 or tile_cache_limits and float32-1472"
     " or several_chunks and float32 and 8200 or many_tiles and float32"
     " or spectral_norm_matches_reference and small"
 )

@@ -346,15 +346,8 @@ def main(argv=None) -> int:
         return 2
     generated = os.path.join(args.build_dir, "generated")
     os.makedirs(generated, exist_ok=True)
-    # The header CMakeLists.txt and setup.py generate from the activation table.
-    subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "gan_kernels", "_activations.py"),
-            os.path.join(generated, "activation_table.h"),
-        ],
-        check=True,
-    )
+    # The headers CMakeLists.txt and setup.py generate from the activation and dtype tables.
+    subprocess.run([sys.executable, os.path.join(ROOT, "gan_kernels", "_codegen.py"), generated], check=True)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
             per_source = list(pool.map(lambda s: audit_source(s, tools, args.build_dir, generated), sources))

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import gan_kernels
-from gan_kernels import _backend, reference
+from gan_kernels import _backend, _checks, reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-FLOAT_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+FLOAT_DTYPES = list(_checks.FLOAT_DTYPES)
 
 # Ours vs the reference, both accumulating in float: differences come from summation order (float64,
 # float32) or from a final rounding to the output dtype landing on the other side (fp16, bf16: ~1 ulp).

@@ -203,10 +203,10 @@ def test_extension_version_matches_the_package():
 
 @pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
 def test_the_extension_was_built_from_the_activation_and_dtype_tables():
-    """The kernels read gan_kernels/_activations.py through a header generated at build time, and the
-    dtype table of csrc/common/dtype.h: an extension built from another table is stale."""
-    from gan_kernels import _activations, _checks
+    """The kernels read gan_kernels/_activations.py and _dtypes.py through headers generated at build
+    time: an extension built from other tables is stale."""
+    from gan_kernels import _activations, _dtypes
 
     assert _backend._C.activations == [tuple(a) for a in _activations.ACTIVATIONS]
     assert dict(_backend._C.activation_constants) == _activations.CONSTANTS
-    assert _backend._C.dtypes == [str(d).removeprefix("torch.") for d in _checks.FLOAT_DTYPES]
+    assert _backend._C.dtypes == [d.name for d in _dtypes.DTYPES]

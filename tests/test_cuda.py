@@ -4,9 +4,10 @@ the current stream, CUDA-graph capture), on the GPU only.
 Each launcher branch named in csrc/cuda has a case here: vector widths, cached and uncached tiles,
 the shared-memory bands of the pixel-norm cache, grid-stride loops past the 2^20-block cap,
 multi-block and more-than-32 spectral-norm layers, multi-chunk penalties, many-tile minibatch
-stddev, minibatch discrimination with one and several dim chunks per row. Every test fails if the
-pure-PyTorch fallback ran instead of our kernels: the module's fixture asserts that the compiled CUDA
-backend is active, and FallbackWarning is an error.
+stddev with the group held in registers (G = 2, 4, 8) and any other G, minibatch discrimination
+with one and several dim chunks per row. Every test fails if the pure-PyTorch fallback ran instead
+of our kernels: the module's fixture asserts that the compiled CUDA backend is active, and
+FallbackWarning is an error.
 Sizes are the smallest that reach each path; the largest (the grid-stride cases) move under 2 GB.
 """
 
@@ -79,15 +80,18 @@ def assert_matches_reference(ours, ref, x):
 # ---- pixel norm --------------------------------------------------------------------------------
 
 # Channels around the limits of the shared-memory tile cache (48 KiB less the reduction's static
-# arrays): the cache's last and the uncached path's first channel counts, forward and backward.
-# Each dtype's tile is 32 bytes of inner positions per channel, so the cache takes 32 bytes per
-# channel (64 in the backward, which caches the gradient too); the static arrays take 1 KiB
-# (float accumulators) or 2 KiB (double), twice that in the backward.
+# partials) at 64 inner positions, where every dtype takes 16-byte accesses and its tile is 128, 64 or
+# 32 bytes per channel, the widest whose cache fits (csrc/cuda/pixel_norm_tiles.h). The cache takes
+# that per channel (twice in the backward, which caches the gradient too); the partials take 1 KiB
+# (float32) or 2 KiB (float16, bfloat16: 512 float accumulators; float64: 256 doubles), twice that
+# in the backward. So the forward's widths end at 368, 736 and 1472 channels in float32 (47 KiB left)
+# and 360, 720 and 1440 otherwise (45 KiB); the backward's at 180, 360, 720 (45 KiB) and 176, 352,
+# 704 (44 KiB); one channel more takes the next width, or past the last the uncached path.
 PIXEL_NORM_BANDS = {
-    torch.float32: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
-    torch.float16: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
-    torch.bfloat16: [1504, 1505, 1536, 1537, 736, 737, 768, 769],
-    torch.float64: [1472, 1473, 1536, 1537, 704, 705, 768, 769],
+    torch.float32: [368, 369, 736, 737, 1472, 1473, 180, 181, 360, 361, 720, 721],
+    torch.float16: [360, 361, 720, 721, 1440, 1441, 176, 177, 352, 353, 704, 705],
+    torch.bfloat16: [360, 361, 720, 721, 1440, 1441, 176, 177, 352, 353, 704, 705],
+    torch.float64: [360, 361, 720, 721, 1440, 1441, 176, 177, 352, 353, 704, 705],
 }
 
 
@@ -97,18 +101,21 @@ PIXEL_NORM_BANDS = {
     ids=[f"{dtype_id(d)}-{c}" for d, cs in PIXEL_NORM_BANDS.items() for c in cs],
 )
 def test_cuda_pixel_norm_tile_cache_limits(dtype, channels):
-    # Up to 1536 (forward) and 768 (backward) channels the cache alone fits in 48 KiB; with the
-    # static arrays the launch failed with "invalid argument" from a band below that (issue 12).
+    # A cache one byte over what a block may have fails the launch with "invalid argument" (issue 12).
     torch.manual_seed(0)
-    x = torch.randn(2, channels, 3, 5, dtype=dtype, device="cuda")
+    x = torch.randn(2, channels, 8, 8, dtype=dtype, device="cuda")
     assert_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x)
 
 
 PIXEL_NORM_PATHS = {
     "rows_16byte": ((4, 64, 3, 5), torch.channels_last),  # inner 1, channels a multiple of every width
     "rows_scalar": ((4, 67, 3, 5), torch.channels_last),
-    "tiles_cached": ((2, 64, 5, 7), torch.contiguous_format),  # 35 positions: a partial last tile
-    "tiles_uncached": ((2, 2048, 3, 5), torch.contiguous_format),
+    "tiles_cached": ((2, 64, 8, 8), torch.contiguous_format),  # 16-byte accesses, 128-byte tiles
+    "tiles_uncached": ((2, 2048, 8, 8), torch.contiguous_format),
+    "tiles_scalar_cached": ((2, 64, 5, 7), torch.contiguous_format),  # 35 positions: a partial last tile
+    "tiles_scalar_uncached": ((2, 2048, 3, 5), torch.contiguous_format),
+    "tiles_few_channels": ((3, 9, 4, 8), torch.contiguous_format),  # several tiles a block, one past the end
+    "tiles_small_inner": ((3, 1000, 2, 2), torch.contiguous_format),  # a block's rows span all its warps
 }
 
 
@@ -126,8 +133,8 @@ def test_cuda_pixel_norm_grid_stride_past_the_block_cap(path):
     torch.manual_seed(2)
     if path == "rows":  # 8 rows (warps) per block
         x = torch.randn(8 * MAX_BLOCKS + 24, 2, device="cuda")
-    else:  # one 8-position fp32 tile per sample
-        x = torch.randn(MAX_BLOCKS + 3, 2, 1, 8, device="cuda")
+    else:  # one block tile per sample: 33 channels of 3 positions fill a block (4 lanes x 64 rows)
+        x = torch.randn(MAX_BLOCKS + 3, 33, 1, 3, dtype=torch.float16, device="cuda")
     assert_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x)
 
 
@@ -209,16 +216,18 @@ def test_cuda_penalty_grid_stride_past_the_block_cap(center):
 # ---- minibatch stddev --------------------------------------------------------------------------
 
 
-def assert_minibatch_std_matches_reference(x):
+def assert_minibatch_std_matches_reference(x, group_size=4, num_channels=1):
     assert_matches_reference(
-        lambda t: gan_kernels.minibatch_std(t, 4, 1), lambda t: reference.minibatch_std(t, 4, 1), x
+        lambda t: gan_kernels.minibatch_std(t, group_size, num_channels),
+        lambda t: reference.minibatch_std(t, group_size, num_channels),
+        x,
     )
-    grad_out = torch.randn(x.shape[0], x.shape[1] + 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+    grad_out = torch.randn(x.shape[0], x.shape[1] + num_channels, *x.shape[2:], dtype=x.dtype, device=x.device)
     upstream = torch.randn_like(x)
 
     def second(fn):  # the double-backward kernel, as R1 runs it
         leaf = x.detach().requires_grad_()
-        (dx,) = torch.autograd.grad(fn(leaf, 4, 1), leaf, grad_out, create_graph=True)
+        (dx,) = torch.autograd.grad(fn(leaf, group_size, num_channels), leaf, grad_out, create_graph=True)
         return torch.autograd.grad(dx, leaf, upstream)[0]
 
     assert_close(second(gan_kernels.minibatch_std), second(reference.minibatch_std))
@@ -231,6 +240,23 @@ def test_cuda_minibatch_std_many_tiles(dtype, memory_format):
     torch.manual_seed(8)
     x = torch.randn(8, 512, 16, 16, dtype=dtype, device="cuda").contiguous(memory_format=memory_format)
     assert_minibatch_std_matches_reference(x)
+
+
+# G = 2 and 8 take the kernels with the group in registers, G = 3 the one for any G. "16byte": 16 pixels
+# (NCHW) and 8 channels per feature with C + F = 72 (NHWC) let every dtype load 16 bytes at a time;
+# "scalar": 9 pixels and 3 channels per feature do not.
+MINIBATCH_STD_ACCESSES = {"16byte": ((64, 4, 4), 8), "scalar": ((6, 3, 3), 2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=dtype_id)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("access", list(MINIBATCH_STD_ACCESSES))
+@pytest.mark.parametrize("group_size", [2, 3, 8])
+def test_cuda_minibatch_std_group_sizes(group_size, access, memory_format, dtype):
+    (channels, height, width), num_channels = MINIBATCH_STD_ACCESSES[access]
+    torch.manual_seed(21)
+    x = torch.randn(2 * group_size, channels, height, width, dtype=dtype, device="cuda")
+    assert_minibatch_std_matches_reference(x.contiguous(memory_format=memory_format), group_size, num_channels)
 
 
 def test_cuda_minibatch_std_grid_stride_past_the_block_cap():

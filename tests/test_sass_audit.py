@@ -98,7 +98,7 @@ def test_sass_access_widths_whole_kernel_and_innermost_loops():
 
 def test_kernel_names_shortened_with_enumerators():
     enums = sass_audit.enum_names()  # read from csrc's headers
-    assert enums["BiasActMode"] == ["Forward", "GradFromX", "GradFromY", "Grad2"]
+    assert enums["BiasActMode"] == ["Forward", "GradFromX", "GradFromY", "Grad2", "Count"]
     demangled = (
         "void gan_kernels::(anonymous namespace)::bias_act_kernel<float, (gan_kernels::BiasActMode)1, 4>"
         "(gan_kernels::BiasActParams, gan_kernels::BiasActScalars<float>)"
@@ -133,7 +133,13 @@ def test_real_audit_of_pixel_norm(tmp_path):
     for element in ("float", "double", "__half", "__nv_bfloat16"):
         vector = 16 // {"float": 4, "double": 8}.get(element, 2)
         for backward in ("false", "true"):
-            assert f"pixel_norm_tiles<{element}, {backward}, true>" in kernels
-            # The rows kernel's design: 16-byte loads in its loops on the vector path, none on the scalar one.
-            assert "16" in kernels[f"pixel_norm_rows<{element}, {vector}, {backward}>"]["loop_loads"]
-            assert "16" not in kernels[f"pixel_norm_rows<{element}, 1, {backward}>"]["global_loads"]
+            # Both kernels' design: 16-byte loads and stores in their loops on the vector path (tiles
+            # cached in shared memory or not), no 16-byte load on the scalar one.
+            for kernel, cached in (
+                ("pixel_norm_rows", ""),
+                ("pixel_norm_tiles", ", false"),
+                ("pixel_norm_tiles", ", true"),
+            ):
+                wide = kernels[f"{kernel}<{element}, {vector}, {backward}{cached}>"]
+                assert "16" in wide["loop_loads"] and "16" in wide["loop_stores"], wide["name"]
+                assert "16" not in kernels[f"{kernel}<{element}, 1, {backward}{cached}>"]["global_loads"]

@@ -17,6 +17,7 @@
 #include "activation_table.h"
 #include "common/dtype.h"
 #include "common/host_device.h"
+#include "common/mode.h"
 
 namespace gan_kernels {
 
@@ -55,7 +56,7 @@ enum class Activation : int32_t {
 //   GradFromX  dL/dv = grad * gain * act'(v) * [|act(v) * gain| <= clamp]
 //   GradFromY  dL/dv of a piecewise-linear act without clamp, from the sign of the saved output y
 //   Grad2      upstream * grad * gain * act''(v) * [|act(v) * gain| <= clamp]  (d/dv of GradFromX)
-enum class BiasActMode : int32_t { Forward, GradFromX, GradFromY, Grad2 };
+enum class BiasActMode : int32_t { Forward, GradFromX, GradFromY, Grad2, Count };
 
 // act'' = 0 wherever it exists: no Grad2 kernel; and only these can take the gradient from y.
 GAN_KERNELS_HD constexpr bool piecewise_linear(Activation act) {

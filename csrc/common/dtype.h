@@ -1,14 +1,10 @@
-// The element types every kernel takes, one row each. The enum, the torch dtype each maps to and
-// each device's C++ type all come from this table, so adding a dtype is one row here (and its
+// The element types every kernel takes. The enum, the torch dtype each maps to and each device's
+// C++ type all come from one table, gan_kernels/_dtypes.py, which Python's checks read too
+// (dtype_table.h is generated from it at build time): adding a dtype is one row there (and its
 // tests). Torch-free: the columns name types only where a device's header expands them.
 #pragma once
 
-// X(enumerator, at::ScalarType enumerator, CPU element type, CUDA element type)
-#define GAN_KERNELS_FOR_EACH_DTYPE(X) \
-  X(Float64, Double, double, double)  \
-  X(Float32, Float, float, float)     \
-  X(Float16, Half, c10::Half, __half) \
-  X(BFloat16, BFloat16, c10::BFloat16, __nv_bfloat16)
+#include "dtype_table.h"
 
 namespace gan_kernels {
 

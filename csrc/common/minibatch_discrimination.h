@@ -8,6 +8,7 @@
 
 #include "common/dtype.h"
 #include "common/host_device.h"
+#include "common/mode.h"
 
 namespace gan_kernels {
 
@@ -20,7 +21,7 @@ namespace gan_kernels {
 //                    dM[i, c]  =  sum_{j != i} (g_i + g_j) e t s_c
 // (g_i + g_j) appears because e_ij = e_ji reaches both o_i and o_j. s_c has derivative 0, so the
 // double backward's dM only differentiates e. Every sum runs over j in ascending order, skipping i.
-enum class MinibatchDiscriminationMode { Forward, Backward, DoubleBackward };
+enum class MinibatchDiscriminationMode { Forward, Backward, DoubleBackward, Count };
 
 // Element strides of a [N, B, C] tensor; [N, B] tensors leave `dim` unused.
 struct MinibatchDiscriminationStrides {

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/mode.h"
 
 namespace gan_kernels {
 
@@ -19,7 +20,7 @@ constexpr double kMinibatchStdEps = 1e-8;
 // Backward (dy given): dx = dy[:, :C] + a d / s, a = sum of dy over the block's stddev channel / (K G).
 // Double backward (dy, u = dL/d(dx) given): dL/ddy = [u, sum(u d / s) / (K G)] and
 // dL/dx = a ((u - mean(u)) / s - sum(u d) d / (G s^3)).
-enum class MinibatchStdMode { Forward, Backward, DoubleBackward };
+enum class MinibatchStdMode { Forward, Backward, DoubleBackward, Count };
 
 // x is [N, C, H, W] with N = groups * group_size; sample n is member n / groups of group n % groups,
 // and its C channels split into `features` blocks of C / features channels. Every tensor is dense,

@@ -143,7 +143,7 @@ void range(const BiasActParams& params, int64_t begin, int64_t end) {
 // Instantiates only the (act, mode) pairs the ops call: 24 per dtype.
 template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActParams& p, int64_t begin, int64_t end) {
   using M = BiasActMode;
-  auto with_mode = [&](auto mode_tag) {
+  dispatch_mode(p.mode, [&](auto mode_tag) {
     constexpr M kMode = decltype(mode_tag)::value;
     with_activation(p.act, [&](auto act_tag) {
       constexpr Activation kAct = decltype(act_tag)::value;
@@ -151,13 +151,7 @@ template <typename scalar_t, bool kVectors> void range_for_dtype(const BiasActPa
         range<scalar_t, kAct, kMode, kVectors>(p, begin, end);
       }
     });
-  };
-  switch (p.mode) {
-    case M::Forward: return with_mode(std::integral_constant<M, M::Forward>{});
-    case M::GradFromX: return with_mode(std::integral_constant<M, M::GradFromX>{});
-    case M::GradFromY: return with_mode(std::integral_constant<M, M::GradFromY>{});
-    case M::Grad2: return with_mode(std::integral_constant<M, M::Grad2>{});
-  }
+  });
 }
 
 // kVectors: at::vec::Vectorized, which pays off where it has real SIMD (and SLEEF) behind it;

@@ -203,11 +203,7 @@ template <typename scalar_t, Mode kMode> void run(const MinibatchDiscriminationP
 void minibatch_discrimination_cpu(const MinibatchDiscriminationParams& p) {
   dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) {
     using scalar_t = decltype(tag);
-    switch (p.mode) {
-      case Mode::Forward: return run<scalar_t, Mode::Forward>(p);
-      case Mode::Backward: return run<scalar_t, Mode::Backward>(p);
-      case Mode::DoubleBackward: return run<scalar_t, Mode::DoubleBackward>(p);
-    }
+    dispatch_mode(p.mode, [&](auto mode) { run<scalar_t, decltype(mode)::value>(p); });
   });
 }
 

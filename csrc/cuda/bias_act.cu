@@ -79,13 +79,7 @@ template <typename T, BiasActMode kMode> cudaError_t launch_mode(const BiasActPa
 }
 
 template <typename T> cudaError_t launch_typed(const BiasActParams& p, cudaStream_t stream) {
-  switch (p.mode) {
-    case BiasActMode::Forward: return launch_mode<T, BiasActMode::Forward>(p, stream);
-    case BiasActMode::GradFromX: return launch_mode<T, BiasActMode::GradFromX>(p, stream);
-    case BiasActMode::GradFromY: return launch_mode<T, BiasActMode::GradFromY>(p, stream);
-    case BiasActMode::Grad2: return launch_mode<T, BiasActMode::Grad2>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_mode(p.mode, [&](auto mode) { return launch_mode<T, decltype(mode)::value>(p, stream); });
 }
 
 }  // namespace

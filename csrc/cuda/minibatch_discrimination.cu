@@ -109,12 +109,7 @@ cudaError_t launch_minibatch_discrimination(const MinibatchDiscriminationParams&
   if (p.samples == 0 || p.kernels == 0) return cudaSuccess;
   return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    switch (p.mode) {
-      case Mode::Forward: return launch_typed<T, Mode::Forward>(p, stream);
-      case Mode::Backward: return launch_typed<T, Mode::Backward>(p, stream);
-      case Mode::DoubleBackward: return launch_typed<T, Mode::DoubleBackward>(p, stream);
-    }
-    return cudaErrorInvalidValue;
+    return dispatch_mode(p.mode, [&](auto mode) { return launch_typed<T, decltype(mode)::value>(p, stream); });
   });
 }
 
