@@ -1,12 +1,12 @@
 // The CPU kernel of bias_act over a range of elements, one element at a time or in SIMD vectors of
 // at::vec::Vectorized.
 //
-// Included by two translation units: cpu/bias_act.cpp (scalar loops, which the compiler vectorises
-// for the default instruction set except for the transcendental functions) and
-// cpu/bias_act_avx2.cpp (built for AVX2: Vectorized, whose exp, tanh, ... are the SLEEF vector
-// functions in libtorch_cpu). Everything below lives in an anonymous namespace, or is specialised
-// on the translation unit's own vector types, so that each builds its own copy for its own
-// instruction set; only the entry points of cpu/bias_act.h are shared.
+// Built once per CPU capability (cpu/capability_build.h): DEFAULT runs scalar loops, which the
+// compiler vectorises for the default instruction set except for the transcendental functions;
+// AVX2 and AVX512 run Vectorized, whose exp, tanh, ... are the SLEEF vector functions in
+// libtorch_cpu. Everything below lives in an anonymous namespace, or is specialised on the
+// translation unit's own vector types, or lives in the capability's namespace, so that each build
+// has its own copy for its own instruction set.
 #pragma once
 
 #include <ATen/cpu/vec/functional.h>
@@ -21,6 +21,13 @@
 #include "common/bias_act.h"
 #include "cpu/bias_act.h"
 #include "cpu/dispatch.h"
+
+// The scalar loops of the DEFAULT build vectorise only where GCC may assume that floating-point
+// operations do not trap: nothing here relies on FP traps. After the torch headers, so only the
+// kernel is affected.
+#if defined(CPU_CAPABILITY_DEFAULT) && defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-trapping-math")
+#endif
 
 namespace gan_kernels {
 
@@ -154,4 +161,16 @@ template <bool kVectors> void range_any_dtype(const BiasActParams& p, int64_t be
 }
 
 }  // namespace
+
+namespace CPU_CAPABILITY {
+
+void bias_act_cpu_range(const BiasActParams& p, int64_t begin, int64_t end) {
+#ifdef CPU_CAPABILITY_DEFAULT
+  range_any_dtype<false>(p, begin, end);
+#else
+  range_any_dtype<true>(p, begin, end);
+#endif
+}
+
+}  // namespace CPU_CAPABILITY
 }  // namespace gan_kernels
