@@ -24,8 +24,11 @@ deps:
 	@clang-format --version 2>/dev/null | grep -q "version $(CLANG_FORMAT_VERSION)" || \
 		$(PIP) install clang-format==$(CLANG_FORMAT_VERSION)
 
+# `python -m gan_kernels` fails when the built extension cannot be loaded (an undefined symbol, say):
+# the tests would otherwise pass on the reference fallback.
 build: deps
 	$(PYTHON) setup.py build_ext --inplace
+	$(PYTHON) -m gan_kernels
 
 # Compile-checks the torch-free CUDA kernels with plain nvcc (sm_80, sm_90), and the CUDA branch of
 # the torch glue against the headers every torch wheel ships: no GPU or CUDA build of torch needed.

@@ -1,0 +1,135 @@
+// The CPU kernel of the per-sample gradient penalty in ATen's Vectorized, built once per CPU
+// capability (cpu/capability_build.h). Every build sums each sample in the same fixed order (element
+// i of a chunk into lane i % kLanes, the lanes added last in lane order), so all builds and thread
+// counts give the same bits.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "common/gradient_penalty.h"
+#include "cpu/dispatch.h"
+#include "cpu/gradient_penalty.h"
+#include "cpu/vec_step.h"
+
+namespace gan_kernels {
+namespace {
+
+// Independent partial sums within a chunk: a whole number of vector steps in every build, so that
+// the adds pipeline.
+constexpr int64_t kLanes = 32;
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+acc_t sum_squares(const scalar_t* x, int64_t n) {
+  using S = Step<scalar_t>;
+  using AccVec = typename S::AccVec;
+  static_assert(kLanes % S::kSize == 0, "a lane block is a whole number of steps");
+  constexpr int kAccumulators = static_cast<int>(kLanes / AccVec::size());
+  std::array<AccVec, kAccumulators> lanes;
+  lanes.fill(AccVec(acc_t(0)));
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t step = 0; step < kLanes / S::kSize; ++step) {
+      const typename S::Parts parts = S::load(x + i + step * S::kSize);
+      for (int part = 0; part < S::kParts; ++part) {
+        AccVec& lane = lanes[step * S::kParts + part];
+        lane = lane + parts[part] * parts[part];
+      }
+    }
+  }
+  acc_t flat[kLanes];
+  for (int a = 0; a < kAccumulators; ++a) lanes[a].store(flat + a * AccVec::size());
+  for (; i < n; ++i) {
+    const acc_t v = acc_t(x[i]);
+    flat[i % kLanes] += v * v;
+  }
+  acc_t sum = 0;
+  for (int64_t l = 0; l < kLanes; ++l) sum += flat[l];
+  return sum;
+}
+
+// out[i] = k * g[i] over [begin, end), converted a vector at a time.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void scale_range(scalar_t* out, const scalar_t* g, acc_t k, int64_t begin, int64_t end) {
+  using S = Step<scalar_t>;
+  const typename S::AccVec factor(k);
+  for (int64_t i = begin; i < end; i += S::kSize) {
+    const int64_t count = std::min(S::kSize, end - i);
+    typename S::Parts parts = S::load(g + i, count);
+    for (auto& part : parts) part = part * factor;
+    S::store(out + i, parts, count);
+  }
+}
+
+// p.partials[sample * chunks + chunk] = the chunk's sum of squares; one parallel task per chunk.
+template <typename scalar_t, typename acc_t> void chunk_sum_squares(const GradientPenaltyParams& p) {
+  const auto* g = static_cast<const scalar_t*>(p.g);
+  auto* partials = static_cast<acc_t*>(p.partials);
+  const int64_t chunks = gradient_penalty_chunks(p);
+  at::parallel_for(0, p.samples * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = (task % chunks) * p.chunk;
+      const int64_t len = std::min(p.chunk, p.per_sample - first);
+      partials[task] = sum_squares<scalar_t>(g + (task / chunks) * p.per_sample + first, len);
+    }
+  });
+}
+
+// A sample's sum of squares: its chunk sums added in chunk order.
+template <typename acc_t> acc_t sample_sum(const GradientPenaltyParams& p, int64_t sample) {
+  const auto* partials = static_cast<const acc_t*>(p.partials);
+  const int64_t chunks = gradient_penalty_chunks(p);
+  acc_t sum = 0;
+  for (int64_t c = 0; c < chunks; ++c) sum += partials[sample * chunks + c];
+  return sum;
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>> void forward(const GradientPenaltyParams& p) {
+  chunk_sum_squares<scalar_t, acc_t>(p);
+  auto* out = static_cast<acc_t*>(p.out);
+  for (int64_t s = 0; s < p.samples; ++s) out[s] = gradient_penalty_value(sample_sum<acc_t>(p, s), acc_t(p.center));
+}
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>> void backward(const GradientPenaltyParams& p) {
+  const bool normed = gradient_penalty_partials(p) > 0;
+  if (normed) chunk_sum_squares<scalar_t, acc_t>(p);
+  const auto* grad = static_cast<const acc_t*>(p.grad);
+  std::vector<acc_t> scale(p.samples);
+  for (int64_t s = 0; s < p.samples; ++s) {
+    scale[s] = gradient_penalty_scale(normed ? sample_sum<acc_t>(p, s) : acc_t(0), grad[s], acc_t(p.center));
+  }
+  const auto* g = static_cast<const scalar_t*>(p.g);
+  auto* out = static_cast<scalar_t*>(p.out);
+  const int64_t chunks = gradient_penalty_chunks(p);
+  at::parallel_for(0, p.samples * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = (task / chunks) * p.per_sample + (task % chunks) * p.chunk;
+      const int64_t len = std::min(p.chunk, p.per_sample - (task % chunks) * p.chunk);
+      scale_range<scalar_t>(out, g, scale[task / chunks], first, first + len);
+    }
+  });
+}
+
+}  // namespace
+
+namespace CPU_CAPABILITY {
+
+void gradient_penalty_cpu_kernel(const GradientPenaltyParams& p) {
+  dispatch_dtype<CpuElements>(p.dtype, [&](auto tag) {
+    using scalar_t = decltype(tag);
+    if (p.mode == GradientPenaltyMode::Backward) {
+      backward<scalar_t>(p);
+    } else {
+      forward<scalar_t>(p);
+    }
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace gan_kernels
