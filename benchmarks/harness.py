@@ -41,13 +41,13 @@ def shape_name(shape):
     return "x".join(str(s) for s in shape)
 
 
-def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd, compile_fn):
+def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd, compile_fn, eager_target=OP_TARGET):
     """fwd, bwd and fwd+bwd cases for a function of one differentiable tensor inputs[0].
 
     fns holds "eager" and "ours"; each case's "compile" is compile_fn(fns["eager"]), a torch.compile
     made for that case alone (see run.make_compile_fn). fwd runs under no_grad; bwd replays the
     backward of a graph built once (retain_graph); fwd+bwd builds the graph and runs the backward,
-    as a training step does.
+    as a training step does. eager_target: OP_TARGET for an op, DROP_IN_TARGET for a whole layer.
     """
     x = inputs[0]
     shape, dtype = shape_name(x.shape), dtype_name(x.dtype)
@@ -83,7 +83,7 @@ def forward_backward_cases(op, inputs, grad_out, fns, bytes_fwd, bytes_bwd, comp
                 impls[name] = make(fn)
             except Exception as error:  # e.g. torch.compile failing to build the graph
                 impls[name] = error
-        cases.append(Case(op, shape, dtype, mode, impls, traffic))
+        cases.append(Case(op, shape, dtype, mode, impls, traffic, eager_target=eager_target))
     return cases
 
 

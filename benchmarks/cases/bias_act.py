@@ -1,6 +1,6 @@
 import torch
 from cases.end_to_end import ReferenceEqualizedConv2d
-from harness import forward_backward_cases
+from harness import DROP_IN_TARGET, forward_backward_cases
 
 import gan_kernels
 from gan_kernels import reference
@@ -63,7 +63,14 @@ def cases(device, quick, compile_fn):
             out += [
                 case
                 for case in forward_backward_cases(
-                    "equalized_conv2d_lrelu", (x,), torch.randn_like(x), fns, 0, 0, compile_fn
+                    "equalized_conv2d_lrelu",
+                    (x,),
+                    torch.randn_like(x),
+                    fns,
+                    0,
+                    0,
+                    compile_fn,
+                    eager_target=DROP_IN_TARGET,
                 )
                 if case.mode != "bwd"
             ]
