@@ -729,12 +729,23 @@ def _penalty_gradcheck(layout, center):
     return Case(f"{layout}-center{center}", make)
 
 
+def _sum_squares(g):
+    """The forward op's second output, sum(g_i^2) per sample, in the penalty's dtype."""
+    return g.to(_penalty_dtype(g.dtype)).flatten(1).square().sum(1)
+
+
 def _penalty_backward_gradcheck(center):
+    # The sums of squares follow g, as they do when the forward computed them: the backward's
+    # derivative with respect to g is the total one.
     def make(device):
         torch.manual_seed(5)
         grad = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
         g = torch.randn(3, 2, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
-        return [(lambda grad_, g_: ops().gradient_penalty_backward.default(grad_, g_, center), (grad, g))]
+
+        def backward(grad_, g_):
+            return ops().gradient_penalty_backward.default(grad_, g_, _sum_squares(g_.detach()), center)
+
+        return [(backward, (grad, g))]
 
     return Case(f"backward-center{center}", make, requires_ops=True)
 
@@ -745,7 +756,13 @@ def _penalty_opcheck(layout):
         g = make_4d((2, 3, 3, 2), layout, torch.float32, device).requires_grad_()
         grad = torch.randn(2, device=device, requires_grad=True)
         forward, backward = ops().gradient_penalty.default, ops().gradient_penalty_backward.default
-        return [(forward, (g, 1.0)), (forward, (g, 0.0)), (backward, (grad, g, 1.0)), (backward, (grad, g, 0.0))]
+        sum_squares = _sum_squares(g.detach())
+        return [
+            (forward, (g, 1.0)),
+            (forward, (g, 0.0)),
+            (backward, (grad, g, sum_squares, 1.0)),
+            (backward, (grad, g, sum_squares, 0.0)),
+        ]
 
     return Case(layout, make, requires_ops=True)
 
@@ -796,8 +813,9 @@ PENALTY_BAD_INPUTS = [
 ]
 
 
-def _penalty_backward_op(*args):
-    return ops().gradient_penalty_backward.default(*args)
+def _penalty_backward_op(grad, g, center, sum_squares=None):
+    sum_squares = _sum_squares(g) if sum_squares is None else sum_squares
+    return ops().gradient_penalty_backward.default(grad, g, sum_squares, center)
 
 
 PENALTY_BAD_OP_INPUTS = [
@@ -833,6 +851,18 @@ PENALTY_BAD_OP_INPUTS = [
         lambda: _penalty_backward_op(torch.randn(2, dtype=torch.float16), torch.randn(2, 3).half(), 1.0),
         TypeError,
         r"grad has dtype torch.float16 but the penalty of g \(torch.float16\) has dtype torch.float32",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2), torch.randn(2, 3), 1.0, sum_squares=torch.randn(3)),
+        ValueError,
+        r"sum_squares has shape \[3\] but expected \[2\], one value per sample of g",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(
+            torch.randn(2), torch.randn(2, 3), 1.0, sum_squares=torch.randn(2, dtype=torch.float64)
+        ),
+        TypeError,
+        r"sum_squares has dtype torch.float64 but the penalty of g \(torch.float32\) has dtype torch.float32",
     ),
 ]
 

@@ -36,9 +36,10 @@ def value_and_grad(fn, g, center, grad_out):
 def test_gradient_is_laid_out_like_g(device, layout, center):
     g = make_4d((2, 3, 4, 5), layout, torch.float32, device)
     grad = torch.randn(2, device=device)
-    dg = penalty_backward_op(grad, g, center)
+    sum_squares = g.flatten(1).square().sum(1)
+    dg = penalty_backward_op(grad, g, sum_squares, center)
     assert dg.stride() == torch.empty_like(g).stride()
-    assert_close(dg, penalty_backward_op(grad, g.contiguous(), center))
+    assert_close(dg, penalty_backward_op(grad, g.contiguous(), sum_squares, center))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -230,3 +231,17 @@ def test_double_backward_does_not_depend_on_the_thread_count(center, shape):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+@requires_ops
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("center", [0.0, 0.5])
+def test_backward_scales_g_by_the_sums_of_squares_it_is_given(device, center):
+    # The backward takes each sample's norm from the forward's output instead of re-reading g for it:
+    # given other sums, it scales g by 2 grad (1 - center / sqrt(sum)).
+    torch.manual_seed(13)
+    g = torch.randn(3, 4, 5, dtype=torch.float64, device=device)
+    grad = torch.randn(3, dtype=torch.float64, device=device)
+    sums = torch.tensor([4.0, 0.25, 9.0], dtype=torch.float64, device=device)
+    expected = (2 * grad * (1 - center / sums.sqrt()))[:, None, None] * g
+    assert_close(penalty_backward_op(grad, g, sums, center), expected)

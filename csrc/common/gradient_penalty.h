@@ -13,16 +13,19 @@ namespace gan_kernels {
 
 enum class GradientPenaltyMode { Forward, Backward };
 
-// Sample i of g is the i-th block of per_sample consecutive elements. Each sample is reduced in
-// chunks of `chunk` elements whose sums are added in chunk order: the chunking is the device's
-// constant, so the result depends neither on the thread count nor on the GPU.
+// Sample i of g is the i-th block of per_sample consecutive elements. The forward reduces each
+// sample in chunks of `chunk` elements whose sums are added in chunk order: the chunking is the
+// device's constant, so the result depends neither on the thread count nor on the GPU. The forward
+// also returns each sample's sum of squares, so the backward reads g once (one pass, no reduction).
 struct GradientPenaltyParams {
   void* out;  // Forward: [samples] penalties in the accumulator type (float; double for
               // float64). Backward: dL/dg, laid out like g
   const void* g;
-  const void* grad;  // Backward: [samples] dL/dout in the accumulator type; else nullptr
-  void* partials;    // gradient_penalty_partials(*this) sums of squares in the accumulator type;
-                     // nullptr in the backward when center == 0 (no norm needed)
+  const void* grad;   // Backward: [samples] dL/dout in the accumulator type; else nullptr
+  void* sum_squares;  // [samples] sum(g_i^2) in the accumulator type: written by the forward, read
+                      // by the backward
+  void* partials;     // Forward: gradient_penalty_partials(*this) chunk sums in the accumulator
+                      // type; nullptr in the backward
   int64_t samples;
   int64_t per_sample;  // > 0
   int64_t chunk;
@@ -35,10 +38,9 @@ GAN_KERNELS_HD int64_t gradient_penalty_chunks(const GradientPenaltyParams& p) {
   return ceil_div(p.per_sample, p.chunk);
 }
 
-// The scratch a launch needs: one sum of squares per (sample, chunk), unless no norm is needed.
+// The scratch a launch needs: one sum of squares per (sample, chunk) in the forward.
 GAN_KERNELS_HD int64_t gradient_penalty_partials(const GradientPenaltyParams& p) {
-  const bool needs_norm = p.mode == GradientPenaltyMode::Forward || p.center != 0;
-  return needs_norm ? p.samples * gradient_penalty_chunks(p) : 0;
+  return p.mode == GradientPenaltyMode::Forward ? p.samples * gradient_penalty_chunks(p) : 0;
 }
 
 template <typename A> GAN_KERNELS_HD A gradient_penalty_value(A sum_squares, A center) {

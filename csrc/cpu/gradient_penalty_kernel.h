@@ -93,16 +93,20 @@ template <typename acc_t> acc_t sample_sum(const GradientPenaltyParams& p, int64
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>> void forward(const GradientPenaltyParams& p) {
   chunk_sum_squares<scalar_t, acc_t>(p);
   auto* out = static_cast<acc_t*>(p.out);
-  for (int64_t s = 0; s < p.samples; ++s) out[s] = gradient_penalty_value(sample_sum<acc_t>(p, s), acc_t(p.center));
+  auto* sum_squares = static_cast<acc_t*>(p.sum_squares);
+  for (int64_t s = 0; s < p.samples; ++s) {
+    sum_squares[s] = sample_sum<acc_t>(p, s);
+    out[s] = gradient_penalty_value(sum_squares[s], acc_t(p.center));
+  }
 }
 
+// One pass over g: the per-sample scales come from the forward's sums of squares.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>> void backward(const GradientPenaltyParams& p) {
-  const bool normed = gradient_penalty_partials(p) > 0;
-  if (normed) chunk_sum_squares<scalar_t, acc_t>(p);
   const auto* grad = static_cast<const acc_t*>(p.grad);
+  const auto* sum_squares = static_cast<const acc_t*>(p.sum_squares);
   std::vector<acc_t> scale(p.samples);
   for (int64_t s = 0; s < p.samples; ++s) {
-    scale[s] = gradient_penalty_scale(normed ? sample_sum<acc_t>(p, s) : acc_t(0), grad[s], acc_t(p.center));
+    scale[s] = gradient_penalty_scale(sum_squares[s], grad[s], acc_t(p.center));
   }
   const auto* g = static_cast<const scalar_t*>(p.g);
   auto* out = static_cast<scalar_t*>(p.out);

@@ -28,16 +28,14 @@ template <typename A> __device__ A block_sum(A v) {
 }
 
 // A sample's sum of squares from its chunk sums, by one whole warp: lane l adds chunks l, l + 32, ...
-// (independent loads, so the latency is paid once), then a fixed butterfly. Every caller adds the same
-// values in the same order, so all blocks of a sample see the same norm, on every run.
+// (independent loads, so the latency is paid once), then a fixed butterfly: the same order on every run.
 template <typename A> __device__ A warp_sample_sum(const A* partials, int64_t sample, int64_t chunks) {
   A sum = 0;
   for (int64_t c = threadIdx.x % 32; c < chunks; c += 32) sum += partials[sample * chunks + c];
   return warp_sum(sum);
 }
 
-// Pass 1 (forward, and backward when center != 0): one block per (sample, chunk) task writes the
-// chunk's sum of squares. V-wide loads; V divides per_sample and the chunk (see the launcher).
+// Pass 1 of the forward: one block per (sample, chunk) task writes the chunk's sum of squares. V-wide loads; V divides per_sample and the chunk (see the launcher).
 template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_sum_squares(GradientPenaltyParams p) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
@@ -62,7 +60,7 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_s
   }
 }
 
-// Pass 2 of the forward: a warp per sample adds its chunk sums.
+// Pass 2 of the forward: a warp per sample adds its chunk sums, and keeps the sum for the backward.
 template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty(GradientPenaltyParams p) {
   using A = acc_t<T>;
   const int64_t chunks = gradient_penalty_chunks(p);
@@ -70,28 +68,26 @@ template <typename T> __global__ void __launch_bounds__(kThreads) finish_penalty
   const int64_t warps = int64_t(gridDim.x) * kWarps;
   for (int64_t s = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32; s < p.samples; s += warps) {
     const A sum = warp_sample_sum(static_cast<const A*>(p.partials), s, chunks);
-    if (threadIdx.x % 32 == 0) static_cast<A*>(p.out)[s] = gradient_penalty_value(sum, center);
+    if (threadIdx.x % 32 == 0) {
+      static_cast<A*>(p.sum_squares)[s] = sum;
+      static_cast<A*>(p.out)[s] = gradient_penalty_value(sum, center);
+    }
   }
 }
 
-// The backward: dL/dg = scale_i * g, one block per (sample, chunk) task. With kNormed the sample's
-// scale needs its norm, summed from pass 1's chunk sums by the first warp.
-template <typename T, int V, bool kNormed> __global__ void __launch_bounds__(kThreads)
-    scale_samples(GradientPenaltyParams p) {
+// The backward: dL/dg = scale_i * g in one pass, one block per (sample, chunk) task. Each thread
+// forms the sample's scale from the forward's sum of squares (the same two addresses across the
+// block: broadcast loads, no barrier).
+template <typename T, int V> __global__ void __launch_bounds__(kThreads) scale_samples(GradientPenaltyParams p) {
   using A = acc_t<T>;
   using VecT = Vec<T, V>;
-  __shared__ A sample_scale;
   const int64_t chunks = gradient_penalty_chunks(p);
   const int64_t tasks = p.samples * chunks;
   const A center = A(p.center);
   for (int64_t task = blockIdx.x; task < tasks; task += gridDim.x) {
     const int64_t sample = task / chunks;
-    if (threadIdx.x < 32) {
-      const A sum = kNormed ? warp_sample_sum(static_cast<const A*>(p.partials), sample, chunks) : A(0);
-      if (threadIdx.x == 0) sample_scale = gradient_penalty_scale(sum, static_cast<const A*>(p.grad)[sample], center);
-    }
-    __syncthreads();
-    const A scale = sample_scale;
+    const A scale = gradient_penalty_scale(static_cast<const A*>(p.sum_squares)[sample],
+                                           static_cast<const A*>(p.grad)[sample], center);
     const int64_t first = (task % chunks) * p.chunk;
     const int64_t len = chunk_length(p, first);
     const int64_t base = sample * p.per_sample + first;
@@ -105,26 +101,19 @@ template <typename T, int V, bool kNormed> __global__ void __launch_bounds__(kTh
       for (int j = 0; j < V; ++j) ov.v[j] = from_acc<T>(scale * to_acc(xv.v[j]));
       *reinterpret_cast<VecT*>(out + i) = ov;
     }
-    __syncthreads();  // the next task overwrites sample_scale
   }
 }
 
 template <typename T, int V> cudaError_t launch_typed(const GradientPenaltyParams& p, cudaStream_t stream) {
-  const int64_t tasks = p.samples * gradient_penalty_chunks(p);
-  const int64_t blocks = std::min(tasks, kMaxBlocks);
-  const bool forward = p.mode == GradientPenaltyMode::Forward;
-  if (gradient_penalty_partials(p) > 0) {
-    chunk_sum_squares<T, V><<<blocks, kThreads, 0, stream>>>(p);
-    const cudaError_t error = cudaGetLastError();
-    if (error != cudaSuccess) return error;
+  const int64_t blocks = std::min(p.samples * gradient_penalty_chunks(p), kMaxBlocks);
+  if (p.mode == GradientPenaltyMode::Backward) {
+    scale_samples<T, V><<<blocks, kThreads, 0, stream>>>(p);
+    return cudaGetLastError();
   }
-  if (forward) {
-    finish_penalty<T><<<std::min(ceil_div(p.samples, kWarps), kMaxBlocks), kThreads, 0, stream>>>(p);
-  } else if (p.center != 0) {
-    scale_samples<T, V, true><<<blocks, kThreads, 0, stream>>>(p);
-  } else {
-    scale_samples<T, V, false><<<blocks, kThreads, 0, stream>>>(p);
-  }
+  chunk_sum_squares<T, V><<<blocks, kThreads, 0, stream>>>(p);
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+  finish_penalty<T><<<std::min(ceil_div(p.samples, kWarps), kMaxBlocks), kThreads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

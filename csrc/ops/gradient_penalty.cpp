@@ -47,13 +47,28 @@ at::Tensor samples_in_blocks(const at::Tensor& g) {
 // (||g|| - c)^2 passes fp16's 65504 at |g| of about 256.
 at::ScalarType penalty_dtype(const at::Tensor& g) { return at::toOpMathType(g.scalar_type()); }
 
+// A [samples] vector the backward takes beside g (its upstream gradient, the forward's sums of
+// squares): on g's device, in the penalty's dtype, one value per sample.
+void check_per_sample(const at::Tensor& t, const char* name, const at::Tensor& g) {
+  check_same_device(t, g, name, "g");
+  TORCH_CHECK_TYPE(t.scalar_type() == penalty_dtype(g), name, " has dtype ", dtype_name(t.scalar_type()),
+                   " but the penalty of g (", dtype_name(g.scalar_type()), ") has dtype ",
+                   dtype_name(penalty_dtype(g)));
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == g.size(0), name, " has shape ", t.sizes(), " but expected [",
+                    g.size(0), "], one value per sample of g");
+}
+
 // Runs `device`'s kernels on g (samples in blocks, numel > 0) with the scratch the launch needs.
 void run(const Device& device, GradientPenaltyMode mode, at::Tensor& out, const at::Tensor& g, const at::Tensor& grad,
-         double center) {
+         const at::Tensor& sum_squares, double center) {
   GradientPenaltyParams p{};
   p.out = out.mutable_data_ptr();
   p.g = g.const_data_ptr();
   p.grad = grad.defined() ? grad.const_data_ptr() : nullptr;
+  // Written by the forward, only read by the backward (mutable_data_ptr would materialise a
+  // copy-on-write input there).
+  p.sum_squares = mode == GradientPenaltyMode::Forward ? sum_squares.mutable_data_ptr()
+                                                       : const_cast<void*>(sum_squares.const_data_ptr());
   p.samples = g.size(0);
   p.per_sample = g.numel() / p.samples;
   p.chunk = device.chunk;
@@ -66,37 +81,39 @@ void run(const Device& device, GradientPenaltyMode mode, at::Tensor& out, const 
   device.run(p, g);
 }
 
-template <const Device& device> at::Tensor forward(const at::Tensor& g, double center) {
+// The penalties and each sample's sum of squares, which the backward takes instead of recomputing the
+// norms from g. A sample with no elements has sum 0 and penalty center^2.
+template <const Device& device> std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& g, double center) {
   check_args(g, center);
   const at::Tensor gd = samples_in_blocks(g);
   at::Tensor out = at::empty({g.size(0)}, g.options().dtype(penalty_dtype(g)));
+  at::Tensor sum_squares = at::empty_like(out);
   if (g.numel() > 0) {
-    run(device, GradientPenaltyMode::Forward, out, gd, at::Tensor(), center);
+    run(device, GradientPenaltyMode::Forward, out, gd, at::Tensor(), sum_squares, center);
   } else {
-    out.fill_(center * center);  // samples with no elements have norm 0
+    sum_squares.zero_();
+    out.fill_(center * center);
   }
-  return out;
+  return {out, sum_squares};
 }
 
-template <const Device& device> at::Tensor backward(const at::Tensor& grad, const at::Tensor& g, double center) {
+template <const Device& device>
+at::Tensor backward(const at::Tensor& grad, const at::Tensor& g, const at::Tensor& sum_squares, double center) {
   check_args(g, center);
-  check_same_device(grad, g, "grad", "g");
-  TORCH_CHECK_TYPE(grad.scalar_type() == penalty_dtype(g), "grad has dtype ", dtype_name(grad.scalar_type()),
-                   " but the penalty of g (", dtype_name(g.scalar_type()), ") has dtype ",
-                   dtype_name(penalty_dtype(g)));
-  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == g.size(0), "grad has shape ", grad.sizes(), " but expected [",
-                    g.size(0), "], one value per sample of g");
+  check_per_sample(grad, "grad", g);
+  check_per_sample(sum_squares, "sum_squares", g);
   const at::Tensor gd = samples_in_blocks(g);
   const at::Tensor grad_c = grad.contiguous();
+  const at::Tensor sum_squares_c = sum_squares.contiguous();
   // The output is allocated like g (what the fake kernel promises); when that layout is not one the
   // kernel can index, the kernel writes a block-ordered buffer that is copied over.
   at::Tensor out = at::empty_like(g);
   if (g.numel() == 0) return out;
   if (out.strides() == gd.strides()) {
-    run(device, GradientPenaltyMode::Backward, out, gd, grad_c, center);
+    run(device, GradientPenaltyMode::Backward, out, gd, grad_c, sum_squares_c, center);
   } else {
     at::Tensor blocks = at::empty_like(gd);
-    run(device, GradientPenaltyMode::Backward, blocks, gd, grad_c, center);
+    run(device, GradientPenaltyMode::Backward, blocks, gd, grad_c, sum_squares_c, center);
     out.copy_(blocks);
   }
   return out;
@@ -105,8 +122,9 @@ template <const Device& device> at::Tensor backward(const at::Tensor& grad, cons
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
-  m.def("gradient_penalty(Tensor g, float center) -> Tensor", {at::Tag::pt2_compliant_tag});
-  m.def("gradient_penalty_backward(Tensor grad, Tensor g, float center) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("gradient_penalty(Tensor g, float center) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def("gradient_penalty_backward(Tensor grad, Tensor g, Tensor sum_squares, float center) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {

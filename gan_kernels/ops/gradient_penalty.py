@@ -12,6 +12,11 @@ has no value), for ``center == 0`` the gradient ``2 g`` is NaN or inf exactly wh
 
 fp16/bf16 gradients give float32 penalties: they are summed in float32, and ``(||g|| - c)^2``
 passes fp16's largest value at ``|g|`` of about 256.
+
+The op ``gan_kernels::gradient_penalty`` also returns each sample's ``sum(g_i^2)``, which its
+backward ``gradient_penalty_backward(grad, g, sum_squares, center)`` takes instead of recomputing
+the norms: one pass over g. That output is not differentiable; it is a function of g, so the
+backward's own derivative with respect to g is the total one (through the norms as well).
 """
 
 import math
@@ -30,7 +35,7 @@ def per_sample_penalty(g, center=1.0):
     """
     _checks.tensor(g, "g")
     if _backend.use_compiled(g.device, g):  # the op checks g and center (csrc/ops/gradient_penalty.cpp)
-        return torch.ops.gan_kernels.gradient_penalty(g, _checks.real(center, "center"))
+        return torch.ops.gan_kernels.gradient_penalty(g, _checks.real(center, "center"))[0]
     return reference.per_sample_penalty(g, _check_args(g, center))
 
 
@@ -45,10 +50,11 @@ def _check_args(g, center):
 
 def _fake_forward(g, center):
     _check_args(g, center)
-    return g.new_empty(g.shape[:1], dtype=reference._compute_dtype(g))
+    per_sample = g.new_empty(g.shape[:1], dtype=reference._compute_dtype(g))
+    return per_sample, torch.empty_like(per_sample)
 
 
-def _fake_backward(grad, g, center):
+def _fake_backward(grad, g, sum_squares, center):
     _check_args(g, center)
     return torch.empty_like(g)
 
@@ -60,6 +66,8 @@ def _backward_of_backward(upstream, grad, g, center):
       d/dgrad_i = s_i <u_i, g_i>
       d/dg      = grad_i s_i u + 2 center grad_i <u_i, g_i> / ||g_i||^3 g
 
+    d/dg is the total derivative, the norms' dependence on g included: the norms are recomputed
+    from g here rather than taken from the forward's (non-differentiable) sums of squares.
     Written in aten ops, with the zero-norm branch kept out of every division, so that it is itself
     differentiable (third and higher derivatives) and finite at ||g_i|| = 0.
     """
@@ -85,17 +93,19 @@ def _backward_of_backward(upstream, grad, g, center):
 
 def _setup_forward(ctx, inputs, output):
     g, center = inputs
-    ctx.save_for_backward(g)
+    sum_squares = output[1]
+    ctx.mark_non_differentiable(sum_squares)
+    ctx.save_for_backward(g, sum_squares)
     ctx.center = center
 
 
-def _forward_backward(ctx, grad):
-    (g,) = ctx.saved_tensors
-    return torch.ops.gan_kernels.gradient_penalty_backward(grad, g, ctx.center), None
+def _forward_backward(ctx, grad, _grad_sum_squares):
+    g, sum_squares = ctx.saved_tensors
+    return torch.ops.gan_kernels.gradient_penalty_backward(grad, g, sum_squares, ctx.center), None
 
 
 def _setup_backward(ctx, inputs, output):
-    grad, g, center = inputs
+    grad, g, _sum_squares, center = inputs
     ctx.save_for_backward(grad, g)
     ctx.center = center
 
@@ -103,7 +113,7 @@ def _setup_backward(ctx, inputs, output):
 def _backward_backward(ctx, upstream):
     grad, g = ctx.saved_tensors
     grad_grad, grad_g = _backward_of_backward(upstream, grad, g, ctx.center)
-    return grad_grad, grad_g, None
+    return grad_grad, grad_g, None, None
 
 
 def register():
