@@ -154,10 +154,13 @@ def cpu_peak_memory_mb(fn):
     return cpu_peak_bytes(fn) / 2**20
 
 
-def copy_bandwidth_gbs(device, timer):
-    """Device-to-device copy bandwidth measured now: the ceiling for a memory-bound op."""
+def copy_bandwidth_gbs(device, timer, allocate=False):
+    """Device-to-device copy bandwidth measured now: the ceiling for a memory-bound op. With
+    ``allocate``, the copy goes to a freshly allocated tensor (``clone``), as an op's output does:
+    on the CPU, PyTorch's allocator returns large blocks to the OS, so every call pays the page
+    faults of its output, and this is the ceiling for an out-of-place op at large sizes."""
     numel = 2**26 if device.type == "cuda" else 2**24
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src))
+    ms = timer(src.clone if allocate else lambda: dst.copy_(src))
     return 2 * src.nbytes / (ms * 1e-3) / 1e9

@@ -126,7 +126,7 @@ def print_columns(lines):
             print("  ".join("-" * w for w in widths))
 
 
-def print_table(rows, copy_gbs):
+def print_table(rows, copy_gbs, clone_gbs):
     header = [
         "op",
         "shape",
@@ -137,6 +137,7 @@ def print_table(rows, copy_gbs):
         "ours ms",
         "ours GB/s",
         "% copy",
+        "% clone",
         "x eager",
         "x compile",
         "misses",
@@ -147,6 +148,7 @@ def print_table(rows, copy_gbs):
         gbs = r["bytes"] / (ours * 1e-3) / 1e9 if ours and r["bytes"] else None
         r["ours_gbs"] = gbs
         r["ours_pct_copy"] = 100 * gbs / copy_gbs if gbs else None
+        r["ours_pct_clone"] = 100 * gbs / clone_gbs if gbs else None
         r["speedup_eager"] = r["eager_ms"] / ours if ours and r["eager_ms"] else None
         r["speedup_compile"] = r["compile_ms"] / ours if ours and r["compile_ms"] else None
         r["misses"] = misses(r)
@@ -161,6 +163,7 @@ def print_table(rows, copy_gbs):
                 fmt(ours, ".3f"),
                 fmt(gbs, ".1f"),
                 fmt(r["ours_pct_copy"], ".0f"),
+                fmt(r["ours_pct_clone"], ".0f"),
                 fmt(r["speedup_eager"], ".2f"),
                 fmt(r["speedup_compile"], ".2f"),
                 ", ".join(r["misses"]) or "-",
@@ -243,6 +246,7 @@ def main():
         return
     timer = Timer(device, quick=args.quick)
     copy_gbs = copy_bandwidth_gbs(device, timer)
+    clone_gbs = copy_bandwidth_gbs(device, timer, allocate=True)
     meta = {
         "device": device_label(device),
         "torch": torch.__version__,
@@ -251,6 +255,7 @@ def main():
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "copy_gbs": copy_gbs,
+        "clone_gbs": clone_gbs,
         # The kernels ATen (and ours) picked: default, avx2, avx512 (ATEN_CPU_CAPABILITY can lower it).
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
@@ -258,7 +263,9 @@ def main():
         f"device {meta['device']} ({meta['cpu_capability']}) | torch {meta['torch']} | backend {meta['backend']} "
         f"| commit {meta['commit']}"
     )
-    print(f"device copy bandwidth (measured now): {copy_gbs:.1f} GB/s\n")
+    print(
+        f"device copy bandwidth (measured now): {copy_gbs:.1f} GB/s; into a new tensor (clone): {clone_gbs:.1f} GB/s\n"
+    )
 
     rows = []
     for op in args.ops.split(","):
@@ -267,7 +274,7 @@ def main():
             rows.append(measure(case, timer))
             print(f"  measured {case.op} {case.shape} {case.dtype} {case.mode}", file=sys.stderr, flush=True)
     print()
-    print_table(rows, copy_gbs)
+    print_table(rows, copy_gbs, clone_gbs)
 
     slug = "cuda-" + meta["device"].replace(" ", "_") if device.type == "cuda" else "cpu"
     if args.ops != parser.get_default("ops"):  # a subset must not overwrite the full run's results
