@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <charconv>
 #include <cmath>
@@ -137,5 +138,11 @@ template <typename Launch> void launch_on_cuda(const at::Tensor& ref, Launch&& l
   C10_CUDA_CHECK(launch(c10::cuda::getCurrentCUDAStream()));
 }
 #endif
+
+// One of our ops as the dispatcher has it, for the C++ autograd kernels that call an op (so that the
+// call dispatches again: to the device kernel, or to that op's own autograd).
+template <typename Sig> c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
 
 }  // namespace gan_kernels

@@ -304,9 +304,6 @@ template <const Device& device> at::Tensor normalize_one_backward(const at::Tens
 // PyTorch's whole spectral norm of small layers. The backward runs the *_backward op through the
 // dispatcher, so that op's own register_autograd (gan_kernels/ops/spectral_norm.py) carries the
 // double backward.
-template <typename Sig> c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 class NormalizeOne : public torch::autograd::Function<NormalizeOne> {
  public:

@@ -27,23 +27,6 @@ def _check_args(x, dim, eps):
     return _checks.wrap_dim(dim, x, "dim"), _checks.nonnegative(eps, "eps")
 
 
-def _backward_grad_x(upstream, grad, x, dim, eps):
-    """d/dx of <upstream, J(x) grad>, with J(x) grad = r grad - r^3 x mean(grad x), r = rsqrt(mean(x^2) + eps).
-
-    Written in aten ops so that it is itself differentiable (third and higher derivatives).
-    """
-    compute = reference._compute_dtype(x)
-    u, g, xc = upstream.to(compute), grad.to(compute), x.to(compute)
-
-    def mean(t):
-        return t.mean(dim=dim, keepdim=True)
-
-    r = (mean(xc.square()) + eps).rsqrt()
-    m_ug, m_ux, m_gx = mean(u * g), mean(u * xc), mean(g * xc)
-    grad_x = -r.pow(3) * (m_ug * xc + u * m_gx + g * m_ux - 3 * r.square() * xc * m_ux * m_gx)
-    return grad_x.to(x.dtype)
-
-
 def _fake_forward(x, dim, eps):
     _check_args(x, dim, eps)
     return torch.empty_like(x)
@@ -54,35 +37,7 @@ def _fake_backward(grad, x, dim, eps):
     return torch.empty_like(x)
 
 
-def _setup_forward(ctx, inputs, output):
-    x, dim, eps = inputs
-    ctx.save_for_backward(x)
-    ctx.dim, ctx.eps = dim, eps
-
-
-def _forward_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.gan_kernels.pixel_norm_backward(grad, x, ctx.dim, ctx.eps), None, None
-
-
-def _setup_backward(ctx, inputs, output):
-    grad, x, dim, eps = inputs
-    ctx.save_for_backward(grad, x)
-    ctx.dim, ctx.eps = dim, eps
-
-
-def _backward_backward(ctx, upstream):
-    grad, x = ctx.saved_tensors
-    # The Jacobian of pixel norm is symmetric, so the backward is linear in grad with that same Jacobian.
-    grad_grad = torch.ops.gan_kernels.pixel_norm_backward(upstream, x, ctx.dim, ctx.eps)
-    grad_x = _backward_grad_x(upstream, grad, x, ctx.dim, ctx.eps) if ctx.needs_input_grad[1] else None
-    return grad_grad, grad_x, None, None
-
-
 def register():
+    """The fake kernels; both ops' autograd is registered in C++ (csrc/ops/pixel_norm.cpp)."""
     torch.library.register_fake("gan_kernels::pixel_norm", _fake_forward)
     torch.library.register_fake("gan_kernels::pixel_norm_backward", _fake_backward)
-    torch.library.register_autograd("gan_kernels::pixel_norm", _forward_backward, setup_context=_setup_forward)
-    torch.library.register_autograd(
-        "gan_kernels::pixel_norm_backward", _backward_backward, setup_context=_setup_backward
-    )
