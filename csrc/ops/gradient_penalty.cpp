@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include "ops/common.h"
@@ -119,6 +120,37 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& g, const at::Tenso
   return out;
 }
 
+// The forward's autograd in C++ (a Python register_autograd node costs about 100 us per call). The
+// backward calls the *_backward op through the dispatcher, so that op's own register_autograd
+// (gan_kernels/ops/gradient_penalty.py) carries the double backward.
+class GradientPenalty : public torch::autograd::Function<GradientPenalty> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& g,
+                                                double center) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op =
+        find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, double)>("gan_kernels::gradient_penalty");
+    auto [penalty, sum_squares] = op.call(g, center);
+    ctx->mark_non_differentiable({sum_squares});
+    ctx->save_for_backward({g, sum_squares});
+    ctx->saved_data["center"] = center;
+    return {penalty, sum_squares};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>(
+        "gan_kernels::gradient_penalty_backward");
+    const torch::autograd::variable_list saved = ctx->get_saved_variables();
+    return {op.call(grads[0], saved[0], saved[1], ctx->saved_data["center"].toDouble()), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> forward_autograd(const at::Tensor& g, double center) {
+  const torch::autograd::variable_list out = GradientPenalty::apply(g, center);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -138,5 +170,7 @@ TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
   m.impl("gradient_penalty_backward", &backward<kCuda>);
 }
 #endif
+
+TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) { m.impl("gradient_penalty", &forward_autograd); }
 
 }  // namespace gan_kernels

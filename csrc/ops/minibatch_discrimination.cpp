@@ -4,6 +4,7 @@
 #include "cpu/minibatch_discrimination.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -105,6 +106,28 @@ template <Kernel kernel> std::tuple<at::Tensor, at::Tensor> double_backward(cons
   return {grad_grad, grad_m};
 }
 
+// The forward's autograd in C++ (a Python register_autograd node costs about 100 us per call). The
+// backward calls the *_backward op through the dispatcher, so that op's own register_autograd
+// (gan_kernels/ops/minibatch_discrimination.py) carries the double backward.
+class MinibatchDiscrimination : public torch::autograd::Function<MinibatchDiscrimination> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& m) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<at::Tensor(const at::Tensor&)>("gan_kernels::minibatch_discrimination");
+    ctx->save_for_backward({m});
+    return op.call(m);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op =
+        find_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("gan_kernels::minibatch_discrimination_backward");
+    return {op.call(grads[0], ctx->get_saved_variables()[0])};
+  }
+};
+
+at::Tensor forward_autograd(const at::Tensor& m) { return MinibatchDiscrimination::apply(m); }
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -127,5 +150,7 @@ TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
   m.impl("minibatch_discrimination_double_backward", &double_backward<on_cuda>);
 }
 #endif
+
+TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) { m.impl("minibatch_discrimination", &forward_autograd); }
 
 }  // namespace gan_kernels

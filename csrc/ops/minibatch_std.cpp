@@ -4,6 +4,7 @@
 #include "cpu/minibatch_std.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -134,6 +135,35 @@ std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, c
   return {grad_grad, grad_x};
 }
 
+// The forward's autograd in C++ (a Python register_autograd node costs about 100 us per call). The
+// backward calls the *_backward op through the dispatcher, so that op's own register_autograd
+// (gan_kernels/ops/minibatch_std.py) carries the double backward.
+class MinibatchStd : public torch::autograd::Function<MinibatchStd> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, int64_t group_size,
+                            int64_t num_channels) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = find_op<at::Tensor(const at::Tensor&, int64_t, int64_t)>("gan_kernels::minibatch_std");
+    ctx->save_for_backward({x});
+    ctx->saved_data["group_size"] = group_size;
+    ctx->saved_data["num_channels"] = num_channels;
+    return op.call(x, group_size, num_channels);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 const torch::autograd::variable_list& grads) {
+    static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, int64_t)>(
+        "gan_kernels::minibatch_std_backward");
+    at::Tensor grad_x = op.call(grads[0], ctx->get_saved_variables()[0], ctx->saved_data["group_size"].toInt(),
+                                ctx->saved_data["num_channels"].toInt());
+    return {grad_x, at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor forward_autograd(const at::Tensor& x, int64_t group_size, int64_t num_channels) {
+  return MinibatchStd::apply(x, group_size, num_channels);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
@@ -159,5 +189,7 @@ TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
   m.impl("minibatch_std_double_backward", &double_backward<kCuda>);
 }
 #endif
+
+TORCH_LIBRARY_IMPL(gan_kernels, Autograd, m) { m.impl("minibatch_std", &forward_autograd); }
 
 }  // namespace gan_kernels

@@ -91,19 +91,6 @@ def _backward_of_backward(upstream, grad, g, center):
     return grad_grad.to(grad.dtype), grad_g.reshape(g.shape).to(g.dtype)
 
 
-def _setup_forward(ctx, inputs, output):
-    g, center = inputs
-    sum_squares = output[1]
-    ctx.mark_non_differentiable(sum_squares)
-    ctx.save_for_backward(g, sum_squares)
-    ctx.center = center
-
-
-def _forward_backward(ctx, grad, _grad_sum_squares):
-    g, sum_squares = ctx.saved_tensors
-    return torch.ops.gan_kernels.gradient_penalty_backward(grad, g, sum_squares, ctx.center), None
-
-
 def _setup_backward(ctx, inputs, output):
     grad, g, _sum_squares, center = inputs
     ctx.save_for_backward(grad, g)
@@ -119,7 +106,6 @@ def _backward_backward(ctx, upstream):
 def register():
     torch.library.register_fake("gan_kernels::gradient_penalty", _fake_forward)
     torch.library.register_fake("gan_kernels::gradient_penalty_backward", _fake_backward)
-    torch.library.register_autograd("gan_kernels::gradient_penalty", _forward_backward, setup_context=_setup_forward)
     torch.library.register_autograd(
         "gan_kernels::gradient_penalty_backward", _backward_backward, setup_context=_setup_backward
     )

@@ -80,16 +80,6 @@ def _fake_double_backward(upstream, grad, m):
     return m.new_empty(m.shape[:2]), torch.empty_like(m)
 
 
-def _setup_forward(ctx, inputs, output):
-    (m,) = inputs
-    ctx.save_for_backward(m)
-
-
-def _forward_backward(ctx, grad):
-    (m,) = ctx.saved_tensors
-    return torch.ops.gan_kernels.minibatch_discrimination_backward(grad, m)
-
-
 def _setup_backward(ctx, inputs, output):
     grad, m = inputs
     ctx.save_for_backward(grad, m)
@@ -141,9 +131,6 @@ def register():
     torch.library.register_fake("gan_kernels::minibatch_discrimination", _fake_forward)
     torch.library.register_fake("gan_kernels::minibatch_discrimination_backward", _fake_backward)
     torch.library.register_fake("gan_kernels::minibatch_discrimination_double_backward", _fake_double_backward)
-    torch.library.register_autograd(
-        "gan_kernels::minibatch_discrimination", _forward_backward, setup_context=_setup_forward
-    )
     torch.library.register_autograd(
         "gan_kernels::minibatch_discrimination_backward", _backward_backward, setup_context=_setup_backward
     )

@@ -75,17 +75,6 @@ def _fake_double_backward(upstream, grad, x, group_size, num_channels):
     )
 
 
-def _setup_forward(ctx, inputs, output):
-    x, group_size, num_channels = inputs
-    ctx.save_for_backward(x)
-    ctx.group_size, ctx.num_channels = group_size, num_channels
-
-
-def _forward_backward(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return torch.ops.gan_kernels.minibatch_std_backward(grad, x, ctx.group_size, ctx.num_channels), None, None
-
-
 def _setup_backward(ctx, inputs, output):
     grad, x, group_size, num_channels = inputs
     ctx.save_for_backward(grad, x)
@@ -168,7 +157,6 @@ def register():
     torch.library.register_fake("gan_kernels::minibatch_std", _fake_forward)
     torch.library.register_fake("gan_kernels::minibatch_std_backward", _fake_backward)
     torch.library.register_fake("gan_kernels::minibatch_std_double_backward", _fake_double_backward)
-    torch.library.register_autograd("gan_kernels::minibatch_std", _forward_backward, setup_context=_setup_forward)
     torch.library.register_autograd(
         "gan_kernels::minibatch_std_backward", _backward_backward, setup_context=_setup_backward
     )
