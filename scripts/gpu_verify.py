@@ -47,7 +47,7 @@ MEMCHECK_SELECTION = (
     " and (float32 or bfloat16)"
     " or minibatch_std_group_sizes and float32"
     " or tile_cache_limits and (float32-1472 or float32-720 or float64-704)"
-    " or grid_stride or spectral_norm_matches_reference"
+    " or grid_stride or spectral_norm_matches_reference or spectral_norm_power_iteration_paths and float32"
 )
 MEMCHECK_REACHES = [
     "pixel_norm_paths",
@@ -58,13 +58,14 @@ MEMCHECK_REACHES = [
     "tile_cache_limits",
     "grid_stride",
     "spectral_norm_matches_reference",
+    "spectral_norm_power_iteration_paths",
     "minibatch_discrimination_paths",
 ]
 # Only the kernels with shared memory (bias_act has none), at small sizes: racecheck is slow.
 RACECHECK_SELECTION = (
     "pixel_norm_paths and tiles and float32 or tile_cache_limits and float32-1472"
     " or several_chunks and float32 and 8200 or many_tiles and float32"
-    " or spectral_norm_matches_reference and small"
+    " or spectral_norm_matches_reference and small or spectral_norm_power_iteration_paths and float32-1"
 )
 RACECHECK_REACHES = [
     "pixel_norm_paths[tiles_cached",
@@ -72,6 +73,7 @@ RACECHECK_REACHES = [
     "several_chunks",
     "many_tiles",
     "spectral_norm_matches_reference[small",
+    "spectral_norm_power_iteration_paths[float32-1",
 ]
 
 OPS = "bias_act,gradient_penalty,minibatch_discrimination,minibatch_std,pixel_norm,spectral_norm"

@@ -3,11 +3,11 @@ the current stream, CUDA-graph capture), on the GPU only.
 
 Each launcher branch named in csrc/cuda has a case here: vector widths, cached and uncached tiles,
 the shared-memory bands of the pixel-norm cache, grid-stride loops past the 2^20-block cap,
-multi-block and more-than-32 spectral-norm layers, multi-chunk penalties, many-tile minibatch
-stddev with the group held in registers (G = 2, 4, 8) and any other G, minibatch discrimination
-with one and several dim chunks per row. Every test fails if the pure-PyTorch fallback ran instead
-of our kernels: the module's fixture asserts that the compiled CUDA backend is active, and
-FallbackWarning is an error.
+multi-block and more-than-32 spectral-norm layers (every power-iteration path, its launch count),
+multi-chunk penalties, many-tile minibatch stddev with the group held in registers (G = 2, 4, 8) and
+any other G, minibatch discrimination with one and several dim chunks per row. Every test fails if
+the pure-PyTorch fallback ran instead of our kernels: the module's fixture asserts that the compiled
+CUDA backend is active, and FallbackWarning is an error.
 Sizes are the smallest that reach each path; the largest (the grid-stride cases) move under 2 GB.
 """
 
@@ -304,7 +304,7 @@ def spectral_step(weights, us, vs, upstream, ours=True):
     return [sigmas, *us, *vs, *outs, *grads]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
 def test_cuda_spectral_norm_batched_equals_per_layer_bitwise(dtype):
     # Before each layer got its own block count, layers 1 and 35 summed <G, W> over as many blocks
     # as the largest layer of their launch: other bits than alone (issue 12).
@@ -330,6 +330,81 @@ def test_cuda_spectral_norm_matches_reference(layers):
     want = spectral_step(wide(weights), wide(us), wide(vs), wide(upstream), ours=False)
     for got, expected in zip(ours, want, strict=True):
         assert_close(got, expected.float())
+
+
+# Layers reaching every path of the power iteration (csrc/common/spectral_norm_partition.h): W v and
+# W^T u with 16-byte and with scalar accesses, one and several row segments (dim 1), a misaligned
+# weight, rows past a tile of u, several blocks per layer. (shape, dim, weight misaligned)
+SPECTRAL_PATHS = [
+    ((40, 128), 0, False),  # 16 bytes; 40 rows: three W v blocks, the last one part full
+    ((33, 4, 3, 3), 0, False),  # 36 columns: 16 bytes in fp32 and fp64, scalar in fp16 and bf16
+    ((17, 99), 0, False),  # an odd column count: scalar
+    ((24, 64), 0, True),  # W one element past an aligned address: scalar
+    ((6, 5, 3, 3), 1, False),  # ConvTranspose's dim 1: rows of 6 segments of 9, scalar
+    ((16, 24, 4, 4), 1, False),  # rows of 16 segments of 16: 16 bytes
+    ((1100, 24), 0, False),  # rows past the 1024 of a u tile
+    ((256, 2304), 0, False),  # 16 W v blocks; 18 (fp16) to 72 (fp64) W^T u blocks
+]
+
+
+def spectral_path_layers(dtype):
+    torch.manual_seed(12)
+    weights, us, vs, dims = [], [], [], []
+    for shape, dim, misaligned in SPECTRAL_PATHS:
+        storage = torch.randn(math.prod(shape) + 1, dtype=dtype, device="cuda")
+        weights.append((storage[1:] if misaligned else storage[:-1]).view(shape))
+        rows = shape[dim]
+        us.append(torch.nn.functional.normalize(torch.randn(rows, dtype=dtype, device="cuda"), dim=0))
+        vs.append(
+            torch.nn.functional.normalize(torch.randn(math.prod(shape) // rows, dtype=dtype, device="cuda"), dim=0)
+        )
+        dims.append(dim)
+    return weights, us, vs, dims
+
+
+@pytest.mark.parametrize("n_power_iterations", [0, 1, 3])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_cuda_spectral_norm_power_iteration_paths(dtype, n_power_iterations):
+    weights, us, vs, dims = spectral_path_layers(dtype)
+    assert weights[3].data_ptr() % 16 != 0  # the scalar path of a misaligned weight
+    ours_u, ours_v = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, ours_u, ours_v, dims, n_power_iterations, 1e-12)
+    ref_u, ref_v = [u.clone() for u in us], [v.clone() for v in vs]
+    want = reference.spectral_norm_power_iteration_(weights, ref_u, ref_v, dims, n_power_iterations, 1e-12)
+    assert_close(sigmas, want)
+    for got, expected in zip(ours_u + ours_v, ref_u + ref_v, strict=True):
+        assert_close(got, expected)
+    # Each layer alone, through the per-layer op, gives the same bits.
+    for layer, (weight, dim) in enumerate(zip(weights, dims)):
+        u, v = us[layer].clone(), vs[layer].clone()
+        sigma = torch.ops.gan_kernels.spectral_norm_power_iteration_one_(weight, u, v, dim, n_power_iterations, 1e-12)
+        assert torch.equal(sigma, sigmas[layer]), f"sigma of layer {layer}"
+        assert torch.equal(u, ours_u[layer]) and torch.equal(v, ours_v[layer]), f"u, v of layer {layer}"
+
+
+# Issue 14: a forward's power iteration (n steps: W v, W^T u, then v and sigma; no step: W v, sigma)
+# and W / sigma of every layer take at most 8 launches for 12 or 24 layers at n = 1.
+@pytest.mark.parametrize("n_power_iterations, launches", [(0, 3), (1, 4), (2, 7)])
+@pytest.mark.parametrize("count", [12, 24])
+def test_cuda_spectral_norm_forward_launches(count, n_power_iterations, launches):
+    torch.manual_seed(13)
+    shapes = [(64, 64, 3, 3), (128, 64, 3, 3), (128, 128, 1, 1)] * (count // 3)
+    weights = [torch.randn(shape, device="cuda") for shape in shapes]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], device="cuda"), dim=0) for w in weights]
+    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), device="cuda"), dim=0) for w in weights]
+    dims = [0] * count
+
+    def forward():
+        sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, 1e-12)
+        return gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)
+
+    forward()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        forward()
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == launches and all("gan_kernels" in name for name in kernels), kernels
 
 
 # ---- minibatch discrimination ------------------------------------------------------------------

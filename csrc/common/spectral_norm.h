@@ -11,7 +11,8 @@
 
 namespace gan_kernels {
 
-// 32 layers of 72 bytes keep the params well under the 4 KiB kernel-argument limit of older toolkits.
+// 32 layers of 72 bytes keep the params well under the 4 KiB kernel-argument limit of older toolkits,
+// with room for the CUDA power iteration's per-layer block ranges (2.7 KB in all, cuda/spectral_norm.cu).
 constexpr int kMaxSpectralLayers = 32;
 
 // Blocks the CUDA normalisation gives a layer of `numel` elements: enough to fill the GPU for a

@@ -46,6 +46,10 @@ template <typename T, int N> struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
+template <typename T, int N> __device__ __forceinline__ Vec<T, N> load_vec(const T* src) {
+  return *reinterpret_cast<const Vec<T, N>*>(src);
+}
+
 // Writes a Vec with one store of its size. A 16-byte Vec assigned member-wise may be split by the
 // compiler into 2- or 4-byte stores (seen in pixel_norm_rows' SASS, scripts/sass_audit.py); a uint4
 // store through the store intrinsic stays one 16-byte store.

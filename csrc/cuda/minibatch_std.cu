@@ -34,10 +34,6 @@ template <typename A> __device__ A block_sum(A v, A* scratch) {
   return v;
 }
 
-template <typename T, int V> __device__ __forceinline__ Vec<T, V> load_vec(const T* src) {
-  return *reinterpret_cast<const Vec<T, V>*>(src);
-}
-
 // What one access (V neighbouring positions of a (group, feature) block) needs besides the tensors.
 struct Position {
   int64_t x_at;  // of member 0 in x; member g adds g * x_step

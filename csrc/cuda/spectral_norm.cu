@@ -1,15 +1,13 @@
+#include "common/spectral_norm_partition.h"
 #include "cuda/common.cuh"
 #include "cuda/spectral_norm.h"
 
 namespace gan_kernels {
 namespace {
 
-constexpr int kThreads = 512;
-constexpr int kWarps = kThreads / 32;
-
-// Sum over the block in a fixed order (warp shuffles, then warp totals in warp order): deterministic.
-// Every thread gets the total. `scratch` holds kWarps values.
-template <typename A> __device__ A block_sum(A value, A* scratch) {
+// Sum over a block of kBlockWarps warps in a fixed order (warp shuffles, then warp totals in warp
+// order): deterministic. Every thread gets the total. `scratch` holds kBlockWarps values.
+template <int kBlockWarps, typename A> __device__ A block_sum(A value, A* scratch) {
   value = warp_sum(value);
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -17,86 +15,244 @@ template <typename A> __device__ A block_sum(A value, A* scratch) {
   if (lane == 0) scratch[warp] = value;
   __syncthreads();
   A total = 0;
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  for (int w = 0; w < kBlockWarps; ++w) total += scratch[w];
   return total;
 }
 
-template <typename T> struct LayerRef {
+// ---- power iteration: per step, a launch for W v, one for W^T u, one for v (and sigma) -------------
+
+constexpr int kIterationThreads = kSpectralThreads;
+// W v and W^T u promise 4 resident blocks per SM, i.e. allow 64 registers: without the promise ptxas
+// held W^T u to 32 registers, issued W's loads two at a time and spilled in bf16 (seen in the SASS).
+constexpr int kStreamingBlocksPerSm = 4;
+template <typename T> constexpr int kWidest = 16 / sizeof(T);
+// Loads of W each thread has in flight in the streaming loops: 64 bytes, or 8 scalar loads.
+template <typename T, int V> constexpr int kBatch = std::min(8, int(64 / (sizeof(T) * V)));
+
+// A load through the read-only data path: W, v and u do not change while a phase reads them.
+template <typename T, int V> __device__ __forceinline__ Vec<T, V> load_ro(const T* src) {
+  if constexpr (sizeof(Vec<T, V>) == sizeof(uint4)) {
+    const uint4 bits = __ldg(reinterpret_cast<const uint4*>(src));
+    Vec<T, V> out;
+    memcpy(&out, &bits, sizeof(bits));
+    return out;
+  } else {
+    return load_vec<T, V>(src);
+  }
+}
+
+// acc + a . b, element by element in order.
+template <typename T, int V>
+__device__ __forceinline__ acc_t<T> dot_add(acc_t<T> acc, const Vec<T, V>& a, const Vec<T, V>& b) {
+#pragma unroll
+  for (int e = 0; e < V; ++e) acc += to_acc(a.v[e]) * to_acc(b.v[e]);
+  return acc;
+}
+
+// acc[e] += a[e] * s.
+template <typename T, int V> __device__ __forceinline__ void axpy(acc_t<T> (&acc)[V], const Vec<T, V>& a, acc_t<T> s) {
+#pragma unroll
+  for (int e = 0; e < V; ++e) acc[e] += to_acc(a.v[e]) * s;
+}
+
+// A phase's launch: the layers' table, where each layer's blocks start in the 1-D grid of W v and of
+// W^T u, and each layer's access width (elements). 2.7 KB, under the 4 KiB kernel-argument limit.
+struct IterationLaunch {
+  SpectralParams p;
+  int first_mv_block[kMaxSpectralLayers + 1];
+  int first_mtv_block[kMaxSpectralLayers + 1];
+  int8_t vec[kMaxSpectralLayers];
+};
+static_assert(sizeof(IterationLaunch) <= 4096, "kernel arguments are limited to 4 KiB");
+
+// What the launch after W^T u does besides v = normalize(W^T u).
+enum class Finish { V, VAndSigma, SigmaOfU };
+
+template <typename T> struct Layer {
   using A = acc_t<T>;
-  const T* w;
-  int64_t outer;
+  const T* __restrict__ w;
   int64_t rows;
   int64_t inner;
+  int64_t cols;
+  A* wv;   // [rows] accumulators, then
+  A* wtu;  // [cols]
 
-  __device__ explicit LayerRef(const SpectralLayerView& l)
-      : w(static_cast<const T*>(l.weight)), outer(l.outer), rows(l.rows), inner(l.inner) {}
-
-  __device__ int64_t cols() const { return outer * inner; }
-
-  // out[r] = sum_c W[r, c] x[c]: a warp per row, lanes along the contiguous inner positions.
-  __device__ void mv(const T* x, A* out) const {
-    const int lane = threadIdx.x % 32;
-    for (int64_t r = threadIdx.x / 32; r < rows; r += kWarps) {
-      A acc = 0;
-      for (int64_t o = 0; o < outer; ++o) {
-        const T* wr = w + (o * rows + r) * inner;
-        const T* xo = x + o * inner;
-        for (int64_t i = lane; i < inner; i += 32) acc += to_acc(wr[i]) * to_acc(xo[i]);
-      }
-      acc = warp_sum(acc);
-      if (lane == 0) out[r] = acc;
-    }
-  }
-
-  // out[c] = sum_r W[r, c] y[r]: a thread per column, neighbouring threads on neighbouring addresses.
-  __device__ void mtv(const T* y, A* out) const {
-    const int64_t n = cols();
-    for (int64_t c = threadIdx.x; c < n; c += blockDim.x) {
-      const int64_t o = c / inner;
-      const int64_t i = c % inner;
-      const T* wc = w + o * rows * inner + i;
-      A acc = 0;
-      for (int64_t r = 0; r < rows; ++r) acc += to_acc(wc[r * inner]) * to_acc(y[r]);
-      out[c] = acc;
-    }
-  }
+  __device__ Layer(const SpectralParams& p, int l)
+      : w(static_cast<const T*>(p.layers[l].weight)),
+        rows(p.layers[l].rows),
+        inner(p.layers[l].inner),
+        cols(p.layers[l].outer * p.layers[l].inner),
+        wv(static_cast<A*>(p.workspace) + p.layers[l].workspace_offset),
+        wtu(wv + rows) {}
 };
 
-// dst = src / max(||src||, eps), as torch.nn.functional.normalize. Ends with a barrier so the
-// block reads dst afterwards.
-template <typename T, typename A> __device__ void normalize_into(T* dst, const A* src, int64_t n, A eps, A* scratch) {
-  A sum_sq = 0;
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) sum_sq += src[k] * src[k];
-  const A denom = max(sqrt(block_sum(sum_sq, scratch)), eps);
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) dst[k] = from_acc<T>(src[k] / denom);
+// wv[r] = sum_c W[r, c] v[c] for the block's rows: each warp sums its slice of a row (lanes along the
+// columns, then a warp sum), then the slices meet in order (all in a fixed order).
+template <typename T, int V>
+__device__ void mv_rows(const Layer<T>& layer, const T* __restrict__ v, int64_t block, acc_t<T>* partial) {
+  using A = acc_t<T>;
+  constexpr int kB = kBatch<T, V>;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  const int slices = spectral_mv_slices(layer.cols, V);
+  const int slice = warp % slices;
+  const int64_t r = spectral_mv_row(block, warp, slices);
+  A acc = 0;
+  if (r < layer.rows) {
+    const int64_t steps = spectral_mv_steps(layer.cols, V, slices, slice, lane);
+    const T* __restrict__ wr = layer.w + r * layer.inner;
+    SpectralColumnWalk walk(layer.rows, layer.inner, spectral_mv_column(0, slices, slice, lane, V), 32 * slices * V);
+    int64_t k = 0;
+    // kB steps' loads first, then their products in step order: written as one loop, ptxas issued
+    // each load of W only after the products of the previous one (seen in the SASS); so it keeps 2-4
+    // in flight.
+    for (; k + kB <= steps; k += kB) {
+      Vec<T, V> a[kB];
+      Vec<T, V> b[kB];
+#pragma unroll
+      for (int q = 0; q < kB; ++q, walk.advance()) {
+        a[q] = load_ro<T, V>(wr + walk.at);
+        b[q] = load_ro<T, V>(v + spectral_mv_column(k + q, slices, slice, lane, V));
+      }
+#pragma unroll
+      for (int q = 0; q < kB; ++q) acc = dot_add(acc, a[q], b[q]);
+    }
+#pragma unroll 1
+    for (; k < steps; ++k, walk.advance()) {
+      acc = dot_add(acc, load_ro<T, V>(wr + walk.at), load_ro<T, V>(v + spectral_mv_column(k, slices, slice, lane, V)));
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) partial[warp] = acc;
   __syncthreads();
+  const int rows_per_block = kSpectralWarps / slices;
+  const int64_t row = block * rows_per_block + threadIdx.x;
+  if (int(threadIdx.x) < rows_per_block && row < layer.rows) {
+    A total = 0;
+    for (int s = 0; s < slices; ++s) total += partial[threadIdx.x * slices + s];
+    layer.wv[row] = total;
+  }
 }
 
-template <typename T> __global__ void __launch_bounds__(kThreads) power_iteration_kernel(SpectralParams p) {
+template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStreamingBlocksPerSm)
+    mv_kernel(IterationLaunch launch) {
   using A = acc_t<T>;
-  __shared__ A scratch[kWarps];
-  const SpectralLayerView& view = p.layers[blockIdx.x];
-  const LayerRef<T> layer(view);
-  T* u = static_cast<T*>(view.u);
-  T* v = static_cast<T*>(view.v);
-  A* wv = static_cast<A*>(p.workspace) + view.workspace_offset;
-  A* wtu = wv + layer.rows;
-  const A eps = A(p.eps);
-  for (int64_t step = 0; step < p.n_power_iterations; ++step) {
-    layer.mv(v, wv);
-    __syncthreads();
-    normalize_into(u, wv, layer.rows, eps, scratch);
-    layer.mtv(u, wtu);
-    __syncthreads();
-    normalize_into(v, wtu, layer.cols(), eps, scratch);
+  __shared__ A partial[kSpectralWarps];
+  const int l = spectral_layer_of_block(launch.first_mv_block, launch.p.count, blockIdx.x);
+  const int64_t block = int64_t(blockIdx.x) - launch.first_mv_block[l];
+  const Layer<T> layer(launch.p, l);
+  const T* v = static_cast<const T*>(launch.p.layers[l].v);
+  if (launch.vec[l] > 1) {
+    mv_rows<T, kWidest<T>>(layer, v, block, partial);
+  } else {
+    mv_rows<T, 1>(layer, v, block, partial);
   }
-  layer.mv(v, wv);
-  __syncthreads();
-  A partial = 0;
-  for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) partial += to_acc(u[r]) * wv[r];
-  const A sigma = block_sum(partial, scratch);
-  if (threadIdx.x == 0) static_cast<T*>(p.sigmas)[blockIdx.x] = from_acc<T>(sigma);
 }
+
+// The block's kSpectralMtvLanes * V columns of W^T u, with u = normalize(wv) staged in shared memory a
+// tile of rows at a time; the block numbered 0 of the layer also writes u.
+template <typename T, int V> __device__ void mtv_columns(const Layer<T>& layer, int64_t block, acc_t<T> denom, T* u,
+                                                         acc_t<T>* u_tile,
+                                                         acc_t<T> (*partial)[kSpectralMtvLanes * kWidest<T>]) {
+  using A = acc_t<T>;
+  constexpr int kB = kBatch<T, V>;
+  const int lane = threadIdx.x % kSpectralMtvLanes;
+  const int group = threadIdx.x / kSpectralMtvLanes;
+  const int64_t c0 = spectral_mtv_column(block, lane, V);
+  const bool active = c0 < layer.cols;
+  // The lane's columns are neighbours in one row segment (V divides inner), so each row adds `inner`.
+  const T* __restrict__ wc = layer.w + (active ? spectral_element(layer.rows, layer.inner, 0, c0) : 0);
+  const int64_t row_step = kSpectralRowGroups * layer.inner;
+  A acc[V] = {};
+  for (int64_t t0 = 0; t0 < layer.rows; t0 += kSpectralRowTile) {
+    const int64_t tile_rows = min(layer.rows - t0, int64_t(kSpectralRowTile));
+    __syncthreads();  // the previous tile's u is no longer read
+    for (int k = threadIdx.x; k < tile_rows; k += blockDim.x) {
+      const T uk = from_acc<T>(layer.wv[t0 + k] / denom);
+      if (block == 0) u[t0 + k] = uk;
+      u_tile[k] = to_acc(uk);
+    }
+    __syncthreads();
+    if (!active) continue;
+    const int64_t n = spectral_mtv_group_rows(tile_rows, group);
+    const T* __restrict__ wt = wc + (t0 + group) * layer.inner;  // the group's first row of the tile
+    int64_t j = 0;
+    for (; j + kB <= n; j += kB) {  // loads first, as in mv_rows
+      Vec<T, V> a[kB];
+#pragma unroll
+      for (int q = 0; q < kB; ++q) a[q] = load_ro<T, V>(wt + (j + q) * row_step);
+#pragma unroll
+      for (int q = 0; q < kB; ++q) axpy(acc, a[q], u_tile[group + (j + q) * kSpectralRowGroups]);
+    }
+#pragma unroll 1
+    for (; j < n; ++j) axpy(acc, load_ro<T, V>(wt + j * row_step), u_tile[group + j * kSpectralRowGroups]);
+  }
+#pragma unroll
+  for (int e = 0; e < V; ++e) partial[group][lane * V + e] = acc[e];
+  __syncthreads();
+  const int t = threadIdx.x;
+  const int64_t c = spectral_mtv_column(block, 0, V) + t;
+  if (t < kSpectralMtvLanes * V && c < layer.cols) {
+    A total = 0;
+    for (int g = 0; g < kSpectralRowGroups; ++g) total += partial[g][t];
+    layer.wtu[c] = total;
+  }
+}
+
+template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStreamingBlocksPerSm)
+    mtv_kernel(IterationLaunch launch) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kSpectralWarps];
+  __shared__ A u_tile[kSpectralRowTile];
+  __shared__ A partial[kSpectralRowGroups][kSpectralMtvLanes * kWidest<T>];
+  const int l = spectral_layer_of_block(launch.first_mtv_block, launch.p.count, blockIdx.x);
+  const int64_t block = int64_t(blockIdx.x) - launch.first_mtv_block[l];
+  const Layer<T> layer(launch.p, l);
+  // Every block of the layer computes ||W v|| alike (same values, same order), so all agree on u.
+  A sum_sq = 0;
+  for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) sum_sq += layer.wv[r] * layer.wv[r];
+  const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(launch.p.eps));
+  T* u = static_cast<T*>(launch.p.layers[l].u);
+  if (launch.vec[l] > 1) {
+    mtv_columns<T, kWidest<T>>(layer, block, denom, u, u_tile, partial);
+  } else {
+    mtv_columns<T, 1>(layer, block, denom, u, u_tile, partial);
+  }
+}
+
+// A block per layer: v = normalize(W^T u), and sigma = u . (W v) as (W^T u) . v, which is the same sum
+// regrouped (the same u and v, v as stored), so it needs no third pass over W. SigmaOfU (no iteration):
+// sigma = u . (W v) from the W v just computed.
+template <typename T> __global__ void __launch_bounds__(kIterationThreads)
+    finish_kernel(IterationLaunch launch, Finish finish) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kSpectralWarps];
+  const int l = blockIdx.x;
+  const Layer<T> layer(launch.p, l);
+  A partial = 0;
+  if (finish == Finish::SigmaOfU) {
+    const T* u = static_cast<const T*>(launch.p.layers[l].u);
+    for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) partial += to_acc(u[r]) * layer.wv[r];
+  } else {
+    A sum_sq = 0;
+    for (int64_t c = threadIdx.x; c < layer.cols; c += blockDim.x) sum_sq += layer.wtu[c] * layer.wtu[c];
+    const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(launch.p.eps));
+    T* v = static_cast<T*>(launch.p.layers[l].v);
+    for (int64_t c = threadIdx.x; c < layer.cols; c += blockDim.x) {
+      const T vc = from_acc<T>(layer.wtu[c] / denom);
+      v[c] = vc;
+      partial += layer.wtu[c] * to_acc(vc);
+    }
+    if (finish == Finish::V) return;
+  }
+  const A sigma = block_sum<kSpectralWarps>(partial, scratch);
+  if (threadIdx.x == 0) static_cast<T*>(launch.p.sigmas)[l] = from_acc<T>(sigma);
+}
+
+// ---- normalisation and its backward -------------------------------------------------------------
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
 
 // The blocks of its grid row that layer blockIdx.y uses: a function of its own size (see the header).
 __device__ int layer_blocks(const SpectralLayerView& view) {
@@ -118,7 +274,7 @@ template <typename T> __global__ void __launch_bounds__(kThreads) grad_dot_kerne
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += stride) {
     partial += to_acc(g[e]) * to_acc(w[e]);
   }
-  const A total = block_sum(partial, scratch);
+  const A total = block_sum<kWarps>(partial, scratch);
   if (threadIdx.x == 0) static_cast<A*>(p.workspace)[int64_t(blockIdx.y) * p.blocks_per_layer + blockIdx.x] = total;
 }
 
@@ -166,10 +322,48 @@ bool covers_every_layer(const SpectralParams& p) {
   return true;
 }
 
+// Fills in each layer's access width and block ranges; false when a grid would pass INT_MAX blocks.
+template <typename T> bool plan_iteration(IterationLaunch& launch) {
+  int64_t mv_blocks = 0;
+  int64_t mtv_blocks = 0;
+  for (int l = 0; l < launch.p.count; ++l) {
+    const SpectralLayerView& view = launch.p.layers[l];
+    const bool aligned = aligned_to(view.weight, 16) && aligned_to(view.v, 16);
+    const int vec = spectral_vector_width(view.inner, sizeof(T), aligned);
+    launch.vec[l] = int8_t(vec);
+    launch.first_mv_block[l] = int(mv_blocks);
+    launch.first_mtv_block[l] = int(mtv_blocks);
+    mv_blocks += spectral_mv_blocks(view.rows, spectral_mv_slices(view.outer * view.inner, vec));
+    mtv_blocks += spectral_mtv_blocks(view.outer * view.inner, vec);
+    if (mv_blocks > INT32_MAX || mtv_blocks > INT32_MAX) return false;
+  }
+  launch.first_mv_block[launch.p.count] = int(mv_blocks);
+  launch.first_mtv_block[launch.p.count] = int(mtv_blocks);
+  return true;
+}
+
+// n_power_iterations steps of (W v, then W^T u with u = normalize(W v), then v = normalize(W^T u)),
+// the last one also writing sigma; with no step, W v and sigma = u . (W v).
 cudaError_t launch_power_iteration(const SpectralParams& p, cudaStream_t stream) {
-  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
+  return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    power_iteration_kernel<T><<<p.count, kThreads, 0, stream>>>(p);
+    IterationLaunch launch{};
+    launch.p = p;
+    if (!plan_iteration<T>(launch)) return cudaErrorInvalidValue;
+    const int mv_grid = launch.first_mv_block[p.count];
+    const int mtv_grid = launch.first_mtv_block[p.count];
+    for (int64_t step = 0; step < p.n_power_iterations; ++step) {
+      if (mv_grid > 0) mv_kernel<T><<<mv_grid, kIterationThreads, 0, stream>>>(launch);
+      mtv_kernel<T><<<mtv_grid, kIterationThreads, 0, stream>>>(launch);
+      const Finish finish = step + 1 == p.n_power_iterations ? Finish::VAndSigma : Finish::V;
+      finish_kernel<T><<<p.count, kIterationThreads, 0, stream>>>(launch, finish);
+      const cudaError_t error = cudaGetLastError();
+      if (error != cudaSuccess) return error;
+    }
+    if (p.n_power_iterations == 0) {
+      if (mv_grid > 0) mv_kernel<T><<<mv_grid, kIterationThreads, 0, stream>>>(launch);
+      finish_kernel<T><<<p.count, kIterationThreads, 0, stream>>>(launch, Finish::SigmaOfU);
+    }
     return cudaGetLastError();
   });
 }

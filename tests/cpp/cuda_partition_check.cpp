@@ -1,12 +1,14 @@
-// Checks the partitions of csrc/cuda/pixel_norm_tiles.h and csrc/cuda/minibatch_std_tiles.h on the CPU:
-// for awkward shapes, walking blocks, threads and their loops as the kernels do, every element is
-// accessed exactly once, accesses are aligned to their width, and each pixel-norm sum meets every
-// channel row of its tile exactly once. Built and run by tests/test_cuda_partition.py; prints the
-// number of cases and exits 1 on the first failures.
+// Checks the partitions of csrc/cuda/pixel_norm_tiles.h, csrc/cuda/minibatch_std_tiles.h and
+// csrc/common/spectral_norm_partition.h on the CPU: for awkward shapes, walking blocks, threads and
+// their loops as the kernels do, every element is accessed exactly once, accesses are aligned to their
+// width, each pixel-norm sum meets every channel row of its tile exactly once, and each column of the
+// spectral norm's W^T u is summed over its rows in the order set by the row count alone. Built and run
+// by tests/test_cuda_partition.py; prints the number of cases and exits 1 on the first failures.
 #include <bitset>
 #include <cstdio>
 #include <vector>
 
+#include "common/spectral_norm_partition.h"
 #include "cuda/minibatch_std_tiles.h"
 #include "cuda/pixel_norm_tiles.h"
 
@@ -165,6 +167,110 @@ void minibatch_std_case(int64_t groups, int64_t group_size, int64_t features, in
   }
 }
 
+// The power iteration's W v (mv_kernel) and W^T u (mtv_kernel) over a weight viewed as [outer, rows,
+// inner], with accesses of `vec` elements.
+void spectral_case(int64_t outer, int64_t rows, int64_t inner, int vec) {
+  ++cases;
+  const int64_t cols = outer * inner;
+  char name[160];
+  std::snprintf(name, sizeof(name), "spectral norm [%lld, %lld, %lld] vec %d", (long long)outer, (long long)rows,
+                (long long)inner, vec);
+  // W v: whole rows per block, each row in `slices` warps, lanes along the columns.
+  std::vector<int> seen(size_t(rows * cols), 0);
+  std::vector<int> rows_written(size_t(rows), 0);
+  const int slices = spectral_mv_slices(cols, vec);
+  CHECK(slices == 1 || slices == 2 || slices == 4 || slices == 8, "%s: %d slices", name, slices);
+  for (int64_t block = 0; block < spectral_mv_blocks(rows, slices); ++block) {
+    for (int warp = 0; warp < kSpectralWarps; ++warp) {
+      const int slice = warp % slices;
+      const int64_t r = spectral_mv_row(block, warp, slices);
+      if (r >= rows) continue;
+      for (int lane = 0; lane < 32; ++lane) {
+        const int64_t steps = spectral_mv_steps(cols, vec, slices, slice, lane);
+        CHECK(steps <= kSpectralMvSteps || slices == kSpectralWarps, "%s: %lld steps in %d slices", name,
+              (long long)steps, slices);
+        SpectralColumnWalk walk(rows, inner, spectral_mv_column(0, slices, slice, lane, vec), 32 * slices * vec);
+        for (int64_t k = 0; k < steps; ++k, walk.advance()) {
+          const int64_t c = spectral_mv_column(k, slices, slice, lane, vec);
+          CHECK(walk.at == spectral_element(rows, inner, 0, c), "%s: walk at %lld for column %lld", name,
+                (long long)walk.at, (long long)c);
+          const int64_t at = r * inner + walk.at;
+          CHECK(at % vec == 0 && c % inner + vec <= inner, "%s: access of row %lld at column %lld", name, (long long)r,
+                (long long)c);
+          for (int e = 0; e < vec; ++e) ++seen[size_t(at + e)];
+        }
+      }
+    }
+    // The threads that add a row's slices (partial[t * slices + s], written by warp t * slices + s).
+    const int rows_per_block = kSpectralWarps / slices;
+    for (int t = 0; t < rows_per_block; ++t) {
+      const int64_t r = block * rows_per_block + t;
+      if (r >= rows) continue;
+      ++rows_written[size_t(r)];
+      for (int s = 0; s < slices; ++s) {
+        CHECK(spectral_mv_row(block, t * slices + s, slices) == r && (t * slices + s) % slices == s,
+              "%s: row %lld adds the slice of warp %d", name, (long long)r, t * slices + s);
+      }
+    }
+  }
+  for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "%s: W v reads element %zu %d times", name, i, seen[i]);
+  for (size_t r = 0; r < rows_written.size(); ++r)
+    CHECK(rows_written[r] == 1, "%s: W v row %zu written %d times", name, r, rows_written[r]);
+
+  // W^T u: a block per kSpectralMtvLanes * vec columns, row groups striding the rows tile by tile.
+  std::fill(seen.begin(), seen.end(), 0);
+  std::vector<int> cols_written(size_t(cols), 0);
+  const int64_t blocks = spectral_mtv_blocks(cols, vec);
+  CHECK(blocks >= 1, "%s: no W^T u block writes u", name);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int lane = 0; lane < kSpectralMtvLanes; ++lane) {
+      const int64_t c0 = spectral_mtv_column(block, lane, vec);
+      if (c0 >= cols) continue;
+      CHECK(c0 % inner + vec <= inner, "%s: column access at %lld crosses a row segment", name, (long long)c0);
+      const int64_t base = spectral_element(rows, inner, 0, c0);
+      for (int group = 0; group < kSpectralRowGroups; ++group) {
+        int64_t previous = -1;  // the group's rows, in the order it adds them
+        for (int64_t t0 = 0; t0 < rows; t0 += kSpectralRowTile) {
+          const int64_t tile_rows = std::min(rows - t0, int64_t(kSpectralRowTile));
+          for (int64_t j = 0; j < spectral_mtv_group_rows(tile_rows, group); ++j) {
+            const int64_t r = t0 + group + j * kSpectralRowGroups;
+            CHECK(r < rows && r % kSpectralRowGroups == group && r > previous, "%s: group %d adds row %lld after %lld",
+                  name, group, (long long)r, (long long)previous);
+            previous = r;
+            const int64_t at = base + r * inner;
+            CHECK(at == spectral_element(rows, inner, r, c0) && at % vec == 0, "%s: access at %lld", name,
+                  (long long)at);
+            for (int e = 0; e < vec; ++e) ++seen[size_t(at + e)];
+          }
+        }
+      }
+    }
+    for (int t = 0; t < kSpectralMtvLanes * vec; ++t) {  // the threads that add the groups' sums and write W^T u
+      CHECK(t < kSpectralThreads, "%s: column %d of a block has no thread", name, t);
+      const int64_t c = spectral_mtv_column(block, 0, vec) + t;
+      if (c < cols) ++cols_written[size_t(c)];
+    }
+  }
+  for (size_t i = 0; i < seen.size(); ++i)
+    CHECK(seen[i] == 1, "%s: W^T u reads element %zu %d times", name, i, seen[i]);
+  for (size_t c = 0; c < cols_written.size(); ++c)
+    CHECK(cols_written[c] == 1, "%s: W^T u column %zu written %d times", name, c, cols_written[c]);
+}
+
+// A launch's 1-D grid: every block belongs to the layer whose range holds it, layers without blocks
+// included.
+void spectral_grid_case(const std::vector<int>& layer_blocks) {
+  ++cases;
+  std::vector<int> first(1, 0);
+  for (int b : layer_blocks) first.push_back(first.back() + b);
+  const int count = int(layer_blocks.size());
+  for (int block = 0; block < first.back(); ++block) {
+    const int l = spectral_layer_of_block(first.data(), count, block);
+    CHECK(l >= 0 && l < count && first[size_t(l)] <= block && block < first[size_t(l) + 1],
+          "spectral grid of %d layers: block %d given to layer %d", count, block, l);
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -198,6 +304,29 @@ int main() {
       minibatch_std_case(5, 4, 8, 64, 8, channels_last, vec);
     }
   }
+  // Spectral norm: rows around the rows per block and past a u tile, one and several row segments
+  // (ConvTranspose's dim 1), columns below, at and past a block's 32 * vec, every access width the
+  // segment length allows.
+  const int64_t segment_shapes[][2] = {{1, 1},    {1, 3}, {1, 8}, {1, 100}, {1, 128}, {1, 129},
+                                       {1, 1000}, {2, 8}, {3, 9}, {4, 16},  {7, 5},   {5, 64}};
+  for (const auto& shape : segment_shapes) {
+    for (int64_t rows : {1, 2, 9, 16, 17, 40}) {
+      for (int vec : {1, 2, 4, 8}) {
+        if (shape[1] % vec == 0) spectral_case(shape[0], rows, shape[1], vec);
+      }
+    }
+  }
+  spectral_case(1, 2 * kSpectralRowTile + 5, 24, 8);
+  spectral_case(3, kSpectralRowTile + 1, 4, 4);
+  for (int vec : {1, 4, 8}) {  // rows long enough for 2, 4 and 8 slices, and more steps than 8 slices hold
+    for (int64_t cols : {32 * 17 * 8, 32 * 33 * 8, 32 * 65 * 8, 32 * 200 * 8 + 8}) spectral_case(1, 19, cols, vec);
+  }
+  spectral_case(8, 3, 96, 4);
+  spectral_case(1, 0, 7, 1);
+  spectral_case(1, 5, 0, 1);
+  spectral_grid_case({5});
+  spectral_grid_case({0, 3, 0, 0, 1, 7, 0});
+  spectral_grid_case({1, 1, 1, 2, 40, 1});
   std::printf("%d cases, %d failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -1,0 +1,131 @@
+// How the CUDA power iteration (cuda/spectral_norm.cu) splits each layer's W v and W^T u over blocks,
+// warps and lanes, and the order its sums run in. Torch-free and free of CUDA headers, so that
+// tests/test_cuda_partition.py compiles it with the system g++ and checks, without a GPU, that every
+// element of W is read exactly once per phase and every entry of W v and W^T u written once.
+//
+// Everything here is a function of the layer's own shape and access width (16 bytes when its W and
+// v allow it, see spectral_vector_width), never of the other layers in a launch: a layer's bits are
+// the same batched and alone.
+#pragma once
+
+#include <cstdint>
+
+#include "common/host_device.h"
+
+namespace gan_kernels {
+
+constexpr int kSpectralThreads = 256;  // a power-iteration block
+constexpr int kSpectralWarps = kSpectralThreads / 32;
+// W v: a warp makes at most this many steps along its part of a row (unless a row is split 8 ways),
+// so that no warp's chain of loads outlasts the others' by much: a row longer than that is split
+// into 2, 4 or 8 slices, each a warp's, whose sums then meet in slice order.
+constexpr int kSpectralMvSteps = 16;
+// W^T u: a row group of 16 lanes reads 16 * 16 bytes of a row; the block's 16 row groups stride the
+// rows. u is staged in shared memory this many rows at a time (a multiple of the group count, so a
+// group's rows keep their order across tiles).
+constexpr int kSpectralMtvLanes = 16;
+constexpr int kSpectralRowGroups = kSpectralThreads / kSpectralMtvLanes;
+constexpr int kSpectralRowTile = 1024;
+
+// Elements per access: 16 bytes where every row segment (inner) is a whole number of them and the
+// pointers are 16-byte aligned, else one.
+GAN_KERNELS_HD int spectral_vector_width(int64_t inner, int element_bytes, bool aligned) {
+  const int widest = 16 / element_bytes;
+  return aligned && inner % widest == 0 ? widest : 1;
+}
+
+// Element (r, c) of the matrix of a contiguous weight viewed as [outer, rows, inner]: column
+// c = o * inner + i. With outer == 1 a row is contiguous.
+GAN_KERNELS_HD int64_t spectral_element(int64_t rows, int64_t inner, int64_t r, int64_t c) {
+  return (c / inner) * rows * inner + r * inner + c % inner;
+}
+
+// ---- W v ------------------------------------------------------------------------------------------
+
+// Slices per row: the fewest (1, 2, 4 or 8) that keep each warp within kSpectralMvSteps steps.
+GAN_KERNELS_HD int spectral_mv_slices(int64_t cols, int vec) {
+  const int64_t steps = ceil_div(cols / vec, 32);
+  int slices = 1;
+  while (slices < kSpectralWarps && ceil_div(steps, slices) > kSpectralMvSteps) slices *= 2;
+  return slices;
+}
+
+// A block computes kSpectralWarps / slices whole rows (complete dot products, no cross-block sum).
+GAN_KERNELS_HD int64_t spectral_mv_blocks(int64_t rows, int slices) { return ceil_div(rows, kSpectralWarps / slices); }
+
+// Warp w of a block works on row block * rows_per_block + w / slices, slice w % slices of it.
+GAN_KERNELS_HD int64_t spectral_mv_row(int64_t block, int warp, int slices) {
+  return block * (kSpectralWarps / slices) + warp / slices;
+}
+
+// A lane's k-th access in its slice starts at column ((k * slices + slice) * 32 + lane) * vec: the
+// slices of a row take turns at 32 * vec neighbouring columns. The lane makes this many steps, and
+// sums them in k order.
+GAN_KERNELS_HD int64_t spectral_mv_column(int64_t k, int slices, int slice, int lane, int vec) {
+  return ((k * slices + slice) * 32 + lane) * vec;
+}
+GAN_KERNELS_HD int64_t spectral_mv_steps(int64_t cols, int vec, int slices, int slice, int lane) {
+  const int64_t accesses = cols / vec;
+  const int64_t first = int64_t(slice) * 32 + lane;
+  return accesses > first ? ceil_div(accesses - first, 32 * int64_t(slices)) : 0;
+}
+
+// A lane's walk along the columns c0, c0 + step, ... of row 0 (row r is r * inner further), without a
+// 64-bit division per step (a call on the GPU, which spilled): `at` is spectral_element(rows, inner, 0, c).
+struct SpectralColumnWalk {
+  int64_t at;
+  int64_t i;  // c % inner
+  int64_t step_at;
+  int64_t step_i;  // step % inner
+  int64_t inner;
+  int64_t wrap;  // from the end of a row segment to the start of the next segment of the same row
+
+  // A layer without columns (inner == 0) takes no step: its walk is all zeros rather than a division by 0.
+  GAN_KERNELS_HD SpectralColumnWalk(int64_t rows, int64_t inner_, int64_t c0, int64_t step)
+      : at(inner_ > 0 ? spectral_element(rows, inner_, 0, c0) : 0),
+        i(inner_ > 0 ? c0 % inner_ : 0),
+        step_at(inner_ > 0 ? (step / inner_) * rows * inner_ + step % inner_ : 0),
+        step_i(inner_ > 0 ? step % inner_ : 0),
+        inner(inner_),
+        wrap((rows - 1) * inner_) {}
+
+  GAN_KERNELS_HD void advance() {
+    at += step_at;
+    i += step_i;
+    if (i >= inner) {
+      i -= inner;
+      at += wrap;
+    }
+  }
+};
+
+// ---- W^T u ----------------------------------------------------------------------------------------
+
+// A block owns kSpectralMtvLanes * vec neighbouring columns, a lane of each row group vec of them. At
+// least one block, so that a layer without columns still gets the block that writes u.
+GAN_KERNELS_HD int64_t spectral_mtv_blocks(int64_t cols, int vec) {
+  const int64_t blocks = ceil_div(cols, int64_t(kSpectralMtvLanes) * vec);
+  return blocks < 1 ? 1 : blocks;
+}
+GAN_KERNELS_HD int64_t spectral_mtv_column(int64_t block, int lane, int vec) {
+  return (block * kSpectralMtvLanes + lane) * vec;
+}
+
+// Within a tile of `tile_rows` rows, row group g sums rows g, g + 16, ... (this many, in that order);
+// the groups' sums of a column then meet in group order. So each column of W^T u is summed in an
+// order set by the row count alone, whatever the access width or the block.
+GAN_KERNELS_HD int64_t spectral_mtv_group_rows(int64_t tile_rows, int group) {
+  return tile_rows > group ? ceil_div(tile_rows - group, kSpectralRowGroups) : 0;
+}
+
+// ---- the launch -----------------------------------------------------------------------------------
+
+// One launch runs a phase of every layer on a 1-D grid: layer l owns blocks [first[l], first[l + 1]).
+// A layer with no blocks (first[l] == first[l + 1]) owns none.
+GAN_KERNELS_HD int spectral_layer_of_block(const int* first, int count, int64_t block) {
+  int layer = 0;
+  while (layer + 1 < count && first[layer + 1] <= block) ++layer;
+  return layer;
+}
+
+}  // namespace gan_kernels
