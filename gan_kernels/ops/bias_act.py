@@ -76,12 +76,6 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     return reference.bias_act(x, b, *_check_args(x, b, dim, act, alpha, gain, clamp, scale))
 
 
-def gradient_from_output(act, alpha, gain, clamp):
-    """Whether the sign of y alone gives act'(v): then backward saves y (which the next layer keeps
-    anyway) instead of x. A clamp needs x: an output at +-clamp may or may not have been clipped."""
-    return act in PIECEWISE_LINEAR and act != "linear" and alpha >= 0 and gain != 0 and clamp is None
-
-
 def _reduce_to_bias(grad_v, dim):
     other_dims = [i for i in range(grad_v.dim()) if i != dim]
     return grad_v.sum(dim=other_dims) if other_dims else grad_v  # sum(dim=[]) would sum everything
@@ -103,31 +97,6 @@ def _save_scalars(ctx, dim, act, alpha, gain, clamp, scale):
 
 def _scalars(ctx):
     return ctx.dim, ctx.act, ctx.alpha, ctx.gain, ctx.clamp, ctx.scale
-
-
-# --- bias_act ---
-
-
-def _setup_forward(ctx, inputs, output):
-    x, b, dim, act, alpha, gain, clamp, scale = inputs
-    _save_scalars(ctx, dim, act, alpha, gain, clamp, scale)
-    ctx.ref_is_y = gradient_from_output(act, alpha, gain, clamp)
-    if act == "linear" and clamp is None:
-        ctx.save_for_backward()  # dL/dv = gain * dL/dy needs no tensor
-    elif ctx.ref_is_y:
-        ctx.save_for_backward(output, None)
-    else:
-        ctx.save_for_backward(x, b)
-
-
-def _forward_backward(ctx, grad):
-    dim, act, alpha, gain, clamp, scale = _scalars(ctx)
-    if not ctx.saved_tensors:
-        grad_v = grad * gain if gain != 1 else grad
-    else:
-        ref, b = ctx.saved_tensors
-        grad_v = torch.ops.gan_kernels.bias_act_grad(grad, ref, b, dim, act, alpha, gain, clamp, scale, ctx.ref_is_y)
-    return (*_to_x_and_b(ctx, grad_v, 0, 1), None, None, None, None, None, None)
 
 
 # --- bias_act_grad ---
@@ -233,6 +202,5 @@ def register():
     ops.register_fake("gan_kernels::bias_act", _fake_forward)
     ops.register_fake("gan_kernels::bias_act_grad", _fake_grad)
     ops.register_fake("gan_kernels::bias_act_grad2", _fake_grad2)
-    ops.register_autograd("gan_kernels::bias_act", _forward_backward, setup_context=_setup_forward)
     ops.register_autograd("gan_kernels::bias_act_grad", _grad_backward, setup_context=_setup_grad)
     ops.register_autograd("gan_kernels::bias_act_grad2", _grad2_backward, setup_context=_setup_grad2)
