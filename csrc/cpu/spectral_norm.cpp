@@ -15,7 +15,7 @@ namespace {
 // (fixed order: deterministic, and the same whatever the other layers in the batch).
 constexpr int64_t kLanes = 8;
 
-template <typename acc_t, typename scalar_t> acc_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+template <typename acc_t, typename a_t, typename b_t> acc_t dot(const a_t* a, const b_t* b, int64_t n) {
   acc_t part[kLanes] = {};
   // Element k goes to lane k % kLanes, each lane in increasing k. Written as whole blocks of kLanes
   // (not part[k % kLanes]) so that the compiler keeps the lanes in vector registers: the same sums,
@@ -88,16 +88,23 @@ template <typename scalar_t> void power_iteration(const SpectralParams& p) {
       const Layer<scalar_t> layer(p.layers[index]);
       acc_t* wv = static_cast<acc_t*>(p.workspace) + p.layers[index].workspace_offset;
       acc_t* wtu = wv + layer.rows;
+      const int64_t cols = layer.outer * layer.inner;
       for (int64_t step = 0; step < p.n_power_iterations; ++step) {
         layer.mv(wv);
         normalize_into(layer.u, wv, layer.rows, p.eps);
         layer.mtv(wtu);
-        normalize_into(layer.v, wtu, layer.outer * layer.inner, p.eps);
+        normalize_into(layer.v, wtu, cols, p.eps);
       }
-      // sigma = u . (W v), in the accumulator type throughout, rounded once.
-      layer.mv(wv);
+      // sigma = u . (W v) = (W^T u) . v, the same sum in another order, for the same u and v. After a
+      // step, wtu holds W^T u for the stored u and v is stored, so sigma costs no third pass over W.
+      // In the accumulator type throughout, rounded once.
       acc_t sigma = 0;
-      for (int64_t r = 0; r < layer.rows; ++r) sigma += acc_t(layer.u[r]) * wv[r];
+      if (p.n_power_iterations > 0) {
+        sigma = dot<acc_t>(wtu, layer.v, cols);
+      } else {
+        layer.mv(wv);
+        sigma = dot<acc_t>(wv, layer.u, layer.rows);
+      }
       sigmas[index] = scalar_t(sigma);
     }
   });
