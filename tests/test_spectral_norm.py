@@ -312,6 +312,52 @@ def test_per_layer_path_is_one_call_of_each_single_weight_op_with_cpp_autograd()
     assert "NormalizeOne" in weight.grad_fn.name()
 
 
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+@pytest.mark.parametrize("shape, dim", [((640, 500), 0), ((151, 80, 5, 5), 1)])
+def test_a_large_layer_gives_the_same_bits_on_one_and_two_threads_and_in_a_batch(shape, dim):
+    """Alone, a layer this large splits its passes over threads (rows of W v, columns of W^T u, here
+    inside a block of dim 1 too, elements of W / sigma and of its backward); in a batch it is one
+    thread's task. One thread, two threads and the batch must give the same bits."""
+    ops = torch.ops.gan_kernels
+    torch.manual_seed(21)
+    (weight, small), (u0, u_small), (v0, v_small), (_, dim_small) = random_spectral_layers(
+        torch.float32, "cpu", [(shape, dim), ((5, 7), 0)]
+    )
+    grad = torch.randn_like(weight)
+
+    def alone():
+        u, v = u0.clone(), v0.clone()
+        sigma = ops.spectral_norm_power_iteration_one_(weight, u, v, dim, 2, 1e-12)
+        normalized = ops.spectral_norm_normalize_one(weight, u, v, sigma, dim)
+        return u, v, sigma, normalized, ops.spectral_norm_normalize_one_backward(grad, weight, u, v, sigma, dim)
+
+    def batched():
+        us, vs, dims = [u0.clone(), u_small.clone()], [v0.clone(), v_small.clone()], [dim, dim_small]
+        sigmas = ops.spectral_norm_power_iteration_([weight, small], us, vs, dims, 2, 1e-12)
+        normalized = ops.spectral_norm_normalize([weight, small], us, vs, sigmas, dims)[0]
+        grads = ops.spectral_norm_normalize_backward(
+            [grad, torch.ones_like(small)], [weight, small], us, vs, sigmas, dims
+        )
+        return us[0], vs[0], sigmas[0], normalized, grads[0]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = alone()
+        torch.set_num_threads(2)
+        two_threads = alone()
+        in_a_batch = batched()
+    finally:
+        torch.set_num_threads(threads)
+    for got, want in zip(two_threads + in_a_batch, one_thread + one_thread):
+        assert torch.equal(got, want)
+    sigma_ref = reference.spectral_norm_power_iteration_(
+        [weight.double()], [u0.double()], [v0.double()], [dim], 2, 1e-12
+    )
+    torch.testing.assert_close(one_thread[2].double(), sigma_ref[0], rtol=1e-5, atol=0)
+
+
 def test_sigma_is_readable_after_each_forward():
     d = make_d(spectral_norm)
     d(torch.randn(2, 3, 8, 8, dtype=torch.float64))
