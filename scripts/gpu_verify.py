@@ -48,6 +48,7 @@ MEMCHECK_SELECTION = (
     " or minibatch_std_group_sizes and float32"
     " or tile_cache_limits and (float32-1472 or float32-720 or float64-704)"
     " or grid_stride or spectral_norm_matches_reference or spectral_norm_power_iteration_paths and float32"
+    " or spectral_norm_normalize_paths and float32"
 )
 MEMCHECK_REACHES = [
     "pixel_norm_paths",
@@ -59,6 +60,7 @@ MEMCHECK_REACHES = [
     "grid_stride",
     "spectral_norm_matches_reference",
     "spectral_norm_power_iteration_paths",
+    "spectral_norm_normalize_paths",
     "minibatch_discrimination_paths",
 ]
 # Only the kernels with shared memory (bias_act has none), at small sizes: racecheck is slow.

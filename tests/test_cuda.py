@@ -382,6 +382,73 @@ def test_cuda_spectral_norm_power_iteration_paths(dtype, n_power_iterations):
         assert torch.equal(u, ours_u[layer]) and torch.equal(v, ours_v[layer]), f"u, v of layer {layer}"
 
 
+# Layers reaching every path of the normalisation and its backward (csrc/cuda/spectral_norm.cu): W / sigma
+# and <G, W> move 16 bytes where the weight is a whole number of them, the backward's formula where each
+# row segment is, each only with its tensors 16-byte aligned; dim 1 (several segments per row); the
+# 256-block cap with several steps per thread, in batches and a tail; empty layers.
+# (shape, dim, the tensor stored one element past an aligned address)
+SPECTRAL_NORMALIZE_PATHS = [
+    ((40, 128), 0, None),  # 16 bytes throughout; two blocks
+    ((8, 13), 0, None),  # W / sigma and <G, W> 16 bytes (104 elements), the formula scalar (rows of 13)
+    ((7, 5), 0, None),  # 35 elements: scalar throughout
+    ((6, 5, 3, 3), 1, None),  # rows of 6 segments of 9: the formula scalar; 270 elements, 16 bytes in fp64 only
+    ((16, 24, 4, 4), 1, None),  # rows of 16 segments of 16: 16 bytes throughout
+    ((24, 64), 0, "weight"),  # W / sigma and <G, W> scalar, the formula 16 bytes
+    ((24, 64), 0, "v"),  # the formula scalar
+    ((24, 64), 0, "grad"),  # <G, W> and the formula scalar
+    ((512, 4608), 0, None),  # 256 blocks, 2.25 (fp16, bf16) to 9 (fp64) 16-byte steps per thread
+    ((1023, 1031), 0, None),  # 256 blocks, 8 or 9 scalar steps per thread: batches of 4 and a tail
+    ((0, 5), 0, None),  # no rows
+    ((5, 0), 0, None),  # no columns
+]
+
+
+def spectral_normalize_inputs(dtype):
+    """weights, us, vs, upstream gradients and dims of SPECTRAL_NORMALIZE_PATHS."""
+    torch.manual_seed(14)
+
+    def stored(shape, misaligned):
+        storage = torch.randn(math.prod(shape) + 1, dtype=dtype, device="cuda")
+        return (storage[1:] if misaligned else storage[:-1]).view(shape)
+
+    weights, us, vs, grads, dims = [], [], [], [], []
+    for shape, dim, misaligned in SPECTRAL_NORMALIZE_PATHS:
+        cols = math.prod(size for d, size in enumerate(shape) if d != dim)
+        weights.append(stored(shape, misaligned == "weight"))
+        us.append(torch.nn.functional.normalize(torch.randn(shape[dim], dtype=dtype, device="cuda"), dim=0))
+        vs.append(stored((cols,), misaligned == "v"))
+        vs[-1].copy_(torch.nn.functional.normalize(vs[-1], dim=0))
+        grads.append(stored(shape, misaligned == "grad"))
+        dims.append(dim)
+    return weights, us, vs, grads, dims
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=dtype_id)
+def test_cuda_spectral_norm_normalize_paths(dtype):
+    weights, us, vs, grads, dims = spectral_normalize_inputs(dtype)
+    assert all(t.data_ptr() % 16 != 0 for t in (weights[5], vs[6], grads[7]))  # the misaligned paths
+    # u and v near the top singular vectors, so that sigma = u . (W v) (computed as the reference's
+    # normalisation computes it) is no small number that W / sigma and its gradient would amplify.
+    sigmas = reference.spectral_norm_power_iteration_(weights, us, vs, dims, 3, 1e-12)
+    ops = torch.ops.gan_kernels
+    outs = ops.spectral_norm_normalize(weights, us, vs, sigmas, dims)
+    weight_grads = ops.spectral_norm_normalize_backward(grads, weights, us, vs, sigmas, dims)
+    leaves = [w.detach().requires_grad_() for w in weights]
+    want = reference.spectral_norm_normalize(leaves, us, vs, dims)
+    want_grads = torch.autograd.grad(want, leaves, grads)
+    for layer in range(len(weights)):
+        assert_close(outs[layer], want[layer].detach())
+        assert_close(weight_grads[layer], want_grads[layer])
+    # Each layer alone gives the same bits, and so does the batched backward run again.
+    again = ops.spectral_norm_normalize_backward(grads, weights, us, vs, sigmas, dims)
+    for layer, (weight, u, v, grad, dim) in enumerate(zip(weights, us, vs, grads, dims, strict=True)):
+        sigma = sigmas[layer]
+        assert torch.equal(ops.spectral_norm_normalize_one(weight, u, v, sigma, dim), outs[layer]), f"layer {layer}"
+        alone = ops.spectral_norm_normalize_one_backward(grad, weight, u, v, sigma, dim)
+        assert torch.equal(alone, weight_grads[layer]), f"gradient of layer {layer}"
+        assert torch.equal(again[layer], weight_grads[layer]), f"gradient of layer {layer}, second run"
+
+
 # Issue 14: a forward's power iteration (n steps: W v, W^T u, then v and sigma; no step: W v, sigma)
 # and W / sigma of every layer take at most 8 launches for 12 or 24 layers at n = 1.
 @pytest.mark.parametrize("n_power_iterations, launches", [(0, 3), (1, 4), (2, 7)])

@@ -1,10 +1,11 @@
 """The CUDA kernels' partitions checked on the CPU, no GPU or nvcc needed: tests/cpp/cuda_partition_check.cpp
 walks the block, thread and loop structure of pixel_norm_tiles, of minibatch stddev's group_positions and
-of the spectral norm's power iteration (W v, W^T u, the layers' 1-D grid) over awkward shapes, through the
-torch-free headers the kernels use (csrc/cuda/pixel_norm_tiles.h, csrc/cuda/minibatch_std_tiles.h,
-csrc/common/spectral_norm_partition.h), and fails unless every element is accessed exactly once, aligned
-to its access width, every pixel-norm sum meets each channel row once, and each W^T u column adds its
-rows in an order set by the row count alone."""
+of the spectral norm's power iteration (W v, W^T u, the layers' 1-D grid) and normalisation (W / sigma,
+<G, W>, the backward's formula) over awkward shapes, through the torch-free headers the kernels use
+(csrc/cuda/pixel_norm_tiles.h, csrc/cuda/minibatch_std_tiles.h, csrc/common/spectral_norm_partition.h),
+and fails unless every element is accessed exactly once, aligned to its access width, every pixel-norm
+sum meets each channel row once, each W^T u column adds its rows in an order set by the row count alone,
+and the normalisation backward's walk gives each access the row and column that divisions would."""
 
 import os
 import shutil

@@ -19,7 +19,8 @@ constexpr int kMaxSpectralLayers = 32;
 // large weight, few enough that the backward's per-block partial sums stay a short fixed-order loop.
 // A function of the layer's own size only, so a layer's summation order (and its bits) do not depend
 // on which other layers share its launch.
-constexpr int64_t kSpectralElementsPerBlock = 512 * 8;
+constexpr int kSpectralNormalizeThreads = 512;  // a CUDA normalisation block
+constexpr int64_t kSpectralElementsPerBlock = kSpectralNormalizeThreads * 8;
 constexpr int64_t kSpectralMaxBlocksPerLayer = 256;
 GAN_KERNELS_HD int spectral_normalize_blocks(int64_t numel) {
   const int64_t blocks = ceil_div(numel, kSpectralElementsPerBlock);

@@ -1,7 +1,8 @@
-// How the CUDA power iteration (cuda/spectral_norm.cu) splits each layer's W v and W^T u over blocks,
-// warps and lanes, and the order its sums run in. Torch-free and free of CUDA headers, so that
-// tests/test_cuda_partition.py compiles it with the system g++ and checks, without a GPU, that every
-// element of W is read exactly once per phase and every entry of W v and W^T u written once.
+// How the CUDA kernels of cuda/spectral_norm.cu split each layer over blocks, warps and lanes: the
+// power iteration's W v and W^T u, and the normalisation W / sigma with its backward; and the order
+// their sums run in. Torch-free and free of CUDA headers, so that tests/test_cuda_partition.py compiles
+// it with the system g++ and checks, without a GPU, that every element of W is read exactly once per
+// phase, every entry of W v and W^T u and every element of the normalisation's output written once.
 //
 // Everything here is a function of the layer's own shape and access width (16 bytes when its W and
 // v allow it, see spectral_vector_width), never of the other layers in a launch: a layer's bits are
@@ -11,6 +12,7 @@
 #include <cstdint>
 
 #include "common/host_device.h"
+#include "common/spectral_norm.h"
 
 namespace gan_kernels {
 
@@ -27,11 +29,13 @@ constexpr int kSpectralMtvLanes = 16;
 constexpr int kSpectralRowGroups = kSpectralThreads / kSpectralMtvLanes;
 constexpr int kSpectralRowTile = 1024;
 
-// Elements per access: 16 bytes where every row segment (inner) is a whole number of them and the
-// pointers are 16-byte aligned, else one.
-GAN_KERNELS_HD int spectral_vector_width(int64_t inner, int element_bytes, bool aligned) {
+// Elements per access: 16 bytes where every run of `run` elements that an access must stay within is a
+// whole number of them and the pointers are 16-byte aligned, else one. The run is a row segment (inner)
+// where an access needs one row and neighbouring columns (the power iteration, the normalisation's
+// backward), the whole weight where it needs no coordinates (W / sigma, <G, W>).
+GAN_KERNELS_HD int spectral_vector_width(int64_t run, int element_bytes, bool aligned) {
   const int widest = 16 / element_bytes;
-  return aligned && inner % widest == 0 ? widest : 1;
+  return aligned && run % widest == 0 ? widest : 1;
 }
 
 // Element (r, c) of the matrix of a contiguous weight viewed as [outer, rows, inner]: column
@@ -117,6 +121,90 @@ GAN_KERNELS_HD int64_t spectral_mtv_column(int64_t block, int lane, int vec) {
 GAN_KERNELS_HD int64_t spectral_mtv_group_rows(int64_t tile_rows, int group) {
   return tile_rows > group ? ceil_div(tile_rows - group, kSpectralRowGroups) : 0;
 }
+
+// ---- W / sigma and its backward ------------------------------------------------------------------
+
+// A layer's numel / vec accesses are dealt out grid-stride over its spectral_normalize_blocks(numel)
+// blocks (common/spectral_norm.h): thread t of block b makes accesses b * threads + t, then every
+// blocks * threads further, and the backward's <G, W> sums them in that order. So, as the block count,
+// a function of the layer's own size and access width.
+GAN_KERNELS_HD int64_t spectral_normalize_first(int64_t block, int thread) {
+  return block * kSpectralNormalizeThreads + thread;
+}
+GAN_KERNELS_HD int64_t spectral_normalize_steps(int64_t accesses, int blocks, int64_t first) {
+  return accesses > first ? ceil_div(accesses - first, int64_t(blocks) * kSpectralNormalizeThreads) : 0;
+}
+
+// n / d and n % d for 0 <= n < 2^31 and d > 0, in 32 bits when d <= n: a 64-bit division is a
+// subroutine call on the GPU, whose saved registers made the normalisation backward spill (seen in the
+// SASS); a 32-bit one is inline.
+struct SpectralSmallDivision {
+  int64_t quotient;
+  int64_t remainder;
+};
+GAN_KERNELS_HD SpectralSmallDivision spectral_divide_small(int64_t n, int64_t d) {
+  if (d > n) return {0, n};
+  const auto quotient = static_cast<int64_t>(static_cast<uint32_t>(n) / static_cast<uint32_t>(d));
+  return {quotient, n - quotient * d};
+}
+
+// A thread's start and the grid's step in the normalisation: below 2^31 elements, for spectral_divide_small.
+constexpr int64_t kSpectralNormalizeSpan = kSpectralMaxBlocksPerLayer * kSpectralNormalizeThreads * 16;
+static_assert(kSpectralNormalizeSpan < (int64_t(1) << 31), "the walk's divisions need 32-bit operands");
+
+// The row and column of a thread's elements in the backward's formula, which reads u[r] and v[c] for
+// element o * rows * inner + r * inner + i (c = o * inner + i): found by divisions at the thread's first
+// element, then advanced by a fixed step with carries, not a division per element. For a layer with
+// elements (rows, inner > 0) and a start and step below kSpectralNormalizeSpan; with those and inner
+// multiples of the access width, an access never leaves its row segment. The element's own position is
+// the caller's (a pointer advanced by the step): one register pair fewer here.
+struct SpectralElementWalk {
+  int64_t r;
+  int64_t i;
+  int64_t c;
+  // The step's parts, each at most the step, so 32 bits: fewer registers.
+  int32_t step_r;  // (step / inner) % rows
+  int32_t step_i;  // step % inner
+  int32_t step_c;  // the step's whole multiples of rows * inner, as columns, plus step_i
+  int64_t rows;
+  int64_t inner;
+
+  GAN_KERNELS_HD SpectralElementWalk(int64_t rows_, int64_t inner_, int64_t first, int64_t step)
+      : rows(rows_), inner(inner_) {
+    split(first, r, i, c);
+    int64_t parts[3];
+    split(step, parts[0], parts[1], parts[2]);
+    step_r = static_cast<int32_t>(parts[0]);
+    step_i = static_cast<int32_t>(parts[1]);
+    step_c = static_cast<int32_t>(parts[2]);
+  }
+
+  // i and r each carry at most once: step_i < inner, and r + step_r + 1 < 2 * rows.
+  GAN_KERNELS_HD void advance() {
+    r += step_r;
+    i += step_i;
+    c += step_c;
+    if (i >= inner) {
+      i -= inner;
+      c -= inner;
+      ++r;
+    }
+    if (r >= rows) {
+      r -= rows;
+      c += inner;
+    }
+  }
+
+ private:
+  // Element e's row, its offset in the row segment, and its column.
+  GAN_KERNELS_HD void split(int64_t e, int64_t& row, int64_t& offset, int64_t& column) const {
+    const SpectralSmallDivision segment = spectral_divide_small(e, inner);
+    const SpectralSmallDivision block = spectral_divide_small(segment.quotient, rows);
+    row = block.remainder;
+    offset = segment.remainder;
+    column = block.quotient * inner + segment.remainder;
+  }
+};
 
 // ---- the launch -----------------------------------------------------------------------------------
 

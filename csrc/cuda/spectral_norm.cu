@@ -251,63 +251,197 @@ template <typename T> __global__ void __launch_bounds__(kIterationThreads)
 
 // ---- normalisation and its backward -------------------------------------------------------------
 
-constexpr int kThreads = 512;
-constexpr int kWarps = kThreads / 32;
+constexpr int kNormalizeThreads = kSpectralNormalizeThreads;
+constexpr int kNormalizeWarps = kNormalizeThreads / 32;
+// Loads each thread issues before the stores or sums of the first of them: 2 of 16 bytes, or 4 scalars.
+template <int V> constexpr int kNormalizeBatch = V > 1 ? 2 : 4;
+// normalize_kernel promises 2 resident blocks per SM (64 registers): left free, ptxas gave the fp16
+// and bf16 backward 65 and 74 registers, so one block of 512 threads per SM, 16 KB of G's loads in
+// flight where the floor needs 16-22 KB; with two, 32 KB. Not in float64 (gradcheck's type, not a
+// speed path; 80 registers), whose divisions and register pairs spilled in 64.
+template <typename T> constexpr int kNormalizeBlocksPerSm = sizeof(T) == 8 ? 1 : 2;
 
-// The blocks of its grid row that layer blockIdx.y uses: a function of its own size (see the header).
-__device__ int layer_blocks(const SpectralLayerView& view) {
-  return spectral_normalize_blocks(view.outer * view.rows * view.inner);
+// A launch over every layer's grid row: the layers' table and each layer's access width (elements),
+// which the host picks per launch from what that launch reads and writes.
+struct NormalizeLaunch {
+  SpectralParams p;
+  int8_t vec[kMaxSpectralLayers];
+};
+static_assert(sizeof(NormalizeLaunch) <= 4096, "kernel arguments are limited to 4 KiB");
+
+__host__ __device__ int64_t layer_numel(const SpectralLayerView& view) { return view.outer * view.rows * view.inner; }
+
+// The blocks of its grid row that a layer uses: a function of its own size (see the header).
+__host__ __device__ int layer_blocks(const SpectralLayerView& view) {
+  return spectral_normalize_blocks(layer_numel(view));
 }
 
-// Backward, first pass: partials[layer * blocks_per_layer + block] = this block's share of <G, W>.
-template <typename T> __global__ void __launch_bounds__(kThreads) grad_dot_kernel(SpectralParams p) {
+// A load L2 may evict first: the backward's last read of W (by <G, W>) and of G (by the formula), so
+// that the lines of G the formula has yet to re-read stay longer.
+template <typename T, int V> __device__ __forceinline__ Vec<T, V> load_last(const T* src) {
+  Vec<T, V> out;
+  if constexpr (sizeof(Vec<T, V>) == sizeof(uint4)) {
+    const uint4 bits = __ldcs(reinterpret_cast<const uint4*>(src));
+    memcpy(&out, &bits, sizeof(bits));
+  } else {
+    static_assert(V == 1, "an access is 16 bytes or one element");
+    out.v[0] = __ldcs(src);
+  }
+  return out;
+}
+
+// This thread's share of the layer's <G, W>, its accesses summed in order.
+template <typename T, int V> __device__ acc_t<T> grad_dot_partial(const SpectralLayerView& view, int blocks) {
   using A = acc_t<T>;
-  __shared__ A scratch[kWarps];
-  const SpectralLayerView& view = p.layers[blockIdx.y];
+  constexpr int kB = kNormalizeBatch<V>;
+  const T* __restrict__ g = static_cast<const T*>(view.grad);
+  const T* __restrict__ w = static_cast<const T*>(view.weight);
+  const int64_t first = spectral_normalize_first(blockIdx.x, threadIdx.x);
+  const int64_t steps = spectral_normalize_steps(layer_numel(view) / V, blocks, first);
+  const int64_t stride = int64_t(blocks) * kNormalizeThreads * V;
+  int64_t at = first * V;
+  A acc = 0;
+  int64_t k = 0;
+  for (; k + kB <= steps; k += kB) {  // loads first, as in mv_rows
+    Vec<T, V> a[kB];
+    Vec<T, V> b[kB];
+#pragma unroll
+    for (int q = 0; q < kB; ++q, at += stride) {
+      a[q] = load_ro<T, V>(g + at);
+      b[q] = load_last<T, V>(w + at);
+    }
+#pragma unroll
+    for (int q = 0; q < kB; ++q) acc = dot_add(acc, a[q], b[q]);
+  }
+#pragma unroll 1
+  for (; k < steps; ++k, at += stride) acc = dot_add(acc, load_ro<T, V>(g + at), load_last<T, V>(w + at));
+  return acc;
+}
+
+// Backward, first pass: workspace[layer * blocks_per_layer + block] = the block's share of <G, W>.
+template <typename T> __global__ void __launch_bounds__(kNormalizeThreads) grad_dot_kernel(NormalizeLaunch launch) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kNormalizeWarps];
+  const int l = blockIdx.y;
+  const SpectralLayerView& view = launch.p.layers[l];
   const int blocks = layer_blocks(view);
   if (int(blockIdx.x) >= blocks) return;  // uniform across the block: block_sum's barriers stay safe
-  const T* w = static_cast<const T*>(view.weight);
-  const T* g = static_cast<const T*>(view.grad);
-  const int64_t numel = view.outer * view.rows * view.inner;
-  const int64_t stride = int64_t(blocks) * blockDim.x;
-  A partial = 0;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < numel; e += stride) {
-    partial += to_acc(g[e]) * to_acc(w[e]);
+  const A partial =
+      launch.vec[l] > 1 ? grad_dot_partial<T, kWidest<T>>(view, blocks) : grad_dot_partial<T, 1>(view, blocks);
+  const A total = block_sum<kNormalizeWarps>(partial, scratch);
+  if (threadIdx.x == 0) {
+    static_cast<A*>(launch.p.workspace)[int64_t(l) * launch.p.blocks_per_layer + blockIdx.x] = total;
   }
-  const A total = block_sum<kWarps>(partial, scratch);
-  if (threadIdx.x == 0) static_cast<A*>(p.workspace)[int64_t(blockIdx.y) * p.blocks_per_layer + blockIdx.x] = total;
 }
 
-// out = W / sigma, or in the backward (G - <G, W> / sigma u v^T) / sigma.
-template <typename T> __global__ void __launch_bounds__(kThreads) normalize_kernel(SpectralParams p) {
+// <G, W> from the layer's block partials: lane j adds partials j, j + 32, ... in order, then the lanes
+// meet in warp_sum's fixed tree. Every warp of every block of the layer computes it alike, so all
+// agree on the coefficient without a barrier.
+template <typename A> __device__ A layer_dot(const A* partials, int blocks) {
+  A sum = 0;
+  for (int b = threadIdx.x % 32; b < blocks; b += 32) sum += partials[b];
+  return warp_sum(sum);
+}
+
+template <typename T, int V> __device__ __forceinline__ Vec<T, V> divided(const Vec<T, V>& w, acc_t<T> sigma) {
+  Vec<T, V> out;
+#pragma unroll
+  for (int e = 0; e < V; ++e) out.v[e] = from_acc<T>(to_acc(w.v[e]) / sigma);
+  return out;
+}
+
+// (G - <G, W> / sigma u v^T) / sigma for one access of G: a row's u and V of v's columns.
+template <typename T, int V> __device__ __forceinline__ Vec<T, V> scaled_grad(const Vec<T, V>& g, acc_t<T> u,
+                                                                              const Vec<T, V>& v, acc_t<T> sigma,
+                                                                              acc_t<T> k_uv) {
+  Vec<T, V> out;
+#pragma unroll
+  for (int e = 0; e < V; ++e) out.v[e] = from_acc<T>(to_acc(g.v[e]) / sigma - k_uv * u * to_acc(v.v[e]));
+  return out;
+}
+
+// out = W / sigma over the thread's accesses.
+template <typename T, int V>
+__device__ void normalize_layer(const SpectralLayerView& view, int blocks, acc_t<T> sigma) {
+  constexpr int kB = kNormalizeBatch<V>;
+  const T* __restrict__ w = static_cast<const T*>(view.weight);
+  T* __restrict__ out = static_cast<T*>(view.out);
+  const int64_t first = spectral_normalize_first(blockIdx.x, threadIdx.x);
+  const int64_t steps = spectral_normalize_steps(layer_numel(view) / V, blocks, first);
+  const int64_t stride = int64_t(blocks) * kNormalizeThreads * V;
+  int64_t at = first * V;
+  int64_t k = 0;
+  for (; k + kB <= steps; k += kB) {  // loads first: stores would otherwise hold each next load back
+    Vec<T, V> a[kB];
+#pragma unroll
+    for (int q = 0; q < kB; ++q) a[q] = load_ro<T, V>(w + at + q * stride);
+#pragma unroll
+    for (int q = 0; q < kB; ++q, at += stride) store_vec(out + at, divided(a[q], sigma));
+  }
+#pragma unroll 1
+  for (; k < steps; ++k, at += stride) store_vec(out + at, divided(load_ro<T, V>(w + at), sigma));
+}
+
+// The backward's formula over the thread's accesses, row and column from the walk.
+template <typename T, int V>
+__device__ void normalize_layer_backward(const SpectralLayerView& view, int blocks, acc_t<T> sigma, acc_t<T> k_uv) {
   using A = acc_t<T>;
-  const SpectralLayerView& view = p.layers[blockIdx.y];
-  const T* w = static_cast<const T*>(view.weight);
-  T* out = static_cast<T*>(view.out);
+  constexpr int kB = kNormalizeBatch<V>;
+  const T* __restrict__ u = static_cast<const T*>(view.u);
+  const T* __restrict__ v = static_cast<const T*>(view.v);
+  const int64_t first = spectral_normalize_first(blockIdx.x, threadIdx.x);
+  int64_t steps = spectral_normalize_steps(layer_numel(view) / V, blocks, first);
+  if (steps == 0) return;  // the walk divides by rows and inner
+  const int stride = blocks * kNormalizeThreads * V;
+  SpectralElementWalk walk(view.rows, view.inner, first * V, stride);
+  const T* __restrict__ g = static_cast<const T*>(view.grad) + first * V;
+  T* __restrict__ out = static_cast<T*>(view.out) + first * V;
+  // G's loads of a batch first; u and v, read by every row and column of the layer, mostly hit L1,
+  // so each is loaded just before its use.
+  for (; steps >= kB; steps -= kB) {
+    Vec<T, V> gq[kB];
+#pragma unroll
+    for (int q = 0; q < kB; ++q) gq[q] = load_last<T, V>(g + q * stride);
+#pragma unroll
+    for (int q = 0; q < kB; ++q, walk.advance(), g += stride, out += stride) {
+      const A uk = to_acc(load_ro<T, 1>(u + walk.r).v[0]);
+      store_vec(out, scaled_grad(gq[q], uk, load_ro<T, V>(v + walk.c), sigma, k_uv));
+    }
+  }
+#pragma unroll 1
+  for (; steps > 0; --steps, walk.advance(), g += stride, out += stride) {
+    const A uk = to_acc(load_ro<T, 1>(u + walk.r).v[0]);
+    store_vec(out, scaled_grad(load_last<T, V>(g), uk, load_ro<T, V>(v + walk.c), sigma, k_uv));
+  }
+}
+
+// out = W / sigma, or in the backward (G - <G, W> / sigma u v^T) / sigma. Grid row y works on layer
+// count - 1 - y: blocks start about in grid order, and the launch before this one read the layers in
+// order (W^T u before W / sigma; <G, W> before the backward's formula, whose G is then re-read), so
+// this one starts with the layers L2 most likely still holds.
+template <typename T, SpectralMode mode> __global__ void __launch_bounds__(kNormalizeThreads, kNormalizeBlocksPerSm<T>)
+    normalize_kernel(NormalizeLaunch launch) {
+  using A = acc_t<T>;
+  const int l = launch.p.count - 1 - int(blockIdx.y);
+  const SpectralLayerView& view = launch.p.layers[l];
   const int blocks = layer_blocks(view);
   if (int(blockIdx.x) >= blocks) return;
-  const A sigma = to_acc(static_cast<const T*>(p.sigmas)[blockIdx.y]);
-  const int64_t numel = view.outer * view.rows * view.inner;
-  const int64_t stride = int64_t(blocks) * blockDim.x;
-  const int64_t first = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p.mode == SpectralMode::Normalize) {
-    for (int64_t e = first; e < numel; e += stride) out[e] = from_acc<T>(to_acc(w[e]) / sigma);
-    return;
-  }
-  // Every block sums the same partials in the same order, so all agree on the coefficient.
-  const A* partials = static_cast<const A*>(p.workspace) + int64_t(blockIdx.y) * p.blocks_per_layer;
-  A dot = 0;
-  for (int b = 0; b < blocks; ++b) dot += partials[b];
-  const A k_uv = dot / (sigma * sigma);
-  const T* g = static_cast<const T*>(view.grad);
-  const T* u = static_cast<const T*>(view.u);
-  const T* v = static_cast<const T*>(view.v);
-  const int64_t rows_inner = view.rows * view.inner;
-  for (int64_t e = first; e < numel; e += stride) {
-    const int64_t o = e / rows_inner;
-    const int64_t r = (e % rows_inner) / view.inner;
-    const int64_t i = e % view.inner;
-    out[e] = from_acc<T>(to_acc(g[e]) / sigma - k_uv * to_acc(u[r]) * to_acc(v[o * view.inner + i]));
+  const A sigma = to_acc(static_cast<const T*>(launch.p.sigmas)[l]);
+  const bool wide = launch.vec[l] > 1;
+  if constexpr (mode == SpectralMode::Normalize) {
+    if (wide) {
+      normalize_layer<T, kWidest<T>>(view, blocks, sigma);
+    } else {
+      normalize_layer<T, 1>(view, blocks, sigma);
+    }
+  } else {
+    const A* partials = static_cast<const A*>(launch.p.workspace) + int64_t(l) * launch.p.blocks_per_layer;
+    const A k_uv = layer_dot(partials, blocks) / (sigma * sigma);
+    if (wide) {
+      normalize_layer_backward<T, kWidest<T>>(view, blocks, sigma, k_uv);
+    } else {
+      normalize_layer_backward<T, 1>(view, blocks, sigma, k_uv);
+    }
   }
 }
 
@@ -316,8 +450,7 @@ bool valid(const SpectralParams& p) { return p.count > 0 && p.count <= kMaxSpect
 // Every layer's blocks fit in its grid row and workspace row.
 bool covers_every_layer(const SpectralParams& p) {
   for (int l = 0; l < p.count; ++l) {
-    const SpectralLayerView& view = p.layers[l];
-    if (spectral_normalize_blocks(view.outer * view.rows * view.inner) > p.blocks_per_layer) return false;
+    if (layer_blocks(p.layers[l]) > p.blocks_per_layer) return false;
   }
   return true;
 }
@@ -368,17 +501,45 @@ cudaError_t launch_power_iteration(const SpectralParams& p, cudaStream_t stream)
   });
 }
 
+// Each layer's access width for one launch: 16 bytes where `run(view)` elements, the run an access must
+// stay within, are a whole number of them and the tensors `aligned(view)` checks allow it.
+template <typename T, typename Run, typename Aligned>
+void set_widths(NormalizeLaunch& launch, Run run, Aligned aligned) {
+  for (int l = 0; l < launch.p.count; ++l) {
+    const SpectralLayerView& view = launch.p.layers[l];
+    launch.vec[l] = int8_t(spectral_vector_width(run(view), sizeof(T), aligned(view)));
+  }
+}
+
+int64_t row_segment(const SpectralLayerView& view) { return view.inner; }
+
+// W / sigma: one launch. Backward: <G, W> in per-block partials, then the formula, a second pass over G
+// (see benchmarks/NOTES.md on why not one).
 cudaError_t launch_normalize(const SpectralParams& p, cudaStream_t stream) {
   if (!covers_every_layer(p)) return cudaErrorInvalidValue;
   const dim3 grid(p.blocks_per_layer, p.count);
   return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (p.mode == SpectralMode::NormalizeBackward) {
-      grad_dot_kernel<T><<<grid, kThreads, 0, stream>>>(p);
-      const cudaError_t error = cudaGetLastError();
-      if (error != cudaSuccess) return error;
+    NormalizeLaunch launch{};
+    launch.p = p;
+    if (p.mode == SpectralMode::Normalize) {
+      set_widths<T>(launch, layer_numel, [](const SpectralLayerView& view) {
+        return aligned_to(view.weight, 16) && aligned_to(view.out, 16);
+      });
+      normalize_kernel<T, SpectralMode::Normalize><<<grid, kNormalizeThreads, 0, stream>>>(launch);
+      return cudaGetLastError();
     }
-    normalize_kernel<T><<<grid, kThreads, 0, stream>>>(p);
+    set_widths<T>(launch, layer_numel, [](const SpectralLayerView& view) {
+      return aligned_to(view.grad, 16) && aligned_to(view.weight, 16);
+    });
+    grad_dot_kernel<T><<<grid, kNormalizeThreads, 0, stream>>>(launch);
+    const cudaError_t error = cudaGetLastError();
+    if (error != cudaSuccess) return error;
+    // u is read an element at a time.
+    set_widths<T>(launch, row_segment, [](const SpectralLayerView& view) {
+      return aligned_to(view.grad, 16) && aligned_to(view.v, 16) && aligned_to(view.out, 16);
+    });
+    normalize_kernel<T, SpectralMode::NormalizeBackward><<<grid, kNormalizeThreads, 0, stream>>>(launch);
     return cudaGetLastError();
   });
 }

@@ -1,8 +1,9 @@
 // Checks the partitions of csrc/cuda/pixel_norm_tiles.h, csrc/cuda/minibatch_std_tiles.h and
 // csrc/common/spectral_norm_partition.h on the CPU: for awkward shapes, walking blocks, threads and
 // their loops as the kernels do, every element is accessed exactly once, accesses are aligned to their
-// width, each pixel-norm sum meets every channel row of its tile exactly once, and each column of the
-// spectral norm's W^T u is summed over its rows in the order set by the row count alone. Built and run
+// width, each pixel-norm sum meets every channel row of its tile exactly once, each column of the
+// spectral norm's W^T u is summed over its rows in the order set by the row count alone, and the
+// normalisation backward's walk gives every access the row and column a division would. Built and run
 // by tests/test_cuda_partition.py; prints the number of cases and exits 1 on the first failures.
 #include <bitset>
 #include <cstdio>
@@ -257,6 +258,43 @@ void spectral_case(int64_t outer, int64_t rows, int64_t inner, int vec) {
     CHECK(cols_written[c] == 1, "%s: W^T u column %zu written %d times", name, c, cols_written[c]);
 }
 
+// The normalisation of a weight viewed as [outer, rows, inner] with accesses of `vec` elements: W / sigma
+// and <G, W> (vec dividing numel) and the backward's formula (vec dividing inner, so the walk's row and
+// column hold for a whole access), over the layer's blocks.
+void spectral_normalize_case(int64_t outer, int64_t rows, int64_t inner, int vec) {
+  ++cases;
+  const int64_t numel = outer * rows * inner;
+  char name[160];
+  std::snprintf(name, sizeof(name), "spectral normalise [%lld, %lld, %lld] vec %d", (long long)outer, (long long)rows,
+                (long long)inner, vec);
+  const int blocks = spectral_normalize_blocks(numel);
+  CHECK(blocks >= 1 && blocks <= kSpectralMaxBlocksPerLayer, "%s: %d blocks", name, blocks);
+  const bool walks = inner % vec == 0;
+  std::vector<int> seen(size_t(numel), 0);
+  for (int block = 0; block < blocks; ++block) {
+    for (int thread = 0; thread < kSpectralNormalizeThreads; ++thread) {
+      const int64_t first = spectral_normalize_first(block, thread);
+      const int64_t steps = spectral_normalize_steps(numel / vec, blocks, first);
+      const int64_t stride = int64_t(blocks) * kSpectralNormalizeThreads * vec;
+      if (steps == 0) continue;
+      SpectralElementWalk walk(rows, inner, first * vec, stride);
+      for (int64_t k = 0; k < steps; ++k, walk.advance()) {
+        const int64_t at = (first + k * blocks * kSpectralNormalizeThreads) * vec;
+        CHECK(at + vec <= numel, "%s: access at %lld", name, (long long)at);
+        if (at + vec > numel) return;
+        for (int e = 0; e < vec; ++e) ++seen[size_t(at + e)];
+        if (!walks) continue;
+        const int64_t r = at / inner % rows, c = at / (rows * inner) * inner + at % inner;
+        CHECK(walk.r == r && walk.c == c && walk.i == at % inner,
+              "%s: walk at element %lld: row %lld column %lld, want %lld, %lld", name, (long long)at, (long long)walk.r,
+              (long long)walk.c, (long long)r, (long long)c);
+        CHECK(at % inner + vec <= inner, "%s: access at %lld crosses a row segment", name, (long long)at);
+      }
+    }
+  }
+  for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "%s: element %zu written %d times", name, i, seen[i]);
+}
+
 // A launch's 1-D grid: every block belongs to the layer whose range holds it, layers without blocks
 // included.
 void spectral_grid_case(const std::vector<int>& layer_blocks) {
@@ -324,6 +362,18 @@ int main() {
   spectral_case(8, 3, 96, 4);
   spectral_case(1, 0, 7, 1);
   spectral_case(1, 5, 0, 1);
+  // Normalisation: every access width that numel or inner allows, inner not a multiple of the widest,
+  // outer > 1, empty layers, one block part full, the 256-block cap with several steps per thread
+  // (512 x 4608 and an odd size), and steps that are and are not a multiple of the load batch.
+  const int64_t normalize_shapes[][3] = {{1, 7, 5},       {1, 8, 13},      {1, 40, 128}, {6, 5, 9},    {24, 16, 16},
+                                         {3, 1, 1},       {1, 1, 1},       {7, 3, 2},    {1, 0, 7},    {1, 5, 0},
+                                         {0, 4, 4},       {1, 64, 128},    {2, 33, 40},  {1, 1, 4104}, {1, 512, 4608},
+                                         {1, 1023, 1031}, {1, 1024, 1025}, {512, 3, 640}};
+  for (const auto& shape : normalize_shapes) {
+    for (int vec : {1, 2, 4, 8}) {
+      if ((shape[0] * shape[1] * shape[2]) % vec == 0) spectral_normalize_case(shape[0], shape[1], shape[2], vec);
+    }
+  }
   spectral_grid_case({5});
   spectral_grid_case({0, 3, 0, 0, 1, 7, 0});
   spectral_grid_case({1, 1, 1, 2, 40, 1});
