@@ -199,6 +199,9 @@ def test_spectral_norm(shapes, dtype, device, kind, steps, data):
     assert_close(sigmas, sigmas_ref, dtype)
     for got, want in zip(us + vs, us_ref + vs_ref):
         assert_close(got, want, dtype)
+    # Given the sigmas just checked, the normalisation is W / sigma. (Against the reference's own sigma a
+    # sigma near 0, which steps=0 with random u, v can give by cancellation, would amplify the sigmas'
+    # rounding difference by 1/sigma.)
     normalized = gan_kernels.spectral_norm_normalize(weights, us, vs, sigmas, dims)
-    for got, want in zip(normalized, reference.spectral_norm_normalize(weights, us_ref, vs_ref, dims)):
-        assert_close(got, want, dtype)
+    for got, weight, sigma in zip(normalized, weights, sigmas):
+        assert_close(got, weight / sigma, dtype)
