@@ -36,6 +36,7 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 // GCC 12's avx512fintrin.h starts _mm512_undefined_* from a deliberately uninitialised variable,
-// which -Wall reports wherever Vectorized uses one.
+// which -Wall reports wherever Vectorized or c10::Half's scalar conversion uses one.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif

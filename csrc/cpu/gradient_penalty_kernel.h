@@ -1,7 +1,6 @@
 // The CPU kernel of the per-sample gradient penalty in ATen's Vectorized, built once per CPU
-// capability (cpu/capability_build.h). Every build sums each sample in the same fixed order (element
-// i of a chunk into lane i % kLanes, the lanes added last in lane order), so all builds and thread
-// counts give the same bits.
+// capability (cpu/capability_build.h). Each chunk's sum of squares runs in cpu/vec_step.h's fixed
+// lane order and the chunks add in order, so all builds and thread counts give the same bits.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -9,7 +8,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -20,39 +18,6 @@
 
 namespace gan_kernels {
 namespace {
-
-// Independent partial sums within a chunk: a whole number of vector steps in every build, so that
-// the adds pipeline.
-constexpr int64_t kLanes = 32;
-
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-acc_t sum_squares(const scalar_t* x, int64_t n) {
-  using S = Step<scalar_t>;
-  using AccVec = typename S::AccVec;
-  static_assert(kLanes % S::kSize == 0, "a lane block is a whole number of steps");
-  constexpr int kAccumulators = static_cast<int>(kLanes / AccVec::size());
-  std::array<AccVec, kAccumulators> lanes;
-  lanes.fill(AccVec(acc_t(0)));
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t step = 0; step < kLanes / S::kSize; ++step) {
-      const typename S::Parts parts = S::load(x + i + step * S::kSize);
-      for (int part = 0; part < S::kParts; ++part) {
-        AccVec& lane = lanes[step * S::kParts + part];
-        lane = lane + parts[part] * parts[part];
-      }
-    }
-  }
-  acc_t flat[kLanes];
-  for (int a = 0; a < kAccumulators; ++a) lanes[a].store(flat + a * AccVec::size());
-  for (; i < n; ++i) {
-    const acc_t v = acc_t(x[i]);
-    flat[i % kLanes] += v * v;
-  }
-  acc_t sum = 0;
-  for (int64_t l = 0; l < kLanes; ++l) sum += flat[l];
-  return sum;
-}
 
 // out[i] = k * g[i] over [begin, end), converted a vector at a time.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
@@ -76,7 +41,8 @@ template <typename scalar_t, typename acc_t> void chunk_sum_squares(const Gradie
     for (int64_t task = begin; task < end; ++task) {
       const int64_t first = (task % chunks) * p.chunk;
       const int64_t len = std::min(p.chunk, p.per_sample - first);
-      partials[task] = sum_squares<scalar_t>(g + (task / chunks) * p.per_sample + first, len);
+      const scalar_t* x = g + (task / chunks) * p.per_sample + first;
+      partials[task] = dot(x, x, len);
     }
   });
 }

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <type_traits>
 
 namespace gan_kernels {
 namespace {
@@ -50,6 +51,52 @@ template <typename scalar_t> struct Step {
     }
   }
 };
+
+// Fixed-order sums: element i of a sum goes to lane i % kSumLanes, each lane adds in increasing i, and
+// the lanes are added last, in lane order. kSumLanes is a whole number of vector steps in every build,
+// so every build and every split of the outputs over threads gives the same bits, and the independent
+// lanes keep the adds pipelined.
+constexpr int64_t kSumLanes = 32;
+
+// The kSumLanes elements from p, as accumulator vectors in element order.
+template <typename scalar_t> struct SumBlock {
+  using S = Step<scalar_t>;
+  static_assert(kSumLanes % S::kSize == 0, "a lane block is a whole number of steps");
+  static constexpr int kVectors = static_cast<int>(kSumLanes / S::AccVec::size());
+  using Vectors = std::array<typename S::AccVec, kVectors>;
+
+  static Vectors load(const scalar_t* p) {
+    Vectors block;
+    for (int64_t step = 0; step < kSumLanes / S::kSize; ++step) {
+      const typename S::Parts parts = S::load(p + step * S::kSize);
+      for (int part = 0; part < S::kParts; ++part) block[step * S::kParts + part] = parts[part];
+    }
+    return block;
+  }
+};
+
+// sum_i a[i] * b[i] in the accumulator type, in the fixed order above. a and b may differ in type
+// when their accumulator types agree (float with Half or BFloat16).
+template <typename a_t, typename b_t, typename acc_t = at::opmath_type<a_t>>
+acc_t dot(const a_t* a, const b_t* b, int64_t n) {
+  static_assert(std::is_same_v<acc_t, at::opmath_type<b_t>>, "one accumulator type");
+  using A = SumBlock<a_t>;
+  using B = SumBlock<b_t>;
+  typename A::Vectors lanes;
+  lanes.fill(typename A::Vectors::value_type(acc_t(0)));
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) {
+    const typename A::Vectors x = A::load(a + i);
+    const typename B::Vectors y = B::load(b + i);
+    for (int v = 0; v < A::kVectors; ++v) lanes[v] = lanes[v] + x[v] * y[v];
+  }
+  acc_t flat[kSumLanes];
+  for (int v = 0; v < A::kVectors; ++v) lanes[v].store(flat + v * A::Vectors::value_type::size());
+  for (; i < n; ++i) flat[i % kSumLanes] += acc_t(a[i]) * acc_t(b[i]);
+  acc_t sum = 0;
+  for (int64_t l = 0; l < kSumLanes; ++l) sum += flat[l];
+  return sum;
+}
 
 }  // namespace
 }  // namespace gan_kernels

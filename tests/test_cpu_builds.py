@@ -1,0 +1,70 @@
+"""The CPU kernels are built once per ATen CPU capability (csrc/cpu/capability.h). Spectral norm and
+the gradient penalty sum in a fixed lane order (csrc/cpu/vec_step.h), so they promise the same bits
+from every build: each build available here runs in a subprocess under ATEN_CPU_CAPABILITY."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import requires_ops
+
+# Prints the capability ATen picked, then a digest of every output for seeded inputs: spectral norm's
+# power iteration, normalisation and backward for a batch of unequal layers (one larger than a
+# parallel task, with a ragged tail) and the penalty with its backward, in float32 and bfloat16.
+SCRIPT = """
+import hashlib
+import numpy as np
+import torch
+import gan_kernels  # noqa: F401
+
+# numpy draws the inputs: torch.randn's own vectorised sampler gives other numbers in each build.
+rng = np.random.default_rng(0)
+digest = hashlib.sha256()
+
+
+def randn(*shape, dtype):
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32)).to(dtype)
+
+
+def add(*tensors):
+    for t in tensors:
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+
+
+ops = torch.ops.gan_kernels
+for dtype in (torch.float32, torch.bfloat16):
+    shapes = [(300, 129, 3), (7, 5), (33, 65, 2, 2)]
+    dims = [0, 1, 0]
+    ws = [randn(*s, dtype=dtype) for s in shapes]
+    us = [randn(s[d], dtype=dtype) for s, d in zip(shapes, dims)]
+    vs = [randn(w.numel() // s[d], dtype=dtype) for w, s, d in zip(ws, shapes, dims)]
+    sigmas = ops.spectral_norm_power_iteration_(ws, us, vs, dims, 2, 1e-12)
+    out = ops.spectral_norm_normalize(ws, us, vs, sigmas, dims)
+    grads = [randn(*s, dtype=dtype) for s in shapes]
+    add(sigmas, *us, *vs, *out, *ops.spectral_norm_normalize_backward(grads, ws, us, vs, sigmas, dims))
+    g = randn(5, 3, 37, 41, dtype=dtype)
+    penalty, sums = ops.gradient_penalty(g, 1.0)
+    add(penalty, sums, ops.gradient_penalty_backward(randn(5, dtype=torch.float32), g, sums, 1.0))
+print(torch.backends.cpu.get_cpu_capability().lower(), digest.hexdigest())
+"""
+
+
+def run_under(capability):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    picked, digest = done.stdout.split()
+    return picked, digest
+
+
+@requires_ops
+def test_fixed_order_kernels_give_the_same_bits_in_every_cpu_build():
+    digests = {}
+    for capability in ("default", "avx2", "avx512"):
+        picked, digest = run_under(capability)
+        if picked == capability:  # ATen falls back to a lower capability the CPU lacks
+            digests[capability] = digest
+    if len(digests) < 2:
+        pytest.skip(f"only the {list(digests)} build runs on this CPU")
+    assert len(set(digests.values())) == 1, digests
