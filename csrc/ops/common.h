@@ -12,6 +12,7 @@
 #include <string>
 
 #include "common/dtype.h"
+#include "cpu/huge_pages.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -95,6 +96,13 @@ inline ChannelView channel_view(const at::Tensor& dense, int64_t dim) {
   }
   const int64_t inner = dense.stride(dim);
   return {dense.numel() / (channels * inner), channels, inner};
+}
+
+// An op's freshly allocated output, which its kernel writes entirely: on the CPU a large one gets
+// huge pages (cpu/huge_pages.h), so that its first write is not mostly page faults.
+inline at::Tensor new_output(at::Tensor out) {
+  if (out.is_cpu()) advise_huge_pages(out.data_ptr(), out.nbytes());
+  return out;
 }
 
 // The input itself when it is already dense, else a dense copy with the strides empty_like gives,

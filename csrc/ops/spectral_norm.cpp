@@ -163,7 +163,8 @@ at::Tensor empty_sigmas(const at::TensorList weights) {
 std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) {
   std::vector<at::Tensor> out;
   out.reserve(layers.size());
-  for (const SpectralLayer& l : layers) out.push_back(at::empty_like(l.weight, at::MemoryFormat::Contiguous));
+  for (const SpectralLayer& l : layers)
+    out.push_back(new_output(at::empty_like(l.weight, at::MemoryFormat::Contiguous)));
   return out;
 }
 

@@ -1,0 +1,53 @@
+"""Large outputs of our CPU ops ask the kernel for transparent huge pages (csrc/cpu/huge_pages.h), so
+that their first write is not mostly page faults; small ones and the inputs are left alone."""
+
+import os
+
+import pytest
+import torch
+from helpers import requires_ops
+
+import gan_kernels
+
+HUGE_PAGE = 2 << 20
+pytestmark = [
+    requires_ops,
+    pytest.mark.skipif(
+        not os.path.exists("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages here"
+    ),
+]
+
+
+def advised_huge_pages(address):
+    """Whether the mapping holding `address` carries MADV_HUGEPAGE ("hg" in /proc/self/smaps)."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return "hg" in line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def interior_page(t):
+    """An address inside the first whole 2 MiB page of t's memory."""
+    return (t.data_ptr() + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x: gan_kernels.pixel_norm(x),
+        lambda x: gan_kernels.bias_act(x, act="lrelu"),
+        lambda x: gan_kernels.minibatch_std(x, group_size=4),
+    ],
+    ids=["pixel_norm", "bias_act", "minibatch_std"],
+)
+def test_a_large_output_asks_for_huge_pages(op):
+    x = torch.randn(16, 256, 32, 32)  # 16 MiB
+    y = op(x)
+    assert advised_huge_pages(interior_page(y))
+    assert not advised_huge_pages(interior_page(x))  # torch's own allocation, untouched
