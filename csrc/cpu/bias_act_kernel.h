@@ -21,6 +21,7 @@
 #include "common/bias_act.h"
 #include "cpu/bias_act.h"
 #include "cpu/dispatch.h"
+#include "cpu/vec_step.h"
 
 // The scalar loops of the DEFAULT build vectorise only where GCC may assume that floating-point
 // operations do not trap: nothing here relies on FP traps. After the torch headers, so only the
@@ -51,7 +52,7 @@ template <typename T> struct ElementMath<VecOf<T>> {
 namespace {
 
 // float and double compute in their own type, Half and BFloat16 in float: one value at a time
-// (kVectors false) or a vector of them. A vector of Half or BFloat16 loads as two float vectors.
+// (kVectors false) or a vector of them (cpu/vec_step.h: a vector of Half or BFloat16 is two of float).
 template <typename scalar_t> using acc_t = at::vec::vec_scalar_t<scalar_t>;
 template <typename scalar_t, bool kVectors> using compute_t =
     std::conditional_t<kVectors, VecOf<acc_t<scalar_t>>, acc_t<scalar_t>>;
@@ -79,29 +80,24 @@ void span(const Operands<scalar_t>& p, int64_t offset, int64_t n, const scalar_t
                                                         kUsesG2 ? A(p.g2[i]) : A(0), s, clamped, gain_positive));
     }
   } else {
-    using Vec = VecOf<scalar_t>;
-    constexpr int64_t kStep = Vec::size();
-    const A uniform_bias(bias_value);
-    for (int64_t j = 0; j < n; j += kStep) {
-      const int64_t count = std::min(kStep, n - j);
+    using S = Step<scalar_t>;
+    for (int64_t j = 0; j < n; j += S::kSize) {
+      const int64_t count = std::min(S::kSize, n - j);
       const int64_t i = offset + j;
-      const Vec r = Vec::loadu(p.ref + i, count);
-      const Vec g1 = kUsesG1 ? Vec::loadu(p.g1 + i, count) : Vec(0);
-      const Vec g2 = kUsesG2 ? Vec::loadu(p.g2 + i, count) : Vec(0);
-      const Vec b = kBiasPerElement ? Vec::loadu(bias + j, count) : Vec(0);
-      if constexpr (!std::is_same_v<scalar_t, acc_t<scalar_t>>) {
-        auto [r0, r1] = at::vec::convert_to_float<scalar_t>(r);
-        auto [g10, g11] = at::vec::convert_to_float<scalar_t>(g1);
-        auto [g20, g21] = at::vec::convert_to_float<scalar_t>(g2);
-        A b0 = uniform_bias, b1 = uniform_bias;
-        if constexpr (kBiasPerElement) std::tie(b0, b1) = at::vec::convert_to_float<scalar_t>(b);
-        const A out0 = bias_act_element<kAct, kMode>(r0, b0, g10, g20, s, clamped, gain_positive);
-        const A out1 = bias_act_element<kAct, kMode>(r1, b1, g11, g21, s, clamped, gain_positive);
-        at::vec::convert_from_float<scalar_t>(out0, out1).store(p.out + i, count);
-      } else {
-        const A bias_vec = kBiasPerElement ? b : uniform_bias;
-        bias_act_element<kAct, kMode>(r, bias_vec, g1, g2, s, clamped, gain_positive).store(p.out + i, count);
+      const typename S::Parts r = S::load(p.ref + i, count);
+      // Vectorized's default constructor leaves its lanes undefined.
+      typename S::Parts g1, g2, b;
+      g1.fill(A(0));
+      g2.fill(A(0));
+      b.fill(A(bias_value));
+      if constexpr (kUsesG1) g1 = S::load(p.g1 + i, count);
+      if constexpr (kUsesG2) g2 = S::load(p.g2 + i, count);
+      if constexpr (kBiasPerElement) b = S::load(bias + j, count);
+      typename S::Parts out;
+      for (int k = 0; k < S::kParts; ++k) {
+        out[k] = bias_act_element<kAct, kMode>(r[k], b[k], g1[k], g2[k], s, clamped, gain_positive);
       }
+      S::store(p.out + i, out, count);
     }
   }
 }
