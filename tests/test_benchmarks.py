@@ -26,3 +26,34 @@ import run  # noqa: E402
 def test_a_row_misses_the_targets_it_is_under(eager_target, speedup_eager, speedup_compile, expected):
     row = {"eager_target": eager_target, "speedup_eager": speedup_eager, "speedup_compile": speedup_compile}
     assert run.misses(row) == expected
+
+
+@pytest.mark.parametrize(
+    "copy_target, pct_copy, expected",
+    [
+        (0.40, 41.0, []),
+        (0.40, 39.9, ["copy<40%"]),
+        (0.85, 84.0, ["copy<85%"]),
+        (None, 10.0, []),  # no bandwidth target for this row
+        (0.40, None, []),  # ours failed, or the case states no traffic
+    ],
+)
+def test_a_row_misses_its_share_of_the_copy_bandwidth(copy_target, pct_copy, expected):
+    row = {"eager_target": 2.0, "speedup_eager": 3.0, "speedup_compile": 1.2}
+    row.update(copy_target=copy_target, ours_pct_copy=pct_copy)
+    assert run.misses(row) == expected
+
+
+def test_the_cpu_cases_carry_issue_15s_bandwidth_targets():
+    """40% of copy for pixel norm at [32,512,32,32] and minibatch stddev at [32,256,32,32], fp32, in
+    every mode; no other CPU row has a bandwidth target."""
+    import importlib
+
+    import torch
+
+    expected = {("pixel_norm", "32x512x32x32"), ("minibatch_std", "32x256x32x32")}
+    no_compile = run.make_compile_fn(False)
+    for op in ("pixel_norm", "minibatch_std", "bias_act", "gradient_penalty"):
+        for case in importlib.import_module(f"cases.{op}").cases(torch.device("cpu"), False, no_compile):
+            targeted = (case.op, case.shape) in expected and case.dtype == "float32" and case.mode != "r1"
+            assert case.copy_target == (0.40 if targeted else None), (case.op, case.shape, case.dtype, case.mode)

@@ -1,6 +1,6 @@
 import torch
 from cases.end_to_end import ReferenceEqualizedConv2d
-from harness import DROP_IN_TARGET, forward_backward_cases
+from harness import DROP_IN_TARGET, GPU_ELEMENTWISE_COPY_TARGETS, forward_backward_cases
 
 import gan_kernels
 from gan_kernels import reference
@@ -37,10 +37,12 @@ def cases(device, quick, compile_fn):
         shapes = [(32, 512, 64, 64)]
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
         conv_shapes, conv_dtypes = [(32, 256, 64, 64)], [torch.bfloat16, torch.float32]
+        copy_targets = GPU_ELEMENTWISE_COPY_TARGETS
     else:
         shapes = [(32, 256, 32, 32)]
         dtypes = [torch.float32, torch.bfloat16]
         conv_shapes, conv_dtypes = [(8, 64, 32, 32)], [torch.float32]
+        copy_targets = None
     if quick:
         dtypes, conv_dtypes = dtypes[:1], conv_dtypes[:1]
     out = []
@@ -51,7 +53,14 @@ def cases(device, quick, compile_fn):
             nbytes = x.nbytes
             # forward: read x, write y; backward (a clamp saves x): read x and dy, write dx
             out += forward_backward_cases(
-                "bias_act", (x, b), torch.randn_like(x), bias_act_fns(), 2 * nbytes, 3 * nbytes, compile_fn
+                "bias_act",
+                (x, b),
+                torch.randn_like(x),
+                bias_act_fns(),
+                2 * nbytes,
+                3 * nbytes,
+                compile_fn,
+                copy_targets=copy_targets,
             )
     for shape in conv_shapes:
         for dtype in conv_dtypes:

@@ -1,7 +1,14 @@
 """Gradient penalty: the per-sample penalty op (fwd, bwd, fwd+bwd) and one R1 discriminator step."""
 
 import torch
-from harness import DROP_IN_TARGET, Case, dtype_name, forward_backward_cases, shape_name
+from harness import (
+    DROP_IN_TARGET,
+    GPU_ELEMENTWISE_COPY_TARGETS,
+    Case,
+    dtype_name,
+    forward_backward_cases,
+    shape_name,
+)
 
 import gan_kernels
 from gan_kernels import reference
@@ -65,10 +72,12 @@ def cases(device, quick, compile_fn):
         shapes = [(32, 3, 256, 256), (32, 512, 16, 16)]
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
         r1_shapes = [((32, 3, 256, 256), 256)]
+        copy_targets = {shapes[0]: GPU_ELEMENTWISE_COPY_TARGETS}
     else:
         shapes = [(64, 3, 64, 64)]
         dtypes = [torch.float32, torch.bfloat16]
         r1_shapes = [((8, 3, 32, 32), 64)]
+        copy_targets = {}
     centers = [1.0, 0.0]
     if quick:
         shapes, dtypes, centers = shapes[:1], dtypes[:1], centers[:1]
@@ -80,7 +89,14 @@ def cases(device, quick, compile_fn):
                 grad_out = torch.randn(shape[0], device=device, dtype=dtype)
                 # forward: read g; backward: read g, write dL/dg (the per-sample vectors are negligible)
                 out += forward_backward_cases(
-                    f"penalty c={center:g}", (g,), grad_out, penalty_fns(center), g.nbytes, 2 * g.nbytes, compile_fn
+                    f"penalty c={center:g}",
+                    (g,),
+                    grad_out,
+                    penalty_fns(center),
+                    g.nbytes,
+                    2 * g.nbytes,
+                    compile_fn,
+                    copy_targets=copy_targets.get(shape),
                 )
     for shape, max_channels in r1_shapes:
         out.append(r1_step_case(device, shape, max_channels))
