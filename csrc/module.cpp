@@ -15,6 +15,7 @@
 #include "activation_table.h"
 #include "build_info.h"
 #include "common/dtype.h"
+#include "cpu/huge_pages.h"
 
 // Each op defines its own schemas beside its contract, in csrc/ops/<op>.cpp, as fragments.
 TORCH_LIBRARY(gan_kernels, m) {}
@@ -79,4 +80,7 @@ PYBIND11_MODULE(_C, m) {
 #undef GAN_KERNELS_ACTIVATION_CONSTANT_ROW
   };
   m.attr("dtypes") = dtypes();
+  m.def("set_huge_page_outputs", &gan_kernels::set_huge_page_outputs,
+        "Whether CPU outputs of 4 MB or more ask for transparent huge pages (GAN_KERNELS_HUGE_PAGES).");
+  m.def("huge_page_outputs", &gan_kernels::huge_page_outputs);
 }

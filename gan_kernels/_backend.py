@@ -2,6 +2,8 @@
 
 ``GAN_KERNELS_IMPL=reference`` (read at import) forces the reference everywhere; ``auto`` (the
 default) uses the compiled ops wherever they have a kernel for the tensor's device.
+``GAN_KERNELS_HUGE_PAGES=0`` (read at import) stops the compiled CPU ops from asking for transparent
+huge pages on their large outputs (csrc/cpu/huge_pages.h); ``1``, the default, asks.
 """
 
 import dataclasses
@@ -30,6 +32,18 @@ def _requested_impl():
 
 IMPL = _requested_impl()
 
+HUGE_PAGES_ENV = "GAN_KERNELS_HUGE_PAGES"
+
+
+def _requested_huge_pages():
+    value = os.environ.get(HUGE_PAGES_ENV, "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{HUGE_PAGES_ENV}={value!r} is not 0 or 1")
+    return value == "1"
+
+
+HUGE_PAGES = _requested_huge_pages()
+
 
 def _load_extension():
     """(the compiled module or None, why it is None)"""
@@ -54,6 +68,8 @@ def _user_stacklevel():
 
 
 _C, C_ERROR = _load_extension()
+if _C is not None:
+    _C.set_huge_page_outputs(HUGE_PAGES)
 
 if _C is None and IMPL != "reference":
     warnings.warn(

@@ -2,6 +2,8 @@
 that their first write is not mostly page faults; small ones and the inputs are left alone."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,3 +53,30 @@ def test_a_large_output_asks_for_huge_pages(op):
     y = op(x)
     assert advised_huge_pages(interior_page(y))
     assert not advised_huge_pages(interior_page(x))  # torch's own allocation, untouched
+
+
+def test_the_advice_can_be_turned_off():
+    from gan_kernels._backend import _C
+
+    x = torch.randn(16, 256, 32, 32)
+    _C.set_huge_page_outputs(False)
+    try:
+        assert not advised_huge_pages(interior_page(gan_kernels.pixel_norm(x)))
+    finally:
+        _C.set_huge_page_outputs(True)
+    assert advised_huge_pages(interior_page(gan_kernels.pixel_norm(x)))
+
+
+@pytest.mark.parametrize("value, advised", [("0", False), ("1", True), ("", True)])
+def test_the_environment_variable_sets_the_advice_at_import(value, advised):
+    script = "from gan_kernels._backend import _C; print(_C.huge_page_outputs())"
+    env = dict(os.environ, GAN_KERNELS_HUGE_PAGES=value)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(advised)
+
+
+def test_a_bad_value_of_the_environment_variable_is_an_error_that_names_it():
+    env = dict(os.environ, GAN_KERNELS_HUGE_PAGES="yes")
+    out = subprocess.run([sys.executable, "-c", "import gan_kernels"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "GAN_KERNELS_HUGE_PAGES='yes' is not 0 or 1" in out.stderr

@@ -1,5 +1,6 @@
 #include "cpu/huge_pages.h"
 
+#include <atomic>
 #include <cstdint>
 
 #ifdef __linux__
@@ -7,10 +8,19 @@
 #endif
 
 namespace gan_kernels {
+namespace {
+
+std::atomic<bool> huge_page_outputs_enabled{true};
+
+}  // namespace
+
+void set_huge_page_outputs(bool enabled) { huge_page_outputs_enabled.store(enabled, std::memory_order_relaxed); }
+
+bool huge_page_outputs() { return huge_page_outputs_enabled.load(std::memory_order_relaxed); }
 
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes < kHugePageOutputBytes) return;
+  if (bytes < kHugePageOutputBytes || !huge_page_outputs()) return;
   constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
   const auto begin = reinterpret_cast<uintptr_t>(data);
   const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1);
