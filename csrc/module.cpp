@@ -1,5 +1,5 @@
 // The Python module gan_kernels._C: loading it registers every op with the dispatcher; pybind11
-// carries only the build facts.
+// carries the build facts and one process-wide setting (huge pages on CPU outputs).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/ScalarType.h>
 #include <pybind11/pybind11.h>
