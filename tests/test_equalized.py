@@ -192,6 +192,22 @@ def test_conv2d_takes_unbatched_input_as_conv2d_does(device):
     assert_close(y, stylegan_conv2d_forward(layer, x.unsqueeze(0))[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["linear", "lrelu"])
+@pytest.mark.parametrize("shape", [(5,), (2, 7, 5), (2, 3, 7, 5)], ids=lambda s: f"{len(s)}d")
+def test_linear_takes_any_leading_dims_as_linear_does(device, activation, shape):
+    # A dim next to the features of size out_features (7): a bias along dim 1 instead of the last
+    # would pass silently.
+    torch.manual_seed(7)
+    layer = randomise_bias(EqualizedLinear(5, 7, activation=activation, lr_multiplier=0.5)).to(device)
+    x = torch.randn(shape, device=device)
+    y = layer(x)
+    assert y.shape == (*shape[:-1], 7)
+    assert_close(y, layer(x.reshape(-1, 5)).reshape(y.shape))
+    w, b = layer.weight * layer.weight_gain, layer.bias * layer.bias_gain
+    assert_close(y, stylegan_bias_act_ref(torch.nn.functional.linear(x, w, b), act=activation))
+
+
 def copy_of(layer, cls, *args, **kwargs):
     twin = cls(*args, **kwargs)
     twin.load_state_dict(layer.state_dict())

@@ -69,12 +69,16 @@ class EqualizedLinear(_EqualizedLayer):
         self.bias_gain = lr_multiplier
 
     def forward(self, x, gain=1):
+        """``x`` [*, in_features] -> [*, out_features], as torch.nn.Linear: the bias goes along the
+        last dim (StyleGAN's layer takes [N, in] only, where that is dim 1)."""
         w = self._runtime_weight(x)
         if self.activation == "linear" and self.bias is not None and gain == 1:
+            if x.dim() != 2:  # addmm takes matrices only
+                return torch.nn.functional.linear(x, w, self._runtime_bias(x.dtype))
             return torch.addmm(self._runtime_bias(x.dtype).unsqueeze(0), x, w.t())
         act_gain = _default_gain(self.activation) * gain
         x = x.matmul(w.t())
-        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=act_gain)
+        return self._bias_act(x, self._runtime_bias(x.dtype), dim=-1, act=self.activation, gain=act_gain)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
