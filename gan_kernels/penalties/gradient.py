@@ -141,6 +141,12 @@ def dragan_points(real, perturbation=0.5, std=None, generator=None):
         std = _checks.nonnegative(std, "std")
     elif std.numel() != 1:
         raise ValueError(f"std must be a number or a one-element tensor, got a tensor of shape {list(std.shape)}")
+    elif std.dtype == torch.bool or std.is_complex():
+        raise TypeError(f"std must be a real number or a one-element real tensor, got dtype {std.dtype}")
+    else:
+        # 0-d, so that it neither broadcasts the points to more dims ([1, 1, 1, 1, 1]) nor promotes them
+        # to its dtype (a float64 [1] against float32 samples), and detached, as the points are.
+        std = std.detach().reshape(())
     noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
     alpha = _per_sample_uniform(r, generator)
     return r + alpha * (perturbation * std * noise)
