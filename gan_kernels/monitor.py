@@ -215,13 +215,9 @@ class StabilityMonitor:
                 raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
         if D is None:
             raise TypeError("D must be a torch.nn.Module, got None")
-        for arg, value, minimum in (
-            ("every", every, 1),
-            ("sigma_iterations", sigma_iterations, 1),
-            ("samples", samples, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
+        every = _checks.count(every, "every")
+        sigma_iterations = _checks.count(sigma_iterations, "sigma_iterations")
+        samples = _checks.count(samples, "samples", minimum=2)
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
         thresholds = thresholds if thresholds is not None else Thresholds()
