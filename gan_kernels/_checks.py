@@ -39,6 +39,13 @@ def check_floating(t, arg):
         raise TypeError(f"{arg} must be {_FLOAT_DTYPE_NAMES}, got {t.dtype}")
 
 
+def has_samples(t, arg):
+    """``t`` [N, ...] with N >= 1, for a mean over the batch: over no samples it is NaN, which a loss
+    would carry into every weight (or a running statistic) without a word."""
+    if t.shape[0] == 0:
+        raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
+
+
 def symbolic(value):
     """A value only known when the traced graph runs (dynamo may also hand it over as a float)."""
     return isinstance(value, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()

@@ -345,6 +345,12 @@ def test_dragan_points_take_a_one_element_std_as_the_number(std):
             TypeError,
             "std must be a real number or a one-element real tensor, got dtype torch.bool",
         ),
+        # A mean over no samples: was a NaN loss.
+        (lambda D, r, f: penalties.r1(D, r[:0], 1.0), ValueError, r"real has no samples \(shape \[0, 3, 4, 4\]\)"),
+        (lambda D, r, f: penalties.r2(D, f[:0], 1.0), ValueError, r"fake has no samples \(shape \[0, 3, 4, 4\]\)"),
+        (lambda D, r, f: penalties.wgan_gp(D, r[:0], f[:0]), ValueError, "real has no samples"),
+        (lambda D, r, f: penalties.zero_centered_gp(D, r[:0], f[:0], 1.0), ValueError, "real has no samples"),
+        (lambda D, r, f: penalties.dragan(D, r[:0], std=1.0), ValueError, "real has no samples"),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
         (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
