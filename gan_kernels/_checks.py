@@ -46,6 +46,12 @@ def has_samples(t, arg):
         raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
 
 
+def same_dtype(t, ref, arg, ref_arg):
+    """``t`` in ``ref``'s dtype (common.h's check_same_dtype, same message)."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{arg} has dtype {t.dtype} but {ref_arg} has dtype {ref.dtype}")
+
+
 def symbolic(value):
     """A value only known when the traced graph runs (dynamo may also hand it over as a float)."""
     return isinstance(value, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
