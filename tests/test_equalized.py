@@ -259,3 +259,8 @@ def test_bad_layer_arguments_name_the_argument():
         EqualizedLinear(3, 4, activation="gelu")
     with pytest.raises(ValueError, match="conv_clamp must be a finite number >= 0, got -1"):
         EqualizedConv2d(3, 4, 3, conv_clamp=-1)
+    # The clamp bound is conv_clamp * gain: the error names gain, which the caller passed.
+    layer = EqualizedConv2d(3, 4, 3, activation="lrelu", conv_clamp=256)
+    with pytest.raises(ValueError, match="gain must be >= 0 for a layer with conv_clamp=256.0, got -1"):
+        layer(torch.randn(2, 3, 4, 4), gain=-1)
+    assert layer(torch.randn(2, 3, 4, 4), gain=0).abs().max() == 0

@@ -130,7 +130,13 @@ class EqualizedConv2d(_EqualizedLayer):
         if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H
             return self.forward(x.unsqueeze(0), gain).squeeze(0)
         x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        act_clamp = None
+        if self.conv_clamp is not None:
+            # The clamp bound is conv_clamp * gain: a negative gain would fail as a "clamp" the caller
+            # never passed.
+            if gain < 0:
+                raise ValueError(f"gain must be >= 0 for a layer with conv_clamp={self.conv_clamp}, got {gain}")
+            act_clamp = self.conv_clamp * gain
         return self._bias_act(
             x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
         )
