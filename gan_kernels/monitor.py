@@ -180,8 +180,8 @@ def _tracked_layers(network, prefix, generator):
         for name, weight in list(module.named_parameters(recurse=False)) + [
             (name, original) for name, (original, _) in normalised.items()
         ]:
-            if weight.dim() < 2 or not weight.dtype.is_floating_point:
-                continue
+            if weight.dim() < 2 or not weight.dtype.is_floating_point or weight.numel() == 0:
+                continue  # an empty weight (Linear(5, 0)) has no spectral norm to watch
             normalisation = normalised.get(name, (None, None))[1]
             dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
             rows = weight.shape[dim]

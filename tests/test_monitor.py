@@ -230,6 +230,20 @@ def spiked(shape, dim, seed, top=3.0):
     return matrix.reshape(permuted).movedim(0, dim).float(), 1.0 / top
 
 
+def test_empty_weights_are_not_tracked():
+    # Linear(5, 0) has no rows: building the monitor divided by zero (and a spectral-normalised one
+    # would divide its sigma by a normalising sigma of 0). They have no spectral norm to watch.
+    d = torch.nn.Sequential(
+        torch.nn.Linear(3, 5),
+        torch.nn.Linear(5, 0),
+        gan_kernels.nn.spectral_norm(torch.nn.Linear(5, 0)),
+        torch.nn.Linear(0, 2),
+    )
+    monitor = StabilityMonitor(d, every=1)
+    monitor.observe(d_loss=1.0)
+    assert [key for key in monitor.report() if key.startswith("sigma/")] == ["sigma/D/0.weight"]
+
+
 def test_sigmas_equal_the_matrix_norm_after_warm_up():
     torch.manual_seed(0)
     d = torch.nn.Sequential(
