@@ -745,6 +745,11 @@ def test_random_shapes_and_dims_match_reference(data, shape):
             ValueError,
             r"vs\[0\] must have shape \[7\] to match weights\[0\], got \[1, 7\]",
         ),
+        (
+            dict(weights={1: torch.randn(4, 3, 3, 2, dtype=torch.float64)}),
+            TypeError,
+            r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32",
+        ),
         (dict(sigmas=torch.ones(3)), ValueError, r"sigmas must have shape \[2\] \(one per weight\), got \[3\]"),
         (
             dict(sigmas=torch.ones(2, dtype=torch.float64)),
@@ -760,6 +765,9 @@ def test_u_v_and_sigmas_of_the_wrong_dtype_or_length_are_rejected_on_both_paths(
     if path == "reference":
         monkeypatch.setattr(gan_kernels.ops.spectral_norm._backend, "use_compiled", lambda *args: False)
     weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
+    for index, weight in bad.get("weights", {}).items():
+        weights[index] = weight
+        us[index], vs[index] = us[index].to(weight.dtype), vs[index].to(weight.dtype)
     for index, vector in bad.get("us", {}).items():
         us[index] = vector
     for index, vector in bad.get("vs", {}).items():

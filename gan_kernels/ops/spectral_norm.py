@@ -87,11 +87,14 @@ def _check_lists(weights, us, vs, dims):
 
 def _check_vectors(weights, us, vs, dims, sigmas=None):
     """The checks of csrc/ops/spectral_norm.cpp on u, v (and sigmas) that the compiled path leaves to
-    the op, with its messages: for the reference, which would otherwise take a u of another dtype
+    the op, with its messages: for the reference, which would otherwise take weights of several
+    dtypes (returning their sigmas promoted to one), a u of another dtype
     (an integer u truncates every update to 0 and returns sigma 0) or of a wrong length (an error
     from mv naming nothing). ``dims`` wrapped already. Contiguity is the kernels' need, not the
     reference's, which updates a strided u correctly."""
     for index, (weight, u, v, dim) in enumerate(zip(weights, us, vs, dims)):
+        # One dtype per call, as the ops' one sigmas tensor (the reference's stack promoted them).
+        _checks.same_dtype(weight, weights[0], f"weights[{index}]", "weights[0]")
         rows = weight.shape[dim]
         cols = math.prod(size for d, size in enumerate(weight.shape) if d != dim)
         for arg, vector, length in (("us", u, rows), ("vs", v, cols)):
