@@ -96,7 +96,7 @@ def _check_vectors(weights, us, vs, dims, sigmas=None):
         # One dtype per call, as the ops' one sigmas tensor (the reference's stack promoted them).
         _checks.same_dtype(weight, weights[0], f"weights[{index}]", "weights[0]")
         rows = weight.shape[dim]
-        cols = math.prod(size for d, size in enumerate(weight.shape) if d != dim)
+        cols = math.prod([size for d, size in enumerate(weight.shape) if d != dim])
         for arg, vector, length in (("us", u, rows), ("vs", v, cols)):
             name = f"{arg}[{index}]"
             _checks.same_dtype(vector, weight, name, f"weights[{index}]")
