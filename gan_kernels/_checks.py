@@ -39,6 +39,19 @@ def check_floating(t, arg):
         raise TypeError(f"{arg} must be {_FLOAT_DTYPE_NAMES}, got {t.dtype}")
 
 
+def has_samples(t, arg):
+    """``t`` [N, ...] with N >= 1, for a mean over the batch: over no samples it is NaN, which a loss
+    would carry into every weight (or a running statistic) without a word."""
+    if t.shape[0] == 0:
+        raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
+
+
+def same_dtype(t, ref, arg, ref_arg):
+    """``t`` in ``ref``'s dtype (common.h's check_same_dtype, same message)."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{arg} has dtype {t.dtype} but {ref_arg} has dtype {ref.dtype}")
+
+
 def symbolic(value):
     """A value only known when the traced graph runs (dynamo may also hand it over as a float)."""
     return isinstance(value, (torch.SymFloat, torch.SymInt)) or torch.compiler.is_compiling()
@@ -73,7 +86,9 @@ def count(value, arg, minimum=1):
 
 
 def real(value, arg):
-    """``value`` as a float: Python and numpy real numbers and 0-d real tensors."""
+    """``value`` as a float: Python and numpy real numbers and 0-d real tensors. A 0-d tensor that
+    requires grad is an error while grad mode is on: the value is a constant here, and taking it
+    from the tensor would silently drop the gradient the caller asked for."""
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, torch.Tensor):
@@ -81,6 +96,12 @@ def real(value, arg):
             raise TypeError(
                 f"{arg} must be a real number or a 0-d real tensor, got a tensor of shape "
                 f"{list(value.shape)} and dtype {value.dtype}"
+            )
+        if value.requires_grad and torch.is_grad_enabled():
+            # .item() would silently cut the graph: no gradient would ever reach the tensor.
+            raise TypeError(
+                f"{arg} is a tensor that requires grad, but it is taken as a constant and gets no "
+                f"gradient: pass {arg}.detach() (or a number), or compute under torch.no_grad()"
             )
         return value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

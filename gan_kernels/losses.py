@@ -183,9 +183,8 @@ def feature_matching(real_features, fake_features):
             f"fake_features has shape {list(fake_features.shape)} but real_features has shape "
             f"{list(real_features.shape)}; they must agree in every dim but the batch"
         )
-    for features, arg in ((real_features, "real_features"), (fake_features, "fake_features")):
-        if features.shape[0] == 0:
-            raise ValueError(f"{arg} has no samples (shape {list(features.shape)}): the batch mean is undefined")
+    _checks.has_samples(real_features, "real_features")
+    _checks.has_samples(fake_features, "fake_features")
     return (real_features.mean(0) - fake_features.mean(0)).square().sum()
 
 

@@ -180,8 +180,8 @@ def _tracked_layers(network, prefix, generator):
         for name, weight in list(module.named_parameters(recurse=False)) + [
             (name, original) for name, (original, _) in normalised.items()
         ]:
-            if weight.dim() < 2 or not weight.dtype.is_floating_point:
-                continue
+            if weight.dim() < 2 or not weight.dtype.is_floating_point or weight.numel() == 0:
+                continue  # an empty weight (Linear(5, 0)) has no spectral norm to watch
             normalisation = normalised.get(name, (None, None))[1]
             dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
             rows = weight.shape[dim]
@@ -215,13 +215,9 @@ class StabilityMonitor:
                 raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
         if D is None:
             raise TypeError("D must be a torch.nn.Module, got None")
-        for arg, value, minimum in (
-            ("every", every, 1),
-            ("sigma_iterations", sigma_iterations, 1),
-            ("samples", samples, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"{arg} must be an integer >= {minimum}, got {value!r}")
+        every = _checks.count(every, "every")
+        sigma_iterations = _checks.count(sigma_iterations, "sigma_iterations")
+        samples = _checks.count(samples, "samples", minimum=2)
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
         thresholds = thresholds if thresholds is not None else Thresholds()

@@ -208,6 +208,7 @@ def consistency_penalty(D, x, augment, weight, *, outputs=None):
     _check_callable(D, "D")
     _check_samples(x, "x")
     _check_callable(augment, "augment")
+    _checks.has_samples(x, "x")
     weight = _checks.nonnegative(weight, "weight")
     if outputs is None:
         outputs = D(x)
@@ -235,6 +236,7 @@ def latent_consistency_penalty(G, D, z, sigma, weight_d, weight_g, *, generator=
     _check_callable(G, "G")
     _check_callable(D, "D")
     _check_samples(z, "z")
+    _checks.has_samples(z, "z")
     sigma = _checks.nonnegative(sigma, "sigma")
     weight_d = _checks.nonnegative(weight_d, "weight_d")
     weight_g = _checks.nonnegative(weight_g, "weight_g")

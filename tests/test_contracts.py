@@ -216,6 +216,36 @@ def test_every_scalar_argument_takes_numpy_scalars_and_0d_tensors(value):
         assert penalty().isfinite().all()
 
 
+def test_a_scalar_tensor_that_requires_grad_is_refused_not_silently_detached():
+    """The ops take their scalars as constants: a 0-d tensor that requires grad would silently get no
+    gradient (its value is read with .item()), so it is an error naming the argument; under no_grad,
+    where no gradient is asked for, it is an ordinary 0-d tensor."""
+    x = torch.randn(4, 3, 2, 2)
+    layer = gan_kernels.nn.EqualizedConv2d(3, 2, 1, activation="lrelu")
+
+    def D(t):
+        return t.square().sum(dim=[1, 2, 3])
+
+    ops = [
+        ("eps", lambda v: gan_kernels.pixel_norm(x, eps=v)),
+        ("center", lambda v: gan_kernels.per_sample_penalty(x, v)),
+        ("gain", lambda v: layer(x, gain=v)),
+    ] + [
+        (arg, lambda v, arg=arg: gan_kernels.bias_act(x, act="lrelu", **{arg: v}))
+        for arg in ("alpha", "gain", "clamp", "scale")
+    ]
+    penalties = [  # these take gradients themselves, so they cannot run under no_grad
+        ("gamma", lambda v: gan_kernels.penalties.r1(D, x, v)),
+        ("weight", lambda v: gan_kernels.penalties.wgan_gp(D, x, x.flip(0), v)),
+    ]
+    for arg, call in ops + penalties:
+        with pytest.raises(TypeError, match=rf"^{arg} is a tensor that requires grad, .*{arg}\.detach\(\)"):
+            call(torch.tensor(1.5, requires_grad=True))
+    for arg, call in ops:
+        with torch.no_grad():
+            torch.testing.assert_close(call(torch.tensor(1.5, requires_grad=True)), call(1.5), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("value", [4, np.int64(4), np.int32(4), torch.tensor(4)], ids=lambda v: type(v).__name__)
 def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
     x = torch.randn(8, 6, 2, 2)

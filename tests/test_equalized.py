@@ -192,6 +192,22 @@ def test_conv2d_takes_unbatched_input_as_conv2d_does(device):
     assert_close(y, stylegan_conv2d_forward(layer, x.unsqueeze(0))[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["linear", "lrelu"])
+@pytest.mark.parametrize("shape", [(5,), (2, 7, 5), (2, 3, 7, 5)], ids=lambda s: f"{len(s)}d")
+def test_linear_takes_any_leading_dims_as_linear_does(device, activation, shape):
+    # A dim next to the features of size out_features (7): a bias along dim 1 instead of the last
+    # would pass silently.
+    torch.manual_seed(7)
+    layer = randomise_bias(EqualizedLinear(5, 7, activation=activation, lr_multiplier=0.5)).to(device)
+    x = torch.randn(shape, device=device)
+    y = layer(x)
+    assert y.shape == (*shape[:-1], 7)
+    assert_close(y, layer(x.reshape(-1, 5)).reshape(y.shape))
+    w, b = layer.weight * layer.weight_gain, layer.bias * layer.bias_gain
+    assert_close(y, stylegan_bias_act_ref(torch.nn.functional.linear(x, w, b), act=activation))
+
+
 def copy_of(layer, cls, *args, **kwargs):
     twin = cls(*args, **kwargs)
     twin.load_state_dict(layer.state_dict())
@@ -243,3 +259,8 @@ def test_bad_layer_arguments_name_the_argument():
         EqualizedLinear(3, 4, activation="gelu")
     with pytest.raises(ValueError, match="conv_clamp must be a finite number >= 0, got -1"):
         EqualizedConv2d(3, 4, 3, conv_clamp=-1)
+    # The clamp bound is conv_clamp * gain: the error names gain, which the caller passed.
+    layer = EqualizedConv2d(3, 4, 3, activation="lrelu", conv_clamp=256)
+    with pytest.raises(ValueError, match="gain must be >= 0 for a layer with conv_clamp=256.0, got -1"):
+        layer(torch.randn(2, 3, 4, 4), gain=-1)
+    assert layer(torch.randn(2, 3, 4, 4), gain=0).abs().max() == 0

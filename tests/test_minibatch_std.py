@@ -2,6 +2,7 @@
 gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contracts.py."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -222,6 +223,13 @@ def test_bad_arguments_of_the_layer():
         gan_kernels.nn.MinibatchStd(group_size=0)
     with pytest.raises(ValueError, match="num_channels must be >= 1, got 0"):
         gan_kernels.nn.MinibatchStd(num_channels=0)
+    # group_size=None (the whole batch) with an x that is not 4-D: the error is x's shape, not
+    # "group_size must be an int, got NoneType".
+    for x in (torch.randn(4, 8, 3), torch.tensor(1.0)):
+        with pytest.raises(
+            ValueError, match=rf"x must be a 4-D tensor \[N, C, H, W\], got shape {re.escape(str(list(x.shape)))}"
+        ):
+            gan_kernels.nn.MinibatchStd(group_size=None)(x)
 
 
 @settings(max_examples=40, deadline=None)

@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,6 +230,20 @@ def spiked(shape, dim, seed, top=3.0):
     return matrix.reshape(permuted).movedim(0, dim).float(), 1.0 / top
 
 
+def test_empty_weights_are_not_tracked():
+    # Linear(5, 0) has no rows: building the monitor divided by zero (and a spectral-normalised one
+    # would divide its sigma by a normalising sigma of 0). They have no spectral norm to watch.
+    d = torch.nn.Sequential(
+        torch.nn.Linear(3, 5),
+        torch.nn.Linear(5, 0),
+        gan_kernels.nn.spectral_norm(torch.nn.Linear(5, 0)),
+        torch.nn.Linear(0, 2),
+    )
+    monitor = StabilityMonitor(d, every=1)
+    monitor.observe(d_loss=1.0)
+    assert [key for key in monitor.report() if key.startswith("sigma/")] == ["sigma/D/0.weight"]
+
+
 def test_sigmas_equal_the_matrix_norm_after_warm_up():
     torch.manual_seed(0)
     d = torch.nn.Sequential(
@@ -374,8 +389,14 @@ def test_every_condition_has_remedies():
 
 def test_bad_arguments_name_the_argument_and_value():
     d = torch.nn.Linear(2, 1)
-    with pytest.raises(ValueError, match="every must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):
         StabilityMonitor(d, every=0)
+    with pytest.raises(ValueError, match="samples must be >= 2, got 1"):
+        StabilityMonitor(d, samples=1)
+    with pytest.raises(TypeError, match="sigma_iterations must be an int, got float"):
+        StabilityMonitor(d, sigma_iterations=2.5)
+    with pytest.raises(TypeError, match="every must be an int, got bool"):
+        StabilityMonitor(d, every=True)
     with pytest.raises(TypeError, match="D must be a torch.nn.Module, got str"):
         StabilityMonitor("D")
     with pytest.raises(TypeError, match="writer must have an add_scalar"):
@@ -403,3 +424,14 @@ def test_numbers_numpy_scalars_and_tensors_are_accepted():
     monitor.observe(d_loss=0.5, g_loss=np.float32(1.5), penalty=torch.tensor([2.5], dtype=torch.float64))
     report = monitor.report()
     assert (report["d_loss"], report["g_loss"], report["penalty"]) == (0.5, 1.5, 2.5)
+
+
+@pytest.mark.parametrize("value", [np.int64(3), np.int32(3), torch.tensor(3)], ids=lambda v: type(v).__name__)
+def test_count_arguments_take_numpy_ints_and_0d_tensors(value):
+    # As every other count argument of the package: they were refused with "every must be an integer".
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=value, sigma_iterations=value, samples=value)
+    assert (monitor.every, monitor.sigma_iterations, monitor.samples) == (3, 3, 3)
+    assert all(type(v) is int for v in (monitor.every, monitor.sigma_iterations, monitor.samples))
+    for _ in range(3):
+        monitor.observe(d_loss=0.5)
+    assert len(monitor.history) == 1

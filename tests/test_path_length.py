@@ -225,6 +225,21 @@ def test_bad_inputs_name_the_argument():
         regularizer(np.zeros((4, 2, 3, 3)), ws)
 
 
+def test_an_empty_batch_is_an_error_and_leaves_the_running_mean_alone():
+    # Its mean length is NaN: lerped into the running mean, it made every later penalty NaN.
+    g_net = TinySynthesis()
+    regularizer = PathLengthRegularizer().double()
+    ws = make_ws()
+    regularizer(g_net(ws), ws)
+    before = regularizer.mean_length.clone()
+    ws = make_ws(shape=(0, NUM_WS, W_DIM))
+    with pytest.raises(ValueError, match=r"images has no samples \(shape \[0, 2, 3, 3\]\)"):
+        regularizer(g_net(ws), ws)
+    assert torch.equal(regularizer.mean_length, before)
+    ws = make_ws(3)
+    assert regularizer(g_net(ws), ws).isfinite()
+
+
 def _path_length_on_rank(rank, world_size, init_file, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:

@@ -270,6 +270,21 @@ def test_dragan_std_replaces_the_batch_std(as_tensor):
 
 
 @pytest.mark.parametrize(
+    "std",
+    [torch.tensor([1.7], dtype=torch.float64), torch.full([1, 1, 1, 1, 1], 1.7), torch.tensor(1.7, requires_grad=True)],
+    ids=["float64-[1]", "[1,1,1,1,1]", "requires-grad"],
+)
+def test_dragan_points_take_a_one_element_std_as_the_number(std):
+    # A one-element tensor std must act as its value: not broadcast the points to more dims, not
+    # promote them to its dtype, not attach them to its graph.
+    real = torch.randn(SHAPE, dtype=torch.float32)
+    got = penalties.dragan_points(real, 0.5, std, torch.Generator().manual_seed(3))
+    want = penalties.dragan_points(real, 0.5, std.item(), torch.Generator().manual_seed(3))
+    assert got.shape == real.shape and got.dtype == real.dtype and not got.requires_grad
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize(
     "call, error, match",
     [
         (
@@ -325,6 +340,17 @@ def test_dragan_std_replaces_the_batch_std(as_tensor):
             ValueError,
             r"std must be a number or a one-element tensor, got a tensor of shape \[3, 4, 4\]",
         ),
+        (
+            lambda D, r, f: penalties.dragan(D, r, 10.0, std=torch.tensor(True)),
+            TypeError,
+            "std must be a real number or a one-element real tensor, got dtype torch.bool",
+        ),
+        # A mean over no samples: was a NaN loss.
+        (lambda D, r, f: penalties.r1(D, r[:0], 1.0), ValueError, r"real has no samples \(shape \[0, 3, 4, 4\]\)"),
+        (lambda D, r, f: penalties.r2(D, f[:0], 1.0), ValueError, r"fake has no samples \(shape \[0, 3, 4, 4\]\)"),
+        (lambda D, r, f: penalties.wgan_gp(D, r[:0], f[:0]), ValueError, "real has no samples"),
+        (lambda D, r, f: penalties.zero_centered_gp(D, r[:0], f[:0], 1.0), ValueError, "real has no samples"),
+        (lambda D, r, f: penalties.dragan(D, r[:0], std=1.0), ValueError, "real has no samples"),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
         (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),

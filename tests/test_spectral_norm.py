@@ -729,6 +729,59 @@ def test_random_shapes_and_dims_match_reference(data, shape):
 # ---- unusual arguments to the ops ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("path", ["public", "reference"])
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (dict(us={1: torch.ones(4, dtype=torch.int64)}), TypeError, r"us\[1\] has dtype torch.int64 but weights\[1\]"),
+        (
+            dict(vs={0: torch.randn(7, dtype=torch.float64)}),
+            TypeError,
+            r"vs\[0\] has dtype torch.float64 but weights\[0\]",
+        ),
+        (dict(us={1: torch.randn(5)}), ValueError, r"us\[1\] must have shape \[4\] to match weights\[1\], got \[5\]"),
+        (
+            dict(vs={0: torch.randn(1, 7)}),
+            ValueError,
+            r"vs\[0\] must have shape \[7\] to match weights\[0\], got \[1, 7\]",
+        ),
+        (
+            dict(weights={1: torch.randn(4, 3, 3, 2, dtype=torch.float64)}),
+            TypeError,
+            r"weights\[1\] has dtype torch.float64 but weights\[0\] has dtype torch.float32",
+        ),
+        (dict(sigmas=torch.ones(3)), ValueError, r"sigmas must have shape \[2\] \(one per weight\), got \[3\]"),
+        (
+            dict(sigmas=torch.ones(2, dtype=torch.float64)),
+            TypeError,
+            r"sigmas has dtype torch.float64 but weights\[0\]",
+        ),
+    ],
+)
+def test_u_v_and_sigmas_of_the_wrong_dtype_or_length_are_rejected_on_both_paths(monkeypatch, path, bad, error, match):
+    """The compiled ops check u, v and sigmas against the weights; the reference took an integer u
+    (every update truncated to 0, sigma 0 returned), a u of another dtype, or a wrong length (an mv
+    error naming nothing), and ignored sigmas. Both paths give the compiled op's error."""
+    if path == "reference":
+        monkeypatch.setattr(gan_kernels.ops.spectral_norm._backend, "use_compiled", lambda *args: False)
+    weights, us, vs, dims = random_spectral_layers(torch.float32, "cpu", SPECTRAL_SHAPES[:2])
+    for index, weight in bad.get("weights", {}).items():
+        weights[index] = weight
+        us[index], vs[index] = us[index].to(weight.dtype), vs[index].to(weight.dtype)
+    for index, vector in bad.get("us", {}).items():
+        us[index] = vector
+    for index, vector in bad.get("vs", {}).items():
+        vs[index] = vector
+    if "sigmas" in bad:
+        with pytest.raises(error, match=match):
+            gan_kernels.spectral_norm_normalize(weights, us, vs, bad["sigmas"], dims)
+    else:
+        with pytest.raises(error, match=match):
+            gan_kernels.spectral_norm_power_iteration_(weights, us, vs, dims)
+        with pytest.raises(error, match=match):
+            gan_kernels.spectral_norm_normalize(weights, us, vs, torch.ones(2), dims)
+
+
 @pytest.mark.parametrize("entry", ["weights", "us", "vs", "sigmas"])
 def test_a_meta_tensor_in_a_later_entry_is_rejected(entry):
     """A meta tensor anywhere made the dispatcher run the fake kernel for the whole call, returning

@@ -435,6 +435,9 @@ def test_consistency_penalty_bad_arguments_name_the_argument():
         stabilizers.consistency_penalty(d, x, lambda x: x[..., ::2, ::2], 1.0)
     with pytest.raises(ValueError, match=r"D\(augment\(x\)\) has shape \[2, 1, 2, 2\] but D\(x\) has shape \[2\]"):
         stabilizers.consistency_penalty(d, x, flip, 1.0, outputs=torch.randn(2, dtype=torch.float64))
+    # A mean over no samples: was a reshape error that named nothing.
+    with pytest.raises(ValueError, match=r"x has no samples \(shape \[0, 3, 4, 4\]\)"):
+        stabilizers.consistency_penalty(d, x[:0], flip, 1.0)
 
 
 def test_latent_consistency_terms_and_their_gradients_equal_the_transcription():
@@ -477,6 +480,8 @@ def test_latent_consistency_bad_arguments_name_the_argument():
         stabilizers.latent_consistency_penalty(g, d, torch.ones(4, 3, dtype=torch.int64), 0.03, 1.0, 1.0)
     with pytest.raises(TypeError, match="G must be callable, got NoneType"):
         stabilizers.latent_consistency_penalty(None, d, z, 0.03, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"z has no samples \(shape \[0, 3\]\)"):
+        stabilizers.latent_consistency_penalty(g, d, z[:0], 0.03, 1.0, 1.0)
 
 
 # --- PacGAN ---------------------------------------------------------------------------------------

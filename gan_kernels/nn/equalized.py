@@ -69,12 +69,16 @@ class EqualizedLinear(_EqualizedLayer):
         self.bias_gain = lr_multiplier
 
     def forward(self, x, gain=1):
+        """``x`` [*, in_features] -> [*, out_features], as torch.nn.Linear: the bias goes along the
+        last dim (StyleGAN's layer takes [N, in] only, where that is dim 1)."""
         w = self._runtime_weight(x)
         if self.activation == "linear" and self.bias is not None and gain == 1:
+            if x.dim() != 2:  # addmm takes matrices only
+                return torch.nn.functional.linear(x, w, self._runtime_bias(x.dtype))
             return torch.addmm(self._runtime_bias(x.dtype).unsqueeze(0), x, w.t())
         act_gain = _default_gain(self.activation) * gain
         x = x.matmul(w.t())
-        return self._bias_act(x, self._runtime_bias(x.dtype), act=self.activation, gain=act_gain)
+        return self._bias_act(x, self._runtime_bias(x.dtype), dim=-1, act=self.activation, gain=act_gain)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -126,7 +130,13 @@ class EqualizedConv2d(_EqualizedLayer):
         if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H
             return self.forward(x.unsqueeze(0), gain).squeeze(0)
         x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        act_clamp = None
+        if self.conv_clamp is not None:
+            # The clamp bound is conv_clamp * gain: a negative gain would fail as a "clamp" the caller
+            # never passed.
+            if gain < 0:
+                raise ValueError(f"gain must be >= 0 for a layer with conv_clamp={self.conv_clamp}, got {gain}")
+            act_clamp = self.conv_clamp * gain
         return self._bias_act(
             x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
         )

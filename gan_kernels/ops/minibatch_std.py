@@ -40,8 +40,8 @@ def minibatch_std(x, group_size=4, num_channels=1):
     give channels_last outputs, any other layout a contiguous one. Differentiable to any order.
     """
     _checks.tensor(x, "x")
-    if group_size is None and x.dim() == 4:
-        group_size = max(x.shape[0], 1)
+    if group_size is None:  # the whole batch; for an x that is not 4-D, so that its check says so
+        group_size = max(x.shape[0], 1) if x.dim() else 1
     if _backend.use_compiled(x.device, x):  # the op checks every argument (csrc/ops/minibatch_std.cpp)
         group_size, num_channels = _checks.int64(group_size, "group_size"), _checks.int64(num_channels, "num_channels")
         return torch.ops.gan_kernels.minibatch_std(x, group_size, num_channels)

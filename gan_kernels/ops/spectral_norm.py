@@ -7,6 +7,8 @@ moved first and the other dims flattened, as PyTorch does. ``spectral_norm_one_`
 forward (the per-layer path of nn.spectral_norm) on the single-weight ops, which give the same bits.
 """
 
+import math
+
 import torch
 
 from .. import _backend, _checks, reference
@@ -83,6 +85,32 @@ def _check_lists(weights, us, vs, dims):
     return [_checks.wrap_dim(dim, weight, f"dims[{index}]") for index, (weight, dim) in enumerate(zip(weights, dims))]
 
 
+def _check_vectors(weights, us, vs, dims, sigmas=None):
+    """The checks of csrc/ops/spectral_norm.cpp on u, v (and sigmas) that the compiled path leaves to
+    the op, with its messages: for the reference, which would otherwise take weights of several
+    dtypes (returning their sigmas promoted to one), a u of another dtype
+    (an integer u truncates every update to 0 and returns sigma 0) or of a wrong length (an error
+    from mv naming nothing). ``dims`` wrapped already. Contiguity is the kernels' need, not the
+    reference's, which updates a strided u correctly."""
+    for index, (weight, u, v, dim) in enumerate(zip(weights, us, vs, dims)):
+        # One dtype per call, as the ops' one sigmas tensor (the reference's stack promoted them).
+        _checks.same_dtype(weight, weights[0], f"weights[{index}]", "weights[0]")
+        rows = weight.shape[dim]
+        cols = math.prod([size for d, size in enumerate(weight.shape) if d != dim])
+        for arg, vector, length in (("us", u, rows), ("vs", v, cols)):
+            name = f"{arg}[{index}]"
+            _checks.same_dtype(vector, weight, name, f"weights[{index}]")
+            if vector.dim() != 1 or vector.shape[0] != length:
+                raise ValueError(
+                    f"{name} must have shape [{length}] to match weights[{index}], got {list(vector.shape)}"
+                )
+    if sigmas is not None:
+        if sigmas.dim() != 1 or sigmas.shape[0] != len(weights):
+            raise ValueError(f"sigmas must have shape [{len(weights)}] (one per weight), got {list(sigmas.shape)}")
+        if weights:
+            _checks.same_dtype(sigmas, weights[0], "sigmas", "weights[0]")
+
+
 def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
     """``value`` as an int >= ``minimum``."""
     value = _checks.integer(value, arg)
@@ -116,6 +144,7 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, 
             return torch.ops.gan_kernels.spectral_norm_power_iteration_(
                 list(weights), list(us), list(vs), dims, n_power_iterations, eps
             )
+        _check_vectors(weights, us, vs, dims)
         return reference.spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, eps)
 
 
@@ -128,6 +157,7 @@ def spectral_norm_normalize(weights, us, vs, sigmas, dims):
         _check_same_device([("sigmas", sigmas)], weights[0].device)
     if _use_compiled(weights, *us, *vs, sigmas):
         return torch.ops.gan_kernels.spectral_norm_normalize(list(weights), list(us), list(vs), sigmas, dims)
+    _check_vectors(weights, us, vs, dims, sigmas)
     return reference.spectral_norm_normalize(weights, us, vs, dims)
 
 

@@ -105,6 +105,7 @@ def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
+    _checks.has_samples(real, "real")
     return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
 
@@ -112,6 +113,7 @@ def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(real, "real")
+    _checks.has_samples(real, "real")
     return _weighted_penalty_at(D, real, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
@@ -119,6 +121,7 @@ def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(fake, "fake")
+    _checks.has_samples(fake, "fake")
     return _weighted_penalty_at(D, fake, 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
@@ -141,6 +144,12 @@ def dragan_points(real, perturbation=0.5, std=None, generator=None):
         std = _checks.nonnegative(std, "std")
     elif std.numel() != 1:
         raise ValueError(f"std must be a number or a one-element tensor, got a tensor of shape {list(std.shape)}")
+    elif std.dtype == torch.bool or std.is_complex():
+        raise TypeError(f"std must be a real number or a one-element real tensor, got dtype {std.dtype}")
+    else:
+        # 0-d, so that it neither broadcasts the points to more dims ([1, 1, 1, 1, 1]) nor promotes them
+        # to its dtype (a float64 [1] against float32 samples), and detached, as the points are.
+        std = std.detach().reshape(())
     noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
     alpha = _per_sample_uniform(r, generator)
     return r + alpha * (perturbation * std * noise)
@@ -153,6 +162,7 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwa
     over the whole batch unless given."""
     weight = _checks.nonnegative(weight, "weight")
     x = dragan_points(real, perturbation, std, generator)
+    _checks.has_samples(real, "real")
     return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
 
 
@@ -161,4 +171,5 @@ def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
+    _checks.has_samples(real, "real")
     return _weighted_penalty_at(D, x, 0.0, weight, d_args, d_kwargs, scaler)

@@ -74,6 +74,9 @@ class PathLengthRegularizer(torch.nn.Module):
                 f"images has {images.shape[0]} samples but latents has {latents.shape[0]} (shapes "
                 f"{list(images.shape)} and {list(latents.shape)})"
             )
+        # Before the running mean is touched: a batch mean over no samples is NaN, and lerp would
+        # make every later penalty NaN.
+        _checks.has_samples(images, "images")
         if not latents.requires_grad:
             raise ValueError("latents does not require grad: call latents.requires_grad_() before computing images")
         if not images.requires_grad:
