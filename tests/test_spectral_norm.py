@@ -414,7 +414,8 @@ def test_batched_group_serves_concurrent_forwards_on_threads(training):
                 assert_close(g, w)
 
 
-@pytest.mark.parametrize("eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64)])
+# eps = 0 too: PyTorch takes it (normalize then divides by the norm itself).
+@pytest.mark.parametrize("eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64), 0.0])
 def test_layer_takes_numpy_scalars_and_0d_tensors_as_pytorch_does(eps):
     torch.manual_seed(20)
     ours = spectral_norm(torch.nn.Linear(7, 5), eps=eps, n_power_iterations=np.int64(2), dim=np.int64(0))
@@ -669,8 +670,13 @@ class IntWeight(torch.nn.Module):
             ValueError,
             "n_power_iterations must be an integer >= 1, got 0",
         ),
-        (lambda: torch.nn.Linear(3, 2), dict(eps=0.0), ValueError, "eps must be a finite number > 0, got 0.0"),
-        (lambda: torch.nn.Linear(3, 2), dict(eps=-1e-3), ValueError, "eps must be a finite number > 0, got -0.001"),
+        (
+            lambda: torch.nn.Linear(3, 2),
+            dict(eps=float("nan")),
+            ValueError,
+            "eps must be a finite number >= 0, got nan",
+        ),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=-1e-3), ValueError, "eps must be a finite number >= 0, got -0.001"),
         (
             lambda: torch.nn.Linear(3, 2),
             dict(name="wieght"),

@@ -133,10 +133,6 @@ inline void check_nonnegative(double value, const char* arg) {
                     python_float(value));
 }
 
-inline void check_positive(double value, const char* arg) {
-  TORCH_CHECK_VALUE(std::isfinite(value) && value > 0, arg, " must be a finite number > 0, got ", python_float(value));
-}
-
 // Every op registers one function template per dispatch key, instantiated with the device's kernel
 // runner: kernel(params, ref) runs a launch on the device of `ref`.
 #ifdef WITH_CUDA
