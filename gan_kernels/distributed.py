@@ -40,7 +40,9 @@ def all_reduce_gradients(module, group=None):
     A parameter may have a gradient on some ranks and none (``None``) on others, e.g. when a branch
     of the model ran only on some ranks. Its missing gradients count as zeros, and one presence flag
     per parameter travels in the same buffer: a parameter without a gradient on every rank keeps
-    ``None`` on every rank, any other gets the average (sum over ranks / world size) on every rank.
+    ``None`` on every rank, any other gets the average on every rank (each rank's gradient divided
+    by the world size, then summed, as DDP does, so that fp16 gradients overflow only where their
+    average does).
     So all ranks send buffers of the same size and end with the same gradients. NaN and infinite
     gradients are kept, so that a diverged rank stays visible.
 
@@ -68,8 +70,11 @@ def all_reduce_gradients(module, group=None):
             flat = torch.cat(
                 [p.grad.flatten() if p.grad is not None else torch.zeros_like(p).flatten() for p in members] + [present]
             )
+            # Divided before the sum, as DDP does: the sum of fp16 gradients can overflow where
+            # their average does not (two ranks' 40000 would average to inf).
+            flat[: -len(members)].div_(world_size)
             dist.all_reduce(flat, group=group)
-            grads = flat[: -len(members)].div_(world_size).split([p.numel() for p in members])
+            grads = flat[: -len(members)].split([p.numel() for p in members])
             present_anywhere = flat[-len(members) :] > 0
             for p, grad, keep in zip(members, grads, present_anywhere.tolist()):
                 if not keep:

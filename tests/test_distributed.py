@@ -516,12 +516,22 @@ def bad_arguments_name_themselves(group):
         all_gather_batch(torch.tensor(1.0), group)
 
 
+def all_reduce_gradients_averages_fp16_without_overflow(group):
+    # 40000 on every rank averages to 40000; their sum, 80000 or more, is inf in float16. DDP too
+    # divides before it sums.
+    model = torch.nn.Linear(1, 2, bias=False).half()
+    model.weight.grad = torch.full_like(model.weight, 40000.0)
+    all_reduce_gradients(model, group)
+    assert torch.equal(model.weight.grad, torch.full_like(model.weight, 40000.0)), model.weight.grad
+
+
 SCENARIOS = {
     "broadcast_state": broadcast_state_copies_parameters_and_buffers,
     "all_reduce_gradients_missing": all_reduce_gradients_agrees_on_missing_gradients,
     "global_std": global_std_is_the_std_of_the_concatenated_batch,
     "static_graph_refused": ddp_with_static_graph_is_refused,
     "bad_arguments": bad_arguments_name_themselves,
+    "all_reduce_gradients_fp16": all_reduce_gradients_averages_fp16_without_overflow,
 }
 MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
 # all_reduce_gradients averages whatever the backward produced, whichever the penalty: every penalty
@@ -570,7 +580,7 @@ def _worker(rank, port, results_dir):
                 try:
                     scenario(group)
                     results[key] = None
-                except Exception:
+                except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
                     # Scenarios fail after their collectives, so the ranks stay in step; should one
                     # not, the collective timeout ends the ranks' wait.
                     results[key] = traceback.format_exc()
