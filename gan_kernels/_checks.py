@@ -46,6 +46,25 @@ def has_samples(t, arg):
         raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
 
 
+def process_group_rank(group, arg="group"):
+    """This process's rank in ``group`` (None: all ranks) of an initialised ``torch.distributed``.
+    A process outside ``group`` is an error: torch's collectives return there without doing anything
+    (with a warning), so a result computed from them (a mean divided by ``get_world_size``, which is
+    -1 there) would be silently wrong."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()):
+        raise RuntimeError(
+            "torch.distributed is not initialized: call torch.distributed.init_process_group() on every rank first"
+        )
+    rank = distributed.get_rank(group)
+    if rank < 0:
+        raise ValueError(
+            f"{arg} does not include this process (global rank {distributed.get_rank()}); its global ranks are "
+            f"{distributed.get_process_group_ranks(group)}: call this only on the ranks of {arg}"
+        )
+    return rank
+
+
 def same_dtype(t, ref, arg, ref_arg):
     """``t`` in ``ref``'s dtype (common.h's check_same_dtype, same message)."""
     if t.dtype != ref.dtype:

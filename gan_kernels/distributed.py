@@ -3,6 +3,7 @@ StyleGAN3's), and for starting every rank from the same state.
 
 Every rank must call each function with the same module architecture (the same parameters and
 buffers, in the same order) and in the same order: they are collectives of ``torch.distributed``.
+Call them on the ranks of ``group`` only: a process outside it gets a ``ValueError``.
 """
 
 import torch
@@ -15,13 +16,6 @@ from . import _checks
 def _check_module(module):
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-
-
-def _check_initialized():
-    if not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(
-            "torch.distributed is not initialized: call torch.distributed.init_process_group() on every rank first"
-        )
 
 
 def _by_device_and_dtype(tensors):
@@ -54,7 +48,7 @@ def all_reduce_gradients(module, group=None):
             "module is a DistributedDataParallel, whose backward already averages the gradients; "
             "call all_reduce_gradients only on modules that DDP does not wrap"
         )
-    _check_initialized()
+    _checks.process_group_rank(group)
     world_size = dist.get_world_size(group)
     params = [p for p in module.parameters() if p.requires_grad]
     for name, p in module.named_parameters():
@@ -88,17 +82,24 @@ def all_reduce_gradients(module, group=None):
 def broadcast_state(module, src=0, group=None):
     """Copies rank ``src``'s parameters and buffers of ``module`` to every rank of ``group`` (default:
     all ranks), in place: spectral norm's randomly initialised ``u``, ``v`` included. ``src`` is a
-    global rank, as in ``torch.distributed.broadcast``. One broadcast per device and dtype.
+    global rank of a member of ``group``, as in ``torch.distributed.broadcast``. One broadcast per
+    device and dtype.
 
     Use it once after building the model on every rank, so that all ranks start from the same state
     without seeding them alike (DistributedDataParallel does the same when it wraps a module).
     """
     _check_module(module)
-    _check_initialized()
+    _checks.process_group_rank(group)
     world_size = dist.get_world_size()
     src = _checks.integer(src, "src")
     if not 0 <= src < world_size:
         raise ValueError(f"src must be a rank in [0, {world_size}), got {src}")
+    ranks = dist.get_process_group_ranks(group)
+    if src not in ranks:
+        raise ValueError(
+            f"src={src} is not a rank of group, whose global ranks are {ranks}: src is a global rank, "
+            "as in torch.distributed.broadcast"
+        )
     tensors = list(module.parameters()) + list(module.buffers())
     with torch.no_grad():
         for members in _by_device_and_dtype(tensors):
@@ -117,7 +118,7 @@ def global_std(x, group=None):
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
-    _check_initialized()
+    _checks.process_group_rank(group)
     # Accumulated in float64: a float32 (let alone fp16) element count is inexact beyond 2^24.
     values = x.detach().to(torch.float64)
     # Two passes (mean, then squared deviations), as x.std does, rather than E[x^2] - E[x]^2,
@@ -176,5 +177,5 @@ def all_gather_batch(x, group=None):
     and run the forward and every backward in step with the other ranks."""
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise TypeError(f"x must be a torch.Tensor with a batch dimension, got {getattr(x, 'shape', type(x).__name__)}")
-    _check_initialized()
+    _checks.process_group_rank(group)
     return _AllGatherBatch.apply(x, group)

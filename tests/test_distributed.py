@@ -17,6 +17,7 @@ on every rank and equal one process's on the concatenated batch and noise.
 import datetime
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -554,6 +555,83 @@ for _wrapper in ("ddp", "all_reduce"):
         )
 
 
+# ---- on a subgroup whose ranks are not the global ones: global ranks 1 and 2 of 3 ------------
+
+OFFSET_RANKS = [1, 2]
+OFFSET_KEY = "ranks1-2"
+
+
+def outside_the_group_every_helper_refuses(group):
+    """On a process outside ``group`` torch's collectives return at once without doing anything, so
+    an average divided by get_world_size(group), -1 there, negated the gradients and global_std gave
+    the local std, silently. Every helper refuses instead."""
+    if dist.get_rank() in OFFSET_RANKS:
+        return
+    expected = "group does not include this process (global rank 0); its global ranks are [1, 2]"
+    model = torch.nn.Linear(2, 1).double()
+    model.weight.grad = torch.ones_like(model.weight)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_reduce_gradients(model, group)
+    assert torch.equal(model.weight.grad, torch.ones_like(model.weight))
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        broadcast_state(model, src=1, group=group)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        global_std(torch.randn(3), group)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_gather_batch(torch.randn(2, 3), group)
+    expected = expected.replace("group", "process_group", 1)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        MinibatchStd(2, process_group=group)(torch.randn(2, 3, 2, 2))
+    plr = penalties.PathLengthRegularizer(process_group=group)
+    latents = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        plr(latents[:, :, None, None] * torch.ones(2, 3, 2, 2), latents)
+    assert plr.mean_length.item() == 0.0
+
+
+def broadcast_state_takes_a_global_src(group):
+    if dist.get_rank() not in OFFSET_RANKS:
+        return
+    source_rank = 2  # group rank 1
+    model = build_discriminator("spectral", seed=dist.get_rank())
+    broadcast_state(model, src=source_rank, group=group)
+    expected = state(build_discriminator("spectral", seed=source_rank))
+    ours = state(model)
+    for name in expected:
+        assert torch.equal(ours[name], expected[name]), name
+    # Global rank 0 is no member; group rank 0 (global rank 1) is not what src=0 means.
+    expected = "src=0 is not a rank of group, whose global ranks are [1, 2]: src is a global rank"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        broadcast_state(model, src=0, group=group)
+
+
+def cross_rank_minibatch_std_keeps_the_group_ranks_rows(group):
+    """Global rank 1 is group rank 0: its rows are the first of the gathered batch."""
+    if dist.get_rank() not in OFFSET_RANKS:
+        return
+
+    def batch(global_rank):
+        return torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(global_rank))
+
+    x = batch(dist.get_rank()).requires_grad_()
+    y = MinibatchStd(group_size=4, process_group=group)(x)
+    whole = torch.cat([batch(r) for r in OFFSET_RANKS]).requires_grad_()
+    expected = gan_kernels.minibatch_std(whole, 4)
+    rows = slice(2 * dist.get_rank(group), 2 * dist.get_rank(group) + 2)
+    torch.testing.assert_close(y, expected[rows], **TOLERANCES[torch.float64])
+    # Every rank's loss, summed: the gradient for this rank's rows.
+    y.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, whole.grad[rows], **TOLERANCES[torch.float64])
+
+
+OFFSET_SCENARIOS = {
+    "outside_the_group": outside_the_group_every_helper_refuses,
+    "broadcast_state_global_src": broadcast_state_takes_a_global_src,
+    "minibatch_std_offset_group": cross_rank_minibatch_std_keeps_the_group_ranks_rows,
+}
+
+
 # ---- the spawned group -------------------------------------------------------------------------
 
 
@@ -569,24 +647,31 @@ def _worker(rank, port, results_dir):
     )
     # new_group is a collective of all ranks, members or not.
     groups = {n: dist.new_group(list(range(n))) for n in WORLD_SIZES}
+    offset_group = dist.new_group(OFFSET_RANKS)
     results = {}
     path = os.path.join(results_dir, f"rank{rank}.json")
+
+    def run(key, scenario, group):
+        try:
+            scenario(group)
+            results[key] = None
+        except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
+            # Scenarios fail after their collectives, so the ranks stay in step; should one
+            # not, the collective timeout ends the ranks' wait.
+            results[key] = traceback.format_exc()
+        finally:
+            with open(path, "w") as f:
+                json.dump(results, f)
+
     try:
+        # On every rank: each scenario does what a member, and what a process outside, is to do.
+        for name, scenario in OFFSET_SCENARIOS.items():
+            run(f"{name}@{OFFSET_KEY}", scenario, offset_group)
         for n, group in groups.items():
             if rank >= n:
                 continue
             for name, scenario in SCENARIOS.items():
-                key = f"{name}@{n}"
-                try:
-                    scenario(group)
-                    results[key] = None
-                except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
-                    # Scenarios fail after their collectives, so the ranks stay in step; should one
-                    # not, the collective timeout ends the ranks' wait.
-                    results[key] = traceback.format_exc()
-                finally:
-                    with open(path, "w") as f:
-                        json.dump(results, f)
+                run(f"{name}@{n}", scenario, group)
     finally:
         dist.destroy_process_group()
 
@@ -650,6 +735,16 @@ def test_scenario(group_results, scenario, world_size):
     failures = []
     for rank in range(world_size):
         outcome = group_results[rank].get(f"{scenario}@{world_size}", "not run (the process stopped before it)")
+        if outcome is not None:
+            failures.append(f"rank {rank}: {outcome}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("scenario", list(OFFSET_SCENARIOS))
+def test_scenario_on_a_subgroup_of_other_ranks(group_results, scenario):
+    failures = []
+    for rank in range(max(WORLD_SIZES)):
+        outcome = group_results[rank].get(f"{scenario}@{OFFSET_KEY}", "not run (the process stopped before it)")
         if outcome is not None:
             failures.append(f"rank {rank}: {outcome}")
     assert not failures, "\n".join(failures)

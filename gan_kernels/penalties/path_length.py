@@ -21,6 +21,7 @@ def _all_reduce_mean(value, group):
     is initialised, else ``value``."""
     distributed = torch.distributed
     if distributed.is_available() and distributed.is_initialized():
+        _checks.process_group_rank(group, "process_group")
         value = value.clone()
         distributed.all_reduce(value, group=group)
         value /= distributed.get_world_size(group)
