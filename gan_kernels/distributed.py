@@ -170,12 +170,43 @@ class _SumScatterBatch(torch.autograd.Function):
         return _AllGatherBatch.apply(grad, ctx.group), None
 
 
+# Every dtype of torch in a fixed order, so that a rank can send its x's dtype as a number.
+_DTYPES = sorted({v for v in vars(torch).values() if isinstance(v, torch.dtype)}, key=str)
+
+
+def _check_same_shape_on_every_rank(x, group):
+    """Raises the same ValueError on every rank of ``group`` unless all pass ``x`` of one shape and
+    dtype: all_gather of unequal tensors is not checked by torch (gloo fills the larger rank's
+    result with uninitialised memory, silently, and aborts the smaller rank's process). One
+    all-gather of 5 integers per rank, read on the host."""
+    # hash of a tuple of ints is the same in every process (only str and bytes hashes are salted).
+    meta = torch.tensor(
+        [x.dim(), _DTYPES.index(x.dtype), x.shape[0], x.numel(), hash(tuple(x.shape))],
+        dtype=torch.int64,
+        device=x.device,
+    )
+    gathered = [torch.empty_like(meta) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(gathered, meta, group=group)
+    if all(torch.equal(m, gathered[0]) for m in gathered[1:]):
+        return
+    # Every rank saw the same mismatch, so every rank takes this collective too.
+    shapes = [None] * len(gathered)
+    dist.all_gather_object(shapes, (list(x.shape), str(x.dtype)), group=group)
+    described = ", ".join(
+        f"shape {shape} and dtype {dtype} on group rank {r}" for r, (shape, dtype) in enumerate(shapes)
+    )
+    raise ValueError(f"x must have the same shape and dtype on every rank of group, got {described}")
+
+
 def all_gather_batch(x, group=None):
     """Every rank's ``x`` concatenated along dim 0 in rank order, on every rank of ``group``
     (default: all ranks), differentiably to any order: the gradient reaching this rank's ``x`` sums
     what every rank's loss sends to it. Every rank must pass a tensor of the same shape and dtype,
-    and run the forward and every backward in step with the other ranks."""
+    and run the forward and every backward in step with the other ranks: a rank whose shape or dtype
+    differs makes every rank raise the same ``ValueError`` (checked by one small all-gather, read on
+    the host, before the gather itself)."""
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise TypeError(f"x must be a torch.Tensor with a batch dimension, got {getattr(x, 'shape', type(x).__name__)}")
     _checks.process_group_rank(group)
+    _check_same_shape_on_every_rank(x, group)
     return _AllGatherBatch.apply(x, group)

@@ -526,6 +526,25 @@ def all_reduce_gradients_averages_fp16_without_overflow(group):
     assert torch.equal(model.weight.grad, torch.full_like(model.weight, 40000.0)), model.weight.grad
 
 
+def all_gather_batch_refuses_unequal_tensors(group):
+    """A batch size or dtype differing between ranks raises the same error on every rank (gloo
+    otherwise gives the larger rank uninitialised rows and aborts the smaller rank's process)."""
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    described = ", ".join(f"shape [{r + 1}, 3] and dtype torch.float64 on group rank {r}" for r in range(world_size))
+    expected = "x must have the same shape and dtype on every rank of group, got " + described
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        all_gather_batch(torch.randn(rank + 1, 3, dtype=torch.float64), group)
+    dtype = torch.float32 if rank == 0 else torch.float64
+    expected = (
+        "shape [2, 3] and dtype torch.float32 on group rank 0, shape [2, 3] and dtype torch.float64 on group rank 1"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_gather_batch(torch.randn(2, 3, dtype=dtype), group)
+    layer = MinibatchStd(group_size=None, process_group=group)
+    with pytest.raises(ValueError, match="x must have the same shape and dtype on every rank of group"):
+        layer(torch.randn(GROUP_SIZE + rank, 3, 2, 2, dtype=torch.float64))
+
+
 SCENARIOS = {
     "broadcast_state": broadcast_state_copies_parameters_and_buffers,
     "all_reduce_gradients_missing": all_reduce_gradients_agrees_on_missing_gradients,
@@ -533,6 +552,7 @@ SCENARIOS = {
     "static_graph_refused": ddp_with_static_graph_is_refused,
     "bad_arguments": bad_arguments_name_themselves,
     "all_reduce_gradients_fp16": all_reduce_gradients_averages_fp16_without_overflow,
+    "all_gather_batch_unequal": all_gather_batch_refuses_unequal_tensors,
 }
 MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
 # all_reduce_gradients averages whatever the backward produced, whichever the penalty: every penalty
