@@ -545,6 +545,28 @@ def all_gather_batch_refuses_unequal_tensors(group):
         layer(torch.randn(GROUP_SIZE + rank, 3, 2, 2, dtype=torch.float64))
 
 
+def path_length_mean_weighs_every_sample_alike(group):
+    """Rank r holds r + 1 samples: the running mean moves towards the mean length of the
+    concatenated batch, not towards the mean of the ranks' means."""
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    weight = torch.randn(5, 2 * 3 * 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def lengths_and_penalty_inputs(r):
+        latents = torch.randn(r + 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(r + 1))
+        latents.requires_grad_()
+        images = (latents @ weight).view(r + 1, 2, 3, 3)
+        noise = torch.randn(images.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + r))
+        # images = latents @ weight, so g_i = weight @ y_i with y_i the sample's noise / sqrt(H * W).
+        lengths = (noise.flatten(1) / 3.0 @ weight.T).norm(dim=1)
+        return latents, images, lengths
+
+    plr = penalties.PathLengthRegularizer(decay=0.5, process_group=group).double()
+    latents, images, _ = lengths_and_penalty_inputs(rank)
+    plr(images, latents, generator=torch.Generator().manual_seed(100 + rank))
+    expected = 0.5 * torch.cat([lengths_and_penalty_inputs(r)[2] for r in range(world_size)]).mean()
+    torch.testing.assert_close(plr.mean_length, expected, **TOLERANCES[torch.float64])
+
+
 SCENARIOS = {
     "broadcast_state": broadcast_state_copies_parameters_and_buffers,
     "all_reduce_gradients_missing": all_reduce_gradients_agrees_on_missing_gradients,
@@ -553,6 +575,7 @@ SCENARIOS = {
     "bad_arguments": bad_arguments_name_themselves,
     "all_reduce_gradients_fp16": all_reduce_gradients_averages_fp16_without_overflow,
     "all_gather_batch_unequal": all_gather_batch_refuses_unequal_tensors,
+    "path_length_unequal_batches": path_length_mean_weighs_every_sample_alike,
 }
 MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
 # all_reduce_gradients averages whatever the backward produced, whichever the penalty: every penalty
