@@ -56,11 +56,19 @@ def process_group_rank(group, arg="group"):
         raise RuntimeError(
             "torch.distributed is not initialized: call torch.distributed.init_process_group() on every rank first"
         )
+    # What new_group returns on a process outside the group (its ranks are not known there).
+    outside = type(group) is int and group == distributed.GroupMember.NON_GROUP_MEMBER
+    if not (group is None or outside or isinstance(group, distributed.ProcessGroup)):
+        raise TypeError(
+            f"{arg} must be a torch.distributed process group (from torch.distributed.new_group) or None, "
+            f"got {type(group).__name__} {group!r}"
+        )
     rank = distributed.get_rank(group)
     if rank < 0:
+        ranks = "" if outside else f"; its global ranks are {distributed.get_process_group_ranks(group)}"
         raise ValueError(
-            f"{arg} does not include this process (global rank {distributed.get_rank()}); its global ranks are "
-            f"{distributed.get_process_group_ranks(group)}: call this only on the ranks of {arg}"
+            f"{arg} does not include this process (global rank {distributed.get_rank()}){ranks}: "
+            f"call this only on the ranks of {arg}"
         )
     return rank
 

@@ -515,6 +515,14 @@ def bad_arguments_name_themselves(group):
         MinibatchStd(GROUP_SIZE, process_group=group)(torch.randn(4, 3))
     with pytest.raises(TypeError, match="x must be a torch.Tensor with a batch dimension"):
         all_gather_batch(torch.tensor(1.0), group)
+    # A list of ranks is not a group (torch said "unhashable type: 'list'").
+    expected = (
+        "group must be a torch.distributed process group (from torch.distributed.new_group) or None, got list [0, 1]"
+    )
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        all_reduce_gradients(torch.nn.Linear(2, 2), [0, 1])
+    with pytest.raises(TypeError, match=re.escape(expected.replace("group", "process_group", 1))):
+        MinibatchStd(2, process_group=[0, 1])(torch.randn(2, 3, 2, 2))
 
 
 def all_reduce_gradients_averages_fp16_without_overflow(group):
@@ -610,7 +618,9 @@ def outside_the_group_every_helper_refuses(group):
     the local std, silently. Every helper refuses instead."""
     if dist.get_rank() in OFFSET_RANKS:
         return
-    expected = "group does not include this process (global rank 0); its global ranks are [1, 2]"
+    # new_group gives a process outside the group the integer GroupMember.NON_GROUP_MEMBER, not a group.
+    assert group == dist.GroupMember.NON_GROUP_MEMBER
+    expected = "group does not include this process (global rank 0): call this only on the ranks of group"
     model = torch.nn.Linear(2, 1).double()
     model.weight.grad = torch.ones_like(model.weight)
     with pytest.raises(ValueError, match=re.escape(expected)):
@@ -622,7 +632,7 @@ def outside_the_group_every_helper_refuses(group):
         global_std(torch.randn(3), group)
     with pytest.raises(ValueError, match=re.escape(expected)):
         all_gather_batch(torch.randn(2, 3), group)
-    expected = expected.replace("group", "process_group", 1)
+    expected = expected.replace("group", "process_group")
     with pytest.raises(ValueError, match=re.escape(expected)):
         MinibatchStd(2, process_group=group)(torch.randn(2, 3, 2, 2))
     plr = penalties.PathLengthRegularizer(process_group=group)
