@@ -1,17 +1,19 @@
 """Data parallelism with real processes: gloo on CPU, 2 and 3 ranks on 127.0.0.1.
 
-One spawned group of 3 processes runs every scenario below in turn, on all 3 ranks and on a
-2-rank subgroup (spawning is the slow part, and the subgroup also exercises the functions' group
-argument); each rank records per scenario whether it passed, and one pytest test per scenario and
-world size reads the records. Training scenarios train a discriminator with each penalty helper,
-wrapped in DistributedDataParallel or with gan_kernels.distributed.all_reduce_gradients, and check
-after every step that all ranks hold bitwise identical parameters and buffers (spectral norm's u,
-v) and that rank 0's equal, to float64 round-off, those of one process that ran the same steps on
-the concatenated batch with the same random draws (minibatch stddev grouping each rank's slice, as
-the ranks do, or the whole batch for MinibatchStd(process_group=)). The generator scenarios do the
-same for a StyleGAN-like G trained with the path-length penalty (in its loss, or lazily on its
-own): each rank draws its own noise, and the regulariser's running mean must be bitwise identical
-on every rank and equal one process's on the concatenated batch and noise.
+One spawned group of 3 processes runs every scenario below in turn, on all 3 ranks and on a 2-rank
+subgroup (spawning is the slow part, and the subgroup also exercises the functions' group argument),
+and a few on the subgroup of global ranks 1 and 2, whose group ranks are not the global ones and
+which global rank 0 is outside of; each rank records per scenario whether it passed, and one pytest
+test per scenario and world size reads the records. Training scenarios train a discriminator with
+each penalty helper, wrapped in DistributedDataParallel or with
+gan_kernels.distributed.all_reduce_gradients, and check after every step that all ranks hold bitwise
+identical parameters and buffers (spectral norm's u, v) and that rank 0's equal, to float64
+round-off, those of one process that ran the same steps on the concatenated batch with the same random
+draws (minibatch stddev grouping each rank's slice, as the ranks do, or the whole batch for
+MinibatchStd(process_group=)). The generator scenarios do the same for a StyleGAN-like G trained
+with the path-length penalty (in its loss, or lazily on its own): each rank draws its own noise, and
+the regulariser's running mean must be bitwise identical on every rank and equal one process's on
+the concatenated batch and noise.
 """
 
 import datetime
