@@ -46,6 +46,33 @@ def has_samples(t, arg):
         raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
 
 
+def process_group_rank(group, arg="group"):
+    """This process's rank in ``group`` (None: all ranks) of an initialised ``torch.distributed``.
+    A process outside ``group`` is an error: torch's collectives return there without doing anything
+    (with a warning), so a result computed from them (a mean divided by ``get_world_size``, which is
+    -1 there) would be silently wrong."""
+    distributed = torch.distributed
+    if not (distributed.is_available() and distributed.is_initialized()):
+        raise RuntimeError(
+            "torch.distributed is not initialized: call torch.distributed.init_process_group() on every rank first"
+        )
+    # What new_group returns on a process outside the group (its ranks are not known there).
+    outside = type(group) is int and group == distributed.GroupMember.NON_GROUP_MEMBER
+    if not (group is None or outside or isinstance(group, distributed.ProcessGroup)):
+        raise TypeError(
+            f"{arg} must be a torch.distributed process group (from torch.distributed.new_group) or None, "
+            f"got {type(group).__name__} {group!r}"
+        )
+    rank = distributed.get_rank(group)
+    if rank < 0:
+        ranks = "" if outside else f"; its global ranks are {distributed.get_process_group_ranks(group)}"
+        raise ValueError(
+            f"{arg} does not include this process (global rank {distributed.get_rank()}){ranks}: "
+            f"call this only on the ranks of {arg}"
+        )
+    return rank
+
+
 def same_dtype(t, ref, arg, ref_arg):
     """``t`` in ``ref``'s dtype (common.h's check_same_dtype, same message)."""
     if t.dtype != ref.dtype:

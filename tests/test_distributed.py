@@ -1,22 +1,25 @@
 """Data parallelism with real processes: gloo on CPU, 2 and 3 ranks on 127.0.0.1.
 
-One spawned group of 3 processes runs every scenario below in turn, on all 3 ranks and on a
-2-rank subgroup (spawning is the slow part, and the subgroup also exercises the functions' group
-argument); each rank records per scenario whether it passed, and one pytest test per scenario and
-world size reads the records. Training scenarios train a discriminator with each penalty helper,
-wrapped in DistributedDataParallel or with gan_kernels.distributed.all_reduce_gradients, and check
-after every step that all ranks hold bitwise identical parameters and buffers (spectral norm's u,
-v) and that rank 0's equal, to float64 round-off, those of one process that ran the same steps on
-the concatenated batch with the same random draws (minibatch stddev grouping each rank's slice, as
-the ranks do, or the whole batch for MinibatchStd(process_group=)). The generator scenarios do the
-same for a StyleGAN-like G trained with the path-length penalty (in its loss, or lazily on its
-own): each rank draws its own noise, and the regulariser's running mean must be bitwise identical
-on every rank and equal one process's on the concatenated batch and noise.
+One spawned group of 3 processes runs every scenario below in turn, on all 3 ranks and on a 2-rank
+subgroup (spawning is the slow part, and the subgroup also exercises the functions' group argument),
+and a few on the subgroup of global ranks 1 and 2, whose group ranks are not the global ones and
+which global rank 0 is outside of; each rank records per scenario whether it passed, and one pytest
+test per scenario and world size reads the records. Training scenarios train a discriminator with
+each penalty helper, wrapped in DistributedDataParallel or with
+gan_kernels.distributed.all_reduce_gradients, and check after every step that all ranks hold bitwise
+identical parameters and buffers (spectral norm's u, v) and that rank 0's equal, to float64
+round-off, those of one process that ran the same steps on the concatenated batch with the same random
+draws (minibatch stddev grouping each rank's slice, as the ranks do, or the whole batch for
+MinibatchStd(process_group=)). The generator scenarios do the same for a StyleGAN-like G trained
+with the path-length penalty (in its loss, or lazily on its own): each rank draws its own noise, and
+the regulariser's running mean must be bitwise identical on every rank and equal one process's on
+the concatenated batch and noise.
 """
 
 import datetime
 import json
 import os
+import re
 import socket
 import time
 import traceback
@@ -514,6 +517,64 @@ def bad_arguments_name_themselves(group):
         MinibatchStd(GROUP_SIZE, process_group=group)(torch.randn(4, 3))
     with pytest.raises(TypeError, match="x must be a torch.Tensor with a batch dimension"):
         all_gather_batch(torch.tensor(1.0), group)
+    # A list of ranks is not a group (torch said "unhashable type: 'list'").
+    expected = (
+        "group must be a torch.distributed process group (from torch.distributed.new_group) or None, got list [0, 1]"
+    )
+    with pytest.raises(TypeError, match=re.escape(expected)):
+        all_reduce_gradients(torch.nn.Linear(2, 2), [0, 1])
+    with pytest.raises(TypeError, match=re.escape(expected.replace("group", "process_group", 1))):
+        MinibatchStd(2, process_group=[0, 1])(torch.randn(2, 3, 2, 2))
+
+
+def all_reduce_gradients_averages_fp16_without_overflow(group):
+    # 40000 on every rank averages to 40000; their sum, 80000 or more, is inf in float16. DDP too
+    # divides before it sums.
+    model = torch.nn.Linear(1, 2, bias=False).half()
+    model.weight.grad = torch.full_like(model.weight, 40000.0)
+    all_reduce_gradients(model, group)
+    assert torch.equal(model.weight.grad, torch.full_like(model.weight, 40000.0)), model.weight.grad
+
+
+def all_gather_batch_refuses_unequal_tensors(group):
+    """A batch size or dtype differing between ranks raises the same error on every rank (gloo
+    otherwise gives the larger rank uninitialised rows and aborts the smaller rank's process)."""
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    described = ", ".join(f"shape [{r + 1}, 3] and dtype torch.float64 on group rank {r}" for r in range(world_size))
+    expected = "x must have the same shape and dtype on every rank of group, got " + described
+    with pytest.raises(ValueError, match=re.escape(expected) + "$"):
+        all_gather_batch(torch.randn(rank + 1, 3, dtype=torch.float64), group)
+    dtype = torch.float32 if rank == 0 else torch.float64
+    expected = (
+        "shape [2, 3] and dtype torch.float32 on group rank 0, shape [2, 3] and dtype torch.float64 on group rank 1"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_gather_batch(torch.randn(2, 3, dtype=dtype), group)
+    layer = MinibatchStd(group_size=None, process_group=group)
+    with pytest.raises(ValueError, match="x must have the same shape and dtype on every rank of group"):
+        layer(torch.randn(GROUP_SIZE + rank, 3, 2, 2, dtype=torch.float64))
+
+
+def path_length_mean_weighs_every_sample_alike(group):
+    """Rank r holds r + 1 samples: the running mean moves towards the mean length of the
+    concatenated batch, not towards the mean of the ranks' means."""
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    weight = torch.randn(5, 2 * 3 * 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def lengths_and_penalty_inputs(r):
+        latents = torch.randn(r + 1, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(r + 1))
+        latents.requires_grad_()
+        images = (latents @ weight).view(r + 1, 2, 3, 3)
+        noise = torch.randn(images.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(100 + r))
+        # images = latents @ weight, so g_i = weight @ y_i with y_i the sample's noise / sqrt(H * W).
+        lengths = (noise.flatten(1) / 3.0 @ weight.T).norm(dim=1)
+        return latents, images, lengths
+
+    plr = penalties.PathLengthRegularizer(decay=0.5, process_group=group).double()
+    latents, images, _ = lengths_and_penalty_inputs(rank)
+    plr(images, latents, generator=torch.Generator().manual_seed(100 + rank))
+    expected = 0.5 * torch.cat([lengths_and_penalty_inputs(r)[2] for r in range(world_size)]).mean()
+    torch.testing.assert_close(plr.mean_length, expected, **TOLERANCES[torch.float64])
 
 
 SCENARIOS = {
@@ -522,6 +583,9 @@ SCENARIOS = {
     "global_std": global_std_is_the_std_of_the_concatenated_batch,
     "static_graph_refused": ddp_with_static_graph_is_refused,
     "bad_arguments": bad_arguments_name_themselves,
+    "all_reduce_gradients_fp16": all_reduce_gradients_averages_fp16_without_overflow,
+    "all_gather_batch_unequal": all_gather_batch_refuses_unequal_tensors,
+    "path_length_unequal_batches": path_length_mean_weighs_every_sample_alike,
 }
 MODELS = ["equalized", "equalized_cross_rank", "spectral", "spectral_batched"]
 # all_reduce_gradients averages whatever the backward produced, whichever the penalty: every penalty
@@ -544,6 +608,85 @@ for _wrapper in ("ddp", "all_reduce"):
         )
 
 
+# ---- on a subgroup whose ranks are not the global ones: global ranks 1 and 2 of 3 ------------
+
+OFFSET_RANKS = [1, 2]
+OFFSET_KEY = "ranks1-2"
+
+
+def outside_the_group_every_helper_refuses(group):
+    """On a process outside ``group`` torch's collectives return at once without doing anything, so
+    an average divided by get_world_size(group), -1 there, negated the gradients and global_std gave
+    the local std, silently. Every helper refuses instead."""
+    if dist.get_rank() in OFFSET_RANKS:
+        return
+    # new_group gives a process outside the group the integer GroupMember.NON_GROUP_MEMBER, not a group.
+    assert group == dist.GroupMember.NON_GROUP_MEMBER
+    expected = "group does not include this process (global rank 0): call this only on the ranks of group"
+    model = torch.nn.Linear(2, 1).double()
+    model.weight.grad = torch.ones_like(model.weight)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_reduce_gradients(model, group)
+    assert torch.equal(model.weight.grad, torch.ones_like(model.weight))
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        broadcast_state(model, src=1, group=group)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        global_std(torch.randn(3), group)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        all_gather_batch(torch.randn(2, 3), group)
+    expected = expected.replace("group", "process_group")
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        MinibatchStd(2, process_group=group)(torch.randn(2, 3, 2, 2))
+    plr = penalties.PathLengthRegularizer(process_group=group)
+    latents = torch.randn(2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        plr(latents[:, :, None, None] * torch.ones(2, 3, 2, 2), latents)
+    assert plr.mean_length.item() == 0.0
+
+
+def broadcast_state_takes_a_global_src(group):
+    if dist.get_rank() not in OFFSET_RANKS:
+        return
+    source_rank = 2  # group rank 1
+    model = build_discriminator("spectral", seed=dist.get_rank())
+    broadcast_state(model, src=source_rank, group=group)
+    expected = state(build_discriminator("spectral", seed=source_rank))
+    ours = state(model)
+    for name in expected:
+        assert torch.equal(ours[name], expected[name]), name
+    # Global rank 0 is no member; group rank 0 (global rank 1) is not what src=0 means.
+    expected = "src=0 is not a rank of group, whose global ranks are [1, 2]: src is a global rank"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        broadcast_state(model, src=0, group=group)
+
+
+def cross_rank_minibatch_std_keeps_the_group_ranks_rows(group):
+    """Global rank 1 is group rank 0: its rows are the first of the gathered batch."""
+    if dist.get_rank() not in OFFSET_RANKS:
+        return
+
+    def batch(global_rank):
+        return torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(global_rank))
+
+    x = batch(dist.get_rank()).requires_grad_()
+    y = MinibatchStd(group_size=4, process_group=group)(x)
+    whole = torch.cat([batch(r) for r in OFFSET_RANKS]).requires_grad_()
+    expected = gan_kernels.minibatch_std(whole, 4)
+    rows = slice(2 * dist.get_rank(group), 2 * dist.get_rank(group) + 2)
+    torch.testing.assert_close(y, expected[rows], **TOLERANCES[torch.float64])
+    # Every rank's loss, summed: the gradient for this rank's rows.
+    y.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x.grad, whole.grad[rows], **TOLERANCES[torch.float64])
+
+
+OFFSET_SCENARIOS = {
+    "outside_the_group": outside_the_group_every_helper_refuses,
+    "broadcast_state_global_src": broadcast_state_takes_a_global_src,
+    "minibatch_std_offset_group": cross_rank_minibatch_std_keeps_the_group_ranks_rows,
+}
+
+
 # ---- the spawned group -------------------------------------------------------------------------
 
 
@@ -559,24 +702,31 @@ def _worker(rank, port, results_dir):
     )
     # new_group is a collective of all ranks, members or not.
     groups = {n: dist.new_group(list(range(n))) for n in WORLD_SIZES}
+    offset_group = dist.new_group(OFFSET_RANKS)
     results = {}
     path = os.path.join(results_dir, f"rank{rank}.json")
+
+    def run(key, scenario, group):
+        try:
+            scenario(group)
+            results[key] = None
+        except (Exception, pytest.fail.Exception):  # pytest.raises fails with a BaseException
+            # Scenarios fail after their collectives, so the ranks stay in step; should one
+            # not, the collective timeout ends the ranks' wait.
+            results[key] = traceback.format_exc()
+        finally:
+            with open(path, "w") as f:
+                json.dump(results, f)
+
     try:
+        # On every rank: each scenario does what a member, and what a process outside, is to do.
+        for name, scenario in OFFSET_SCENARIOS.items():
+            run(f"{name}@{OFFSET_KEY}", scenario, offset_group)
         for n, group in groups.items():
             if rank >= n:
                 continue
             for name, scenario in SCENARIOS.items():
-                key = f"{name}@{n}"
-                try:
-                    scenario(group)
-                    results[key] = None
-                except Exception:
-                    # Scenarios fail after their collectives, so the ranks stay in step; should one
-                    # not, the collective timeout ends the ranks' wait.
-                    results[key] = traceback.format_exc()
-                finally:
-                    with open(path, "w") as f:
-                        json.dump(results, f)
+                run(f"{name}@{n}", scenario, group)
     finally:
         dist.destroy_process_group()
 
@@ -640,6 +790,16 @@ def test_scenario(group_results, scenario, world_size):
     failures = []
     for rank in range(world_size):
         outcome = group_results[rank].get(f"{scenario}@{world_size}", "not run (the process stopped before it)")
+        if outcome is not None:
+            failures.append(f"rank {rank}: {outcome}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("scenario", list(OFFSET_SCENARIOS))
+def test_scenario_on_a_subgroup_of_other_ranks(group_results, scenario):
+    failures = []
+    for rank in range(max(WORLD_SIZES)):
+        outcome = group_results[rank].get(f"{scenario}@{OFFSET_KEY}", "not run (the process stopped before it)")
         if outcome is not None:
             failures.append(f"rank {rank}: {outcome}")
     assert not failures, "\n".join(failures)

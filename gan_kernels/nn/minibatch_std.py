@@ -36,8 +36,9 @@ class MinibatchStd(torch.nn.Module):
         _checks.check_floating(x, "x")
         if x.dim() != 4:
             raise ValueError(f"x must be a 4-D tensor [N, C, H, W], got shape {list(x.shape)}")
+        rank = _checks.process_group_rank(self.process_group, "process_group")
         y = minibatch_std(all_gather_batch(x, self.process_group), self.group_size, self.num_channels)
-        rows, rank = x.shape[0], torch.distributed.get_rank(self.process_group)
+        rows = x.shape[0]
         return y[rank * rows : (rank + 1) * rows]
 
     def extra_repr(self):

@@ -16,15 +16,19 @@ def _check_decay(decay):
     return value
 
 
-def _all_reduce_mean(value, group):
-    """The mean of ``value`` over the ranks of ``group`` (None: all ranks) when torch.distributed
-    is initialised, else ``value``."""
+def _batch_mean(lengths, group):
+    """The mean of ``lengths`` over the concatenated batch of the ranks of ``group`` (None: all
+    ranks) when torch.distributed is initialised, else over ``lengths``: one all-reduce of their sum
+    and count, so ranks holding different numbers of samples weigh each sample alike, as one process
+    on the whole batch does (a mean of the ranks' means would not)."""
     distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        value = value.clone()
-        distributed.all_reduce(value, group=group)
-        value /= distributed.get_world_size(group)
-    return value
+    if not (distributed.is_available() and distributed.is_initialized()):
+        return lengths.mean()
+    _checks.process_group_rank(group, "process_group")
+    count = torch.tensor(float(lengths.numel()), dtype=lengths.dtype, device=lengths.device)
+    sum_and_count = torch.stack([lengths.sum(), count])
+    distributed.all_reduce(sum_and_count, group=group)
+    return sum_and_count[0] / sum_and_count[1]
 
 
 class PathLengthRegularizer(torch.nn.Module):
@@ -37,8 +41,9 @@ class PathLengthRegularizer(torch.nn.Module):
 
     ``images`` [N, C, H, W] (any [N, C, ...]) must have been computed from ``latents`` [N, D] or
     [N, num_ws, D] (StyleGAN's ws), which must require grad. The running mean ``a`` is the buffer
-    ``mean_length`` (in the state dict, float32), averaged over the ranks of ``process_group``
-    (default: all ranks) when torch.distributed is initialised (every rank of the group must then
+    ``mean_length`` (in the state dict, float32), updated with the mean over the concatenated batch
+    of the ranks of ``process_group`` (default: all ranks; each sample weighs alike when the ranks'
+    batch sizes differ) when torch.distributed is initialised (every rank of the group must then
     call the regulariser on the same steps); ``.double()`` makes it float64.
 
     The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
@@ -99,7 +104,7 @@ class PathLengthRegularizer(torch.nn.Module):
         compute = torch.promote_types(g.dtype, torch.float32)
         with torch.no_grad():
             lengths = (per_sample_penalty(g.detach(), 0.0).to(compute) / vectors).sqrt()
-            batch_mean = _all_reduce_mean(lengths.mean().to(self.mean_length.dtype), self.process_group)
+            batch_mean = _batch_mean(lengths, self.process_group).to(self.mean_length.dtype)
             self.mean_length.lerp_(batch_mean, self.decay)
         center = (self.mean_length * math.sqrt(vectors)).to(compute)
         # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
