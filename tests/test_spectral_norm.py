@@ -370,6 +370,25 @@ def test_sigma_is_readable_after_each_forward():
     assert not sigmas["c1.weight"].requires_grad
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_parametrize_cached_iterates_once_as_pytorch_does(batched):
+    """Inside parametrize.cached() a weight is normalised at its first access only, so three model
+    calls run one power iteration with PyTorch's layers; the group iterated (and normalised) all
+    its layers again on every call, and u, v drifted from PyTorch's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    ours, theirs = make_d(spectral_norm), make_d(torch_spectral_norm)
+    if batched:
+        batch_spectral_norm(ours)
+    with parametrize.cached():
+        outputs = [(ours(x), theirs(x)) for _ in range(3)]
+    for got, want in outputs:
+        assert_close_to_torch(got, want)
+    for key, want in theirs.state_dict().items():
+        assert_close_to_torch(ours.state_dict()[key], want)
+    assert_close_to_torch(ours(x), theirs(x))  # the cache is gone: each iterates again
+
+
 def test_grouped_model_can_be_deep_copied():
     d = make_d(spectral_norm)
     batch_spectral_norm(d)

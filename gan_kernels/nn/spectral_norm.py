@@ -172,6 +172,12 @@ def spectral_sigmas(model):
     return {name: p.sigma for name, p in spectral_norm_layers(model)}
 
 
+def _cached_by_parametrize(module, name):
+    """Whether ``module.<name>`` has a value cached by ``torch.nn.utils.parametrize.cached()`` (a
+    parametrized tensor read inside it is computed once, at its first access, under this key)."""
+    return bool(getattr(parametrize, "_cache_enabled", 0)) and (id(module), name) in getattr(parametrize, "_cache", {})
+
+
 class BatchedResults:
     """What a SpectralNormGroup computed for its layers, for each layer to read in its forward: per
     thread (several threads may run forwards of one model at once), each layer's ``W / sigma`` and
@@ -223,16 +229,20 @@ class SpectralNormGroup:
         for module in self.model.modules():
             if not parametrize.is_parametrized(module):
                 continue
-            for parametrizations in module.parametrizations.values():
+            for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
                 if isinstance(first, SpectralNorm) and parametrizations.original.ndim > 1:
-                    members.append((first, parametrizations.original))
+                    members.append((first, parametrizations.original, module, name))
         return members
 
     def _before_forward(self, model, args):
         groups = {}
-        for sn, weight in self._members():
+        for sn, weight, module, name in self._members():
             sn.batched = self.results
+            if _cached_by_parametrize(module, name):
+                # Inside parametrize.cached() the layer returns the W / sigma cached at its first
+                # access: PyTorch's then neither iterates nor normalises again, so neither do we.
+                continue
             key = (weight.device, weight.dtype, sn.power_iterations(), sn.eps)
             groups.setdefault(key, []).append((sn, weight))
         by_layer = {}
@@ -258,7 +268,7 @@ class SpectralNormGroup:
         self._pre.remove()
         self._post.remove()
         self.results.clear()
-        for sn, _ in self._members():
+        for sn, *_ in self._members():
             if sn.batched is self.results:
                 sn.batched = None
 
