@@ -198,6 +198,10 @@ class BatchedResults:
     def clear(self):
         self._thread.by_layer = {}
 
+    def has(self, layer):
+        """Whether this thread's running model forward has computed ``layer``."""
+        return layer in getattr(self._thread, "by_layer", {})
+
     def get(self, layer, weight):
         """``(W / sigma, sigma)`` computed for ``layer`` from ``weight`` in this thread's running
         model forward, or None (outside a forward, or for a weight the group did not see)."""
@@ -238,6 +242,11 @@ class SpectralNormGroup:
     def _before_forward(self, model, args):
         groups = {}
         for sn, weight, module, name in self._members():
+            if sn.batched is not None and sn.batched is not self.results and sn.batched.has(sn):
+                # Another group computed this layer for the model forward now running on this thread:
+                # an enclosing model's group, or a second batch_spectral_norm of this model. Its
+                # result serves the layer; iterating again would run two steps per forward.
+                continue
             sn.batched = self.results
             if _cached_by_parametrize(module, name):
                 # Inside parametrize.cached() the layer returns the W / sigma cached at its first
