@@ -121,9 +121,28 @@ def test_conv2d_in_bfloat16_keeps_its_dtype(device):
     x = torch.randn(2, 4, 5, 5, device=device, dtype=torch.bfloat16)
     y = layer(x)
     assert y.dtype == torch.bfloat16
-    # StyleGAN scales the weight in float32 and then rounds, we round and then scale (w.to(x.dtype) * gain):
-    # the same to within the rounding of the output.
+    # StyleGAN's lrelu epilogue rounds after each step in bfloat16, bias_act once from float32.
     assert_close(y, stylegan_conv2d_forward(layer, x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_conv2d_scales_the_weight_before_casting_it_as_stylegan_does(device, dtype):
+    # Conv2dLayer computes (weight * weight_gain).to(x.dtype): casting first rounds the weight twice for
+    # fp16/bf16 activations (and scales in float64 for float64 ones), so the outputs differed from
+    # StyleGAN's. With the linear activation the epilogue is one exact add, so the bits must agree.
+    torch.manual_seed(3)
+    layer = randomise_bias(EqualizedConv2d(16, 8, 3)).to(device)
+    x = torch.randn(2, 16, 6, 6, device=device, dtype=dtype)
+    assert torch.equal(layer(x), stylegan_conv2d_forward(layer, x))
+    x = x.requires_grad_()
+    layer(x).float().square().sum().backward()
+    grads = [t.grad.clone() for t in (x, layer.weight, layer.bias)]
+    for t in (x, layer.weight, layer.bias):
+        t.grad = None
+    stylegan_conv2d_forward(layer, x).float().square().sum().backward()
+    for grad, t in zip(grads, (x, layer.weight, layer.bias)):
+        assert torch.equal(grad, t.grad)
 
 
 @pytest.mark.parametrize("device", DEVICES)

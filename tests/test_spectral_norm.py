@@ -370,6 +370,41 @@ def test_sigma_is_readable_after_each_forward():
     assert not sigmas["c1.weight"].requires_grad
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_parametrize_cached_iterates_once_as_pytorch_does(batched):
+    """Inside parametrize.cached() a weight is normalised at its first access only, so three model
+    calls run one power iteration with PyTorch's layers; the group iterated (and normalised) all
+    its layers again on every call, and u, v drifted from PyTorch's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    ours, theirs = make_d(spectral_norm), make_d(torch_spectral_norm)
+    if batched:
+        batch_spectral_norm(ours)
+    with parametrize.cached():
+        outputs = [(ours(x), theirs(x)) for _ in range(3)]
+    for got, want in outputs:
+        assert_close_to_torch(got, want)
+    for key, want in theirs.state_dict().items():
+        assert_close_to_torch(ours.state_dict()[key], want)
+    assert_close_to_torch(ours(x), theirs(x))  # the cache is gone: each iterates again
+
+
+@pytest.mark.parametrize("grouping", ["twice", "nested"])
+def test_a_layer_in_two_groups_iterates_once_per_forward(grouping):
+    """batch_spectral_norm twice on one model, or on a model and on a model that contains it: each
+    group's pre-hook iterated every layer, so u, v took two steps per forward instead of one."""
+    per_layer, grouped = make_d(spectral_norm), make_d(spectral_norm)
+    outer = torch.nn.Sequential(grouped)
+    batch_spectral_norm(grouped)
+    batch_spectral_norm(grouped if grouping == "twice" else outer)
+    torch.manual_seed(0)
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+        assert_identical(outer(x), per_layer(x))
+        for got, want in zip(grouped.state_dict().values(), per_layer.state_dict().values()):
+            assert_identical(got, want)
+
+
 def test_grouped_model_can_be_deep_copied():
     d = make_d(spectral_norm)
     batch_spectral_norm(d)

@@ -28,7 +28,8 @@ def _default_gain(activation):
 
 class _EqualizedLayer(torch.nn.Module):
     """Runtime parameters of StyleGAN's equalized-LR layers: the weight cast to the activations' dtype
-    (so fp16 activations work) times its gain, the bias times ``bias_gain``."""
+    (so fp16 activations work) times its gain (FullyConnectedLayer's order; the conv overrides it),
+    the bias times ``bias_gain``."""
 
     # The epilogue, a function with bias_act's signature. A class attribute so that the tests and
     # benchmarks can build plain-PyTorch twins of these layers (reference.bias_act) to compare with.
@@ -88,7 +89,7 @@ class EqualizedConv2d(_EqualizedLayer):
     """StyleGAN's ``Conv2dLayer(in, out, kernel_size, bias, activation, conv_clamp)`` without
     resampling, plus ``lr_multiplier``, ``stride`` and ``padding`` (default ``kernel_size // 2``):
     weight stored as ``randn / lr_multiplier`` and used as
-    ``weight.to(x.dtype) * lr_multiplier / sqrt(in * k * k)``; ``forward(x, gain)`` scales the
+    ``(weight * lr_multiplier / sqrt(in * k * k)).to(x.dtype)``; ``forward(x, gain)`` scales the
     activation gain and ``conv_clamp`` by ``gain``."""
 
     def __init__(
@@ -125,6 +126,12 @@ class EqualizedConv2d(_EqualizedLayer):
         self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
         self.bias_gain = lr_multiplier
         self.act_gain = _default_gain(activation)
+
+    def _runtime_weight(self, x):
+        # StyleGAN's Conv2dLayer scales in the weight's dtype and then casts (``(w * gain).to(x.dtype)``),
+        # unlike its FullyConnectedLayer: casting first rounds twice for fp16/bf16 activations and
+        # scales in float64 for float64 ones, neither of which gives StyleGAN's numbers.
+        return (self.weight * self.weight_gain).to(x.dtype)
 
     def forward(self, x, gain=1):
         if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H

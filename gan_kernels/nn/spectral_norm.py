@@ -172,6 +172,12 @@ def spectral_sigmas(model):
     return {name: p.sigma for name, p in spectral_norm_layers(model)}
 
 
+def _cached_by_parametrize(module, name):
+    """Whether ``module.<name>`` has a value cached by ``torch.nn.utils.parametrize.cached()`` (a
+    parametrized tensor read inside it is computed once, at its first access, under this key)."""
+    return bool(getattr(parametrize, "_cache_enabled", 0)) and (id(module), name) in getattr(parametrize, "_cache", {})
+
+
 class BatchedResults:
     """What a SpectralNormGroup computed for its layers, for each layer to read in its forward: per
     thread (several threads may run forwards of one model at once), each layer's ``W / sigma`` and
@@ -191,6 +197,10 @@ class BatchedResults:
 
     def clear(self):
         self._thread.by_layer = {}
+
+    def has(self, layer):
+        """Whether this thread's running model forward has computed ``layer``."""
+        return layer in getattr(self._thread, "by_layer", {})
 
     def get(self, layer, weight):
         """``(W / sigma, sigma)`` computed for ``layer`` from ``weight`` in this thread's running
@@ -223,16 +233,25 @@ class SpectralNormGroup:
         for module in self.model.modules():
             if not parametrize.is_parametrized(module):
                 continue
-            for parametrizations in module.parametrizations.values():
+            for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
                 if isinstance(first, SpectralNorm) and parametrizations.original.ndim > 1:
-                    members.append((first, parametrizations.original))
+                    members.append((first, parametrizations.original, module, name))
         return members
 
     def _before_forward(self, model, args):
         groups = {}
-        for sn, weight in self._members():
+        for sn, weight, module, name in self._members():
+            if sn.batched is not None and sn.batched is not self.results and sn.batched.has(sn):
+                # Another group computed this layer for the model forward now running on this thread:
+                # an enclosing model's group, or a second batch_spectral_norm of this model. Its
+                # result serves the layer; iterating again would run two steps per forward.
+                continue
             sn.batched = self.results
+            if _cached_by_parametrize(module, name):
+                # Inside parametrize.cached() the layer returns the W / sigma cached at its first
+                # access: PyTorch's then neither iterates nor normalises again, so neither do we.
+                continue
             key = (weight.device, weight.dtype, sn.power_iterations(), sn.eps)
             groups.setdefault(key, []).append((sn, weight))
         by_layer = {}
@@ -258,7 +277,7 @@ class SpectralNormGroup:
         self._pre.remove()
         self._post.remove()
         self.results.clear()
-        for sn, _ in self._members():
+        for sn, *_ in self._members():
             if sn.batched is self.results:
                 sn.batched = None
 
