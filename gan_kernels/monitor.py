@@ -326,9 +326,12 @@ class StabilityMonitor:
             raise ValueError(
                 f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()"
             )
-        norms = torch._foreach_norm(grads)
-        if any(n.dtype != norms[0].dtype or n.device != norms[0].device for n in norms):
-            norms = [n.to(norms[0].device, torch.float32) for n in norms]
+        # In at least float32: fp16 gradients' norms overflow float16 (> 65504) long before their
+        # elements do, which would read as a non-finite gradient.
+        dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+        norms = torch._foreach_norm(grads, dtype=dtype)
+        if any(n.device != norms[0].device for n in norms):
+            norms = [n.to(norms[0].device) for n in norms]
         total = torch.linalg.vector_norm(torch.stack(norms))
         self._gradient_norms[f"grad_norm/{network}"] = total
 

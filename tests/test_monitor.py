@@ -435,3 +435,18 @@ def test_count_arguments_take_numpy_ints_and_0d_tensors(value):
     for _ in range(3):
         monitor.observe(d_loss=0.5)
     assert len(monitor.history) == 1
+
+
+def test_fp16_gradient_norms_do_not_overflow_into_a_false_non_finite(stability_warnings_are_errors):
+    # Every element is a finite float16, but the weight's norm (about 1.2e5) is beyond float16's 65504.
+    generator = torch.Generator().manual_seed(0)
+    net = torch.nn.Linear(200, 200).half()
+    for p in net.parameters():
+        p.grad = (1000 * torch.randn(p.shape, generator=generator)).half()
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1))
+    monitor.observe_gradients("G", net)
+    monitor.observe(d_loss=0.0)
+    expected = torch.cat([p.grad.double().flatten() for p in net.parameters()]).norm()
+    # Accumulated in float32 (40,200 squares), against a float64 reference.
+    assert monitor.report()["grad_norm/G"] == pytest.approx(float(expected), rel=1e-5)
+    assert monitor.warnings == []
