@@ -461,8 +461,10 @@ class StabilityMonitor:
             )
 
         norms = self._recent("grad_norm/G", t.patience + 1)
-        if norms:
-            # The largest norm before the latest `patience` checks, kept as a running maximum.
+        if norms and math.isfinite(norms[0]):
+            # The largest norm before the latest `patience` checks, kept as a running maximum of the
+            # finite ones: one Inf (an overflowing step, which GradScaler skips) would otherwise make
+            # every later norm "below 1% of the largest" for the rest of the run.
             self._largest_g_norm = max(self._largest_g_norm, norms[0])
         winning = accuracies is not None and min(accuracies) >= t.vanishing_accuracy
         if winning and norms:

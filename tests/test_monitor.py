@@ -450,3 +450,27 @@ def test_fp16_gradient_norms_do_not_overflow_into_a_false_non_finite(stability_w
     # Accumulated in float32 (40,200 squares), against a float64 reference.
     assert monitor.report()["grad_norm/G"] == pytest.approx(float(expected), rel=1e-5)
     assert monitor.warnings == []
+
+
+def test_one_infinite_generator_gradient_norm_does_not_flag_vanishing_gradients_forever():
+    # A step whose gradients overflow (GradScaler skips it) is non_finite at its check; it must not
+    # become "the largest norm so far", which would make every later, unchanged norm "vanishing".
+    d, g = torch.nn.Linear(2, 1), torch.nn.Linear(4, 4)
+    monitor = StabilityMonitor(d, every=1)
+    found = []
+    for value in [1.0, 1.0, 1.0, math.inf] + [1.0] * 6:
+        for p in g.parameters():
+            p.grad = torch.full_like(p, value)
+        monitor.observe_gradients("G", g)
+        # D classifies everything correctly, as vanishing_generator_gradient requires.
+        run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
+        found.append({issue.name for issue in monitor.warnings})
+    assert "non_finite" in found[3]
+    assert not any("vanishing_generator_gradient" in names for names in found)
+    # A real collapse of the norm after the Inf is still flagged.
+    for _ in range(3):
+        for p in g.parameters():
+            p.grad = torch.full_like(p, 1e-4)
+        monitor.observe_gradients("G", g)
+        run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
+    assert "vanishing_generator_gradient" in {issue.name for issue in monitor.warnings}
