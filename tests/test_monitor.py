@@ -474,3 +474,24 @@ def test_one_infinite_generator_gradient_norm_does_not_flag_vanishing_gradients_
         monitor.observe_gradients("G", g)
         run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
     assert "vanishing_generator_gradient" in {issue.name for issue in monitor.warnings}
+
+
+@pytest.mark.parametrize("every, logits_every", [(1, 1), (50, 50), (50, 25)])
+def test_noise_around_a_fixed_point_is_not_oscillation_however_sparsely_the_logits_come(
+    every, logits_every, stability_warnings_are_errors
+):
+    # The logit gap is noise around a fixed point. The noise of a check mean was taken as the
+    # within-check variance / the check's steps: 0 with one observation per check (every=1, or logits
+    # observed once per check), an "infinite contrast", and 25x too small with 2 observations in 50
+    # steps; both flagged oscillation.
+    generator = torch.Generator().manual_seed(1)
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=every)
+    for step in range(every * 40):
+        if step % logits_every == 0:
+            real = 1 + torch.randn(16, generator=generator)
+            fake = -1 + torch.randn(16, generator=generator)
+            monitor.observe(real_logits=real, fake_logits=fake, d_loss=0.5)
+        else:
+            monitor.observe(d_loss=0.5)
+    assert len(monitor.history) == 40
+    assert monitor.warnings == []
