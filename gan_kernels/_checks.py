@@ -46,6 +46,18 @@ def has_samples(t, arg):
         raise ValueError(f"{arg} has no samples (shape {list(t.shape)}): the batch mean is undefined")
 
 
+def grad_enabled(what):
+    """Autograd recording, which ``what`` (a penalty: a gradient taken with ``create_graph=True``)
+    needs. Under ``torch.no_grad()`` or ``torch.inference_mode()`` the outputs carry no graph, and the
+    error that followed blamed the arguments ("outputs does not depend on inputs")."""
+    if not torch.is_grad_enabled():
+        mode = "torch.inference_mode()" if torch.is_inference_mode_enabled() else "torch.no_grad()"
+        raise RuntimeError(
+            f"{what} takes a gradient of D's (or G's) outputs, which needs autograd, but it was called "
+            f"under {mode}: call it (and the forward it differentiates) with grad mode on"
+        )
+
+
 def process_group_rank(group, arg="group"):
     """This process's rank in ``group`` (None: all ranks) of an initialised ``torch.distributed``.
     A process outside ``group`` is an error: torch's collectives return there without doing anything

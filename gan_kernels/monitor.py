@@ -31,9 +31,11 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 * ``oscillation``: the logit gap (mean real logit - mean fake logit; the D loss when no logits are
   observed) cycles instead of settling. Over the last ``oscillation_windows`` checks its check means
   cross their mean at least ``oscillation_crossings`` times, vary ``oscillation_contrast`` times more
-  than the noise of a check mean would make them (variance between checks over the within-check
-  variance / steps: about 1 for noise around a fixed point), and the amplitude of the later half is
-  at least ``oscillation_decay`` of the earlier half (a damped oscillation is settling).
+  than the noise of a check mean would make them (variance between checks over the unbiased
+  within-check variance / the observations in the check: about 1 for noise around a fixed point),
+  and the amplitude of the later half is at least ``oscillation_decay`` of the earlier half (a damped
+  oscillation is settling). Checks with a single observation of the signal (``every=1``) carry no
+  within-check variance and are left out; without any other, oscillation is not judged.
 * ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
   ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row.
 * ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
@@ -326,9 +328,12 @@ class StabilityMonitor:
             raise ValueError(
                 f"module ({type(module).__name__}) has no gradients: call observe_gradients after backward()"
             )
-        norms = torch._foreach_norm(grads)
-        if any(n.dtype != norms[0].dtype or n.device != norms[0].device for n in norms):
-            norms = [n.to(norms[0].device, torch.float32) for n in norms]
+        # In at least float32: fp16 gradients' norms overflow float16 (> 65504) long before their
+        # elements do, which would read as a non-finite gradient.
+        dtype = torch.float64 if any(g.dtype == torch.float64 for g in grads) else torch.float32
+        norms = torch._foreach_norm(grads, dtype=dtype)
+        if any(n.device != norms[0].device for n in norms):
+            norms = [n.to(norms[0].device) for n in norms]
         total = torch.linalg.vector_norm(torch.stack(norms))
         self._gradient_norms[f"grad_norm/{network}"] = total
 
@@ -394,12 +399,13 @@ class StabilityMonitor:
         scalars = {"step": self.step}
         totals = self._totals.tolist() if self._totals is not None else [0.0] * (2 * len(_SLOTS))
         sums, squares = totals[: len(_SLOTS)], totals[len(_SLOTS) :]
-        variances = {}
+        variances, counts = {}, {}
         for name, index in _SLOT.items():
             count = self._counts[index]
             if count:
                 mean = sums[index] / count
                 scalars[name] = mean
+                counts[name] = count
                 variances[name] = max(squares[index] / count - mean * mean, 0.0) if math.isfinite(mean) else 0.0
         if self._diversity:
             self._latest_diversity = float(self._diversity[-1])
@@ -409,7 +415,11 @@ class StabilityMonitor:
         scalars.update({f"sigma/{name}": value for name, value in raw.items()})
         scalars.update({f"sigma_normalized/{name}": value for name, value in normalised.items()})
         record = dict(
-            scalars, _steps=self._window_steps, _variances=variances, _diversities=[float(d) for d in self._diversity]
+            scalars,
+            _steps=self._window_steps,
+            _counts=counts,
+            _variances=variances,
+            _diversities=[float(d) for d in self._diversity],
         )
         self.history.append(record)
         self._diversity = []
@@ -458,8 +468,10 @@ class StabilityMonitor:
             )
 
         norms = self._recent("grad_norm/G", t.patience + 1)
-        if norms:
-            # The largest norm before the latest `patience` checks, kept as a running maximum.
+        if norms and math.isfinite(norms[0]):
+            # The largest norm before the latest `patience` checks, kept as a running maximum of the
+            # finite ones: one Inf (an overflowing step, which GradScaler skips) would otherwise make
+            # every later norm "below 1% of the largest" for the rest of the run.
             self._largest_g_norm = max(self._largest_g_norm, norms[0])
         winning = accuracies is not None and min(accuracies) >= t.vanishing_accuracy
         if winning and norms:
@@ -512,8 +524,15 @@ class StabilityMonitor:
         deviations = [m - centre for m in means]
         crossings = sum(1 for a, b in zip(deviations, deviations[1:]) if a * b < 0)
         between = sum(d * d for d in deviations) / (len(deviations) - 1)
-        # The variance a check mean has from step-to-step noise alone: within-check variance / steps.
-        noise = sum(r["_variances"][key] / max(r["_steps"], 1) for r in records) / len(records)
+        # The variance a check mean has from step-to-step noise alone: the unbiased within-check
+        # variance over the n observations of the signal in that check, / n, which is the population
+        # variance / (n - 1). A check with one observation (every=1) has no within-check variance: a
+        # 0 there made any noise an "infinite contrast", so such checks are not used, and with none
+        # left the oscillation is not judged.
+        noises = [r["_variances"][key] / (r["_counts"][key] - 1) for r in records if r["_counts"][key] >= 2]
+        if not noises:
+            return None
+        noise = sum(noises) / len(noises)
         contrast = between / noise if noise > 0 else (math.inf if between > 0 else 0.0)
         half = len(deviations) // 2
         early = math.sqrt(sum(d * d for d in deviations[:half]) / half)

@@ -329,16 +329,36 @@ class GeneratorEMA(AveragedModel):
     norm's u, v), as BigGAN averages its whole state dict. Integer buffers (BatchNorm's
     ``num_batches_tracked``) go through the same formula and are stored back in their integer dtype,
     as AveragedModel does. ``decay`` in [0, 1]; :func:`half_life_decay` converts StyleGAN's
-    half-life. The state dict (``module.*`` and ``n_averaged``) saves and restores the average."""
+    half-life. The attribute ``decay`` may be set between updates (a ramp such as StyleGAN2-ADA's
+    ``ema_rampup``); the next :meth:`update` uses the new value. The state dict (``module.*`` and
+    ``n_averaged``) saves and restores the average, not ``decay``."""
 
     def __init__(self, G, decay, device=None):
         _check_module(G, "G")
+        decay = self._check_decay(decay)
+        # A bound method, so that the update reads the decay set now (a copy of the module, too).
+        super().__init__(G, device=device, multi_avg_fn=self._average, use_buffers=True)
+        self.decay = decay
+        self.module.requires_grad_(False)
+
+    @staticmethod
+    def _check_decay(decay):
         decay = _checks.real(decay, "decay")
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay must be in [0, 1], got {decay}")
-        super().__init__(G, device=device, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.decay = decay
-        self.module.requires_grad_(False)
+        return decay
+
+    @property
+    def decay(self):
+        """The weight of the old average in each update, in [0, 1]."""
+        return self._decay
+
+    @decay.setter
+    def decay(self, value):
+        self._decay = self._check_decay(value)
+
+    def _average(self, averaged, current, n_averaged):
+        get_ema_multi_avg_fn(self._decay)(averaged, current, n_averaged)
 
     def update(self, G):
         """Moves the average towards ``G``'s current parameters and buffers (see the class docstring)."""

@@ -435,3 +435,63 @@ def test_count_arguments_take_numpy_ints_and_0d_tensors(value):
     for _ in range(3):
         monitor.observe(d_loss=0.5)
     assert len(monitor.history) == 1
+
+
+def test_fp16_gradient_norms_do_not_overflow_into_a_false_non_finite(stability_warnings_are_errors):
+    # Every element is a finite float16, but the weight's norm (about 1.2e5) is beyond float16's 65504.
+    generator = torch.Generator().manual_seed(0)
+    net = torch.nn.Linear(200, 200).half()
+    for p in net.parameters():
+        p.grad = (1000 * torch.randn(p.shape, generator=generator)).half()
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1))
+    monitor.observe_gradients("G", net)
+    monitor.observe(d_loss=0.0)
+    expected = torch.cat([p.grad.double().flatten() for p in net.parameters()]).norm()
+    # Accumulated in float32 (40,200 squares), against a float64 reference.
+    assert monitor.report()["grad_norm/G"] == pytest.approx(float(expected), rel=1e-5)
+    assert monitor.warnings == []
+
+
+def test_one_infinite_generator_gradient_norm_does_not_flag_vanishing_gradients_forever():
+    # A step whose gradients overflow (GradScaler skips it) is non_finite at its check; it must not
+    # become "the largest norm so far", which would make every later, unchanged norm "vanishing".
+    d, g = torch.nn.Linear(2, 1), torch.nn.Linear(4, 4)
+    monitor = StabilityMonitor(d, every=1)
+    found = []
+    for value in [1.0, 1.0, 1.0, math.inf] + [1.0] * 6:
+        for p in g.parameters():
+            p.grad = torch.full_like(p, value)
+        monitor.observe_gradients("G", g)
+        # D classifies everything correctly, as vanishing_generator_gradient requires.
+        run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
+        found.append({issue.name for issue in monitor.warnings})
+    assert "non_finite" in found[3]
+    assert not any("vanishing_generator_gradient" in names for names in found)
+    # A real collapse of the norm after the Inf is still flagged.
+    for _ in range(3):
+        for p in g.parameters():
+            p.grad = torch.full_like(p, 1e-4)
+        monitor.observe_gradients("G", g)
+        run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
+    assert "vanishing_generator_gradient" in {issue.name for issue in monitor.warnings}
+
+
+@pytest.mark.parametrize("every, logits_every", [(1, 1), (50, 50), (50, 25)])
+def test_noise_around_a_fixed_point_is_not_oscillation_however_sparsely_the_logits_come(
+    every, logits_every, stability_warnings_are_errors
+):
+    # The logit gap is noise around a fixed point. The noise of a check mean was taken as the
+    # within-check variance / the check's steps: 0 with one observation per check (every=1, or logits
+    # observed once per check), an "infinite contrast", and 25x too small with 2 observations in 50
+    # steps; both flagged oscillation.
+    generator = torch.Generator().manual_seed(1)
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=every)
+    for step in range(every * 40):
+        if step % logits_every == 0:
+            real = 1 + torch.randn(16, generator=generator)
+            fake = -1 + torch.randn(16, generator=generator)
+            monitor.observe(real_logits=real, fake_logits=fake, d_loss=0.5)
+        else:
+            monitor.observe(d_loss=0.5)
+    assert len(monitor.history) == 40
+    assert monitor.warnings == []

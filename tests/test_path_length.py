@@ -266,3 +266,18 @@ def test_running_mean_is_averaged_over_ranks():
     assert batch_means[0] != pytest.approx(batch_means[1])
     for mean in means:
         assert float(mean) == pytest.approx(0.5 * (batch_means[0] + batch_means[1]) / 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_under_no_grad_or_inference_mode_names_the_grad_mode_and_keeps_the_mean(mode):
+    # It used to say "images does not depend on latents", blaming arguments that were fine.
+    torch.manual_seed(0)
+    plr = PathLengthRegularizer()
+    weight = torch.randn(3, 12)
+    latents = torch.randn(4, 3, requires_grad=True)
+    expected = "needs autograd, but it was called under " + (
+        "torch.no_grad" if mode is torch.no_grad else "torch.inference_mode"
+    )
+    with mode(), pytest.raises(RuntimeError, match=expected):
+        plr((latents @ weight).reshape(4, 3, 2, 2), latents)
+    assert plr.mean_length.item() == 0.0

@@ -366,3 +366,28 @@ def test_bad_input_names_the_argument(call, error, match):
     real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
     with pytest.raises(error, match=match):
         call(D, real, fake)
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_penalty_under_no_grad_or_inference_mode_names_the_grad_mode(mode):
+    # It used to say "outputs does not depend on inputs", blaming arguments that were fine.
+    torch.manual_seed(0)
+    D = torch.nn.Linear(3, 1)
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    expected = "needs autograd, but it was called under " + (
+        "torch.no_grad" if mode is torch.no_grad else "torch.inference_mode"
+    )
+    with mode():
+        for call in (
+            lambda: penalties.r1(D, real, 1.0),
+            lambda: penalties.r2(D, fake, 1.0),
+            lambda: penalties.wgan_gp(D, real, fake),
+            lambda: penalties.dragan(D, real),
+            lambda: penalties.zero_centered_gp(D, real, fake, 1.0),
+        ):
+            with pytest.raises(RuntimeError, match=expected):
+                call()
+    x = torch.randn(4, 3, requires_grad=True)
+    outputs = D(x)
+    with mode(), pytest.raises(RuntimeError, match=expected):
+        penalties.gradient_penalty(outputs, x, center=0.0)

@@ -4,6 +4,7 @@ torch layers and from gan_kernels' equalized and spectrally normalised layers), 
 bCR and zCR, PacGAN's packing, WGAN's weight clipping and the generator EMA; bad inputs name the
 argument."""
 
+import copy
 import functools
 import math
 
@@ -651,3 +652,33 @@ def test_ema_bad_arguments_name_the_argument():
 
 def test_the_module_is_exported():
     assert gan_kernels.stabilizers is stabilizers
+
+
+def test_ema_decay_set_between_updates_is_the_one_the_next_update_uses():
+    # A ramp of the decay (StyleGAN2-ADA's ema_rampup) sets it between updates; it used to be frozen
+    # into the averaging function at construction, so the new value was silently ignored.
+    g = make_batchnorm_generator()
+    ema = stabilizers.GeneratorEMA(g, 0.9)
+    train_a_little(g, 0)
+    ema.update(g)  # the first update copies G
+    expected = floating_state(g)
+    for seed, decay in ((1, 0.5), (2, 0.0), (3, 0.25)):
+        ema.decay = decay
+        train_a_little(g, seed)
+        ema.update(g)
+        current = floating_state(g)
+        expected = {name: decay * expected[name] + (1 - decay) * current[name] for name in expected}
+    for name, value in expected.items():
+        torch.testing.assert_close(floating_state(ema.module)[name], value, rtol=1e-14, atol=1e-15)
+    # A copy averages with its own decay, not the original's.
+    duplicate = copy.deepcopy(ema)
+    duplicate.decay = 1.0
+    before = floating_state(duplicate.module)
+    train_a_little(g, 4)
+    duplicate.update(g)
+    for name, value in before.items():
+        assert torch.equal(floating_state(duplicate.module)[name], value), name
+    assert ema.decay == 0.25
+    with pytest.raises(ValueError, match="decay must be in \\[0, 1\\], got -0.5"):
+        ema.decay = -0.5
+    assert ema.decay == 0.25

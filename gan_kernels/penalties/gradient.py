@@ -27,6 +27,7 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     """
     _checks.check_floating(outputs, "outputs")
     _checks.check_floating(inputs, "inputs")
+    _checks.grad_enabled("the gradient penalty")
     if inputs.dim() == 0:
         raise ValueError("inputs must have a batch dimension, got a 0-dimensional tensor")
     if not inputs.requires_grad:

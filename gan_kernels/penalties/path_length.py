@@ -82,6 +82,7 @@ class PathLengthRegularizer(torch.nn.Module):
         # Before the running mean is touched: a batch mean over no samples is NaN, and lerp would
         # make every later penalty NaN.
         _checks.has_samples(images, "images")
+        _checks.grad_enabled("the path-length penalty")
         if not latents.requires_grad:
             raise ValueError("latents does not require grad: call latents.requires_grad_() before computing images")
         if not images.requires_grad:
