@@ -318,7 +318,8 @@ class StabilityMonitor:
     def observe_gradients(self, network, module):
         """Records the total gradient norm of ``module``'s parameters (their ``.grad``, after a
         backward) as ``grad_norm/D`` or ``grad_norm/G`` (``network``: "D" or "G"), as part of the
-        step that the next ``observe`` call ends."""
+        step that the next ``observe`` call ends. Under AMP, call it after ``scaler.unscale_(opt)``:
+        scaled gradients' norms follow the loss scale, which changes during the run."""
         if network not in ("D", "G"):
             raise ValueError(f"network must be 'D' or 'G', got {network!r}")
         if not isinstance(module, torch.nn.Module):
