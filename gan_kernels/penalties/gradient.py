@@ -77,7 +77,7 @@ def _check_data_parallel(D):
         )
 
 
-def _weighted_penalty_at(D, x, center, weight, d_args, d_kwargs, scaler):
+def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, scaler):
     """``weight * mean_i penalty_i`` at ``x``. Under DistributedDataParallel the loss also gets
     ``0 * outputs`` (StyleGAN2's ``real_logits * 0 + loss_Dr1``): a penalty on the input gradient does
     not depend on every parameter (not on D's last bias), and DDP's backward waits for a gradient of
@@ -86,6 +86,7 @@ def _weighted_penalty_at(D, x, center, weight, d_args, d_kwargs, scaler):
     if not callable(D):
         raise TypeError(f"D must be callable (a module or function), got {type(D).__name__}")
     _check_data_parallel(D)
+    _checks.has_samples(x, samples_arg)  # x has the batch of the user's samples_arg
     x = x.detach().requires_grad_(True)
     outputs = D(x, *d_args, **(d_kwargs or {}))
     loss = weight * gradient_penalty(outputs, x, center, scaler).mean()
@@ -106,24 +107,21 @@ def wgan_gp(D, real, fake, weight=10.0, *, d_args=(), d_kwargs=None, scaler=None
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
-    _checks.has_samples(real, "real")
-    return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
+    return _weighted_penalty_at(D, x, "real", 1.0, weight, d_args, d_kwargs, scaler)
 
 
 def r1(D, real, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R1 (Mescheder et al. 2018, StyleGAN2): ``gamma / 2 * mean_i sum(g_i^2)`` on real samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(real, "real")
-    _checks.has_samples(real, "real")
-    return _weighted_penalty_at(D, real, 0.0, gamma / 2, d_args, d_kwargs, scaler)
+    return _weighted_penalty_at(D, real, "real", 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
 def r2(D, fake, gamma, *, d_args=(), d_kwargs=None, scaler=None):
     """R2: R1's ``gamma / 2 * mean_i sum(g_i^2)`` on generated samples."""
     gamma = _checks.nonnegative(gamma, "gamma")
     _check_samples(fake, "fake")
-    _checks.has_samples(fake, "fake")
-    return _weighted_penalty_at(D, fake, 0.0, gamma / 2, d_args, d_kwargs, scaler)
+    return _weighted_penalty_at(D, fake, "fake", 0.0, gamma / 2, d_args, d_kwargs, scaler)
 
 
 def dragan_points(real, perturbation=0.5, std=None, generator=None):
@@ -163,8 +161,7 @@ def dragan(D, real, weight=10.0, *, perturbation=0.5, std=None, d_args=(), d_kwa
     over the whole batch unless given."""
     weight = _checks.nonnegative(weight, "weight")
     x = dragan_points(real, perturbation, std, generator)
-    _checks.has_samples(real, "real")
-    return _weighted_penalty_at(D, x, 1.0, weight, d_args, d_kwargs, scaler)
+    return _weighted_penalty_at(D, x, "real", 1.0, weight, d_args, d_kwargs, scaler)
 
 
 def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=None, generator=None):
@@ -172,5 +169,4 @@ def zero_centered_gp(D, real, fake, weight, *, d_args=(), d_kwargs=None, scaler=
     interpolates ``eps * real + (1 - eps) * fake``, ``eps ~ U(0,1)``."""
     weight = _checks.nonnegative(weight, "weight")
     x = interpolates(real, fake, generator)
-    _checks.has_samples(real, "real")
-    return _weighted_penalty_at(D, x, 0.0, weight, d_args, d_kwargs, scaler)
+    return _weighted_penalty_at(D, x, "real", 0.0, weight, d_args, d_kwargs, scaler)
