@@ -1,5 +1,5 @@
 // The Python module gan_kernels._C: loading it registers every op with the dispatcher; pybind11
-// carries the build facts and one process-wide setting (huge pages on CPU outputs).
+// carries the build facts and the CPU output memory's settings and statistics.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/ScalarType.h>
 #include <pybind11/pybind11.h>
@@ -15,7 +15,7 @@
 #include "activation_table.h"
 #include "build_info.h"
 #include "common/dtype.h"
-#include "cpu/huge_pages.h"
+#include "cpu/output_memory.h"
 
 // Each op defines its own schemas beside its contract, in csrc/ops/<op>.cpp, as fragments.
 TORCH_LIBRARY(gan_kernels, m) {}
@@ -81,6 +81,13 @@ PYBIND11_MODULE(_C, m) {
   };
   m.attr("dtypes") = dtypes();
   m.def("set_huge_page_outputs", &gan_kernels::set_huge_page_outputs,
-        "Whether CPU outputs of 4 MB or more ask for transparent huge pages (GAN_KERNELS_HUGE_PAGES).");
+        "Whether new CPU output blocks of 4 MiB or more ask for transparent huge pages (GAN_KERNELS_HUGE_PAGES).");
   m.def("huge_page_outputs", &gan_kernels::huge_page_outputs);
+  m.def("set_output_cache_limit", &gan_kernels::set_output_cache_limit,
+        "The most bytes of freed CPU output blocks kept for reuse (GAN_KERNELS_CPU_CACHE_MB).");
+  m.def("output_cache_stats", [] {
+    const gan_kernels::OutputCacheStats stats = gan_kernels::output_cache_stats();
+    return std::make_tuple(stats.live_bytes, stats.held_bytes, stats.limit_bytes);
+  });
+  m.def("empty_output_cache", &gan_kernels::empty_output_cache);
 }

@@ -3,7 +3,7 @@
 import torch  # noqa: F401  (must be loaded before the compiled extension)
 
 from . import distributed, losses, monitor, nn, penalties, reference, stabilizers
-from ._backend import Backend, FallbackWarning, backend
+from ._backend import Backend, CpuCacheInfo, FallbackWarning, backend, cpu_cache_info, empty_cpu_cache
 from .ops import (
     bias_act,
     minibatch_discrimination,
@@ -20,12 +20,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "CpuCacheInfo",
     "FallbackWarning",
     "StabilityMonitor",
     "StabilityWarning",
     "backend",
     "bias_act",
+    "cpu_cache_info",
     "distributed",
+    "empty_cpu_cache",
     "gradient_penalty",
     "losses",
     "monitor",

@@ -2,8 +2,10 @@
 
 ``GAN_KERNELS_IMPL=reference`` (read at import) forces the reference everywhere; ``auto`` (the
 default) uses the compiled ops wherever they have a kernel for the tensor's device.
-``GAN_KERNELS_HUGE_PAGES=0`` (read at import) stops the compiled CPU ops from asking for transparent
-huge pages on their large outputs (csrc/cpu/huge_pages.h); ``1``, the default, asks.
+``GAN_KERNELS_CPU_CACHE_MB`` (read at import) is the most memory, in MiB, that the compiled CPU ops keep
+of their freed large outputs for reuse (csrc/cpu/output_memory.h; default 1024, 0 keeps none).
+``GAN_KERNELS_HUGE_PAGES=0`` (read at import) stops them from asking for transparent huge pages on
+those outputs; ``1``, the default, asks.
 """
 
 import dataclasses
@@ -44,6 +46,19 @@ def _requested_huge_pages():
 
 HUGE_PAGES = _requested_huge_pages()
 
+CPU_CACHE_ENV = "GAN_KERNELS_CPU_CACHE_MB"
+DEFAULT_CPU_CACHE_MB = 1024
+
+
+def _requested_cpu_cache_bytes():
+    value = os.environ.get(CPU_CACHE_ENV, "").strip() or str(DEFAULT_CPU_CACHE_MB)
+    if not value.isdigit():
+        raise ValueError(f"{CPU_CACHE_ENV}={value!r} is not a whole number of MiB (0 turns the cache off)")
+    return int(value) << 20
+
+
+CPU_CACHE_BYTES = _requested_cpu_cache_bytes()
+
 
 def _load_extension():
     """(the compiled module or None, why it is None)"""
@@ -70,6 +85,7 @@ def _user_stacklevel():
 _C, C_ERROR = _load_extension()
 if _C is not None:
     _C.set_huge_page_outputs(HUGE_PAGES)
+    _C.set_output_cache_limit(CPU_CACHE_BYTES)
 
 if _C is None and IMPL != "reference":
     warnings.warn(
@@ -104,6 +120,30 @@ def backend():
         archs = ", ".join(_C.cuda_archs) or "default archs"
         return Backend("compiled", True, f"CPU and CUDA kernels ({archs})")
     return Backend("compiled", False, "CPU kernels; built without CUDA, so CUDA tensors use the reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCacheInfo:
+    """The compiled CPU ops' cache of large output blocks (README, "Ops"): ``in_use_bytes`` held by
+    live tensors, ``cached_bytes`` freed and kept for reuse, ``limit_bytes`` the most it keeps freed."""
+
+    in_use_bytes: int
+    cached_bytes: int
+    limit_bytes: int
+
+
+def cpu_cache_info():
+    """What the cache of our large CPU outputs holds now (zeros without the compiled extension)."""
+    if _C is None:
+        return CpuCacheInfo(0, 0, 0)
+    return CpuCacheInfo(*_C.output_cache_stats())
+
+
+def empty_cpu_cache():
+    """Give the freed output blocks our CPU ops keep for reuse back to the OS, as
+    ``torch.cuda.empty_cache()`` does for PyTorch's CUDA cache; blocks live tensors hold stay."""
+    if _C is not None:
+        _C.empty_output_cache()
 
 
 def compiled_available():

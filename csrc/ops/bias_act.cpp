@@ -115,7 +115,7 @@ template <Kernel kernel> at::Tensor forward(const at::Tensor& x, const std::opti
                                             std::optional<double> clamp, double scale) {
   const Checked c = check_args(x, b, dim, act, alpha, gain, clamp, scale);
   const at::Tensor xd = dense_input(x);
-  at::Tensor out = new_output(at::empty_like(xd));
+  at::Tensor out = new_output_like(xd);
   if (x.numel() > 0) {
     kernel(make_params(BiasActMode::Forward, c.act, out, xd, at::Tensor(), at::Tensor(), c.bias,
                        channel_view(xd, c.dim), c.scalars),
@@ -136,7 +136,7 @@ template <Kernel kernel> at::Tensor grad(const at::Tensor& grad, const at::Tenso
                     "ref_is_y needs act linear, relu or lrelu with alpha >= 0, gain != 0 and clamp None");
   const at::Tensor rd = dense_input(ref);
   const at::Tensor gd = same_layout(grad, rd);
-  at::Tensor out = new_output(at::empty_like(rd));
+  at::Tensor out = new_output_like(rd);
   if (ref.numel() > 0) {
     kernel(make_params(ref_is_y ? BiasActMode::GradFromY : BiasActMode::GradFromX, c.act, out, rd, gd, at::Tensor(),
                        c.bias, channel_view(rd, c.dim), c.scalars),
@@ -152,7 +152,7 @@ template <Kernel kernel> at::Tensor grad2(const at::Tensor& upstream, const at::
   check_same(upstream, x, "upstream", "x");
   check_same(grad, x, "grad", "x");
   const at::Tensor xd = dense_input(x);
-  at::Tensor out = new_output(at::empty_like(xd));
+  at::Tensor out = new_output_like(xd);
   if (piecewise_linear(c.act)) return out.zero_();  // act'' = 0 wherever it exists
   if (x.numel() > 0) {
     kernel(make_params(BiasActMode::Grad2, c.act, out, xd, same_layout(grad, xd), same_layout(upstream, xd), c.bias,

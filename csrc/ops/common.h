@@ -4,7 +4,9 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/CPUAllocator.h>
 
 #include <charconv>
 #include <cmath>
@@ -12,7 +14,7 @@
 #include <string>
 
 #include "common/dtype.h"
-#include "cpu/huge_pages.h"
+#include "cpu/output_memory.h"
 
 #ifdef WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -98,11 +100,60 @@ inline ChannelView channel_view(const at::Tensor& dense, int64_t dim) {
   return {dense.numel() / (channels * inner), channels, inner};
 }
 
-// An op's freshly allocated output, which its kernel writes entirely: on the CPU a large one gets
-// huge pages (cpu/huge_pages.h), so that its first write is not mostly page faults.
-inline at::Tensor new_output(at::Tensor out) {
-  if (out.is_cpu()) advise_huge_pages(out.data_ptr(), out.nbytes());
-  return out;
+// The allocator of our large CPU outputs: blocks of cpu/output_memory.h's cache, reported to the
+// profiler as c10's CPU allocator reports its own. Smaller requests, and every request while the
+// cache's limit is 0, go to the default allocator.
+class OutputAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    OutputBlock* block = cached(bytes) ? acquire_output_block(bytes) : nullptr;
+    if (block == nullptr) return c10::GetDefaultCPUAllocator()->allocate(bytes);
+    report(block->data, static_cast<int64_t>(bytes));
+    return {block->data, block, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
+
+  static bool cached(size_t bytes) { return bytes >= kCachedOutputBytes && output_cache_limit() > 0; }
+
+ private:
+  static void release(void* context) {
+    auto* block = static_cast<OutputBlock*>(context);
+    report(block->data, -static_cast<int64_t>(block->bytes));
+    release_output_block(block);
+  }
+
+  static void report(void* data, int64_t bytes) {
+    const OutputCacheStats stats = output_cache_stats();
+    c10::reportMemoryUsageToProfiler(data, bytes, stats.live_bytes, stats.live_bytes + stats.held_bytes,
+                                     c10::Device(c10::DeviceType::CPU));
+  }
+};
+
+inline OutputAllocator& output_allocator() {
+  static OutputAllocator allocator;
+  return allocator;
+}
+
+// An op's output, which its kernel writes entirely, as at::empty(sizes, options, format) gives it; on
+// the CPU a large one comes from the output cache (cpu/output_memory.h), so that its first write is
+// not mostly page faults.
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options,
+                             at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+  if (!options.device().is_cpu() ||
+      !OutputAllocator::cached(static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize())) {
+    return at::empty(sizes, options.memory_format(format));
+  }
+  return at::detail::empty_generic(sizes, &output_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   options.dtype().toScalarType(), format);
+}
+
+// As at::empty_like(t) gives it (t's strides where t is dense), from the output cache as new_output.
+inline at::Tensor new_output_like(const at::Tensor& t) {
+  if (!t.is_cpu() || !OutputAllocator::cached(t.nbytes())) return at::empty_like(t);
+  const at::Tensor layout = t.is_non_overlapping_and_dense() ? t : at::empty_like(t, t.options().device(at::kMeta));
+  return at::detail::empty_strided_generic(layout.sizes(), layout.strides(), &output_allocator(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), t.scalar_type());
 }
 
 // The input itself when it is already dense, else a dense copy with the strides empty_like gives,

@@ -108,12 +108,12 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& g, const at::Tenso
   const at::Tensor sum_squares_c = sum_squares.contiguous();
   // The output is allocated like g (what the fake kernel promises); when that layout is not one the
   // kernel can index, the kernel writes a block-ordered buffer that is copied over.
-  at::Tensor out = new_output(at::empty_like(g));
+  at::Tensor out = new_output_like(g);
   if (g.numel() == 0) return out;
   if (out.strides() == gd.strides()) {
     run(device, GradientPenaltyMode::Backward, out, gd, grad_c, sum_squares_c, center);
   } else {
-    at::Tensor blocks = new_output(at::empty_like(gd));
+    at::Tensor blocks = new_output_like(gd);
     run(device, GradientPenaltyMode::Backward, blocks, gd, grad_c, sum_squares_c, center);
     out.copy_(blocks);
   }

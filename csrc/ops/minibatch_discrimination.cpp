@@ -87,8 +87,7 @@ template <Kernel kernel> at::Tensor forward(const at::Tensor& m) {
 template <Kernel kernel> at::Tensor backward(const at::Tensor& grad, const at::Tensor& m) {
   check_m(m);
   check_grad(grad, m);
-  at::Tensor grad_m =
-      new_output(at::empty_like(m));  // m's strides where m is dense, else contiguous: as the fake kernel
+  at::Tensor grad_m = new_output_like(m);  // m's strides where m is dense, else contiguous: as the fake kernel
   if (grad_m.numel() == 0) return grad_m;
   run<kernel>(MinibatchDiscriminationMode::Backward, at::Tensor(), grad_m, m, grad, at::Tensor());
   return grad_m;
@@ -101,7 +100,7 @@ template <Kernel kernel> std::tuple<at::Tensor, at::Tensor> double_backward(cons
   check_grad(grad, m);
   check_same(upstream, m, "upstream", "m");
   at::Tensor grad_grad = per_row(m);
-  at::Tensor grad_m = new_output(at::empty_like(m));
+  at::Tensor grad_m = new_output_like(m);
   if (!has_rows(m)) return {grad_grad, grad_m};
   run<kernel>(MinibatchDiscriminationMode::DoubleBackward, grad_grad, grad_m, m, grad, upstream);
   return {grad_grad, grad_m};

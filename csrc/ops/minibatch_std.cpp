@@ -97,7 +97,7 @@ template <const Device& device> at::Tensor forward(const at::Tensor& x, int64_t 
   const MinibatchStdParams shape = check_args(x, group_size, num_channels);
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
-  at::Tensor out = new_output(at::empty(output_shape(x, num_channels), x.options().memory_format(format)));
+  at::Tensor out = new_output(output_shape(x, num_channels), x.options(), format);
   if (out.numel() == 0) return out;
   at::Tensor none;
   run(device, shape, MinibatchStdMode::Forward, xd, none, none, out, none);
@@ -111,7 +111,7 @@ at::Tensor backward(const at::Tensor& grad, const at::Tensor& x, int64_t group_s
   const at::MemoryFormat format = output_format(x);
   const at::Tensor xd = x.contiguous(format);
   const at::Tensor gd = grad.contiguous(format);
-  at::Tensor grad_x = new_output(at::empty(x.sizes(), x.options().memory_format(format)));
+  at::Tensor grad_x = new_output(x.sizes(), x.options(), format);
   if (grad_x.numel() == 0) return grad_x;
   at::Tensor none;
   run(device, shape, MinibatchStdMode::Backward, xd, gd, none, none, grad_x);
@@ -128,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor> double_backward(const at::Tensor& upstream, c
   const at::Tensor xd = x.contiguous(format);
   const at::Tensor gd = grad.contiguous(format);
   const at::Tensor ud = upstream.contiguous(format);
-  at::Tensor grad_grad = new_output(at::empty(grad.sizes(), x.options().memory_format(format)));
-  at::Tensor grad_x = new_output(at::empty(x.sizes(), x.options().memory_format(format)));
+  at::Tensor grad_grad = new_output(grad.sizes(), x.options(), format);
+  at::Tensor grad_x = new_output(x.sizes(), x.options(), format);
   if (grad_x.numel() == 0) return {grad_grad.zero_(), grad_x};
   run(device, shape, MinibatchStdMode::DoubleBackward, xd, gd, ud, grad_grad, grad_x);
   return {grad_grad, grad_x};

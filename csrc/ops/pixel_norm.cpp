@@ -50,7 +50,7 @@ PixelNormParams make_params(PixelNormMode mode, at::Tensor& out, const at::Tenso
 template <Kernel kernel> at::Tensor forward(const at::Tensor& x, int64_t dim, double eps) {
   dim = check_args(x, dim, eps);
   const at::Tensor xd = dense_input(x);
-  at::Tensor out = new_output(at::empty_like(xd));
+  at::Tensor out = new_output_like(xd);
   if (x.numel() > 0) kernel(make_params(PixelNormMode::Forward, out, xd, at::Tensor(), dim, eps), xd);
   return out;
 }
@@ -60,7 +60,7 @@ template <Kernel kernel> at::Tensor backward(const at::Tensor& grad, const at::T
   check_same(grad, x, "grad", "x");
   const at::Tensor xd = dense_input(x);
   const at::Tensor gd = same_layout(grad, xd);
-  at::Tensor out = new_output(at::empty_like(xd));
+  at::Tensor out = new_output_like(xd);
   if (x.numel() > 0) kernel(make_params(PixelNormMode::Backward, out, xd, gd, dim, eps), xd);
   return out;
 }

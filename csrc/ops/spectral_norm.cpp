@@ -163,8 +163,7 @@ at::Tensor empty_sigmas(const at::TensorList weights) {
 std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) {
   std::vector<at::Tensor> out;
   out.reserve(layers.size());
-  for (const SpectralLayer& l : layers)
-    out.push_back(new_output(at::empty_like(l.weight, at::MemoryFormat::Contiguous)));
+  for (const SpectralLayer& l : layers) out.push_back(new_output(l.weight.sizes(), l.weight.options()));
   return out;
 }
 

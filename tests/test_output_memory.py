@@ -1,0 +1,235 @@
+"""Large outputs of our CPU ops (csrc/cpu/output_memory.h): they come from a cache of freed blocks,
+which keeps at most its limit and tells the profiler what it hands out, and new blocks ask the kernel
+for transparent huge pages; small outputs and the inputs are left alone."""
+
+import math
+import mmap
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from helpers import requires_ops
+
+import gan_kernels
+from gan_kernels._backend import _C
+
+HUGE_PAGE = 2 << 20
+MiB = 1 << 20
+pytestmark = requires_ops
+needs_thp = pytest.mark.skipif(
+    not os.path.exists("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages here"
+)
+
+
+@pytest.fixture
+def cache_limit():
+    """Sets the cache's limit for one test, and puts the import-time limit back after it."""
+    limit = gan_kernels.cpu_cache_info().limit_bytes
+    yield _C.set_output_cache_limit
+    _C.set_output_cache_limit(limit)
+
+
+def run_python(script, **env):
+    return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env), capture_output=True, text=True)
+
+
+def advised_huge_pages(address):
+    """Whether the mapping holding `address` carries MADV_HUGEPAGE ("hg" in /proc/self/smaps)."""
+    with open("/proc/self/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= address < end
+            elif inside and head == "VmFlags:":
+                return "hg" in line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def interior_page(t):
+    """An address inside the first whole 2 MiB page of t's memory."""
+    return (t.data_ptr() + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+
+
+@needs_thp
+@pytest.mark.parametrize(
+    "op",
+    [
+        lambda x: gan_kernels.pixel_norm(x),
+        lambda x: gan_kernels.bias_act(x, act="lrelu"),
+        lambda x: gan_kernels.minibatch_std(x, group_size=4),
+    ],
+    ids=["pixel_norm", "bias_act", "minibatch_std"],
+)
+def test_a_large_output_asks_for_huge_pages(op):
+    # The input in a mapping of its own: memory from the allocator may be a freed output of an
+    # earlier test, which keeps its advice.
+    shape = (16, 256, 32, 32)  # 16 MiB
+    x = torch.frombuffer(mmap.mmap(-1, 4 * math.prod(shape)), dtype=torch.float32).view(shape)
+    x.copy_(torch.randn(shape))
+    y = op(x)
+    assert advised_huge_pages(interior_page(y))
+    assert not advised_huge_pages(interior_page(x))  # the input is left alone
+
+
+@needs_thp
+def test_the_advice_can_be_turned_off():
+    x = torch.randn(16, 256, 32, 32)
+    gan_kernels.pixel_norm(x)  # an advised block in the cache: turning the advice off drops it
+    _C.set_huge_page_outputs(False)
+    try:
+        assert gan_kernels.cpu_cache_info().cached_bytes == 0
+        assert not advised_huge_pages(interior_page(gan_kernels.pixel_norm(x)))
+    finally:
+        _C.set_huge_page_outputs(True)
+    assert advised_huge_pages(interior_page(gan_kernels.pixel_norm(x)))
+
+
+@needs_thp
+@pytest.mark.parametrize("value, advised", [("0", False), ("1", True), ("", True)])
+def test_the_environment_variable_sets_the_advice_at_import(value, advised):
+    out = run_python("from gan_kernels._backend import _C; print(_C.huge_page_outputs())", GAN_KERNELS_HUGE_PAGES=value)
+    assert out.stdout.strip() == str(advised), out.stderr
+
+
+def test_a_bad_value_of_the_huge_page_variable_is_an_error_that_names_it():
+    out = run_python("import gan_kernels", GAN_KERNELS_HUGE_PAGES="yes")
+    assert out.returncode != 0
+    assert "GAN_KERNELS_HUGE_PAGES='yes' is not 0 or 1" in out.stderr
+
+
+def test_a_freed_output_block_is_reused_by_the_next_output_of_its_size():
+    x = torch.randn(8, 256, 32, 32)  # 8 MiB
+    gan_kernels.empty_cpu_cache()
+    before = gan_kernels.cpu_cache_info()
+    y = gan_kernels.pixel_norm(x)
+    assert gan_kernels.cpu_cache_info().in_use_bytes == before.in_use_bytes + 8 * MiB
+    address = y.data_ptr()
+    del y
+    assert gan_kernels.cpu_cache_info().cached_bytes == 8 * MiB
+    y = gan_kernels.bias_act(x, act="lrelu")  # another op, the same size
+    assert y.data_ptr() == address
+    assert gan_kernels.cpu_cache_info().cached_bytes == 0
+    torch.testing.assert_close(y, gan_kernels.reference.bias_act(x, act="lrelu"), rtol=0, atol=0)
+
+
+def test_small_outputs_come_from_the_default_allocator():
+    gan_kernels.empty_cpu_cache()
+    before = gan_kernels.cpu_cache_info()
+    y = gan_kernels.pixel_norm(torch.randn(4, 64, 16, 16))  # 256 KiB
+    assert gan_kernels.cpu_cache_info() == before
+    del y
+    assert gan_kernels.cpu_cache_info() == before
+
+
+def test_the_cache_keeps_at_most_its_limit_dropping_the_least_recently_freed(cache_limit):
+    gan_kernels.empty_cpu_cache()
+    cache_limit(10 * MiB)
+    small, large = torch.randn(1, 4, MiB // 4), torch.randn(1, 6, MiB // 4)
+    a, b = gan_kernels.pixel_norm(small), gan_kernels.pixel_norm(large)  # 4 and 6 MiB
+    b_address = b.data_ptr()
+    del a, b  # a freed first; both fit in 10 MiB
+    assert gan_kernels.cpu_cache_info().cached_bytes == 10 * MiB
+    c = gan_kernels.pixel_norm(torch.randn(1, 2, MiB // 4))  # 2 MiB: a new block
+    del c  # 12 MiB would pass the limit: a, the least recently freed, goes
+    assert gan_kernels.cpu_cache_info().cached_bytes == 8 * MiB
+    reused = gan_kernels.pixel_norm(large)
+    assert reused.data_ptr() == b_address
+    del reused
+    too_large = gan_kernels.pixel_norm(torch.randn(1, 12, MiB // 4))
+    del too_large  # larger than the limit on its own: never kept
+    assert gan_kernels.cpu_cache_info().cached_bytes == 8 * MiB
+
+
+def test_a_limit_of_zero_keeps_nothing_and_uses_the_default_allocator(cache_limit):
+    gan_kernels.empty_cpu_cache()
+    cache_limit(0)
+    y = gan_kernels.pixel_norm(torch.randn(8, 256, 32, 32))
+    assert gan_kernels.cpu_cache_info().in_use_bytes == 0
+    del y
+    assert gan_kernels.cpu_cache_info().cached_bytes == 0
+
+
+def test_empty_cpu_cache_frees_the_cached_blocks_only():
+    x = torch.randn(8, 256, 32, 32)
+    kept, freed = gan_kernels.pixel_norm(x), gan_kernels.pixel_norm(x)
+    del freed
+    gan_kernels.empty_cpu_cache()
+    info = gan_kernels.cpu_cache_info()
+    assert info.cached_bytes == 0 and info.in_use_bytes >= 8 * MiB
+    torch.testing.assert_close(kept, gan_kernels.reference.pixel_norm(x))
+
+
+def test_cached_outputs_keep_the_layout_empty_like_gives():
+    # A non-dense g of 6 MiB: its gradient is allocated as torch.empty_like(g) would be.
+    g = torch.randn(16, 3, 256, 128).transpose(2, 3)[:, :, ::2]
+    assert not g.is_contiguous() and g.nbytes >= MiB
+    leaf = g.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(gan_kernels.per_sample_penalty(leaf, 1.0).sum(), leaf)
+    assert grad.stride() == torch.empty_like(g).stride()
+    x = torch.randn(32, 64, 32, 32).to(memory_format=torch.channels_last)
+    y = gan_kernels.minibatch_std(x, group_size=4)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, gan_kernels.reference.minibatch_std(x, group_size=4))
+
+
+def test_a_cached_output_can_be_resized_and_shared():
+    x = torch.randn(8, 256, 32, 32)
+    y = gan_kernels.pixel_norm(x)
+    expected = y.clone()
+    y.resize_(16, 256, 32, 32)  # a new block from the same allocator, the old contents copied
+    torch.testing.assert_close(y[:8], expected, rtol=0, atol=0)
+    z = gan_kernels.pixel_norm(x)
+    z.share_memory_()  # moved into shared memory; its block goes back to the cache
+    assert z.is_shared()
+    torch.testing.assert_close(z, expected, rtol=0, atol=0)
+
+
+def test_the_profiler_sees_cached_outputs_allocated_and_freed():
+    x = torch.randn(8, 256, 32, 32)
+    gan_kernels.pixel_norm(x)  # now a cached block of this size exists, which the call below reuses
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        y = gan_kernels.pixel_norm(x)
+        del y
+    sizes = [e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    assert 8 * MiB in sizes and -8 * MiB in sizes
+
+
+def test_threads_share_the_cache_safely():
+    inputs = [torch.randn(4, 64, 32, 32 + i) for i in range(4)]  # 1-1.1 MiB each: four sizes
+    expected = [gan_kernels.reference.pixel_norm(x) for x in inputs]
+    errors = []
+
+    def work(i):
+        try:
+            for _ in range(50):
+                torch.testing.assert_close(gan_kernels.pixel_norm(inputs[i]), expected[i])
+        except Exception as error:  # reported on the main thread below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+@pytest.mark.parametrize("value, limit", [("0", 0), ("64", 64 * MiB), ("", 1024 * MiB), (" 8 ", 8 * MiB)])
+def test_the_environment_variable_sets_the_cache_limit_at_import(value, limit):
+    out = run_python(
+        "import gan_kernels; print(gan_kernels.cpu_cache_info().limit_bytes)", GAN_KERNELS_CPU_CACHE_MB=value
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(limit)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "lots"])
+def test_a_bad_cache_limit_is_an_error_that_names_the_variable(value):
+    out = run_python("import gan_kernels", GAN_KERNELS_CPU_CACHE_MB=value)
+    assert out.returncode != 0
+    assert f"GAN_KERNELS_CPU_CACHE_MB={value!r} is not a whole number of MiB" in out.stderr
