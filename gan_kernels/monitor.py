@@ -74,6 +74,37 @@ class Thresholds:
     sigma_baseline_checks: int = 3
     patience: int = 2
 
+    def __post_init__(self):
+        # Each range is where its condition can both fire and stay quiet: outside it the monitor never
+        # (or always) flags it, or fails at a check (no sigma baseline, a window too short to vary).
+        # Stored as plain ints and floats, so a 0-d tensor does not turn the comparisons into tensors.
+        self.overpowering_accuracy = _checks.interval(
+            self.overpowering_accuracy, "overpowering_accuracy", 0, 1, low_open=True
+        )
+        # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
+        self.vanishing_gradient_ratio = _checks.interval(
+            self.vanishing_gradient_ratio, "vanishing_gradient_ratio", 0, 1, low_open=True
+        )
+        # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
+        self.vanishing_accuracy = _checks.interval(self.vanishing_accuracy, "vanishing_accuracy", 0, 1)
+        # Two check means at least: the variance between them divides by windows - 1.
+        self.oscillation_windows = _checks.count(self.oscillation_windows, "oscillation_windows", minimum=2)
+        self.oscillation_crossings = _checks.count(self.oscillation_crossings, "oscillation_crossings")
+        if self.oscillation_crossings > self.oscillation_windows - 1:
+            raise ValueError(
+                f"oscillation_crossings must be <= {self.oscillation_windows - 1} (oscillation_windows - 1: the "
+                f"most crossings {self.oscillation_windows} check means can make), got {self.oscillation_crossings}"
+            )
+        self.oscillation_contrast = _checks.positive(self.oscillation_contrast, "oscillation_contrast")
+        # Above 1 an oscillation of constant amplitude would count as settling.
+        self.oscillation_decay = _checks.interval(self.oscillation_decay, "oscillation_decay", 0, 1)
+        # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
+        self.collapse_diversity = _checks.positive(self.collapse_diversity, "collapse_diversity")
+        # Below 1 a sigma that rose back towards its baseline would be "exploding".
+        self.sigma_growth = _checks.interval(self.sigma_growth, "sigma_growth", 1, math.inf, high_open=True)
+        self.sigma_baseline_checks = _checks.count(self.sigma_baseline_checks, "sigma_baseline_checks")
+        self.patience = _checks.count(self.patience, "patience")
+
 
 REMEDIES = {
     "non_finite": (

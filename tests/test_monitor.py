@@ -3,6 +3,7 @@ literature says it occurs and nowhere else (Dirac-GAN with and without R1, a one
 discriminator trained alone, a weight scaled up every step, a NaN, a healthy R1 mixture run), its
 spectral norms against torch.linalg.matrix_norm, its scalars, writer, plot and bad input."""
 
+import dataclasses
 import math
 import os
 import sys
@@ -135,6 +136,65 @@ def test_thresholds_are_settable():
             )
     (issue,) = strict.warnings
     assert issue.name == "mode_collapse" and issue.evidence["threshold"] == 1.5
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        # Accuracies are fractions; at 0, D "overpowers" G at every check.
+        ("overpowering_accuracy", 1.5, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 1.5"),
+        ("overpowering_accuracy", 0, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 0.0"),
+        ("vanishing_accuracy", -0.1, ValueError, r"vanishing_accuracy must be in \[0, 1\], got -0.1"),
+        ("vanishing_accuracy", math.nan, ValueError, r"vanishing_accuracy must be in \[0, 1\], got nan"),
+        # At 0 no norm is below it; above 1 a steady norm is "vanishing".
+        ("vanishing_gradient_ratio", 0.0, ValueError, r"vanishing_gradient_ratio must be in \(0, 1\], got 0.0"),
+        ("vanishing_gradient_ratio", 2.0, ValueError, r"vanishing_gradient_ratio must be in \(0, 1\], got 2.0"),
+        ("oscillation_windows", 0, ValueError, "oscillation_windows must be >= 2, got 0"),
+        ("oscillation_windows", 1, ValueError, "oscillation_windows must be >= 2, got 1"),
+        ("oscillation_windows", 16.0, TypeError, "oscillation_windows must be an int, got float 16.0"),
+        ("oscillation_crossings", 0, ValueError, "oscillation_crossings must be >= 1, got 0"),
+        ("oscillation_crossings", 16, ValueError, "oscillation_crossings must be <= 15 .*, got 16"),
+        ("oscillation_contrast", 0.0, ValueError, "oscillation_contrast must be a finite number > 0, got 0.0"),
+        ("oscillation_contrast", math.inf, ValueError, "oscillation_contrast must be a finite number > 0, got inf"),
+        ("oscillation_decay", 1.5, ValueError, r"oscillation_decay must be in \[0, 1\], got 1.5"),
+        ("collapse_diversity", -0.2, ValueError, "collapse_diversity must be a finite number > 0, got -0.2"),
+        ("collapse_diversity", "0.2", TypeError, "collapse_diversity must be a real number, got str '0.2'"),
+        ("sigma_growth", 0.5, ValueError, r"sigma_growth must be in \[1, inf\), got 0.5"),
+        ("sigma_growth", math.inf, ValueError, r"sigma_growth must be in \[1, inf\), got inf"),
+        ("sigma_baseline_checks", 0, ValueError, "sigma_baseline_checks must be >= 1, got 0"),
+        ("patience", -1, ValueError, "patience must be >= 1, got -1"),
+        ("patience", 0, ValueError, "patience must be >= 1, got 0"),
+        ("patience", True, TypeError, "patience must be an int, got bool True"),
+    ],
+)
+def test_thresholds_outside_their_range_name_the_field_and_value(field, value, error, match):
+    with pytest.raises(error, match=match):
+        Thresholds(**{field: value})
+
+
+def test_thresholds_take_numbers_in_every_form_and_store_plain_ones():
+    thresholds = Thresholds(
+        overpowering_accuracy=np.float32(0.5),
+        vanishing_gradient_ratio=torch.tensor(0.25),
+        oscillation_windows=np.int64(4),
+        oscillation_crossings=torch.tensor(3),
+        oscillation_contrast=20,
+        oscillation_decay=0,
+        sigma_growth=1,
+        patience=np.int32(1),
+    )
+    assert thresholds == Thresholds(
+        overpowering_accuracy=0.5,
+        vanishing_gradient_ratio=0.25,
+        oscillation_windows=4,
+        oscillation_crossings=3,
+        oscillation_contrast=20.0,
+        oscillation_decay=0.0,
+        sigma_growth=1.0,
+        patience=1,
+    )
+    fields = dataclasses.asdict(thresholds)
+    assert all(type(value) is type(Thresholds.__dataclass_fields__[name].default) for name, value in fields.items())
 
 
 def test_a_discriminator_trained_alone_is_flagged_overpowering(one_thread):
