@@ -239,6 +239,68 @@ def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
     assert all(w.evidence["layer"] != "sigma/D/0.weight" for w in monitor.warnings)
 
 
+def test_a_nan_weight_does_not_end_the_tracking_of_its_sigma():
+    # The power iteration's persistent u, v turn NaN with the weight; they stayed NaN, and so did every
+    # later sigma of the layer, also once the weight was finite again (a run restored from a checkpoint).
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=1)
+    good, _ = spiked(d[0].weight.shape, 0, seed=0)  # sigma 3, the next 1: the iteration converges fast
+    with torch.no_grad():
+        d[0].weight.fill_(math.nan)
+    run_quietly(monitor.observe, d_loss=0.5)
+    assert "non_finite" in [w.name for w in monitor.warnings]
+    with torch.no_grad():
+        d[0].weight.copy_(good)
+    monitor.observe(d_loss=0.5)
+    expected = float(torch.linalg.matrix_norm(good.double(), 2))
+    assert monitor.report()["sigma/D/0.weight"] == pytest.approx(expected, rel=1e-5)
+    assert monitor.warnings == []
+
+
+def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline():
+    # A NaN among the first sigma_baseline_checks sigmas made the baseline NaN, and exploding_sigma could
+    # never fire for the rest of the run. The NaN itself is non_finite.
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    good = d[2].weight.detach().clone()
+    with torch.no_grad():
+        d[2].weight.fill_(math.nan)
+    for _ in range(5):
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    (issue,) = monitor.warnings
+    assert issue.name == "non_finite" and "sigma/D/2.weight" in issue.evidence["signals"]
+    with torch.no_grad():
+        d[2].weight.copy_(good)
+    for _ in range(60):
+        with torch.no_grad():
+            d[2].weight.mul_(1.15)
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    (issue,) = monitor.warnings
+    assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
+    # The baseline: the largest of the first three finite sigmas (checks 2 to 4), the NaN left out.
+    first = [r["sigma/D/2.weight"] for r in monitor.history[1:4]]
+    assert issue.evidence["first"] == max(first) and math.isfinite(issue.evidence["first"])
+
+
+def test_a_nan_in_any_sample_batch_of_a_check_is_flagged_non_finite():
+    # Only the latest observe_samples call of a check was looked at: an earlier NaN batch went unseen.
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 2, generator=generator)
+    diverged = torch.randn(64, 2, generator=generator)
+    diverged[3, 1] = math.nan
+    monitor.observe(d_loss=0.5)
+    monitor.observe_samples(diverged, real)
+    monitor.observe(d_loss=0.5)
+    monitor.observe_samples(torch.randn(64, 2, generator=generator), real)
+    with pytest.warns(StabilityWarning, match="non_finite"):
+        issues = monitor.warnings
+    assert [w.name for w in issues] == ["non_finite"] and issues[0].evidence["signals"] == "diversity"
+    assert math.isfinite(monitor.report()["diversity"])  # the latest measurement, as reported
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("where", ["d_loss", "real_logits"])
 def test_a_nan_is_flagged_non_finite_at_once(where, device):
