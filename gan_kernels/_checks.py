@@ -124,6 +124,16 @@ def count(value, arg, minimum=1):
     return value
 
 
+def int_pair(value, arg, minimum):
+    """An int or a pair of ints (a tuple or list), each >= ``minimum``, as conv2d's ``stride`` and
+    ``padding``: an int as an int, a pair as a tuple of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{arg} must be an int or a pair of ints, got {len(value)} values: {value!r}")
+        return tuple(count(v, f"{arg}[{i}]", minimum) for i, v in enumerate(value))
+    return count(value, arg, minimum)
+
+
 def real(value, arg):
     """``value`` as a float: Python and numpy real numbers and 0-d real tensors. A 0-d tensor that
     requires grad is an error while grad mode is on: the value is a constant here, and taking it
