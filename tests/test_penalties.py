@@ -1,6 +1,8 @@
 """gan_kernels.penalties: gradient_penalty, the WGAN-GP / R1 / R2 / DRAGAN / zero-centred helpers and
 lazy regularisation, against the textbook pure-PyTorch computation on small discriminators."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -194,6 +196,38 @@ def test_grad_scaler_follows_the_amp_recipe(device):
     assert_close(penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D, real, 10.0))
     x = real.clone().requires_grad_()
     assert_close(gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler), gan_kernels.gradient_penalty(D(x), x))
+
+
+@pytest.mark.parametrize(
+    "scale, match",
+    [
+        # 0 divided by zero (a ZeroDivisionError naming nothing); Inf and NaN gave a NaN penalty silently.
+        (0.0, r"scaler.get_scale\(\) must be nonzero, got 0.0"),
+        (math.inf, r"scaler.get_scale\(\) must be a finite number, got inf"),
+        (math.nan, r"scaler.get_scale\(\) must be a finite number, got nan"),
+    ],
+)
+def test_a_grad_scaler_whose_scale_is_zero_or_not_finite_is_named(scale, match):
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    x = real.clone().requires_grad_()
+    with pytest.raises(ValueError, match=match):
+        gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler)
+    with pytest.raises(ValueError, match=match):
+        penalties.r1(D, real, 10.0, scaler=scaler)
+
+
+@pytest.mark.parametrize(
+    "scaler",
+    [torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=-4.0)],
+    ids=["disabled", "negative"],
+)
+def test_a_disabled_or_negative_grad_scaler_gives_the_unscaled_penalty(scaler):
+    # A disabled scaler's scale is 1.0; a negative scale is unusual but exact, and torch's GradScaler takes it.
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    assert_close(penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D, real, 10.0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
