@@ -101,11 +101,11 @@ def integer(value, arg):
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
-        raise TypeError(f"{arg} must be an int, got bool")
+        raise TypeError(f"{arg} must be an int, got bool {value!r}")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{arg} must be an int, got {type(value).__name__}") from None
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__} {value!r}") from None
 
 
 def int64(value, arg):
@@ -122,6 +122,16 @@ def count(value, arg, minimum=1):
     if not symbolic(value) and value < minimum:
         raise ValueError(f"{arg} must be >= {minimum}, got {value}")
     return value
+
+
+def int_pair(value, arg, minimum):
+    """An int or a pair of ints (a tuple or list), each >= ``minimum``, as conv2d's ``stride`` and
+    ``padding``: an int as an int, a pair as a tuple of ints."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{arg} must be an int or a pair of ints, got {len(value)} values: {value!r}")
+        return tuple(count(v, f"{arg}[{i}]", minimum) for i, v in enumerate(value))
+    return count(value, arg, minimum)
 
 
 def real(value, arg):
@@ -168,6 +178,20 @@ def positive(value, arg):
     value = real(value, arg)
     if not symbolic(value) and not (math.isfinite(value) and value > 0):
         raise ValueError(f"{arg} must be a finite number > 0, got {value}")
+    return value
+
+
+def interval(value, arg, low, high, *, low_open=False, high_open=False):
+    """A number between ``low`` and ``high`` (each end included unless ``low_open``/``high_open``), as
+    a float. NaN is outside every interval."""
+    value = real(value, arg)
+    if symbolic(value):
+        return value
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{arg} must be in {bounds}, got {value}")
     return value
 
 

@@ -17,12 +17,13 @@ Call ``observe`` once per training step (D and G values together). Per-step stat
 accumulated on D's device without a host sync; the host reads them every ``every`` steps (a check:
 the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
 At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
-and G with one batched power-iteration call per device and dtype, on persistent u, v.
+and G with one batched power-iteration call per device and dtype, on persistent u, v (started afresh
+for a layer whose sigma came out NaN or Inf).
 
 Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
 row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 
-* ``non_finite``: a NaN or Inf in any observed value or spectral norm.
+* ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm.
 * ``discriminator_overpowering``: D classifies (by the sign of its logit) at least
   ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0.
 * ``vanishing_generator_gradient``: G's gradient norm below ``vanishing_gradient_ratio`` of the
@@ -39,7 +40,7 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 * ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
   ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row.
 * ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
-  the first ``sigma_baseline_checks`` checks and grew in each of the last ``patience`` checks
+  the first ``sigma_baseline_checks`` checks with a finite one and grew in each of the last ``patience`` checks
   (spectrally normalised layers: the normalised sigma, which should stay 1).
 """
 
@@ -73,6 +74,37 @@ class Thresholds:
     sigma_growth: float = 10.0
     sigma_baseline_checks: int = 3
     patience: int = 2
+
+    def __post_init__(self):
+        # Each range is where its condition can both fire and stay quiet: outside it the monitor never
+        # (or always) flags it, or fails at a check (no sigma baseline, a window too short to vary).
+        # Stored as plain ints and floats, so a 0-d tensor does not turn the comparisons into tensors.
+        self.overpowering_accuracy = _checks.interval(
+            self.overpowering_accuracy, "overpowering_accuracy", 0, 1, low_open=True
+        )
+        # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
+        self.vanishing_gradient_ratio = _checks.interval(
+            self.vanishing_gradient_ratio, "vanishing_gradient_ratio", 0, 1, low_open=True
+        )
+        # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
+        self.vanishing_accuracy = _checks.interval(self.vanishing_accuracy, "vanishing_accuracy", 0, 1)
+        # Two check means at least: the variance between them divides by windows - 1.
+        self.oscillation_windows = _checks.count(self.oscillation_windows, "oscillation_windows", minimum=2)
+        self.oscillation_crossings = _checks.count(self.oscillation_crossings, "oscillation_crossings")
+        if self.oscillation_crossings > self.oscillation_windows - 1:
+            raise ValueError(
+                f"oscillation_crossings must be <= {self.oscillation_windows - 1} (oscillation_windows - 1: the "
+                f"most crossings {self.oscillation_windows} check means can make), got {self.oscillation_crossings}"
+            )
+        self.oscillation_contrast = _checks.positive(self.oscillation_contrast, "oscillation_contrast")
+        # Above 1 an oscillation of constant amplitude would count as settling.
+        self.oscillation_decay = _checks.interval(self.oscillation_decay, "oscillation_decay", 0, 1)
+        # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
+        self.collapse_diversity = _checks.positive(self.collapse_diversity, "collapse_diversity")
+        # Below 1 a sigma that rose back towards its baseline would be "exploding".
+        self.sigma_growth = _checks.interval(self.sigma_growth, "sigma_growth", 1, math.inf, high_open=True)
+        self.sigma_baseline_checks = _checks.count(self.sigma_baseline_checks, "sigma_baseline_checks")
+        self.patience = _checks.count(self.patience, "patience")
 
 
 REMEDIES = {
@@ -186,13 +218,19 @@ def _tracked_layers(network, prefix, generator):
                 continue  # an empty weight (Linear(5, 0)) has no spectral norm to watch
             normalisation = normalised.get(name, (None, None))[1]
             dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
-            rows = weight.shape[dim]
-            # Own generator: the monitor must not change the training run's random numbers.
-            u = torch.randn(rows, generator=generator).to(weight.device, weight.dtype)
-            v = torch.randn(weight.numel() // rows, generator=generator).to(weight.device, weight.dtype)
             qualified = f"{module_name}.{name}" if module_name else name
-            layers.append(_Layer(f"{prefix}/{qualified}", weight, dim, u / u.norm(), v / v.norm(), normalisation))
+            u, v = _start_vectors(weight, dim, generator)
+            layers.append(_Layer(f"{prefix}/{qualified}", weight, dim, u, v, normalisation))
     return layers
+
+
+def _start_vectors(weight, dim, generator):
+    """Random unit u, v for the power iteration on ``weight`` (``dim`` first, the rest flattened)."""
+    rows = weight.shape[dim]
+    # Own generator: the monitor must not change the training run's random numbers.
+    u = torch.randn(rows, generator=generator).to(weight.device, weight.dtype)
+    v = torch.randn(weight.numel() // rows, generator=generator).to(weight.device, weight.dtype)
+    return u / u.norm(), v / v.norm()
 
 
 # The power iteration's warm-up (as torch's spectral norm at registration) and the steps per check.
@@ -379,6 +417,11 @@ class StabilityMonitor:
             ).tolist()
             for layer, sigma in zip(layers, sigmas):
                 raw[layer.name] = sigma
+                if not math.isfinite(sigma):
+                    # A non-finite weight leaves NaN in u and v, and every later sigma would be NaN, also
+                    # once the weight is finite again: start its iteration afresh, warmed up at the next check.
+                    layer.u, layer.v = _start_vectors(layer.weight, layer.dim, self._generator)
+                    self._warmed_up = False
                 used = self._normalising_sigma(layer)
                 if used is not None:
                     normalised[layer.name] = sigma / used
@@ -455,6 +498,10 @@ class StabilityMonitor:
             found.append(StabilityIssue(name, step, evidence, REMEDIES[name]))
 
         non_finite = [k for k, v in latest.items() if isinstance(v, float) and not math.isfinite(v)]
+        # The scalars hold the check's latest diversity only; an earlier sample batch of the same check
+        # may have been the one with a NaN.
+        if "diversity" not in non_finite and not all(math.isfinite(d) for d in latest["_diversities"]):
+            non_finite.append("diversity")
         if non_finite:
             flag("non_finite", signals=", ".join(non_finite))
 
@@ -498,7 +545,10 @@ class StabilityMonitor:
                 continue  # a spectrally normalised layer: its normalised sigma is the one that matters
             first = self._first_sigmas.setdefault(key, [])
             if len(first) < t.sigma_baseline_checks:
-                first.append(latest[key])
+                # Finite ones only (a NaN or Inf is flagged non_finite above): a non-finite baseline would
+                # make every later comparison False, and exploding_sigma could never fire again.
+                if math.isfinite(latest[key]):
+                    first.append(latest[key])
                 continue
             baseline = max(first)
             recent = self._recent(key, t.patience + 1)

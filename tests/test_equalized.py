@@ -283,3 +283,51 @@ def test_bad_layer_arguments_name_the_argument():
     with pytest.raises(ValueError, match="gain must be >= 0 for a layer with conv_clamp=256.0, got -1"):
         layer(torch.randn(2, 3, 4, 4), gain=-1)
     assert layer(torch.randn(2, 3, 4, 4), gain=0).abs().max() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        # Stored unchecked, these failed only at forward, inside conv2d, or not at all.
+        (dict(stride=0), ValueError, "stride must be >= 1, got 0"),
+        (dict(stride=(1, 0)), ValueError, r"stride\[1\] must be >= 1, got 0"),
+        (dict(stride=1.5), TypeError, "stride must be an int, got float 1.5"),
+        (dict(stride=True), TypeError, "stride must be an int, got bool True"),
+        (dict(stride=(1, 2, 3)), ValueError, r"stride must be an int or a pair of ints, got 3 values: \(1, 2, 3\)"),
+        (dict(padding=-1), ValueError, "padding must be >= 0, got -1"),
+        (dict(padding=(1, -1)), ValueError, r"padding\[1\] must be >= 0, got -1"),
+        (dict(padding=0.5), TypeError, "padding must be an int, got float 0.5"),
+        (dict(padding="full"), ValueError, "padding must be an int, a pair of ints, 'same' or 'valid', got 'full'"),
+        (dict(padding="same", stride=2), ValueError, r"padding='same' needs stride 1, got stride=2"),
+        (dict(padding="same", stride=(1, 2)), ValueError, r"padding='same' needs stride 1, got stride=\(1, 2\)"),
+    ],
+)
+def test_conv2d_stride_and_padding_are_checked_at_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        EqualizedConv2d(3, 4, 3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "stride, padding, plain",
+    [
+        (np.int64(2), torch.tensor(0), (2, 0)),
+        ([2, 1], (0, np.int32(1)), ((2, 1), (0, 1))),
+        (1, "same", (1, "same")),
+        ((1, 1), "same", ((1, 1), "same")),
+        (2, "valid", (2, "valid")),
+    ],
+    ids=["numpy_and_tensor", "pairs", "same", "same_pair", "valid"],
+)
+def test_conv2d_takes_stride_and_padding_as_conv2d_does(stride, padding, plain):
+    torch.manual_seed(0)
+    layer = EqualizedConv2d(3, 4, 3, activation="lrelu", stride=stride, padding=padding)
+    # Kept as plain ints, tuples of ints or the string, as torch.nn.Conv2d keeps them.
+    assert (layer.stride, layer.padding) == plain
+    for value in (layer.stride, layer.padding):
+        assert type(value) in (int, str) or (type(value) is tuple and all(type(v) is int for v in value))
+    conv = torch.nn.Conv2d(3, 4, 3, stride=plain[0], padding=plain[1], bias=False)
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight * layer.weight_gain)
+    expected = torch.nn.functional.leaky_relu(conv(x), 0.2) * math.sqrt(2)
+    assert_close(layer(x), expected)

@@ -3,6 +3,7 @@ literature says it occurs and nowhere else (Dirac-GAN with and without R1, a one
 discriminator trained alone, a weight scaled up every step, a NaN, a healthy R1 mixture run), its
 spectral norms against torch.linalg.matrix_norm, its scalars, writer, plot and bad input."""
 
+import dataclasses
 import math
 import os
 import sys
@@ -137,6 +138,65 @@ def test_thresholds_are_settable():
     assert issue.name == "mode_collapse" and issue.evidence["threshold"] == 1.5
 
 
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        # Accuracies are fractions; at 0, D "overpowers" G at every check.
+        ("overpowering_accuracy", 1.5, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 1.5"),
+        ("overpowering_accuracy", 0, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 0.0"),
+        ("vanishing_accuracy", -0.1, ValueError, r"vanishing_accuracy must be in \[0, 1\], got -0.1"),
+        ("vanishing_accuracy", math.nan, ValueError, r"vanishing_accuracy must be in \[0, 1\], got nan"),
+        # At 0 no norm is below it; above 1 a steady norm is "vanishing".
+        ("vanishing_gradient_ratio", 0.0, ValueError, r"vanishing_gradient_ratio must be in \(0, 1\], got 0.0"),
+        ("vanishing_gradient_ratio", 2.0, ValueError, r"vanishing_gradient_ratio must be in \(0, 1\], got 2.0"),
+        ("oscillation_windows", 0, ValueError, "oscillation_windows must be >= 2, got 0"),
+        ("oscillation_windows", 1, ValueError, "oscillation_windows must be >= 2, got 1"),
+        ("oscillation_windows", 16.0, TypeError, "oscillation_windows must be an int, got float 16.0"),
+        ("oscillation_crossings", 0, ValueError, "oscillation_crossings must be >= 1, got 0"),
+        ("oscillation_crossings", 16, ValueError, "oscillation_crossings must be <= 15 .*, got 16"),
+        ("oscillation_contrast", 0.0, ValueError, "oscillation_contrast must be a finite number > 0, got 0.0"),
+        ("oscillation_contrast", math.inf, ValueError, "oscillation_contrast must be a finite number > 0, got inf"),
+        ("oscillation_decay", 1.5, ValueError, r"oscillation_decay must be in \[0, 1\], got 1.5"),
+        ("collapse_diversity", -0.2, ValueError, "collapse_diversity must be a finite number > 0, got -0.2"),
+        ("collapse_diversity", "0.2", TypeError, "collapse_diversity must be a real number, got str '0.2'"),
+        ("sigma_growth", 0.5, ValueError, r"sigma_growth must be in \[1, inf\), got 0.5"),
+        ("sigma_growth", math.inf, ValueError, r"sigma_growth must be in \[1, inf\), got inf"),
+        ("sigma_baseline_checks", 0, ValueError, "sigma_baseline_checks must be >= 1, got 0"),
+        ("patience", -1, ValueError, "patience must be >= 1, got -1"),
+        ("patience", 0, ValueError, "patience must be >= 1, got 0"),
+        ("patience", True, TypeError, "patience must be an int, got bool True"),
+    ],
+)
+def test_thresholds_outside_their_range_name_the_field_and_value(field, value, error, match):
+    with pytest.raises(error, match=match):
+        Thresholds(**{field: value})
+
+
+def test_thresholds_take_numbers_in_every_form_and_store_plain_ones():
+    thresholds = Thresholds(
+        overpowering_accuracy=np.float32(0.5),
+        vanishing_gradient_ratio=torch.tensor(0.25),
+        oscillation_windows=np.int64(4),
+        oscillation_crossings=torch.tensor(3),
+        oscillation_contrast=20,
+        oscillation_decay=0,
+        sigma_growth=1,
+        patience=np.int32(1),
+    )
+    assert thresholds == Thresholds(
+        overpowering_accuracy=0.5,
+        vanishing_gradient_ratio=0.25,
+        oscillation_windows=4,
+        oscillation_crossings=3,
+        oscillation_contrast=20.0,
+        oscillation_decay=0.0,
+        sigma_growth=1.0,
+        patience=1,
+    )
+    fields = dataclasses.asdict(thresholds)
+    assert all(type(value) is type(Thresholds.__dataclass_fields__[name].default) for name, value in fields.items())
+
+
 def test_a_discriminator_trained_alone_is_flagged_overpowering(one_thread):
     # G is never stepped; its gradient under the saturating minimax loss is what it would get.
     torch.manual_seed(0)
@@ -177,6 +237,68 @@ def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
     assert issue.evidence["sigma"] > Thresholds().sigma_growth * issue.evidence["first"]
     # The layer that was left alone is not flagged.
     assert all(w.evidence["layer"] != "sigma/D/0.weight" for w in monitor.warnings)
+
+
+def test_a_nan_weight_does_not_end_the_tracking_of_its_sigma():
+    # The power iteration's persistent u, v turn NaN with the weight; they stayed NaN, and so did every
+    # later sigma of the layer, also once the weight was finite again (a run restored from a checkpoint).
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=1)
+    good, _ = spiked(d[0].weight.shape, 0, seed=0)  # sigma 3, the next 1: the iteration converges fast
+    with torch.no_grad():
+        d[0].weight.fill_(math.nan)
+    run_quietly(monitor.observe, d_loss=0.5)
+    assert "non_finite" in [w.name for w in monitor.warnings]
+    with torch.no_grad():
+        d[0].weight.copy_(good)
+    monitor.observe(d_loss=0.5)
+    expected = float(torch.linalg.matrix_norm(good.double(), 2))
+    assert monitor.report()["sigma/D/0.weight"] == pytest.approx(expected, rel=1e-5)
+    assert monitor.warnings == []
+
+
+def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline():
+    # A NaN among the first sigma_baseline_checks sigmas made the baseline NaN, and exploding_sigma could
+    # never fire for the rest of the run. The NaN itself is non_finite.
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    good = d[2].weight.detach().clone()
+    with torch.no_grad():
+        d[2].weight.fill_(math.nan)
+    for _ in range(5):
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    (issue,) = monitor.warnings
+    assert issue.name == "non_finite" and "sigma/D/2.weight" in issue.evidence["signals"]
+    with torch.no_grad():
+        d[2].weight.copy_(good)
+    for _ in range(60):
+        with torch.no_grad():
+            d[2].weight.mul_(1.15)
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    (issue,) = monitor.warnings
+    assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
+    # The baseline: the largest of the first three finite sigmas (checks 2 to 4), the NaN left out.
+    first = [r["sigma/D/2.weight"] for r in monitor.history[1:4]]
+    assert issue.evidence["first"] == max(first) and math.isfinite(issue.evidence["first"])
+
+
+def test_a_nan_in_any_sample_batch_of_a_check_is_flagged_non_finite():
+    # Only the latest observe_samples call of a check was looked at: an earlier NaN batch went unseen.
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 2, generator=generator)
+    diverged = torch.randn(64, 2, generator=generator)
+    diverged[3, 1] = math.nan
+    monitor.observe(d_loss=0.5)
+    monitor.observe_samples(diverged, real)
+    monitor.observe(d_loss=0.5)
+    monitor.observe_samples(torch.randn(64, 2, generator=generator), real)
+    with pytest.warns(StabilityWarning, match="non_finite"):
+        issues = monitor.warnings
+    assert [w.name for w in issues] == ["non_finite"] and issues[0].evidence["signals"] == "diversity"
+    assert math.isfinite(monitor.report()["diversity"])  # the latest measurement, as reported
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,6 +1,9 @@
 """gan_kernels.penalties: gradient_penalty, the WGAN-GP / R1 / R2 / DRAGAN / zero-centred helpers and
 lazy regularisation, against the textbook pure-PyTorch computation on small discriminators."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 from helpers import DEVICES, assert_close, unregistered_autograd_is_an_error
@@ -195,6 +198,38 @@ def test_grad_scaler_follows_the_amp_recipe(device):
     assert_close(gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler), gan_kernels.gradient_penalty(D(x), x))
 
 
+@pytest.mark.parametrize(
+    "scale, match",
+    [
+        # 0 divided by zero (a ZeroDivisionError naming nothing); Inf and NaN gave a NaN penalty silently.
+        (0.0, r"scaler.get_scale\(\) must be nonzero, got 0.0"),
+        (math.inf, r"scaler.get_scale\(\) must be a finite number, got inf"),
+        (math.nan, r"scaler.get_scale\(\) must be a finite number, got nan"),
+    ],
+)
+def test_a_grad_scaler_whose_scale_is_zero_or_not_finite_is_named(scale, match):
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    x = real.clone().requires_grad_()
+    with pytest.raises(ValueError, match=match):
+        gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler)
+    with pytest.raises(ValueError, match=match):
+        penalties.r1(D, real, 10.0, scaler=scaler)
+
+
+@pytest.mark.parametrize(
+    "scaler",
+    [torch.amp.GradScaler("cpu", enabled=False), torch.amp.GradScaler("cpu", init_scale=-4.0)],
+    ids=["disabled", "negative"],
+)
+def test_a_disabled_or_negative_grad_scaler_gives_the_unscaled_penalty(scaler):
+    # A disabled scaler's scale is 1.0; a negative scale is unusual but exact, and torch's GradScaler takes it.
+    D = make_discriminator("mlp")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    assert_close(penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D, real, 10.0))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_autocast_path_matches_float32(device):
     low = torch.float16 if device == "cuda" else torch.bfloat16
@@ -238,6 +273,59 @@ def test_lazy_adam_correction_is_stylegan2s():
     assert lr == pytest.approx(0.0025 * 16 / 17)
     assert betas == pytest.approx((0.0, 0.99 ** (16 / 17)))
     assert penalties.LazyRegularizer(16).adam_hyperparameters(0.0025, (0.0, 0.99)) == (lr, betas)
+
+
+@pytest.mark.parametrize("step", [8, np.int64(8), np.int32(8), torch.tensor(8)], ids=lambda s: type(s).__name__)
+def test_lazy_due_takes_a_step_in_every_integer_form(step):
+    lazy = penalties.LazyRegularizer(4)
+    assert lazy.due(step) is True and lazy.due(step + 1) is False and lazy.due(0) is True
+
+
+@pytest.mark.parametrize(
+    "step, error, match",
+    [
+        # A bool is an int to Python: due(True) was 1 % 4 == 0, silently False.
+        (True, TypeError, "step must be an int, got bool True"),
+        (2.0, TypeError, "step must be an int, got float 2.0"),
+        (torch.tensor(4.0), TypeError, r"step must be an int, got Tensor tensor\(4\.\)"),
+        (-4, ValueError, "step must be >= 0, got -4"),
+    ],
+    ids=["bool", "float", "float_tensor", "negative"],
+)
+def test_lazy_due_refuses_a_step_that_is_not_a_nonnegative_int(step, error, match):
+    lazy = penalties.LazyRegularizer(4)
+    with pytest.raises(error, match=match):
+        lazy.due(step)
+    with pytest.raises(error, match=match):
+        lazy(step, pytest.fail)
+
+
+@pytest.mark.parametrize(
+    "lr, betas, error, match",
+    [
+        (0.0, (0.0, 0.99), ValueError, "lr must be a finite number > 0, got 0.0"),
+        (-1e-3, (0.0, 0.99), ValueError, "lr must be a finite number > 0, got -0.001"),
+        (float("inf"), (0.0, 0.99), ValueError, "lr must be a finite number > 0, got inf"),
+        ("1e-3", (0.0, 0.99), TypeError, "lr must be a real number, got str '1e-3'"),
+        (1e-3, (0.0, 1.0), ValueError, r"betas\[1\] must be in \[0, 1\), got 1.0"),
+        (1e-3, (-0.5, 0.99), ValueError, r"betas\[0\] must be in \[0, 1\), got -0.5"),
+        (1e-3, (0.0, float("nan")), ValueError, r"betas\[1\] must be in \[0, 1\), got nan"),
+        (1e-3, 0.99, TypeError, "betas must be a pair of numbers, got float 0.99"),
+        (1e-3, (0.9, 0.99, 0.999), ValueError, r"betas must be a pair of numbers, got 3 values: \(0.9, 0.99, 0.999\)"),
+        (1e-3, (0.0, "0.99"), TypeError, r"betas\[1\] must be a real number, got str '0.99'"),
+    ],
+)
+def test_lazy_adam_hyperparameters_check_lr_and_betas_as_adam_does(lr, betas, error, match):
+    with pytest.raises(error, match=match):
+        penalties.lazy_adam_hyperparameters(lr, betas, 4)
+    with pytest.raises(error, match=match):
+        penalties.LazyRegularizer(4).adam_hyperparameters(lr, betas)
+
+
+def test_lazy_adam_hyperparameters_take_numpy_scalars_0d_tensors_and_lists():
+    lr, betas = penalties.lazy_adam_hyperparameters(np.float64(0.0025), [torch.tensor(0.0), np.float64(0.99)], 16)
+    assert (lr, betas) == penalties.lazy_adam_hyperparameters(0.0025, (0.0, 0.99), 16)
+    assert type(lr) is float and all(type(beta) is float for beta in betas)
 
 
 def test_lazy_r1_step():

@@ -117,8 +117,20 @@ class EqualizedConv2d(_EqualizedLayer):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.activation = activation
         self.conv_clamp = conv_clamp
-        self.stride = stride
-        self.padding = kernel_size // 2 if padding is None else padding
+        # Checked here, as torch.nn.Conv2d does: conv2d's own errors come only at the first forward, and
+        # name neither the layer nor the argument (or, for a bool, none at all).
+        stride = _checks.int_pair(stride, "stride", 1)
+        if padding is None:
+            padding = kernel_size // 2
+        elif isinstance(padding, str):
+            # forward hands padding to conv2d, which also takes these two.
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be an int, a pair of ints, 'same' or 'valid', got {padding!r}")
+            if padding == "same" and stride not in (1, (1, 1)):
+                raise ValueError(f"padding='same' needs stride 1, got stride={stride!r}")
+        else:
+            padding = _checks.int_pair(padding, "padding", 0)
+        self.stride, self.padding = stride, padding
         self.weight = torch.nn.Parameter(
             torch.randn([out_channels, in_channels, kernel_size, kernel_size]) / lr_multiplier
         )

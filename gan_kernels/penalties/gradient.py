@@ -37,12 +37,17 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
     # Summed in at least float32: fp16 logits of a large batch can overflow their own sum.
     total = outputs.sum(dtype=torch.promote_types(outputs.dtype, torch.float32))
     if scaler is not None:
+        # A scale of 0 leaves no gradient to unscale (it divided by zero), and an infinite or NaN one a
+        # NaN penalty: refused before the gradient is taken. A disabled scaler's scale is 1.0.
+        scale = _checks.finite(scaler.get_scale(), "scaler.get_scale()")
+        if scale == 0:
+            raise ValueError(f"scaler.get_scale() must be nonzero, got {scale}: the scaled gradient cannot be unscaled")
         total = scaler.scale(total)
     (g,) = torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)
     if g is None:
         raise ValueError("outputs does not depend on inputs (autograd found no path from inputs to outputs)")
     if scaler is not None:
-        g = g * (1.0 / scaler.get_scale())
+        g = g * (1.0 / scale)
     return per_sample_penalty(g, center)
 
 

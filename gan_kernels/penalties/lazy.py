@@ -18,6 +18,9 @@ class LazyRegularizer:
         self.interval = _checks.count(interval, "interval")
 
     def due(self, step):
+        """Whether ``step`` (a training step, an int >= 0) is one of the regularisation steps."""
+        # A bool or a float step would pass the modulo: due(True) was silently False for interval > 1.
+        step = _checks.count(step, "step", minimum=0)
         return step % self.interval == 0
 
     def __call__(self, step, penalty_fn, *args, **kwargs):
@@ -36,5 +39,14 @@ def lazy_adam_hyperparameters(lr, betas, interval):
     """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
     ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
     interval = _checks.count(interval, "interval")
+    lr = _checks.positive(lr, "lr")
+    try:
+        betas = tuple(betas)
+    except TypeError:
+        raise TypeError(f"betas must be a pair of numbers, got {type(betas).__name__} {betas!r}") from None
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair of numbers, got {len(betas)} values: {betas!r}")
+    # Adam's range: a beta of 1 would never forget (and ** ratio keeps it 1), a negative one is no average.
+    betas = tuple(_checks.interval(beta, f"betas[{i}]", 0, 1, high_open=True) for i, beta in enumerate(betas))
     ratio = interval / (interval + 1)
     return lr * ratio, tuple(beta**ratio for beta in betas)
