@@ -303,9 +303,8 @@ def test_lazy_due_refuses_a_step_that_is_not_a_nonnegative_int(step, error, matc
 @pytest.mark.parametrize(
     "lr, betas, error, match",
     [
-        (0.0, (0.0, 0.99), ValueError, "lr must be a finite number > 0, got 0.0"),
-        (-1e-3, (0.0, 0.99), ValueError, "lr must be a finite number > 0, got -0.001"),
-        (float("inf"), (0.0, 0.99), ValueError, "lr must be a finite number > 0, got inf"),
+        (-1e-3, (0.0, 0.99), ValueError, "lr must be a finite number >= 0, got -0.001"),
+        (float("inf"), (0.0, 0.99), ValueError, "lr must be a finite number >= 0, got inf"),
         ("1e-3", (0.0, 0.99), TypeError, "lr must be a real number, got str '1e-3'"),
         (1e-3, (0.0, 1.0), ValueError, r"betas\[1\] must be in \[0, 1\), got 1.0"),
         (1e-3, (-0.5, 0.99), ValueError, r"betas\[0\] must be in \[0, 1\), got -0.5"),
@@ -323,6 +322,7 @@ def test_lazy_adam_hyperparameters_check_lr_and_betas_as_adam_does(lr, betas, er
 
 
 def test_lazy_adam_hyperparameters_take_numpy_scalars_0d_tensors_and_lists():
+    assert penalties.lazy_adam_hyperparameters(0, (0.0, 0.99), 4)[0] == 0.0  # torch.optim.Adam takes lr = 0 too
     lr, betas = penalties.lazy_adam_hyperparameters(np.float64(0.0025), [torch.tensor(0.0), np.float64(0.99)], 16)
     assert (lr, betas) == penalties.lazy_adam_hyperparameters(0.0025, (0.0, 0.99), 16)
     assert type(lr) is float and all(type(beta) is float for beta in betas)

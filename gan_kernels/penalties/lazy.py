@@ -39,7 +39,7 @@ def lazy_adam_hyperparameters(lr, betas, interval):
     """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
     ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
     interval = _checks.count(interval, "interval")
-    lr = _checks.positive(lr, "lr")
+    lr = _checks.nonnegative(lr, "lr")  # as torch.optim.Adam, which takes lr = 0
     try:
         betas = tuple(betas)
     except TypeError:
