@@ -15,6 +15,7 @@
 #include "activation_table.h"
 #include "build_info.h"
 #include "common/dtype.h"
+#include "cpu/capability.h"
 #include "cpu/output_memory.h"
 
 // Each op defines its own schemas beside its contract, in csrc/ops/<op>.cpp, as fragments.
@@ -80,6 +81,9 @@ PYBIND11_MODULE(_C, m) {
 #undef GAN_KERNELS_ACTIVATION_CONSTANT_ROW
   };
   m.attr("dtypes") = dtypes();
+  m.def(
+      "cpu_capability", [] { return gan_kernels::cpu_capability_name(gan_kernels::cpu_capability()); },
+      "The build of the vectorised CPU kernels that runs: default, avx2 or avx512.");
   m.def("set_huge_page_outputs", &gan_kernels::set_huge_page_outputs,
         "Whether new CPU output blocks of 4 MiB or more ask for transparent huge pages (GAN_KERNELS_HUGE_PAGES).");
   m.def("huge_page_outputs", &gan_kernels::huge_page_outputs);

@@ -1,13 +1,15 @@
-"""Prints the CPU capabilities ATen can run on this machine other than the one it picks by itself
-(`ATEN_CPU_CAPABILITY=<name>` selects one), one per line: what `make test` re-runs the CPU-kernel
-tests under, since torch's vectorised kernels and ours differ between instruction sets."""
+"""Prints the CPU capabilities our kernels can run at on this machine other than the one picked by
+itself (`ATEN_CPU_CAPABILITY=<name>` selects one), one per line: what `make test` re-runs the
+CPU-kernel tests under, since torch's vectorised kernels and ours differ between instruction sets.
+Asks the built extension, not torch: ATen reports a capability the CPU lacks when told to
+(ATEN_CPU_CAPABILITY=avx512 on an AVX2 CPU), where our kernels run their next lower build."""
 
 import os
 import subprocess
 import sys
 
 CANDIDATES = ("default", "avx2", "avx512")
-PROBE = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+PROBE = "from gan_kernels._backend import _C; print(_C.cpu_capability())"
 
 
 def picked(capability=None):
@@ -20,7 +22,6 @@ def picked(capability=None):
 
 def main():
     native = picked()
-    # ATen falls back to a lower capability when the CPU lacks the requested one.
     for capability in CANDIDATES:
         if capability != native and picked(capability) == capability:
             print(capability)

@@ -46,7 +46,7 @@ for dtype in (torch.float32, torch.bfloat16):
     g = randn(5, 3, 37, 41, dtype=dtype)
     penalty, sums = ops.gradient_penalty(g, 1.0)
     add(penalty, sums, ops.gradient_penalty_backward(randn(5, dtype=torch.float32), g, sums, 1.0))
-print(torch.backends.cpu.get_cpu_capability().lower(), digest.hexdigest())
+print(gan_kernels._backend._C.cpu_capability(), digest.hexdigest())
 """
 
 
@@ -63,7 +63,7 @@ def test_fixed_order_kernels_give_the_same_bits_in_every_cpu_build():
     digests = {}
     for capability in ("default", "avx2", "avx512"):
         picked, digest = run_under(capability)
-        if picked == capability:  # ATen falls back to a lower capability the CPU lacks
+        if picked == capability:  # our kernels fall back to a lower build where the CPU lacks one
             digests[capability] = digest
     if len(digests) < 2:
         pytest.skip(f"only the {list(digests)} build runs on this CPU")

@@ -1,6 +1,6 @@
 // Which build of a vectorised CPU kernel runs: one build per CPU capability of ATen (DEFAULT, AVX2,
 // AVX512), the one ATen itself runs at on this CPU (`at::get_cpu_capability()`, which
-// ATEN_CPU_CAPABILITY can lower). Torch-free, so a per-capability source can include an op's entry
+// ATEN_CPU_CAPABILITY can change), lowered to what the CPU has. Torch-free, so a per-capability source can include an op's entry
 // header (which declares its builds with GAN_KERNELS_DECLARE_CPU_KERNEL) before choosing its target.
 //
 // A kernel joins by defining `gan_kernels::CPU_CAPABILITY::<name>` in csrc/cpu/<op>_kernel.h:
@@ -39,8 +39,11 @@ namespace gan_kernels {
 
 enum class CpuCapability { Default, Avx2, Avx512 };
 
-// ATen's choice, read once (cpu/capability.cpp).
+// ATen's choice within what the CPU has, read once (cpu/capability.cpp).
 CpuCapability cpu_capability();
+
+// As ATEN_CPU_CAPABILITY names it: "default", "avx2", "avx512".
+const char* cpu_capability_name(CpuCapability capability);
 
 template <typename F> F* for_cpu_capability(F* default_build, F* avx2_build, F* avx512_build) {
   switch (cpu_capability()) {
