@@ -57,3 +57,57 @@ def test_the_cpu_cases_carry_issue_15s_bandwidth_targets():
         for case in importlib.import_module(f"cases.{op}").cases(torch.device("cpu"), False, no_compile):
             targeted = (case.op, case.shape) in expected and case.dtype == "float32" and case.mode != "r1"
             assert case.copy_target == (0.40 if targeted else None), (case.op, case.shape, case.dtype, case.mode)
+
+
+@pytest.mark.parametrize(
+    "pct_copy, kernel_pct_copy, expected",
+    [
+        (50.0, 90.0, []),  # a host-bound call whose kernels reach the target
+        (90.0, 80.0, ["copy<85%"]),  # the kernels decide where they were measured
+        (80.0, None, ["copy<85%"]),  # not measured (the CPU): the call's time decides
+    ],
+)
+def test_on_a_gpu_the_kernels_time_decides_the_copy_share(pct_copy, kernel_pct_copy, expected):
+    row = {"eager_target": 2.0, "speedup_eager": 3.0, "speedup_compile": 1.2, "copy_target": 0.85}
+    row.update(ours_pct_copy=pct_copy, ours_kernel_pct_copy=kernel_pct_copy)
+    assert run.misses(row) == expected
+
+
+def test_derive_gives_bandwidths_shares_and_speedups():
+    row = {"bytes": 10**9, "ours_ms": 2.0, "eager_ms": 6.0, "compile_ms": 1.0, "ours_kernel_ms": 0.5}
+    row.update(eager_target=2.0, copy_target=0.85)
+    run.derive(row, copy_gbs=1000.0, clone_gbs=250.0)
+    assert row["ours_gbs"] == pytest.approx(500.0)
+    assert row["ours_pct_copy"] == pytest.approx(50.0) and row["ours_pct_clone"] == pytest.approx(200.0)
+    assert row["ours_kernel_pct_copy"] == pytest.approx(200.0)
+    assert row["speedup_eager"] == pytest.approx(3.0) and row["speedup_compile"] == pytest.approx(0.5)
+    assert row["misses"] == ["compile<1"]
+
+
+def test_device_time_counts_each_events_self_time_once():
+    import harness
+
+    class Average:  # what prof.key_averages() yields, in the torch before and after the rename
+        def __init__(self, **times):
+            self.__dict__.update(times)
+
+    averages = [
+        Average(self_device_time_total=30.0),
+        Average(self_device_time_total=0.0),
+        Average(self_cuda_time_total=12.5),
+    ]
+    assert harness.device_time_us(averages) == pytest.approx(42.5)
+
+
+def test_a_run_writes_its_json_and_marks_it_complete(tmp_path):
+    import json
+    import subprocess
+
+    out = tmp_path / "bench.json"
+    script = pathlib.Path(run.__file__)
+    argv = [sys.executable, str(script), "--quick", "--no-compile", "--ops", "gradient_penalty", "--out", str(out)]
+    subprocess.run(argv, check=True, capture_output=True, text=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["meta"]["complete"] is True
+    assert [(r["op"], r["mode"]) for r in result["rows"]][:3] == [("penalty c=1", m) for m in ("fwd", "bwd", "fwd+bwd")]
+    assert all(r["ours_ms"] > 0 and "misses" in r for r in result["rows"])
