@@ -9,6 +9,7 @@ target when ours is under ``eager_target`` times eager, slower than torch.compil
 
 import dataclasses
 import statistics
+import time
 from typing import Callable, Dict, Optional
 
 import torch
@@ -108,16 +109,52 @@ class Timer:
         self.quick = quick
 
     def __call__(self, fn):
-        if self.device.type == "cuda":
-            return self._cuda(fn)
-        timer = torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-        fn()  # first call: compilation, allocator warm-up
-        first = timer.timeit(number=1).median
-        if first > 0.05:
-            # Slow calls (whole training steps): blocked_autorange would give one or two samples.
-            return statistics.median(timer.timeit(number=1).median for _ in range(3 if self.quick else 7)) * 1e3
-        measurement = timer.blocked_autorange(min_run_time=0.2 if self.quick else 1.0)
-        return measurement.median * 1e3
+        return self.many({"fn": fn})["fn"]
+
+    def many(self, fns):
+        """Median milliseconds of each closure in ``fns`` (name -> closure), or the exception it raised.
+
+        On the CPU, slow calls (over 50 ms: whole training steps) give blocked_autorange one or two
+        samples, so they are timed one call at a time; and as the machine drifts over seconds (the
+        conv of a D step moved by 10% between runs), the slow closures of a case take turns, one call
+        each per round, in reversed order every other round, so that the drift weighs on each alike.
+        """
+        results, slow = {}, {}
+        for name, fn in fns.items():
+            try:
+                if self.device.type == "cuda":
+                    results[name] = self._cuda(fn)
+                    continue
+                fn()  # first call: compilation, allocator warm-up
+                if self._one_call(fn) > 0.05:
+                    slow[name] = fn
+                else:
+                    timer = self._cpu_timer(fn)
+                    results[name] = timer.blocked_autorange(min_run_time=0.2 if self.quick else 1.0).median * 1e3
+            except Exception as error:  # reported in the row; the other closures still run
+                results[name] = error
+        samples = {name: [] for name in slow}
+        for turn in range(3 if self.quick else 9):
+            for name in list(slow)[:: 1 if turn % 2 == 0 else -1]:
+                try:
+                    samples[name].append(self._one_call(slow[name]))
+                except Exception as error:
+                    results[name] = error
+                    del slow[name]
+        for name in slow:
+            results[name] = statistics.median(samples[name]) * 1e3
+        return {name: results[name] for name in fns}
+
+    @staticmethod
+    def _cpu_timer(fn):
+        return torch.utils.benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+
+    @staticmethod
+    def _one_call(fn):
+        # Not torch's Timer.timeit(number=1), which first makes two more calls to warm up.
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
 
     def _cuda(self, fn):
         warmup, reps = (3, 10) if self.quick else (10, 50)

@@ -82,20 +82,27 @@ def measure(case, timer):
         "eager_target": case.eager_target,
         "copy_target": case.copy_target,
     }
+    runnable = {name: fn for name, fn in case.impls.items() if name in IMPLS and callable(fn)}
+    times = timer.many(runnable)
     for name in IMPLS:
         fn = case.impls.get(name)
-        if fn is None or isinstance(fn, Exception):
+        result = times.get(name, fn)  # an implementation that cannot run holds the reason
+        if result is None or isinstance(result, Exception):
             row[f"{name}_ms"] = None
-            row[f"{name}_error"] = None if fn is None else f"{type(fn).__name__}: {fn}".splitlines()[0][:200]
+            row[f"{name}_error"] = None if result is None else error_text(result)
             continue
-        try:
-            row[f"{name}_ms"] = timer(fn)
-            if case.mode in ("fwd+bwd", "r1") or "step" in case.mode:
+        row[f"{name}_ms"] = result
+        if case.mode in ("fwd+bwd", "r1") or "step" in case.mode:
+            try:
                 row[f"{name}_peak_mb"] = timer.peak_memory_mb(fn)
-        except Exception as error:  # torch.compile can fail late, e.g. on double backward
-            row[f"{name}_ms"] = None
-            row[f"{name}_error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+            except Exception as error:
+                row[f"{name}_error"] = error_text(error)
     return row
+
+
+def error_text(error):
+    """An exception as one line of the table's notes (torch.compile can fail late, e.g. on double backward)."""
+    return f"{type(error).__name__}: {error}".splitlines()[0][:200]
 
 
 def measure_kernels(case, row, timer):
@@ -103,7 +110,7 @@ def measure_kernels(case, row, timer):
     try:
         row["ours_kernel_ms"] = timer.kernel_ms(case.impls["ours"])
     except Exception as error:  # a profiler that cannot see the GPU: the row keeps its event timing
-        row["ours_kernel_error"] = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        row["ours_kernel_error"] = error_text(error)
 
 
 def fmt(value, spec):

@@ -111,3 +111,30 @@ def test_a_run_writes_its_json_and_marks_it_complete(tmp_path):
     assert result["meta"]["complete"] is True
     assert [(r["op"], r["mode"]) for r in result["rows"]][:3] == [("penalty c=1", m) for m in ("fwd", "bwd", "fwd+bwd")]
     assert all(r["ours_ms"] > 0 and "misses" in r for r in result["rows"])
+
+
+def test_slow_closures_take_turns_and_a_failing_one_is_reported():
+    import time
+
+    import harness
+    import torch
+
+    calls = []
+
+    def slow(name, seconds=0.06):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    def broken():
+        raise RuntimeError("no double backward")
+
+    fns = {"eager": slow("eager"), "compile": broken, "ours": slow("ours"), "fast": lambda: None}
+    times = harness.Timer(torch.device("cpu"), quick=True).many(fns)
+    assert list(times) == list(fns)
+    assert isinstance(times["compile"], RuntimeError)
+    assert times["eager"] >= 60 and times["ours"] >= 60 and times["fast"] < 60
+    # Each: a first call and a probe, then three rounds, the order reversed every other round.
+    assert calls == ["eager", "eager", "ours", "ours", "eager", "ours", "ours", "eager", "eager", "ours"]
