@@ -287,3 +287,19 @@ def test_gradients_as_accurate_as_stylegan2_on_data_with_a_large_mean(device, sp
         scale = want.abs().max().item()
         # Within a few float32 roundings of what StyleGAN2's own layer achieves.
         assert our_error <= 4 * their_error + 1e-6 * scale, (our_error, their_error, scale)
+
+
+@requires_ops
+@pytest.mark.parametrize(
+    "dtype, bits", [(torch.bfloat16, torch.int16), (torch.float16, torch.int16), (torch.float32, torch.int32)]
+)
+def test_the_forward_copies_x_into_the_output_bit_for_bit(dtype, bits):
+    # As torch.cat does: NaN payloads included (a round trip through float made them canonical).
+    x = torch.randn(8, 4, 5, 17).to(dtype)  # 85 positions per channel: 5 vector strips and a tail of 5
+    raw = x.view(bits)
+    payloads = torch.tensor([0x7F81, 0x7FC3, -0x0081] if bits == torch.int16 else [0x7F800001, 0x7FC00003, -0x7F])
+    raw[0, 0, 0, :3] = payloads.to(bits)  # in the first strip
+    raw[0, 0, 4, -3:] = payloads.to(bits)  # in the tail
+    x = raw.view(dtype)
+    y = gan_kernels.minibatch_std(x, 4, 1)
+    assert torch.equal(y[:, :4].contiguous().view(bits), x.view(bits))

@@ -55,6 +55,18 @@ template <typename scalar_t> struct Strip {
       hi.store(p + V::size());
     }
   }
+  // The strip's elements as they are, for the forward's copy of x into y: bf16 and fp16 need no
+  // round trip through float (whose conversion back costs more than the rest of the forward's
+  // arithmetic per element, and would make a NaN's payload canonical where torch.cat keeps it).
+  static void copy(const scalar_t* from, scalar_t* to) {
+    if constexpr (c10::is_reduced_floating_point_v<scalar_t>) {
+      static_assert(at::vec::Vectorized<scalar_t>::size() == kWidth, "one vector of scalar_t per strip");
+      at::vec::Vectorized<scalar_t>::loadu(from).store(to);
+    } else {
+      V::loadu(from).store(to);
+      V::loadu(from + V::size()).store(to + V::size());
+    }
+  }
   // Correctly rounded, as std::sqrt is: the tail of a unit (Single) gets the same bits.
   Strip sqrt() const { return {lo.sqrt(), hi.sqrt()}; }
   // The lanes in lane order, so that the sum depends on the vector width only, not on the threads.
@@ -82,6 +94,7 @@ template <typename scalar_t> struct Single {
 
   explicit Single(A value) : v(value) {}
   static Single load(const scalar_t* p) { return Single(A(*p)); }
+  static void copy(const scalar_t* from, scalar_t* to) { *to = *from; }
   void store(scalar_t* p) const { *p = scalar_t(v); }
   Single sqrt() const { return Single(std::sqrt(v)); }
   A sum() const { return v; }
@@ -115,9 +128,9 @@ S strip(const Launch<scalar_t>& t, int64_t xo, int64_t yo, S coef) {
   auto x_of = [&](int64_t g) { return S::load(t.x + xo + g * t.x_member_stride); };
   S mean{A(0)};
   for (int64_t g = 0; g < G; ++g) {
-    const S xg = x_of(g);
-    if constexpr (kMode == Mode::Forward) xg.store(t.y_out + yo + g * t.y_member_stride);
-    mean = mean + xg;
+    if constexpr (kMode == Mode::Forward)
+      S::copy(t.x + xo + g * t.x_member_stride, t.y_out + yo + g * t.y_member_stride);
+    mean = mean + x_of(g);
   }
   mean = mean * inv_count;
   S sum_sq{A(0)};
