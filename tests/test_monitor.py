@@ -224,14 +224,19 @@ def test_a_discriminator_trained_alone_is_flagged_overpowering(one_thread):
     assert monitor.report()["d_accuracy"] >= Thresholds().overpowering_accuracy
 
 
+def observe_while_scaling_up(monitor, layer, steps=60):
+    """Steps in which the layer's weight grows by 15% each, and the monitor observes them."""
+    for _ in range(steps):
+        with torch.no_grad():
+            layer.weight.mul_(1.15)
+        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+
+
 def test_a_weight_scaled_up_every_step_is_flagged_exploding_sigma():
     torch.manual_seed(0)
     d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     monitor = StabilityMonitor(d, every=5)
-    for step in range(60):
-        with torch.no_grad():
-            d[2].weight.mul_(1.15)
-        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    observe_while_scaling_up(monitor, d[2])
     (issue,) = monitor.warnings
     assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
     assert issue.evidence["sigma"] > Thresholds().sigma_growth * issue.evidence["first"]
@@ -273,10 +278,7 @@ def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline()
     assert issue.name == "non_finite" and "sigma/D/2.weight" in issue.evidence["signals"]
     with torch.no_grad():
         d[2].weight.copy_(good)
-    for _ in range(60):
-        with torch.no_grad():
-            d[2].weight.mul_(1.15)
-        run_quietly(monitor.observe, d_loss=torch.tensor(0.5))
+    observe_while_scaling_up(monitor, d[2])
     (issue,) = monitor.warnings
     assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
     # The baseline: the largest of the first three finite sigmas (checks 2 to 4), the NaN left out.
