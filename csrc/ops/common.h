@@ -102,12 +102,12 @@ inline ChannelView channel_view(const at::Tensor& dense, int64_t dim) {
 
 // The allocator of our large CPU outputs: blocks of cpu/output_memory.h's cache, reported to the
 // profiler as c10's CPU allocator reports its own. Smaller requests, and every request while the
-// cache's limit is 0, go to the default allocator.
+// cache's limit is 0, go to the allocator at::empty uses (c10::GetCPUAllocator()).
 class OutputAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
     OutputBlock* block = cached(bytes) ? acquire_output_block(bytes) : nullptr;
-    if (block == nullptr) return c10::GetDefaultCPUAllocator()->allocate(bytes);
+    if (block == nullptr) return c10::GetCPUAllocator()->allocate(bytes);
     report(block->data, static_cast<int64_t>(bytes));
     return {block->data, block, &release, c10::Device(c10::DeviceType::CPU)};
   }
