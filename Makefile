@@ -51,7 +51,7 @@ gpu-verify-dry: build
 	$(PYTHON) scripts/gpu_verify.py --dry-run first second
 
 # Our vectorised CPU kernels and torch's own (the reference) compute differently per instruction set:
-# the op tests run again under every other CPU capability ATen can pick on this machine, with the
+# the op tests run again under every other CPU capability this machine's CPU has, with the
 # compiled ops, and the NaN/inf definition tests with the reference too. Inductor's cache does not
 # key on the capability (a kernel cached under one gave wrong values under another), hence one each.
 CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py tests/test_minibatch_discrimination.py \
