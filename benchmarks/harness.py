@@ -200,9 +200,14 @@ class Timer:
 
 
 def device_time_us(averages):
-    """The device time, in us, of a profile's events grouped by name (``prof.key_averages()``): each
-    kernel's self time counted once (an op's total would count its kernels again)."""
-    return sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) for e in averages)
+    """The device time, in us, of a profile's events grouped by name (``prof.key_averages()``): the
+    self time of the events that ran on the GPU (kernels, copies), each once. Host-side events (an op,
+    or the runtime call that launched a kernel) may carry their kernels' time too, and are left out."""
+    return sum(
+        getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        for e in averages
+        if e.device_type == torch.autograd.DeviceType.CUDA
+    )
 
 
 def cpu_peak_bytes(fn):
