@@ -27,11 +27,25 @@ size_t capacity_for(size_t bytes) {
   return (bytes + granule - 1) / granule * granule;
 }
 
+#ifdef __linux__
+// A mapping of its own, aligned by trimming an over-sized one: its huge-page advice stays with it, and
+// unmapping gives it back to the OS at once. From glibc's heap (aligned operator new below its mmap
+// threshold, which grows with the blocks it frees) a block could come back already advised, and its
+// advice would stay with the heap for PyTorch's other allocations.
 void* map_block(size_t capacity) {
-  void* data = ::operator new(capacity, std::align_val_t(alignment_for(capacity)), std::nothrow);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t alignment = alignment_for(capacity);
+  const size_t span = capacity + alignment - kPage;
+  void* mapped = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapped == MAP_FAILED) return nullptr;
+  const auto start = reinterpret_cast<uintptr_t>(mapped);
+  const uintptr_t aligned = (start + alignment - 1) / alignment * alignment;
+  if (aligned > start) munmap(mapped, aligned - start);
+  const uintptr_t end = aligned + capacity;
+  if (start + span > end) munmap(reinterpret_cast<void*>(end), start + span - end);
+  void* data = reinterpret_cast<void*>(aligned);
+#ifdef MADV_HUGEPAGE
   // The result is ignored on purpose: EINVAL where THP is compiled out, and the block works either way.
-  if (data != nullptr && capacity >= kHugePageOutputBytes && huge_pages_enabled.load(std::memory_order_relaxed)) {
+  if (capacity >= kHugePageOutputBytes && huge_pages_enabled.load(std::memory_order_relaxed)) {
     (void)madvise(data, capacity, MADV_HUGEPAGE);
   }
 #endif
@@ -39,9 +53,19 @@ void* map_block(size_t capacity) {
 }
 
 void unmap_block(OutputBlock* block) {
+  munmap(block->data, block->capacity);
+  delete block;
+}
+#else
+void* map_block(size_t capacity) {
+  return ::operator new(capacity, std::align_val_t(alignment_for(capacity)), std::nothrow);
+}
+
+void unmap_block(OutputBlock* block) {
   ::operator delete(block->data, std::align_val_t(alignment_for(block->capacity)));
   delete block;
 }
+#endif
 
 class OutputCache {
  public:

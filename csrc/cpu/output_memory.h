@@ -14,7 +14,8 @@
 // blocks (GAN_KERNELS_CPU_CACHE_MB, gan_kernels/_backend.py), dropping the least recently freed
 // first; a block is reused only for an output of the same rounded size.
 //
-// New blocks of 4 MiB and more are 2 MiB aligned and ask for transparent huge pages (512 times
+// On Linux every block is a mapping of its own, given back to the OS when the cache drops it. New
+// blocks of 4 MiB and more are 2 MiB aligned and ask for transparent huge pages (512 times
 // fewer faults on their first use; PyTorch's THP_MEM_ALLOC_ENABLE=1 does the same for every large
 // tensor). Where the kernel's THP defrag setting is "madvise" or "always", such a fault may first
 // compact memory, a stall of milliseconds where memory is fragmented: GAN_KERNELS_HUGE_PAGES=0
