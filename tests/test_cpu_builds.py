@@ -1,6 +1,8 @@
-"""The CPU kernels are built once per ATen CPU capability (csrc/cpu/capability.h). Spectral norm and
-the gradient penalty sum in a fixed lane order (csrc/cpu/vec_step.h), so they promise the same bits
-from every build: each build available here runs in a subprocess under ATEN_CPU_CAPABILITY."""
+"""The CPU kernels are built once per ATen CPU capability (csrc/cpu/capability.h). Spectral norm, the
+gradient penalty and pixel norm sum in an order no build changes (csrc/cpu/vec_step.h's fixed lanes;
+pixel norm's NCHW sums run over the channels in order, without fused multiply-adds), so they promise
+the same bits from every build: each build available here runs in a subprocess under
+ATEN_CPU_CAPABILITY."""
 
 import os
 import subprocess
@@ -11,7 +13,9 @@ from helpers import requires_ops
 
 # Prints the capability ATen picked, then a digest of every output for seeded inputs: spectral norm's
 # power iteration, normalisation and backward for a batch of unequal layers (one larger than a
-# parallel task, with a ragged tail) and the penalty with its backward, in float32 and bfloat16.
+# parallel task, with a ragged tail), the penalty with its backward, and pixel norm forward and backward
+# along a contiguous dim (rows) and along dim 1 of NCHW (blocks, with a ragged last vector), in
+# float32 and bfloat16.
 SCRIPT = """
 import hashlib
 import numpy as np
@@ -46,6 +50,9 @@ for dtype in (torch.float32, torch.bfloat16):
     g = randn(5, 3, 37, 41, dtype=dtype)
     penalty, sums = ops.gradient_penalty(g, 1.0)
     add(penalty, sums, ops.gradient_penalty_backward(randn(5, dtype=torch.float32), g, sums, 1.0))
+    for shape, dim in (((70, 301), 1), ((3, 45, 7, 5), 1)):
+        x, grad = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype)
+        add(ops.pixel_norm(x, dim, 1e-8), ops.pixel_norm_backward(grad, x, dim, 1e-8))
 print(gan_kernels._backend._C.cpu_capability(), digest.hexdigest())
 """
 

@@ -42,7 +42,7 @@ template <typename scalar_t, typename acc_t> void chunk_sum_squares(const Gradie
       const int64_t first = (task % chunks) * p.chunk;
       const int64_t len = std::min(p.chunk, p.per_sample - first);
       const scalar_t* x = g + (task / chunks) * p.per_sample + first;
-      partials[task] = dot(x, x, len);
+      partials[task] = sum_squares(x, len);
     }
   });
 }

@@ -40,6 +40,8 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
   // 4 MiB (whole 2 MiB rows of channels) against 1.51 at 256 KiB, backward 1.37 against 2.01;
   // with two threads 1.21 against 1.41 and 1.45 against 1.82.
   static constexpr int64_t kBlockBytes = 4 * 1024 * 1024;
+  // Channels whose sums (or scales) stay in registers, NCHW: 8 streams of loads at once.
+  static constexpr int64_t kChannelRun = 8;
 
   const PixelNormParams& p;
   const scalar_t* x = static_cast<const scalar_t*>(p.x);
@@ -47,30 +49,29 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
   scalar_t* out = static_cast<scalar_t*>(p.out);
   acc_t eps = acc_t(p.eps);
 
-  // inner == 1: each row of `channels` consecutive elements is reduced across vector lanes, in a
-  // fixed order (deterministic), then written.
+  // inner == 1: each row of `channels` consecutive elements is summed in vec_step.h's fixed lane
+  // order (the same bits from every build), then written.
   void rows() const {
     const int64_t channels = p.channels;
     const int64_t full = channels - channels % kSize;
     at::parallel_for(0, p.outer, std::max<int64_t>(1, kElementsPerTask / channels), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t base = row * channels;
-        AccVec sum_xx(0);
-        AccVec sum_gx(0);
-        auto accumulate = [&](int64_t c, int64_t count) {
-          const auto xv = S::load(x + base + c, count);
-          for (int k = 0; k < kParts; ++k) sum_xx = at::vec::fmadd(xv[k], xv[k], sum_xx);
-          if constexpr (kBackward) {
-            const auto gv = S::load(g + base + c, count);
-            for (int k = 0; k < kParts; ++k) sum_gx = at::vec::fmadd(gv[k], xv[k], sum_gx);
-          }
-        };
-        for (int64_t c = 0; c < full; c += kSize) accumulate(c, kSize);
-        if (full < channels) accumulate(full, channels - full);
-        const auto add = [](const AccVec& a, const AccVec& b) { return a + b; };
-        const PixelNormScales<acc_t> s =
-            pixel_norm_scales(at::vec::vec_reduce_all<acc_t>(add, sum_xx),
-                              kBackward ? at::vec::vec_reduce_all<acc_t>(add, sum_gx) : acc_t(0), channels, eps);
+        // Both sums in one pass, each in vec_step.h's fixed lane order.
+        LaneSum<acc_t> xx;
+        LaneSum<acc_t> gx;
+        int64_t summed = 0;
+        for (; summed + kSumLanes <= channels; summed += kSumLanes) {
+          const auto xv = SumBlock<scalar_t>::load(x + base + summed);
+          xx.add(xv, xv);
+          if constexpr (kBackward) gx.add(SumBlock<scalar_t>::load(g + base + summed), xv);
+        }
+        const acc_t sum_xx =
+            xx.total(summed, channels, [&](int64_t i) { return acc_t(x[base + i]) * acc_t(x[base + i]); });
+        const acc_t sum_gx =
+            kBackward ? gx.total(summed, channels, [&](int64_t i) { return acc_t(g[base + i]) * acc_t(x[base + i]); })
+                      : acc_t(0);
+        const PixelNormScales<acc_t> s = pixel_norm_scales(sum_xx, sum_gx, channels, eps);
         const PixelNormScales<AccVec> sv{AccVec(s.r), AccVec(s.k)};
         auto write = [&](int64_t c, int64_t count) {
           const auto xv = S::load(x + base + c, count);
@@ -86,8 +87,7 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
     });
   }
 
-  // inner > 1: blocks of `width` positions of one outer index; per position the sums run over
-  // the channels in order, so results do not depend on the block width or the build.
+  // inner > 1: blocks of `width` positions of one outer index, each a task of block() below.
   void blocks() const {
     const int64_t channels = p.channels;
     const int64_t inner = p.inner;
@@ -102,51 +102,65 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
       alignas(64) acc_t k[kMaxWidth];
       for (int64_t task = begin; task < end; ++task) {
         const int64_t i0 = (task % per_outer) * width;
-        const int64_t w = std::min(width, inner - i0);
         const int64_t base = (task / per_outer) * channels * inner + i0;
-        // Up to whole vectors: lanes past `w` are computed (never stored) and must be numbers.
-        std::fill(r, r + ceil_div(w, kSize) * kSize, acc_t(0));
-        std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
-        // Sums of x^2 (and g x) per position, accumulated in r and k.
-        for (int64_t c = 0; c < channels; ++c) {
-          const int64_t row = base + c * inner;
-          for (int64_t j = 0; j < w; j += kSize) {
-            const int64_t count = std::min(kSize, w - j);
-            const auto xv = S::load(x + row + j, count);
-            typename S::Parts gv{};
-            if constexpr (kBackward) gv = S::load(g + row + j, count);
-            for (int q = 0; q < kParts; ++q) {
-              acc_t* rq = r + j + q * AccVec::size();
-              at::vec::fmadd(xv[q], xv[q], AccVec::loadu(rq)).store(rq);
-              if constexpr (kBackward) {
-                acc_t* kq = k + j + q * AccVec::size();
-                at::vec::fmadd(gv[q], xv[q], AccVec::loadu(kq)).store(kq);
-              }
-            }
-          }
-        }
-        for (int64_t j = 0; j < w; ++j) {
-          const PixelNormScales<acc_t> s = pixel_norm_scales(r[j], k[j], channels, eps);
-          r[j] = s.r;
-          k[j] = s.k;
-        }
-        for (int64_t c = 0; c < channels; ++c) {
-          const int64_t row = base + c * inner;
-          for (int64_t j = 0; j < w; j += kSize) {
-            const int64_t count = std::min(kSize, w - j);
-            const auto xv = S::load(x + row + j, count);
-            typename S::Parts gv{};
-            if constexpr (kBackward) gv = S::load(g + row + j, count);
-            typename S::Parts ov;
-            for (int q = 0; q < kParts; ++q) {
-              const int64_t at = j + q * AccVec::size();
-              ov[q] = pixel_norm_apply<AccVec, kMode>(xv[q], gv[q], {AccVec::loadu(r + at), AccVec::loadu(k + at)});
-            }
-            S::store(out + row + j, ov, count);
-          }
-        }
+        block(x + base, kBackward ? g + base : nullptr, out + base, channels, inner, std::min(width, inner - i0), eps,
+              r, k);
       }
     });
+  }
+
+  // One block: `w` positions of `channels` rows `stride` elements apart, from x, g and out at the
+  // block's first position of channel 0; r and k hold the per-position sums, then the scales.
+  // Per position the sums run over the channels in order, a product and an add each (never a fused
+  // multiply-add, which the default build lacks), so results do not depend on the block width or
+  // the build. A run of kChannelRun channels adds in registers before the sums go back to r and k:
+  // one channel at a time, every add waited for the previous channel's store of the same sum.
+  // Everything arrives as a parameter, so the compiler knows the stores through `out` change none
+  // of it (it reloaded members and captured variables after every store).
+  static void block(const scalar_t* x, const scalar_t* g, scalar_t* out, int64_t channels, int64_t stride, int64_t w,
+                    acc_t eps, acc_t* r, acc_t* k) {
+    // Up to whole vectors: lanes past `w` are computed (never stored) and must be numbers.
+    std::fill(r, r + ceil_div(w, kSize) * kSize, acc_t(0));
+    std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
+    for (int64_t c0 = 0; c0 < channels; c0 += kChannelRun) {
+      const int64_t run_end = std::min(c0 + kChannelRun, channels);
+      for (int64_t j = 0; j < w; j += kSize) {
+        const int64_t count = std::min(kSize, w - j);
+        typename S::Parts sum_xx = S::load_acc(r + j);
+        typename S::Parts sum_gx{};
+        if constexpr (kBackward) sum_gx = S::load_acc(k + j);
+        for (int64_t c = c0; c < run_end; ++c) {
+          const auto xv = S::load(x + c * stride + j, count);
+          typename S::Parts gv{};
+          if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
+          for (int q = 0; q < kParts; ++q) {
+            sum_xx[q] = sum_xx[q] + xv[q] * xv[q];
+            if constexpr (kBackward) sum_gx[q] = sum_gx[q] + gv[q] * xv[q];
+          }
+        }
+        S::store_acc(r + j, sum_xx);
+        if constexpr (kBackward) S::store_acc(k + j, sum_gx);
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      const PixelNormScales<acc_t> s = pixel_norm_scales(r[j], k[j], channels, eps);
+      r[j] = s.r;
+      k[j] = s.k;
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int64_t j = 0; j < w; j += kSize) {
+        const int64_t count = std::min(kSize, w - j);
+        const auto xv = S::load(x + c * stride + j, count);
+        typename S::Parts gv{};
+        if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
+        const typename S::Parts rv = S::load_acc(r + j);
+        typename S::Parts kv{};
+        if constexpr (kBackward) kv = S::load_acc(k + j);
+        typename S::Parts ov;
+        for (int q = 0; q < kParts; ++q) ov[q] = pixel_norm_apply<AccVec, kMode>(xv[q], gv[q], {rv[q], kv[q]});
+        S::store(out + c * stride + j, ov, count);
+      }
+    }
   }
 };
 

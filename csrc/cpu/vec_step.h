@@ -50,6 +50,15 @@ template <typename scalar_t> struct Step {
       out.store(p, count);
     }
   }
+  // A step's worth (kSize) of accumulators, as kParts vectors in element order.
+  static Parts load_acc(const acc_t* p) {
+    Parts v;
+    for (int k = 0; k < kParts; ++k) v[k] = AccVec::loadu(p + k * AccVec::size());
+    return v;
+  }
+  static void store_acc(acc_t* p, const Parts& v) {
+    for (int k = 0; k < kParts; ++k) v[k].store(p + k * AccVec::size());
+  }
 };
 
 // Fixed-order sums: element i of a sum goes to lane i % kSumLanes, each lane adds in increasing i, and
@@ -75,27 +84,50 @@ template <typename scalar_t> struct SumBlock {
   }
 };
 
+// A running sum of products in the fixed order above, fed a lane block at a time from the start of
+// the data; `total` adds the elements past the last whole block and then the lanes.
+template <typename acc_t> struct LaneSum {
+  using AccVec = Vec<acc_t>;
+  static constexpr int kVectors = static_cast<int>(kSumLanes / AccVec::size());
+  std::array<AccVec, kVectors> lanes;
+
+  LaneSum() { lanes.fill(AccVec(acc_t(0))); }
+
+  template <typename Vectors> void add(const Vectors& a, const Vectors& b) {
+    for (int v = 0; v < kVectors; ++v) lanes[v] = lanes[v] + a[v] * b[v];
+  }
+
+  // `tail` is [from, n) with `from` a multiple of kSumLanes; product(i) is element i's product.
+  template <typename Product> acc_t total(int64_t from, int64_t n, Product product) const {
+    acc_t flat[kSumLanes];
+    for (int v = 0; v < kVectors; ++v) lanes[v].store(flat + v * AccVec::size());
+    for (int64_t i = from; i < n; ++i) flat[i % kSumLanes] += product(i);
+    acc_t sum = 0;
+    for (int64_t l = 0; l < kSumLanes; ++l) sum += flat[l];
+    return sum;
+  }
+};
+
 // sum_i a[i] * b[i] in the accumulator type, in the fixed order above. a and b may differ in type
 // when their accumulator types agree (float with Half or BFloat16).
 template <typename a_t, typename b_t, typename acc_t = at::opmath_type<a_t>>
 acc_t dot(const a_t* a, const b_t* b, int64_t n) {
   static_assert(std::is_same_v<acc_t, at::opmath_type<b_t>>, "one accumulator type");
-  using A = SumBlock<a_t>;
-  using B = SumBlock<b_t>;
-  typename A::Vectors lanes;
-  lanes.fill(typename A::Vectors::value_type(acc_t(0)));
+  LaneSum<acc_t> sum;
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes) sum.add(SumBlock<a_t>::load(a + i), SumBlock<b_t>::load(b + i));
+  return sum.total(i, n, [&](int64_t j) { return acc_t(a[j]) * acc_t(b[j]); });
+}
+
+// sum_i a[i]^2, as dot(a, a, n) gives it, loading each element once.
+template <typename a_t, typename acc_t = at::opmath_type<a_t>> acc_t sum_squares(const a_t* a, int64_t n) {
+  LaneSum<acc_t> sum;
   int64_t i = 0;
   for (; i + kSumLanes <= n; i += kSumLanes) {
-    const typename A::Vectors x = A::load(a + i);
-    const typename B::Vectors y = B::load(b + i);
-    for (int v = 0; v < A::kVectors; ++v) lanes[v] = lanes[v] + x[v] * y[v];
+    const auto block = SumBlock<a_t>::load(a + i);
+    sum.add(block, block);
   }
-  acc_t flat[kSumLanes];
-  for (int v = 0; v < A::kVectors; ++v) lanes[v].store(flat + v * A::Vectors::value_type::size());
-  for (; i < n; ++i) flat[i % kSumLanes] += acc_t(a[i]) * acc_t(b[i]);
-  acc_t sum = 0;
-  for (int64_t l = 0; l < kSumLanes; ++l) sum += flat[l];
-  return sum;
+  return sum.total(i, n, [&](int64_t j) { return acc_t(a[j]) * acc_t(a[j]); });
 }
 
 }  // namespace
