@@ -165,6 +165,8 @@ def forward_ad_active(*tensors):
     ``torch.autograd.forward_ad``) tracks any of ``tensors``. The compiled ops define reverse mode
     only (``register_autograd``), and PyTorch would give them a silent zero tangent, so such calls
     run the reference, which is plain aten ops and supports every mode."""
+    if forward_ad._current_level < 0 and torch._C._functorch.peek_interpreter_stack() is None:
+        return False  # no dual level and no functorch transform: the common case, decided cheaply
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     if forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
         return True

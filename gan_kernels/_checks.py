@@ -98,6 +98,8 @@ def symbolic(value):
 
 def integer(value, arg):
     """``value`` as an int: Python and numpy integers and 0-d integer tensors; not bools or floats."""
+    if type(value) is int:  # the common case first (bool is a subclass, not int itself)
+        return value
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
@@ -111,7 +113,7 @@ def integer(value, arg):
 def int64(value, arg):
     """``value`` as an int the ops' int64 arguments can carry."""
     value = integer(value, arg)
-    if not symbolic(value) and value > INT64_MAX:
+    if type(value) is int and value > INT64_MAX:  # else symbolic, its value unknown while tracing
         raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
     return value
 
@@ -138,6 +140,8 @@ def real(value, arg):
     """``value`` as a float: Python and numpy real numbers and 0-d real tensors. A 0-d tensor that
     requires grad is an error while grad mode is on: the value is a constant here, and taking it
     from the tensor would silently drop the gradient the caller asked for."""
+    if type(value) is float:  # the common case first: every call of an op passes through here
+        return value
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, torch.Tensor):
