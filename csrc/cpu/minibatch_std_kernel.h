@@ -179,13 +179,16 @@ S strip(const Launch<scalar_t>& t, int64_t xo, int64_t yo, S coef) {
 
 // Every unit of the plan, in parallel; each writes its partial sum.
 template <typename scalar_t, Mode kMode>
-void units(const Launch<scalar_t>& t, const MinibatchStdParams& p, const MinibatchStdCpuPlan& plan) {
+void units(const Launch<scalar_t>& launch, const MinibatchStdParams& p, const MinibatchStdCpuPlan& plan) {
   using A = acc_t<scalar_t>;
   using S = Strip<scalar_t>;
   constexpr bool kSums = kMode != Mode::Backward;
   const MinibatchStdLayout& l = plan.layout;
   const int64_t grain = std::max<int64_t>(1, kElementsPerTask / (p.group_size * plan.segment));
   at::parallel_for(0, plan.units, grain, [&](int64_t begin, int64_t end) {
+    // The task's own copy: the compiler cannot tell that the stores through its pointers leave a
+    // Launch seen by reference alone, and loaded pointers and strides again after every store.
+    const Launch<scalar_t> t = launch;
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t segment = unit % plan.segments;
       const int64_t row = unit / plan.segments % l.rows;
