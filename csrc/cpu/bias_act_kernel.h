@@ -65,10 +65,11 @@ template <typename scalar_t> struct Operands {
 };
 
 // `n` consecutive elements from `offset`. With kBiasPerElement the bias of element j is bias[j]
-// (channels innermost); otherwise every element adds `bias_value`.
+// (channels innermost); otherwise every element adds `bias_value`. The operands and scalars come by
+// value: through a reference they could alias `out`, and the compiler loaded them again after every
+// store (which also stops vectorisation of the scalar loops).
 template <typename scalar_t, Activation kAct, BiasActMode kMode, bool kBiasPerElement, typename A>
-void span(const Operands<scalar_t>& p, int64_t offset, int64_t n, const scalar_t* bias, acc_t<scalar_t> bias_value,
-          // By value: a reference could alias `out`, and reloading it every element stops vectorisation.
+void span(const Operands<scalar_t> p, int64_t offset, int64_t n, const scalar_t* bias, acc_t<scalar_t> bias_value,
           const BiasActScalars<A> s, bool clamped, bool gain_positive) {
   constexpr bool kUsesG1 = kMode != BiasActMode::Forward;
   constexpr bool kUsesG2 = kMode == BiasActMode::Grad2;
