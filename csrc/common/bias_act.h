@@ -6,8 +6,7 @@
 //
 // The formulas are written once for any element type A with arithmetic operators: a float or double
 // here and in the CUDA kernels, a SIMD vector of them in the CPU kernels. What differs between the
-// two (selects, transcendental functions) goes through ElementMath<A>, which the CPU kernels
-// specialise for their vectors.
+// two (selects, transcendental functions) goes through ElementMath<A> (common/element_math.h).
 #pragma once
 
 #include <cmath>
@@ -16,34 +15,11 @@
 
 #include "activation_table.h"
 #include "common/dtype.h"
+#include "common/element_math.h"
 #include "common/host_device.h"
 #include "common/mode.h"
 
 namespace gan_kernels {
-
-// A comparison of two A is a bool for scalars and a lane mask for vectors; select takes either.
-template <typename A> struct ElementMath {
-  template <typename T> static GAN_KERNELS_HD T select(bool condition, T if_true, T if_false) {
-    return condition ? if_true : if_false;
-  }
-  static GAN_KERNELS_HD bool both(bool a, bool b) { return a && b; }
-  static GAN_KERNELS_HD A exp(A v) {
-    using std::exp;
-    return exp(v);
-  }
-  static GAN_KERNELS_HD A expm1(A v) {
-    using std::expm1;
-    return expm1(v);
-  }
-  static GAN_KERNELS_HD A log1p(A v) {
-    using std::log1p;
-    return log1p(v);
-  }
-  static GAN_KERNELS_HD A tanh(A v) {
-    using std::tanh;
-    return tanh(v);
-  }
-};
 
 enum class Activation : int32_t {
 #define GAN_KERNELS_ACTIVATION_ENUMERATOR(enumerator, name, alpha, gain, piecewise_linear) enumerator,

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "common/dtype.h"
+#include "common/element_math.h"
 #include "common/host_device.h"
 
 namespace gan_kernels {
@@ -33,8 +34,7 @@ template <typename A> struct PixelNormScales {
 };
 
 template <typename A> GAN_KERNELS_HD PixelNormScales<A> pixel_norm_scales(A sum_xx, A sum_gx, int64_t channels, A eps) {
-  using std::sqrt;
-  const A r = A(1) / sqrt(sum_xx / A(channels) + eps);
+  const A r = A(1) / ElementMath<A>::sqrt(sum_xx / A(channels) + eps);
   return {r, r * r * r * sum_gx / A(channels)};
 }
 

@@ -31,31 +31,13 @@
 #endif
 
 namespace gan_kernels {
-
-namespace {
-
-template <typename T> using VecOf = at::vec::Vectorized<T>;
-
-}  // namespace
-
-// The formulas' primitives on vectors: comparisons give lane masks, select blends by them.
-template <typename T> struct ElementMath<VecOf<T>> {
-  using V = VecOf<T>;
-  static V select(const V& mask, const V& if_true, const V& if_false) { return V::blendv(if_false, if_true, mask); }
-  static V both(const V& a, const V& b) { return a & b; }
-  static V exp(const V& v) { return v.exp(); }
-  static V expm1(const V& v) { return v.expm1(); }
-  static V log1p(const V& v) { return v.log1p(); }
-  static V tanh(const V& v) { return v.tanh(); }
-};
-
 namespace {
 
 // float and double compute in their own type, Half and BFloat16 in float: one value at a time
 // (kVectors false) or a vector of them (cpu/vec_step.h: a vector of Half or BFloat16 is two of float).
 template <typename scalar_t> using acc_t = at::vec::vec_scalar_t<scalar_t>;
 template <typename scalar_t, bool kVectors> using compute_t =
-    std::conditional_t<kVectors, VecOf<acc_t<scalar_t>>, acc_t<scalar_t>>;
+    std::conditional_t<kVectors, Vec<acc_t<scalar_t>>, acc_t<scalar_t>>;
 
 template <typename scalar_t> struct Operands {
   scalar_t* out;

@@ -119,37 +119,52 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
   // of it (it reloaded members and captured variables after every store).
   static void block(const scalar_t* x, const scalar_t* g, scalar_t* out, int64_t channels, int64_t stride, int64_t w,
                     acc_t eps, acc_t* r, acc_t* k) {
-    // Up to whole vectors: lanes past `w` are computed (never stored) and must be numbers.
+    // Up to whole vectors: lanes past `w` are computed (never stored), from zeros.
     std::fill(r, r + ceil_div(w, kSize) * kSize, acc_t(0));
     std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
     for (int64_t c0 = 0; c0 < channels; c0 += kChannelRun) {
-      const int64_t run_end = std::min(c0 + kChannelRun, channels);
-      for (int64_t j = 0; j < w; j += kSize) {
-        const int64_t count = std::min(kSize, w - j);
-        typename S::Parts sum_xx = S::load_acc(r + j);
-        typename S::Parts sum_gx{};
-        if constexpr (kBackward) sum_gx = S::load_acc(k + j);
-        for (int64_t c = c0; c < run_end; ++c) {
-          const auto xv = S::load(x + c * stride + j, count);
-          typename S::Parts gv{};
-          if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
-          for (int q = 0; q < kParts; ++q) {
-            sum_xx[q] = sum_xx[q] + xv[q] * xv[q];
-            if constexpr (kBackward) sum_gx[q] = sum_gx[q] + gv[q] * xv[q];
+      auto add_run = [&](auto run) {
+        steps(w, [&](int64_t j, auto count) {
+          typename S::Parts sum_xx = S::load_acc(r + j);
+          typename S::Parts sum_gx{};
+          if constexpr (kBackward) sum_gx = S::load_acc(k + j);
+          for (int64_t c = c0; c < c0 + run; ++c) {
+            const auto xv = S::load(x + c * stride + j, count);
+            typename S::Parts gv{};
+            if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
+            for (int q = 0; q < kParts; ++q) {
+              sum_xx[q] = sum_xx[q] + xv[q] * xv[q];
+              if constexpr (kBackward) sum_gx[q] = sum_gx[q] + gv[q] * xv[q];
+            }
           }
-        }
-        S::store_acc(r + j, sum_xx);
-        if constexpr (kBackward) S::store_acc(k + j, sum_gx);
+          S::store_acc(r + j, sum_xx);
+          if constexpr (kBackward) S::store_acc(k + j, sum_gx);
+        });
+      };
+      if (channels - c0 >= kChannelRun) {
+        add_run(std::integral_constant<int64_t, kChannelRun>{});
+      } else {
+        add_run(channels - c0);
       }
     }
-    for (int64_t j = 0; j < w; ++j) {
-      const PixelNormScales<acc_t> s = pixel_norm_scales(r[j], k[j], channels, eps);
-      r[j] = s.r;
-      k[j] = s.k;
+    // The scales, a vector at a time (r and k hold whole vectors): one at a time, a division and a
+    // square root per position cost more than the channels' loads where they are few (C = 16).
+    const AccVec eps_v(eps);
+    for (int64_t j = 0; j < w; j += kSize) {
+      const typename S::Parts sum_xx = S::load_acc(r + j);
+      const typename S::Parts sum_gx = S::load_acc(k + j);
+      typename S::Parts rv;
+      typename S::Parts kv;
+      for (int q = 0; q < kParts; ++q) {
+        const PixelNormScales<AccVec> scales = pixel_norm_scales(sum_xx[q], sum_gx[q], channels, eps_v);
+        rv[q] = scales.r;
+        kv[q] = scales.k;
+      }
+      S::store_acc(r + j, rv);
+      S::store_acc(k + j, kv);
     }
     for (int64_t c = 0; c < channels; ++c) {
-      for (int64_t j = 0; j < w; j += kSize) {
-        const int64_t count = std::min(kSize, w - j);
+      steps(w, [&](int64_t j, auto count) {
         const auto xv = S::load(x + c * stride + j, count);
         typename S::Parts gv{};
         if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
@@ -159,8 +174,17 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
         typename S::Parts ov;
         for (int q = 0; q < kParts; ++q) ov[q] = pixel_norm_apply<AccVec, kMode>(xv[q], gv[q], {rv[q], kv[q]});
         S::store(out + c * stride + j, ov, count);
-      }
+      });
     }
+  }
+
+  // f(j, count) for each vector step over `w` positions: `count` is the constant kSize for whole
+  // steps, so that their loads and stores compile without the partial-step branch, and the number
+  // left for a last partial step.
+  template <typename F> static void steps(int64_t w, const F& f) {
+    int64_t j = 0;
+    for (; j + kSize <= w; j += kSize) f(j, std::integral_constant<int64_t, kSize>{});
+    if (j < w) f(j, w - j);
   }
 };
 

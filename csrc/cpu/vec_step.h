@@ -13,10 +13,30 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common/element_math.h"
+
 namespace gan_kernels {
 namespace {
 
 template <typename T> using Vec = at::vec::Vectorized<T>;
+
+}  // namespace
+
+// The shared formulas' primitives on this build's vectors: comparisons give lane masks, select
+// blends by them. Vectorized's sqrt is correctly rounded, as std::sqrt is, so vector and scalar
+// paths agree to the bit.
+template <typename T> struct ElementMath<Vec<T>> {
+  using V = Vec<T>;
+  static V select(const V& mask, const V& if_true, const V& if_false) { return V::blendv(if_false, if_true, mask); }
+  static V both(const V& a, const V& b) { return a & b; }
+  static V sqrt(const V& v) { return v.sqrt(); }
+  static V exp(const V& v) { return v.exp(); }
+  static V expm1(const V& v) { return v.expm1(); }
+  static V log1p(const V& v) { return v.log1p(); }
+  static V tanh(const V& v) { return v.tanh(); }
+};
+
+namespace {
 
 // One step is a vector of the element type, computed as kParts vectors of its accumulator type
 // (float for Half and BFloat16: converted a vector at a time).
