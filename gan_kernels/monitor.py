@@ -59,9 +59,37 @@ class StabilityWarning(UserWarning):
     """A GAN failure sign detected by :class:`StabilityMonitor`, raised the first time it appears."""
 
 
+# Each range is where its condition can both fire and stay quiet: outside it the monitor never (or
+# always) flags it, or fails at a check (no sigma baseline, a window too short to vary). Each check
+# returns a plain int or float, so a 0-d tensor does not turn the comparisons into tensors.
+_THRESHOLD_CHECKS = {
+    "overpowering_accuracy": lambda value, arg: _checks.interval(value, arg, 0, 1, low_open=True),
+    # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
+    "vanishing_gradient_ratio": lambda value, arg: _checks.interval(value, arg, 0, 1, low_open=True),
+    # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
+    "vanishing_accuracy": lambda value, arg: _checks.interval(value, arg, 0, 1),
+    # Two check means at least: the variance between them divides by windows - 1.
+    "oscillation_windows": lambda value, arg: _checks.count(value, arg, minimum=2),
+    "oscillation_crossings": _checks.count,
+    "oscillation_contrast": _checks.positive,
+    # Above 1 an oscillation of constant amplitude would count as settling.
+    "oscillation_decay": lambda value, arg: _checks.interval(value, arg, 0, 1),
+    # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
+    "collapse_diversity": _checks.positive,
+    # Below 1 a sigma that rose back towards its baseline would be "exploding".
+    "sigma_growth": lambda value, arg: _checks.interval(value, arg, 1, math.inf, high_open=True),
+    "sigma_baseline_checks": _checks.count,
+    "patience": _checks.count,
+}
+
+
 @dataclasses.dataclass
 class Thresholds:
-    """When each condition is flagged (see the module docstring for the tests they drive)."""
+    """When each condition is flagged (see the module docstring for the tests they drive).
+
+    Every assignment is checked, at construction and later (``thresholds.patience = 3``), and a value
+    refused is not stored: a monitor reads its Thresholds at every check, so an unchecked later value
+    would make it never (or always) flag a condition."""
 
     overpowering_accuracy: float = 0.97
     vanishing_gradient_ratio: float = 0.01
@@ -75,36 +103,24 @@ class Thresholds:
     sigma_baseline_checks: int = 3
     patience: int = 2
 
-    def __post_init__(self):
-        # Each range is where its condition can both fire and stay quiet: outside it the monitor never
-        # (or always) flags it, or fails at a check (no sigma baseline, a window too short to vary).
-        # Stored as plain ints and floats, so a 0-d tensor does not turn the comparisons into tensors.
-        self.overpowering_accuracy = _checks.interval(
-            self.overpowering_accuracy, "overpowering_accuracy", 0, 1, low_open=True
-        )
-        # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
-        self.vanishing_gradient_ratio = _checks.interval(
-            self.vanishing_gradient_ratio, "vanishing_gradient_ratio", 0, 1, low_open=True
-        )
-        # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
-        self.vanishing_accuracy = _checks.interval(self.vanishing_accuracy, "vanishing_accuracy", 0, 1)
-        # Two check means at least: the variance between them divides by windows - 1.
-        self.oscillation_windows = _checks.count(self.oscillation_windows, "oscillation_windows", minimum=2)
-        self.oscillation_crossings = _checks.count(self.oscillation_crossings, "oscillation_crossings")
-        if self.oscillation_crossings > self.oscillation_windows - 1:
-            raise ValueError(
-                f"oscillation_crossings must be <= {self.oscillation_windows - 1} (oscillation_windows - 1: the "
-                f"most crossings {self.oscillation_windows} check means can make), got {self.oscillation_crossings}"
-            )
-        self.oscillation_contrast = _checks.positive(self.oscillation_contrast, "oscillation_contrast")
-        # Above 1 an oscillation of constant amplitude would count as settling.
-        self.oscillation_decay = _checks.interval(self.oscillation_decay, "oscillation_decay", 0, 1)
-        # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
-        self.collapse_diversity = _checks.positive(self.collapse_diversity, "collapse_diversity")
-        # Below 1 a sigma that rose back towards its baseline would be "exploding".
-        self.sigma_growth = _checks.interval(self.sigma_growth, "sigma_growth", 1, math.inf, high_open=True)
-        self.sigma_baseline_checks = _checks.count(self.sigma_baseline_checks, "sigma_baseline_checks")
-        self.patience = _checks.count(self.patience, "patience")
+    def __setattr__(self, name, value):
+        # The dataclass's __init__ (and so dataclasses.replace) assigns each field through here too.
+        check = _THRESHOLD_CHECKS.get(name)
+        if check is not None:
+            value = check(value, name)
+            if name in ("oscillation_windows", "oscillation_crossings"):
+                # From the instance only: before __init__ has set both, the other one's class default is
+                # not the value it is about to get. __init__ sets windows first, so the pair is checked
+                # once both are known.
+                pair = {**vars(self), name: value}
+                if "oscillation_windows" in pair and "oscillation_crossings" in pair:
+                    windows, crossings = pair["oscillation_windows"], pair["oscillation_crossings"]
+                    if crossings > windows - 1:
+                        raise ValueError(
+                            f"oscillation_crossings must be <= {windows - 1} (oscillation_windows - 1: the "
+                            f"most crossings {windows} check means can make), got {crossings}"
+                        )
+        super().__setattr__(name, value)
 
 
 REMEDIES = {
@@ -244,9 +260,13 @@ class StabilityMonitor:
     observed steps per check (the host syncs only at checks). ``writer``: anything with
     ``add_scalar(tag, value, step)``, e.g. a ``torch.utils.tensorboard.SummaryWriter``; it gets every
     scalar of every check.
-    ``thresholds``: a :class:`Thresholds`. ``sigma_iterations``: power-iteration steps per check.
-    ``samples``: the subsample size for the diversity score. ``seed``: for the monitor's own random
-    numbers (u, v, subsamples), so that it does not change the run's.
+    ``thresholds``: a :class:`Thresholds`, kept (not copied) and read at every check, so a change to
+    it applies from the next check on (to every monitor given the same object); what earlier checks
+    kept stays: the sigma baselines already taken, and only the latest old-``patience`` diversities
+    (a larger ``patience`` fills up with the next measurements). ``sigma_iterations``:
+    power-iteration steps per check. ``samples``: the subsample size for the diversity score.
+    ``seed``: for the monitor's own random numbers (u, v, subsamples), so that it does not change the
+    run's.
     """
 
     def __init__(self, D, G=None, every=50, writer=None, thresholds=None, sigma_iterations=2, samples=256, seed=0):

@@ -172,6 +172,56 @@ def test_thresholds_outside_their_range_name_the_field_and_value(field, value, e
         Thresholds(**{field: value})
 
 
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("patience", 0, ValueError, "patience must be >= 1, got 0"),
+        ("overpowering_accuracy", 1.5, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 1.5"),
+        ("collapse_diversity", "0.2", TypeError, "collapse_diversity must be a real number, got str '0.2'"),
+        ("oscillation_crossings", 99, ValueError, "oscillation_crossings must be <= 15 .*, got 99"),
+        # The cross-field rule also binds when the other field of the pair changes.
+        ("oscillation_windows", 4, ValueError, "oscillation_crossings must be <= 3 .*, got 4"),
+    ],
+)
+def test_thresholds_set_after_construction_are_checked_as_at_construction(field, value, error, match):
+    # Only __post_init__ checked them: a later assignment was stored as given, and the monitor then never
+    # (or always) flagged its condition.
+    thresholds = Thresholds()
+    with pytest.raises(error, match=match):
+        setattr(thresholds, field, value)
+    assert thresholds == Thresholds()  # the refused value is not stored
+
+
+def test_thresholds_set_after_construction_are_stored_as_plain_numbers():
+    thresholds = Thresholds()
+    thresholds.patience = torch.tensor(3)
+    thresholds.collapse_diversity = np.float32(0.5)
+    thresholds.oscillation_crossings = 2
+    thresholds.oscillation_windows = 3  # now crossings <= windows - 1 holds
+    assert thresholds == dataclasses.replace(
+        Thresholds(), patience=3, collapse_diversity=0.5, oscillation_crossings=2, oscillation_windows=3
+    )
+    assert type(thresholds.patience) is int and type(thresholds.collapse_diversity) is float
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
+        dataclasses.replace(thresholds, patience=0)
+
+
+def test_a_monitor_reads_its_thresholds_at_every_check():
+    # The monitor keeps the Thresholds object it was given: a later change applies from the next check.
+    thresholds = Thresholds()
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=1, thresholds=thresholds)
+    point, data = torch.zeros(16, 2), torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+
+    def names():
+        monitor.observe_samples(point, data)  # diversity 0: a collapse
+        run_quietly(monitor.observe, d_loss=0.5)
+        return [w.name for w in monitor.warnings]
+
+    assert names() == [] and names() == ["mode_collapse"]  # patience 2
+    thresholds.patience = 4
+    assert names() == [] and names() == ["mode_collapse"]
+
+
 def test_thresholds_take_numbers_in_every_form_and_store_plain_ones():
     thresholds = Thresholds(
         overpowering_accuracy=np.float32(0.5),
