@@ -38,7 +38,8 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   oscillation is settling). Checks with a single observation of the signal (``every=1``) carry no
   within-check variance and are left out; without any other, oscillation is not judged.
 * ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
-  ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row.
+  ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row
+  (a NaN diversity is ``non_finite``, not below it).
 * ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
   the first ``sigma_baseline_checks`` checks with a finite one and grew in each of the last ``patience`` checks
   (spectrally normalised layers: the normalised sigma, which should stay 1).
@@ -557,7 +558,10 @@ class StabilityMonitor:
             flag("oscillation", **oscillation)
 
         self._diversities = (self._diversities + latest["_diversities"])[-t.patience :]
-        if len(self._diversities) == t.patience and max(self._diversities) < t.collapse_diversity:
+        # Every one a number below the threshold: a NaN is no evidence of collapse (it is flagged
+        # non_finite above, from the same latest["_diversities"]). max() was no test of that: over a NaN
+        # its result depends on where the NaN sits, max([nan, 0.0]) being nan and max([0.0, nan]) 0.0.
+        if len(self._diversities) == t.patience and all(d < t.collapse_diversity for d in self._diversities):
             flag("mode_collapse", diversity=self._diversities[-1], threshold=t.collapse_diversity)
 
         for key in (k for k in latest if k.startswith("sigma")):

@@ -110,6 +110,27 @@ def test_a_generator_emitting_one_point_is_flagged_mode_collapse():
     assert monitor.report()["diversity"] == 0
 
 
+@pytest.mark.parametrize("order", ["nan first", "nan last"])
+def test_a_nan_diversity_is_not_evidence_of_collapse_wherever_it_sits(order):
+    # Collapse was max(diversities) < threshold, and Python's max() over a NaN depends on the order:
+    # max([nan, 0.0]) is nan (no collapse), max([0.0, nan]) is 0.0 (a collapse).
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 2, generator=generator)
+    diverged = torch.randn(64, 2, generator=generator)
+    diverged[3, 1] = math.nan
+    point = torch.zeros(64, 2)  # diversity 0
+    monitor.observe(d_loss=0.5)
+    for fake in (diverged, point) if order == "nan first" else (point, diverged):
+        monitor.observe_samples(fake, real)
+    assert [w.name for w in run_quietly(lambda: monitor.warnings)] == ["non_finite"]
+    # A NaN does not hide a collapse either, once patience numbers below the threshold follow it.
+    monitor.observe(d_loss=0.5)
+    for _ in range(Thresholds().patience):
+        monitor.observe_samples(point, real)
+    assert [w.name for w in run_quietly(lambda: monitor.warnings)] == ["mode_collapse"]
+
+
 def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors):
     centers, std = mog.DATASETS["ring8"]
     generator = torch.Generator().manual_seed(1)
