@@ -18,7 +18,7 @@ accumulated on D's device without a host sync; the host reads them every ``every
 the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
 At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
 and G with one batched power-iteration call per device and dtype, on persistent u, v (started afresh
-for a layer whose sigma came out NaN or Inf).
+for a layer whose sigma came out NaN, Inf or 0).
 
 Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
 row, except ``non_finite``, flagged at the first check after one NaN/Inf):
@@ -41,8 +41,10 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row
   (a NaN diversity is ``non_finite``, not below it).
 * ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
-  the first ``sigma_baseline_checks`` checks with a finite one and grew in each of the last ``patience`` checks
-  (spectrally normalised layers: the normalised sigma, which should stay 1).
+  the first ``sigma_baseline_checks`` checks with a finite, positive one and grew in each of the last
+  ``patience`` checks (spectrally normalised layers: the normalised sigma, which should stay 1). A
+  sigma of 0 (a weight initialised at zero) is left out of the baseline as a NaN is: growth relative
+  to 0 says nothing, and would flag a zero-initialised layer at its first steps.
 """
 
 import dataclasses
@@ -438,9 +440,11 @@ class StabilityMonitor:
             ).tolist()
             for layer, sigma in zip(layers, sigmas):
                 raw[layer.name] = sigma
-                if not math.isfinite(sigma):
+                if not math.isfinite(sigma) or sigma == 0:
                     # A non-finite weight leaves NaN in u and v, and every later sigma would be NaN, also
-                    # once the weight is finite again: start its iteration afresh, warmed up at the next check.
+                    # once the weight is finite again; a weight of zeros (a layer initialised at zero)
+                    # leaves u = v = 0 in the same way, and every later sigma 0. Start its iteration
+                    # afresh, warmed up at the next check.
                     layer.u, layer.v = _start_vectors(layer.weight, layer.dim, self._generator)
                     self._warmed_up = False
                 used = self._normalising_sigma(layer)
@@ -570,8 +574,10 @@ class StabilityMonitor:
             first = self._first_sigmas.setdefault(key, [])
             if len(first) < t.sigma_baseline_checks:
                 # Finite ones only (a NaN or Inf is flagged non_finite above): a non-finite baseline would
-                # make every later comparison False, and exploding_sigma could never fire again.
-                if math.isfinite(latest[key]):
+                # make every later comparison False, and exploding_sigma could never fire again. Positive
+                # ones only: a 0 (a weight initialised at zero) says nothing about relative growth, and as
+                # the baseline it made any growth at all exploding.
+                if math.isfinite(latest[key]) and latest[key] > 0:
                     first.append(latest[key])
                 continue
             baseline = max(first)

@@ -357,6 +357,33 @@ def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline()
     assert issue.evidence["first"] == max(first) and math.isfinite(issue.evidence["first"])
 
 
+def test_a_layer_that_starts_at_zero_gets_its_baseline_from_its_first_positive_sigmas():
+    # A zero weight gave sigma 0 and left u, v at 0, so the sigma stayed 0 after the weight grew; and a
+    # baseline of zeros made any growth at all exploding_sigma.
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    with torch.no_grad():
+        d[2].weight.zero_()
+    for _ in range(15):  # the first sigma_baseline_checks checks, all at sigma 0
+        monitor.observe(d_loss=0.5)
+    assert [r["sigma/D/2.weight"] for r in monitor.history] == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        d[2].weight.normal_(0, 0.01)
+    for _ in range(40):  # a weight that grows a little at every step: 1.5x over the 8 checks
+        with torch.no_grad():
+            d[2].weight.mul_(1.01)
+        run_quietly(monitor.observe, d_loss=0.5)
+    assert monitor.first_seen == {} and len(monitor.history) == 11
+    expected = float(torch.linalg.matrix_norm(d[2].weight.detach().double(), 2))
+    assert monitor.report()["sigma/D/2.weight"] == pytest.approx(expected, rel=1e-5)
+    observe_while_scaling_up(monitor, d[2])
+    (issue,) = monitor.warnings
+    assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
+    # The baseline: the largest of the first three positive sigmas (checks 4 to 6), the zeros left out.
+    assert issue.evidence["first"] == max(r["sigma/D/2.weight"] for r in monitor.history[3:6]) > 0
+
+
 def test_a_nan_in_any_sample_batch_of_a_check_is_flagged_non_finite():
     # Only the latest observe_samples call of a check was looked at: an earlier NaN batch went unseen.
     monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
