@@ -18,7 +18,7 @@ accumulated on D's device without a host sync; the host reads them every ``every
 the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
 At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
 and G with one batched power-iteration call per device and dtype, on persistent u, v (started afresh
-for a layer whose sigma came out NaN or Inf).
+for a layer whose sigma came out NaN, Inf or 0).
 
 Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
 row, except ``non_finite``, flagged at the first check after one NaN/Inf):
@@ -38,10 +38,13 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   oscillation is settling). Checks with a single observation of the signal (``every=1``) carry no
   within-check variance and are left out; without any other, oscillation is not judged.
 * ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
-  ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row.
+  ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row
+  (a NaN diversity is ``non_finite``, not below it).
 * ``exploding_sigma``: a layer's spectral norm grew ``sigma_growth`` times over its largest value in
-  the first ``sigma_baseline_checks`` checks with a finite one and grew in each of the last ``patience`` checks
-  (spectrally normalised layers: the normalised sigma, which should stay 1).
+  the first ``sigma_baseline_checks`` checks with a finite, positive one and grew in each of the last
+  ``patience`` checks (spectrally normalised layers: the normalised sigma, which should stay 1). A
+  sigma of 0 (a weight initialised at zero) is left out of the baseline as a NaN is: growth relative
+  to 0 says nothing, and would flag a zero-initialised layer at its first steps.
 """
 
 import dataclasses
@@ -59,9 +62,37 @@ class StabilityWarning(UserWarning):
     """A GAN failure sign detected by :class:`StabilityMonitor`, raised the first time it appears."""
 
 
+# Each range is where its condition can both fire and stay quiet: outside it the monitor never (or
+# always) flags it, or fails at a check (no sigma baseline, a window too short to vary). Each check
+# returns a plain int or float, so a 0-d tensor does not turn the comparisons into tensors.
+_THRESHOLD_CHECKS = {
+    "overpowering_accuracy": lambda value, arg: _checks.interval(value, arg, 0, 1, low_open=True),
+    # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
+    "vanishing_gradient_ratio": lambda value, arg: _checks.interval(value, arg, 0, 1, low_open=True),
+    # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
+    "vanishing_accuracy": lambda value, arg: _checks.interval(value, arg, 0, 1),
+    # Two check means at least: the variance between them divides by windows - 1.
+    "oscillation_windows": lambda value, arg: _checks.count(value, arg, minimum=2),
+    "oscillation_crossings": _checks.count,
+    "oscillation_contrast": _checks.positive,
+    # Above 1 an oscillation of constant amplitude would count as settling.
+    "oscillation_decay": lambda value, arg: _checks.interval(value, arg, 0, 1),
+    # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
+    "collapse_diversity": _checks.positive,
+    # Below 1 a sigma that rose back towards its baseline would be "exploding".
+    "sigma_growth": lambda value, arg: _checks.interval(value, arg, 1, math.inf, high_open=True),
+    "sigma_baseline_checks": _checks.count,
+    "patience": _checks.count,
+}
+
+
 @dataclasses.dataclass
 class Thresholds:
-    """When each condition is flagged (see the module docstring for the tests they drive)."""
+    """When each condition is flagged (see the module docstring for the tests they drive).
+
+    Every assignment is checked, at construction and later (``thresholds.patience = 3``), and a value
+    refused is not stored: a monitor reads its Thresholds at every check, so an unchecked later value
+    would make it never (or always) flag a condition."""
 
     overpowering_accuracy: float = 0.97
     vanishing_gradient_ratio: float = 0.01
@@ -75,36 +106,24 @@ class Thresholds:
     sigma_baseline_checks: int = 3
     patience: int = 2
 
-    def __post_init__(self):
-        # Each range is where its condition can both fire and stay quiet: outside it the monitor never
-        # (or always) flags it, or fails at a check (no sigma baseline, a window too short to vary).
-        # Stored as plain ints and floats, so a 0-d tensor does not turn the comparisons into tensors.
-        self.overpowering_accuracy = _checks.interval(
-            self.overpowering_accuracy, "overpowering_accuracy", 0, 1, low_open=True
-        )
-        # A ratio above 1 calls a steady gradient norm vanishing; at 0 no norm is below it.
-        self.vanishing_gradient_ratio = _checks.interval(
-            self.vanishing_gradient_ratio, "vanishing_gradient_ratio", 0, 1, low_open=True
-        )
-        # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
-        self.vanishing_accuracy = _checks.interval(self.vanishing_accuracy, "vanishing_accuracy", 0, 1)
-        # Two check means at least: the variance between them divides by windows - 1.
-        self.oscillation_windows = _checks.count(self.oscillation_windows, "oscillation_windows", minimum=2)
-        self.oscillation_crossings = _checks.count(self.oscillation_crossings, "oscillation_crossings")
-        if self.oscillation_crossings > self.oscillation_windows - 1:
-            raise ValueError(
-                f"oscillation_crossings must be <= {self.oscillation_windows - 1} (oscillation_windows - 1: the "
-                f"most crossings {self.oscillation_windows} check means can make), got {self.oscillation_crossings}"
-            )
-        self.oscillation_contrast = _checks.positive(self.oscillation_contrast, "oscillation_contrast")
-        # Above 1 an oscillation of constant amplitude would count as settling.
-        self.oscillation_decay = _checks.interval(self.oscillation_decay, "oscillation_decay", 0, 1)
-        # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
-        self.collapse_diversity = _checks.positive(self.collapse_diversity, "collapse_diversity")
-        # Below 1 a sigma that rose back towards its baseline would be "exploding".
-        self.sigma_growth = _checks.interval(self.sigma_growth, "sigma_growth", 1, math.inf, high_open=True)
-        self.sigma_baseline_checks = _checks.count(self.sigma_baseline_checks, "sigma_baseline_checks")
-        self.patience = _checks.count(self.patience, "patience")
+    def __setattr__(self, name, value):
+        # The dataclass's __init__ (and so dataclasses.replace) assigns each field through here too.
+        check = _THRESHOLD_CHECKS.get(name)
+        if check is not None:
+            value = check(value, name)
+            if name in ("oscillation_windows", "oscillation_crossings"):
+                # From the instance only: before __init__ has set both, the other one's class default is
+                # not the value it is about to get. __init__ sets windows first, so the pair is checked
+                # once both are known.
+                pair = {**vars(self), name: value}
+                if "oscillation_windows" in pair and "oscillation_crossings" in pair:
+                    windows, crossings = pair["oscillation_windows"], pair["oscillation_crossings"]
+                    if crossings > windows - 1:
+                        raise ValueError(
+                            f"oscillation_crossings must be <= {windows - 1} (oscillation_windows - 1: the "
+                            f"most crossings {windows} check means can make), got {crossings}"
+                        )
+        super().__setattr__(name, value)
 
 
 REMEDIES = {
@@ -244,9 +263,13 @@ class StabilityMonitor:
     observed steps per check (the host syncs only at checks). ``writer``: anything with
     ``add_scalar(tag, value, step)``, e.g. a ``torch.utils.tensorboard.SummaryWriter``; it gets every
     scalar of every check.
-    ``thresholds``: a :class:`Thresholds`. ``sigma_iterations``: power-iteration steps per check.
-    ``samples``: the subsample size for the diversity score. ``seed``: for the monitor's own random
-    numbers (u, v, subsamples), so that it does not change the run's.
+    ``thresholds``: a :class:`Thresholds`, kept (not copied) and read at every check, so a change to
+    it applies from the next check on (to every monitor given the same object); what earlier checks
+    kept stays: the sigma baselines already taken, and only the latest old-``patience`` diversities
+    (a larger ``patience`` fills up with the next measurements). ``sigma_iterations``:
+    power-iteration steps per check. ``samples``: the subsample size for the diversity score.
+    ``seed``: for the monitor's own random numbers (u, v, subsamples), so that it does not change the
+    run's.
     """
 
     def __init__(self, D, G=None, every=50, writer=None, thresholds=None, sigma_iterations=2, samples=256, seed=0):
@@ -417,9 +440,11 @@ class StabilityMonitor:
             ).tolist()
             for layer, sigma in zip(layers, sigmas):
                 raw[layer.name] = sigma
-                if not math.isfinite(sigma):
+                if not math.isfinite(sigma) or sigma == 0:
                     # A non-finite weight leaves NaN in u and v, and every later sigma would be NaN, also
-                    # once the weight is finite again: start its iteration afresh, warmed up at the next check.
+                    # once the weight is finite again; a weight of zeros (a layer initialised at zero)
+                    # leaves u = v = 0 in the same way, and every later sigma 0. Start its iteration
+                    # afresh, warmed up at the next check.
                     layer.u, layer.v = _start_vectors(layer.weight, layer.dim, self._generator)
                     self._warmed_up = False
                 used = self._normalising_sigma(layer)
@@ -537,7 +562,10 @@ class StabilityMonitor:
             flag("oscillation", **oscillation)
 
         self._diversities = (self._diversities + latest["_diversities"])[-t.patience :]
-        if len(self._diversities) == t.patience and max(self._diversities) < t.collapse_diversity:
+        # Every one a number below the threshold: a NaN is no evidence of collapse (it is flagged
+        # non_finite above, from the same latest["_diversities"]). max() was no test of that: over a NaN
+        # its result depends on where the NaN sits, max([nan, 0.0]) being nan and max([0.0, nan]) 0.0.
+        if len(self._diversities) == t.patience and all(d < t.collapse_diversity for d in self._diversities):
             flag("mode_collapse", diversity=self._diversities[-1], threshold=t.collapse_diversity)
 
         for key in (k for k in latest if k.startswith("sigma")):
@@ -546,8 +574,10 @@ class StabilityMonitor:
             first = self._first_sigmas.setdefault(key, [])
             if len(first) < t.sigma_baseline_checks:
                 # Finite ones only (a NaN or Inf is flagged non_finite above): a non-finite baseline would
-                # make every later comparison False, and exploding_sigma could never fire again.
-                if math.isfinite(latest[key]):
+                # make every later comparison False, and exploding_sigma could never fire again. Positive
+                # ones only: a 0 (a weight initialised at zero) says nothing about relative growth, and as
+                # the baseline it made any growth at all exploding.
+                if math.isfinite(latest[key]) and latest[key] > 0:
                     first.append(latest[key])
                 continue
             baseline = max(first)

@@ -110,6 +110,27 @@ def test_a_generator_emitting_one_point_is_flagged_mode_collapse():
     assert monitor.report()["diversity"] == 0
 
 
+@pytest.mark.parametrize("order", ["nan first", "nan last"])
+def test_a_nan_diversity_is_not_evidence_of_collapse_wherever_it_sits(order):
+    # Collapse was max(diversities) < threshold, and Python's max() over a NaN depends on the order:
+    # max([nan, 0.0]) is nan (no collapse), max([0.0, nan]) is 0.0 (a collapse).
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=50)
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(64, 2, generator=generator)
+    diverged = torch.randn(64, 2, generator=generator)
+    diverged[3, 1] = math.nan
+    point = torch.zeros(64, 2)  # diversity 0
+    monitor.observe(d_loss=0.5)
+    for fake in (diverged, point) if order == "nan first" else (point, diverged):
+        monitor.observe_samples(fake, real)
+    assert [w.name for w in run_quietly(lambda: monitor.warnings)] == ["non_finite"]
+    # A NaN does not hide a collapse either, once patience numbers below the threshold follow it.
+    monitor.observe(d_loss=0.5)
+    for _ in range(Thresholds().patience):
+        monitor.observe_samples(point, real)
+    assert [w.name for w in run_quietly(lambda: monitor.warnings)] == ["mode_collapse"]
+
+
 def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors):
     centers, std = mog.DATASETS["ring8"]
     generator = torch.Generator().manual_seed(1)
@@ -170,6 +191,56 @@ def test_thresholds_are_settable():
 def test_thresholds_outside_their_range_name_the_field_and_value(field, value, error, match):
     with pytest.raises(error, match=match):
         Thresholds(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("patience", 0, ValueError, "patience must be >= 1, got 0"),
+        ("overpowering_accuracy", 1.5, ValueError, r"overpowering_accuracy must be in \(0, 1\], got 1.5"),
+        ("collapse_diversity", "0.2", TypeError, "collapse_diversity must be a real number, got str '0.2'"),
+        ("oscillation_crossings", 99, ValueError, "oscillation_crossings must be <= 15 .*, got 99"),
+        # The cross-field rule also binds when the other field of the pair changes.
+        ("oscillation_windows", 4, ValueError, "oscillation_crossings must be <= 3 .*, got 4"),
+    ],
+)
+def test_thresholds_set_after_construction_are_checked_as_at_construction(field, value, error, match):
+    # Only __post_init__ checked them: a later assignment was stored as given, and the monitor then never
+    # (or always) flagged its condition.
+    thresholds = Thresholds()
+    with pytest.raises(error, match=match):
+        setattr(thresholds, field, value)
+    assert thresholds == Thresholds()  # the refused value is not stored
+
+
+def test_thresholds_set_after_construction_are_stored_as_plain_numbers():
+    thresholds = Thresholds()
+    thresholds.patience = torch.tensor(3)
+    thresholds.collapse_diversity = np.float32(0.5)
+    thresholds.oscillation_crossings = 2
+    thresholds.oscillation_windows = 3  # now crossings <= windows - 1 holds
+    assert thresholds == dataclasses.replace(
+        Thresholds(), patience=3, collapse_diversity=0.5, oscillation_crossings=2, oscillation_windows=3
+    )
+    assert type(thresholds.patience) is int and type(thresholds.collapse_diversity) is float
+    with pytest.raises(ValueError, match="patience must be >= 1, got 0"):
+        dataclasses.replace(thresholds, patience=0)
+
+
+def test_a_monitor_reads_its_thresholds_at_every_check():
+    # The monitor keeps the Thresholds object it was given: a later change applies from the next check.
+    thresholds = Thresholds()
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=1, thresholds=thresholds)
+    point, data = torch.zeros(16, 2), torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+
+    def names():
+        monitor.observe_samples(point, data)  # diversity 0: a collapse
+        run_quietly(monitor.observe, d_loss=0.5)
+        return [w.name for w in monitor.warnings]
+
+    assert names() == [] and names() == ["mode_collapse"]  # patience 2
+    thresholds.patience = 4
+    assert names() == [] and names() == ["mode_collapse"]
 
 
 def test_thresholds_take_numbers_in_every_form_and_store_plain_ones():
@@ -284,6 +355,33 @@ def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline()
     # The baseline: the largest of the first three finite sigmas (checks 2 to 4), the NaN left out.
     first = [r["sigma/D/2.weight"] for r in monitor.history[1:4]]
     assert issue.evidence["first"] == max(first) and math.isfinite(issue.evidence["first"])
+
+
+def test_a_layer_that_starts_at_zero_gets_its_baseline_from_its_first_positive_sigmas():
+    # A zero weight gave sigma 0 and left u, v at 0, so the sigma stayed 0 after the weight grew; and a
+    # baseline of zeros made any growth at all exploding_sigma.
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    with torch.no_grad():
+        d[2].weight.zero_()
+    for _ in range(15):  # the first sigma_baseline_checks checks, all at sigma 0
+        monitor.observe(d_loss=0.5)
+    assert [r["sigma/D/2.weight"] for r in monitor.history] == [0.0, 0.0, 0.0]
+    with torch.no_grad():
+        d[2].weight.normal_(0, 0.01)
+    for _ in range(40):  # a weight that grows a little at every step: 1.5x over the 8 checks
+        with torch.no_grad():
+            d[2].weight.mul_(1.01)
+        run_quietly(monitor.observe, d_loss=0.5)
+    assert monitor.first_seen == {} and len(monitor.history) == 11
+    expected = float(torch.linalg.matrix_norm(d[2].weight.detach().double(), 2))
+    assert monitor.report()["sigma/D/2.weight"] == pytest.approx(expected, rel=1e-5)
+    observe_while_scaling_up(monitor, d[2])
+    (issue,) = monitor.warnings
+    assert issue.name == "exploding_sigma" and issue.evidence["layer"] == "sigma/D/2.weight"
+    # The baseline: the largest of the first three positive sigmas (checks 4 to 6), the zeros left out.
+    assert issue.evidence["first"] == max(r["sigma/D/2.weight"] for r in monitor.history[3:6]) > 0
 
 
 def test_a_nan_in_any_sample_batch_of_a_check_is_flagged_non_finite():
