@@ -14,8 +14,8 @@ from helpers import requires_ops
 # Prints the capability ATen picked, then a digest of every output for seeded inputs: spectral norm's
 # power iteration, normalisation and backward for a batch of unequal layers (one larger than a
 # parallel task, with a ragged tail), the penalty with its backward, and pixel norm forward and backward
-# along a contiguous dim (rows) and along dim 1 of NCHW (blocks, with a ragged last vector), in
-# float32 and bfloat16.
+# along a contiguous dim (rows) and along dim 1 of NCHW (short and long blocks, with a ragged last
+# vector), in float32 and bfloat16.
 SCRIPT = """
 import hashlib
 import numpy as np
@@ -50,7 +50,7 @@ for dtype in (torch.float32, torch.bfloat16):
     g = randn(5, 3, 37, 41, dtype=dtype)
     penalty, sums = ops.gradient_penalty(g, 1.0)
     add(penalty, sums, ops.gradient_penalty_backward(randn(5, dtype=torch.float32), g, sums, 1.0))
-    for shape, dim in (((70, 301), 1), ((3, 45, 7, 5), 1)):
+    for shape, dim in (((70, 301), 1), ((3, 45, 7, 5), 1), ((2, 13, 19, 23), 1)):
         x, grad = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype)
         add(ops.pixel_norm(x, dim, 1e-8), ops.pixel_norm_backward(grad, x, dim, 1e-8))
 print(gan_kernels._backend._C.cpu_capability(), digest.hexdigest())

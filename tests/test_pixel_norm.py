@@ -85,6 +85,22 @@ def test_layer_rejects_negative_eps():
         gan_kernels.nn.PixelNorm(eps=-1e-8)
 
 
+# The CPU kernel's NCHW paths (csrc/cpu/pixel_norm_kernel.h): rows of few vector steps summed in runs
+# of channels (21 channels: two runs and a remainder), long rows one channel at a time with a ragged
+# last step (437 positions), and a sample split into two blocks (2500 positions, blocks of at most 2048).
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 21, 3, 5), (2, 13, 19, 23), (2, 3, 50, 50)])
+def test_nchw_blocks_match_reference(device, dtype, shape):
+    torch.manual_seed(11)
+    x = torch.randn(shape, dtype=dtype, device=device)
+    grad_out = torch.randn(shape, dtype=dtype, device=device)
+    y, gx = grads(gan_kernels.pixel_norm, x, 1, grad_out)
+    y_ref, gx_ref = grads(reference.pixel_norm, x.double(), 1, grad_out.double())
+    assert_close(y, y_ref.to(dtype), dtype)
+    assert_close(gx, gx_ref.to(dtype), dtype)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     shape=st.lists(st.integers(1, 7), min_size=1, max_size=4),

@@ -40,7 +40,14 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
   // 4 MiB (whole 2 MiB rows of channels) against 1.51 at 256 KiB, backward 1.37 against 2.01;
   // with two threads 1.21 against 1.41 and 1.45 against 1.82.
   static constexpr int64_t kBlockBytes = 4 * 1024 * 1024;
-  // Channels whose sums (or scales) stay in registers, NCHW: 8 streams of loads at once.
+  // NCHW sums: a row of at least kLongRow vector steps is added one channel at a time, in one
+  // sequential stream per input. A shorter row adds kChannelRun channels in registers before the
+  // sums go back to memory: one at a time, each add waited for the store of the same sum by the
+  // previous channel, only a few steps earlier. Runs on long rows read 8 or 16 streams at once; at
+  // [32,512,32,32] (2-core Zen 3 VM, min of 5 processes) they made the backward slower (fp32 7.6 ->
+  // 8.5 ms, bf16 5.0 -> 7.2 ms) and the bf16 forward (3.5 -> 4.0 ms), the fp32 forward faster
+  // (6.2 -> 5.0 ms).
+  static constexpr int64_t kLongRow = 16;
   static constexpr int64_t kChannelRun = 8;
 
   const PixelNormParams& p;
@@ -113,39 +120,41 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
   // block's first position of channel 0; r and k hold the per-position sums, then the scales.
   // Per position the sums run over the channels in order, a product and an add each (never a fused
   // multiply-add, which the default build lacks), so results do not depend on the block width or
-  // the build. A run of kChannelRun channels adds in registers before the sums go back to r and k:
-  // one channel at a time, every add waited for the previous channel's store of the same sum.
-  // Everything arrives as a parameter, so the compiler knows the stores through `out` change none
-  // of it (it reloaded members and captured variables after every store).
+  // the build. Everything arrives as a parameter, so the compiler knows the stores through `out`
+  // change none of it (it reloaded members and captured variables after every store).
   static void block(const scalar_t* x, const scalar_t* g, scalar_t* out, int64_t channels, int64_t stride, int64_t w,
                     acc_t eps, acc_t* r, acc_t* k) {
     // Up to whole vectors: lanes past `w` are computed (never stored), from zeros.
     std::fill(r, r + ceil_div(w, kSize) * kSize, acc_t(0));
     std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
-    for (int64_t c0 = 0; c0 < channels; c0 += kChannelRun) {
-      auto add_run = [&](auto run) {
-        steps(w, [&](int64_t j, auto count) {
-          typename S::Parts sum_xx = S::load_acc(r + j);
-          typename S::Parts sum_gx{};
-          if constexpr (kBackward) sum_gx = S::load_acc(k + j);
-          for (int64_t c = c0; c < c0 + run; ++c) {
-            const auto xv = S::load(x + c * stride + j, count);
-            typename S::Parts gv{};
-            if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
-            for (int q = 0; q < kParts; ++q) {
-              sum_xx[q] = sum_xx[q] + xv[q] * xv[q];
-              if constexpr (kBackward) sum_gx[q] = sum_gx[q] + gv[q] * xv[q];
-            }
+    // Sums of channels [c0, c0 + run) into r and k, the run's adds in registers.
+    auto add_run = [&](int64_t c0, auto run) {
+      steps(w, [&](int64_t j, auto count) {
+        typename S::Parts sum_xx = S::load_acc(r + j);
+        typename S::Parts sum_gx{};
+        if constexpr (kBackward) sum_gx = S::load_acc(k + j);
+        for (int64_t c = c0; c < c0 + run; ++c) {
+          const auto xv = S::load(x + c * stride + j, count);
+          typename S::Parts gv{};
+          if constexpr (kBackward) gv = S::load(g + c * stride + j, count);
+          for (int q = 0; q < kParts; ++q) {
+            sum_xx[q] = sum_xx[q] + xv[q] * xv[q];
+            if constexpr (kBackward) sum_gx[q] = sum_gx[q] + gv[q] * xv[q];
           }
-          S::store_acc(r + j, sum_xx);
-          if constexpr (kBackward) S::store_acc(k + j, sum_gx);
-        });
-      };
-      if (channels - c0 >= kChannelRun) {
-        add_run(std::integral_constant<int64_t, kChannelRun>{});
-      } else {
-        add_run(channels - c0);
-      }
+        }
+        S::store_acc(r + j, sum_xx);
+        if constexpr (kBackward) S::store_acc(k + j, sum_gx);
+      });
+    };
+    auto add_all = [&](auto run) {
+      int64_t c0 = 0;
+      for (; c0 + run <= channels; c0 += run) add_run(c0, run);
+      if (c0 < channels) add_run(c0, channels - c0);
+    };
+    if (ceil_div(w, kSize) >= kLongRow) {
+      add_all(std::integral_constant<int64_t, 1>{});
+    } else {
+      add_all(std::integral_constant<int64_t, kChannelRun>{});
     }
     // The scales, a vector at a time (r and k hold whole vectors): one at a time, a division and a
     // square root per position cost more than the channels' loads where they are few (C = 16).
