@@ -109,20 +109,22 @@ class Thresholds:
     def __setattr__(self, name, value):
         # The dataclass's __init__ (and so dataclasses.replace) assigns each field through here too.
         check = _THRESHOLD_CHECKS.get(name)
-        if check is not None:
-            value = check(value, name)
-            if name in ("oscillation_windows", "oscillation_crossings"):
-                # From the instance only: before __init__ has set both, the other one's class default is
-                # not the value it is about to get. __init__ sets windows first, so the pair is checked
-                # once both are known.
-                pair = {**vars(self), name: value}
-                if "oscillation_windows" in pair and "oscillation_crossings" in pair:
-                    windows, crossings = pair["oscillation_windows"], pair["oscillation_crossings"]
-                    if crossings > windows - 1:
-                        raise ValueError(
-                            f"oscillation_crossings must be <= {windows - 1} (oscillation_windows - 1: the "
-                            f"most crossings {windows} check means can make), got {crossings}"
-                        )
+        if check is None:
+            # A misspelt field (t.patiense = 5) would be stored beside the real one, which kept its value.
+            raise AttributeError(f"Thresholds has no field {name!r}; its fields are {', '.join(_THRESHOLD_CHECKS)}")
+        value = check(value, name)
+        if name in ("oscillation_windows", "oscillation_crossings"):
+            # From the instance only: before __init__ has set both, the other one's class default is
+            # not the value it is about to get. __init__ sets windows first, so the pair is checked
+            # once both are known.
+            pair = {**vars(self), name: value}
+            if "oscillation_windows" in pair and "oscillation_crossings" in pair:
+                windows, crossings = pair["oscillation_windows"], pair["oscillation_crossings"]
+                if crossings > windows - 1:
+                    raise ValueError(
+                        f"oscillation_crossings must be <= {windows - 1} (oscillation_windows - 1: the "
+                        f"most crossings {windows} check means can make), got {crossings}"
+                    )
         super().__setattr__(name, value)
 
 
@@ -272,6 +274,17 @@ class StabilityMonitor:
     run's.
     """
 
+    @property
+    def thresholds(self):
+        """The :class:`Thresholds` read at every check; another one assigned applies from the next check."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds):
+        if not isinstance(thresholds, Thresholds):
+            raise TypeError(f"thresholds must be a gan_kernels.monitor.Thresholds, got {type(thresholds).__name__}")
+        self._thresholds = thresholds
+
     def __init__(self, D, G=None, every=50, writer=None, thresholds=None, sigma_iterations=2, samples=256, seed=0):
         for arg, network in (("D", D), ("G", G)):
             if network is not None and not isinstance(network, torch.nn.Module):
@@ -283,10 +296,8 @@ class StabilityMonitor:
         samples = _checks.count(samples, "samples", minimum=2)
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
-        thresholds = thresholds if thresholds is not None else Thresholds()
-        if not isinstance(thresholds, Thresholds):
-            raise TypeError(f"thresholds must be a gan_kernels.monitor.Thresholds, got {type(thresholds).__name__}")
-        self.every, self.writer, self.thresholds = every, writer, thresholds
+        self.thresholds = thresholds if thresholds is not None else Thresholds()
+        self.every, self.writer = every, writer
         self.sigma_iterations, self.samples = sigma_iterations, samples
         self._generator = torch.Generator().manual_seed(seed)
         self._layers = _tracked_layers(D, "D", self._generator)

@@ -227,6 +227,22 @@ def test_thresholds_set_after_construction_are_stored_as_plain_numbers():
         dataclasses.replace(thresholds, patience=0)
 
 
+def test_a_misspelt_threshold_is_an_error_not_a_new_attribute():
+    # Stored beside the real field, it would leave patience at 2 without a word.
+    thresholds = Thresholds()
+    with pytest.raises(AttributeError, match="Thresholds has no field 'patiense'; its fields are .*patience"):
+        thresholds.patiense = 5
+    assert thresholds == Thresholds() and not hasattr(thresholds, "patiense")
+
+
+def test_a_monitor_takes_only_thresholds_later_too():
+    monitor = StabilityMonitor(torch.nn.Linear(2, 1))
+    with pytest.raises(TypeError, match="thresholds must be a gan_kernels.monitor.Thresholds, got dict"):
+        monitor.thresholds = {"patience": 3}
+    monitor.thresholds = Thresholds(patience=3)
+    assert monitor.thresholds.patience == 3
+
+
 def test_a_monitor_reads_its_thresholds_at_every_check():
     # The monitor keeps the Thresholds object it was given: a later change applies from the next check.
     thresholds = Thresholds()
