@@ -460,7 +460,9 @@ class StabilityMonitor:
                     self._warmed_up = False
                 used = self._normalising_sigma(layer)
                 if used is not None:
-                    normalised[layer.name] = sigma / used
+                    # As IEEE floats divide (Python's / raises at 0): a weight of zeros under spectral
+                    # norm is 0 / 0, NaN, in the layer's own forward, and flagged non_finite here too.
+                    normalised[layer.name] = float(torch.tensor(sigma, dtype=torch.float64) / used)
         return raw, normalised
 
     @staticmethod

@@ -350,6 +350,18 @@ def test_a_nan_weight_does_not_end_the_tracking_of_its_sigma():
     assert monitor.warnings == []
 
 
+def test_a_spectrally_normalised_weight_of_zeros_is_non_finite_not_a_crash():
+    # Its normalising sigma is 0: the layer's forward computes 0 / 0 (NaN), and the check divided the
+    # raw sigma by it as Python floats, which raised ZeroDivisionError out of observe().
+    d = torch.nn.Sequential(gan_kernels.nn.spectral_norm(torch.nn.Linear(4, 8)), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    with torch.no_grad():
+        d[0].parametrizations.weight.original.zero_()
+    monitor = StabilityMonitor(d, every=1)
+    run_quietly(monitor.observe, d_loss=0.5)
+    assert "non_finite" in [w.name for w in monitor.warnings]
+    assert math.isnan(monitor.report()["sigma_normalized/D/0.weight"])
+
+
 def test_a_non_finite_sigma_in_the_baseline_checks_is_left_out_of_the_baseline():
     # A NaN among the first sigma_baseline_checks sigmas made the baseline NaN, and exploding_sigma could
     # never fire for the rest of the run. The NaN itself is non_finite.
