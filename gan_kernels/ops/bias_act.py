@@ -68,9 +68,7 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
         # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
         # the schema takes. Without a bias, dim plays no part (as in StyleGAN): 1-d inputs work with dim=1.
         dim = 0 if b is None else _checks.int64(dim, "dim")
-        alpha, gain, scale = (
-            _checks.real(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale"))
-        )
+        alpha, gain, scale = _checks.real(alpha, "alpha"), _checks.real(gain, "gain"), _checks.real(scale, "scale")
         clamp = None if clamp is None else _checks.real(clamp, "clamp")
         return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
     return reference.bias_act(x, b, *_check_args(x, b, dim, act, alpha, gain, clamp, scale))
