@@ -16,26 +16,19 @@ template <typename A> struct ElementMath {
     return condition ? if_true : if_false;
   }
   static GAN_KERNELS_HD bool both(bool a, bool b) { return a && b; }
-  static GAN_KERNELS_HD A sqrt(A v) {
-    using std::sqrt;
-    return sqrt(v);
+  // The <cmath> functions, through `using std::name`: std's overloads, or those argument-dependent
+  // lookup finds for A.
+#define GAN_KERNELS_ELEMENT_FUNCTION(name) \
+  static GAN_KERNELS_HD A name(A v) {      \
+    using std::name;                       \
+    return name(v);                        \
   }
-  static GAN_KERNELS_HD A exp(A v) {
-    using std::exp;
-    return exp(v);
-  }
-  static GAN_KERNELS_HD A expm1(A v) {
-    using std::expm1;
-    return expm1(v);
-  }
-  static GAN_KERNELS_HD A log1p(A v) {
-    using std::log1p;
-    return log1p(v);
-  }
-  static GAN_KERNELS_HD A tanh(A v) {
-    using std::tanh;
-    return tanh(v);
-  }
+  GAN_KERNELS_ELEMENT_FUNCTION(sqrt)
+  GAN_KERNELS_ELEMENT_FUNCTION(exp)
+  GAN_KERNELS_ELEMENT_FUNCTION(expm1)
+  GAN_KERNELS_ELEMENT_FUNCTION(log1p)
+  GAN_KERNELS_ELEMENT_FUNCTION(tanh)
+#undef GAN_KERNELS_ELEMENT_FUNCTION
 };
 
 }  // namespace gan_kernels
