@@ -126,7 +126,7 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
                     acc_t eps, acc_t* r, acc_t* k) {
     // Up to whole vectors: lanes past `w` are computed (never stored), from zeros.
     std::fill(r, r + ceil_div(w, kSize) * kSize, acc_t(0));
-    std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
+    if constexpr (kBackward) std::fill(k, k + ceil_div(w, kSize) * kSize, acc_t(0));
     // Sums of channels [c0, c0 + run) into r and k, the run's adds in registers.
     auto add_run = [&](int64_t c0, auto run) {
       steps(w, [&](int64_t j, auto count) {
@@ -159,18 +159,21 @@ template <typename scalar_t, PixelNormMode kMode> struct Kernel {
     // The scales, a vector at a time (r and k hold whole vectors): one at a time, a division and a
     // square root per position cost more than the channels' loads where they are few (C = 16).
     const AccVec eps_v(eps);
+    // The forward has no g: its k stays unread and unwritten.
     for (int64_t j = 0; j < w; j += kSize) {
       const typename S::Parts sum_xx = S::load_acc(r + j);
-      const typename S::Parts sum_gx = S::load_acc(k + j);
+      typename S::Parts sum_gx{};
+      if constexpr (kBackward) sum_gx = S::load_acc(k + j);
       typename S::Parts rv;
       typename S::Parts kv;
       for (int q = 0; q < kParts; ++q) {
-        const PixelNormScales<AccVec> scales = pixel_norm_scales(sum_xx[q], sum_gx[q], channels, eps_v);
+        const PixelNormScales<AccVec> scales =
+            pixel_norm_scales(sum_xx[q], kBackward ? sum_gx[q] : AccVec(acc_t(0)), channels, eps_v);
         rv[q] = scales.r;
         kv[q] = scales.k;
       }
       S::store_acc(r + j, rv);
-      S::store_acc(k + j, kv);
+      if constexpr (kBackward) S::store_acc(k + j, kv);
     }
     for (int64_t c = 0; c < channels; ++c) {
       steps(w, [&](int64_t j, auto count) {
