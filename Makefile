@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 # The formatters are pinned: another version formats differently and would fail `make lint`.
 RUFF_VERSION = 0.17.6
 CLANG_FORMAT_VERSION = 23.1.5
-CXX_SOURCES = $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+CXX_SOURCES = $(shell find csrc tests/cuda_emulation -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 # cuobjdump and the nvdisasm it runs, for the machine-code audit where the CUDA toolkit lacks them
 # (CI's does); pinned, as the audit parses the text of their disassembly.
 SASS_TOOLS_VERSION = 13.5.37
@@ -13,7 +13,7 @@ SASS_TOOLS = nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
 	assert all(m.version(p) == '$(SASS_TOOLS_VERSION)' for p in '$(SASS_TOOLS)'.split())
 
-.PHONY: deps build lint format cuda-check gpu-verify-dry test bench clean
+.PHONY: deps build lint format cuda-check gpu-verify-dry cuda-emulation test bench clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -50,6 +50,18 @@ cuda-check: build
 gpu-verify-dry: build
 	$(PYTHON) scripts/gpu_verify.py --dry-run first second
 
+# Our CUDA kernels run on this machine's CPU (tests/cuda_emulation: each CUDA thread a fiber), so
+# that the CUDA tests check their arithmetic, indexing, barriers and launch configurations without a
+# GPU: tests/test_cuda.py's path cases and the op contracts (gradcheck, gradgradcheck, opcheck). The
+# fibers switch stacks with x86-64 code; elsewhere this is skipped.
+CUDA_EMULATION_TESTS = tests/test_cuda.py tests/test_contracts.py
+
+cuda-emulation: build
+	@if [ "$$(uname -m)" = x86_64 ]; then \
+		$(PYTHON) tests/cuda_emulation/build.py && \
+		GAN_KERNELS_CUDA_EMULATION=1 $(PYTHON) -m pytest -q -k "not compile" $(CUDA_EMULATION_TESTS); \
+	else echo "the CUDA emulation needs x86-64: skipping"; fi
+
 # Our vectorised CPU kernels and torch's own (the reference) compute differently per instruction set:
 # the op tests run again under every other CPU capability this machine's CPU has, with the
 # compiled ops, and the NaN/inf definition tests with the reference too. Inductor's cache does not
@@ -75,7 +87,7 @@ format: deps
 	$(PYTHON) -m ruff format .
 	clang-format -i $(CXX_SOURCES)
 
-test: lint build cuda-check gpu-verify-dry
+test: lint build cuda-check gpu-verify-dry cuda-emulation
 	$(PYTHON) -m pytest -q
 	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q $(REFERENCE_TESTS)
 	@for capability in $$($(PYTHON) scripts/cpu_capabilities.py); do \

@@ -1,12 +1,26 @@
 """Every test case parametrized with device="cuda" refuses the pure-PyTorch fallback: on a machine
 whose build lacks CUDA kernels it fails instead of testing the reference on CUDA tensors and
 passing (tests/test_cuda.py guards its own cases the same way). Forcing the reference with
-GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is meant to run."""
+GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is meant to run.
+
+With GAN_KERNELS_CUDA_EMULATION=1, gan_kernels._C is the CUDA emulation build (tests/cuda_emulation):
+the CPU cases run our CUDA kernels, on the host."""
+
+import importlib.util
+import os
 
 import pytest
 
-import gan_kernels
-from gan_kernels import _backend
+if os.environ.get("GAN_KERNELS_CUDA_EMULATION") == "1":
+    _spec = importlib.util.spec_from_file_location(
+        "cuda_emulation_build", os.path.join(os.path.dirname(__file__), "cuda_emulation", "build.py")
+    )
+    _build = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_build)
+    _build.load()
+
+import gan_kernels  # noqa: E402
+from gan_kernels import _backend  # noqa: E402
 
 
 def runs_on_cuda(item):

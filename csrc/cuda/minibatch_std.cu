@@ -271,13 +271,15 @@ template <typename T> __global__ void __launch_bounds__(kThreads) reduce_stat_gr
 }
 
 // The tile pass of `kMode`: the 16-byte instance where the group size is fixed and every pointer and
-// row allows it, else one element per access.
+// row allows it, else one element per access. The tiles are laid out for the instance's access width:
+// any other G, laid out for 16 bytes, would read one element of every 16 bytes.
 template <typename T, Mode kMode>
 void launch_group_positions(const MinibatchStdParams& p, int64_t blocks, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
+  const bool fixed_group = p.group_size == 2 || p.group_size == 4 || p.group_size == 8;
   const bool aligned = aligned_to(p.x, 16) && aligned_to(p.grad, 16) && aligned_to(p.upstream, 16) &&
                        aligned_to(p.y_out, 16) && aligned_to(p.x_out, 16);
-  const Layout l = minibatch_std_tiles(p, aligned ? V : 1);
+  const Layout l = minibatch_std_tiles(p, fixed_group && aligned ? V : 1);
   auto launch = [&](auto kernel) { kernel<<<blocks, kThreads, 0, stream>>>(p, l); };
   const bool wide = l.vec == V;
   switch (p.group_size) {

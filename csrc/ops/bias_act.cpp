@@ -434,14 +434,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("bias_act", &forward<on_cpu>);
   m.impl("bias_act_grad", &grad<on_cpu>);
   m.impl("bias_act_grad2", &grad2<on_cpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("bias_act", &forward<on_cuda>);
   m.impl("bias_act_grad", &grad<on_cuda>);
   m.impl("bias_act_grad2", &grad2<on_cuda>);

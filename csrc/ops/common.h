@@ -16,7 +16,9 @@
 #include "common/dtype.h"
 #include "cpu/output_memory.h"
 
-#ifdef WITH_CUDA
+#ifdef GAN_KERNELS_CUDA_EMULATION
+#include <cuda_runtime.h>  // tests/cuda_emulation's stand-in
+#elif defined(WITH_CUDA)
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -186,7 +188,18 @@ inline void check_nonnegative(double value, const char* arg) {
 
 // Every op registers one function template per dispatch key, instantiated with the device's kernel
 // runner: kernel(params, ref) runs a launch on the device of `ref`.
-#ifdef WITH_CUDA
+//
+// The CUDA emulation build (tests/cuda_emulation) runs the CUDA kernels on the host, on CPU tensors:
+// there the CUDA launchers register under the CPU key, and the CPU kernels are not registered.
+#ifdef GAN_KERNELS_CUDA_EMULATION
+#define GAN_KERNELS_CUDA_KEY CPU
+// The emulated launch runs to completion; its error (a bad configuration) becomes a c10::Error.
+template <typename Launch> void launch_on_cuda(const at::Tensor&, Launch&& launch) {
+  const cudaError_t error = launch(cudaStream_t{});
+  TORCH_CHECK(error == cudaSuccess, "CUDA error: ", cudaGetErrorString(error));
+}
+#elif defined(WITH_CUDA)
+#define GAN_KERNELS_CUDA_KEY CUDA
 // Launches on the current stream of ref's device; a launch error becomes a c10::Error.
 template <typename Launch> void launch_on_cuda(const at::Tensor& ref, Launch&& launch) {
   const c10::cuda::CUDAGuard guard(ref.device());

@@ -159,13 +159,15 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
         {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("gradient_penalty", &forward<kCpu>);
   m.impl("gradient_penalty_backward", &backward<kCpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("gradient_penalty", &forward<kCuda>);
   m.impl("gradient_penalty_backward", &backward<kCuda>);
 }

@@ -137,14 +137,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
         {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("minibatch_discrimination", &forward<on_cpu>);
   m.impl("minibatch_discrimination_backward", &backward<on_cpu>);
   m.impl("minibatch_discrimination_double_backward", &double_backward<on_cpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("minibatch_discrimination", &forward<on_cuda>);
   m.impl("minibatch_discrimination_backward", &backward<on_cuda>);
   m.impl("minibatch_discrimination_double_backward", &double_backward<on_cuda>);

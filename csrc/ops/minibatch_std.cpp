@@ -176,14 +176,16 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("minibatch_std", &forward<kCpu>);
   m.impl("minibatch_std_backward", &backward<kCpu>);
   m.impl("minibatch_std_double_backward", &double_backward<kCpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("minibatch_std", &forward<kCuda>);
   m.impl("minibatch_std_backward", &backward<kCuda>);
   m.impl("minibatch_std_double_backward", &double_backward<kCuda>);

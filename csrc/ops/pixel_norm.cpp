@@ -150,13 +150,15 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
   m.def("pixel_norm_backward(Tensor grad, Tensor x, int dim, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("pixel_norm", &forward<on_cpu>);
   m.impl("pixel_norm_backward", &backward<on_cpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("pixel_norm", &forward<on_cuda>);
   m.impl("pixel_norm_backward", &backward<on_cuda>);
 }

@@ -400,6 +400,7 @@ TORCH_LIBRARY_FRAGMENT(gan_kernels, m) {
       {at::Tag::pt2_compliant_tag});
 }
 
+#ifndef GAN_KERNELS_CUDA_EMULATION
 TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("spectral_norm_power_iteration_", &power_iteration<kCpu>);
   m.impl("spectral_norm_normalize", &normalize<kCpu>);
@@ -408,9 +409,10 @@ TORCH_LIBRARY_IMPL(gan_kernels, CPU, m) {
   m.impl("spectral_norm_normalize_one", &normalize_one<kCpu>);
   m.impl("spectral_norm_normalize_one_backward", &normalize_one_backward<kCpu>);
 }
+#endif
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(gan_kernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(gan_kernels, GAN_KERNELS_CUDA_KEY, m) {
   m.impl("spectral_norm_power_iteration_", &power_iteration<kCuda>);
   m.impl("spectral_norm_normalize", &normalize<kCuda>);
   m.impl("spectral_norm_normalize_backward", &normalize_backward<kCuda>);

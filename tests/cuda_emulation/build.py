@@ -1,0 +1,133 @@
+"""Build and load the CUDA emulation extension (README.md beside this): gan_kernels._C with the CUDA
+kernels of csrc/cuda compiled for the host and registered for CPU tensors in place of the CPU kernels.
+
+    python tests/cuda_emulation/build.py   # build (incremental)
+
+tests/conftest.py calls load() when GAN_KERNELS_CUDA_EMULATION=1, before gan_kernels is imported."""
+
+import glob
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.join(ROOT, "tests", "cuda_emulation")
+OUT = os.path.join(ROOT, "build", "cuda-emulation")
+
+
+def _balanced_end(text, start, open_char, close_char):
+    """The index just past the bracket that closes the one at text[start]."""
+    depth = 0
+    for i in range(start, len(text)):
+        if text[i] == open_char:
+            depth += 1
+        elif text[i] == close_char:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+    raise ValueError(f"unbalanced {open_char} at offset {start}")
+
+
+def _kernel_start(text, end):
+    """Where the kernel expression that ends at text[end] starts: a name, maybe with template arguments."""
+    i = end
+    if text[i - 1] == ">":
+        depth = 0
+        while True:
+            i -= 1
+            if text[i] == ">":
+                depth += 1
+            elif text[i] == "<":
+                depth -= 1
+                if depth == 0:
+                    break
+    while i > 0 and (text[i - 1].isalnum() or text[i - 1] in "_:"):
+        i -= 1
+    return i
+
+
+def rewrite(text):
+    """A .cu source as host C++: each `kernel<<<grid, block, shared, stream>>>(args)` becomes a call of
+    gan_kernels_emulation::launch, and dynamic shared memory a pointer to the emulated block's."""
+    out = []
+    pos = 0
+    while (launch := text.find("<<<", pos)) >= 0:
+        start = _kernel_start(text, launch)
+        config_end = text.index(">>>", launch)
+        args_start = config_end + 3
+        if text[args_start] != "(":
+            raise ValueError(f"a launch without arguments at offset {launch}")
+        args_end = _balanced_end(text, args_start, "(", ")")
+        kernel = text[start:launch]
+        config = text[launch + 3 : config_end]
+        args = text[args_start + 1 : args_end - 1]
+        out.append(text[pos:start])
+        out.append(f"::gan_kernels_emulation::launch({config}, {kernel}{', ' + args if args.strip() else ''})")
+        pos = args_end
+    out.append(text[pos:])
+    text = "".join(out)
+
+    def dynamic(match):
+        type_, name = match.group(2), match.group(3)
+        return f"{type_}* {name} = static_cast<{type_}*>(::gan_kernels_emulation::dynamic_shared());"
+
+    return re.sub(r"extern __shared__ (__align__\(\d+\) )?([\w: ]+?) (\w+)\[\];", dynamic, text)
+
+
+def _write_if_changed(path, text):
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def sources():
+    """The emulation build's sources: the module and the ops' glue as built for CUDA, the CPU output
+    memory they allocate from, the rewritten CUDA kernels and the emulation runtime."""
+    generated = os.path.join(OUT, "src")
+    os.makedirs(generated, exist_ok=True)
+    kernels = []
+    for cu in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))):
+        path = os.path.join(generated, os.path.basename(cu)[: -len(".cu")] + "_kernels.cpp")
+        _write_if_changed(path, f'#line 1 "{cu}"\n' + rewrite(open(cu).read()))
+        kernels.append(path)
+    csrc = os.path.join(ROOT, "csrc")
+    return [
+        os.path.join(csrc, "module.cpp"),
+        *sorted(glob.glob(os.path.join(csrc, "ops", "*.cpp"))),
+        os.path.join(csrc, "cpu", "output_memory.cpp"),
+        os.path.join(csrc, "cpu", "capability.cpp"),
+        *kernels,
+        os.path.join(HERE, "runtime.cpp"),
+    ]
+
+
+def load(verbose=False):
+    """Builds (when out of date) and imports the emulation extension as gan_kernels._C."""
+    from torch.utils.cpp_extension import load as load_extension
+
+    if not os.path.exists(os.path.join(ROOT, "build", "generated", "build_info.h")):
+        raise SystemExit("build/generated is missing: run `make build` first")
+    module = load_extension(
+        name="_C",
+        sources=sources(),
+        extra_cflags=[
+            "-O2",
+            "-DWITH_CUDA",
+            "-DGAN_KERNELS_CUDA_EMULATION",
+            "-ffp-contract=off",
+            "-Wno-unknown-pragmas",
+        ],
+        extra_include_paths=[
+            os.path.join(HERE, "include"),
+            os.path.join(ROOT, "csrc"),
+            os.path.join(ROOT, "build", "generated"),
+        ],
+        build_directory=OUT,
+        verbose=verbose,
+    )
+    sys.modules["gan_kernels._C"] = module
+    return module
+
+
+if __name__ == "__main__":
+    print(f"CUDA emulation build: {load().__file__}")

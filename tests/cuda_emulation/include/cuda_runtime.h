@@ -1,0 +1,129 @@
+// The CUDA emulation build's stand-in for the CUDA runtime header (see ../README.md): what the kernels
+// of csrc/cuda use of CUDA, for a host compiler. Each CUDA thread of a block is a fiber on the calling
+// CPU thread (runtime.cpp); blocks run one after another, so a `static` is one block's shared memory.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __shared__ static
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorLaunchFailure = 719,
+};
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+cudaError_t cudaGetLastError();
+const char* cudaGetErrorString(cudaError_t error);
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+
+namespace gan_kernels_emulation {
+
+// The CUDA thread a fiber runs.
+struct ThreadPlace {
+  uint3 thread;
+  uint3 block;
+  dim3 block_dim;
+  dim3 grid_dim;
+};
+extern thread_local const ThreadPlace* current_place;
+
+void sync_block();
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width);
+void* dynamic_shared();
+// Runs `body` once per thread of every block of the grid; a bad configuration is recorded as the
+// launch's error (cudaGetLastError), as the CUDA runtime does, and nothing runs.
+void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context);
+
+// kernel<<<grid, block, shared, stream>>>(args...): the arguments are converted to the kernel's
+// parameter types and copied once, as a launch copies them to the device.
+template <typename... Params, typename... Args>
+void launch(dim3 grid, dim3 block, size_t shared, cudaStream_t, void (*kernel)(Params...), Args&&... args) {
+  struct Context {
+    void (*kernel)(Params...);
+    std::tuple<std::decay_t<Params>...> params;
+  } context{kernel, {std::forward<Args>(args)...}};
+  run_grid(
+      grid, block, shared,
+      [](void* c) {
+        auto* context = static_cast<Context*>(c);
+        std::apply(context->kernel, context->params);
+      },
+      &context);
+}
+
+}  // namespace gan_kernels_emulation
+
+#define threadIdx (::gan_kernels_emulation::current_place->thread)
+#define blockIdx (::gan_kernels_emulation::current_place->block)
+#define blockDim (::gan_kernels_emulation::current_place->block_dim)
+#define gridDim (::gan_kernels_emulation::current_place->grid_dim)
+
+inline void __syncthreads() { ::gan_kernels_emulation::sync_block(); }
+
+template <typename T> T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "a shuffle moves at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  bits = ::gan_kernels_emulation::shuffle_xor(mask, bits, lane_mask, width);
+  std::memcpy(&value, &bits, sizeof(T));
+  return value;
+}
+
+// Cache hints change nothing on the host.
+template <typename T> T __ldg(const T* p) { return *p; }
+template <typename T> T __ldcs(const T* p) { return *p; }
+template <typename T> void __stwb(T* p, T value) { *p = value; }
+
+// CUDA's device min and max: fmin/fmax for floating types (a NaN loses to a number), else the
+// comparison, in the type both convert to.
+template <typename A, typename B> std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) {
+    return std::fmin(C(a), C(b));
+  } else {
+    return C(b) < C(a) ? C(b) : C(a);
+  }
+}
+template <typename A, typename B> std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  if constexpr (std::is_floating_point_v<C>) {
+    return std::fmax(C(a), C(b));
+  } else {
+    return C(a) < C(b) ? C(b) : C(a);
+  }
+}
+
+// The device math library's overloads, found unqualified as in device code.
+using std::exp;
+using std::fabs;
+using std::isfinite;
+using std::sqrt;
+using std::tanh;
+inline float rsqrt(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }

@@ -1,0 +1,302 @@
+// The CUDA emulation runtime (see README.md): runs a grid's blocks one after another on the calling
+// CPU thread, each CUDA thread of a block a fiber with its own stack. A fiber runs until it waits at
+// __syncthreads or a warp shuffle; when every live thread of the block (or of the warp) waits, they
+// go on. A barrier that can never complete (a full-warp shuffle missing a lane, threads split between
+// a shuffle and __syncthreads) aborts the process with the block and thread, as it would hang or be
+// undefined on a GPU.
+//
+// GAN_KERNELS_EMULATION_ORDER=reverse runs the fibers between barriers from the last thread to the
+// first: a kernel whose results change with the order has a race between its threads.
+#include <cuda_runtime.h>
+#include <sys/mman.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#if !defined(__x86_64__)
+#error "the CUDA emulation's fibers switch stacks with x86-64 code"
+#endif
+
+// Saves the callee-saved registers and the floating-point control words on the current stack, stores
+// the stack pointer in *from, and resumes the fiber whose saved stack pointer is `to`.
+extern "C" void gan_kernels_emulation_switch(void** from, void* to);
+asm(R"(
+.text
+.globl gan_kernels_emulation_switch
+.type gan_kernels_emulation_switch, @function
+gan_kernels_emulation_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $16, %rsp
+  stmxcsr 8(%rsp)
+  fnstcw (%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  fldcw (%rsp)
+  ldmxcsr 8(%rsp)
+  addq $16, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size gan_kernels_emulation_switch, .-gan_kernels_emulation_switch
+.section .note.GNU-stack,"",@progbits
+.text
+)");
+
+namespace gan_kernels_emulation {
+
+thread_local const ThreadPlace* current_place = nullptr;
+
+namespace {
+
+constexpr size_t kStackBytes = size_t(128) << 10;
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr size_t kDynamicSharedLimit = size_t(48) << 10;  // without cudaFuncSetAttribute
+
+enum class State { Runnable, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Fiber {
+  ThreadPlace place;
+  State state = State::Done;
+  void* sp = nullptr;
+};
+
+// Fiber stacks, kept for the next grid of the same CPU thread: mapping a thousand stacks per launch
+// cost more than the kernels.
+struct StackPool {
+  std::vector<unsigned char*> stacks;
+
+  void reserve(size_t count) {
+    while (stacks.size() < count) {
+      void* stack = mmap(nullptr, kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (stack == MAP_FAILED) std::abort();
+      stacks.push_back(static_cast<unsigned char*>(stack));
+    }
+  }
+  ~StackPool() {
+    for (unsigned char* stack : stacks) munmap(stack, kStackBytes);
+  }
+};
+thread_local StackPool stack_pool;
+
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<unsigned char> dynamic_shared;
+  std::vector<uint64_t> shuffle_slots;  // one per thread
+  void* scheduler_sp = nullptr;
+  Fiber* running = nullptr;
+  void (*body)(void*) = nullptr;
+  void* context = nullptr;
+  bool reverse = false;
+};
+
+thread_local Block* current_block = nullptr;
+thread_local cudaError_t last_error = cudaSuccess;
+// Shared memory is a set of statics: one grid at a time in the whole process.
+std::mutex grid_mutex;
+
+[[noreturn]] void fail(const std::string& what) {
+  const Fiber* f = current_block != nullptr ? current_block->running : nullptr;
+  if (f != nullptr) {
+    std::fprintf(stderr, "CUDA emulation: %s (block %u,%u,%u thread %u,%u,%u)\n", what.c_str(), f->place.block.x,
+                 f->place.block.y, f->place.block.z, f->place.thread.x, f->place.thread.y, f->place.thread.z);
+  } else {
+    std::fprintf(stderr, "CUDA emulation: %s\n", what.c_str());
+  }
+  std::abort();
+}
+
+void yield_to_scheduler() {
+  Block& b = *current_block;
+  gan_kernels_emulation_switch(&b.running->sp, b.scheduler_sp);
+}
+
+[[noreturn]] void fiber_entry() {
+  Block& b = *current_block;
+  b.body(b.context);
+  b.running->state = State::Done;
+  yield_to_scheduler();
+  fail("a finished fiber was resumed");
+}
+
+// A fresh stack whose first switch "returns" into fiber_entry with the ABI's alignment, with the
+// scheduler's floating-point control words.
+void* initial_stack(unsigned char* stack) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + kStackBytes) & ~uintptr_t(15);
+  top -= 16;                                  // the return address sits at a multiple of 16
+  auto* ret = reinterpret_cast<void**>(top);  // so that fiber_entry starts as if called
+  *ret = reinterpret_cast<void*>(&fiber_entry);
+  auto* frame = reinterpret_cast<unsigned char*>(top) - 6 * 8 - 16;
+  std::memset(frame, 0, 6 * 8 + 16);
+  uint32_t mxcsr;
+  uint16_t fpucw;
+  asm volatile("stmxcsr %0" : "=m"(mxcsr));
+  asm volatile("fnstcw %0" : "=m"(fpucw));
+  std::memcpy(frame, &fpucw, sizeof(fpucw));
+  std::memcpy(frame + 8, &mxcsr, sizeof(mxcsr));
+  return frame;
+}
+
+unsigned warp_size_of(const Block& b, size_t first) {
+  const size_t n = b.fibers.size();
+  return unsigned(n - first < 32 ? n - first : 32);
+}
+
+// Releases waiting fibers once a barrier is complete; false when none could be released.
+bool release(Block& b) {
+  bool released = false;
+  const size_t n = b.fibers.size();
+  for (size_t first = 0; first < n; first += 32) {
+    const unsigned lanes = warp_size_of(b, first);
+    unsigned at_warp = 0;
+    for (unsigned l = 0; l < lanes; ++l) at_warp += b.fibers[first + l].state == State::AtWarpBarrier;
+    if (at_warp == 0) continue;
+    if (at_warp != 32) {
+      b.running = &b.fibers[first];
+      fail("a full-warp shuffle that not all 32 lanes of the warp reach (exited, at __syncthreads, or a warp of " +
+           std::to_string(lanes) + " threads)");
+    }
+    for (unsigned l = 0; l < lanes; ++l) b.fibers[first + l].state = State::Runnable;
+    released = true;
+  }
+  if (released) return true;
+  bool any_waiting = false;
+  for (const Fiber& f : b.fibers) any_waiting |= f.state == State::AtBlockBarrier;
+  if (!any_waiting) return false;
+  for (Fiber& f : b.fibers) {
+    if (f.state == State::AtBlockBarrier) f.state = State::Runnable;
+  }
+  return true;
+}
+
+void run_block(Block& b) {
+  const size_t n = b.fibers.size();
+  for (size_t t = 0; t < n; ++t) {
+    b.fibers[t].state = State::Runnable;
+    b.fibers[t].sp = initial_stack(stack_pool.stacks[t]);
+  }
+  for (;;) {
+    bool ran = false;
+    for (size_t k = 0; k < n; ++k) {
+      Fiber& f = b.fibers[b.reverse ? n - 1 - k : k];
+      if (f.state != State::Runnable) continue;
+      b.running = &f;
+      current_place = &f.place;
+      gan_kernels_emulation_switch(&b.scheduler_sp, f.sp);
+      ran = true;
+    }
+    b.running = nullptr;
+    current_place = nullptr;
+    if (!release(b) && !ran) return;
+  }
+}
+
+bool reverse_order() {
+  const char* order = std::getenv("GAN_KERNELS_EMULATION_ORDER");
+  if (order == nullptr || std::string(order) == "forward") return false;
+  if (std::string(order) == "reverse") return true;
+  fail(std::string("GAN_KERNELS_EMULATION_ORDER must be forward or reverse, got ") + order);
+}
+
+cudaError_t check_configuration(dim3 grid, dim3 block, size_t dynamic_shared_bytes) {
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  if (threads == 0 || threads > kMaxThreadsPerBlock || block.z > 64) return cudaErrorInvalidConfiguration;
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535) {
+    return cudaErrorInvalidConfiguration;
+  }
+  if (dynamic_shared_bytes > kDynamicSharedLimit) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+void sync_block() {
+  Block& b = *current_block;
+  b.running->state = State::AtBlockBarrier;
+  yield_to_scheduler();
+}
+
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
+  Block& b = *current_block;
+  if (mask != 0xffffffffu || width != 32 || lane_mask < 0 || lane_mask >= 32) {
+    fail("only full-warp xor shuffles are emulated");
+  }
+  const size_t t = size_t(b.running - b.fibers.data());
+  const size_t first = t / 32 * 32;
+  b.shuffle_slots[t] = bits;
+  b.running->state = State::AtWarpBarrier;
+  yield_to_scheduler();  // every lane has written its value
+  const uint64_t out = b.shuffle_slots[first + ((t - first) ^ size_t(lane_mask))];
+  b.running->state = State::AtWarpBarrier;
+  yield_to_scheduler();  // every lane has read before any writes the next shuffle's value
+  return out;
+}
+
+void* dynamic_shared() { return current_block->dynamic_shared.data(); }
+
+void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context) {
+  const cudaError_t error = check_configuration(grid, block, dynamic_shared_bytes);
+  if (error != cudaSuccess) {
+    last_error = error;
+    return;
+  }
+  const std::lock_guard<std::mutex> lock(grid_mutex);
+  Block b;
+  const size_t threads = size_t(block.x) * block.y * block.z;
+  b.fibers.resize(threads);
+  b.shuffle_slots.resize(threads);
+  stack_pool.reserve(threads);
+  // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read before
+  // any write shows.
+  b.dynamic_shared.assign(dynamic_shared_bytes, 0xff);
+  b.body = body;
+  b.context = context;
+  b.reverse = reverse_order();
+  Block* const outer = current_block;
+  current_block = &b;
+  for (unsigned z = 0; z < grid.z; ++z) {
+    for (unsigned y = 0; y < grid.y; ++y) {
+      for (unsigned x = 0; x < grid.x; ++x) {
+        for (size_t t = 0; t < threads; ++t) {
+          b.fibers[t].place = {
+              {unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / block.x / block.y)},
+              {x, y, z},
+              block,
+              grid};
+        }
+        std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
+        run_block(b);
+      }
+    }
+  }
+  current_block = outer;
+}
+
+}  // namespace gan_kernels_emulation
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t error = gan_kernels_emulation::last_error;
+  gan_kernels_emulation::last_error = cudaSuccess;
+  return error;
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
