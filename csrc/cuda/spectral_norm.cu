@@ -138,8 +138,12 @@ template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStre
     mv_kernel(IterationLaunch launch) {
   using A = acc_t<T>;
   __shared__ A partial[kSpectralWarps];
-  const int l = spectral_layer_of_block(launch.first_mv_block, launch.p.count, blockIdx.x);
-  const int64_t block = int64_t(blockIdx.x) - launch.first_mv_block[l];
+  // The layers from the last to the first (blocks start roughly in index order): W^T u then starts with
+  // the layers W v read last, which L2 is likeliest to still hold. In the same order, each line of W
+  // would leave L2 before W^T u came back to it.
+  const int64_t b = int64_t(gridDim.x) - 1 - blockIdx.x;
+  const int l = spectral_layer_of_block(launch.first_mv_block, launch.p.count, b);
+  const int64_t block = b - launch.first_mv_block[l];
   const Layer<T> layer(launch.p, l);
   const T* v = static_cast<const T*>(launch.p.layers[l].v);
   if (launch.vec[l] > 1) {
