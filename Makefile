@@ -52,14 +52,22 @@ gpu-verify-dry: build
 
 # Our CUDA kernels run on this machine's CPU (tests/cuda_emulation: each CUDA thread a fiber), so
 # that the CUDA tests check their arithmetic, indexing, barriers and launch configurations without a
-# GPU: tests/test_cuda.py's path cases and the op contracts (gradcheck, gradgradcheck, opcheck). The
-# fibers switch stacks with x86-64 code; elsewhere this is skipped.
+# GPU: tests/test_cuda.py's path cases and the op contracts (gradcheck, gradgradcheck, opcheck). Where
+# the compiler has AddressSanitizer's runtime, the emulation is built and run under it, with the CPU
+# output cache off so that every tensor gets redzones: a kernel that reads or writes outside a tensor
+# fails the run, its report on stderr (hence --capture=sys). libstdc++ is preloaded with the runtime,
+# which otherwise finds no __cxa_throw to forward our ops' exceptions to (python loads libstdc++ later,
+# with torch). The fibers switch stacks with x86-64 code; elsewhere this is skipped.
 CUDA_EMULATION_TESTS = tests/test_cuda.py tests/test_contracts.py
+ASAN_RUNTIME = $(shell $(CXX) -print-file-name=libasan.so)
+CUDA_EMULATION_ENV = $(if $(wildcard $(ASAN_RUNTIME)),GAN_KERNELS_CUDA_EMULATION=asan ASAN_OPTIONS=detect_leaks=0 \
+	LD_PRELOAD="$(ASAN_RUNTIME) $(shell $(CXX) -print-file-name=libstdc++.so.6)" GAN_KERNELS_CPU_CACHE_MB=0, \
+	GAN_KERNELS_CUDA_EMULATION=1)
 
 cuda-emulation: build
 	@if [ "$$(uname -m)" = x86_64 ]; then \
-		$(PYTHON) tests/cuda_emulation/build.py && \
-		GAN_KERNELS_CUDA_EMULATION=1 $(PYTHON) -m pytest -q -k "not compile" $(CUDA_EMULATION_TESTS); \
+		$(CUDA_EMULATION_ENV) $(PYTHON) tests/cuda_emulation/build.py && \
+		$(CUDA_EMULATION_ENV) $(PYTHON) -m pytest -q --capture=sys -k "not compile" $(CUDA_EMULATION_TESTS); \
 	else echo "the CUDA emulation needs x86-64: skipping"; fi
 
 # Our vectorised CPU kernels and torch's own (the reference) compute differently per instruction set:

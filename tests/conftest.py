@@ -4,20 +4,21 @@ passing (tests/test_cuda.py guards its own cases the same way). Forcing the refe
 GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is meant to run.
 
 With GAN_KERNELS_CUDA_EMULATION=1, gan_kernels._C is the CUDA emulation build (tests/cuda_emulation):
-the CPU cases run our CUDA kernels, on the host."""
+the CPU cases run our CUDA kernels, on the host; with GAN_KERNELS_CUDA_EMULATION=asan, its build
+under AddressSanitizer."""
 
 import importlib.util
 import os
 
 import pytest
 
-if os.environ.get("GAN_KERNELS_CUDA_EMULATION") == "1":
+if os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan"):
     _spec = importlib.util.spec_from_file_location(
         "cuda_emulation_build", os.path.join(os.path.dirname(__file__), "cuda_emulation", "build.py")
     )
     _build = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_build)
-    _build.load()
+    _build.load(address_sanitizer=os.environ["GAN_KERNELS_CUDA_EMULATION"] == "asan")
 
 import gan_kernels  # noqa: E402
 from gan_kernels import _backend  # noqa: E402

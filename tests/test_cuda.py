@@ -31,7 +31,7 @@ from gan_kernels import _backend, reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMULATION = os.environ.get("GAN_KERNELS_CUDA_EMULATION") == "1"
+EMULATION = os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan")
 DEVICE = "cpu" if EMULATION else "cuda"
 gpu_only = pytest.mark.skipif(EMULATION, reason="about the GPU itself, or too large to emulate")
 MAX_BLOCKS = 2**20  # the grid cap of every elementwise launcher: larger inputs loop

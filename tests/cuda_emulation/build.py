@@ -3,7 +3,8 @@ kernels of csrc/cuda compiled for the host and registered for CPU tensors in pla
 
     python tests/cuda_emulation/build.py   # build (incremental)
 
-tests/conftest.py calls load() when GAN_KERNELS_CUDA_EMULATION=1, before gan_kernels is imported."""
+tests/conftest.py calls load() when GAN_KERNELS_CUDA_EMULATION is 1 (or asan: the build under
+AddressSanitizer), before gan_kernels is imported."""
 
 import glob
 import os
@@ -101,28 +102,29 @@ def sources():
     ]
 
 
-def load(verbose=False):
-    """Builds (when out of date) and imports the emulation extension as gan_kernels._C."""
+def load(address_sanitizer=False, verbose=False):
+    """Builds (when out of date) and imports the emulation extension as gan_kernels._C. With
+    address_sanitizer, the build under AddressSanitizer (build/cuda-emulation-asan), for a python
+    started with the sanitizer's runtime preloaded (README.md)."""
     from torch.utils.cpp_extension import load as load_extension
 
     if not os.path.exists(os.path.join(ROOT, "build", "generated", "build_info.h")):
         raise SystemExit("build/generated is missing: run `make build` first")
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if address_sanitizer else []
+    out = OUT + ("-asan" if address_sanitizer else "")
+    os.makedirs(out, exist_ok=True)
     module = load_extension(
         name="_C",
         sources=sources(),
-        extra_cflags=[
-            "-O2",
-            "-DWITH_CUDA",
-            "-DGAN_KERNELS_CUDA_EMULATION",
-            "-ffp-contract=off",
-            "-Wno-unknown-pragmas",
-        ],
+        extra_cflags=["-O2", "-DWITH_CUDA", "-DGAN_KERNELS_CUDA_EMULATION", "-ffp-contract=off", "-Wno-unknown-pragmas"]
+        + sanitize,
+        extra_ldflags=sanitize,
         extra_include_paths=[
             os.path.join(HERE, "include"),
             os.path.join(ROOT, "csrc"),
             os.path.join(ROOT, "build", "generated"),
         ],
-        build_directory=OUT,
+        build_directory=out,
         verbose=verbose,
     )
     sys.modules["gan_kernels._C"] = module
@@ -130,4 +132,4 @@ def load(verbose=False):
 
 
 if __name__ == "__main__":
-    print(f"CUDA emulation build: {load().__file__}")
+    print(f"CUDA emulation build: {load(os.environ.get('GAN_KERNELS_CUDA_EMULATION') == 'asan').__file__}")

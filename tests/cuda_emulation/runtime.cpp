@@ -16,6 +16,10 @@
 #include <string>
 #include <vector>
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
+
 #if !defined(__x86_64__)
 #error "the CUDA emulation's fibers switch stacks with x86-64 code"
 #endif
@@ -61,6 +65,9 @@ thread_local const ThreadPlace* current_place = nullptr;
 namespace {
 
 constexpr size_t kStackBytes = size_t(128) << 10;
+#ifdef __SANITIZE_ADDRESS__
+constexpr size_t kAbandonedFrameBytes = size_t(8) << 10;
+#endif
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr size_t kDynamicSharedLimit = size_t(48) << 10;  // without cudaFuncSetAttribute
 
@@ -133,6 +140,11 @@ void yield_to_scheduler() {
 // A fresh stack whose first switch "returns" into fiber_entry with the ABI's alignment, with the
 // scheduler's floating-point control words.
 void* initial_stack(unsigned char* stack) {
+#ifdef __SANITIZE_ADDRESS__
+  // The last fiber on this stack never returned from its final switch: AddressSanitizer still marks
+  // the redzones of those frames, the first few at the top of the stack (all deeper ones returned).
+  __asan_unpoison_memory_region(stack + kStackBytes - kAbandonedFrameBytes, kAbandonedFrameBytes);
+#endif
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + kStackBytes) & ~uintptr_t(15);
   top -= 16;                                  // the return address sits at a multiple of 16
   auto* ret = reinterpret_cast<void**>(top);  // so that fiber_entry starts as if called
