@@ -159,6 +159,8 @@ BIAS_ACT_PATHS = {
     "16byte_nchw": ((2, 16, 4, 8), torch.contiguous_format),
     "16byte_channels_last": ((2, 16, 4, 8), torch.channels_last),
     "scalar": ((2, 5, 3, 3), torch.contiguous_format),
+    # the 16-byte shape, but x one element into its storage: not 16-byte aligned, so scalar accesses
+    "16byte_shape_misaligned": ((2, 16, 4, 8), None),
 }
 # swish with a clamp: forward, gradient from x and the second derivative; lrelu without a clamp:
 # the gradient from the saved output y.
@@ -172,7 +174,10 @@ def test_cuda_bias_act_paths(path, act, dtype):
     shape, memory_format = BIAS_ACT_PATHS[path]
     kwargs = BIAS_ACT_ACTS[act]
     torch.manual_seed(4)
-    x = torch.randn(shape, dtype=dtype, device=DEVICE).contiguous(memory_format=memory_format)
+    if memory_format is None:
+        x = torch.randn(math.prod(shape) + 1, dtype=dtype, device=DEVICE)[1:].view(shape)
+    else:
+        x = torch.randn(shape, dtype=dtype, device=DEVICE).contiguous(memory_format=memory_format)
     b = torch.randn(shape[1], dtype=dtype, device=DEVICE)
     assert_matches_reference(
         lambda t: gan_kernels.bias_act(t, b, **kwargs), lambda t: reference.bias_act(t, b, **kwargs), x

@@ -110,7 +110,12 @@ def load(address_sanitizer=False, verbose=False):
 
     if not os.path.exists(os.path.join(ROOT, "build", "generated", "build_info.h")):
         raise SystemExit("build/generated is missing: run `make build` first")
-    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if address_sanitizer else []
+    # Alignment too: a 16-byte access at an address that is not a multiple of 16 faults on a GPU.
+    sanitize = (
+        ["-fsanitize=address,alignment", "-fno-sanitize-recover=alignment", "-fno-omit-frame-pointer"]
+        if address_sanitizer
+        else []
+    )
     out = OUT + ("-asan" if address_sanitizer else "")
     os.makedirs(out, exist_ok=True)
     module = load_extension(
