@@ -59,11 +59,12 @@ gpu-verify-dry: build
 # which otherwise finds no __cxa_throw to forward our ops' exceptions to (python loads libstdc++ later,
 # with torch). The fibers switch stacks with x86-64 code; elsewhere this is skipped.
 CUDA_EMULATION_TESTS = tests/test_cuda.py tests/test_contracts.py
-# A python started with the runtime preloaded must run and have it: a machine that limits virtual
-# memory cannot reserve the sanitizer's shadow memory.
+# A python started with the runtime preloaded must run and have it (a machine that limits virtual
+# memory cannot reserve the sanitizer's shadow memory), and the alignment check's runtime must load.
 ASAN_PRELOAD = ASAN_OPTIONS=detect_leaks=0 \
 	LD_PRELOAD="$(shell $(CXX) -print-file-name=libasan.so) $(shell $(CXX) -print-file-name=libstdc++.so.6)"
-ASAN_WORKS = $(shell $(ASAN_PRELOAD) $(PYTHON) -c "import ctypes; ctypes.CDLL(None).__asan_init; print('yes')" 2>/dev/null)
+ASAN_WORKS = $(shell $(ASAN_PRELOAD) $(PYTHON) -c "import ctypes; ctypes.CDLL(None).__asan_init; \
+	ctypes.CDLL('$(shell $(CXX) -print-file-name=libubsan.so)'); print('yes')" 2>/dev/null)
 CUDA_EMULATION_ENV = $(if $(ASAN_WORKS),GAN_KERNELS_CUDA_EMULATION=asan GAN_KERNELS_CPU_CACHE_MB=0 $(ASAN_PRELOAD), \
 	GAN_KERNELS_CUDA_EMULATION=1)
 
