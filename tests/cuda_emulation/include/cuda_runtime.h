@@ -102,21 +102,21 @@ template <typename T> void __stwb(T* p, T value) { *p = value; }
 
 // CUDA's device min and max: fmin/fmax for floating types (a NaN loses to a number), else the
 // comparison, in the type both convert to.
-template <typename A, typename B> std::common_type_t<A, B> min(A a, B b) {
+namespace gan_kernels_emulation {
+template <bool kLarger, typename A, typename B> std::common_type_t<A, B> pick(A a, B b) {
   using C = std::common_type_t<A, B>;
   if constexpr (std::is_floating_point_v<C>) {
-    return std::fmin(C(a), C(b));
+    return kLarger ? std::fmax(C(a), C(b)) : std::fmin(C(a), C(b));
   } else {
-    return C(b) < C(a) ? C(b) : C(a);
+    return (C(a) < C(b)) == kLarger ? C(b) : C(a);
   }
 }
+}  // namespace gan_kernels_emulation
+template <typename A, typename B> std::common_type_t<A, B> min(A a, B b) {
+  return ::gan_kernels_emulation::pick<false>(a, b);
+}
 template <typename A, typename B> std::common_type_t<A, B> max(A a, B b) {
-  using C = std::common_type_t<A, B>;
-  if constexpr (std::is_floating_point_v<C>) {
-    return std::fmax(C(a), C(b));
-  } else {
-    return C(a) < C(b) ? C(b) : C(a);
-  }
+  return ::gan_kernels_emulation::pick<true>(a, b);
 }
 
 // The device math library's overloads, found unqualified as in device code.
