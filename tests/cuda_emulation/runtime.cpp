@@ -24,8 +24,10 @@
 #error "the CUDA emulation's fibers switch stacks with x86-64 code"
 #endif
 
-// Saves the callee-saved registers and the floating-point control words on the current stack, stores
-// the stack pointer in *from, and resumes the fiber whose saved stack pointer is `to`.
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *from, and
+// resumes the fiber whose saved stack pointer is `to`. The floating-point control words are not
+// switched (saving them was a third of the emulation's time): every fiber of a CPU thread shares
+// them, and no kernel changes them.
 extern "C" void gan_kernels_emulation_switch(void** from, void* to);
 asm(R"(
 .text
@@ -38,14 +40,8 @@ gan_kernels_emulation_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $16, %rsp
-  stmxcsr 8(%rsp)
-  fnstcw (%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  fldcw (%rsp)
-  ldmxcsr 8(%rsp)
-  addq $16, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -77,6 +73,7 @@ struct Fiber {
   ThreadPlace place;
   State state = State::Done;
   void* sp = nullptr;
+  unsigned shuffles = 0;  // this thread's warp shuffles so far
 };
 
 // Fiber stacks, kept for the next grid of the same CPU thread: mapping a thousand stacks per launch
@@ -100,7 +97,9 @@ thread_local StackPool stack_pool;
 struct Block {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> dynamic_shared;
-  std::vector<uint64_t> shuffle_slots;  // one per thread
+  // Two sets of one value per thread, used by alternate shuffles: a lane writes a set again only two
+  // shuffles later, after a barrier that every lane reaches once done reading it.
+  std::vector<uint64_t> shuffle_slots[2];
   void* scheduler_sp = nullptr;
   Fiber* running = nullptr;
   void (*body)(void*) = nullptr;
@@ -137,8 +136,7 @@ void yield_to_scheduler() {
   fail("a finished fiber was resumed");
 }
 
-// A fresh stack whose first switch "returns" into fiber_entry with the ABI's alignment, with the
-// scheduler's floating-point control words.
+// A fresh stack whose first switch "returns" into fiber_entry with the ABI's alignment.
 void* initial_stack(unsigned char* stack) {
 #ifdef __SANITIZE_ADDRESS__
   // The last fiber on this stack never returned from its final switch: AddressSanitizer still marks
@@ -149,14 +147,8 @@ void* initial_stack(unsigned char* stack) {
   top -= 16;                                  // the return address sits at a multiple of 16
   auto* ret = reinterpret_cast<void**>(top);  // so that fiber_entry starts as if called
   *ret = reinterpret_cast<void*>(&fiber_entry);
-  auto* frame = reinterpret_cast<unsigned char*>(top) - 6 * 8 - 16;
-  std::memset(frame, 0, 6 * 8 + 16);
-  uint32_t mxcsr;
-  uint16_t fpucw;
-  asm volatile("stmxcsr %0" : "=m"(mxcsr));
-  asm volatile("fnstcw %0" : "=m"(fpucw));
-  std::memcpy(frame, &fpucw, sizeof(fpucw));
-  std::memcpy(frame + 8, &mxcsr, sizeof(mxcsr));
+  auto* frame = reinterpret_cast<unsigned char*>(top) - 6 * 8;  // the six saved registers
+  std::memset(frame, 0, 6 * 8);
   return frame;
 }
 
@@ -197,6 +189,7 @@ void run_block(Block& b) {
   for (size_t t = 0; t < n; ++t) {
     b.fibers[t].state = State::Runnable;
     b.fibers[t].sp = initial_stack(stack_pool.stacks[t]);
+    b.fibers[t].shuffles = 0;
   }
   for (;;) {
     bool ran = false;
@@ -246,13 +239,11 @@ uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
   }
   const size_t t = size_t(b.running - b.fibers.data());
   const size_t first = t / 32 * 32;
-  b.shuffle_slots[t] = bits;
+  std::vector<uint64_t>& slots = b.shuffle_slots[b.running->shuffles++ % 2];
+  slots[t] = bits;
   b.running->state = State::AtWarpBarrier;
   yield_to_scheduler();  // every lane has written its value
-  const uint64_t out = b.shuffle_slots[first + ((t - first) ^ size_t(lane_mask))];
-  b.running->state = State::AtWarpBarrier;
-  yield_to_scheduler();  // every lane has read before any writes the next shuffle's value
-  return out;
+  return slots[first + ((t - first) ^ size_t(lane_mask))];
 }
 
 void* dynamic_shared() { return current_block->dynamic_shared.data(); }
@@ -267,7 +258,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
   Block b;
   const size_t threads = size_t(block.x) * block.y * block.z;
   b.fibers.resize(threads);
-  b.shuffle_slots.resize(threads);
+  for (std::vector<uint64_t>& slots : b.shuffle_slots) slots.resize(threads);
   stack_pool.reserve(threads);
   // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read before
   // any write shows.
