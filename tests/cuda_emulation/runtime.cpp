@@ -260,9 +260,13 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
   b.fibers.resize(threads);
   for (std::vector<uint64_t>& slots : b.shuffle_slots) slots.resize(threads);
   stack_pool.reserve(threads);
-  // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read before
-  // any write shows.
-  b.dynamic_shared.assign(dynamic_shared_bytes, 0xff);
+  b.dynamic_shared.resize(dynamic_shared_bytes);
+  for (size_t t = 0; t < threads; ++t) {
+    b.fibers[t].place = {{unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / block.x / block.y)},
+                         {0, 0, 0},
+                         block,
+                         grid};
+  }
   b.body = body;
   b.context = context;
   b.reverse = reverse_order();
@@ -271,13 +275,9 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
   for (unsigned z = 0; z < grid.z; ++z) {
     for (unsigned y = 0; y < grid.y; ++y) {
       for (unsigned x = 0; x < grid.x; ++x) {
-        for (size_t t = 0; t < threads; ++t) {
-          b.fibers[t].place = {
-              {unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / block.x / block.y)},
-              {x, y, z},
-              block,
-              grid};
-        }
+        for (Fiber& f : b.fibers) f.place.block = {x, y, z};
+        // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read
+        // before any write shows.
         std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
         run_block(b);
       }
