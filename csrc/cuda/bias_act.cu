@@ -42,11 +42,11 @@ template <typename T, BiasActMode kMode, int V> __global__ void __launch_bounds_
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   for (int64_t group = int64_t(blockIdx.x) * kThreads + threadIdx.x; group < groups; group += stride) {
     const int64_t i0 = group * V;
-    const VecT rv = *reinterpret_cast<const VecT*>(ref + i0);
+    const VecT rv = load_vec<T, V>(ref + i0);
     VecT g1v{};
     VecT g2v{};
-    if (kUsesG1) g1v = *reinterpret_cast<const VecT*>(g1 + i0);
-    if (kUsesG2) g2v = *reinterpret_cast<const VecT*>(g2 + i0);
+    if (kUsesG1) g1v = load_vec<T, V>(g1 + i0);
+    if (kUsesG2) g2v = load_vec<T, V>(g2 + i0);
     const int64_t c0 = bias != nullptr ? (i0 / p.inner) % p.channels : 0;
     const bool channel_per_element = p.inner == 1 && p.channels > 1;
     VecT ov;
@@ -56,7 +56,7 @@ template <typename T, BiasActMode kMode, int V> __global__ void __launch_bounds_
       ov.v[j] = from_acc<T>(element<kMode>(p.act, to_acc(rv.v[j]), b, kUsesG1 ? to_acc(g1v.v[j]) : A(0),
                                            kUsesG2 ? to_acc(g2v.v[j]) : A(0), s));
     }
-    *reinterpret_cast<VecT*>(out + i0) = ov;
+    store_vec(out + i0, ov);
   }
 }
 

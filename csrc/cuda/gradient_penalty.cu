@@ -48,7 +48,7 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) chunk_s
     A sum = 0;
 #pragma unroll 4
     for (int64_t i = int64_t(threadIdx.x) * V; i < len; i += int64_t(kThreads) * V) {
-      const VecT xv = *reinterpret_cast<const VecT*>(x + i);
+      const VecT xv = load_vec<T, V>(x + i);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const A a = to_acc(xv.v[j]);
@@ -95,11 +95,11 @@ template <typename T, int V> __global__ void __launch_bounds__(kThreads) scale_s
     T* out = static_cast<T*>(p.out) + base;
 #pragma unroll 4
     for (int64_t i = int64_t(threadIdx.x) * V; i < len; i += int64_t(kThreads) * V) {
-      const VecT xv = *reinterpret_cast<const VecT*>(x + i);
+      const VecT xv = load_vec<T, V>(x + i);
       VecT ov;
 #pragma unroll
       for (int j = 0; j < V; ++j) ov.v[j] = from_acc<T>(scale * to_acc(xv.v[j]));
-      *reinterpret_cast<VecT*>(out + i) = ov;
+      store_vec(out + i, ov);
     }
   }
 }

@@ -27,9 +27,9 @@ template <typename T, int V, bool kBackward> __global__ void __launch_bounds__(k
     A sum_xx = 0;
     A sum_gx = 0;
     for (int64_t c = int64_t(lane) * V; c < channels; c += 32 * V) {
-      const VecT xv = *reinterpret_cast<const VecT*>(x + c);
+      const VecT xv = load_vec<T, V>(x + c);
       VecT gv{};
-      if (kBackward) gv = *reinterpret_cast<const VecT*>(g + c);
+      if (kBackward) gv = load_vec<T, V>(g + c);
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         const A xa = to_acc(xv.v[j]);
@@ -42,9 +42,9 @@ template <typename T, int V, bool kBackward> __global__ void __launch_bounds__(k
     const PixelNormScales<A> s = pixel_norm_scales(sum_xx, sum_gx, channels, A(p.eps));
     // The warp has just read this row, so the second read is served by L1, not DRAM.
     for (int64_t c = int64_t(lane) * V; c < channels; c += 32 * V) {
-      const VecT xv = *reinterpret_cast<const VecT*>(x + c);
+      const VecT xv = load_vec<T, V>(x + c);
       VecT gv{};
-      if (kBackward) gv = *reinterpret_cast<const VecT*>(g + c);
+      if (kBackward) gv = load_vec<T, V>(g + c);
       VecT ov;
 #pragma unroll
       for (int j = 0; j < V; ++j) {
@@ -101,9 +101,9 @@ template <typename T, int V, bool kBackward, bool kCached> __global__ void __lau
       // Unrolled so that several loads are in flight per thread (fp16/bf16 had one per iteration without).
 #pragma unroll 4
       for (int64_t c = th.row, at = first; c < channels; c += t.rows, at += step, cached_at += cache_step) {
-        const VecT xv = *reinterpret_cast<const VecT*>(x + at);
+        const VecT xv = load_vec<T, V>(x + at);
         VecT gv{};
-        if (kBackward) gv = *reinterpret_cast<const VecT*>(g + at);
+        if (kBackward) gv = load_vec<T, V>(g + at);
         if (kCached) {
           cache_x[cached_at] = xv;
           if (kBackward) cache_g[cached_at] = gv;
@@ -156,9 +156,9 @@ template <typename T, int V, bool kBackward, bool kCached> __global__ void __lau
       // Each thread reads back only the cache entries it wrote itself: no barrier needed here.
       int cached_at = cache_first;
       for (int64_t c = th.row, at = first; c < channels; c += t.rows, at += step, cached_at += cache_step) {
-        const VecT xv = kCached ? cache_x[cached_at] : *reinterpret_cast<const VecT*>(x + at);
+        const VecT xv = kCached ? cache_x[cached_at] : load_vec<T, V>(x + at);
         VecT gv{};
-        if (kBackward) gv = kCached ? cache_g[cached_at] : *reinterpret_cast<const VecT*>(g + at);
+        if (kBackward) gv = kCached ? cache_g[cached_at] : load_vec<T, V>(g + at);
         VecT ov;
 #pragma unroll
         for (int j = 0; j < V; ++j) {
