@@ -92,7 +92,9 @@ def extension():
     # -ffp-contract=off: GCC would otherwise fuse a*b - c*d into an FMA in the builds that have one,
     # rounding differently from the reference's separate operations where they cancel (pixel norm's
     # backward over a single channel).
-    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
+    # -g0: Python's compile flags carry -g, and the debug information of torch's headers took two
+    # thirds of the build (a 75 s compile of ops/bias_act.cpp became 26 s without it).
+    cxx_flags = ["-O3", "-g0", "-fopenmp", "-ffp-contract=off", "-Wno-unknown-pragmas", "-Wno-psabi"]
     kwargs = dict(
         name="gan_kernels._C",
         include_dirs=[os.path.join(ROOT, "csrc"), GENERATED],
