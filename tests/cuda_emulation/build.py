@@ -6,6 +6,7 @@ kernels of csrc/cuda compiled for the host and registered for CPU tensors in pla
 tests/conftest.py calls load() when GAN_KERNELS_CUDA_EMULATION is 1 (or asan: the build under
 AddressSanitizer), before gan_kernels is imported."""
 
+import contextlib
 import glob
 import os
 import re
@@ -14,6 +15,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.join(ROOT, "tests", "cuda_emulation")
 OUT = os.path.join(ROOT, "build", "cuda-emulation")
+KERNELS_LIBRARY = "gan_kernels_emulated_kernels"
 
 
 def _balanced_end(text, start, open_char, close_char):
@@ -81,9 +83,8 @@ def _write_if_changed(path, text):
             f.write(text)
 
 
-def sources():
-    """The emulation build's sources: the module and the ops' glue as built for CUDA, the CPU output
-    memory they allocate from, the rewritten CUDA kernels and the emulation runtime."""
+def kernel_sources():
+    """The rewritten CUDA kernels and the emulation runtime: the code the sanitizers instrument."""
     generated = os.path.join(OUT, "src")
     os.makedirs(generated, exist_ok=True)
     kernels = []
@@ -91,21 +92,41 @@ def sources():
         path = os.path.join(generated, os.path.basename(cu)[: -len(".cu")] + "_kernels.cpp")
         _write_if_changed(path, f'#line 1 "{cu}"\n' + rewrite(open(cu).read()))
         kernels.append(path)
+    return [*kernels, os.path.join(HERE, "runtime.cpp")]
+
+
+def glue_sources():
+    """The module and the ops' glue as built for CUDA, and the CPU output memory they allocate from."""
     csrc = os.path.join(ROOT, "csrc")
     return [
         os.path.join(csrc, "module.cpp"),
         *sorted(glob.glob(os.path.join(csrc, "ops", "*.cpp"))),
         os.path.join(csrc, "cpu", "output_memory.cpp"),
         os.path.join(csrc, "cpu", "capability.cpp"),
-        *kernels,
-        os.path.join(HERE, "runtime.cpp"),
     ]
+
+
+@contextlib.contextmanager
+def _compilers_without_preload():
+    """Runs the compilers this process starts without LD_PRELOAD: under the sanitizer's runtime
+    (preloaded into python for the ASan build) they took twice as long."""
+    preload = os.environ.pop("LD_PRELOAD", None)
+    try:
+        yield
+    finally:
+        if preload is not None:
+            os.environ["LD_PRELOAD"] = preload
 
 
 def load(address_sanitizer=False, verbose=False):
     """Builds (when out of date) and imports the emulation extension as gan_kernels._C. With
     address_sanitizer, the build under AddressSanitizer (build/cuda-emulation-asan), for a python
-    started with the sanitizer's runtime preloaded (README.md)."""
+    started with the sanitizer's runtime preloaded (README.md).
+
+    Two libraries: the kernels and the runtime, instrumented, and the torch glue, which links to them
+    and is not: the sanitizers check the kernels' accesses (the preloaded runtime gives every tensor's
+    allocation its redzones whoever allocates it), and instrumenting the glue's torch headers took
+    three quarters of the build."""
     from torch.utils.cpp_extension import load as load_extension
 
     if not os.path.exists(os.path.join(ROOT, "build", "generated", "build_info.h")):
@@ -117,21 +138,35 @@ def load(address_sanitizer=False, verbose=False):
         else []
     )
     out = OUT + ("-asan" if address_sanitizer else "")
-    os.makedirs(out, exist_ok=True)
-    module = load_extension(
-        name="_C",
-        sources=sources(),
-        extra_cflags=["-O2", "-DWITH_CUDA", "-DGAN_KERNELS_CUDA_EMULATION", "-ffp-contract=off", "-Wno-unknown-pragmas"]
-        + sanitize,
-        extra_ldflags=sanitize,
-        extra_include_paths=[
-            os.path.join(HERE, "include"),
-            os.path.join(ROOT, "csrc"),
-            os.path.join(ROOT, "build", "generated"),
-        ],
-        build_directory=out,
-        verbose=verbose,
-    )
+    kernels_out = os.path.join(out, "kernels")
+    os.makedirs(kernels_out, exist_ok=True)
+    defines = ["-DWITH_CUDA", "-DGAN_KERNELS_CUDA_EMULATION", "-ffp-contract=off", "-Wno-unknown-pragmas"]
+    include_paths = [
+        os.path.join(HERE, "include"),
+        os.path.join(ROOT, "csrc"),
+        os.path.join(ROOT, "build", "generated"),
+    ]
+    with _compilers_without_preload():
+        load_extension(
+            name=KERNELS_LIBRARY,
+            sources=kernel_sources(),
+            extra_cflags=["-O2", *defines, *sanitize],
+            extra_ldflags=sanitize,
+            extra_include_paths=include_paths,
+            build_directory=kernels_out,
+            is_python_module=False,
+            verbose=verbose,
+        )
+        # -O1: the glue's speed hardly shows in the tests, its compile time does.
+        module = load_extension(
+            name="_C",
+            sources=glue_sources(),
+            extra_cflags=["-O1", *defines],
+            extra_ldflags=[f"-L{kernels_out}", f"-l:{KERNELS_LIBRARY}.so", f"-Wl,-rpath,{kernels_out}"],
+            extra_include_paths=include_paths,
+            build_directory=out,
+            verbose=verbose,
+        )
     sys.modules["gan_kernels._C"] = module
     return module
 

@@ -56,7 +56,7 @@ gan_kernels_emulation_switch:
 
 namespace gan_kernels_emulation {
 
-thread_local const ThreadPlace* current_place = nullptr;
+GAN_KERNELS_EMULATION_THREAD_LOCAL const ThreadPlace* current_place = nullptr;
 
 namespace {
 
@@ -92,7 +92,7 @@ struct StackPool {
     for (unsigned char* stack : stacks) munmap(stack, kStackBytes);
   }
 };
-thread_local StackPool stack_pool;
+GAN_KERNELS_EMULATION_THREAD_LOCAL StackPool stack_pool;
 
 struct Block {
   std::vector<Fiber> fibers;
@@ -107,8 +107,8 @@ struct Block {
   bool reverse = false;
 };
 
-thread_local Block* current_block = nullptr;
-thread_local cudaError_t last_error = cudaSuccess;
+GAN_KERNELS_EMULATION_THREAD_LOCAL Block* current_block = nullptr;
+GAN_KERNELS_EMULATION_THREAD_LOCAL cudaError_t last_error = cudaSuccess;
 // Shared memory is a set of statics: one grid at a time in the whole process.
 std::mutex grid_mutex;
 
