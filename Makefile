@@ -12,13 +12,18 @@ SASS_TOOLS_VERSION = 13.5.37
 SASS_TOOLS = nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
 	assert all(m.version(p) == '$(SASS_TOOLS_VERSION)' for p in '$(SASS_TOOLS)'.split())
+# Every pytest run is spread over TEST_WORKERS processes (pytest-xdist; `auto`: one per core,
+# 0: in this process). --dist loadgroup keeps the tests of an xdist_group on one worker: the
+# distributed tests share one spawned process group.
+TEST_WORKERS ?= auto
+PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: deps build lint format cuda-check gpu-verify-dry cuda-emulation test bench clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
-	@$(PYTHON) -c "import pytest, hypothesis, numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
-		$(PIP) install pytest hypothesis numpy matplotlib scikit-learn tqdm tensorboard
+	@$(PYTHON) -c "import pytest, xdist, hypothesis, numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
+		$(PIP) install pytest pytest-xdist hypothesis numpy matplotlib scikit-learn tqdm tensorboard
 	@command -v ninja >/dev/null || $(PIP) install ninja
 	@$(PYTHON) -m ruff --version 2>/dev/null | grep -q "$(RUFF_VERSION)" || $(PIP) install ruff==$(RUFF_VERSION)
 	@clang-format --version 2>/dev/null | grep -q "version $(CLANG_FORMAT_VERSION)" || \
@@ -71,7 +76,7 @@ CUDA_EMULATION_ENV = $(if $(ASAN_WORKS),GAN_KERNELS_CUDA_EMULATION=asan GAN_KERN
 cuda-emulation: build
 	@if [ "$$(uname -m)" = x86_64 ]; then \
 		$(CUDA_EMULATION_ENV) $(PYTHON) tests/cuda_emulation/build.py && \
-		$(CUDA_EMULATION_ENV) $(PYTHON) -m pytest -q --capture=sys -k "not compile" $(CUDA_EMULATION_TESTS); \
+		$(CUDA_EMULATION_ENV) $(PYTEST) --capture=sys -k "not compile" $(CUDA_EMULATION_TESTS); \
 	else echo "the CUDA emulation needs x86-64: skipping"; fi
 
 # Our vectorised CPU kernels and torch's own (the reference) compute differently per instruction set:
@@ -100,14 +105,14 @@ format: deps
 	clang-format -i $(CXX_SOURCES)
 
 test: lint build cuda-check gpu-verify-dry cuda-emulation
-	$(PYTHON) -m pytest -q
-	GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q $(REFERENCE_TESTS)
+	$(PYTEST)
+	GAN_KERNELS_IMPL=reference $(PYTEST) $(REFERENCE_TESTS)
 	@for capability in $$($(PYTHON) scripts/cpu_capabilities.py); do \
 		echo "ATEN_CPU_CAPABILITY=$$capability"; \
 		export TORCHINDUCTOR_CACHE_DIR=$(CURDIR)/build/inductor-$$capability; \
-		ATEN_CPU_CAPABILITY=$$capability $(PYTHON) -m pytest -q -k "not compile and not opcheck" \
+		ATEN_CPU_CAPABILITY=$$capability $(PYTEST) -k "not compile and not opcheck" \
 			$(CAPABILITY_TESTS) || exit 1; \
-		ATEN_CPU_CAPABILITY=$$capability GAN_KERNELS_IMPL=reference $(PYTHON) -m pytest -q \
+		ATEN_CPU_CAPABILITY=$$capability GAN_KERNELS_IMPL=reference $(PYTEST) \
 			-k "nan or visible or diverged" $(CAPABILITY_TESTS) || exit 1; \
 	done
 

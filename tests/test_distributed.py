@@ -37,6 +37,10 @@ from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd, Pixel
 
 from helpers import TOLERANCES
 
+# Under pytest-xdist (make test), --dist loadgroup keeps this module on one worker, which spawns the
+# group once for all of its tests.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 WORLD_SIZES = [2, 3]
 BATCH_PER_RANK = 4
 GROUP_SIZE = 4  # minibatch stddev's; BATCH_PER_RANK is a multiple of it, so each rank's batch has whole groups
