@@ -1,6 +1,7 @@
 """Shared test helpers: devices, dtypes, tolerances, layouts."""
 
 import contextlib
+import os
 import warnings
 
 import pytest
@@ -11,6 +12,8 @@ from gan_kernels import _backend, _checks, reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA emulation build is loaded (tests/conftest.py): the CPU cases run our CUDA kernels.
+CUDA_EMULATION = os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan")
 FLOAT_DTYPES = list(_checks.FLOAT_DTYPES)
 
 # Ours vs the reference, both accumulating in float: differences come from summation order (float64,

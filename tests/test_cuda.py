@@ -24,16 +24,15 @@ import sys
 
 import pytest
 import torch
-from helpers import FLOAT_DTYPES, TOLERANCES, assert_close
+from helpers import CUDA_EMULATION, FLOAT_DTYPES, TOLERANCES, assert_close
 
 import gan_kernels
 from gan_kernels import _backend, reference
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMULATION = os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan")
-DEVICE = "cpu" if EMULATION else "cuda"
-gpu_only = pytest.mark.skipif(EMULATION, reason="about the GPU itself, or too large to emulate")
+DEVICE = "cpu" if CUDA_EMULATION else "cuda"
+gpu_only = pytest.mark.skipif(CUDA_EMULATION, reason="about the GPU itself, or too large to emulate")
 MAX_BLOCKS = 2**20  # the grid cap of every elementwise launcher: larger inputs loop
 
 
@@ -42,7 +41,7 @@ def dtype_id(dtype):  # "float32", not "dtype0": scripts/gpu_verify.py selects t
 
 
 pytestmark = [
-    pytest.mark.skipif(not torch.cuda.is_available() and not EMULATION, reason="needs a CUDA GPU"),
+    pytest.mark.skipif(not torch.cuda.is_available() and not CUDA_EMULATION, reason="needs a CUDA GPU"),
     pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"),
 ]
 
@@ -52,7 +51,7 @@ def our_cuda_kernels_are_active():
     if _backend.IMPL == "reference":  # make test's second pass; scripts/gpu_verify.py sets auto
         pytest.skip("GAN_KERNELS_IMPL=reference forces the fallback these tests refuse")
     info = gan_kernels.backend()
-    if EMULATION:
+    if CUDA_EMULATION:
         assert info.impl == "compiled" and "cuda-emulation" in _backend._C.__file__, _backend._C.__file__
     else:
         assert info.impl == "compiled" and info.cuda, f"these tests would only test the fallback: {info}"
@@ -653,7 +652,7 @@ def test_cuda_forward_backward_double_backward_are_bitwise_deterministic(name):
         assert_all_equal(forward_backward_double(fn, x, grad_out, upstream), first)
 
 
-@pytest.mark.skipif(not EMULATION, reason="the order of the threads is the CUDA emulation's")
+@pytest.mark.skipif(not CUDA_EMULATION, reason="the order of the threads is the CUDA emulation's")
 @pytest.mark.parametrize("name", list(PROGRAMS))
 def test_cuda_results_do_not_depend_on_the_order_of_the_threads(name, monkeypatch):
     # The emulation runs a block's threads from the first to the last between barriers; reversed, a
