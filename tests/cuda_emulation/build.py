@@ -51,7 +51,9 @@ def _kernel_start(text, end):
 
 def rewrite(text):
     """A .cu source as host C++: each `kernel<<<grid, block, shared, stream>>>(args)` becomes a call of
-    gan_kernels_emulation::launch, and dynamic shared memory a pointer to the emulated block's."""
+    gan_kernels_emulation::launch, dynamic shared memory a pointer to the emulated block's, and each
+    static `__shared__` variable a static that the block's first thread to declare it fills with
+    garbage."""
     out = []
     pos = 0
     while (launch := text.find("<<<", pos)) >= 0:
@@ -74,7 +76,15 @@ def rewrite(text):
         type_, name = match.group(2), match.group(3)
         return f"{type_}* {name} = static_cast<{type_}*>(::gan_kernels_emulation::dynamic_shared());"
 
-    return re.sub(r"extern __shared__ (__align__\(\d+\) )?([\w: ]+?) (\w+)\[\];", dynamic, text)
+    text = re.sub(r"extern __shared__ (__align__\(\d+\) )?([\w: ]+?) (\w+)\[\];", dynamic, text)
+
+    def static(match):
+        align, type_, name, extents = match.group(1) or "", match.group(2), match.group(3), match.group(4)
+        return (
+            f"static {align}{type_} {name}{extents}; ::gan_kernels_emulation::static_shared(&{name}, sizeof({name}));"
+        )
+
+    return re.sub(r"__shared__ (__align__\(\d+\) )?([\w: ]+?) (\w+)((?:\[[^\]]+\])*);", static, text)
 
 
 def _write_if_changed(path, text):

@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
@@ -97,6 +98,8 @@ GAN_KERNELS_EMULATION_THREAD_LOCAL StackPool stack_pool;
 struct Block {
   std::vector<Fiber> fibers;
   std::vector<unsigned char> dynamic_shared;
+  // The static shared variables this block has filled (static_shared).
+  std::vector<const void*> static_shared_filled;
   // Two sets of one value per thread, used by alternate shuffles: a lane writes a set again only two
   // shuffles later, after a barrier that every lane reaches once done reading it.
   std::vector<uint64_t> shuffle_slots[2];
@@ -248,6 +251,13 @@ uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
 
 void* dynamic_shared() { return current_block->dynamic_shared.data(); }
 
+void static_shared(void* data, size_t bytes) {
+  std::vector<const void*>& filled = current_block->static_shared_filled;
+  if (std::find(filled.begin(), filled.end(), data) != filled.end()) return;
+  filled.push_back(data);
+  std::memset(data, 0xff, bytes);
+}
+
 void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context) {
   const cudaError_t error = check_configuration(grid, block, dynamic_shared_bytes);
   if (error != cudaSuccess) {
@@ -279,6 +289,7 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
         // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read
         // before any write shows.
         std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
+        b.static_shared_filled.clear();
         run_block(b);
       }
     }

@@ -17,7 +17,8 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
-#define __shared__ static
+// No __shared__: build.py rewrites every declaration (below, static_shared), so one it missed fails
+// to compile instead of becoming a static that keeps the previous block's values.
 
 enum cudaError_t {
   cudaSuccess = 0,
@@ -59,6 +60,10 @@ extern GAN_KERNELS_EMULATION_THREAD_LOCAL const ThreadPlace* current_place;
 void sync_block();
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width);
 void* dynamic_shared();
+// Called after each declaration of a `__shared__` variable, which build.py turns into a static: the
+// first thread of a block to reach it fills it with garbage, as a GPU block's shared memory starts,
+// rather than leaving the previous block's values (or zeros) for a read before the first write.
+void static_shared(void* data, size_t bytes);
 // Runs `body` once per thread of every block of the grid; a bad configuration is recorded as the
 // launch's error (cudaGetLastError), as the CUDA runtime does, and nothing runs.
 void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(void*), void* context);
