@@ -121,6 +121,7 @@ def test_digits_coverage_metric_on_real_digits():
     assert produced <= 2 and entropy < 0.3
 
 
+@pytest.mark.xdist_group("distributed")  # one gloo job at a time under make test's workers
 def test_distributed_example_runs_under_torchrun():
     # Two gloo processes on 127.0.0.1 for a few steps; the example exits 1 if the ranks' parameters
     # differ at the end. Its own session, so that a timeout ends torchrun's workers too.
@@ -141,7 +142,8 @@ def test_distributed_example_runs_under_torchrun():
         "--print-every",
         "1",
     ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # PYTHONFAULTHANDLER: a rank that aborts (a crash in gloo, say) prints where each of its threads was.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     if "lo" in [name for _, name in socket.if_nameindex()]:
         env["GLOO_SOCKET_IFNAME"] = "lo"
     process = subprocess.Popen(
@@ -153,6 +155,6 @@ def test_distributed_example_runs_under_torchrun():
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
         raise
-    assert process.returncode == 0, stderr[-3000:]
+    assert process.returncode == 0, f"stdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-3000:]}"
     assert "step    3" in stdout
     assert "parameters identical on all 2 ranks: True" in stdout

@@ -253,6 +253,7 @@ def _path_length_on_rank(rank, world_size, init_file, out_dir):
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.xdist_group("distributed")  # one gloo job at a time under make test's workers
 def test_running_mean_is_averaged_over_ranks():
     with tempfile.TemporaryDirectory() as out_dir:
         torch.multiprocessing.spawn(_path_length_on_rank, args=(2, os.path.join(out_dir, "init"), out_dir), nprocs=2)
