@@ -12,11 +12,11 @@ SASS_TOOLS_VERSION = 13.5.37
 SASS_TOOLS = nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
 	assert all(m.version(p) == '$(SASS_TOOLS_VERSION)' for p in '$(SASS_TOOLS)'.split())
-# Every pytest run is spread over TEST_WORKERS processes (pytest-xdist; `auto`: one per core,
-# 0: in this process). --dist loadgroup keeps the tests of an xdist_group on one worker: the
+# Every pytest run is spread over TEST_WORKERS processes (pytest-xdist; `logical`: one per logical CPU,
+# where `auto` would count physical cores when psutil is installed; 0: in this process). --dist loadgroup keeps the tests of an xdist_group on one worker: the
 # distributed tests share one spawned process group, and the tests that start gloo jobs run one at a
 # time.
-TEST_WORKERS ?= auto
+TEST_WORKERS ?= logical
 PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: deps build lint format cuda-check gpu-verify-dry cuda-emulation test bench clean

@@ -189,6 +189,9 @@ def main(argv=None):
     if rank == 0:
         median = sorted(times)[len(times) // 2]
         print(f"median {1000 * median:.1f} ms/step; parameters identical on all {world_size} ranks: {identical}")
+    # The DDP wrappers hold the process group: without them, destroy_process_group shuts gloo down
+    # here, rather than leaving the last reference to the end of main or to the interpreter's exit.
+    del G_train, D_train
     dist.destroy_process_group()
     return 0 if identical else 1
 

@@ -146,8 +146,15 @@ def test_distributed_example_runs_under_torchrun():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     if "lo" in [name for _, name in socket.if_nameindex()]:
         env["GLOO_SOCKET_IFNAME"] = "lo"
+    # stdin from /dev/null: under pytest-xdist the worker's stdin is its channel to the controller.
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         stdout, stderr = process.communicate(timeout=180)
