@@ -12,10 +12,10 @@ SASS_TOOLS_VERSION = 13.5.37
 SASS_TOOLS = nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
 	assert all(m.version(p) == '$(SASS_TOOLS_VERSION)' for p in '$(SASS_TOOLS)'.split())
-# Every pytest run is spread over TEST_WORKERS processes (pytest-xdist; `logical`: one per logical CPU,
-# where `auto` would count physical cores when psutil is installed; 0: in this process). --dist loadgroup keeps the tests of an xdist_group on one worker: the
-# distributed tests share one spawned process group, and the tests that start gloo jobs run one at a
-# time.
+# Every pytest run is spread over TEST_WORKERS processes (pytest-xdist; `logical`: one per logical
+# CPU, where `auto` would count physical cores when psutil is installed; 0: in this process).
+# --dist loadgroup keeps the tests of an xdist_group on one worker: the distributed tests share one
+# spawned process group, and the tests that start gloo jobs run one at a time.
 TEST_WORKERS ?= logical
 PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
@@ -46,7 +46,8 @@ build: deps
 # build/sass-audit/audit.json.
 cuda-check: build
 	@if command -v nvcc >/dev/null; then \
-		cmake -S . -B build/cuda-check -G Ninja -DCMAKE_CUDA_ARCHITECTURES=80 >/dev/null && cmake --build build/cuda-check && \
+		cmake -S . -B build/cuda-check -G Ninja -DCMAKE_CUDA_ARCHITECTURES=80 >/dev/null && \
+		cmake --build build/cuda-check && \
 		$(PYTHON) scripts/check_cuda_glue.py $(if $(CUDA_GLUE_TORCH_ROOT),--torch-root $(CUDA_GLUE_TORCH_ROOT)) && \
 		{ $(PYTHON) -c "$(SASS_TOOLS_INSTALLED)" 2>/dev/null || \
 			$(PIP) install $(SASS_TOOLS:%=%==$(SASS_TOOLS_VERSION)); } && \
