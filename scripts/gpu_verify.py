@@ -233,7 +233,23 @@ def require_cuda_step():
     )
 
 
-def stages(out):
+def model_tag(gpu_name):
+    """The GPU's model as the results' file names carry it: `h100` for 'NVIDIA H100 80GB HBM3', so
+    that a run on whichever card the box lends cannot be read as another card's."""
+    model = re.search(r"\b([A-Z]+\d{2,4}[A-Za-z]?)\b", gpu_name)
+    return (model.group(1) if model else re.sub(r"[^0-9A-Za-z]+", "-", gpu_name).strip("-") or "gpu").lower()
+
+
+def gpu_tag():
+    """`model_tag` of the first GPU nvidia-smi lists; `gpu` where it lists none (the dry run)."""
+    try:
+        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
+        return model_tag(subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.splitlines()[0])
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "gpu"
+
+
+def stages(out, tag):
     first = [
         Step("environment", shell(ENVIRONMENT), 30, dry=check_by_running, detail=last_match(r"NVIDIA .*", "no GPU")),
         build_step(),
@@ -270,7 +286,7 @@ def stages(out):
         ),
         Step(
             "bench-ops",
-            [PY, "benchmarks/run.py", "--no-compile", "--ops", OPS, "--plot", "--out", f"{out}/cuda-h200.json"],
+            [PY, "benchmarks/run.py", "--no-compile", "--ops", OPS, "--plot", "--out", f"{out}/cuda-{tag}.json"],
             120,
             dry=check_benchmark,
             detail=last_match(r"device copy bandwidth.*"),
@@ -313,7 +329,7 @@ def stages(out):
                 "bias_act,gradient_penalty,minibatch_std,pixel_norm",
                 "--plot",
                 "--out",
-                f"{out}/cuda-h200-compile.json",
+                f"{out}/cuda-{tag}-compile.json",
             ],
             200,
             dry=check_benchmark,
@@ -329,7 +345,7 @@ def stages(out):
                 "end_to_end",
                 "--plot",
                 "--out",
-                f"{out}/cuda-h200-e2e.json",
+                f"{out}/cuda-{tag}-e2e.json",
             ],
             120,
             dry=check_benchmark,
@@ -467,7 +483,7 @@ def main():
     args = parser.parse_args()
     out = os.path.abspath(os.environ.get("OUT") or os.path.join(ROOT, "gpu-out"))
     os.makedirs(out, exist_ok=True)
-    all_stages = stages(out)
+    all_stages = stages(out, gpu_tag())
     if args.dry_run:
         return 0 if dry_run({name: all_stages[name] for name in args.stages}) else 1
     ok = True

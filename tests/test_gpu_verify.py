@@ -1,0 +1,36 @@
+"""The GPU check's file names (scripts/gpu_verify.py): results name the card that produced them.
+Its commands are checked by `make gpu-verify-dry`."""
+
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
+
+import gpu_verify  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "gpu_name, tag",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090"),  # no model token: the whole name
+        ("", "gpu"),
+    ],
+)
+def test_results_are_named_after_the_gpu_model(gpu_name, tag):
+    assert gpu_verify.model_tag(gpu_name) == tag
+
+
+def test_every_benchmark_output_carries_the_tag(tmp_path):
+    outs = [
+        step.argv[step.argv.index("--out") + 1]
+        for steps in gpu_verify.stages(str(tmp_path), "h100").values()
+        for step in steps
+        if "--out" in step.argv
+    ]
+    assert len(outs) == 3 and all(pathlib.Path(out).name.startswith("cuda-h100") for out in outs), outs
