@@ -27,6 +27,12 @@ GAN_KERNELS_HD int spectral_normalize_blocks(int64_t numel) {
   return static_cast<int>(blocks < 1 ? 1 : blocks > kSpectralMaxBlocksPerLayer ? kSpectralMaxBlocksPerLayer : blocks);
 }
 
+// Counters the CUDA power iteration's launches order their blocks by (cuda/spectral_norm.cu): per
+// step, one for the tickets drawn and two per layer, its W v and its W^T u blocks done.
+GAN_KERNELS_HD int64_t spectral_iteration_counters(int count, int64_t n_power_iterations) {
+  return (1 + 2 * int64_t(count)) * (n_power_iterations > 0 ? n_power_iterations : 1);
+}
+
 enum class SpectralMode { PowerIteration, Normalize, NormalizeBackward };
 
 // A weight seen as PyTorch's spectral-norm matrix: contiguous, row r and column o * inner + i at
@@ -46,10 +52,12 @@ struct SpectralLayerView {
 struct SpectralParams {
   SpectralLayerView layers[kMaxSpectralLayers];
   int count;
-  void* sigmas;     // [count] in the weights' dtype: written by the power iteration, read by the normalisation
-  void* workspace;  // accumulator-typed scratch (float; double for float64), owned by the caller:
-                    // PowerIteration, sum over the layers of rows + cols; NormalizeBackward on CUDA,
-                    // count * blocks_per_layer partial sums
+  void* sigmas;        // [count] in the weights' dtype: written by the power iteration, read by the normalisation
+  unsigned* counters;  // CUDA PowerIteration: spectral_iteration_counters words, owned by the caller,
+                       // zeroed by the launcher; else nullptr
+  void* workspace;     // accumulator-typed scratch (float; double for float64), owned by the caller:
+                       // PowerIteration, sum over the layers of rows + cols; NormalizeBackward on CUDA,
+                       // count * blocks_per_layer partial sums
   int64_t n_power_iterations;
   double eps;
   int blocks_per_layer;  // CUDA normalisation: max of spectral_normalize_blocks over the layers

@@ -206,14 +206,38 @@ struct SpectralElementWalk {
   }
 };
 
-// ---- the launch -----------------------------------------------------------------------------------
+// ---- the power iteration's launch --------------------------------------------------------------
 
-// One launch runs a phase of every layer on a 1-D grid: layer l owns blocks [first[l], first[l + 1]).
-// A layer with no blocks (first[l] == first[l + 1]) owns none.
-GAN_KERNELS_HD int spectral_layer_of_block(const int* first, int count, int64_t block) {
-  int layer = 0;
-  while (layer + 1 < count && first[layer + 1] <= block) ++layer;
-  return layer;
+// A power-iteration step of every layer is one launch (cuda/spectral_norm.cu): its blocks take tickets
+// in the order they start, and ticket t does block t - first[s] of segment s, where segment s holds
+// [first[s], first[s + 1]). A segment without blocks holds none.
+GAN_KERNELS_HD int spectral_segment_of_block(const int* first, int segments, int64_t ticket) {
+  int segment = 0;
+  while (segment + 1 < segments && first[segment + 1] <= ticket) ++segment;
+  return segment;
+}
+
+// W v's blocks in a power-iteration launch: at least one, so that a layer without rows still gets the
+// block that finishes it when there is no step (sigma = u . (W v), an empty sum).
+GAN_KERNELS_HD int64_t spectral_chain_mv_blocks(int64_t rows, int64_t cols, int vec) {
+  const int64_t blocks = spectral_mv_blocks(rows, spectral_mv_slices(cols, vec));
+  return blocks < 1 ? 1 : blocks;
+}
+
+// The segments in ticket order. With a step: W v of layers 0 and 1, W^T u of layer 0, W v of layer 2,
+// W^T u of layer 1, ..., W^T u of the last layer. W^T u of a layer needs all of its W v and re-reads the
+// same W: one layer later, its W v blocks have long started (they wait for nothing), and L2 still
+// holds most of the W they read. Without a step (eval): W v of each layer in order.
+struct SpectralChainSegment {
+  int layer;
+  bool mtv;  // W^T u, else W v
+};
+GAN_KERNELS_HD int spectral_chain_segments(int count, bool step) { return step ? 2 * count : count; }
+GAN_KERNELS_HD SpectralChainSegment spectral_chain_segment(int count, bool step, int segment) {
+  if (!step || segment == 0) return {segment, false};
+  if (segment == 2 * count - 1) return {count - 1, true};
+  return segment % 2 == 1 ? SpectralChainSegment{(segment + 1) / 2, false}
+                          : SpectralChainSegment{segment / 2 - 1, true};
 }
 
 }  // namespace gan_kernels

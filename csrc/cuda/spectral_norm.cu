@@ -19,7 +19,7 @@ template <int kBlockWarps, typename A> __device__ A block_sum(A value, A* scratc
   return total;
 }
 
-// ---- power iteration: per step, a launch for W v, one for W^T u, one for v (and sigma) -------------
+// ---- power iteration: a launch per step, each layer's W v, W^T u, v and sigma chained in it -------
 
 constexpr int kIterationThreads = kSpectralThreads;
 // W v and W^T u promise 4 resident blocks per SM, i.e. allow 64 registers: without the promise ptxas
@@ -55,17 +55,18 @@ template <typename T, int V> __device__ __forceinline__ void axpy(acc_t<T> (&acc
   for (int e = 0; e < V; ++e) acc[e] += to_acc(a.v[e]) * s;
 }
 
-// A phase's launch: the layers' table, where each layer's blocks start in the 1-D grid of W v and of
-// W^T u, and each layer's access width (elements). 2.7 KB, under the 4 KiB kernel-argument limit.
+// A step's launch: the layers' table, where each segment's blocks start in ticket order
+// (spectral_chain_segment), and each layer's access width (elements). 2.7 KB, under the 4 KiB
+// kernel-argument limit.
 struct IterationLaunch {
   SpectralParams p;
-  int first_mv_block[kMaxSpectralLayers + 1];
-  int first_mtv_block[kMaxSpectralLayers + 1];
+  int segment_first[2 * kMaxSpectralLayers + 1];
   int8_t vec[kMaxSpectralLayers];
 };
 static_assert(sizeof(IterationLaunch) <= 4096, "kernel arguments are limited to 4 KiB");
 
-// What the launch after W^T u does besides v = normalize(W^T u).
+// What the block that finishes a layer computes: v = normalize(W^T u), and sigma on the last step; or,
+// without a step, sigma = u . (W v).
 enum class Finish { V, VAndSigma, SigmaOfU };
 
 template <typename T> struct Layer {
@@ -87,7 +88,8 @@ template <typename T> struct Layer {
 };
 
 // wv[r] = sum_c W[r, c] v[c] for the block's rows: each warp sums its slice of a row (lanes along the
-// columns, then a warp sum), then the slices meet in order (all in a fixed order).
+// columns, then a warp sum), then the slices meet in order (all in a fixed order). v is not loaded
+// through the read-only path: the block that finishes the layer overwrites it later in the launch.
 template <typename T, int V>
 __device__ void mv_rows(const Layer<T>& layer, const T* __restrict__ v, int64_t block, acc_t<T>* partial) {
   using A = acc_t<T>;
@@ -112,14 +114,15 @@ __device__ void mv_rows(const Layer<T>& layer, const T* __restrict__ v, int64_t 
 #pragma unroll
       for (int q = 0; q < kB; ++q, walk.advance()) {
         a[q] = load_ro<T, V>(wr + walk.at);
-        b[q] = load_ro<T, V>(v + spectral_mv_column(k + q, slices, slice, lane, V));
+        b[q] = load_vec<T, V>(v + spectral_mv_column(k + q, slices, slice, lane, V));
       }
 #pragma unroll
       for (int q = 0; q < kB; ++q) acc = dot_add(acc, a[q], b[q]);
     }
 #pragma unroll 1
     for (; k < steps; ++k, walk.advance()) {
-      acc = dot_add(acc, load_ro<T, V>(wr + walk.at), load_ro<T, V>(v + spectral_mv_column(k, slices, slice, lane, V)));
+      acc =
+          dot_add(acc, load_ro<T, V>(wr + walk.at), load_vec<T, V>(v + spectral_mv_column(k, slices, slice, lane, V)));
     }
   }
   acc = warp_sum(acc);
@@ -134,27 +137,9 @@ __device__ void mv_rows(const Layer<T>& layer, const T* __restrict__ v, int64_t 
   }
 }
 
-template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStreamingBlocksPerSm)
-    mv_kernel(IterationLaunch launch) {
-  using A = acc_t<T>;
-  __shared__ A partial[kSpectralWarps];
-  // The layers from the last to the first (blocks start roughly in index order): W^T u then starts with
-  // the layers W v read last, which L2 is likeliest to still hold. In the same order, each line of W
-  // would leave L2 before W^T u came back to it.
-  const int64_t b = int64_t(gridDim.x) - 1 - blockIdx.x;
-  const int l = spectral_layer_of_block(launch.first_mv_block, launch.p.count, b);
-  const int64_t block = b - launch.first_mv_block[l];
-  const Layer<T> layer(launch.p, l);
-  const T* v = static_cast<const T*>(launch.p.layers[l].v);
-  if (launch.vec[l] > 1) {
-    mv_rows<T, kWidest<T>>(layer, v, block, partial);
-  } else {
-    mv_rows<T, 1>(layer, v, block, partial);
-  }
-}
-
 // The block's kSpectralMtvLanes * V columns of W^T u, with u = normalize(wv) staged in shared memory a
-// tile of rows at a time; the block numbered 0 of the layer also writes u.
+// tile of rows at a time; the block numbered 0 of the layer also writes u. wv, written by other blocks
+// of the launch, is read from L2 (__ldcg), never from a line an SM's L1 may hold.
 template <typename T, int V> __device__ void mtv_columns(const Layer<T>& layer, int64_t block, acc_t<T> denom, T* u,
                                                          acc_t<T>* u_tile,
                                                          acc_t<T> (*partial)[kSpectralMtvLanes * kWidest<T>]) {
@@ -172,7 +157,7 @@ template <typename T, int V> __device__ void mtv_columns(const Layer<T>& layer, 
     const int64_t tile_rows = min(layer.rows - t0, int64_t(kSpectralRowTile));
     __syncthreads();  // the previous tile's u is no longer read
     for (int k = threadIdx.x; k < tile_rows; k += blockDim.x) {
-      const T uk = from_acc<T>(layer.wv[t0 + k] / denom);
+      const T uk = from_acc<T>(__ldcg(layer.wv + t0 + k) / denom);
       if (block == 0) u[t0 + k] = uk;
       u_tile[k] = to_acc(uk);
     }
@@ -203,54 +188,112 @@ template <typename T, int V> __device__ void mtv_columns(const Layer<T>& layer, 
   }
 }
 
-template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStreamingBlocksPerSm)
-    mtv_kernel(IterationLaunch launch) {
-  using A = acc_t<T>;
-  __shared__ A scratch[kSpectralWarps];
-  __shared__ A u_tile[kSpectralRowTile];
-  __shared__ A partial[kSpectralRowGroups][kSpectralMtvLanes * kWidest<T>];
-  const int l = spectral_layer_of_block(launch.first_mtv_block, launch.p.count, blockIdx.x);
-  const int64_t block = int64_t(blockIdx.x) - launch.first_mtv_block[l];
-  const Layer<T> layer(launch.p, l);
-  // Every block of the layer computes ||W v|| alike (same values, same order), so all agree on u.
-  A sum_sq = 0;
-  for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) sum_sq += layer.wv[r] * layer.wv[r];
-  const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(launch.p.eps));
-  T* u = static_cast<T*>(launch.p.layers[l].u);
-  if (launch.vec[l] > 1) {
-    mtv_columns<T, kWidest<T>>(layer, block, denom, u, u_tile, partial);
-  } else {
-    mtv_columns<T, 1>(layer, block, denom, u, u_tile, partial);
-  }
+// Counts the block's part of a phase in `done` once its writes are visible to every block. True in the
+// block that arrives last of `blocks`, which then sees all of their writes.
+__device__ bool arrive(unsigned* done, unsigned blocks, unsigned* shared_last) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) *shared_last = atomicAdd(done, 1u) + 1 == blocks;
+  __syncthreads();
+  const bool last = *shared_last != 0;
+  if (last) __threadfence();
+  return last;
 }
 
-// A block per layer: v = normalize(W^T u), and sigma = u . (W v) as (W^T u) . v, which is the same sum
-// regrouped (the same u and v, v as stored), so it needs no third pass over W. SigmaOfU (no iteration):
-// sigma = u . (W v) from the W v just computed.
-template <typename T> __global__ void __launch_bounds__(kIterationThreads)
-    finish_kernel(IterationLaunch launch, Finish finish) {
+// Waits until `blocks` blocks have arrived at `done`, and sees their writes. Those blocks took earlier
+// tickets, so they have started, and they wait for nothing: no deadlock, whatever order the GPU starts
+// blocks in.
+__device__ void wait_for(unsigned* done, unsigned blocks) {
+  if (threadIdx.x == 0) {
+    while (atomicAdd(done, 0u) < blocks) __nanosleep(256);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+// Run by the block that finished a layer: v = normalize(W^T u), and sigma = u . (W v) as (W^T u) . v,
+// which is the same sum regrouped (the same u and v, v as stored), so it needs no third pass over W.
+// SigmaOfU (no step): sigma = u . (W v) from the W v just computed.
+template <typename T>
+__device__ void finish_layer(const SpectralParams& p, const Layer<T>& layer, int l, Finish finish, acc_t<T>* scratch) {
   using A = acc_t<T>;
-  __shared__ A scratch[kSpectralWarps];
-  const int l = blockIdx.x;
-  const Layer<T> layer(launch.p, l);
   A partial = 0;
   if (finish == Finish::SigmaOfU) {
-    const T* u = static_cast<const T*>(launch.p.layers[l].u);
-    for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) partial += to_acc(u[r]) * layer.wv[r];
+    const T* u = static_cast<const T*>(p.layers[l].u);
+    for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) partial += to_acc(u[r]) * __ldcg(layer.wv + r);
   } else {
     A sum_sq = 0;
-    for (int64_t c = threadIdx.x; c < layer.cols; c += blockDim.x) sum_sq += layer.wtu[c] * layer.wtu[c];
-    const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(launch.p.eps));
-    T* v = static_cast<T*>(launch.p.layers[l].v);
     for (int64_t c = threadIdx.x; c < layer.cols; c += blockDim.x) {
-      const T vc = from_acc<T>(layer.wtu[c] / denom);
+      const A x = __ldcg(layer.wtu + c);
+      sum_sq += x * x;
+    }
+    const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(p.eps));
+    T* v = static_cast<T*>(p.layers[l].v);
+    for (int64_t c = threadIdx.x; c < layer.cols; c += blockDim.x) {
+      const A x = __ldcg(layer.wtu + c);
+      const T vc = from_acc<T>(x / denom);
       v[c] = vc;
-      partial += layer.wtu[c] * to_acc(vc);
+      partial += x * to_acc(vc);
     }
     if (finish == Finish::V) return;
   }
   const A sigma = block_sum<kSpectralWarps>(partial, scratch);
-  if (threadIdx.x == 0) static_cast<T*>(launch.p.sigmas)[l] = from_acc<T>(sigma);
+  if (threadIdx.x == 0) static_cast<T*>(p.sigmas)[l] = from_acc<T>(sigma);
+}
+
+// One power-iteration step of every layer (or, with SigmaOfU, W v and sigma). A block takes a ticket and
+// does that place of the schedule (spectral_chain_segment): W v blocks of a layer write their rows and
+// arrive; its W^T u blocks wait for all of them, then write their columns and arrive; the last to
+// arrive finishes the layer. A layer's sums run in the same order whichever blocks, and however many
+// other layers, share the launch: its bits are the same batched and alone. counters: this launch's
+// spectral_iteration_counters(count, 1) words, zero at the start.
+template <typename T> __global__ void __launch_bounds__(kIterationThreads, kStreamingBlocksPerSm)
+    power_step_kernel(IterationLaunch launch, Finish finish, unsigned* counters) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kSpectralWarps];
+  __shared__ A u_tile[kSpectralRowTile];
+  __shared__ A partial[kSpectralRowGroups][kSpectralMtvLanes * kWidest<T>];
+  __shared__ unsigned ticket;
+  __shared__ unsigned last;
+  const int count = launch.p.count;
+  unsigned* const mv_done = counters + 1;
+  unsigned* const mtv_done = mv_done + count;
+  if (threadIdx.x == 0) ticket = atomicAdd(counters, 1u);
+  __syncthreads();
+  const bool step = finish != Finish::SigmaOfU;
+  const int s = spectral_segment_of_block(launch.segment_first, spectral_chain_segments(count, step), ticket);
+  const SpectralChainSegment segment = spectral_chain_segment(count, step, s);
+  const int64_t block = int64_t(ticket) - launch.segment_first[s];
+  const int l = segment.layer;
+  const Layer<T> layer(launch.p, l);
+  const int vec = launch.vec[l];
+  const auto mv_blocks = unsigned(spectral_chain_mv_blocks(layer.rows, layer.cols, vec));
+  if (!segment.mtv) {
+    const T* v = static_cast<const T*>(launch.p.layers[l].v);
+    if (vec > 1) {
+      mv_rows<T, kWidest<T>>(layer, v, block, scratch);
+    } else {
+      mv_rows<T, 1>(layer, v, block, scratch);
+    }
+    if (arrive(mv_done + l, mv_blocks, &last) && !step) finish_layer(launch.p, layer, l, finish, scratch);
+    return;
+  }
+  wait_for(mv_done + l, mv_blocks);
+  // Every block of the layer computes ||W v|| alike (same values, same order), so all agree on u.
+  A sum_sq = 0;
+  for (int64_t r = threadIdx.x; r < layer.rows; r += blockDim.x) {
+    const A x = __ldcg(layer.wv + r);
+    sum_sq += x * x;
+  }
+  const A denom = max(sqrt(block_sum<kSpectralWarps>(sum_sq, scratch)), A(launch.p.eps));
+  T* u = static_cast<T*>(launch.p.layers[l].u);
+  if (vec > 1) {
+    mtv_columns<T, kWidest<T>>(layer, block, denom, u, u_tile, partial);
+  } else {
+    mtv_columns<T, 1>(layer, block, denom, u, u_tile, partial);
+  }
+  const auto mtv_blocks = unsigned(spectral_mtv_blocks(layer.cols, vec));
+  if (arrive(mtv_done + l, mtv_blocks, &last)) finish_layer(launch.p, layer, l, finish, scratch);
 }
 
 // ---- normalisation and its backward -------------------------------------------------------------
@@ -459,49 +502,55 @@ bool covers_every_layer(const SpectralParams& p) {
   return true;
 }
 
-// Fills in each layer's access width and block ranges; false when a grid would pass INT_MAX blocks.
-template <typename T> bool plan_iteration(IterationLaunch& launch) {
-  int64_t mv_blocks = 0;
-  int64_t mtv_blocks = 0;
+// Fills in each layer's access width and the segments' block ranges; false when the grid would pass
+// INT_MAX blocks.
+template <typename T> bool plan_iteration(IterationLaunch& launch, bool step) {
   for (int l = 0; l < launch.p.count; ++l) {
     const SpectralLayerView& view = launch.p.layers[l];
     const bool aligned = aligned_to(view.weight, 16) && aligned_to(view.v, 16);
-    const int vec = spectral_vector_width(view.inner, sizeof(T), aligned);
-    launch.vec[l] = int8_t(vec);
-    launch.first_mv_block[l] = int(mv_blocks);
-    launch.first_mtv_block[l] = int(mtv_blocks);
-    mv_blocks += spectral_mv_blocks(view.rows, spectral_mv_slices(view.outer * view.inner, vec));
-    mtv_blocks += spectral_mtv_blocks(view.outer * view.inner, vec);
-    if (mv_blocks > INT32_MAX || mtv_blocks > INT32_MAX) return false;
+    launch.vec[l] = int8_t(spectral_vector_width(view.inner, sizeof(T), aligned));
   }
-  launch.first_mv_block[launch.p.count] = int(mv_blocks);
-  launch.first_mtv_block[launch.p.count] = int(mtv_blocks);
+  const int segments = spectral_chain_segments(launch.p.count, step);
+  int64_t blocks = 0;
+  for (int s = 0; s < segments; ++s) {
+    launch.segment_first[s] = int(blocks);
+    const SpectralChainSegment segment = spectral_chain_segment(launch.p.count, step, s);
+    const SpectralLayerView& view = launch.p.layers[segment.layer];
+    const int64_t cols = view.outer * view.inner;
+    const int vec = launch.vec[segment.layer];
+    blocks += segment.mtv ? spectral_mtv_blocks(cols, vec) : spectral_chain_mv_blocks(view.rows, cols, vec);
+    if (blocks > INT32_MAX) return false;
+  }
+  launch.segment_first[segments] = int(blocks);
   return true;
 }
 
-// n_power_iterations steps of (W v, then W^T u with u = normalize(W v), then v = normalize(W^T u)),
-// the last one also writing sigma; with no step, W v and sigma = u . (W v).
+// The counters zeroed, then a launch per step (the last one also writing sigma); with no step, one
+// launch for W v and sigma = u . (W v).
 cudaError_t launch_power_iteration(const SpectralParams& p, cudaStream_t stream) {
+  if (p.counters == nullptr) return cudaErrorInvalidValue;
   return dispatch_dtype<CudaElements>(p.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
+    const bool step = p.n_power_iterations > 0;
     IterationLaunch launch{};
     launch.p = p;
-    if (!plan_iteration<T>(launch)) return cudaErrorInvalidValue;
-    const int mv_grid = launch.first_mv_block[p.count];
-    const int mtv_grid = launch.first_mtv_block[p.count];
-    for (int64_t step = 0; step < p.n_power_iterations; ++step) {
-      if (mv_grid > 0) mv_kernel<T><<<mv_grid, kIterationThreads, 0, stream>>>(launch);
-      mtv_kernel<T><<<mtv_grid, kIterationThreads, 0, stream>>>(launch);
-      const Finish finish = step + 1 == p.n_power_iterations ? Finish::VAndSigma : Finish::V;
-      finish_kernel<T><<<p.count, kIterationThreads, 0, stream>>>(launch, finish);
-      const cudaError_t error = cudaGetLastError();
+    if (!plan_iteration<T>(launch, step)) return cudaErrorInvalidValue;
+    const int grid = launch.segment_first[spectral_chain_segments(p.count, step)];
+    const size_t counter_bytes = sizeof(unsigned) * spectral_iteration_counters(p.count, p.n_power_iterations);
+    cudaError_t error = cudaMemsetAsync(p.counters, 0, counter_bytes, stream);
+    if (error != cudaSuccess) return error;
+    if (!step) {
+      power_step_kernel<T><<<grid, kIterationThreads, 0, stream>>>(launch, Finish::SigmaOfU, p.counters);
+      return cudaGetLastError();
+    }
+    const int64_t per_step = spectral_iteration_counters(p.count, 1);
+    for (int64_t k = 0; k < p.n_power_iterations; ++k) {
+      const Finish finish = k + 1 == p.n_power_iterations ? Finish::VAndSigma : Finish::V;
+      power_step_kernel<T><<<grid, kIterationThreads, 0, stream>>>(launch, finish, p.counters + k * per_step);
+      error = cudaGetLastError();
       if (error != cudaSuccess) return error;
     }
-    if (p.n_power_iterations == 0) {
-      if (mv_grid > 0) mv_kernel<T><<<mv_grid, kIterationThreads, 0, stream>>>(launch);
-      finish_kernel<T><<<p.count, kIterationThreads, 0, stream>>>(launch, Finish::SigmaOfU);
-    }
-    return cudaGetLastError();
+    return cudaSuccess;
   });
 }
 

@@ -28,19 +28,20 @@
 namespace gan_kernels {
 namespace {
 
-// How a device runs a launch on the device of `ref`, and whether its normalisation backward needs
-// the per-block partial sums of <G, W> as scratch.
+// How a device runs a launch on the device of `ref`; whether its normalisation backward needs the
+// per-block partial sums of <G, W> as scratch, and its power iteration counters to order its blocks.
 struct Device {
   void (*run)(const SpectralParams& p, const at::Tensor& ref);
   bool normalize_backward_scratch;
+  bool power_iteration_counters;
 };
 
-constexpr Device kCpu{[](const SpectralParams& p, const at::Tensor&) { spectral_norm_cpu(p); }, false};
+constexpr Device kCpu{[](const SpectralParams& p, const at::Tensor&) { spectral_norm_cpu(p); }, false, false};
 #ifdef WITH_CUDA
 constexpr Device kCuda{[](const SpectralParams& p, const at::Tensor& ref) {
                          launch_on_cuda(ref, [&](cudaStream_t stream) { return launch_spectral_norm(p, stream); });
                        },
-                       true};
+                       true, true};
 #endif
 
 // One weight seen as PyTorch's spectral norm sees it: the matrix with `dim` moved first. For a
@@ -199,7 +200,8 @@ SpectralParams make_params(SpectralMode mode, const std::vector<SpectralLayer>& 
 }
 
 // Runs `mode` over every layer, kMaxSpectralLayers per launch. The scratch: the power iteration's
-// rows + cols accumulators per layer, or the device's normalisation-backward partial sums.
+// rows + cols accumulators per layer (and the device's counters), or the device's
+// normalisation-backward partial sums.
 void run(const Device& device, SpectralMode mode, const std::vector<SpectralLayer>& layers,
          const std::vector<at::Tensor>& grads, std::vector<at::Tensor>& out, const at::Tensor& sigmas,
          int64_t n_power_iterations = 0, double eps = 0) {
@@ -217,6 +219,12 @@ void run(const Device& device, SpectralMode mode, const std::vector<SpectralLaye
     }
     const at::Tensor workspace = at::empty({scratch}, sigmas.options().dtype(accumulator_type(sigmas)));
     p.workspace = scratch > 0 ? workspace.data_ptr() : nullptr;
+    at::Tensor counters;
+    if (mode == SpectralMode::PowerIteration && device.power_iteration_counters) {
+      counters =
+          at::empty({spectral_iteration_counters(p.count, n_power_iterations)}, sigmas.options().dtype(at::kInt));
+      p.counters = static_cast<unsigned*>(counters.data_ptr());
+    }
     device.run(p, sigmas);
   }
 }

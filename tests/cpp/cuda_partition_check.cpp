@@ -2,7 +2,8 @@
 // csrc/common/spectral_norm_partition.h on the CPU: for awkward shapes, walking blocks, threads and
 // their loops as the kernels do, every element is accessed exactly once, accesses are aligned to their
 // width, each pixel-norm sum meets every channel row of its tile exactly once, each column of the
-// spectral norm's W^T u is summed over its rows in the order set by the row count alone, and the
+// spectral norm's W^T u is summed over its rows in the order set by the row count alone, its power
+// iteration's W^T u of a layer comes after that layer's W v (which it waits for), and the
 // normalisation backward's walk gives every access the row and column a division would. Built and run
 // by tests/test_cuda_partition.py; prints the number of cases and exits 1 on the first failures.
 #include <bitset>
@@ -295,17 +296,48 @@ void spectral_normalize_case(int64_t outer, int64_t rows, int64_t inner, int vec
   for (size_t i = 0; i < seen.size(); ++i) CHECK(seen[i] == 1, "%s: element %zu written %d times", name, i, seen[i]);
 }
 
-// A launch's 1-D grid: every block belongs to the layer whose range holds it, layers without blocks
-// included.
-void spectral_grid_case(const std::vector<int>& layer_blocks) {
+// A power-iteration launch's tickets: every ticket belongs to the segment whose range holds it,
+// segments without blocks included.
+void spectral_tickets_case(const std::vector<int>& segment_blocks) {
   ++cases;
   std::vector<int> first(1, 0);
-  for (int b : layer_blocks) first.push_back(first.back() + b);
-  const int count = int(layer_blocks.size());
-  for (int block = 0; block < first.back(); ++block) {
-    const int l = spectral_layer_of_block(first.data(), count, block);
-    CHECK(l >= 0 && l < count && first[size_t(l)] <= block && block < first[size_t(l) + 1],
-          "spectral grid of %d layers: block %d given to layer %d", count, block, l);
+  for (int b : segment_blocks) first.push_back(first.back() + b);
+  const int segments = int(segment_blocks.size());
+  for (int ticket = 0; ticket < first.back(); ++ticket) {
+    const int s = spectral_segment_of_block(first.data(), segments, ticket);
+    CHECK(s >= 0 && s < segments && first[size_t(s)] <= ticket && ticket < first[size_t(s) + 1],
+          "%d segments: ticket %d given to segment %d", segments, ticket, s);
+  }
+}
+
+// The power iteration's schedule: each layer's W v once, and with a step its W^T u once, after its W v
+// (whose blocks it waits for: a wait for a later segment could deadlock) and, but for the last layer,
+// after the next layer's W v.
+void spectral_chain_case(int count, bool step) {
+  ++cases;
+  std::vector<int> mv_at(size_t(count), -1);
+  std::vector<int> mtv_at(size_t(count), -1);
+  const int segments = spectral_chain_segments(count, step);
+  for (int s = 0; s < segments; ++s) {
+    const SpectralChainSegment segment = spectral_chain_segment(count, step, s);
+    CHECK(segment.layer >= 0 && segment.layer < count, "%d layers: segment %d is layer %d", count, s, segment.layer);
+    if (segment.layer < 0 || segment.layer >= count) return;
+    int& at = (segment.mtv ? mtv_at : mv_at)[size_t(segment.layer)];
+    CHECK(at == -1, "%d layers: layer %d's %s twice", count, segment.layer, segment.mtv ? "W^T u" : "W v");
+    at = s;
+  }
+  for (int l = 0; l < count; ++l) {
+    CHECK(mv_at[size_t(l)] >= 0, "%d layers: no W v of layer %d", count, l);
+    if (!step) {
+      CHECK(mtv_at[size_t(l)] == -1 && mv_at[size_t(l)] == l, "%d layers, no step: layer %d at %d", count, l,
+            mv_at[size_t(l)]);
+      continue;
+    }
+    CHECK(mtv_at[size_t(l)] > mv_at[size_t(l)], "%d layers: layer %d's W^T u at %d, its W v at %d", count, l,
+          mtv_at[size_t(l)], mv_at[size_t(l)]);
+    if (l + 1 < count) {
+      CHECK(mtv_at[size_t(l)] > mv_at[size_t(l) + 1], "%d layers: layer %d's W^T u before the next W v", count, l);
+    }
   }
 }
 
@@ -374,9 +406,16 @@ int main() {
       if ((shape[0] * shape[1] * shape[2]) % vec == 0) spectral_normalize_case(shape[0], shape[1], shape[2], vec);
     }
   }
-  spectral_grid_case({5});
-  spectral_grid_case({0, 3, 0, 0, 1, 7, 0});
-  spectral_grid_case({1, 1, 1, 2, 40, 1});
+  spectral_tickets_case({5});
+  spectral_tickets_case({0, 3, 0, 0, 1, 7, 0});
+  spectral_tickets_case({1, 1, 1, 2, 40, 1});
+  for (int count : {1, 2, 3, 7, kMaxSpectralLayers}) {
+    spectral_chain_case(count, true);
+    spectral_chain_case(count, false);
+  }
+  for (int64_t rows : {0, 1, 9}) {  // every layer gets a W v block, even without rows
+    CHECK(spectral_chain_mv_blocks(rows, 5, 1) >= 1, "a layer of %lld rows has no W v block", (long long)rows);
+  }
   std::printf("%d cases, %d failures\n", cases, failures);
   return failures == 0 ? 0 : 1;
 }

@@ -6,7 +6,8 @@
 // undefined on a GPU.
 //
 // GAN_KERNELS_EMULATION_ORDER=reverse runs the fibers between barriers from the last thread to the
-// first: a kernel whose results change with the order has a race between its threads.
+// first, and the blocks from the last to the first: a kernel whose results change with the order has a
+// race between its threads, or depends on the order in which the GPU starts its blocks.
 #include <cuda_runtime.h>
 #include <sys/mman.h>
 
@@ -282,17 +283,18 @@ void run_grid(dim3 grid, dim3 block, size_t dynamic_shared_bytes, void (*body)(v
   b.reverse = reverse_order();
   Block* const outer = current_block;
   current_block = &b;
-  for (unsigned z = 0; z < grid.z; ++z) {
-    for (unsigned y = 0; y < grid.y; ++y) {
-      for (unsigned x = 0; x < grid.x; ++x) {
-        for (Fiber& f : b.fibers) f.place.block = {x, y, z};
-        // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read
-        // before any write shows.
-        std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
-        b.static_shared_filled.clear();
-        run_block(b);
-      }
-    }
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  for (uint64_t k = 0; k < blocks; ++k) {
+    const uint64_t index = b.reverse ? blocks - 1 - k : k;
+    const unsigned x = unsigned(index % grid.x);
+    const unsigned y = unsigned(index / grid.x % grid.y);
+    const unsigned z = unsigned(index / grid.x / grid.y);
+    for (Fiber& f : b.fibers) f.place.block = {x, y, z};
+    // Shared memory starts as garbage on a GPU: here a NaN-like byte pattern, so that a read before any
+    // write shows.
+    std::fill(b.dynamic_shared.begin(), b.dynamic_shared.end(), 0xff);
+    b.static_shared_filled.clear();
+    run_block(b);
   }
   current_block = outer;
 }
@@ -303,6 +305,16 @@ cudaError_t cudaGetLastError() {
   const cudaError_t error = gan_kernels_emulation::last_error;
   gan_kernels_emulation::last_error = cudaSuccess;
   return error;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
+  std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+
+void __nanosleep(unsigned) {
+  gan_kernels_emulation::fail(
+      "a block waits for blocks that have not run: each block it waits for must start before it");
 }
 
 const char* cudaGetErrorString(cudaError_t error) {

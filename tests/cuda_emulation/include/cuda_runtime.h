@@ -31,6 +31,7 @@ using cudaStream_t = CUstream_st*;
 
 cudaError_t cudaGetLastError();
 const char* cudaGetErrorString(cudaError_t error);
+cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream);
 
 struct uint3 {
   unsigned x, y, z;
@@ -105,8 +106,22 @@ template <typename T> T __shfl_xor_sync(unsigned mask, T value, int lane_mask, i
 
 // Cache hints change nothing on the host.
 template <typename T> T __ldg(const T* p) { return *p; }
+template <typename T> T __ldcg(const T* p) { return *p; }
 template <typename T> T __ldcs(const T* p) { return *p; }
 template <typename T> void __stwb(T* p, T value) { *p = value; }
+
+// One grid at a time, its blocks one after another on one CPU thread: an atomic is a plain update,
+// and every write of an earlier block is seen.
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+  const unsigned old = *address;
+  *address = old + value;
+  return old;
+}
+inline void __threadfence() {}
+// A block waits (spins with __nanosleep) only for blocks that started before it, which here have
+// finished: one that still has to wait waits for a block that has not started, which on a GPU can
+// deadlock. The runtime stops the process there.
+void __nanosleep(unsigned nanoseconds);
 
 // CUDA's device min and max: fmin/fmax for floating types (a NaN loses to a number), else the
 // comparison, in the type both convert to.
