@@ -59,6 +59,17 @@ def test_the_cpu_cases_carry_issue_15s_bandwidth_targets():
             assert case.copy_target == (0.40 if targeted else None), (case.op, case.shape, case.dtype, case.mode)
 
 
+def test_the_stylegan2_d_power_iteration_is_held_to_one_read_of_its_weights():
+    """Issue 14: within 2x of one read of the StyleGAN2-size D's 28,857,728 weights at copy bandwidth
+    (the case runs on CUDA only; built here on the CPU)."""
+    import torch
+    from cases import spectral_norm
+
+    case = spectral_norm.stylegan2_d_power_iteration(torch.device("cpu"), torch.bfloat16)
+    assert case.shape == "stylegan2_d_22_layers" and case.bytes == 28_857_728 * 2
+    assert case.copy_target == 0.5 and case.eager_target is None
+
+
 @pytest.mark.parametrize(
     "pct_copy, kernel_pct_copy, expected",
     [

@@ -4,7 +4,9 @@ Cases: one layer on its own (ours per layer, no batch_spectral_norm): the traini
 iteration and W / sigma) and forward+backward, from a 16x16 weight, whose time is the per-call
 overhead of either implementation, to a 512x512x3x3 conv; the spectral-norm part of a training step
 (power iteration, normalisation and their backward for every layer of an SNGAN-ResNet-like D, ours
-batched over the model); and a whole WGAN-GP D step on that D. On CUDA it also prints the kernel
+batched over the model); and a whole WGAN-GP D step on that D. On CUDA also the 22 layers of a
+StyleGAN2-size D (issue 14's targets): one power-iteration step of all of them (eager: the reference's
+per-layer PyTorch ops), and their spectral-norm part of a training step; and it prints the kernel
 launches of the spectral-norm work of one forward with 12 and 24 layers. torch.compile is not timed:
 the power iteration mutates buffers and the GP step needs double backward.
 """
@@ -12,6 +14,7 @@ the power iteration mutates buffers and the GP step needs double backward.
 import torch
 from harness import DROP_IN_TARGET, Case, dtype_name, shape_name
 
+from gan_kernels import reference, spectral_norm_power_iteration_
 from gan_kernels.nn import batch_spectral_norm, spectral_norm
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
@@ -20,6 +23,22 @@ NOT_COMPILED = RuntimeError("not applicable: mutating power iteration / double b
 BATCHED_TARGET = 1.5
 # One layer's weight: a tiny linear (the per-call overhead), a 128-channel and a 512-channel 3x3 conv.
 LAYER_SHAPES = [(16, 16), (128, 128, 3, 3), (512, 512, 3, 3)]
+# The spectral-norm layers of a StyleGAN2-size D at 256x256 (benchmarks/NOTES.md): fromrgb; per block
+# two 3x3 convs and a 1x1 skip (the 256 and 128 blocks widening, the 64 to 8 blocks at 512); the
+# epilogue conv over 513 channels (minibatch stddev's extra one), fc and out. 22 layers, 28,857,728
+# weights, 115.4 MB in float32.
+STYLEGAN2_D_SHAPES = (
+    [(128, 3, 1, 1)]
+    + [(128, 128, 3, 3), (256, 128, 3, 3), (256, 128, 1, 1)]
+    + [(256, 256, 3, 3), (512, 256, 3, 3), (512, 256, 1, 1)]
+    + [(512, 512, 3, 3), (512, 512, 3, 3), (512, 512, 1, 1)] * 4
+    + [(512, 513, 3, 3), (512, 8192), (1, 512)]
+)
+# Issue 14: their power iteration within 2x of the time to read their weights once at copy bandwidth
+# (so at least half of it, counting one read), and their spectral-norm part of a D step at least 5x
+# PyTorch's per-layer spectral norm.
+POWER_ITERATION_COPY_TARGET = 0.5
+SN_PART_TARGET = 5.0
 
 
 class DisBlock(torch.nn.Module):
@@ -106,6 +125,16 @@ def launches(device, n_layers, normalise, batched):
     return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
+def sn_part(model, batched):
+    """The spectral-norm part of a training step of `model`: every normalised weight (power iteration
+    and W / sigma) and their backward, from fixed upstream gradients."""
+    weights = NormalisedWeights(model)
+    if batched:
+        batch_spectral_norm(weights)
+    grads = [torch.randn_like(w) for w in weights()]
+    return lambda: torch.autograd.backward(weights(), grads)
+
+
 def one_layer(normalise, shape, device, dtype):
     torch.manual_seed(0)
     layer = torch.nn.Linear(shape[1], shape[0]) if len(shape) == 2 else torch.nn.Conv2d(shape[1], shape[0], shape[2])
@@ -157,20 +186,13 @@ def cases(device, quick, compile_fn):
     # As one layer's (layer_cases): 7 passes over every weight.
     weight_bytes = sum(m.parametrizations.weight.original.nbytes for m in owners)
 
-    def sn_part_run(model):
-        weights = NormalisedWeights(model)
-        if model is models["ours"]:
-            batch_spectral_norm(weights)
-        grads = [torch.randn_like(w) for w in weights()]
-        return lambda: torch.autograd.backward(weights(), grads)
-
     out.append(
         Case(
             "spectral_norm",
             f"sngan_d_{n_layers}_layers",
             dtype_name(dtype),
             "sn fwd+bwd",
-            {"eager": sn_part_run(models["eager"]), "compile": NOT_COMPILED, "ours": sn_part_run(models["ours"])},
+            {"eager": sn_part(models["eager"], False), "compile": NOT_COMPILED, "ours": sn_part(models["ours"], True)},
             7 * weight_bytes,
             eager_target=BATCHED_TARGET,
         )
@@ -195,6 +217,7 @@ def cases(device, quick, compile_fn):
             )
         )
     if device.type == "cuda":
+        out += stylegan2_d_cases(device)
         for n in (12, 24):
             print(
                 f"spectral_norm: kernel launches of the SN work of one forward with {n} SN layers: "
@@ -202,3 +225,58 @@ def cases(device, quick, compile_fn):
                 f"PyTorch {launches(device, n, torch_spectral_norm, False)}"
             )
     return out
+
+
+def stylegan2_d_power_iteration(device, dtype):
+    """One power-iteration step and sigma of every layer of STYLEGAN2_D_SHAPES, ours in one call and the
+    reference's per-layer PyTorch ops, each on its own copy of the same u and v."""
+    torch.manual_seed(0)
+    weights = [torch.randn(shape, device=device, dtype=dtype) for shape in STYLEGAN2_D_SHAPES]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], device=device, dtype=dtype), dim=0) for w in weights]
+    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), device=device, dtype=dtype), dim=0) for w in weights]
+    dims = [0] * len(weights)
+
+    def step(power_iteration):
+        u, v = [t.clone() for t in us], [t.clone() for t in vs]
+        return lambda: power_iteration(weights, u, v, dims, 1, 1e-12)
+
+    return Case(
+        "spectral_norm power iteration",
+        f"stylegan2_d_{len(weights)}_layers",
+        dtype_name(dtype),
+        "1 step + sigma",
+        {
+            "eager": step(reference.spectral_norm_power_iteration_),
+            "compile": NOT_COMPILED,
+            "ours": step(spectral_norm_power_iteration_),
+        },
+        sum(w.nbytes for w in weights),  # one read of every weight: the target's yardstick
+        eager_target=None,  # no target against the reference; the copy share is the target
+        copy_target=POWER_ITERATION_COPY_TARGET,
+    )
+
+
+def stylegan2_d_cases(device):
+    """Issue 14's spectral-norm targets on the layers of a StyleGAN2-size D (CUDA only: 115 MB of weights
+    in float32): the power iteration in float32 and bfloat16, and the spectral-norm part of a training
+    step in float32, ours batched against PyTorch's parametrization per layer."""
+    dtype = torch.float32
+    models = {
+        name: torch.nn.ModuleList(one_layer(normalise, shape, device, dtype) for shape in STYLEGAN2_D_SHAPES)
+        for name, normalise in (("eager", torch_spectral_norm), ("ours", spectral_norm))
+    }
+    models["ours"].load_state_dict(models["eager"].state_dict())
+    weight_bytes = sum(m.parametrizations.weight.original.nbytes for m in models["ours"])
+    return [
+        stylegan2_d_power_iteration(device, torch.float32),
+        stylegan2_d_power_iteration(device, torch.bfloat16),
+        Case(
+            "spectral_norm",
+            f"stylegan2_d_{len(STYLEGAN2_D_SHAPES)}_layers",
+            dtype_name(dtype),
+            "sn fwd+bwd",
+            {"eager": sn_part(models["eager"], False), "compile": NOT_COMPILED, "ours": sn_part(models["ours"], True)},
+            7 * weight_bytes,  # as the SNGAN D's: see layer_cases
+            eager_target=SN_PART_TARGET,
+        ),
+    ]
