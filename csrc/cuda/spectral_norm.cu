@@ -200,12 +200,20 @@ __device__ bool arrive(unsigned* done, unsigned blocks, unsigned* shared_last) {
   return last;
 }
 
+// Polls after which a wait gives up: each poll is an atomic at L2 (a fraction of a microsecond) and a
+// sleep, so this is seconds, where a wait that can end takes microseconds.
+constexpr unsigned kMaxPolls = 1u << 25;
+
 // Waits until `blocks` blocks have arrived at `done`, and sees their writes. Those blocks took earlier
 // tickets, so they have started, and they wait for nothing: no deadlock, whatever order the GPU starts
-// blocks in.
+// blocks in. Should a wait still not end, the kernel traps (the launch fails with an error the caller
+// sees) rather than hang the process.
 __device__ void wait_for(unsigned* done, unsigned blocks) {
   if (threadIdx.x == 0) {
-    while (atomicAdd(done, 0u) < blocks) __nanosleep(256);
+    for (unsigned polls = 0; atomicAdd(done, 0u) < blocks; ++polls) {
+      if (polls == kMaxPolls) __trap();
+      __nanosleep(256);
+    }
     __threadfence();
   }
   __syncthreads();

@@ -317,6 +317,8 @@ void __nanosleep(unsigned) {
       "a block waits for blocks that have not run: each block it waits for must start before it");
 }
 
+void __trap() { gan_kernels_emulation::fail("__trap"); }
+
 const char* cudaGetErrorString(cudaError_t error) {
   switch (error) {
     case cudaSuccess: return "no error";

@@ -122,6 +122,8 @@ inline void __threadfence() {}
 // finished: one that still has to wait waits for a block that has not started, which on a GPU can
 // deadlock. The runtime stops the process there.
 void __nanosleep(unsigned nanoseconds);
+// Stops the process, where a GPU would end the launch with an error.
+[[noreturn]] void __trap();
 
 // CUDA's device min and max: fmin/fmax for floating types (a NaN loses to a number), else the
 // comparison, in the type both convert to.
