@@ -6,12 +6,11 @@ import gc
 import math
 import mmap
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
 import torch
+from fresh_imports import Case, run_fresh_imports
 from helpers import requires_ops
 
 import gan_kernels
@@ -44,8 +43,28 @@ def cache_limit():
     _C.set_output_cache_limit(limit)
 
 
-def run_python(script, **env):
-    return subprocess.run([sys.executable, "-c", script], env=dict(os.environ, **env), capture_output=True, text=True)
+HUGE_PAGES_AT_IMPORT = [("0", False), ("1", True), ("", True)]
+CACHE_LIMITS_AT_IMPORT = [("0", 0), ("64", 64 * MiB), ("", 1024 * MiB), (" 8 ", 8 * MiB)]
+BAD_CACHE_LIMITS = ["-1", "1.5", "lots"]
+PRINT_HUGE_PAGES = "from gan_kernels._backend import _C; print(_C.huge_page_outputs())"
+PRINT_CACHE_LIMIT = "import gan_kernels; print(gan_kernels.cpu_cache_info().limit_bytes)"
+# The `python -c` of each test of a variable read at import: (code, variable, value).
+IMPORTS = [
+    *((PRINT_HUGE_PAGES, "GAN_KERNELS_HUGE_PAGES", value) for value, _ in HUGE_PAGES_AT_IMPORT),
+    ("import gan_kernels", "GAN_KERNELS_HUGE_PAGES", "yes"),
+    *((PRINT_CACHE_LIMIT, "GAN_KERNELS_CPU_CACHE_MB", value) for value, _ in CACHE_LIMITS_AT_IMPORT),
+    *(("import gan_kernels", "GAN_KERNELS_CPU_CACHE_MB", value) for value in BAD_CACHE_LIMITS),
+]
+# One worker runs them, once, rather than each worker that gets one of their tests.
+in_fresh_python = pytest.mark.xdist_group("test_output_memory fresh pythons")
+
+
+@pytest.fixture(scope="module")
+def fresh_python():
+    """Each of IMPORTS run in a fresh import of gan_kernels, all at once (tests/fresh_imports.py)."""
+    return dict(
+        zip(IMPORTS, run_fresh_imports([Case(code, env={variable: value}) for code, variable, value in IMPORTS]))
+    )
 
 
 def advised_huge_pages(address):
@@ -102,14 +121,16 @@ def test_the_advice_can_be_turned_off():
 
 
 @needs_thp
-@pytest.mark.parametrize("value, advised", [("0", False), ("1", True), ("", True)])
-def test_the_environment_variable_sets_the_advice_at_import(value, advised):
-    out = run_python("from gan_kernels._backend import _C; print(_C.huge_page_outputs())", GAN_KERNELS_HUGE_PAGES=value)
+@in_fresh_python
+@pytest.mark.parametrize("value, advised", HUGE_PAGES_AT_IMPORT)
+def test_the_environment_variable_sets_the_advice_at_import(value, advised, fresh_python):
+    out = fresh_python[PRINT_HUGE_PAGES, "GAN_KERNELS_HUGE_PAGES", value]
     assert out.stdout.strip() == str(advised), out.stderr
 
 
-def test_a_bad_value_of_the_huge_page_variable_is_an_error_that_names_it():
-    out = run_python("import gan_kernels", GAN_KERNELS_HUGE_PAGES="yes")
+@in_fresh_python
+def test_a_bad_value_of_the_huge_page_variable_is_an_error_that_names_it(fresh_python):
+    out = fresh_python["import gan_kernels", "GAN_KERNELS_HUGE_PAGES", "yes"]
     assert out.returncode != 0
     assert "GAN_KERNELS_HUGE_PAGES='yes' is not 0 or 1" in out.stderr
 
@@ -227,17 +248,17 @@ def test_threads_share_the_cache_safely():
     assert not errors
 
 
-@pytest.mark.parametrize("value, limit", [("0", 0), ("64", 64 * MiB), ("", 1024 * MiB), (" 8 ", 8 * MiB)])
-def test_the_environment_variable_sets_the_cache_limit_at_import(value, limit):
-    out = run_python(
-        "import gan_kernels; print(gan_kernels.cpu_cache_info().limit_bytes)", GAN_KERNELS_CPU_CACHE_MB=value
-    )
+@in_fresh_python
+@pytest.mark.parametrize("value, limit", CACHE_LIMITS_AT_IMPORT)
+def test_the_environment_variable_sets_the_cache_limit_at_import(value, limit, fresh_python):
+    out = fresh_python[PRINT_CACHE_LIMIT, "GAN_KERNELS_CPU_CACHE_MB", value]
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(limit)
 
 
-@pytest.mark.parametrize("value", ["-1", "1.5", "lots"])
-def test_a_bad_cache_limit_is_an_error_that_names_the_variable(value):
-    out = run_python("import gan_kernels", GAN_KERNELS_CPU_CACHE_MB=value)
+@in_fresh_python
+@pytest.mark.parametrize("value", BAD_CACHE_LIMITS)
+def test_a_bad_cache_limit_is_an_error_that_names_the_variable(value, fresh_python):
+    out = fresh_python["import gan_kernels", "GAN_KERNELS_CPU_CACHE_MB", value]
     assert out.returncode != 0
     assert f"GAN_KERNELS_CPU_CACHE_MB={value!r} is not a whole number of MiB" in out.stderr
