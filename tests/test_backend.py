@@ -2,33 +2,20 @@
 
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 import types
 import warnings
 
 import pytest
 import torch
+from fresh_imports import Case, run_fresh_imports
 from helpers import OPS_REGISTERED
 
 import gan_kernels
 from gan_kernels import _backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_python(code, **env):
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout
+CUDA_RUNS_HERE = OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available()
 
 
 BLOCK_EXTENSION = """
@@ -41,10 +28,49 @@ BLOCK_EXTENSION = """
 """
 
 
-def test_without_extension_imports_warns_once_and_runs_the_reference():
-    out = run_python(
-        BLOCK_EXTENSION
-        + """
+def entry_point(*args, prelude=""):
+    """`python -m gan_kernels ARGS`, after `prelude`."""
+    return Case(
+        textwrap.dedent(prelude)
+        + textwrap.dedent(f"""
+    import runpy, sys
+    sys.argv = ["gan_kernels", *{list(args)!r}]
+    runpy.run_module("gan_kernels", run_name="__main__")
+    """)
+    )
+
+
+@pytest.fixture(scope="module")
+def fresh_python(tmp_path_factory):
+    """The result of each test's python below, by name: a fresh import of gan_kernels each, all run
+    at once for this module (tests/fresh_imports.py)."""
+    unbuilt = tmp_path_factory.mktemp("unbuilt")
+    # A checkout without the compiled .so, imported from a user's script.
+    shutil.copytree(
+        os.path.join(ROOT, "gan_kernels"),
+        unbuilt / "gan_kernels",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+    )
+    (unbuilt / "train.py").write_text(UNBUILT_TRAIN_PY)
+    cases = {
+        "without the extension": Case(
+            textwrap.dedent(BLOCK_EXTENSION + WITHOUT_EXTENSION), env={"GAN_KERNELS_IMPL": "auto"}
+        ),
+        "unbuilt": Case(script=str(unbuilt / "train.py"), cwd=str(unbuilt), env={"GAN_KERNELS_IMPL": "auto"}),
+        "forced reference": Case(FORCED_REFERENCE, env={"GAN_KERNELS_IMPL": "reference"}),
+        "unknown impl": Case("import gan_kernels", env={"GAN_KERNELS_IMPL": "fast"}),
+        "entry point": entry_point(),
+        "entry point without the extension": entry_point(prelude=BLOCK_EXTENSION),
+    }
+    if not CUDA_RUNS_HERE:
+        cases["--require-cuda"] = entry_point("--require-cuda")
+    return dict(zip(cases, run_fresh_imports(list(cases.values()))))
+
+
+# One worker runs the module's fresh pythons, once, rather than each worker that gets one of its tests.
+in_fresh_python = pytest.mark.xdist_group("test_backend fresh pythons")
+
+WITHOUT_EXTENSION = """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         import torch, gan_kernels
@@ -58,68 +84,60 @@ def test_without_extension_imports_warns_once_and_runs_the_reference():
     print(fallback[0].message)
     print(gan_kernels.backend().impl)
     print(torch.equal(y, reference.pixel_norm(x)))
-    """,
-        GAN_KERNELS_IMPL="auto",
-    )
-    count, message, impl, equal = out.strip().splitlines()
+"""
+
+
+@in_fresh_python
+def test_without_extension_imports_warns_once_and_runs_the_reference(fresh_python):
+    result = fresh_python["without the extension"]
+    assert result.returncode == 0, result.stderr
+    count, message, impl, equal = result.stdout.strip().splitlines()
     assert count == "1"
     assert "gan_kernels._C could not be loaded" in message and "blocked by the test" in message
     assert impl == "reference"
     assert equal == "True"
 
 
-def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_users_import(tmp_path):
-    # A checkout without the compiled .so, imported from a user's script.
-    shutil.copytree(
-        os.path.join(ROOT, "gan_kernels"),
-        tmp_path / "gan_kernels",
-        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
-    )
-    script = tmp_path / "train.py"
-    script.write_text(
-        textwrap.dedent("""\
-        import warnings
-        warnings.simplefilter("always")
-        with warnings.catch_warnings(record=True) as caught:
-            import gan_kernels
-        (w,) = [w for w in caught if issubclass(w.category, gan_kernels.FallbackWarning)]
-        print(w.filename, w.lineno, sep="|")
-        print(w.message)
-        print(gan_kernels.backend().reason)
-        """)
-    )
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GAN_KERNELS_IMPL": "auto"}
-    result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-    )
+UNBUILT_TRAIN_PY = """\
+import warnings
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    import gan_kernels
+(w,) = [w for w in caught if issubclass(w.category, gan_kernels.FallbackWarning)]
+print(w.filename, w.lineno, sep="|")
+print(w.message)
+print(gan_kernels.backend().reason)
+"""
+
+
+@in_fresh_python
+def test_an_unbuilt_extension_is_named_as_such_and_the_warning_points_at_the_users_import(fresh_python):
+    result = fresh_python["unbuilt"]
     assert result.returncode == 0, result.stderr
     location, message, reason = result.stdout.strip().splitlines()
-    assert location == f"{script}|4"
+    assert location == f"{result.args[1]}|4"  # python SCRIPT
     for text in (message, reason):
         assert "it is not built" in text and "circular import" not in text
 
 
-def test_forced_reference_is_silent_and_reported():
-    out = run_python(
-        """
-    import warnings
-    warnings.simplefilter("error")
-    import gan_kernels
-    print(gan_kernels.backend())
-    """,
-        GAN_KERNELS_IMPL="reference",
-    )
-    assert out.strip() == "reference (forced by GAN_KERNELS_IMPL=reference)"
+FORCED_REFERENCE = """
+import warnings
+warnings.simplefilter("error")
+import gan_kernels
+print(gan_kernels.backend())
+"""
 
 
-def test_unknown_impl_is_a_clear_error():
-    result = subprocess.run(
-        [sys.executable, "-c", "import gan_kernels"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT, "GAN_KERNELS_IMPL": "fast"},
-        capture_output=True,
-        text=True,
-    )
+@in_fresh_python
+def test_forced_reference_is_silent_and_reported(fresh_python):
+    result = fresh_python["forced reference"]
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "reference (forced by GAN_KERNELS_IMPL=reference)"
+
+
+@in_fresh_python
+def test_unknown_impl_is_a_clear_error(fresh_python):
+    result = fresh_python["unknown impl"]
     assert result.returncode != 0
     assert "GAN_KERNELS_IMPL='fast' is not one of auto, reference" in result.stderr
 
@@ -150,25 +168,9 @@ def test_backend_reports_this_build():
         assert info.impl == "reference" and "could not be loaded" in info.reason
 
 
-def run_entry_point(*args, prelude=""):
-    """`python -m gan_kernels ARGS` in a fresh process, after `prelude`: the CompletedProcess."""
-    code = textwrap.dedent(prelude) + textwrap.dedent(f"""
-    import runpy, sys
-    sys.argv = ["gan_kernels", *{list(args)!r}]
-    runpy.run_module("gan_kernels", run_name="__main__")
-    """)
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def test_module_entry_point_prints_the_build_facts():
-    result = run_entry_point()
+@in_fresh_python
+def test_module_entry_point_prints_the_build_facts(fresh_python):
+    result = fresh_python["entry point"]
     assert f"gan_kernels {gan_kernels.__version__}" in result.stdout
     assert "backend" in result.stdout
     if OPS_REGISTERED:
@@ -179,19 +181,20 @@ def test_module_entry_point_prints_the_build_facts():
         assert result.returncode == 1
 
 
-def test_module_entry_point_fails_when_the_extension_does_not_load():
+@in_fresh_python
+def test_module_entry_point_fails_when_the_extension_does_not_load(fresh_python):
     # A GPU check that only ran `python -m gan_kernels` would otherwise go on to test the fallback.
-    result = run_entry_point(prelude=BLOCK_EXTENSION)
+    result = fresh_python["entry point without the extension"]
     assert result.returncode == 1
     assert "gan_kernels._C could not be loaded" in result.stderr and "blocked by the test" in result.stderr
 
 
 @pytest.mark.skipif(
-    OPS_REGISTERED and _backend._C.cuda_compiled and torch.cuda.is_available(),
-    reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes",
+    CUDA_RUNS_HERE, reason="CUDA kernels and a GPU are present: tests/test_cuda.py checks that --require-cuda passes"
 )
-def test_require_cuda_fails_without_cuda_kernels_or_gpu():
-    result = run_entry_point("--require-cuda")
+@in_fresh_python
+def test_require_cuda_fails_without_cuda_kernels_or_gpu(fresh_python):
+    result = fresh_python["--require-cuda"]
     assert result.returncode == 1
     assert "error: --require-cuda:" in result.stderr or "could not be loaded" in result.stderr
 
