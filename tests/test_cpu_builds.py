@@ -1,21 +1,18 @@
 """The CPU kernels are built once per ATen CPU capability (csrc/cpu/capability.h). Spectral norm, the
 gradient penalty and pixel norm sum in an order no build changes (csrc/cpu/vec_step.h's fixed lanes;
 pixel norm's NCHW sums run over the channels in order, without fused multiply-adds), so they promise
-the same bits from every build: each build available here runs in a subprocess under
-ATEN_CPU_CAPABILITY."""
-
-import os
-import subprocess
-import sys
+the same bits from every build: each build available here runs in a fresh import of gan_kernels under
+ATEN_CPU_CAPABILITY (tests/fresh_imports.py; ATen reads it at its first op, not at import)."""
 
 import pytest
+from fresh_imports import Case, run_fresh_imports
 from helpers import requires_ops
 
-# Prints the capability ATen picked, then a digest of every output for seeded inputs: spectral norm's
-# power iteration, normalisation and backward for a batch of unequal layers (one larger than a
-# parallel task, with a ragged tail), the penalty with its backward, and pixel norm forward and backward
-# along a contiguous dim (rows) and along dim 1 of NCHW (short and long blocks, with a ragged last
-# vector), in float32 and bfloat16.
+# Prints the capability ATen was told and the build of our kernels that runs, then a digest of every
+# output for seeded inputs: spectral norm's power iteration, normalisation and backward for a batch of
+# unequal layers (one larger than a parallel task, with a ragged tail), the penalty with its backward,
+# and pixel norm forward and backward along a contiguous dim (rows) and along dim 1 of NCHW (short and
+# long blocks, with a ragged last vector), in float32 and bfloat16.
 SCRIPT = """
 import hashlib
 import numpy as np
@@ -53,23 +50,20 @@ for dtype in (torch.float32, torch.bfloat16):
     for shape, dim in (((70, 301), 1), ((3, 45, 7, 5), 1), ((2, 13, 19, 23), 1)):
         x, grad = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype)
         add(ops.pixel_norm(x, dim, 1e-8), ops.pixel_norm_backward(grad, x, dim, 1e-8))
-print(gan_kernels._backend._C.cpu_capability(), digest.hexdigest())
+print(torch.backends.cpu.get_cpu_capability(), gan_kernels._backend._C.cpu_capability(), digest.hexdigest())
 """
-
-
-def run_under(capability):
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    picked, digest = done.stdout.split()
-    return picked, digest
 
 
 @requires_ops
 def test_fixed_order_kernels_give_the_same_bits_in_every_cpu_build():
+    capabilities = ("default", "avx2", "avx512")
     digests = {}
-    for capability in ("default", "avx2", "avx512"):
-        picked, digest = run_under(capability)
+    for capability, done in zip(
+        capabilities, run_fresh_imports([Case(SCRIPT, env={"ATEN_CPU_CAPABILITY": c}) for c in capabilities])
+    ):
+        assert done.returncode == 0, done.stderr
+        told, picked, digest = done.stdout.split()
+        assert told == capability.upper(), "ATen chose its capability before the variable was set"
         if picked == capability:  # our kernels fall back to a lower build where the CPU lacks one
             digests[capability] = digest
     if len(digests) < 2:
