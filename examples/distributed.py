@@ -92,11 +92,12 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def identical_on_every_rank(modules):
+def gather_parameters(modules):
+    """This rank's parameters of `modules` flattened into one tensor, and every rank's."""
     flat = torch.cat([p.detach().flatten() for m in modules for p in m.parameters()])
     gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, flat)
-    return all(torch.equal(other, flat) for other in gathered)
+    return flat, gathered
 
 
 def main(argv=None):
@@ -113,24 +114,27 @@ def main(argv=None):
     else:
         # torchrun's ranks share the machine's cores.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["LOCAL_WORLD_SIZE"])))
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world_size = dist.get_rank(), dist.get_world_size()
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
     # Each rank builds its models from its own seed: DDP's constructor or broadcast_state makes
     # them rank 0's, so nothing relies on every rank seeding alike.
     torch.manual_seed(rank)
     G, D = Generator().to(device), Discriminator().to(device)
+    lazy = penalties.LazyRegularizer(args.r1_interval)
+    d_lr, d_betas = lazy.adam_hyperparameters(0.0025, (0.0, 0.99))
+    opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas)
+
+    # The process group after the optimizers: their construction imports torch._dynamo, which imports
+    # modules (torch.distributed._shard) that, imported after init_process_group, keep the group and
+    # its gloo threads alive past destroy_process_group (seen with torch 2.13).
+    dist.init_process_group("nccl" if use_cuda else "gloo")
     if args.loop == "ddp":
         G_train, D_train = DistributedDataParallel(G), DistributedDataParallel(D)
     else:
         broadcast_state(G)
         broadcast_state(D)
         G_train, D_train = G, D
-
-    lazy = penalties.LazyRegularizer(args.r1_interval)
-    d_lr, d_betas = lazy.adam_hyperparameters(0.0025, (0.0, 0.99))
-    opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
-    opt_d = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas)
 
     # Every rank draws its own share of the data set and its own noise.
     shard = synthetic_images(1024)[rank::world_size].to(device)
@@ -185,7 +189,8 @@ def main(argv=None):
                 flush=True,
             )
 
-    identical = identical_on_every_rank([G, D])
+    flat, gathered = gather_parameters([G, D])
+    identical = all(torch.equal(other, flat) for other in gathered)
     if rank == 0:
         median = sorted(times)[len(times) // 2]
         print(f"median {1000 * median:.1f} ms/step; parameters identical on all {world_size} ranks: {identical}")
@@ -193,6 +198,10 @@ def main(argv=None):
     # here, rather than leaving the last reference to the end of main or to the interpreter's exit.
     del G_train, D_train
     dist.destroy_process_group()
+    # Only now, with gloo's threads gone: a worker thread lets go of a collective's tensors a moment
+    # after the call has returned, and if it then held their last reference it would need the GIL to
+    # free them, which at the interpreter's exit aborts the process.
+    del flat, gathered
     return 0 if identical else 1
 
 
