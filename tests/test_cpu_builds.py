@@ -63,7 +63,10 @@ def test_fixed_order_kernels_give_the_same_bits_in_every_cpu_build():
     ):
         assert done.returncode == 0, done.stderr
         told, picked, digest = done.stdout.split()
-        assert told == capability.upper(), "ATen chose its capability before the variable was set"
+        # ATen accepts "default" on every CPU (an x86 name elsewhere only earns a warning): told anything
+        # else, it chose its capability before the variable was set.
+        if capability == "default":
+            assert told == "DEFAULT", "ATen chose its capability before the variable was set"
         if picked == capability:  # our kernels fall back to a lower build where the CPU lacks one
             digests[capability] = digest
     if len(digests) < 2:
