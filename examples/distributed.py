@@ -125,9 +125,10 @@ def main(argv=None):
     opt_g = torch.optim.Adam(G.parameters(), lr=0.0025, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), lr=d_lr, betas=d_betas)
 
-    # The process group after the optimizers: their construction imports torch._dynamo, which imports
-    # modules (torch.distributed._shard) that, imported after init_process_group, keep the group and
-    # its gloo threads alive past destroy_process_group (seen with torch 2.13).
+    # The process group after the optimizers: their construction imports torch._dynamo, and through it
+    # torch.distributed.nn.functional, whose collectives default to `group=group.WORLD`. Python
+    # evaluates that at import: after init_process_group, the default group itself, which then outlives
+    # destroy_process_group, its gloo threads too, to the interpreter's exit (torch 2.13).
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if args.loop == "ddp":
         G_train, D_train = DistributedDataParallel(G), DistributedDataParallel(D)
