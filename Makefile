@@ -42,8 +42,8 @@ build: deps
 # and building it twice cost 25 s of make test.
 # CUDA_GLUE_TORCH_ROOT=<unpacked wheel>/torch checks the glue against another torch's headers, e.g.
 # the GPU box's 2.11 (README, "GPU status"). Then the machine-code audit (scripts/sass_audit.py, about
-# 30 s on 2 cores): fails when a kernel spills or uses local memory; its table is in
-# build/sass-audit/audit.json.
+# 30 s on 2 cores; a source compiled before the same way comes from build/sass-audit-cache): fails
+# when a kernel spills or uses local memory; its table is in build/sass-audit/audit.json.
 cuda-check: build
 	@if command -v nvcc >/dev/null; then \
 		cmake -S . -B build/cuda-check -G Ninja -DCMAKE_CUDA_ARCHITECTURES=80 >/dev/null && \

@@ -12,6 +12,11 @@ nvdisasm it runs are taken from PATH, else from the pip packages nvidia-cuda-cuo
 nvidia-cuda-nvdisasm (CUDA toolkits without them, like CI's, get them that way: `make cuda-check`
 installs both).
 
+A source is compiled only when no earlier audit compiled it the same way: the compiles are cached in
+build/sass-audit-cache (CACHE_DIR, whatever --build-dir says, so that the tests reuse `make
+cuda-check`'s), keyed by the tools' versions, nvcc's command line and environment, and the contents of
+the source and of every header `nvcc -M` says it includes (compile_key).
+
 The counts are static (instructions in the code, not executions), for the whole kernel and for its
 innermost loops, where a kernel spends its time; a branch a launch never takes still counts, so the
 source says which path runs.
@@ -21,6 +26,8 @@ import argparse
 import concurrent.futures
 import dataclasses
 import glob
+import gzip
+import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Dict, List, Optional, Tuple
 
@@ -44,6 +52,20 @@ CUDA_ONLY = "$<$<COMPILE_LANGUAGE:CUDA>:"
 UNREAD_COMMANDS = ("add_compile_options", "add_compile_definitions", "add_definitions", "target_compile_definitions")
 # A CMake token: bracket comment, line comment, quoted argument, parenthesis, or unquoted argument.
 CMAKE_TOKEN = re.compile(r'#\[(=*)\[.*?\]\1\]|#[^\n]*|"(?:\\.|[^"\\])*"|[()]|[^\s()#"]+', re.DOTALL)
+# The generated headers' folder in the build directory, where nvcc runs: the compile command names it
+# relative to there, so that it, part of the cache key, is the same in every build directory.
+GENERATED = "generated"
+
+# The compile cache (compile_cached): one folder per compile key. Shared by every --build-dir, so that
+# tests/test_sass_audit.py reuses what `make cuda-check` compiled.
+CACHE_DIR = os.path.join(ROOT, "build", "sass-audit-cache")
+# The most recently used entries kept per source: enough to go back and forth between a few versions
+# of it (branches, an edit undone) without filling the disk (an entry is a few MB).
+CACHE_ENTRIES_PER_SOURCE = 4
+# Part of the key: bumped when what an entry holds changes, so no older entry is read for a newer one.
+CACHE_FORMAT = 1
+# Environment variables nvcc takes flags and its host compiler from: part of the key.
+NVCC_ENVIRONMENT = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")
 
 # HOT_KERNELS_RULE: every kernel is hot, none is exempt from failing on spills or local memory. The
 # small ones (finish_penalty, write_stats, reduce_stat_grad) run on every call of their op, and the
@@ -225,9 +247,26 @@ def find_tool(executable: str) -> Optional[str]:
     return shutil.which(executable) or pip_tool(executable)
 
 
-def tool_version(path: str) -> str:
+def host_compiler() -> Optional[str]:
+    """The compiler nvcc preprocesses every source with: NVCC_CCBIN's (a folder holding gcc, or the
+    compiler itself), else gcc on PATH, nvcc's default on Linux."""
+    ccbin = os.environ.get("NVCC_CCBIN")
+    if ccbin and os.path.isdir(ccbin):
+        return os.path.join(ccbin, "gcc")
+    return ccbin or shutil.which("gcc")
+
+
+def version_output(path: Optional[str]) -> str:
+    """What `path --version` prints; empty where it cannot run (nvcc then fails the compile)."""
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, text=True).stdout if path else ""
+    except OSError:
+        return ""
+
+
+def release(version: str) -> str:
     """The release of a CUDA tool, from its "Cuda compilation tools, release 13.0, V13.0.88" line."""
-    match = re.search(r", V(\S+)", subprocess.run([path, "--version"], capture_output=True, text=True).stdout)
+    match = re.search(r", V(\S+)", version)
     return match.group(1) if match else "unknown"
 
 
@@ -315,38 +354,123 @@ def cmake_cuda_flags(path: str = CMAKELISTS) -> List[str]:
     return [f"-std=c++{standards[0][0]}", *options]
 
 
-def nvcc_command(nvcc: str, cuda_flags: List[str], source: str, cubin: str, generated: str) -> List[str]:
-    return [
-        nvcc,
-        "-cubin",
-        f"-arch={ARCH}",
-        *cuda_flags,
-        f"-I{os.path.join(ROOT, 'csrc')}",
-        f"-I{generated}",
-        "-Xptxas",
-        "-v",
-        "-o",
-        cubin,
-        source,
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    """The audit's tools and nvcc's flags, with the versions that decide what the tools output."""
+
+    paths: Dict[str, str]  # nvcc, cuobjdump, nvdisasm
+    versions: Dict[str, str]  # the `--version` output of each, and of nvcc's host compiler
+    flags: List[str]  # nvcc's, all but the output and the source
+
+
+def load_toolchain(paths: Dict[str, str]) -> Toolchain:
+    """The toolchain of `paths`, with CMakeLists.txt's flags (RuntimeError where it cannot read them)."""
+    versions = {name: version_output(path) for name, path in paths.items()}
+    versions["host compiler"] = version_output(host_compiler())
+    include = [f"-I{os.path.join(ROOT, 'csrc')}", f"-I{GENERATED}"]
+    return Toolchain(paths, versions, ["-cubin", f"-arch={ARCH}", *cmake_cuda_flags(), *include, "-Xptxas", "-v"])
+
+
+def cubin_name(source: str) -> str:
+    return os.path.splitext(os.path.basename(source))[0] + ".cubin"
+
+
+def compile_command(toolchain: Toolchain, source: str) -> List[str]:
+    """nvcc's command line for `source` (an absolute path: nvcc runs in the build directory, GENERATED)."""
+    return [toolchain.paths["nvcc"], *toolchain.flags, "-o", cubin_name(source), source]
+
+
+def parse_dependencies(make_rule: str) -> List[str]:
+    """The prerequisites of a make rule as `nvcc -M` prints it: `target : a \\<newline> b`, a space
+    in a path escaped as `\\ `."""
+    prerequisites = make_rule.split(":", 1)[1].replace("\\\n", " ")
+    return [path.replace("\\ ", " ") for path in re.findall(r"(?:\\ |\S)+", prerequisites)]
+
+
+def compile_key(toolchain: Toolchain, source: str, build_dir: str) -> str:
+    """A digest of everything that decides a compile's ptxas report, cubin and disassembly: the
+    cache's format, the tools' and host compiler's versions, nvcc's environment variables, the command
+    line (arch and flags) and the path and contents of every file the compile reads. Those files are
+    listed by `nvcc -M` with the compile's flags, run each time rather than remembered from the last
+    compile: a header added, moved or newly included changes the list, and with it the key."""
+    listed = subprocess.run(
+        [toolchain.paths["nvcc"], "-M", *toolchain.flags, source], cwd=build_dir, capture_output=True, text=True
+    )
+    if listed.returncode != 0:
+        raise RuntimeError(f"nvcc -M failed on {os.path.relpath(source, ROOT)}:\n{listed.stderr}")
+    facts = [
+        CACHE_FORMAT,
+        toolchain.versions,
+        {name: os.environ.get(name) for name in NVCC_ENVIRONMENT},
+        compile_command(toolchain, source),
     ]
+    for path in parse_dependencies(listed.stdout):
+        try:  # a relative path is the generated headers', relative to the build directory
+            with open(os.path.join(build_dir, path), "rb") as f:
+                facts.append([path, hashlib.sha256(f.read()).hexdigest()])
+        except OSError as error:
+            raise RuntimeError(f"{path}, which nvcc -M lists for {source}, cannot be read: {error}") from error
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def audit_source(
-    source: str, tools: Dict[str, str], cuda_flags: List[str], build_dir: str, generated: str
-) -> List[Kernel]:
+def compile_and_disassemble(toolchain: Toolchain, source: str, build_dir: str) -> Tuple[str, str]:
+    """Compiles `source` into build_dir: the ptxas report (nvcc's stderr) and `cuobjdump -sass`."""
     relative = os.path.relpath(source, ROOT)
-    cubin = os.path.join(build_dir, os.path.basename(source).replace(".cu", ".cubin"))
-    command = nvcc_command(tools["nvcc"], cuda_flags, source, cubin, generated)
-    compiled = subprocess.run(command, capture_output=True, text=True)
+    compiled = subprocess.run(compile_command(toolchain, source), cwd=build_dir, capture_output=True, text=True)
     if compiled.returncode != 0:
         raise RuntimeError(f"nvcc failed on {relative}:\n{compiled.stderr}")
-    kernels = parse_ptxas(compiled.stderr, relative)
+    cubin = os.path.join(build_dir, cubin_name(source))
     # cuobjdump -sass hands the disassembly to nvdisasm, which it looks for on PATH.
-    env = dict(os.environ, PATH=os.path.dirname(tools["nvdisasm"]) + os.pathsep + os.environ.get("PATH", ""))
-    sass = subprocess.run([tools["cuobjdump"], "-sass", cubin], capture_output=True, text=True, env=env)
+    nvdisasm_folder = os.path.dirname(toolchain.paths["nvdisasm"])
+    env = dict(os.environ, PATH=nvdisasm_folder + os.pathsep + os.environ.get("PATH", ""))
+    sass = subprocess.run([toolchain.paths["cuobjdump"], "-sass", cubin], capture_output=True, text=True, env=env)
     if sass.returncode != 0:
         raise RuntimeError(f"cuobjdump -sass failed on {cubin}:\n{sass.stderr}")
-    counts = parse_sass(sass.stdout)
+    return compiled.stderr, sass.stdout
+
+
+def store_entry(entry: str, ptxas: str, sass: str, cubin: str) -> None:
+    """Writes a cache entry whole or not at all (another audit may look the key up meanwhile), then
+    drops its source's least recently used entries beyond CACHE_ENTRIES_PER_SOURCE."""
+    entries = os.path.dirname(entry)
+    os.makedirs(entries, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging-", dir=entries)  # a dot: not an entry to the glob below
+    with open(os.path.join(staging, "ptxas.txt"), "w") as f:
+        f.write(ptxas)
+    # The disassembly is 3-23 MB of text a source; compressed, about a tenth.
+    with gzip.open(os.path.join(staging, "sass.txt.gz"), "wt", compresslevel=1) as f:
+        f.write(sass)
+    shutil.copyfile(cubin, os.path.join(staging, "kernels.cubin"))
+    try:
+        os.rename(staging, entry)
+    except OSError:  # another audit stored the same key first
+        shutil.rmtree(staging)
+    newest_first = sorted(glob.glob(os.path.join(entries, "*")), key=os.path.getmtime, reverse=True)
+    for stale in newest_first[CACHE_ENTRIES_PER_SOURCE:]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def compile_cached(toolchain: Toolchain, source: str, build_dir: str, cache_dir: str) -> Tuple[str, str]:
+    """compile_and_disassemble's report and disassembly of `source`, and its cubin in build_dir: from
+    cache_dir where a compile with the same compile_key ran before, else compiled and stored there."""
+    entry = os.path.join(cache_dir, os.path.basename(source), compile_key(toolchain, source, build_dir))
+    if not os.path.isdir(entry):
+        ptxas, sass = compile_and_disassemble(toolchain, source, build_dir)
+        store_entry(entry, ptxas, sass, os.path.join(build_dir, cubin_name(source)))
+        return ptxas, sass
+    os.utime(entry)  # used now: the last to be pruned
+    shutil.copyfile(os.path.join(entry, "kernels.cubin"), os.path.join(build_dir, cubin_name(source)))
+    with open(os.path.join(entry, "ptxas.txt")) as f:
+        ptxas = f.read()
+    with gzip.open(os.path.join(entry, "sass.txt.gz"), "rt") as f:
+        return ptxas, f.read()
+
+
+def audit_source(source: str, toolchain: Toolchain, build_dir: str, cache_dir: str = CACHE_DIR) -> List[Kernel]:
+    relative = os.path.relpath(source, ROOT)
+    ptxas, sass = compile_cached(toolchain, source, build_dir, cache_dir)
+    kernels = parse_ptxas(ptxas, relative)
+    counts = parse_sass(sass)
     if set(counts) != set(kernels):
         raise RuntimeError(
             f"{relative}: ptxas and cuobjdump list different kernels: {sorted(set(counts) ^ set(kernels))}"
@@ -417,7 +541,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--build-dir",
         default=os.path.join(ROOT, "build", "sass-audit"),
-        help="where the cubins and the generated activation table go",
+        help="where nvcc runs, the cubins and the generated activation and dtype tables go",
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -432,19 +556,18 @@ def main(argv=None) -> int:
         )
         return 2
     try:
-        cuda_flags = cmake_cuda_flags()
+        toolchain = load_toolchain(tools)
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 2
-    generated = os.path.join(args.build_dir, "generated")
+    build_dir = os.path.abspath(args.build_dir)
+    generated = os.path.join(build_dir, GENERATED)
     os.makedirs(generated, exist_ok=True)
     # The headers CMakeLists.txt and setup.py generate from the activation and dtype tables.
     subprocess.run([sys.executable, os.path.join(ROOT, "gan_kernels", "_codegen.py"), generated], check=True)
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            per_source = list(
-                pool.map(lambda s: audit_source(s, tools, cuda_flags, args.build_dir, generated), sources)
-            )
+            per_source = list(pool.map(lambda s: audit_source(s, toolchain, build_dir), sources))
     except RuntimeError as error:
         print(error, file=sys.stderr)
         return 2
@@ -455,7 +578,7 @@ def main(argv=None) -> int:
     kernels.sort(key=lambda k: (k.source, k.name))
     failing = [k for k in kernels if k.problems()]
     seconds = time.monotonic() - started
-    versions = {name: tool_version(path) for name, path in tools.items() if name != "nvdisasm"}
+    versions = {name: release(toolchain.versions[name]) for name in ("nvcc", "cuobjdump")}
 
     print(table(kernels))
     print()

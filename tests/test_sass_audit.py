@@ -1,6 +1,8 @@
-"""scripts/sass_audit.py: its parsers on canned ptxas and cuobjdump output (no CUDA toolkit needed),
-and one real audit of a kernel file where nvcc, cuobjdump and nvdisasm are found."""
+"""scripts/sass_audit.py: its parsers on canned ptxas, cuobjdump, nvcc -M and CMake text (no CUDA
+toolkit needed), and where nvcc, cuobjdump and nvdisasm are found, its compile cache on a small kernel
+and one real audit of a kernel file."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -151,11 +153,65 @@ def test_flags_unreadable_from_a_tampered_cmakelists_fail_clearly(tmp_path, tamp
         sass_audit.cmake_cuda_flags(str(cmakelists))
 
 
-@pytest.mark.skipif(
-    any(sass_audit.find_tool(tool) is None for tool in ("nvcc", "cuobjdump", "nvdisasm")),
+def test_dependencies_of_a_make_rule():
+    rule = "k.o : /src/k.cu \\\n    generated/table.h \\\n    /my\\ headers/a.h /usr/include/b.h\n"
+    assert sass_audit.parse_dependencies(rule) == [
+        "/src/k.cu",
+        "generated/table.h",
+        "/my headers/a.h",
+        "/usr/include/b.h",
+    ]
+
+
+TOOLS = {tool: sass_audit.find_tool(tool) for tool in ("nvcc", "cuobjdump", "nvdisasm")}
+needs_tools = pytest.mark.skipif(
+    None in TOOLS.values(),
     reason="needs nvcc, cuobjdump and nvdisasm (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)",
 )
+
+# A kernel whose load width comes from a header it includes, or from a -D flag.
+COPY_VECTORS = """\
+#include "vector_width.h"
+struct alignas(4 * VECTOR_WIDTH) Vector { float lanes[VECTOR_WIDTH]; };
+__global__ void copy_vectors(const Vector* in, Vector* out, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) out[i] = in[i];
+}
+"""
+VECTOR_WIDTH = "#ifndef VECTOR_WIDTH\n#define VECTOR_WIDTH {}\n#endif\n"
+
+
+@needs_tools
+def test_compile_cache_answers_only_what_nothing_changed(tmp_path, monkeypatch):
+    """A change to an included header or to the flags compiles again: a stale hit would report the old
+    load width. The same source and flags again come from the cache."""
+    source, header = tmp_path / "copy_vectors.cu", tmp_path / "vector_width.h"
+    source.write_text(COPY_VECTORS)
+    header.write_text(VECTOR_WIDTH.format(4))
+    build_dir, cache_dir = tmp_path / "build", tmp_path / "cache"
+    build_dir.mkdir()
+    compiles = []
+    compile_and_disassemble = sass_audit.compile_and_disassemble
+    monkeypatch.setattr(
+        sass_audit, "compile_and_disassemble", lambda *args: compiles.append(args) or compile_and_disassemble(*args)
+    )
+
+    def load_widths(toolchain):
+        """The widths of the kernel's global loads, and how many compiles ran so far."""
+        [kernel] = sass_audit.audit_source(str(source), toolchain, str(build_dir), str(cache_dir))
+        assert (build_dir / "copy_vectors.cubin").is_file()
+        return sorted(kernel.global_loads), len(compiles)
+
+    toolchain = sass_audit.load_toolchain(TOOLS)
+    assert load_widths(toolchain) == ([16], 1)
+    assert load_widths(toolchain) == ([16], 1)
+    header.write_text(VECTOR_WIDTH.format(1))
+    assert load_widths(toolchain) == ([4], 2)
+    assert load_widths(dataclasses.replace(toolchain, flags=[*toolchain.flags, "-DVECTOR_WIDTH=2"])) == ([8], 3)
+
+
+@needs_tools
 def test_real_audit_of_pixel_norm(tmp_path):
+    """Through the shared compile cache: after `make cuda-check`, no compile."""
     report = tmp_path / "audit.json"
     source = os.path.join(ROOT, "csrc", "cuda", "pixel_norm.cu")
     run = subprocess.run(
