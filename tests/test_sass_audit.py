@@ -143,6 +143,7 @@ target_compile_options(gan_kernels_cuda PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:-DE;
         (lambda text: text + "add_compile_options(-G)\n", "add_compile_options"),
         (lambda text: text + "set(CMAKE_CUDA_FLAGS -G)\n", "CMAKE_CUDA_FLAGS"),
     ],
+    ids=["no standard", "no options", "other generator expression", "add_compile_options", "CMAKE_CUDA_FLAGS"],
 )
 def test_flags_unreadable_from_a_tampered_cmakelists_fail_clearly(tmp_path, tamper, error):
     with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
