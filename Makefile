@@ -38,7 +38,7 @@ build: deps
 
 # Compile-checks the torch-free CUDA kernels with plain nvcc, and the CUDA branch of the torch glue
 # against the headers every torch wheel ships: no GPU or CUDA build of torch needed. CMake builds
-# sm_80 only: the audit below compiles sm_90 with the same flags (it reads them from CMakeLists.txt),
+# sm_80 only: the audit below compiles sm_90 with the same flags (both read csrc/cuda/nvcc_flags.txt),
 # and building it twice cost 25 s of make test.
 # CUDA_GLUE_TORCH_ROOT=<unpacked wheel>/torch checks the glue against another torch's headers, e.g.
 # the GPU box's 2.11 (README, "GPU status"). Then the machine-code audit (scripts/sass_audit.py, about

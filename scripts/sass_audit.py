@@ -1,16 +1,15 @@
 """Machine-code audit of the CUDA kernels, no GPU needed: compiles every csrc/cuda/*.cu for sm_90 with
-the flags of CMakeLists.txt (read from it: cmake_cuda_flags) and reports, per kernel, what ptxas
-allocated (registers, spills, shared and local memory, from `nvcc -Xptxas -v`) and the widths of its
+the flags of CMakeLists.txt's compile check (csrc/cuda/nvcc_flags.txt) and reports, per kernel, what
+ptxas allocated (registers, spills, shared and local memory, from `nvcc -Xptxas -v`) and the widths of its
 global loads and stores (LDG/STG in `cuobjdump -sass`), so a design can be checked in the machine code
 before any GPU runs it.
 
     python scripts/sass_audit.py [--json PATH] [--build-dir DIR] [SOURCE.cu ...]
 
 Exits 1 when a hot kernel spills or uses local memory (see HOT_KERNELS_RULE), 2 when a tool is
-missing, CMakeLists.txt's CUDA flags cannot be read or a compile fails, else 0. cuobjdump and the
-nvdisasm it runs are taken from PATH, else from the pip packages nvidia-cuda-cuobjdump and
-nvidia-cuda-nvdisasm (CUDA toolkits without them, like CI's, get them that way: `make cuda-check`
-installs both).
+missing or a compile fails, else 0. cuobjdump and the nvdisasm it runs are taken from PATH, else
+from the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (CUDA toolkits without them,
+like CI's, get them that way: `make cuda-check` installs both).
 
 A source is compiled only when no earlier audit compiled it the same way: the compiles are cached in
 build/sass-audit-cache (CACHE_DIR, whatever --build-dir says, so that the tests reuse `make
@@ -42,16 +41,8 @@ from typing import Dict, List, Optional, Tuple
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "sm_90"
 CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
-CMAKELISTS = os.path.join(ROOT, "CMakeLists.txt")
-# The library CMakeLists.txt compiles csrc/cuda into: the audit compiles with its CUDA options.
-CMAKE_TARGET = "gan_kernels_cuda"
-# The generator expression that limits target_compile_options to CUDA sources.
-CUDA_ONLY = "$<$<COMPILE_LANGUAGE:CUDA>:"
-# Commands that would give the target's CUDA compiles options cmake_cuda_flags does not read: finding
-# one fails the audit rather than letting it compile with fewer flags than CMake does.
-UNREAD_COMMANDS = ("add_compile_options", "add_compile_definitions", "add_definitions", "target_compile_definitions")
-# A CMake token: bracket comment, line comment, quoted argument, parenthesis, or unquoted argument.
-CMAKE_TOKEN = re.compile(r'#\[(=*)\[.*?\]\1\]|#[^\n]*|"(?:\\.|[^"\\])*"|[()]|[^\s()#"]+', re.DOTALL)
+# nvcc's options, shared with CMakeLists.txt's compile check.
+NVCC_FLAGS_FILE = os.path.join(ROOT, "csrc", "cuda", "nvcc_flags.txt")
 # The generated headers' folder in the build directory, where nvcc runs: the compile command names it
 # relative to there, so that it, part of the cache key, is the same in every build directory.
 GENERATED = "generated"
@@ -270,88 +261,10 @@ def release(version: str) -> str:
     return match.group(1) if match else "unknown"
 
 
-def cmake_commands(text: str) -> List[Tuple[str, List[str]]]:
-    """The command invocations of a CMake file in order: each command's name in lower case (CMake's
-    are case-insensitive) and its arguments, quotes removed. Parentheses nested in the arguments are
-    dropped: no argument read here has any."""
-    commands: List[Tuple[str, List[str]]] = []
-    depth = 0
-    name = ""
-    for match in CMAKE_TOKEN.finditer(text):
-        token = match.group(0)
-        if token.startswith("#"):
-            continue
-        if token == "(":
-            depth += 1
-            if depth == 1:
-                commands.append((name.lower(), []))
-        elif token == ")":
-            depth -= 1
-        elif depth:
-            commands[-1][1].append(token[1:-1] if token.startswith('"') else token)
-        else:
-            name = token
-    return commands
-
-
-def split_generator_list(text: str) -> List[str]:
-    """The items of a CMake list, where a `;` inside a generator expression separates nothing yet:
-    CMake splits a target's compile options after evaluating their generator expressions."""
-    items, depth, start = [], 0, 0
-    for at, char in enumerate(text):
-        if text.startswith("$<", at):
-            depth += 1
-        elif char == ">" and depth:
-            depth -= 1
-        elif char == ";" and not depth:
-            items.append(text[start:at])
-            start = at + 1
-    items.append(text[start:])
-    return [item for item in items if item]
-
-
-def target_cuda_options(arguments: List[str], path: str) -> List[str]:
-    """The options that target_compile_options(<target> ARGUMENTS) gives the target's own CUDA
-    sources: plain ones, and those inside CUDA_ONLY."""
-    options: List[str] = []
-    scope = "PRIVATE"
-    # CMake joins the arguments into one list: a generator expression may span several of them.
-    for item in split_generator_list(";".join(arguments)):
-        if item in ("PRIVATE", "PUBLIC", "INTERFACE"):
-            scope = item
-        elif scope == "INTERFACE":  # options for the targets that link this one
-            continue
-        elif item.startswith(CUDA_ONLY) and item.endswith(">"):
-            options += [option for option in item[len(CUDA_ONLY) : -1].split(";") if option]
-        else:
-            options.append(item)
-    for option in options:
-        if "$" in option:
-            raise RuntimeError(f"{path}: cannot evaluate {option!r} in target_compile_options({CMAKE_TARGET} ...)")
-    return options
-
-
-def cmake_cuda_flags(path: str = CMAKELISTS) -> List[str]:
-    """nvcc's language standard and options for CMAKE_TARGET's sources, read from CMakeLists.txt (the
-    one place they are written): its set(CMAKE_CUDA_STANDARD N) and what its target_compile_options
-    give CUDA sources. Raises RuntimeError saying what it could not find or read."""
+def nvcc_flags(path: str = NVCC_FLAGS_FILE) -> List[str]:
+    """The options of NVCC_FLAGS_FILE: its lines that start with "-" (the others are comments)."""
     with open(path) as f:
-        commands = cmake_commands(f.read())
-    standards = [args[1:] for name, args in commands if name == "set" and args[:1] == ["CMAKE_CUDA_STANDARD"]]
-    if len(standards) != 1 or len(standards[0]) != 1 or not standards[0][0].isdigit():
-        raise RuntimeError(f"{path}: expected one set(CMAKE_CUDA_STANDARD <number>), found {standards}")
-    options = []
-    for name, args in commands:
-        if name in UNREAD_COMMANDS or (name == "set" and args[:1] and args[0].startswith("CMAKE_CUDA_FLAGS")):
-            raise RuntimeError(
-                f"{path}: {name}({' '.join(args)}) may change the CUDA flags, and scripts/sass_audit.py "
-                "does not read it (see cmake_cuda_flags)"
-            )
-        if name == "target_compile_options" and args[:1] == [CMAKE_TARGET]:
-            options += target_cuda_options(args[1:], path)
-    if not options:
-        raise RuntimeError(f"{path}: found no target_compile_options({CMAKE_TARGET} ...) giving CUDA sources options")
-    return [f"-std=c++{standards[0][0]}", *options]
+        return [line.strip() for line in f if line.startswith("-")]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,11 +277,11 @@ class Toolchain:
 
 
 def load_toolchain(paths: Dict[str, str]) -> Toolchain:
-    """The toolchain of `paths`, with CMakeLists.txt's flags (RuntimeError where it cannot read them)."""
+    """The toolchain of `paths`, with the flags of NVCC_FLAGS_FILE."""
     versions = {name: version_output(path) for name, path in paths.items()}
     versions["host compiler"] = version_output(host_compiler())
     include = [f"-I{os.path.join(ROOT, 'csrc')}", f"-I{GENERATED}"]
-    return Toolchain(paths, versions, ["-cubin", f"-arch={ARCH}", *cmake_cuda_flags(), *include, "-Xptxas", "-v"])
+    return Toolchain(paths, versions, ["-cubin", f"-arch={ARCH}", *nvcc_flags(), *include, "-Xptxas", "-v"])
 
 
 def cubin_name(source: str) -> str:
