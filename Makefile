@@ -19,7 +19,7 @@ SASS_TOOLS_INSTALLED = import importlib.metadata as m; \
 TEST_WORKERS ?= logical
 PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-.PHONY: deps build lint format cuda-check gpu-verify-dry cuda-emulation test bench clean
+.PHONY: deps build lint format cuda-check gpu-verify-dry cuda-emulation wide-vectors test bench clean
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
@@ -89,6 +89,16 @@ cuda-emulation: build
 # key on the capability (a kernel cached under one gave wrong values under another), hence one each.
 CAPABILITY_TESTS = tests/test_bias_act.py tests/test_pixel_norm.py tests/test_minibatch_std.py tests/test_minibatch_discrimination.py \
 	tests/test_gradient_penalty.py tests/test_spectral_norm.py tests/test_properties.py tests/test_contracts.py
+
+# The op tests with the DEFAULT CPU kernels at AVX-512's lane counts, on any x86-64 CPU
+# (tests/wide_vectors/build.py): the AVX512 builds' logic, which no machine of ours can run. Not part
+# of `make test` (it builds the extension a second time, about 3 minutes on 2 cores).
+wide-vectors: build
+	@if [ "$$(uname -m)" = x86_64 ]; then \
+		$(PYTHON) tests/wide_vectors/build.py && \
+		GAN_KERNELS_WIDE_VECTORS=1 ATEN_CPU_CAPABILITY=default $(PYTEST) -k "not compile and not opcheck" \
+			$(CAPABILITY_TESTS); \
+	else echo "the wide-vector build widens x86-64's generic vectors: skipping"; fi
 
 # The second pass, with the pure-PyTorch reference forced: the files that test the ops' two
 # implementations. The layers, penalties and examples above the ops call the same public functions;

@@ -5,20 +5,29 @@ GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is m
 
 With GAN_KERNELS_CUDA_EMULATION=1, gan_kernels._C is the CUDA emulation build (tests/cuda_emulation):
 the CPU cases run our CUDA kernels, on the host; with GAN_KERNELS_CUDA_EMULATION=asan, its build
-under AddressSanitizer."""
+under AddressSanitizer. With GAN_KERNELS_WIDE_VECTORS=1, it is the build whose DEFAULT-capability CPU
+kernels run at AVX-512's lane counts (tests/wide_vectors)."""
 
 import importlib.util
 import os
 
 import pytest
 
-if os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan"):
-    _spec = importlib.util.spec_from_file_location(
-        "cuda_emulation_build", os.path.join(os.path.dirname(__file__), "cuda_emulation", "build.py")
+
+def _build_script(folder):
+    """tests/<folder>/build.py, imported by its path."""
+    spec = importlib.util.spec_from_file_location(
+        f"{folder}_build", os.path.join(os.path.dirname(__file__), folder, "build.py")
     )
-    _build = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_build)
-    _build.load(address_sanitizer=os.environ["GAN_KERNELS_CUDA_EMULATION"] == "asan")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan"):
+    _build_script("cuda_emulation").load(address_sanitizer=os.environ["GAN_KERNELS_CUDA_EMULATION"] == "asan")
+elif os.environ.get("GAN_KERNELS_WIDE_VECTORS") == "1":
+    _build_script("wide_vectors").load()
 
 import gan_kernels  # noqa: E402
 from gan_kernels import _backend  # noqa: E402
