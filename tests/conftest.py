@@ -5,8 +5,8 @@ GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is m
 
 With GAN_KERNELS_CUDA_EMULATION=1, gan_kernels._C is the CUDA emulation build (tests/cuda_emulation):
 the CPU cases run our CUDA kernels, on the host; with GAN_KERNELS_CUDA_EMULATION=asan, its build
-under AddressSanitizer. With GAN_KERNELS_WIDE_VECTORS=1, it is the build whose DEFAULT-capability CPU
-kernels run at AVX-512's lane counts (tests/wide_vectors)."""
+under AddressSanitizer. With GAN_KERNELS_AVX512_EMULATION=1, it is the build whose AVX2 slot runs
+our AVX512 CPU kernels on SIMDe's AVX-512 (tests/avx512_emulation)."""
 
 import importlib.util
 import os
@@ -26,8 +26,8 @@ def _build_script(folder):
 
 if os.environ.get("GAN_KERNELS_CUDA_EMULATION") in ("1", "asan"):
     _build_script("cuda_emulation").load(address_sanitizer=os.environ["GAN_KERNELS_CUDA_EMULATION"] == "asan")
-elif os.environ.get("GAN_KERNELS_WIDE_VECTORS") == "1":
-    _build_script("wide_vectors").load()
+elif os.environ.get("GAN_KERNELS_AVX512_EMULATION") == "1":
+    _build_script("avx512_emulation").load()
 
 import gan_kernels  # noqa: E402
 from gan_kernels import _backend  # noqa: E402
