@@ -4,7 +4,8 @@
     bash scripts/gpu_verify.sh first     # environment, CUDA build, require the CUDA kernels, the CUDA
                                          # tests, memcheck on a smoke set, op benchmarks without compile
     bash scripts/gpu_verify.sh second    # rebuild only if needed, racecheck, torch.compile columns of
-                                         # the headline rows, the end-to-end D steps
+                                         # the headline rows, the end-to-end D steps, and the CPU op
+                                         # tests on the box's CPU (AVX-512 where it has it)
     bash scripts/gpu_verify.sh --dry-run first second   # any machine, seconds: assemble every command
                                          # and check it (what CI runs through `make test`)
 
@@ -84,8 +85,25 @@ for tool in nvidia-smi nvcc compute-sanitizer; do command -v $tool >/dev/null ||
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 command -v nvcc >/dev/null && nvcc --version | tail -n 2
 command -v compute-sanitizer >/dev/null && compute-sanitizer --version | tail -n 1
-nproc; git log -1 --format='commit %h %s' 2>/dev/null || true
+nproc; grep -m1 'model name' /proc/cpuinfo || true
+python3 -c "import torch; print('ATen CPU capability', torch.backends.cpu.get_cpu_capability())" || true
+git log -1 --format='commit %h %s' 2>/dev/null || true
 """
+
+
+def makefile_list(name):
+    """The files of a list variable of the Makefile (`NAME = a b \\ c`), where make test names them."""
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        text = f.read().replace("\\\n", " ")
+    found = re.search(rf"^{name} = (.*)$", text, re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"the Makefile no longer defines {name}")
+    return found.group(1).split()
+
+
+# The CPU op tests that make test reruns under each CPU capability: on the box's CPU they run the
+# build ATen picks there, AVX512 where it has AVX-512, which no machine of ours has.
+CAPABILITY_TESTS = makefile_list("CAPABILITY_TESTS")
 
 
 @dataclasses.dataclass
@@ -350,6 +368,24 @@ def stages(out, tag):
             120,
             dry=check_benchmark,
             detail=last_match(r"json: .*"),
+        ),
+        # Last: not a GPU check. The first run of our AVX512 CPU kernels on AVX-512 hardware, where the
+        # box's CPU has it (the environment step prints ATen's capability there).
+        Step(
+            "cpu-ops",
+            [
+                *PYTEST,
+                "-n",
+                "8",
+                f"--junitxml={out}/cpu-ops.xml",
+                "-k",
+                "not cuda and not compile and not opcheck",
+                *CAPABILITY_TESTS,
+            ],
+            90,
+            # make test runs these files with this selection on every CPU capability it has.
+            dry=check_files(*CAPABILITY_TESTS),
+            detail=junit_counts(f"{out}/cpu-ops.xml"),
         ),
     ]
     return {"first": first, "second": second}
