@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 from helpers import (
+    COMPILE_BACKEND,
     CUDA_EMULATION,
     DEVICES,
     OPS_REGISTERED,
@@ -189,7 +190,7 @@ def test_compile_with_dynamic_shapes(device):
         y = model(x)
         return gan_kernels.bias_act(gan_kernels.pixel_norm(y, 1, eps), act="lrelu", clamp=clamp)
 
-    compiled = torch.compile(step, fullgraph=True, dynamic=True)
+    compiled = torch.compile(step, fullgraph=True, dynamic=True, backend=COMPILE_BACKEND)
     for n, h, eps, clamp in ((4, 5, 1e-8, 2.0), (6, 7, 1e-6, 3.0)):
         x = torch.randn(n, 4, h, h, device=device)
         torch.testing.assert_close(compiled(x, eps, clamp), step(x, eps, clamp), rtol=1e-5, atol=1e-5)

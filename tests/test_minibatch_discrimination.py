@@ -262,9 +262,6 @@ def test_layer_matches_the_papers_formula_to_second_order(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-# The reference under torch.compile is a chain of aten ops that test_contracts compiles for the other
-# ops; for this one inductor builds minutes of C++ on CI's two cores.
-@pytest.mark.skipif(_backend.IMPL == "reference", reason="compiles the reference formula only")
 def test_torch_compile_fullgraph(device):
     torch.manual_seed(11)
     model = torch.nn.Sequential(torch.nn.Linear(5, 8), MinibatchDiscrimination(8, 4, 3), torch.nn.Linear(12, 1))
