@@ -437,6 +437,11 @@ class StabilityMonitor:
         ones, from one power-iteration call per (device, dtype)."""
         groups = {}
         for layer in self._layers:
+            weight = layer.weight
+            if layer.u.dtype != weight.dtype or layer.u.device != weight.device:
+                # The network was converted after the monitor was built (D.double(), D.to(device)):
+                # module.to() converts its parameters in place; the iteration goes on from u, v.
+                layer.u, layer.v = layer.u.to(weight.device, weight.dtype), layer.v.to(weight.device, weight.dtype)
             groups.setdefault((layer.weight.device, layer.weight.dtype), []).append(layer)
         iterations = self.sigma_iterations + (0 if self._warmed_up else WARMUP_ITERATIONS)
         self._warmed_up = True

@@ -539,6 +539,23 @@ def test_sigmas_equal_the_matrix_norm_after_warm_up():
     assert "sigma_normalized/D/3.weight" not in report
 
 
+def test_networks_converted_to_another_dtype_after_the_monitor_was_built_keep_their_sigmas():
+    # monitor = StabilityMonitor(D); D.double() (or .half(), .to(device)): module.to() converts the
+    # parameters in place, the monitor's u, v stayed as they were, and the first check raised
+    # "us[0] has dtype torch.float32 but weights[0] has dtype torch.float64".
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    monitor = StabilityMonitor(d, every=1)
+    monitor.observe(d_loss=1.0)
+    d.double()
+    for _ in range(10):
+        monitor.observe(d_loss=1.0)
+    report = monitor.report()
+    for name in ("0.weight", "1.weight"):
+        expected = torch.linalg.matrix_norm(d.get_submodule(name.split(".")[0]).weight.detach(), 2)
+        assert report[f"sigma/D/{name}"] == pytest.approx(float(expected), rel=1e-6), name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_report_holds_the_means_of_the_observed_values(device):
     monitor = StabilityMonitor(torch.nn.Linear(2, 1).to(device), every=10)
