@@ -672,10 +672,9 @@ class StabilityMonitor:
     def plot(self, path):
         """Draws a dashboard PNG of the checks so far: losses, logit gap and D accuracy, gradient
         norms, spectral norms and diversity, with the first detection of each condition marked."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched the user's backend (a
+        # notebook's too) for the rest of the process.
+        from matplotlib.figure import Figure
 
         self._flush()
         steps = [r["step"] for r in self.history]
@@ -683,7 +682,8 @@ class StabilityMonitor:
         def series(key):
             return [r.get(key, math.nan) for r in self.history]
 
-        fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
+        fig = Figure(figsize=(22, 3.8))
+        axes = fig.subplots(1, 5)
         panels = [
             ("losses", ["d_loss", "g_loss", "penalty"], False),
             ("logit gap and D accuracy", ["logit_gap", "d_accuracy"], False),
@@ -722,5 +722,4 @@ class StabilityMonitor:
                 ax.legend(fontsize=6)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path

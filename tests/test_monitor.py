@@ -639,6 +639,26 @@ def test_plot_draws_a_dashboard(tmp_path, one_thread):
     assert os.path.getsize(path) > 10_000
 
 
+def test_plot_leaves_the_users_matplotlib_backend_alone(tmp_path):
+    # plot() called matplotlib.use("Agg"): in a notebook (or with any other backend) the user's later
+    # figures went to Agg, silently, and plt.show() showed nothing.
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")
+    try:
+        monitor = StabilityMonitor(torch.nn.Linear(2, 1), every=1)
+        monitor.observe(d_loss=1.0)
+        figures = plt.get_fignums()
+        monitor.plot(tmp_path / "dashboard.png")
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures
+        assert os.path.getsize(tmp_path / "dashboard.png") > 10_000
+    finally:
+        plt.switch_backend(before)
+
+
 def test_every_condition_has_remedies():
     from gan_kernels.monitor import REMEDIES
 
