@@ -208,11 +208,22 @@ class _Layer:
     """One weight whose spectral norm the monitor tracks."""
 
     name: str
-    weight: torch.Tensor  # the stored parameter (for spectral norm: the original)
+    weight: torch.Tensor  # the stored parameter (for spectral norm: the original); None if computed
     dim: int
     u: torch.Tensor
     v: torch.Tensor
     normalisation: object  # the spectral-norm parametrization, or None
+    # (module, name) of a weight computed by another parametrization (weight norm: no one stored
+    # tensor is the weight), read from the module at each check; None for a stored weight.
+    computed: tuple = None
+
+    def current(self):
+        """The weight as the layer's forward uses it now (for spectral norm: the original)."""
+        if self.computed is None:
+            return self.weight
+        module, name = self.computed
+        with torch.no_grad():
+            return getattr(module, name)
 
 
 def _is_spectral_norm(parametrization):
@@ -226,22 +237,33 @@ def _tracked_layers(network, prefix, generator):
     for module_name, module in network.named_modules():
         if isinstance(module, parametrize.ParametrizationList):
             continue  # its original is reached through the parametrized module
-        normalised = {}
+        normalised, computed = {}, []
         if parametrize.is_parametrized(module):
             for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
                 if _is_spectral_norm(first):
                     normalised[name] = (parametrizations.original, first)
-        for name, weight in list(module.named_parameters(recurse=False)) + [
-            (name, original) for name, (original, _) in normalised.items()
-        ]:
+                else:
+                    # Weight norm and the like: their originals (g, v) are no weight of the layer's,
+                    # and were not tracked at all; the weight they make is.
+                    with torch.no_grad():
+                        computed.append((name, getattr(module, name)))
+        for name, weight, is_computed in (
+            [(name, weight, False) for name, weight in module.named_parameters(recurse=False)]
+            + [(name, original, False) for name, (original, _) in normalised.items()]
+            + [(name, weight, True) for name, weight in computed]
+        ):
             if weight.dim() < 2 or not weight.dtype.is_floating_point or weight.numel() == 0:
                 continue  # an empty weight (Linear(5, 0)) has no spectral norm to watch
             normalisation = normalised.get(name, (None, None))[1]
             dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
             qualified = f"{module_name}.{name}" if module_name else name
             u, v = _start_vectors(weight, dim, generator)
-            layers.append(_Layer(f"{prefix}/{qualified}", weight, dim, u, v, normalisation))
+            layers.append(
+                _Layer(f"{prefix}/{qualified}", None, dim, u, v, normalisation, (module, name))
+                if is_computed
+                else _Layer(f"{prefix}/{qualified}", weight, dim, u, v, normalisation)
+            )
     return layers
 
 
@@ -437,31 +459,32 @@ class StabilityMonitor:
         ones, from one power-iteration call per (device, dtype)."""
         groups = {}
         for layer in self._layers:
-            weight = layer.weight
+            weight = layer.current()
             if layer.u.dtype != weight.dtype or layer.u.device != weight.device:
                 # The network was converted after the monitor was built (D.double(), D.to(device)):
                 # module.to() converts its parameters in place; the iteration goes on from u, v.
                 layer.u, layer.v = layer.u.to(weight.device, weight.dtype), layer.v.to(weight.device, weight.dtype)
-            groups.setdefault((layer.weight.device, layer.weight.dtype), []).append(layer)
+            groups.setdefault((weight.device, weight.dtype), []).append((layer, weight))
         iterations = self.sigma_iterations + (0 if self._warmed_up else WARMUP_ITERATIONS)
         self._warmed_up = True
         raw, normalised = {}, {}
-        for layers in groups.values():
+        for members in groups.values():
+            layers = [layer for layer, _ in members]
             sigmas = spectral_norm_power_iteration_(
-                [layer.weight.detach() for layer in layers],
+                [weight.detach() for _, weight in members],
                 [layer.u for layer in layers],
                 [layer.v for layer in layers],
                 [layer.dim for layer in layers],
                 iterations,
             ).tolist()
-            for layer, sigma in zip(layers, sigmas):
+            for (layer, weight), sigma in zip(members, sigmas):
                 raw[layer.name] = sigma
                 if not math.isfinite(sigma) or sigma == 0:
                     # A non-finite weight leaves NaN in u and v, and every later sigma would be NaN, also
                     # once the weight is finite again; a weight of zeros (a layer initialised at zero)
                     # leaves u = v = 0 in the same way, and every later sigma 0. Start its iteration
                     # afresh, warmed up at the next check.
-                    layer.u, layer.v = _start_vectors(layer.weight, layer.dim, self._generator)
+                    layer.u, layer.v = _start_vectors(weight, layer.dim, self._generator)
                     self._warmed_up = False
                 used = self._normalising_sigma(layer)
                 if used is not None:

@@ -494,6 +494,34 @@ def test_empty_weights_are_not_tracked():
     assert [key for key in monitor.report() if key.startswith("sigma/")] == ["sigma/D/0.weight"]
 
 
+def test_weights_made_by_a_parametrization_other_than_spectral_norm_are_tracked():
+    # torch.nn.utils.parametrizations.weight_norm (HiFi-GAN's and MelGAN's G and D) keeps g and v in
+    # parametrizations.weight.original0/1, parameters of the ParametrizationList, which the monitor
+    # skips: such a layer's weight was not tracked at all, and exploding_sigma could never fire there.
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv1d(2, 6, 3)),
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose1d(6, 4, 3)),
+        torch.nn.Linear(4, 1),
+    )
+    monitor = StabilityMonitor(d, every=1, sigma_iterations=50)  # converged, whatever the sigma gap
+    monitor.observe(d_loss=1.0)
+    with torch.no_grad():
+        d[0].parametrizations.weight.original0.mul_(3.0)  # g: the weight's norm per output channel
+    for _ in range(5):
+        monitor.observe(d_loss=1.0)
+    report = monitor.report()
+    assert sorted(key for key in report if key.startswith("sigma")) == [
+        "sigma/D/0.weight",
+        "sigma/D/1.weight",
+        "sigma/D/2.weight",
+    ]
+    for name, dim in (("0.weight", 0), ("1.weight", 1)):
+        weight = d.get_submodule(name.split(".")[0]).weight.detach()
+        expected = torch.linalg.matrix_norm(weight.movedim(dim, 0).flatten(1).double(), 2)
+        assert report[f"sigma/D/{name}"] == pytest.approx(float(expected), rel=1e-5), name
+
+
 def test_sigmas_equal_the_matrix_norm_after_warm_up():
     torch.manual_seed(0)
     d = torch.nn.Sequential(
