@@ -449,7 +449,7 @@ class StabilityMonitor:
     def _mean_distance(self, samples):
         n = min(len(samples), self.samples)
         picks = torch.randperm(len(samples), generator=self._generator)[:n].to(samples.device)
-        flat = samples.detach()[picks].flatten(1).float()
+        flat = samples.detach()[picks].reshape(n, math.prod(samples.shape[1:])).float()  # [N]: one number each
         return torch.cdist(flat, flat).sum() / (n * (n - 1))
 
     # --- checks -----------------------------------------------------------------------------------

@@ -144,6 +144,16 @@ def test_samples_from_the_data_are_not_a_collapse(stability_warnings_are_errors)
     assert monitor.warnings == []
 
 
+def test_scalar_samples_of_shape_n_get_a_diversity():
+    # One number per sample (a 1-D toy GAN's data, shape [N]) passed the argument checks and then
+    # raised "IndexError: Dimension out of range" from flatten(1).
+    monitor = StabilityMonitor(torch.nn.Linear(1, 1), every=1)
+    fake, real = torch.tensor([0.0, 1.0, 3.0]), torch.tensor([0.0, 2.0, 6.0])
+    monitor.observe_samples(fake, real)
+    # Mean pairwise distances: (1 + 3 + 2) / 3 over (2 + 6 + 4) / 3.
+    assert monitor.report()["diversity"] == pytest.approx(0.5)
+
+
 def test_thresholds_are_settable():
     # The same data-like samples are a collapse for a monitor told to expect 1.5x the data's spread.
     centers, std = mog.DATASETS["ring8"]
