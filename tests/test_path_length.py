@@ -165,6 +165,24 @@ def test_whole_batch_with_zero_gradients_and_no_running_mean_yet():
     assert torch.isfinite(grad).all()
 
 
+def test_a_nan_running_mean_keeps_the_penalty_nan():
+    # A diverged batch makes the running mean NaN for good (as StyleGAN2's pl_mean). The penalty
+    # against a NaN mean must stay NaN, as StyleGAN2's (lengths - pl_mean)^2 is: it was the finite
+    # centre-0 form mean ||g||^2 / k, which silently pulls every length to 0.
+    g_net = TinySynthesis()
+    regularizer = PathLengthRegularizer().double()
+    ws = make_ws().detach()
+    ws[1] = math.nan
+    ws.requires_grad_()
+    assert torch.isnan(ours(regularizer, g_net(ws), ws, noise_seed=1))
+    assert torch.isnan(regularizer.mean_length)
+    ws = make_ws(seed=2)
+    penalty = ours(regularizer, g_net(ws), ws, noise_seed=2)
+    assert torch.isnan(penalty)
+    (grad,) = torch.autograd.grad(penalty, g_net.weight)
+    assert torch.isnan(grad).all()
+
+
 def test_lazy_regularizer_runs_it_every_interval_steps_scaled():
     g_net = TinySynthesis()
     lazy = LazyRegularizer(4)

@@ -109,10 +109,11 @@ class PathLengthRegularizer(torch.nn.Module):
             self.mean_length.lerp_(batch_mean, self.decay)
         center = (self.mean_length * math.sqrt(vectors)).to(compute)
         # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
-        positive = center > 0
-        divisor = torch.where(positive, center, 1.0)
+        # A NaN a (a diverged batch) takes the centred form, whose penalty is then NaN, as StyleGAN2's.
+        nonzero = center != 0
+        divisor = torch.where(nonzero, center, 1.0)
         centred = divisor.square() * per_sample_penalty(g / divisor.to(g.dtype), 1.0).to(compute)
-        penalty = torch.where(positive, centred, per_sample_penalty(g, 0.0).to(compute))
+        penalty = torch.where(nonzero, centred, per_sample_penalty(g, 0.0).to(compute))
         # Plus 0 * images (StyleGAN2's ``gen_img[:, 0, 0, 0] * 0 + loss_Gpl``), which changes no value
         # and no gradient: the penalty depends on the images' derivative only, so not on G's
         # parameters that shift the images by a constant (toRGB's bias). Under
