@@ -4,6 +4,7 @@ in test_contracts.py."""
 
 import collections
 import copy
+import sys
 import threading
 
 import numpy as np
@@ -447,6 +448,54 @@ def test_batched_group_serves_concurrent_forwards_on_threads(training):
         for got, want in zip(results, expected):
             for g, w in zip(got, want):
                 assert_close(g, w)
+
+
+def cpu_replicas(model, count, monkeypatch):
+    """torch.nn.parallel.replicate (what DataParallel runs each forward) on the CPU: its broadcast
+    copies the tensors, replica 0 sharing the model's buffers and (through views) its parameters,
+    as CUDA's broadcast does on the source device."""
+    replicate_module = __import__("torch.nn.parallel.replicate", fromlist=["replicate"])
+
+    def broadcast(tensors, devices, detach=False):
+        if not tensors:
+            return []
+        return [
+            [
+                (t if detach else t.view_as(t)) if j == 0 else (t.detach().clone() if detach else t.clone())
+                for t in tensors
+            ]
+            for j in range(len(devices))
+        ]
+
+    monkeypatch.setattr(replicate_module, "_broadcast_coalesced_reshape", broadcast)
+    return replicate_module.replicate(model, list(range(count)))
+
+
+def test_grouped_model_replicated_as_data_parallel_does_iterates_each_replica_once(monkeypatch):
+    """DataParallel's replicas share the model's hooks: each replica's forward must batch its own
+    layers, not the original model's (which stepped the original's u, v once per replica, on top of
+    replica 0's own step, and left each replica to its per-layer path)."""
+    per_layer, grouped = make_d(spectral_norm), make_d(spectral_norm)
+    batch_spectral_norm(grouped)
+    torch.manual_seed(16)
+    inputs = [torch.randn(2, 3, 8, 8, dtype=torch.float64) for _ in range(2)]
+    for _ in range(2):
+        want = [r(x) for r, x in zip(cpu_replicas(per_layer, 2, monkeypatch), inputs)]
+        replicas = cpu_replicas(grouped, 2, monkeypatch)
+        with unregistered_autograd_is_an_error():
+            got = [r(x) for r, x in zip(replicas, inputs)]
+        for g, w in zip(got, want):
+            assert_identical(g, w)
+        for g, w in zip(grouped.state_dict().values(), per_layer.state_dict().values()):
+            assert_identical(g, w)
+
+    # Each replica's layers were served by the batched results, none by the per-layer path.
+    def per_layer_path(*args):
+        pytest.fail("a replica's layer ran the per-layer path")
+
+    monkeypatch.setattr(sys.modules["gan_kernels.nn.spectral_norm"], "spectral_norm_one_", per_layer_path)
+    for r, x in zip(cpu_replicas(grouped, 2, monkeypatch), inputs):
+        r(x)
 
 
 # eps = 0 too: PyTorch takes it (normalize then divides by the norm itself).

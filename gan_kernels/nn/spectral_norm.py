@@ -226,11 +226,11 @@ class SpectralNormGroup:
         # always_call: a forward that raises must not leave its results to the next call of a layer.
         self._post = model.register_forward_hook(self._after_forward, always_call=True)
 
-    def _members(self):
+    def _members(self, model=None):
         # Found again each forward, so layers added or removed later are handled. Only a spectral
         # norm that is the first parametrization sees the original parameter itself.
         members = []
-        for module in self.model.modules():
+        for module in (self.model if model is None else model).modules():
             if not parametrize.is_parametrized(module):
                 continue
             for name, parametrizations in module.parametrizations.items():
@@ -240,8 +240,11 @@ class SpectralNormGroup:
         return members
 
     def _before_forward(self, model, args):
+        # The layers of the module being called, which is not always self.model: the replicas that
+        # DataParallel (torch.nn.parallel.replicate) makes each forward share self.model's hooks but
+        # have their own layers, weights and u, v.
         groups = {}
-        for sn, weight, module, name in self._members():
+        for sn, weight, module, name in self._members(model):
             if sn.batched is not None and sn.batched is not self.results and sn.batched.has(sn):
                 # Another group computed this layer for the model forward now running on this thread:
                 # an enclosing model's group, or a second batch_spectral_norm of this model. Its
