@@ -278,6 +278,15 @@ def test_bad_layer_arguments_name_the_argument():
         EqualizedLinear(3, 4, activation="gelu")
     with pytest.raises(ValueError, match="conv_clamp must be a finite number >= 0, got -1"):
         EqualizedConv2d(3, 4, 3, conv_clamp=-1)
+    # float(bias_init) named neither the argument nor the value ("only 0-dimensional arrays can be
+    # converted to Python scalars"); StyleGAN3's per-feature bias_init arrays are not taken.
+    with pytest.raises(TypeError, match=r"bias_init must be a real number, got list \[1, 0, 0, 0\]"):
+        EqualizedLinear(3, 4, bias_init=[1, 0, 0, 0])
+    with pytest.raises(TypeError, match="bias_init must be a real number or a 0-d real tensor, got a tensor of shape"):
+        EqualizedLinear(3, 4, bias_init=torch.ones(4))
+    with pytest.raises(TypeError, match="bias_init must be a real number, got ndarray"):
+        EqualizedLinear(3, 4, bias_init=np.ones(4, dtype=np.float32))
+    assert EqualizedLinear(3, 4, bias_init=np.float32(0.5)).bias.eq(0.5).all()
     # The clamp bound is conv_clamp * gain: the error names gain, which the caller passed.
     layer = EqualizedConv2d(3, 4, 3, activation="lrelu", conv_clamp=256)
     with pytest.raises(ValueError, match="gain must be >= 0 for a layer with conv_clamp=256.0, got -1"):

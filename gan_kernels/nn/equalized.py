@@ -62,10 +62,11 @@ class EqualizedLinear(_EqualizedLayer):
             _checks.count(out_features, "out_features", 0),
         )
         lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
+        bias_init = _checks.real(bias_init, "bias_init")
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.bias = torch.nn.Parameter(torch.full([out_features], bias_init)) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
 
