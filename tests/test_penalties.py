@@ -146,6 +146,27 @@ def test_helper_matches_the_textbook_computation(helper, kind):
 
 
 @pytest.mark.parametrize("helper", HELPERS)
+def test_d_args_that_is_not_a_tuple_is_one_argument(helper):
+    """``d_args=labels``, as torch.func.functional_call takes its args: the labels were unpacked into
+    one argument per sample (a TypeError from D for N > 1)."""
+    D = make_discriminator("conditional")
+    torch.manual_seed(1)
+    real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
+    labels = torch.arange(SHAPE[0]) % CLASSES
+    one = ours(helper, D, real, fake, 7, labels, {"scale": 0.7})
+    assert torch.equal(one, ours(helper, D, real, fake, 7, (labels,), {"scale": 0.7}))
+    assert torch.equal(one, ours(helper, D, real, fake, 7, [labels], {"scale": 0.7}))
+
+
+def test_d_kwargs_that_is_not_a_mapping_is_an_error_that_names_it():
+    D = make_discriminator("conditional")
+    real = torch.randn(SHAPE, dtype=torch.float64)
+    labels = torch.arange(SHAPE[0]) % CLASSES
+    with pytest.raises(TypeError, match="d_kwargs must be a mapping of D's keyword arguments, got Tensor"):
+        penalties.r1(D, real, 1.0, d_args=labels, d_kwargs=labels)
+
+
+@pytest.mark.parametrize("helper", HELPERS)
 def test_zero_gradient_rows_stay_finite(helper):
     torch.manual_seed(2)
     model = make_discriminator("conv_pixelnorm")

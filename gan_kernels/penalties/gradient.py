@@ -3,8 +3,11 @@ one-line helpers for WGAN-GP, R1, R2, DRAGAN and the zero-centred GP.
 
 Every helper takes plain tensors, detaches them and enables gradients on its own copy, calls
 ``D(x, *d_args, **d_kwargs)`` (D may return any shape; outputs are summed per sample), and returns
-the weighted scalar loss to add to the discriminator loss.
+the weighted scalar loss to add to the discriminator loss. ``d_args`` that is not a tuple or list is
+one argument (``d_args=labels``), as ``torch.func.functional_call`` takes its ``args``.
 """
+
+from collections.abc import Mapping
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -92,6 +95,12 @@ def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, sc
         raise TypeError(f"D must be callable (a module or function), got {type(D).__name__}")
     _check_data_parallel(D)
     _checks.has_samples(x, samples_arg)  # x has the batch of the user's samples_arg
+    # As torch.func.functional_call's args: anything but a tuple or list is one argument. A tensor of
+    # labels was unpacked into one argument per sample.
+    if not isinstance(d_args, (tuple, list)):
+        d_args = (d_args,)
+    if d_kwargs is not None and not isinstance(d_kwargs, Mapping):
+        raise TypeError(f"d_kwargs must be a mapping of D's keyword arguments, got {type(d_kwargs).__name__}")
     x = x.detach().requires_grad_(True)
     outputs = D(x, *d_args, **(d_kwargs or {}))
     loss = weight * gradient_penalty(outputs, x, center, scaler).mean()
