@@ -24,6 +24,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from . import _checks
 from .nn import spectral_norm_layers
 
+# Dtypes whose EMA is kept in float32 (see GeneratorEMA).
+_HALF_PRECISION = (torch.bfloat16, torch.float16)
+
 
 def _check_module(module, arg):
     if not isinstance(module, torch.nn.Module):
@@ -331,7 +334,14 @@ class GeneratorEMA(AveragedModel):
     as AveragedModel does. ``decay`` in [0, 1]; :func:`half_life_decay` converts StyleGAN's
     half-life. The attribute ``decay`` may be set between updates (a ramp such as StyleGAN2-ADA's
     ``ema_rampup``); the next :meth:`update` uses the new value. The state dict (``module.*`` and
-    ``n_averaged``) saves and restores the average, not ``decay``."""
+    ``n_averaged``) saves and restores the average, not ``decay``.
+
+    The average of a bfloat16 or float16 tensor is kept in float32 (``float32_average.*`` in the
+    state dict), updated in float32 and rounded once into ``ema.module``, which keeps G's dtypes: in
+    the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
+    as 0.998, and the average would silently stay at its first copy. A state dict without the float32
+    average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
+    from ``module.*``."""
 
     def __init__(self, G, decay, device=None):
         _check_module(G, "G")
@@ -340,6 +350,22 @@ class GeneratorEMA(AveragedModel):
         super().__init__(G, device=device, multi_avg_fn=self._average, use_buffers=True)
         self.decay = decay
         self.module.requires_grad_(False)
+        # Buffers of this wrapper, not of the module: they follow .to(device) and the state dict, are
+        # not averaged by AveragedModel (which walks self.module), and ema.module.state_dict() loads into G.
+        self.float32_average = torch.nn.Module()
+        for name, tensor in self._named_averaged_tensors():
+            if tensor.dtype in _HALF_PRECISION:
+                *path, leaf = name.split(".")
+                holder = self.float32_average
+                for part in path:  # nested as in the module, so that the names match module.*
+                    if not hasattr(holder, part):
+                        holder.add_module(part, torch.nn.Module())
+                    holder = getattr(holder, part)
+                holder.register_buffer(leaf, tensor.detach().float())
+
+    def _named_averaged_tensors(self):
+        """The module's tensors in the order AveragedModel pairs them with G's."""
+        return itertools.chain(self.module.named_parameters(), self.module.named_buffers())
 
     @staticmethod
     def _check_decay(decay):
@@ -360,6 +386,29 @@ class GeneratorEMA(AveragedModel):
     def _average(self, averaged, current, n_averaged):
         get_ema_multi_avg_fn(self._decay)(averaged, current, n_averaged)
 
+    @torch.no_grad()
+    def _update_float32_averages(self, G, first_update):
+        float32_averages = dict(self.float32_average.named_buffers())
+        for (name, averaged), current in zip(self._named_averaged_tensors(), (*G.parameters(), *G.buffers())):
+            if name in float32_averages:
+                average = float32_averages[name]
+                current = current.detach().to(average.device, torch.float32)
+                if first_update:
+                    average.copy_(current)
+                else:
+                    average.lerp_(current, 1 - self._decay)
+                averaged.copy_(average)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state dict saved before the float32 averages existed, or from an EMA of a float32 G, has
+        # none: they start from the module's tensors, as at construction (BatchNorm's way with a
+        # missing num_batches_tracked).
+        for name, _ in self.float32_average.named_buffers():
+            module_key, average_key = f"{prefix}module.{name}", f"{prefix}float32_average.{name}"
+            if average_key not in state_dict and module_key in state_dict:
+                state_dict[average_key] = state_dict[module_key].to(torch.float32)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def update(self, G):
         """Moves the average towards ``G``'s current parameters and buffers (see the class docstring)."""
         _check_module(G, "G")
@@ -376,7 +425,10 @@ class GeneratorEMA(AveragedModel):
                     f"G ({type(G).__name__}) does not match the averaged generator: tensor {index} of its "
                     f"parameters and buffers has {describe(other)}, the average's has {describe(mine)}"
                 )
+        first_update = bool(self.n_averaged == 0)
+        # Also averages the half-precision tensors in their own dtype; their float32 averages replace that.
         self.update_parameters(G)
+        self._update_float32_averages(G, first_update)
 
     def extra_repr(self):
         return f"decay={self.decay}"

@@ -682,3 +682,158 @@ def test_ema_decay_set_between_updates_is_the_one_the_next_update_uses():
     with pytest.raises(ValueError, match="decay must be in \\[0, 1\\], got -0.5"):
         ema.decay = -0.5
     assert ema.decay == 0.25
+
+
+# --- generator EMA of a half-precision generator --------------------------------------------------
+# With StyleGAN's decay 0.998 an update moves the average by 0.002 * (p - p_ema), below half an ulp of
+# bfloat16 (2^-9 relative or less) unless p is two ulps away or more: kept in bfloat16, the average
+# stalls at its first copy.
+
+HALF_PRECISION = [torch.bfloat16, torch.float16]
+
+
+def make_half_precision_generator(dtype, seed=6):
+    """A Linear layer with equalized-LR weights (randn, scaled at run time) and BatchNorm's buffers."""
+    torch.manual_seed(seed)
+    g = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.BatchNorm1d(8))
+    with torch.no_grad():
+        for name, tensor in g.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(
+                    torch.randn_like(tensor).abs() if name.endswith("running_var") else torch.randn_like(tensor)
+                )
+    return g.to(dtype)
+
+
+def random_step(g, generator, std=2e-3):
+    """An optimiser step's worth of change (Adam's lr) to every floating tensor: parameters and buffers."""
+    with torch.no_grad():
+        for tensor in g.state_dict().values():
+            if tensor.is_floating_point():
+                step = torch.randn(tensor.shape, generator=generator, dtype=torch.float64) * std
+                tensor.copy_(tensor.double() + step)
+
+
+def float64_state(module):
+    return {name: value.double() for name, value in floating_state(module).items()}
+
+
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
+def test_ema_of_a_half_precision_generator_moves_by_less_than_an_ulp_per_update(dtype):
+    g = torch.nn.Linear(1, 1, bias=False).to(dtype)
+    with torch.no_grad():
+        g.weight.fill_(1.0)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    ema.update(g)
+    with torch.no_grad():
+        g.weight.fill_(1.5)  # each update moves the average by 0.001 at most, under half an ulp of 1
+    for _ in range(100):
+        ema.update(g)
+    expected = 1.5 - 0.5 * 0.998**100  # 1.0909, not the 1.0 an average kept in bfloat16 stays at
+    assert ema.module.weight.dtype == dtype
+    assert ema.module.weight.item() == torch.tensor(expected, dtype=dtype).item()
+
+
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
+def test_ema_of_a_half_precision_generator_is_the_float64_average_rounded_once(dtype):
+    g = make_half_precision_generator(dtype)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    generator = torch.Generator().manual_seed(0)
+    ema.update(g)
+    expected = float64_state(g)
+    for _ in range(300):
+        random_step(g, generator)
+        ema.update(g)
+        expected = {name: 0.998 * value + 0.002 * float64_state(g)[name] for name, value in expected.items()}
+    averaged = floating_state(ema.module)
+    assert set(averaged) == set(expected) and "1.running_var" in expected
+    half_ulp = torch.finfo(dtype).eps / 2  # relative, at most
+    for name, value in expected.items():
+        assert averaged[name].dtype == dtype, name
+        # Rounded once from a float32 average: equal to the float64 average rounded, but where that
+        # is within float32's error of a tie, and never further than half an ulp.
+        assert (averaged[name] == value.to(dtype)).double().mean() > 0.95, name
+        torch.testing.assert_close(averaged[name].double(), value, rtol=half_ulp * 1.001, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ema_of_a_float32_or_float64_generator_is_averaged_model_bitwise(dtype):
+    g = make_batchnorm_generator().to(dtype)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    plain = torch.optim.swa_utils.AveragedModel(
+        g, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.998), use_buffers=True
+    )
+    for seed in range(4):
+        train_a_little(g.double(), seed)
+        g.to(dtype)
+        ema.update(g)
+        plain.update_parameters(g)
+    assert list(ema.state_dict()) == list(plain.state_dict())  # no float32 copy of a float32 tensor
+    for name, value in plain.state_dict().items():
+        assert ema.state_dict()[name].dtype == value.dtype and torch.equal(ema.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
+def test_ema_module_of_a_half_precision_generator_keeps_its_dtypes_and_loads_into_g(dtype):
+    g = make_half_precision_generator(dtype)
+    ema = stabilizers.GeneratorEMA(g, 0.998, device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        random_step(g, generator)
+        ema.update(g)
+    assert {name: t.dtype for name, t in ema.module.state_dict().items()} == {
+        name: t.dtype for name, t in g.state_dict().items()
+    }
+    g.load_state_dict(ema.module.state_dict())  # the module's state dict holds no float32 average
+    z = torch.randn(5, 16).to(dtype)
+    assert ema.module.eval()(z).dtype == dtype and ema(z).dtype == dtype
+    # The float32 averages are buffers of the EMA: they follow it to another device.
+    ema.to("meta")
+    assert {t.device.type for t in ema.state_dict().values()} == {"meta"}
+
+
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
+def test_ema_of_a_half_precision_generator_continues_exactly_from_its_state_dict(dtype):
+    g = make_half_precision_generator(dtype)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        random_step(g, generator)
+        ema.update(g)
+    restored = stabilizers.GeneratorEMA(make_half_precision_generator(dtype, seed=9), 0.998)
+    restored.load_state_dict(ema.state_dict())
+    for _ in range(50):  # under half an ulp per update: the module's values alone would drift
+        random_step(g, generator)
+        ema.update(g)
+        restored.update(g)
+    averages = {name for name in ema.state_dict() if name.startswith("float32_average.")}
+    assert averages == {f"float32_average.{name}" for name in floating_state(g)}
+    for name, value in ema.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("source", ["without float32 average", "float32 G"])
+def test_ema_of_a_half_precision_generator_loads_a_state_dict_without_float32_average(source):
+    g = make_half_precision_generator(torch.bfloat16)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        random_step(g, generator)
+        ema.update(g)
+    if source == "float32 G":
+        old = stabilizers.GeneratorEMA(g.float(), 0.998)
+        old.update(g.float())
+        g.bfloat16()
+    else:  # as saved before the float32 average existed
+        old = ema
+    state = {name: t for name, t in old.state_dict().items() if name.startswith("module.") or name == "n_averaged"}
+    restored = stabilizers.GeneratorEMA(make_half_precision_generator(torch.bfloat16, seed=9), 0.998)
+    restored.load_state_dict(state)
+    # The average continues from the saved module's values, in float32.
+    expected = {name: t.float() for name, t in floating_state(old.module).items()}
+    random_step(g, generator)
+    restored.update(g)
+    for name, value in floating_state(restored.module).items():
+        assert value.dtype == torch.bfloat16, name
+        current = g.state_dict()[name].float()
+        assert torch.equal(value, expected[name].lerp(current, 1 - 0.998).bfloat16()), name
