@@ -341,7 +341,8 @@ class GeneratorEMA(AveragedModel):
     the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
     as 0.998, and the average would silently stay at its first copy. A state dict without the float32
     average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
-    from ``module.*``."""
+    from ``module.*``. G's tensors are converted to the average's device and dtype, so an EMA built
+    from a float32 G may be updated from its bfloat16 copy and the reverse."""
 
     def __init__(self, G, decay, device=None):
         _check_module(G, "G")
@@ -384,6 +385,8 @@ class GeneratorEMA(AveragedModel):
         self._decay = self._check_decay(value)
 
     def _average(self, averaged, current, n_averaged):
+        # AveragedModel moves G's tensors to the average's device; torch's lerp needs the dtype too.
+        current = [c.to(a.dtype) for a, c in zip(averaged, current)]
         get_ema_multi_avg_fn(self._decay)(averaged, current, n_averaged)
 
     @torch.no_grad()

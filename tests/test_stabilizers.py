@@ -837,3 +837,21 @@ def test_ema_of_a_half_precision_generator_loads_a_state_dict_without_float32_av
         assert value.dtype == torch.bfloat16, name
         current = g.state_dict()[name].float()
         assert torch.equal(value, expected[name].lerp(current, 1 - 0.998).bfloat16()), name
+
+
+def test_ema_takes_g_in_another_floating_dtype_than_the_average():
+    # It used to fail inside torch's lerp ("expected dtype float for `end` but got dtype c10::BFloat16").
+    g = make_half_precision_generator(torch.float32)
+    float32_ema = stabilizers.GeneratorEMA(g, 0.9)
+    reference = stabilizers.GeneratorEMA(g, 0.9)
+    bfloat16_ema = stabilizers.GeneratorEMA(g.bfloat16(), 0.9)  # g is bfloat16 from here on
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        random_step(g, generator)
+        float32_ema.update(g)
+        reference.update(copy.deepcopy(g).float())
+        bfloat16_ema.update(copy.deepcopy(g).float())
+    for name, value in reference.state_dict().items():
+        assert torch.equal(float32_ema.state_dict()[name], value), name
+    for name, value in floating_state(reference.module).items():
+        assert torch.equal(floating_state(bfloat16_ema.module)[name], value.bfloat16()), name
