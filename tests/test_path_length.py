@@ -183,6 +183,29 @@ def test_a_nan_running_mean_keeps_the_penalty_nan():
     assert torch.isnan(grad).all()
 
 
+def test_grad_scaler_follows_the_amp_recipe():
+    """g of the scaled sum, unscaled (a power of 2: exact): the penalty, its running mean and G's
+    gradients are those without a scaler."""
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0**16)):
+        G, plr = TinySynthesis(), PathLengthRegularizer()
+        for step in range(2):
+            ws = make_ws(seed=step)
+            penalty = plr(G(ws), ws, generator=torch.Generator().manual_seed(step), scaler=scaler)
+        (grad,) = torch.autograd.grad(penalty, G.weight)
+        results.append((penalty.detach(), plr.mean_length.clone(), grad))
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("scale", [0.0, math.inf])
+def test_a_grad_scaler_whose_scale_is_zero_or_not_finite_is_named(scale):
+    G, plr, ws = TinySynthesis(), PathLengthRegularizer(), make_ws()
+    with pytest.raises(ValueError, match=r"scaler.get_scale\(\) must be"):
+        plr(G(ws), ws, scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+    assert plr.mean_length == 0  # refused before the running mean moved
+
+
 def test_lazy_regularizer_runs_it_every_interval_steps_scaled():
     g_net = TinySynthesis()
     lazy = LazyRegularizer(4)

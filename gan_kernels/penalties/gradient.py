@@ -39,19 +39,25 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
         raise ValueError("outputs does not depend on inputs (outputs.requires_grad is False)")
     # Summed in at least float32: fp16 logits of a large batch can overflow their own sum.
     total = outputs.sum(dtype=torch.promote_types(outputs.dtype, torch.float32))
-    if scaler is not None:
-        # A scale of 0 leaves no gradient to unscale (it divided by zero), and an infinite or NaN one a
-        # NaN penalty: refused before the gradient is taken. A disabled scaler's scale is 1.0.
-        scale = _checks.finite(scaler.get_scale(), "scaler.get_scale()")
-        if scale == 0:
-            raise ValueError(f"scaler.get_scale() must be nonzero, got {scale}: the scaled gradient cannot be unscaled")
-        total = scaler.scale(total)
-    (g,) = torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)
+    g = scaled_input_gradient(total, inputs, scaler)
     if g is None:
         raise ValueError("outputs does not depend on inputs (autograd found no path from inputs to outputs)")
-    if scaler is not None:
-        g = g * (1.0 / scale)
     return per_sample_penalty(g, center)
+
+
+def scaled_input_gradient(total, inputs, scaler):
+    """``d(total)/d(inputs)`` with ``create_graph=True`` (None where total does not depend on inputs);
+    with a ``torch.amp.GradScaler``, PyTorch's AMP gradient-penalty recipe: the gradient of the scaled
+    total, so that fp16 gradients do not underflow, unscaled."""
+    if scaler is None:
+        return torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)[0]
+    # A scale of 0 leaves no gradient to unscale (it divided by zero), and an infinite or NaN one a
+    # NaN penalty: refused before the gradient is taken. A disabled scaler's scale is 1.0.
+    scale = _checks.finite(scaler.get_scale(), "scaler.get_scale()")
+    if scale == 0:
+        raise ValueError(f"scaler.get_scale() must be nonzero, got {scale}: the scaled gradient cannot be unscaled")
+    (g,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True, allow_unused=True)
+    return None if g is None else g * (1.0 / scale)
 
 
 def _check_samples(x, arg):

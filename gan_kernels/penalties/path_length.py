@@ -7,6 +7,7 @@ import torch
 
 from .. import _checks
 from ..ops.gradient_penalty import per_sample_penalty
+from .gradient import scaled_input_gradient
 
 
 def _check_decay(decay):
@@ -54,7 +55,9 @@ class PathLengthRegularizer(torch.nn.Module):
     reach the lengths through the updated mean. At zero gradients (a sample, or the whole batch) the
     penalty and its derivatives of every order are finite (the op defines the norm's derivative at 0
     as 0). Lazy regularisation: ``LazyRegularizer(4)(step, plr, images, latents)``; multiply by
-    StyleGAN2's weight 2 yourself. The result includes ``0 * images`` (StyleGAN2's), so that a
+    StyleGAN2's weight 2 yourself. ``scaler``: a ``torch.amp.GradScaler`` whose scaled loss the caller
+    backpropagates, as for ``gradient_penalty``: g is taken of the scaled sum and unscaled (the
+    noise's 1/sqrt(H * W) makes fp16 gradients small). The result includes ``0 * images`` (StyleGAN2's), so that a
     penalty backpropagated on its own through a DistributedDataParallel G gives every parameter a
     gradient for DDP to reduce.
     """
@@ -67,7 +70,7 @@ class PathLengthRegularizer(torch.nn.Module):
         self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
 
-    def forward(self, images, latents, generator=None):
+    def forward(self, images, latents, generator=None, scaler=None):
         _checks.check_floating(images, "images")
         _checks.check_floating(latents, "latents")
         if images.dim() < 3:
@@ -97,7 +100,7 @@ class PathLengthRegularizer(torch.nn.Module):
         noise = noise / math.sqrt(pixels)
         # Summed in at least float32, as gradient_penalty does: fp16 products can overflow the sum.
         total = (images * noise).sum(dtype=torch.promote_types(images.dtype, torch.float32))
-        (g,) = torch.autograd.grad(total, latents, create_graph=True, allow_unused=True)
+        g = scaled_input_gradient(total, latents, scaler)
         if g is None:
             raise ValueError("images does not depend on latents (autograd found no path from latents to images)")
         vectors = math.prod(latents.shape[1:-1])  # k: 1 for [N, D], num_ws for [N, num_ws, D]
