@@ -300,6 +300,66 @@ def test_cuda_minibatch_std_grid_stride_past_the_block_cap():
     assert_minibatch_std_matches_reference(x)
 
 
+# ---- past 2^31 elements ------------------------------------------------------------------------
+
+# bfloat16 tensors of 2^31 + 2^20 elements: an int32 index of their last elements wraps. The ops are
+# local to a row, channel column or group, so their results at the end equal the reference's on the
+# end alone. Up to about 20 GB each, one at a time on one xdist worker; the emulation ran the same
+# kernels on such tensors once by hand (16 minutes), too long to repeat.
+PAST_INT32 = 2**31 + 2**20
+
+
+def past_int32_input(*shape):
+    free, _ = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs 40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    assert math.prod(shape) == PAST_INT32
+    return torch.randn(shape, dtype=torch.bfloat16, device=DEVICE)
+
+
+def assert_tail_matches_reference(ours, ref, x, tail):
+    """Forward and backward of ``ours`` on all of x, at x[tail], against ``ref`` on x[tail] alone."""
+    torch.manual_seed(10)
+    grad_out = torch.randn_like(x)
+    y, dx = forward_and_grad(ours, x, grad_out)
+    y_ref, dx_ref = forward_and_grad(ref, x[tail], grad_out[tail])
+    assert_close(y[tail], y_ref)
+    assert_close(dx[tail], dx_ref)
+
+
+@gpu_only
+@pytest.mark.xdist_group("tensors past 2^31 elements")
+@pytest.mark.parametrize("op", ["bias_act", "pixel_norm_rows", "pixel_norm_tiles", "penalty", "minibatch_std"])
+def test_cuda_tensors_past_2_31_elements(op):
+    torch.manual_seed(11)
+    if op == "bias_act":
+        x, b = past_int32_input(PAST_INT32 // 64, 64), torch.randn(64, dtype=torch.bfloat16, device=DEVICE)
+        tail = slice(-1000, None)
+        assert_tail_matches_reference(
+            lambda t: gan_kernels.bias_act(t, b, act="lrelu"), lambda t: reference.bias_act(t, b, act="lrelu"), x, tail
+        )
+    elif op == "pixel_norm_rows":
+        tail = slice(-1000, None)
+        assert_tail_matches_reference(
+            gan_kernels.pixel_norm, reference.pixel_norm, past_int32_input(PAST_INT32 // 64, 64), tail
+        )
+    elif op == "pixel_norm_tiles":
+        x = past_int32_input(PAST_INT32 // (64 * 1024), 64, 1024)
+        assert_tail_matches_reference(gan_kernels.pixel_norm, reference.pixel_norm, x, slice(-2, None))
+    elif op == "penalty":  # 4 samples of 2^29 + 2^18 elements: their sums of squares in float64
+        g = past_int32_input(4, PAST_INT32 // 4)
+        norms = torch.stack([g[i].double().square().sum().sqrt() for i in range(4)])
+        assert_close(gan_kernels.per_sample_penalty(g), ((norms - 1) ** 2).float())
+    else:  # groups of 4 of 8 samples: a group's statistic, in float64 per sample position
+        x = past_int32_input(8, 16, PAST_INT32 // (8 * 16 * 1024), 1024)
+        y = gan_kernels.minibatch_std(x, group_size=4)
+        assert torch.equal(y[:, :16, -3:], x[:, :, -3:])
+        members = x.view(4, 2, -1)  # StyleGAN's grouping: sample i is member i // 2 of group i % 2
+        stds = torch.stack([(members[:, j].double().var(dim=0, unbiased=False) + 1e-8).sqrt().mean() for j in range(2)])
+        want = stds.repeat(4).to(torch.bfloat16)[:, None, None].expand(8, *y.shape[2:])
+        assert_close(y[:, 16], want)
+
+
 # ---- spectral norm -----------------------------------------------------------------------------
 
 # "many": 40 layers (two launches of up to 32). Layer 0 (512 x 4608, a 3x3 conv of 512 channels)
