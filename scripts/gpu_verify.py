@@ -274,7 +274,20 @@ def stages(out, tag):
         require_cuda_step(),
         Step(
             "cuda-tests",
-            [*PYTEST, "-n", "8", "--maxfail", "25", f"--junitxml={out}/cuda-tests.xml", "-k", "cuda", "tests"],
+            # loadgroup: the tests of an xdist_group (the 20 GB ones past 2^31 elements) one at a time.
+            [
+                *PYTEST,
+                "-n",
+                "8",
+                "--dist",
+                "loadgroup",
+                "--maxfail",
+                "25",
+                f"--junitxml={out}/cuda-tests.xml",
+                "-k",
+                "cuda",
+                "tests",
+            ],
             180,
             dry=check_pytest_selection(),
             detail=junit_counts(f"{out}/cuda-tests.xml"),

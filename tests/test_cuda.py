@@ -305,7 +305,7 @@ def test_cuda_minibatch_std_grid_stride_past_the_block_cap():
 # bfloat16 tensors of 2^31 + 2^20 elements: an int32 index of their last elements wraps. The ops are
 # local to a row, channel column or group, so their results at the end equal the reference's on the
 # end alone. Up to about 20 GB each, one at a time on one xdist worker; the emulation ran the same
-# kernels on such tensors once by hand (16 minutes), too long to repeat.
+# kernels' forwards on such tensors once by hand (16 minutes), too long to repeat.
 PAST_INT32 = 2**31 + 2**20
 
 
