@@ -47,6 +47,7 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   to 0 says nothing, and would flag a zero-initialised layer at its first steps.
 """
 
+import copy
 import dataclasses
 import math
 import warnings as python_warnings
@@ -669,6 +670,100 @@ class StabilityMonitor:
                 "earlier_amplitude": early,
             }
         return None
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def _settings(self):
+        """The arguments a state is only valid with: its checks were counted and judged with them."""
+        thresholds = {f"thresholds.{name}": value for name, value in dataclasses.asdict(self.thresholds).items()}
+        return {"every": self.every, "sigma_iterations": self.sigma_iterations, "samples": self.samples, **thresholds}
+
+    def state_dict(self):
+        """What the monitor has kept from the run so far, for a checkpoint: plain Python values and
+        tensors that ``torch.save`` stores (and ``torch.load(weights_only=True)`` reads), copies that
+        share nothing with the monitor or the networks. With :meth:`load_state_dict`, a run restarted
+        from the checkpoint checks and warns as the uninterrupted run would."""
+        return {
+            "settings": self._settings(),
+            "step": self.step,
+            "history": copy.deepcopy(self.history),
+            "first_seen": dict(self.first_seen),
+            "current": [dataclasses.asdict(issue) for issue in self._current],
+            "largest_g_norm": self._largest_g_norm,
+            "diversities": list(self._diversities),
+            "first_sigmas": {key: list(values) for key, values in self._first_sigmas.items()},
+            "latest_diversity": self._latest_diversity,
+            "warmed_up": self._warmed_up,
+            # It picks the subsamples and restarts u, v: restored, the resumed run draws what the
+            # uninterrupted one would.
+            "generator": self._generator.get_state(),
+            "layers": {layer.name: {"u": layer.u.clone(), "v": layer.v.clone()} for layer in self._layers},
+            # The steps observed since the latest check, which the next check includes.
+            "window": {
+                "totals": None if self._totals is None else self._totals.clone(),
+                "counts": list(self._counts),
+                "steps": self._window_steps,
+                "diversity": [diversity.clone() for diversity in self._diversity],
+                "gradient_norms": {name: norm.clone() for name, norm in self._gradient_norms.items()},
+            },
+        }
+
+    def load_state_dict(self, state):
+        """Restores a :meth:`state_dict` into this monitor, which must track the same layers (by name,
+        with the same shapes) with the same ``every``, ``sigma_iterations``, ``samples`` and
+        thresholds; a difference is a ``ValueError`` naming it, and leaves the monitor as it was. u, v
+        go to their layers' current device and dtype. ``seed`` and ``writer`` stay the monitor's own."""
+        expected = self.state_dict()
+        if not isinstance(state, dict) or state.keys() != expected.keys():
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(
+                f"state is not a StabilityMonitor.state_dict(): expected keys {sorted(expected)}, got {got}"
+            )
+        theirs, mine = state["settings"], expected["settings"]
+        mismatches = [
+            f"{name}: {theirs.get(name, 'absent')!r} in the state, {mine.get(name, 'absent')!r} in this monitor"
+            for name in dict.fromkeys([*mine, *theirs])
+            if theirs.get(name, "absent") != mine.get(name, "absent")
+        ]
+        if mismatches:
+            raise ValueError("StabilityMonitor.load_state_dict: settings differ: " + "; ".join(mismatches))
+        missing = [name for name in expected["layers"] if name not in state["layers"]]
+        unexpected = [name for name in state["layers"] if name not in expected["layers"]]
+        if missing or unexpected:
+            raise ValueError(
+                "StabilityMonitor.load_state_dict: tracked layers differ: missing from the state "
+                f"{missing or 'none'}, unexpected in the state {unexpected or 'none'}"
+            )
+        for name, ours in expected["layers"].items():
+            for vector in ("u", "v"):
+                if state["layers"][name][vector].shape != ours[vector].shape:
+                    raise ValueError(
+                        f"StabilityMonitor.load_state_dict: layer {name}: {vector} has shape "
+                        f"{list(state['layers'][name][vector].shape)} in the state, "
+                        f"{list(ours[vector].shape)} in this monitor"
+                    )
+        self.step = state["step"]
+        self.history = copy.deepcopy(state["history"])
+        self.first_seen = dict(state["first_seen"])
+        self._current = [StabilityIssue(**issue) for issue in state["current"]]
+        self._largest_g_norm = state["largest_g_norm"]
+        self._diversities = list(state["diversities"])
+        self._first_sigmas = {key: list(values) for key, values in state["first_sigmas"].items()}
+        self._latest_diversity = state["latest_diversity"]
+        self._warmed_up = state["warmed_up"]
+        self._generator.set_state(state["generator"].cpu())  # torch.load(map_location="cuda") moves it too
+        for layer in self._layers:
+            weight = layer.current()
+            saved = state["layers"][layer.name]
+            layer.u = saved["u"].to(weight.device, weight.dtype, copy=True)
+            layer.v = saved["v"].to(weight.device, weight.dtype, copy=True)
+        window = state["window"]
+        # On this monitor's accumulation device, wherever the state was saved (or torch.load mapped it).
+        self._totals = None if window["totals"] is None else window["totals"].to(self._device, copy=True)
+        self._counts = list(window["counts"])
+        self._window_steps = window["steps"]
+        self._diversity = [diversity.clone() for diversity in window["diversity"]]
+        self._gradient_norms = {name: norm.clone() for name, norm in window["gradient_norms"].items()}
 
     # --- results ----------------------------------------------------------------------------------
 

@@ -3,7 +3,9 @@ literature says it occurs and nowhere else (Dirac-GAN with and without R1, a one
 discriminator trained alone, a weight scaled up every step, a NaN, a healthy R1 mixture run), its
 spectral norms against torch.linalg.matrix_norm, its scalars, writer, plot and bad input."""
 
+import copy
 import dataclasses
+import io
 import math
 import os
 import sys
@@ -820,3 +822,208 @@ def test_noise_around_a_fixed_point_is_not_oscillation_however_sparsely_the_logi
             monitor.observe(d_loss=0.5)
     assert len(monitor.history) == 40
     assert monitor.warnings == []
+
+
+def resumable_gan():
+    """A D with a spectrally normalised layer and a G with a weight-normalised one, as a restarted
+    process builds them (the same initial weights every time)."""
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(
+        gan_kernels.nn.spectral_norm(torch.nn.Linear(2, 16)),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 16),
+        torch.nn.ReLU(),
+        torch.nn.Linear(16, 1),
+    )
+    with torch.no_grad():
+        # Its top two singular values 2% apart: the power iteration converges slowly, so u, v matter.
+        d[2].weight.copy_(spiked(d[2].weight.shape, 0, seed=0, top=1.02)[0])
+    g = torch.nn.Sequential(
+        torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(3, 8)), torch.nn.Tanh(), torch.nn.Linear(8, 2)
+    )
+    return d, g
+
+
+RESUMABLE = dict(every=5, samples=8, thresholds=Thresholds(sigma_baseline_checks=1))
+
+
+def run_resumable(monitor, d, g, steps):
+    """Steps that depend on the step number only, so that a resumed run replays them exactly: D's middle
+    layer grows 15% a step from the start and G's last from step 15 (exploding_sigma for D before step 28,
+    for G after it), G's samples collapse to one point from step 33 (mode_collapse after step 28).
+    Returns each check's warnings and the StabilityWarnings raised."""
+    checks = []
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always", StabilityWarning)
+        for step in steps:
+            data = torch.Generator().manual_seed(step)
+            with torch.no_grad():
+                d[2].weight.mul_(1.15)
+                if step >= 15:
+                    g[2].weight.mul_(1.15)
+            real = torch.randn(16, 2, generator=data) / 10  # about as spread as G's first samples
+            fake = g(torch.randn(16, 3, generator=data))
+            real_logits, fake_logits = d(real), d(fake)  # training mode: spectral norm's u, v move on
+            d_loss = losses.discriminator_loss(real_logits, fake_logits, "non_saturating")
+            g_loss = losses.generator_loss(fake_logits, kind="non_saturating")
+            d.zero_grad()
+            g.zero_grad()
+            (d_loss + g_loss).backward()
+            monitor.observe_gradients("D", d)
+            monitor.observe_gradients("G", g)
+            if step % 4 == 1:
+                monitor.observe_samples(fake[:1].expand_as(fake) if step >= 33 else fake, real)
+            monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss)
+            if monitor.step % monitor.every == 0:  # a check just ran: reading warnings runs none
+                checks.append((monitor.step, monitor.warnings))
+    return checks, [str(w.message) for w in raised if w.category is StabilityWarning]
+
+
+def test_a_run_resumed_from_a_checkpoint_checks_and_warns_as_the_uninterrupted_run():
+    # Without a state, a restarted run lost the history, first_seen (every warning raised again), the
+    # sigma baselines (taken again from weights that had grown: exploding_sigma missed), u, v and the
+    # generator's place (other subsamples).
+    d, g = resumable_gan()
+    uninterrupted = StabilityMonitor(d, g, **RESUMABLE)
+    run_resumable(uninterrupted, d, g, range(28))  # saved mid-window: 3 steps and a sample batch pending
+    buffer = io.BytesIO()
+    torch.save({"D": d.state_dict(), "G": g.state_dict(), "monitor": uninterrupted.state_dict()}, buffer)
+    expected_checks, expected_raised = run_resumable(uninterrupted, d, g, range(28, 45))
+    assert uninterrupted.first_seen == {"exploding_sigma": 25, "mode_collapse": 40}
+    assert len(expected_raised) == 1 and "mode_collapse at step 40" in expected_raised[0]
+    grown_g = [w for _, issues in expected_checks for w in issues if w.evidence.get("layer") == "sigma/G/2.weight"]
+    assert grown_g and grown_g[0].step == 35
+
+    def restart(load):
+        buffer.seek(0)
+        checkpoint = torch.load(buffer, weights_only=True)  # plain values and tensors only
+        d, g = resumable_gan()
+        d.load_state_dict(checkpoint["D"])
+        g.load_state_dict(checkpoint["G"])
+        monitor = StabilityMonitor(d, g, **RESUMABLE)
+        if load:
+            monitor.load_state_dict(checkpoint["monitor"])
+        return monitor, d, g
+
+    resumed, d, g = restart(load=True)
+    assert resumed.step == 28
+    # Bitwise: the same computations on the same values, on the CPU.
+    assert run_resumable(resumed, d, g, range(28, 45)) == (expected_checks, expected_raised)
+    assert resumed.history == uninterrupted.history
+    assert resumed.first_seen == uninterrupted.first_seen
+    assert resumed.report() == uninterrupted.report() and resumed.warnings == uninterrupted.warnings
+    # What the state restores: a monitor started afresh counts the steps from 0 and takes its sigma
+    # baselines from the grown weights, which misses both layers' growth.
+    fresh, d, g = restart(load=False)
+    run_resumable(fresh, d, g, range(28, 45))
+    assert fresh.first_seen == {"mode_collapse": 10}
+
+
+def test_a_monitor_loaded_at_a_check_reports_and_warns_as_the_saved_one():
+    d, g = resumable_gan()
+    monitor = StabilityMonitor(d, g, **RESUMABLE)
+    run_resumable(monitor, d, g, range(25))  # the check at step 25 flags exploding_sigma
+    resumed = StabilityMonitor(d, g, **RESUMABLE)
+    resumed.load_state_dict(monitor.state_dict())
+    assert [w.name for w in resumed.warnings] == ["exploding_sigma"] and resumed.warnings == monitor.warnings
+    assert resumed.report() == monitor.report() and len(resumed.history) == 5
+
+
+def test_the_largest_generator_gradient_norm_outlives_a_resume():
+    # It may lie further back than the checks that vanishing_generator_gradient reads from the history:
+    # 100, then 2 (2% of it: not vanishing) until the checkpoint, then 0.5 (0.5% of 100, 25% of 2).
+    d, g = torch.nn.Linear(2, 1), torch.nn.Linear(4, 4)
+
+    def observe(monitor, norms):
+        for norm in norms:
+            for p in g.parameters():
+                p.grad = torch.full_like(p, norm / math.sqrt(20))  # 20 elements
+            monitor.observe_gradients("G", g)
+            # D classifies everything correctly, as vanishing_generator_gradient requires.
+            run_quietly(monitor.observe, real_logits=torch.full((8,), 5.0), fake_logits=torch.full((8,), -5.0))
+
+    monitor = StabilityMonitor(d, every=1)
+    observe(monitor, [100.0] + [2.0] * 4)
+    assert "vanishing_generator_gradient" not in monitor.first_seen
+    resumed = StabilityMonitor(d, every=1)
+    resumed.load_state_dict(monitor.state_dict())
+    observe(resumed, [0.5] * 3)
+    assert resumed.history[-1]["grad_norm/G"] == pytest.approx(0.5)
+    assert "vanishing_generator_gradient" in resumed.first_seen
+
+
+def test_a_state_is_a_snapshot_sharing_no_tensor_with_the_networks_or_the_monitor():
+    d, g = resumable_gan()
+    monitor = StabilityMonitor(d, g, **RESUMABLE)
+    run_resumable(monitor, d, g, range(7))
+    state = monitor.state_dict()
+    saved = copy.deepcopy(state)
+
+    def tensors(value):
+        if isinstance(value, torch.Tensor):
+            return [value]
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else []
+        return [t for item in items for t in tensors(item)]
+
+    storages = {t.untyped_storage().data_ptr() for t in tensors(state)}
+    theirs = {t.untyped_storage().data_ptr() for net in (d, g) for t in [*net.parameters(), *net.buffers()]}
+    assert storages and not storages & theirs
+    run_resumable(monitor, d, g, range(7, 20))  # checks, u, v moved on, a new window: the state stays
+    assert len(state["history"]) == 1 and state["step"] == 7
+    assert all(torch.equal(a, b) for a, b in zip(tensors(state), tensors(saved), strict=True))
+
+
+def test_a_state_loads_onto_the_networks_current_dtype():
+    d = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    monitor = StabilityMonitor(d, every=1)
+    monitor.observe(d_loss=1.0)
+    state = monitor.state_dict()
+    resumed = StabilityMonitor(d, every=1)
+    d.double()  # after the monitor was built: its u, v are float32
+    resumed.load_state_dict(state)
+    assert all(layer.u.dtype == layer.v.dtype == torch.float64 for layer in resumed._layers)
+    for _ in range(10):
+        resumed.observe(d_loss=1.0)
+    for name in ("0", "1"):
+        expected = float(torch.linalg.matrix_norm(d.get_submodule(name).weight.detach(), 2))
+        assert resumed.report()[f"sigma/D/{name}.weight"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_state_from_a_cpu_run_loads_onto_networks_on_cuda():
+    d = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    monitor = StabilityMonitor(d, every=1)
+    monitor.observe(d_loss=1.0)
+    state = monitor.state_dict()
+    d.cuda()
+    resumed = StabilityMonitor(d, every=1)
+    resumed.load_state_dict(state)
+    assert all(layer.u.is_cuda and layer.v.is_cuda for layer in resumed._layers)
+    resumed.observe(real_logits=torch.randn(4, device="cuda"), d_loss=1.0)
+    assert resumed.report()["step"] == 2 and len(resumed.history) == 2
+
+
+def test_a_state_for_other_layers_or_settings_is_refused_naming_the_difference():
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    monitor = StabilityMonitor(d, every=5)
+    monitor.observe(d_loss=0.5)
+    state = monitor.state_dict()
+    renamed = StabilityMonitor(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)), every=5)
+    with pytest.raises(
+        ValueError, match=r"missing from the state \['D/1.weight'\], unexpected in the state \['D/2.weight'\]"
+    ):
+        renamed.load_state_dict(state)
+    wider = StabilityMonitor(
+        torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.ReLU(), torch.nn.Linear(9, 1)), every=5
+    )
+    with pytest.raises(ValueError, match=r"layer D/0.weight: u has shape \[8\] in the state, \[9\] in this monitor"):
+        wider.load_state_dict(state)
+    with pytest.raises(ValueError, match="every: 5 in the state, 10 in this monitor"):
+        StabilityMonitor(d, every=10).load_state_dict(state)
+    stricter = StabilityMonitor(d, every=5, thresholds=Thresholds(patience=3))
+    with pytest.raises(ValueError, match="thresholds.patience: 2 in the state, 3 in this monitor"):
+        stricter.load_state_dict(state)
+    with pytest.raises(ValueError, match="not a StabilityMonitor.state_dict"):
+        stricter.load_state_dict(d.state_dict())
+    # A refused state changes nothing.
+    assert stricter.step == 0 and stricter.history == [] and stricter.thresholds.patience == 3
