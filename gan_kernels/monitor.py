@@ -14,7 +14,8 @@ evidence and the remedies, cheaply enough to leave on.
     monitor.plot("dashboard.png")
 
 Call ``observe`` once per training step (D and G values together). Per-step statistics are
-accumulated on D's device without a host sync; the host reads them every ``every`` steps (a check:
+accumulated on the observed values' device (following them, also to a GPU that D moved to after the
+monitor was built) without a host sync; the host reads them every ``every`` steps (a check:
 the only place the monitor syncs, a few times), and whenever ``report()`` or ``warnings`` is read.
 At each such check the monitor also estimates the spectral norm of every weight (2-D or more) of D
 and G with one batched power-iteration call per device and dtype, on persistent u, v (started afresh
@@ -337,9 +338,9 @@ class StabilityMonitor:
         self._largest_g_norm = 0.0
         self._diversities = []  # the latest `patience` diversity measurements
         self._first_sigmas = {}  # per sigma key, its values at the first `sigma_baseline_checks` checks
-        # Statistics accumulate on D's device (values from elsewhere are moved there).
+        # Where the statistics accumulate: the device of the latest observed tensors (D's until then).
         self._device = next(D.parameters(), torch.empty(0)).device
-        self._slot_indices = {}  # slot names -> index tensor on the device, built once per combination
+        self._slot_indices = {}  # (slot names, device) -> index tensor, built once per combination
         self._gradient_norms = {}  # from observe_gradients, accumulated with the next observe()
         self._reset_window()
 
@@ -353,18 +354,31 @@ class StabilityMonitor:
         self._window_steps = 0
 
     def _accumulate(self, values):
-        """``values``: {slot: 0-d tensor}. Adds them to the device sums, no host sync."""
+        """``values``: {slot: 0-d tensor or float}. Adds them to the sums on the observed tensors'
+        device, no host sync."""
+        observed = [value for value in values.values() if isinstance(value, torch.Tensor)]
+        if observed:
+            # The sums follow the observed values (D.cuda() after the monitor was built): kept elsewhere,
+            # every step would copy its values to them, and a copy to the host waits for the GPU.
+            self._device = observed[0].device
+        device = self._device
         if self._totals is None:
-            self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=self._device)
+            self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=device)
+        elif self._totals.device != device:
+            self._totals = self._totals.to(device)
         names = tuple(values)
-        index = self._slot_indices.get(names)
+        index = self._slot_indices.get((names, device))
         if index is None:
             slots = [_SLOT[name] for name in names]
-            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots], device=self._device)
-            self._slot_indices[names] = index
-        tensors = list(values.values())
-        if any(t.dtype != tensors[0].dtype or t.device != self._device for t in tensors):
-            tensors = [t.to(self._device, torch.float64) for t in tensors]
+            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots], device=device)
+            self._slot_indices[names, device] = index
+        # A number is filled in on the device, not copied there: a copy from the host syncs with the GPU.
+        tensors = [
+            value if isinstance(value, torch.Tensor) else torch.full((), value, dtype=torch.float64, device=device)
+            for value in values.values()
+        ]
+        if any(t.dtype != tensors[0].dtype or t.device != device for t in tensors):
+            tensors = [t.to(device, torch.float64) for t in tensors]
         stacked = torch.stack(tensors).to(torch.float64)
         self._totals.index_add_(0, index, torch.cat([stacked, stacked.square()]))
         for name in names:
@@ -408,7 +422,7 @@ class StabilityMonitor:
             if value.numel() != 1:
                 raise ValueError(f"{arg} must be a scalar (one element), got shape {list(value.shape)}")
             return value.detach().reshape(())
-        return torch.tensor(_checks.real(value, arg), dtype=torch.float64, device=self._device)
+        return _checks.real(value, arg)
 
     def observe_gradients(self, network, module):
         """Records the total gradient norm of ``module``'s parameters (their ``.grad``, after a
@@ -758,7 +772,7 @@ class StabilityMonitor:
             layer.u = saved["u"].to(weight.device, weight.dtype, copy=True)
             layer.v = saved["v"].to(weight.device, weight.dtype, copy=True)
         window = state["window"]
-        # On this monitor's accumulation device, wherever the state was saved (or torch.load mapped it).
+        # Where this monitor accumulates (the state pins no device); the next observed values move them on.
         self._totals = None if window["totals"] is None else window["totals"].to(self._device, copy=True)
         self._counts = list(window["counts"])
         self._window_steps = window["steps"]

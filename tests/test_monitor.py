@@ -992,15 +992,54 @@ def test_a_state_loads_onto_the_networks_current_dtype():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_state_from_a_cpu_run_loads_onto_networks_on_cuda():
     d = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
-    monitor = StabilityMonitor(d, every=1)
+    monitor = StabilityMonitor(d, every=2)
     monitor.observe(d_loss=1.0)
+    monitor.observe(d_loss=1.0)
+    monitor.observe(d_loss=2.0)  # an open window, summed on the CPU
     state = monitor.state_dict()
     d.cuda()
-    resumed = StabilityMonitor(d, every=1)
+    resumed = StabilityMonitor(d, every=2)
     resumed.load_state_dict(state)
     assert all(layer.u.is_cuda and layer.v.is_cuda for layer in resumed._layers)
-    resumed.observe(real_logits=torch.randn(4, device="cuda"), d_loss=1.0)
-    assert resumed.report()["step"] == 2 and len(resumed.history) == 2
+    resumed.observe(real_logits=torch.randn(4, device="cuda"), d_loss=torch.tensor(4.0, device="cuda"))
+    assert resumed._totals.is_cuda
+    report = resumed.report()
+    assert report["step"] == 4 and report["d_loss"] == 3.0 and len(resumed.history) == 2
+
+
+def test_the_statistics_accumulate_on_the_device_of_the_observed_values():
+    # They stayed on the device D had when the monitor was built: after D.cuda(), every step copied its
+    # values to the CPU, which waits for the GPU. The meta device stands in for the GPU here (nothing is
+    # read back before a check).
+    d = torch.nn.Linear(2, 1)
+    monitor = StabilityMonitor(d, every=100)
+    d.to("meta")
+    logits = d(torch.randn(4, 2, device="meta"))
+    logits.sum().backward()
+    monitor.observe_gradients("D", d)
+    monitor.observe(real_logits=logits.detach(), fake_logits=-logits.detach(), d_loss=0.5)
+    assert monitor._totals.device.type == "meta"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_monitor_built_before_d_cuda_observes_on_cuda_without_a_host_sync():
+    d = torch.nn.Linear(2, 1)
+    monitor = StabilityMonitor(d, every=100)
+    d.cuda()
+    for step in range(4):
+        logits = d(torch.randn(4, 2, device="cuda"))
+        d.zero_grad()
+        logits.sum().backward()
+        # The first step builds the slot index, a copy from the host, once; the later ones sync never.
+        torch.cuda.set_sync_debug_mode("error" if step else "default")
+        try:
+            monitor.observe_gradients("D", d)
+            monitor.observe(real_logits=logits.detach(), fake_logits=logits.detach(), d_loss=0.5)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert monitor._totals.is_cuda
+    report = monitor.report()
+    assert report["step"] == 4 and report["d_loss"] == 0.5 and report["d_accuracy"] == 0.5
 
 
 def test_a_state_for_other_layers_or_settings_is_refused_naming_the_difference():
