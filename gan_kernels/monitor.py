@@ -261,11 +261,8 @@ def _tracked_layers(network, prefix, generator):
             dim = normalisation.dim if normalisation is not None else int(isinstance(module, _CONV_TRANSPOSE))
             qualified = f"{module_name}.{name}" if module_name else name
             u, v = _start_vectors(weight, dim, generator)
-            layers.append(
-                _Layer(f"{prefix}/{qualified}", None, dim, u, v, normalisation, (module, name))
-                if is_computed
-                else _Layer(f"{prefix}/{qualified}", weight, dim, u, v, normalisation)
-            )
+            stored, computed_by = (None, (module, name)) if is_computed else (weight, None)
+            layers.append(_Layer(f"{prefix}/{qualified}", stored, dim, u, v, normalisation, computed_by))
     return layers
 
 
