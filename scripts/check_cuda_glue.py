@@ -7,8 +7,9 @@ errors that would otherwise first show on a GPU box. The kernels themselves are 
 --torch-root checks against another torch's headers instead of the installed one's: DIR is the
 `torch` package folder of an unpacked wheel (e.g. the GPU box's torch 2.11 CUDA wheel, fetched with
 `pip download torch==2.11.0 --no-deps` and unzipped, never installed), which also catches an API
-that version lacks. Then the CPU sources (csrc/cpu, csrc/module.cpp) are checked too: the box
-builds them against that torch as well."""
+that version lacks. Then the CPU sources (csrc/cpu, csrc/module.cpp, and the per-capability kernel
+sources setup.py generates into build/generated/cpu, which use ATen's Vectorized API) are checked
+too: the box builds them against that torch as well."""
 
 import sysconfig
 import argparse
@@ -84,6 +85,10 @@ def main():
         sources += sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp"))) + [
             os.path.join(ROOT, "csrc", "module.cpp")
         ]
+        capability_sources = sorted(glob.glob(os.path.join(generated, "cpu", "*.cpp")))
+        if not capability_sources:
+            raise SystemExit(f"{generated}/cpu has no kernel sources: run `make build` first")
+        sources += capability_sources
     failed = 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for source, rc, stderr in pool.map(lambda s: check(s, flags), sources):
