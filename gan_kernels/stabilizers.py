@@ -341,8 +341,8 @@ class GeneratorEMA(AveragedModel):
     the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
     as 0.998, and the average would silently stay at its first copy. A state dict without the float32
     average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
-    from ``module.*``. G's tensors are converted to the average's device and dtype, so an EMA built
-    from a float32 G may be updated from its bfloat16 copy and the reverse."""
+    from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
+    average's (``ema.module``'s): another is a TypeError naming the tensor."""
 
     def __init__(self, G, decay, device=None):
         _check_module(G, "G")
@@ -385,8 +385,6 @@ class GeneratorEMA(AveragedModel):
         self._decay = self._check_decay(value)
 
     def _average(self, averaged, current, n_averaged):
-        # AveragedModel moves G's tensors to the average's device; torch's lerp needs the dtype too.
-        current = [c.to(a.dtype) for a, c in zip(averaged, current)]
         get_ema_multi_avg_fn(self._decay)(averaged, current, n_averaged)
 
     @torch.no_grad()
@@ -415,16 +413,18 @@ class GeneratorEMA(AveragedModel):
     def update(self, G):
         """Moves the average towards ``G``'s current parameters and buffers (see the class docstring)."""
         _check_module(G, "G")
-        # AveragedModel pairs the tensors by position and stops at the shorter list: check they match.
-        ours = [t.shape for t in (*self.module.parameters(), *self.module.buffers())]
-        theirs = [t.shape for t in (*G.parameters(), *G.buffers())]
+        # AveragedModel pairs the tensors by position and stops at the shorter list, and torch's
+        # grouping of the pairs (2.11) or its lerp (2.13) fails on two dtypes: check they match.
+        ours = [(t.shape, t.dtype) for t in (*self.module.parameters(), *self.module.buffers())]
+        theirs = [(t.shape, t.dtype) for t in (*G.parameters(), *G.buffers())]
 
-        def describe(shape):
-            return "none" if shape is None else f"shape {list(shape)}"
+        def describe(tensor):
+            return "none" if tensor is None else f"shape {list(tensor[0])} and dtype {tensor[1]}"
 
         for index, (mine, other) in enumerate(itertools.zip_longest(ours, theirs)):
             if mine != other:
-                raise ValueError(
+                error = TypeError if mine is not None and other is not None and mine[0] == other[0] else ValueError
+                raise error(
                     f"G ({type(G).__name__}) does not match the averaged generator: tensor {index} of its "
                     f"parameters and buffers has {describe(other)}, the average's has {describe(mine)}"
                 )
