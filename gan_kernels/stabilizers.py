@@ -415,7 +415,7 @@ class GeneratorEMA(AveragedModel):
         _check_module(G, "G")
         # AveragedModel pairs the tensors by position and stops at the shorter list, and torch's
         # grouping of the pairs (2.11) or its lerp (2.13) fails on two dtypes: check they match.
-        ours = [(t.shape, t.dtype) for t in (*self.module.parameters(), *self.module.buffers())]
+        ours = [(t.shape, t.dtype) for _, t in self._named_averaged_tensors()]
         theirs = [(t.shape, t.dtype) for t in (*G.parameters(), *G.buffers())]
 
         def describe(tensor):
