@@ -1071,9 +1071,9 @@ SPECTRAL_NORM_BAD_INPUTS = spectral_bad_calls(
             "n_power_iterations must be an integer >= 0, got -1",
         ),
         (
-            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 1, -1),
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 1, float("inf")),
             ValueError,
-            "eps must be a finite number >= 0, got -1",
+            "eps must be a finite number, got inf",
         ),
     ]
 )
@@ -1103,9 +1103,9 @@ SPECTRAL_NORM_BAD_OP_INPUTS = spectral_bad_calls(
         (lambda w, u, v, d: _power_op(w, u, v, [0, 4], 1, 1e-12), IndexError, r"dims\[1\]=4 is out of range"),
         (lambda w, u, v, d: _power_op(w, u, v, d, -2, 1e-12), ValueError, "n_power_iterations must be >= 0, got -2"),
         (
-            lambda w, u, v, d: _power_op(w, u, v, d, 1, -1e-3),
+            lambda w, u, v, d: _power_op(w, u, v, d, 1, float("nan")),
             ValueError,
-            "eps must be a finite number >= 0, got -0.001",
+            "eps must be a finite number, got nan",
         ),
         (
             lambda w, u, v, d: ops().spectral_norm_normalize.default(w, u, v, torch.ones(3), d),

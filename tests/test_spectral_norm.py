@@ -498,8 +498,10 @@ def test_grouped_model_replicated_as_data_parallel_does_iterates_each_replica_on
         r(x)
 
 
-# eps = 0 too: PyTorch takes it (normalize then divides by the norm itself).
-@pytest.mark.parametrize("eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64), 0.0])
+# eps = 0 and eps < 0 too: PyTorch takes them (normalize then divides by the norm itself).
+@pytest.mark.parametrize(
+    "eps", [np.float64(1e-6), np.float32(1e-6), torch.tensor(1e-6, dtype=torch.float64), 0.0, -1e-3]
+)
 def test_layer_takes_numpy_scalars_and_0d_tensors_as_pytorch_does(eps):
     torch.manual_seed(20)
     ours = spectral_norm(torch.nn.Linear(7, 5), eps=eps, n_power_iterations=np.int64(2), dim=np.int64(0))
@@ -598,6 +600,24 @@ def test_loads_checkpoints_from_before_pytorch_1_1(make):
 
 
 # ---- the ops -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("eps", [1e-3, 0.0, -1e-3])
+def test_eps_of_any_sign_as_pytorch_normalize(device, eps):
+    """normalize(x) = x / max(||x||, eps): a zero layer gives u = v = 0 for eps > 0 and NaN (0 / 0)
+    for eps <= 0, as torch.nn.functional.normalize; a nonzero layer ignores eps <= 0."""
+    torch.manual_seed(9)
+    weights = [torch.zeros(3, 4, device=device), torch.randn(5, 2, 3, device=device)]
+    us = [torch.nn.functional.normalize(torch.randn(w.shape[0], device=device), dim=0) for w in weights]
+    vs = [torch.nn.functional.normalize(torch.randn(w[0].numel(), device=device), dim=0) for w in weights]
+    us_ref, vs_ref = [u.clone() for u in us], [v.clone() for v in vs]
+    sigmas = gan_kernels.spectral_norm_power_iteration_(weights, us, vs, [0, 0], 2, eps)
+    sigmas_ref = reference.spectral_norm_power_iteration_(weights, us_ref, vs_ref, [0, 0], 2, eps)
+    assert sigmas[0].isnan().item() == (eps <= 0)
+    torch.testing.assert_close(sigmas, sigmas_ref, equal_nan=True)
+    for got, want in zip(us + vs, us_ref + vs_ref):
+        torch.testing.assert_close(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -754,13 +774,8 @@ class IntWeight(torch.nn.Module):
             ValueError,
             "n_power_iterations must be an integer >= 1, got 0",
         ),
-        (
-            lambda: torch.nn.Linear(3, 2),
-            dict(eps=float("nan")),
-            ValueError,
-            "eps must be a finite number >= 0, got nan",
-        ),
-        (lambda: torch.nn.Linear(3, 2), dict(eps=-1e-3), ValueError, "eps must be a finite number >= 0, got -0.001"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=float("nan")), ValueError, "eps must be a finite number, got nan"),
+        (lambda: torch.nn.Linear(3, 2), dict(eps=float("-inf")), ValueError, "eps must be a finite number, got -inf"),
         (
             lambda: torch.nn.Linear(3, 2),
             dict(name="wieght"),

@@ -153,7 +153,7 @@ void check_sigma(const at::Tensor& sigma, const at::Tensor& weight) {
 
 void check_power_iteration_args(int64_t n_power_iterations, double eps) {
   TORCH_CHECK_VALUE(n_power_iterations >= 0, "n_power_iterations must be >= 0, got ", n_power_iterations);
-  check_nonnegative(eps, "eps");
+  check_finite(eps, "eps");
 }
 
 at::Tensor empty_sigmas(const at::TensorList weights) {

@@ -31,7 +31,7 @@ class SpectralNorm(torch.nn.Module):
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
         super().__init__()
         self.n_power_iterations = check_n_power_iterations(n_power_iterations)
-        self.eps = _checks.nonnegative(eps, "eps")
+        self.eps = _checks.finite(eps, "eps")
         self.dim = _checks.wrap_dim(dim, weight, "dim")
         self.sigma = None
         # Set while the layer belongs to a SpectralNormGroup: the BatchedResults where that group

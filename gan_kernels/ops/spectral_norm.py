@@ -136,7 +136,7 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, 
     as PyTorch's spectral norm)."""
     dims = _check_lists(weights, us, vs, dims)
     n_power_iterations = check_n_power_iterations(n_power_iterations, minimum=0)
-    eps = _checks.nonnegative(eps, "eps")
+    eps = _checks.finite(eps, "eps")
     if not torch.compiler.is_compiling():  # traced tensors have no addresses; the op checks at run time
         _check_no_shared_memory(us, vs)
     with torch.no_grad():
