@@ -312,6 +312,18 @@ def half_life_decay(half_life_kimg, batch_size):
     return 0.5 ** (batch_size / (1000 * half_life_kimg))
 
 
+class _Float32Averages(torch.nn.Module):
+    """Holds GeneratorEMA's float32 averages: they follow a conversion's device but stay float32, so
+    ``ema.half()`` or ``ema.to(device, torch.bfloat16)`` does not bring back the stall they prevent."""
+
+    def _apply(self, fn, recurse=True):
+        def device_only(tensor):
+            converted = fn(tensor)
+            return converted if converted.dtype == torch.float32 else tensor.to(converted.device)
+
+        return super()._apply(device_only, recurse)
+
+
 class GeneratorEMA(AveragedModel):
     """An exponential moving average of a generator's weights, the generator to evaluate and sample
     from (ProGAN, StyleGAN's ``G_ema``, BigGAN; Yazici et al. 2019 on why it helps). A
@@ -339,7 +351,9 @@ class GeneratorEMA(AveragedModel):
     The average of a bfloat16 or float16 tensor is kept in float32 (``float32_average.*`` in the
     state dict), updated in float32 and rounded once into ``ema.module``, which keeps G's dtypes: in
     the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
-    as 0.998, and the average would silently stay at its first copy. A state dict without the float32
+    as 0.998, and the average would silently stay at its first copy. Converting the EMA
+    (``ema.half()``, ``ema.to(device, dtype)``) moves these averages to the new device but keeps them
+    float32. A state dict without the float32
     average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
     from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
     average's (``ema.module``'s): another is a TypeError naming the tensor."""
@@ -353,7 +367,7 @@ class GeneratorEMA(AveragedModel):
         self.module.requires_grad_(False)
         # Buffers of this wrapper, not of the module: they follow .to(device) and the state dict, are
         # not averaged by AveragedModel (which walks self.module), and ema.module.state_dict() loads into G.
-        self.float32_average = torch.nn.Module()
+        self.float32_average = _Float32Averages()
         for name, tensor in self._named_averaged_tensors():
             if tensor.dtype in _HALF_PRECISION:
                 *path, leaf = name.split(".")

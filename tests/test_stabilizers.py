@@ -736,6 +736,40 @@ def test_ema_of_a_half_precision_generator_moves_by_less_than_an_ulp_per_update(
 
 
 @pytest.mark.parametrize("dtype", HALF_PRECISION)
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda ema, dtype: ema.to(dtype),
+        lambda ema, dtype: ema.to("cpu", dtype),
+        lambda ema, dtype: ema.half().to(dtype),
+    ],
+    ids=["to-dtype", "to-device-dtype", "half-then-dtype"],
+)
+def test_ema_converted_to_half_precision_keeps_its_float32_average(dtype, convert):
+    """``.to``/``.half()`` converted the float32 averages too (floating buffers), and the stall came back:
+    the weight stayed at its first copy, 1.0."""
+    g = torch.nn.Linear(1, 1, bias=False).to(dtype)
+    with torch.no_grad():
+        g.weight.fill_(1.0)
+    ema = convert(stabilizers.GeneratorEMA(g, 0.998), dtype)
+    assert ema.module.weight.dtype == dtype
+    assert ema.float32_average.weight.dtype == torch.float32
+    ema.update(g)
+    with torch.no_grad():
+        g.weight.fill_(1.5)
+    for _ in range(100):
+        ema.update(g)
+    assert ema.module.weight.item() == torch.tensor(1.5 - 0.5 * 0.998**100, dtype=dtype).item()
+
+
+def test_ema_float32_average_follows_a_device_conversion():
+    ema = stabilizers.GeneratorEMA(torch.nn.Linear(2, 2).to(torch.bfloat16), 0.99).to("meta", torch.float16)
+    for name, average in ema.float32_average.named_buffers():
+        assert (average.device.type, average.dtype) == ("meta", torch.float32), name
+    assert ema.module.weight.device.type == "meta"
+
+
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
 def test_ema_of_a_half_precision_generator_is_the_float64_average_rounded_once(dtype):
     g = make_half_precision_generator(dtype)
     ema = stabilizers.GeneratorEMA(g, 0.998)
