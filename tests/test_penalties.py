@@ -207,6 +207,18 @@ def test_helpers_leave_the_callers_tensors_alone():
     assert G.weight.grad is None  # the penalty trains D only
 
 
+@pytest.mark.parametrize("helper", HELPERS)
+def test_samples_made_under_inference_mode_are_taken(helper):
+    """r1 and r2 raised torch's "Setting requires_grad=True on inference tensor" on fakes generated
+    under torch.inference_mode, which wgan_gp and dragan took (their points are new tensors)."""
+    D = make_discriminator("mlp")
+    torch.manual_seed(1)
+    real, fake = torch.randn(SHAPE, dtype=torch.float64), torch.randn(SHAPE, dtype=torch.float64)
+    with torch.inference_mode():
+        real_inf, fake_inf = real.clone(), fake.clone()
+    assert torch.equal(ours(helper, D, real_inf, fake_inf, 7, (), None), ours(helper, D, real, fake, 7, (), None))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_grad_scaler_follows_the_amp_recipe(device):
     """Gradient of the scaled outputs, unscaled, then the penalty: the same as without scaling."""

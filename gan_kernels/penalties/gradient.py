@@ -107,7 +107,8 @@ def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, sc
         d_args = (d_args,)
     if d_kwargs is not None and not isinstance(d_kwargs, Mapping):
         raise TypeError(f"d_kwargs must be a mapping of D's keyword arguments, got {type(d_kwargs).__name__}")
-    x = x.detach().requires_grad_(True)
+    # An inference tensor (samples made under torch.inference_mode) cannot require grad: a copy can.
+    x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
     outputs = D(x, *d_args, **(d_kwargs or {}))
     loss = weight * gradient_penalty(outputs, x, center, scaler).mean()
     if isinstance(D, DistributedDataParallel):
