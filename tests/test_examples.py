@@ -17,6 +17,16 @@ from gan_kernels import penalties  # noqa: E402
 RING, RING_STD = mog.DATASETS["ring8"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # The examples' networks are tiny: on a busy machine (xdist workers on every core) a second
+    # thread only waits for the first; test_samples_are_returned_in_the_data_units took 145 s, not 7.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_all_points_on_one_mode_cover_one_mode():
     samples = RING[3] + 0.01 * torch.randn(800, 2)
     modes, quality = mog.mode_metrics(samples, RING, RING_STD)
