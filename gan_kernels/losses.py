@@ -32,6 +32,7 @@ Sources: feature matching, Salimans et al. 2016; mode seeking (MSGAN), Mao et al
 import torch
 
 from . import _checks
+from .reference import nan_visible
 
 KINDS = (
     "minimax",
@@ -46,7 +47,12 @@ REDUCTIONS = ("mean", "sum", "none")
 RELATIVISTIC = ("relativistic_pairing", "relativistic_average")
 
 _softplus = torch.nn.functional.softplus
-_relu = torch.nn.functional.relu
+
+
+def _hinge(x):
+    """``relu(x)`` with a NaN derivative where ``x`` is NaN: torch's relu backward passes the gradient
+    there (or not, depending on the CPU's instruction set), which hid a diverged logit."""
+    return nan_visible(torch.nn.functional.relu(x), x)
 
 
 def _check_kind(kind):
@@ -115,7 +121,7 @@ def discriminator_loss(real_logits, fake_logits, kind, reduction="mean"):
     if kind in ("minimax", "non_saturating"):
         terms = (_softplus(-r), _softplus(f))
     elif kind == "hinge":
-        terms = (_relu(1 - r), _relu(1 + f))
+        terms = (_hinge(1 - r), _hinge(1 + f))
     elif kind == "wasserstein":
         terms = (-r, f)
     elif kind == "least_squares":

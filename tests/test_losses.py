@@ -145,6 +145,41 @@ def test_stable_values_and_gradients_at_logits_of_plus_minus_100(kind, dtype):
             torch.testing.assert_close(grad.double(), grad_expected, **tolerance)
 
 
+# Kinds whose loss is linear in the logit (Wasserstein; the hinge generator's -f) have a gradient that
+# does not depend on it; every other gradient does, and a NaN logit must make it NaN (README, NaN and
+# infinity), whatever torch's relu backward does at NaN on the CPU at hand.
+NONLINEAR_IN_REAL = [k for k in losses.KINDS if k != "wasserstein"]
+NONLINEAR_IN_FAKE_FOR_G = [k for k in losses.KINDS if k not in ("hinge", "wasserstein")]
+
+
+@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+@pytest.mark.parametrize("kind", losses.KINDS)
+def test_a_nan_logit_makes_its_loss_and_its_gradients_nan(kind, reduction):
+    nan = float("nan")
+    r = torch.tensor([nan, 0.5, -2.0, 1.5], dtype=torch.float64, requires_grad=True)
+    f = torch.tensor([0.3, nan, 1.0, -0.7], dtype=torch.float64, requires_grad=True)
+    d_loss = losses.discriminator_loss(r, f, kind, reduction)
+    g_loss = losses.generator_loss(f, r, kind=kind, reduction=reduction)
+    for loss in (d_loss, g_loss):
+        assert loss.isnan().any()
+    d_grads = torch.autograd.grad(d_loss.sum(), (r, f), allow_unused=True, materialize_grads=True)
+    g_grads = torch.autograd.grad(g_loss.sum(), (r, f), allow_unused=True, materialize_grads=True)
+    if kind in NONLINEAR_IN_REAL:
+        assert d_grads[0][0].isnan(), d_grads
+        assert d_grads[1][1].isnan(), d_grads
+    if kind in NONLINEAR_IN_FAKE_FOR_G:
+        assert g_grads[1][1].isnan(), g_grads
+    if kind in losses.RELATIVISTIC:
+        assert g_grads[0][0].isnan(), g_grads
+    # Elements that do not meet a NaN keep the textbook gradient.
+    if kind not in ("relativistic_average",):
+        finite = [2, 3]
+        textbook_d = reduce(textbook_discriminator(kind, r, f), reduction)
+        expected = torch.autograd.grad(textbook_d.sum(), (r, f), allow_unused=True, materialize_grads=True)
+        for grad, grad_expected in zip(d_grads, expected):
+            torch.testing.assert_close(grad[finite], grad_expected[finite], rtol=1e-12, atol=1e-12)
+
+
 def test_non_tensor_0d_and_integer_logits_are_rejected_with_the_argument_name():
     with pytest.raises(TypeError, match="real_logits"):
         losses.discriminator_loss([1.0, 2.0], torch.zeros(2), "hinge")
