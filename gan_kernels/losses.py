@@ -32,7 +32,7 @@ Sources: feature matching, Salimans et al. 2016; mode seeking (MSGAN), Mao et al
 import torch
 
 from . import _checks
-from .reference import nan_visible
+from .reference import _compute_dtype, nan_visible
 
 KINDS = (
     "minimax",
@@ -89,6 +89,12 @@ def _check_pair(real_logits, fake_logits, paired):
         )
 
 
+def _in_compute_dtype(*logits):
+    """fp16/bf16 logits in float32 (``None`` stays ``None``): a float16 least-squares term
+    ``(r - 1)^2 / 2`` of r = 300 overflowed in its square though the term, 44700, fits."""
+    return [None if t is None else t.to(_compute_dtype(t)) for t in logits]
+
+
 def _reduce(terms, reduction):
     """Each term reduced on its own and summed, so real and fake batches may differ in size; with
     ``reduction="none"`` the per-element terms are added (their shapes were checked equal)."""
@@ -111,13 +117,14 @@ def _pairing_reason(kind, reduction):
 def discriminator_loss(real_logits, fake_logits, kind, reduction="mean"):
     """The discriminator's loss for ``kind`` (one of :data:`KINDS`, see the module docstring) on the
     logits of a real and a fake batch. ``reduction``: ``"mean"`` (each term averaged over its own
-    batch, then added), ``"sum"`` or ``"none"`` (per element, real and fake terms added)."""
+    batch, then added), ``"sum"`` or ``"none"`` (per element, real and fake terms added). fp16 and
+    bf16 logits are computed in float32; the loss has the logits' dtype."""
     _check_kind(kind)
     _check_reduction(reduction)
     _check_logits(real_logits, "real_logits")
     _check_logits(fake_logits, "fake_logits")
     _check_pair(real_logits, fake_logits, _pairing_reason(kind, reduction))
-    r, f = real_logits, fake_logits
+    r, f = _in_compute_dtype(real_logits, fake_logits)
     if kind in ("minimax", "non_saturating"):
         terms = (_softplus(-r), _softplus(f))
     elif kind == "hinge":
@@ -130,7 +137,7 @@ def discriminator_loss(real_logits, fake_logits, kind, reduction="mean"):
         terms = (_softplus(f - r),)
     else:  # relativistic_average
         terms = (_softplus(f.mean(0) - r), _softplus(f - r.mean(0)))
-    return _reduce(terms, reduction)
+    return _reduce(terms, reduction).to(fake_logits.dtype)
 
 
 def generator_loss(fake_logits, real_logits=None, *, kind, reduction="mean"):
@@ -147,7 +154,7 @@ def generator_loss(fake_logits, real_logits=None, *, kind, reduction="mean"):
     else:
         _check_logits(real_logits, "real_logits")
         _check_pair(real_logits, fake_logits, _pairing_reason(kind, reduction) if kind in RELATIVISTIC else None)
-    r, f = real_logits, fake_logits
+    r, f = _in_compute_dtype(real_logits, fake_logits)
     if kind == "minimax":
         terms = (-_softplus(f),)
     elif kind == "non_saturating":
@@ -160,7 +167,7 @@ def generator_loss(fake_logits, real_logits=None, *, kind, reduction="mean"):
         terms = (_softplus(r - f),)
     else:  # relativistic_average: D's loss with the roles of real and fake swapped
         terms = (_softplus(r - f.mean(0)), _softplus(r.mean(0) - f))
-    return _reduce(terms, reduction)
+    return _reduce(terms, reduction).to(fake_logits.dtype)
 
 
 def _check_same_kind(a, b, arg_a, arg_b):

@@ -8,6 +8,8 @@ import torch
 
 from gan_kernels import losses
 
+from helpers import TOLERANCES
+
 
 def log_sigmoid(x):
     return torch.log(torch.sigmoid(x))
@@ -178,6 +180,29 @@ def test_a_nan_logit_makes_its_loss_and_its_gradients_nan(kind, reduction):
         expected = torch.autograd.grad(textbook_d.sum(), (r, f), allow_unused=True, materialize_grads=True)
         for grad, grad_expected in zip(d_grads, expected):
             torch.testing.assert_close(grad[finite], grad_expected[finite], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", losses.REDUCTIONS)
+@pytest.mark.parametrize("kind", losses.KINDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_logits_give_the_float64_loss_rounded_once(dtype, kind, reduction):
+    """fp16/bf16 logits are computed in float32 and the loss returned in their dtype (DESIGN.md): a
+    least-squares term of a logit of 300 is 44700, which float16 holds, though its (r - 1)^2 does not."""
+    r = torch.tensor([300.0, 0.5, -1.0, 2.0, 250.0, -3.0], dtype=dtype, requires_grad=True)
+    f = torch.tensor([-280.0, 0.5, 1.0, -2.0, 3.0, 120.0], dtype=dtype, requires_grad=True)
+    r64, f64 = (t.detach().double().requires_grad_() for t in (r, f))
+    for loss_fn in (
+        lambda a, b: losses.discriminator_loss(a, b, kind, reduction),
+        lambda a, b: losses.generator_loss(b, a, kind=kind, reduction=reduction),
+    ):
+        ours, expected = loss_fn(r, f), loss_fn(r64, f64)
+        assert ours.dtype == dtype
+        torch.testing.assert_close(ours, expected.detach().to(dtype), **TOLERANCES[dtype])
+        upstream = torch.rand(ours.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        grads = torch.autograd.grad(ours, (r, f), upstream.to(dtype), allow_unused=True, materialize_grads=True)
+        expected_grads = torch.autograd.grad(expected, (r64, f64), upstream, allow_unused=True, materialize_grads=True)
+        for grad, grad_expected in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, grad_expected.to(dtype), **TOLERANCES[dtype])
 
 
 def test_non_tensor_0d_and_integer_logits_are_rejected_with_the_argument_name():
