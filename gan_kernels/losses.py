@@ -4,7 +4,8 @@ every ``-log(1 - sigmoid(x))`` ``softplus(x)``, so logits of any size give finit
 
 Both functions return the loss its network *minimises*. Logits have shape [N] or [N, ...] (a patch
 discriminator's map); real and fake logits must agree in every dim but the batch, and in the batch
-too where samples are paired (``"relativistic_pairing"``) or ``reduction="none"`` adds them.
+too where samples are paired (``"relativistic_pairing"``) or ``reduction="none"`` adds them. Empty
+logits are an error where a mean is taken (``reduction="mean"``, relativistic_average's batch means).
 
 kind                   discriminator minimises                       generator minimises
 minimax                softplus(-r) + softplus(f)                    -softplus(f)   (= log(1 - sigmoid(f)))
@@ -89,6 +90,20 @@ def _check_pair(real_logits, fake_logits, paired):
         )
 
 
+def _has_elements(t, arg):
+    """A mean over no elements is NaN, which a loss would carry into every weight without a word."""
+    if t.numel() == 0:
+        raise ValueError(f"{arg} has no elements (shape {list(t.shape)}): its mean is undefined")
+
+
+def _check_means(kind, reduction, **logits):
+    """The logits averaged by ``reduction="mean"``, or by relativistic_average's batch means (taken
+    whatever the reduction), are not empty."""
+    if reduction == "mean" or kind == "relativistic_average":
+        for arg, t in logits.items():
+            _has_elements(t, arg)
+
+
 def _in_compute_dtype(*logits):
     """fp16/bf16 logits in float32 (``None`` stays ``None``): a float16 least-squares term
     ``(r - 1)^2 / 2`` of r = 300 overflowed in its square though the term, 44700, fits."""
@@ -124,6 +139,7 @@ def discriminator_loss(real_logits, fake_logits, kind, reduction="mean"):
     _check_logits(real_logits, "real_logits")
     _check_logits(fake_logits, "fake_logits")
     _check_pair(real_logits, fake_logits, _pairing_reason(kind, reduction))
+    _check_means(kind, reduction, real_logits=real_logits, fake_logits=fake_logits)
     r, f = _in_compute_dtype(real_logits, fake_logits)
     if kind in ("minimax", "non_saturating"):
         terms = (_softplus(-r), _softplus(f))
@@ -154,6 +170,9 @@ def generator_loss(fake_logits, real_logits=None, *, kind, reduction="mean"):
     else:
         _check_logits(real_logits, "real_logits")
         _check_pair(real_logits, fake_logits, _pairing_reason(kind, reduction) if kind in RELATIVISTIC else None)
+    _check_means(kind, reduction, fake_logits=fake_logits)
+    if kind in RELATIVISTIC:
+        _check_means(kind, reduction, real_logits=real_logits)
     r, f = _in_compute_dtype(real_logits, fake_logits)
     if kind == "minimax":
         terms = (-_softplus(f),)
@@ -218,5 +237,6 @@ def mode_seeking(fake_a, fake_b, z_a, z_b, eps=1e-5):
         _check_same_kind(a, b, arg_a, arg_b)
         if b.shape != a.shape:
             raise ValueError(f"{arg_b} has shape {list(b.shape)} but {arg_a} has shape {list(a.shape)}")
+        _has_elements(a, arg_a)
     ratio = (fake_a - fake_b).abs().mean() / (z_a - z_b).abs().mean()
     return 1 / (ratio + eps)

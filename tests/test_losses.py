@@ -237,6 +237,31 @@ def test_mismatched_shapes_are_errors_naming_both():
         losses.discriminator_loss(torch.randn(4), torch.randn(4, dtype=torch.float64), "hinge")
 
 
+@pytest.mark.parametrize("kind", losses.KINDS)
+def test_a_mean_over_no_logits_is_an_error_naming_the_argument(kind):
+    """An empty batch gave a NaN loss (the mean over no elements) without a word, which the optimiser
+    then carried into every weight; a sum over none is 0 and stays allowed where no mean is taken."""
+    empty, logits = torch.randn(0, 3), torch.randn(4, 3)
+    if kind != "relativistic_pairing":  # which pairs the batches, so that their sizes must agree
+        with pytest.raises(ValueError, match=r"fake_logits has no elements \(shape \[0, 3\]\)"):
+            losses.discriminator_loss(logits, empty, kind)
+        with pytest.raises(ValueError, match=r"real_logits has no elements \(shape \[0, 3\]\)"):
+            losses.discriminator_loss(empty, logits, kind)
+    for real in (empty, None) if kind not in losses.RELATIVISTIC else (empty,):
+        with pytest.raises(ValueError, match=r"fake_logits has no elements \(shape \[0, 3\]\)"):
+            losses.generator_loss(empty, real, kind=kind)
+    if kind == "relativistic_average":  # its batch means are taken whatever the reduction
+        with pytest.raises(ValueError, match=r"fake_logits has no elements \(shape \[0, 3\]\)"):
+            losses.discriminator_loss(logits, empty, kind, reduction="sum")
+        with pytest.raises(ValueError, match=r"real_logits has no elements \(shape \[0, 3\]\)"):
+            losses.generator_loss(logits, empty, kind=kind, reduction="sum")
+    else:
+        real_sum = losses.discriminator_loss(empty, empty, kind, reduction="sum")
+        assert real_sum.item() == 0.0
+        fake_sum = losses.generator_loss(empty, empty, kind=kind, reduction="sum")
+        assert fake_sum.item() == 0.0
+
+
 @pytest.mark.parametrize("kind", losses.RELATIVISTIC)
 def test_relativistic_generator_loss_needs_the_real_logits(kind):
     with pytest.raises(ValueError, match=f"real_logits is required for kind='{kind}'"):
@@ -343,6 +368,10 @@ def test_mode_seeking_takes_eps_in_every_scalar_form(eps):
 
 
 def test_mode_seeking_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match=r"fake_a has no elements \(shape \[0, 3\]\)"):
+        losses.mode_seeking(torch.randn(0, 3), torch.randn(0, 3), torch.randn(4, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match=r"z_a has no elements \(shape \[0, 2\]\)"):
+        losses.mode_seeking(torch.randn(4, 3), torch.randn(4, 3), torch.randn(0, 2), torch.randn(0, 2))
     fake, z = torch.randn(4, 3), torch.randn(4, 2)
     with pytest.raises(ValueError, match=r"fake_b has shape \[4, 2\] but fake_a has shape \[4, 3\]"):
         losses.mode_seeking(fake, torch.randn(4, 2), z, z)
