@@ -178,12 +178,26 @@ def forward_ad_active(*tensors):
     return False
 
 
+def functorch_grad_active():
+    """Whether a functorch reverse-mode transform (``torch.func.grad``, ``vjp``, ``jacrev``) is active.
+    The compiled ops' autograd is C++ (``torch::autograd::Function``), which such a transform refuses
+    ("cannot use C++ torch::autograd::Function with functorch transforms"), even for an argument it
+    does not track, so such calls run the reference."""
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False  # no functorch transform: the common case, decided cheaply
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    grad = torch._C._functorch.TransformType.Grad
+    return any(interpreter.key() == grad for interpreter in retrieve_all_functorch_interpreters())
+
+
 def use_compiled(device, *tensors):
     """Whether ops on tensors of ``device`` run the compiled kernels (else the reference); pass the
-    op's tensor arguments as ``tensors`` so that forward-mode AD is routed to the reference."""
+    op's tensor arguments as ``tensors`` so that forward-mode AD and functorch's reverse-mode
+    transforms are routed to the reference."""
     if not compiled_available():
         return False
-    if tensors and not torch.compiler.is_compiling() and forward_ad_active(*tensors):
+    if tensors and not torch.compiler.is_compiling() and (forward_ad_active(*tensors) or functorch_grad_active()):
         return False
     if device.type in ("cpu", "meta"):
         return True

@@ -178,6 +178,31 @@ def test_forward_over_reverse(device, op):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", FORWARD_AD)
+def test_reverse_mode_torch_func_transforms(device, op):
+    # torch.func.grad, vjp and jacrev of the public functions (README: "Reverse mode to any order,
+    # torch.func.grad and vmap of the public functions"): the compiled ops' autograd is C++, which
+    # functorch's grad transform refuses, even for an input the transform does not track.
+    torch.manual_seed(3)
+    inputs, kwargs = op.forward_ad(device)
+    x, rest = inputs[0], inputs[1:]
+
+    def loss(f):
+        return lambda t: f(t, *rest, **kwargs).square().sum()
+
+    torch.testing.assert_close(torch.func.grad(loss(op.function))(x), torch.func.grad(loss(op.reference))(x))
+    torch.testing.assert_close(
+        torch.func.jacrev(lambda t: op.function(t, *rest, **kwargs))(x),
+        torch.func.jacrev(lambda t: op.reference(t, *rest, **kwargs))(x),
+    )
+    w = torch.randn((), dtype=x.dtype, device=device)
+    torch.testing.assert_close(
+        torch.func.grad(lambda s: (op.function(x, *rest, **kwargs) * s).sum())(w),
+        op.reference(x, *rest, **kwargs).sum(),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_compile_with_dynamic_shapes(device):
     # Symbolic scalars reach the argument checks under dynamic=True: they must trace, not fail.
     model = torch.nn.Sequential(
