@@ -623,6 +623,8 @@ BIAS_ACT_BAD_INPUTS = [
     (dict(x=X, b=torch.randn(3), dim=2), IndexError, "dim=2 is out of range"),
     (dict(x=X, b=torch.randn(3), dim=-3), IndexError, "dim=-3 is out of range"),
     (dict(x=X, b=torch.randn(3), dim=1.0), TypeError, "dim must be an int, got float"),
+    # Without a bias dim plays no part, but its type is still checked, on both backends.
+    (dict(x=X, dim=1.5), TypeError, "dim must be an int, got float 1.5"),
     (dict(x=X, clamp=-0.5), ValueError, "clamp must be a finite number >= 0, got -0.5"),
     (dict(x=X, gain=float("nan")), ValueError, "gain must be a finite number, got nan"),
     (dict(x=X, act="lrelu", alpha=float("inf")), ValueError, "alpha must be a finite number, got inf"),

@@ -66,8 +66,10 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
         return bias_act(x.reshape(1), None, 0, act, alpha, gain, clamp, scale).reshape(())
     if _backend.use_compiled(x.device, x, b):  # the op checks every argument (csrc/ops/bias_act.cpp)
         # numpy scalars (StyleGAN's gains are np.float32/np.float64) and 0-d tensors become the floats
-        # the schema takes. Without a bias, dim plays no part (as in StyleGAN): 1-d inputs work with dim=1.
-        dim = 0 if b is None else _checks.int64(dim, "dim")
+        # the schema takes. Without a bias, dim plays no part (as in StyleGAN): 1-d inputs work with dim=1;
+        # its type is checked all the same, as the reference's checks do.
+        dim = _checks.int64(dim, "dim")
+        dim = 0 if b is None else dim
         alpha, gain, scale = _checks.real(alpha, "alpha"), _checks.real(gain, "gain"), _checks.real(scale, "scale")
         clamp = None if clamp is None else _checks.real(clamp, "clamp")
         return torch.ops.gan_kernels.bias_act(x, b, dim, act, alpha, gain, clamp, scale)
