@@ -120,8 +120,12 @@ def minibatch_std(x, group_size=4, num_channels=1):
     y = y.square().mean(dim=0)
     y = (y + 1e-8).sqrt()
     y = y.mean(dim=[2, 3, 4])
-    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)
-    return torch.cat([x, y.to(x.dtype)], dim=1)
+    y = y.reshape(-1, f, 1, 1).repeat(g, 1, h, w).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        # channels_last in, channels_last out, as the ops: torch.cat along C gives a contiguous output
+        # for y (which it takes as contiguous when F = 1), so join the channels of the NHWC views.
+        return torch.cat([x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)], dim=3).permute(0, 3, 1, 2)
+    return torch.cat([x, y], dim=1)
 
 
 # --- minibatch discrimination (Salimans et al. 2016) ------------------------------------------------

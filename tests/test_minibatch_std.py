@@ -125,11 +125,29 @@ def test_grouping_is_strided(device):
     ],
 )
 def test_output_memory_format_of_the_ops(device, layout, memory_format):
-    # The reference returns what torch.cat gives; the ops promise this (and register_fake agrees).
+    # The ops promise this (and register_fake agrees).
     x = make_4d((4, 8, 3, 3), layout, torch.float32, device)
     assert minibatch_std_op(x, 4, 1).is_contiguous(memory_format=memory_format)
     grad = make_4d((4, 9, 3, 3), layout, torch.float32, device)
     assert minibatch_std_backward_op(grad, x, 4, 1).is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "layout, memory_format",
+    [
+        ("contiguous", torch.contiguous_format),
+        ("channels_last", torch.channels_last),
+        ("strided", torch.contiguous_format),
+        ("permuted", torch.contiguous_format),
+    ],
+)
+def test_output_memory_format_of_the_reference(device, layout, memory_format):
+    # The fallback (CUDA tensors of a build without CUDA kernels, GAN_KERNELS_IMPL=reference) keeps
+    # the docstring's promise too: a channels_last D stays channels_last after the layer.
+    x = make_4d((4, 8, 3, 3), layout, torch.float32, device)
+    assert reference.minibatch_std(x, 4, 1).is_contiguous(memory_format=memory_format)
+    assert reference.minibatch_std(x, 2, 2).is_contiguous(memory_format=memory_format)
 
 
 @pytest.mark.parametrize("device", DEVICES)
