@@ -16,6 +16,7 @@ the regulariser's running mean must be bitwise identical on every rank and equal
 the concatenated batch and noise.
 """
 
+import copy
 import datetime
 import json
 import os
@@ -684,10 +685,23 @@ def cross_rank_minibatch_std_keeps_the_group_ranks_rows(group):
     torch.testing.assert_close(x.grad, whole.grad[rows], **TOLERANCES[torch.float64])
 
 
+def cross_rank_minibatch_std_deep_copies_sharing_its_group(group):
+    """A D snapshot (StyleGAN2-ADA deep-copies D) failed: "cannot pickle ... ProcessGroup". The
+    copy shares the group, a handle to the communicator, and computes what the original does."""
+    if dist.get_rank() not in OFFSET_RANKS:
+        return
+    layer = MinibatchStd(group_size=4, process_group=group)
+    snapshot = copy.deepcopy(torch.nn.Sequential(layer))[0]
+    assert snapshot is not layer and snapshot.process_group is group
+    x = torch.randn(2, 3, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(dist.get_rank()))
+    assert torch.equal(snapshot(x), layer(x))
+
+
 OFFSET_SCENARIOS = {
     "outside_the_group": outside_the_group_every_helper_refuses,
     "broadcast_state_global_src": broadcast_state_takes_a_global_src,
     "minibatch_std_offset_group": cross_rank_minibatch_std_keeps_the_group_ranks_rows,
+    "minibatch_std_deepcopy": cross_rank_minibatch_std_deep_copies_sharing_its_group,
 }
 
 

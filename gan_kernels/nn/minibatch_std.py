@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from .. import _checks
@@ -17,7 +19,8 @@ class MinibatchStd(torch.nn.Module):
     order, so gradients and penalties reach every rank's samples), computes the statistics as one
     process would on the whole batch, and keeps its own rows. Every rank must then pass the same
     batch size and run each forward and backward in step with the others (as DDP training does);
-    ``group_size=None`` means the whole concatenated batch."""
+    ``group_size=None`` means the whole concatenated batch. ``copy.deepcopy`` of the layer (a D
+    snapshot) shares the process group; pickling it fails, as the group cannot be pickled."""
 
     def __init__(self, group_size=4, num_channels=1, process_group=None):
         super().__init__()
@@ -40,6 +43,16 @@ class MinibatchStd(torch.nn.Module):
         y = minibatch_std(all_gather_batch(x, self.process_group), self.group_size, self.num_channels)
         rows = x.shape[0]
         return y[rank * rows : (rank + 1) * rows]
+
+    def __deepcopy__(self, memo):
+        # The process group is a handle to the ranks' communicator, which cannot be copied (a D
+        # snapshot, StyleGAN2-ADA's copy.deepcopy(D), failed on it): the copy shares it.
+        if self.process_group is not None:
+            memo[id(self.process_group)] = self.process_group
+        duplicate = type(self).__new__(type(self))
+        memo[id(self)] = duplicate
+        duplicate.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return duplicate
 
     def extra_repr(self):
         cross_rank = ", process_group=<across ranks>" if self.process_group is not None else ""
