@@ -207,4 +207,5 @@ def nan_visible(y, v):
     on some instruction sets): a diverged sample must stay visible in a gradient penalty."""
     is_nan = v.isnan()
     only_nan = torch.where(is_nan, v, 0.0)  # 0 elsewhere, so its derivative is exactly 0 there
-    return torch.where(is_nan, only_nan.square(), y)
+    # exp: each of its derivatives is exp again, NaN at NaN (a square's second derivative is 2).
+    return torch.where(is_nan, only_nan.exp(), y)

@@ -294,6 +294,17 @@ def test_a_nan_sample_stays_visible_in_the_penalty(device, act, clamp):
     assert penalty[1].isnan() and penalty[[0, 2]].isfinite().all()
 
 
+@pytest.mark.parametrize("act", ["relu", "lrelu", "elu", "selu"])
+def test_every_derivative_of_the_reference_is_nan_at_a_nan_input(act):
+    """Its second derivative there was 2 (a square's), finite though the input diverged."""
+    x = torch.tensor([NAN, 0.5, -0.5], dtype=torch.float64, requires_grad=True)
+    y = reference.bias_act(x, act=act)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    assert g[0].isnan() and h[0].isnan()
+    assert g[1:].isfinite().all() and h[1:].isfinite().all()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_low_precision_computes_in_float(device):
     # exp(12) overflows fp16; in float swish(-12) = -7.4e-5 is a normal fp16 number.
