@@ -14,7 +14,7 @@ from helpers import (
     unregistered_autograd_is_an_error,
 )
 
-from gan_kernels.nn import EqualizedConv2d, EqualizedLinear
+from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchDiscrimination
 
 # --- StyleGAN2-ADA's layer forwards, transcribed literally (torch_utils/ops/bias_act.py _bias_act_ref,
 # training/networks.py FullyConnectedLayer.forward and Conv2dLayer.forward without resampling). ---
@@ -340,3 +340,27 @@ def test_conv2d_takes_stride_and_padding_as_conv2d_does(stride, padding, plain):
         conv.weight.copy_(layer.weight * layer.weight_gain)
     expected = torch.nn.functional.leaky_relu(conv(x), 0.2) * math.sqrt(2)
     assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EqualizedLinear(6, 4, lr_multiplier=0.01, bias_init=0.5),
+        lambda: EqualizedLinear(6, 4, bias=False),
+        lambda: EqualizedConv2d(3, 5, 3, lr_multiplier=0.5),
+        lambda: MinibatchDiscrimination(6, 4, 3),
+    ],
+    ids=["linear", "linear-no-bias", "conv", "minibatch_discrimination"],
+)
+def test_built_on_the_meta_device_then_reset_as_built_directly(make):
+    """Layers without reset_parameters kept to_empty's uninitialised memory after a meta-device build."""
+    torch.manual_seed(5)
+    direct = make()
+    with torch.device("meta"):
+        deferred = make()
+    deferred.to_empty(device="cpu")
+    torch.manual_seed(5)
+    deferred.reset_parameters()
+    assert direct.state_dict().keys() == deferred.state_dict().keys()
+    for name, value in direct.state_dict().items():
+        assert torch.equal(deferred.state_dict()[name], value), name

@@ -65,10 +65,20 @@ class EqualizedLinear(_EqualizedLayer):
         bias_init = _checks.real(bias_init, "bias_init")
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
-        self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
-        self.bias = torch.nn.Parameter(torch.full([out_features], bias_init)) if bias else None
+        self.bias_init = bias_init
+        self.weight = torch.nn.Parameter(torch.empty([out_features, in_features]))
+        self.bias = torch.nn.Parameter(torch.empty([out_features])) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """``weight = randn / lr_multiplier`` (the same draws as StyleGAN's), ``bias = bias_init``; as
+        torch.nn.Linear's, for a layer built on the meta device and then given memory (``to_empty``)."""
+        with torch.no_grad():
+            self.weight.normal_().div_(self.bias_gain)
+            if self.bias is not None:
+                self.bias.fill_(self.bias_init)
 
     def forward(self, x, gain=1):
         """``x`` [*, in_features] -> [*, out_features], as torch.nn.Linear: the bias goes along the
@@ -132,13 +142,20 @@ class EqualizedConv2d(_EqualizedLayer):
         else:
             padding = _checks.int_pair(padding, "padding", 0)
         self.stride, self.padding = stride, padding
-        self.weight = torch.nn.Parameter(
-            torch.randn([out_channels, in_channels, kernel_size, kernel_size]) / lr_multiplier
-        )
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels])) if bias else None
+        self.weight = torch.nn.Parameter(torch.empty([out_channels, in_channels, kernel_size, kernel_size]))
+        self.bias = torch.nn.Parameter(torch.empty([out_channels])) if bias else None
         self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
         self.bias_gain = lr_multiplier
         self.act_gain = _default_gain(activation)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """``weight = randn / lr_multiplier`` (the same draws as StyleGAN's), ``bias = 0``; as
+        torch.nn.Conv2d's, for a layer built on the meta device and then given memory (``to_empty``)."""
+        with torch.no_grad():
+            self.weight.normal_().div_(self.bias_gain)
+            if self.bias is not None:
+                self.bias.zero_()
 
     def _runtime_weight(self, x):
         # StyleGAN's Conv2dLayer scales in the weight's dtype and then casts (``(w * gain).to(x.dtype)``),

@@ -42,8 +42,15 @@ class MinibatchDiscrimination(torch.nn.Module):
         self.in_features = _checks.count(in_features, "in_features")
         self.num_kernels = _checks.count(num_kernels, "num_kernels")
         self.kernel_dim = _checks.count(kernel_dim, "kernel_dim")
-        self.T = torch.nn.Parameter(torch.randn(self.in_features, self.num_kernels, self.kernel_dim))
+        self.T = torch.nn.Parameter(torch.empty(self.in_features, self.num_kernels, self.kernel_dim))
         self.weight_gain = 1.0 / (self.kernel_dim * math.sqrt(self.in_features))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """``T ~ N(0, 1)``; as torch.nn.Linear's, for a layer built on the meta device and then given
+        memory (``to_empty``)."""
+        with torch.no_grad():
+            self.T.normal_()
 
     def forward(self, x):
         _checks.check_floating(x, "x")
