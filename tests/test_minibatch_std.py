@@ -113,17 +113,18 @@ def test_grouping_is_strided(device):
     torch.testing.assert_close(stats, expected)
 
 
+# The output's memory format for each input layout of helpers.make_4d.
+OUTPUT_MEMORY_FORMATS = [
+    ("contiguous", torch.contiguous_format),
+    ("channels_last", torch.channels_last),
+    ("strided", torch.contiguous_format),
+    ("permuted", torch.contiguous_format),
+]
+
+
 @requires_ops
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "layout, memory_format",
-    [
-        ("contiguous", torch.contiguous_format),
-        ("channels_last", torch.channels_last),
-        ("strided", torch.contiguous_format),
-        ("permuted", torch.contiguous_format),
-    ],
-)
+@pytest.mark.parametrize("layout, memory_format", OUTPUT_MEMORY_FORMATS)
 def test_output_memory_format_of_the_ops(device, layout, memory_format):
     # The ops promise this (and register_fake agrees).
     x = make_4d((4, 8, 3, 3), layout, torch.float32, device)
@@ -133,15 +134,7 @@ def test_output_memory_format_of_the_ops(device, layout, memory_format):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(
-    "layout, memory_format",
-    [
-        ("contiguous", torch.contiguous_format),
-        ("channels_last", torch.channels_last),
-        ("strided", torch.contiguous_format),
-        ("permuted", torch.contiguous_format),
-    ],
-)
+@pytest.mark.parametrize("layout, memory_format", OUTPUT_MEMORY_FORMATS)
 def test_output_memory_format_of_the_reference(device, layout, memory_format):
     # The fallback (CUDA tensors of a build without CUDA kernels, GAN_KERNELS_IMPL=reference) keeps
     # the docstring's promise too: a channels_last D stays channels_last after the layer.

@@ -35,6 +35,14 @@ class _EqualizedLayer(torch.nn.Module):
     # benchmarks can build plain-PyTorch twins of these layers (reference.bias_act) to compare with.
     _bias_act = staticmethod(bias_act)
 
+    def reset_parameters(self):
+        """``weight = randn / lr_multiplier`` (the same draws as StyleGAN's), ``bias = bias_init``; as
+        torch's layers, for a layer built on the meta device and then given memory (``to_empty``)."""
+        with torch.no_grad():
+            self.weight.normal_().div_(self.bias_gain)  # bias_gain is lr_multiplier
+            if self.bias is not None:
+                self.bias.fill_(self.bias_init)
+
     def _runtime_weight(self, x):
         return self.weight.to(x.dtype) * self.weight_gain
 
@@ -71,14 +79,6 @@ class EqualizedLinear(_EqualizedLayer):
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
         self.reset_parameters()
-
-    def reset_parameters(self):
-        """``weight = randn / lr_multiplier`` (the same draws as StyleGAN's), ``bias = bias_init``; as
-        torch.nn.Linear's, for a layer built on the meta device and then given memory (``to_empty``)."""
-        with torch.no_grad():
-            self.weight.normal_().div_(self.bias_gain)
-            if self.bias is not None:
-                self.bias.fill_(self.bias_init)
 
     def forward(self, x, gain=1):
         """``x`` [*, in_features] -> [*, out_features], as torch.nn.Linear: the bias goes along the
@@ -144,18 +144,11 @@ class EqualizedConv2d(_EqualizedLayer):
         self.stride, self.padding = stride, padding
         self.weight = torch.nn.Parameter(torch.empty([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = torch.nn.Parameter(torch.empty([out_channels])) if bias else None
+        self.bias_init = 0.0  # StyleGAN's Conv2dLayer starts its bias at 0
         self.weight_gain = lr_multiplier / math.sqrt(in_channels * kernel_size**2)
         self.bias_gain = lr_multiplier
         self.act_gain = _default_gain(activation)
         self.reset_parameters()
-
-    def reset_parameters(self):
-        """``weight = randn / lr_multiplier`` (the same draws as StyleGAN's), ``bias = 0``; as
-        torch.nn.Conv2d's, for a layer built on the meta device and then given memory (``to_empty``)."""
-        with torch.no_grad():
-            self.weight.normal_().div_(self.bias_gain)
-            if self.bias is not None:
-                self.bias.zero_()
 
     def _runtime_weight(self, x):
         # StyleGAN's Conv2dLayer scales in the weight's dtype and then casts (``(w * gain).to(x.dtype)``),
