@@ -984,6 +984,12 @@ def _spectral_norm_opcheck(device):
     yield ops().spectral_norm_normalize_one.default, (leaf, u, v, sigma, dim)
     grad = torch.randn_like(weight).requires_grad_()
     yield ops().spectral_norm_normalize_one_backward.default, (grad, leaf, u, v, sigma, dim)
+    # A channels_last weight: W / sigma comes back in its order, as the fake kernels say.
+    weight_nhwc = weight.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    yield ops().spectral_norm_normalize_one.default, (weight_nhwc, u, v, sigma, dim)
+    yield normalize, ([weight_nhwc, leaves[0]], [u, us[0]], [v, vs[0]], torch.stack([sigma, sigmas[0]]), [dim, dims[0]])
+    grad_nhwc = torch.randn_like(weight_nhwc).requires_grad_()
+    yield ops().spectral_norm_normalize_one_backward.default, (grad_nhwc, weight_nhwc, u, v, sigma, dim)
 
 
 def _spectral_norm_penalty(device):

@@ -547,6 +547,36 @@ def assert_steps_then_eval_match_torch(ours, theirs, x, state):
             assert_close_to_torch(got, want)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batched", [False, True], ids=["per_layer", "batched"])
+def test_channels_last_weight_stays_channels_last_as_pytorch(device, batched):
+    """W / sigma of a channels_last weight came back contiguous (PyTorch's keeps the weight's order),
+    so each forward copied the weight once more and conv2d converted W / sigma back."""
+
+    def make(normalise):
+        torch.manual_seed(26)
+        layers = [torch.nn.Conv2d(3, 8, 3, dtype=torch.float64), torch.nn.Conv2d(8, 4, 1, dtype=torch.float64)]
+        return torch.nn.Sequential(*map(normalise, layers)).to(device=device, memory_format=torch.channels_last)
+
+    ours, theirs = make(spectral_norm), make(torch_spectral_norm)
+    if batched:
+        batch_spectral_norm(ours)
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64, device=device).contiguous(memory_format=torch.channels_last)
+    for step in range(3):
+        if step == 2:
+            ours.eval(), theirs.eval()
+        y, y_ref = ours(x), theirs(x)
+        torch.testing.assert_close(y, y_ref)
+        for got, want in zip(ours, theirs):
+            w, w_ref = got.weight, want.weight  # in training, each read takes a power-iteration step
+            assert w.is_contiguous(memory_format=torch.channels_last) and w.stride() == w_ref.stride()
+            torch.testing.assert_close(w, w_ref)
+        grads = torch.autograd.grad(y.square().sum(), [m.parametrizations.weight.original for m in ours])
+        grads_ref = torch.autograd.grad(y_ref.square().sum(), [m.parametrizations.weight.original for m in theirs])
+        for got, want in zip(grads, grads_ref):
+            torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 def test_complex_weights_match_pytorch(dtype):
     torch.manual_seed(22)

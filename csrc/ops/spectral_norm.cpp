@@ -44,11 +44,16 @@ constexpr Device kCuda{[](const SpectralParams& p, const at::Tensor& ref) {
                        true, true};
 #endif
 
+// How a mode reads a weight: as PyTorch's matrix (the power iteration, the normalisation backward),
+// which needs the contiguous order, or element by element (W / sigma), which takes any dense order
+// and keeps it, so that a channels_last weight gives a channels_last W / sigma, as PyTorch's does.
+enum class WeightOrder { Matrix, Elementwise };
+
 // One weight seen as PyTorch's spectral norm sees it: the matrix with `dim` moved first. For a
 // contiguous weight, row r and column o * inner + i live at o * rows * inner + r * inner + i
 // (ChannelView with channels = rows), so no permuted copy is needed.
 struct SpectralLayer {
-  at::Tensor weight;  // contiguous
+  at::Tensor weight;  // contiguous (WeightOrder::Matrix), or dense in any order (Elementwise)
   at::Tensor u;       // [rows], contiguous, mutated by the power iteration
   at::Tensor v;       // [outer * inner], contiguous, mutated by the power iteration
   ChannelView view;
@@ -105,7 +110,7 @@ const LayerArgs kOneArgs{"weight", "u", "v", "dim"};
 // Checks one layer and describes its weight as the matrix PyTorch's spectral norm uses. `first`: the
 // list's weights[0], which every later weight must match in device and dtype.
 SpectralLayer layer_of(const at::Tensor& w, const at::Tensor& u, const at::Tensor& v, int64_t dim_arg,
-                       const LayerArgs& args, const at::Tensor* first = nullptr) {
+                       const LayerArgs& args, WeightOrder order, const at::Tensor* first = nullptr) {
   check_floating(w, args.weight.c_str());
   TORCH_CHECK_VALUE(w.dim() >= 2, args.weight, " must have at least 2 dimensions, got shape ", w.sizes());
   if (first != nullptr) {
@@ -120,12 +125,12 @@ SpectralLayer layer_of(const at::Tensor& w, const at::Tensor& u, const at::Tenso
   const int64_t rows = w.size(dim);
   check_vector(u, w, rows, args.u, args.weight);
   check_vector(v, w, outer * inner, args.v, args.weight);
-  return {w.contiguous(), u, v, {outer, rows, inner}};
+  return {order == WeightOrder::Matrix ? w.contiguous() : dense_input(w), u, v, {outer, rows, inner}};
 }
 
 // Checks the lists and describes each weight as the matrix PyTorch's spectral norm uses.
 std::vector<SpectralLayer> layers_of(const at::TensorList weights, const at::TensorList us, const at::TensorList vs,
-                                     const at::IntArrayRef dims) {
+                                     const at::IntArrayRef dims, WeightOrder order) {
   const size_t count = weights.size();
   TORCH_CHECK_VALUE(us.size() == count, "us has ", us.size(), " tensors but weights has ", count);
   TORCH_CHECK_VALUE(vs.size() == count, "vs has ", vs.size(), " tensors but weights has ", count);
@@ -133,7 +138,7 @@ std::vector<SpectralLayer> layers_of(const at::TensorList weights, const at::Ten
   std::vector<SpectralLayer> layers;
   layers.reserve(count);
   for (size_t l = 0; l < count; ++l) {
-    layers.push_back(layer_of(weights[l], us[l], vs[l], dims[l], list_args(l), l > 0 ? &weights[0] : nullptr));
+    layers.push_back(layer_of(weights[l], us[l], vs[l], dims[l], list_args(l), order, l > 0 ? &weights[0] : nullptr));
   }
   return layers;
 }
@@ -164,7 +169,7 @@ at::Tensor empty_sigmas(const at::TensorList weights) {
 std::vector<at::Tensor> empty_outputs(const std::vector<SpectralLayer>& layers) {
   std::vector<at::Tensor> out;
   out.reserve(layers.size());
-  for (const SpectralLayer& l : layers) out.push_back(new_output(l.weight.sizes(), l.weight.options()));
+  for (const SpectralLayer& l : layers) out.push_back(new_output_like(l.weight));  // the weight's order
   return out;
 }
 
@@ -232,7 +237,7 @@ void run(const Device& device, SpectralMode mode, const std::vector<SpectralLaye
 template <const Device& device> at::Tensor power_iteration(at::TensorList weights, at::TensorList us, at::TensorList vs,
                                                            at::IntArrayRef dims, int64_t n_power_iterations,
                                                            double eps) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims, WeightOrder::Matrix);
   std::vector<std::pair<at::Tensor, std::string>> vectors;
   for (size_t l = 0; l < us.size(); ++l) vectors.emplace_back(us[l], item("us", l));
   for (size_t l = 0; l < vs.size(); ++l) vectors.emplace_back(vs[l], item("vs", l));
@@ -248,7 +253,7 @@ template <const Device& device> at::Tensor power_iteration(at::TensorList weight
 template <const Device& device> std::vector<at::Tensor> normalize(at::TensorList weights, at::TensorList us,
                                                                   at::TensorList vs, const at::Tensor& sigmas,
                                                                   at::IntArrayRef dims) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims, WeightOrder::Elementwise);
   check_sigmas(sigmas, weights);
   std::vector<at::Tensor> out = empty_outputs(layers);
   if (!layers.empty()) run(device, SpectralMode::Normalize, layers, {}, out, sigmas.contiguous());
@@ -258,7 +263,7 @@ template <const Device& device> std::vector<at::Tensor> normalize(at::TensorList
 template <const Device& device>
 std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList weights, at::TensorList us,
                                            at::TensorList vs, const at::Tensor& sigmas, at::IntArrayRef dims) {
-  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims);
+  const std::vector<SpectralLayer> layers = layers_of(weights, us, vs, dims, WeightOrder::Matrix);
   check_sigmas(sigmas, weights);
   TORCH_CHECK_VALUE(grads.size() == weights.size(), "grads has ", grads.size(), " tensors but weights has ",
                     weights.size());
@@ -277,7 +282,7 @@ std::vector<at::Tensor> normalize_backward(at::TensorList grads, at::TensorList 
 // paths give the same bits. sigma is a 0-d tensor.
 template <const Device& device> at::Tensor power_iteration_one(const at::Tensor& weight, at::Tensor& u, at::Tensor& v,
                                                                int64_t dim, int64_t n_power_iterations, double eps) {
-  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs, WeightOrder::Matrix)};
   check_vectors_do_not_overlap({{u, "u"}, {v, "v"}});
   check_power_iteration_args(n_power_iterations, eps);
   at::Tensor sigma = at::empty({}, weight.options());
@@ -288,7 +293,7 @@ template <const Device& device> at::Tensor power_iteration_one(const at::Tensor&
 
 template <const Device& device> at::Tensor normalize_one(const at::Tensor& weight, const at::Tensor& u,
                                                          const at::Tensor& v, const at::Tensor& sigma, int64_t dim) {
-  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs, WeightOrder::Elementwise)};
   check_sigma(sigma, weight);
   std::vector<at::Tensor> out = empty_outputs(layers);
   run(device, SpectralMode::Normalize, layers, {}, out, sigma);
@@ -298,7 +303,7 @@ template <const Device& device> at::Tensor normalize_one(const at::Tensor& weigh
 template <const Device& device> at::Tensor normalize_one_backward(const at::Tensor& grad, const at::Tensor& weight,
                                                                   const at::Tensor& u, const at::Tensor& v,
                                                                   const at::Tensor& sigma, int64_t dim) {
-  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs)};
+  const std::vector<SpectralLayer> layers{layer_of(weight, u, v, dim, kOneArgs, WeightOrder::Matrix)};
   check_sigma(sigma, weight);
   check_same(grad, weight, "grad", "weight");
   std::vector<at::Tensor> out = empty_outputs(layers);

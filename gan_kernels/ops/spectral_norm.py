@@ -272,7 +272,7 @@ def _fake_sigmas(weights, us, vs, dims, n_power_iterations, eps):
 
 def _fake_normalized(weights, us, vs, sigmas, dims):
     _check_fake_devices(weights, us, vs, [("sigmas", sigmas)])
-    return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
+    return [torch.empty_like(w) for w in weights]  # W / sigma in W's memory order, as PyTorch's
 
 
 def _fake_normalize_backward(grads, weights, us, vs, sigmas, dims):
@@ -287,7 +287,7 @@ def _fake_sigma(weight, u, v, dim, n_power_iterations, eps):
 
 def _fake_normalized_one(weight, u, v, sigma, dim):
     _check_fake_devices([weight], [u], [v], [("sigma", sigma)])
-    return torch.empty_like(weight, memory_format=torch.contiguous_format)
+    return torch.empty_like(weight)
 
 
 def _fake_normalize_one_backward(grad, weight, u, v, sigma, dim):
