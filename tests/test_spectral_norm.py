@@ -390,6 +390,53 @@ def test_parametrize_cached_iterates_once_as_pytorch_does(batched):
     assert_close_to_torch(ours(x), theirs(x))  # the cache is gone: each iterates again
 
 
+class ReusingDiscriminator(torch.nn.Module):
+    """A layer applied twice per forward (shared block), and a head used only when asked for."""
+
+    def __init__(self, normalise):
+        super().__init__()
+        self.block = normalise(torch.nn.Linear(6, 6))
+        self.head = normalise(torch.nn.Linear(6, 1))
+        self.aux = normalise(torch.nn.Linear(6, 3))
+
+    def forward(self, x, aux=False):
+        h = torch.tanh(self.block(torch.tanh(self.block(x))))
+        return self.head(h) + (self.aux(h).sum(1, keepdim=True) if aux else 0)
+
+
+@pytest.mark.parametrize("aux_every", [1, 2])
+def test_batched_matches_pytorch_when_a_layer_runs_twice_or_not_at_all(aux_every):
+    """PyTorch iterates a layer at each use: twice when a forward applies it twice, not at all when
+    the forward skips it. The group iterated every layer once per forward: the reused block kept one
+    sigma for both uses, and the skipped head's u, v advanced on forwards that never used it."""
+    models = []
+    for normalise in (torch_spectral_norm, spectral_norm, spectral_norm):
+        torch.manual_seed(5)
+        models.append(ReusingDiscriminator(lambda layer: normalise(layer.double())))
+    theirs, per_layer, batched = models
+    batch_spectral_norm(batched)
+    torch.manual_seed(0)
+    for step in range(4):
+        x = torch.randn(3, 6, dtype=torch.float64)
+        outs = [d(x, aux=step % aux_every == 0) for d in models]
+        grads = [
+            torch.autograd.grad(out.sum(), [p for _, p in sorted(d.named_parameters())], allow_unused=True)
+            for out, d in zip(outs, models)
+        ]
+        assert_close_to_torch(outs[1], outs[0])
+        assert_identical(outs[2], outs[1])
+        for want, got, got_batched in zip(*grads):
+            if want is None:  # the skipped head; the group's one normalisation op gives it zeros
+                assert got is None and (got_batched is None or not got_batched.any())
+                continue
+            assert_close_to_torch(got, want)
+            assert_identical(got_batched, got)
+        for key, want in theirs.state_dict().items():
+            assert_close_to_torch(per_layer.state_dict()[key], want)
+            assert_identical(batched.state_dict()[key], per_layer.state_dict()[key])
+        assert spectral_sigmas(batched) == pytest.approx(spectral_sigmas(per_layer))
+
+
 @pytest.mark.parametrize("grouping", ["twice", "nested"])
 def test_a_layer_in_two_groups_iterates_once_per_forward(grouping):
     """batch_spectral_norm twice on one model, or on a model and on a model that contains it: each

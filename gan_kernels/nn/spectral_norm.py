@@ -62,6 +62,8 @@ class SpectralNorm(torch.nn.Module):
             if found is not None:
                 normalized, self.sigma = found
                 return normalized
+            # Used again (or outside the group's forward): iterate from the u, v of its last use.
+            self.batched.commit()
         normalized, self.sigma = spectral_norm_one_(
             weight, self._u, self._v, self.dim, self.power_iterations(), self.eps
         )
@@ -181,7 +183,11 @@ def _cached_by_parametrize(module, name):
 class BatchedResults:
     """What a SpectralNormGroup computed for its layers, for each layer to read in its forward: per
     thread (several threads may run forwards of one model at once), each layer's ``W / sigma`` and
-    sigma, with the weight they were computed from. Filled for one model forward at a time."""
+    sigma, with the weight they were computed from. Filled for one model forward at a time.
+
+    The group iterates copies of u, v; a layer's own u, v take the new values only when the layer is
+    used, as PyTorch's iterate at each use: a layer the forward skips keeps its u, v, and a layer used
+    a second time in one forward finds its entry consumed and iterates again on the per-layer path."""
 
     def __init__(self):
         self._thread = threading.local()
@@ -192,23 +198,46 @@ class BatchedResults:
         return BatchedResults, ()
 
     def set(self, by_layer):
-        """``by_layer``: {SpectralNorm: (weight, W / sigma, sigma)} of this thread's model forward."""
+        """``by_layer``: {SpectralNorm: (weight, W / sigma, sigma, new u, new v)} of this thread's model
+        forward; new u, v are None where the forward does not iterate (eval)."""
+        self.commit()
         self._thread.by_layer = by_layer
 
     def clear(self):
+        self.commit()
         self._thread.by_layer = {}
 
     def has(self, layer):
-        """Whether this thread's running model forward has computed ``layer``."""
+        """Whether this thread's running model forward has computed ``layer`` and not yet used it."""
         return layer in getattr(self._thread, "by_layer", {})
 
     def get(self, layer, weight):
         """``(W / sigma, sigma)`` computed for ``layer`` from ``weight`` in this thread's running
-        model forward, or None (outside a forward, or for a weight the group did not see)."""
-        found = getattr(self._thread, "by_layer", {}).get(layer)
+        model forward, or None (outside a forward, for a weight the group did not see, or for a layer
+        already used in this forward). Consumes the entry: the layer's u, v take its new values."""
+        by_layer = getattr(self._thread, "by_layer", {})
+        found = by_layer.get(layer)
         if found is None or found[0] is not weight:
             return None
-        return found[1:]
+        del by_layer[layer]
+        if found[3] is not None:
+            self._pending().append((layer._u, layer._v, found[3], found[4]))
+        return found[1:3]
+
+    def _pending(self):
+        if not hasattr(self._thread, "pending"):
+            self._thread.pending = []
+        return self._thread.pending
+
+    def commit(self):
+        """Writes the new u, v of the layers used so far into their buffers (one call for all)."""
+        pending = self._pending()
+        if pending:
+            self._thread.pending = []
+            with torch.no_grad():
+                torch._foreach_copy_(
+                    [t for entry in pending for t in entry[:2]], [t for entry in pending for t in entry[2:]]
+                )
 
 
 class SpectralNormGroup:
@@ -216,8 +245,10 @@ class SpectralNormGroup:
     of each batched op per model forward, before the layers run; each layer then only returns its
     precomputed ``W / sigma``, read from the group's ``results``. Results equal the per-layer path
     (same u, v, sigma, outputs and gradients), also when the model is called several times per
-    step, and when several threads run forwards at once: each forward's results are kept for the
-    thread running it. ``remove()`` undoes it."""
+    step, when a forward uses a layer twice (its second use iterates again) or skips it (its u, v
+    stay put; its weight gets a zero gradient where PyTorch leaves None), and when several threads
+    run forwards at once: each forward's results are kept for the thread running it. ``remove()``
+    undoes it."""
 
     def __init__(self, model):
         self.model = model
@@ -245,11 +276,13 @@ class SpectralNormGroup:
         # have their own layers, weights and u, v.
         groups = {}
         for sn, weight, module, name in self._members(model):
-            if sn.batched is not None and sn.batched is not self.results and sn.batched.has(sn):
-                # Another group computed this layer for the model forward now running on this thread:
-                # an enclosing model's group, or a second batch_spectral_norm of this model. Its
-                # result serves the layer; iterating again would run two steps per forward.
-                continue
+            if sn.batched is not None and sn.batched is not self.results:
+                if sn.batched.has(sn):
+                    # Another group computed this layer for the model forward now running on this
+                    # thread: an enclosing model's group, or a second batch_spectral_norm of this
+                    # model. Its result serves the layer; iterating again would run two steps.
+                    continue
+                sn.batched.commit()  # u, v of a use in that group's forward, before iterating on
             sn.batched = self.results
             if _cached_by_parametrize(module, name):
                 # Inside parametrize.cached() the layer returns the W / sigma cached at its first
@@ -262,15 +295,15 @@ class SpectralNormGroup:
             layers = [sn for sn, _ in members]
             weights = [w for _, w in members]
             dims = [sn.dim for sn in layers]
-            us = [sn._u for sn in layers]
-            vs = [sn._v for sn in layers]
+            # Iterated on one copy of all u, v, which is also the snapshot this forward's graph keeps
+            # (the clones PyTorch takes per layer); each layer's buffers take their values at its use.
+            us = torch.cat([sn._u for sn in layers]).split([sn._u.numel() for sn in layers])
+            vs = torch.cat([sn._v for sn in layers]).split([sn._v.numel() for sn in layers])
             sigmas = spectral_norm_power_iteration_(weights, us, vs, dims, steps, eps)
-            # One snapshot of all u, v (the clones PyTorch takes per layer), kept by this forward's graph.
-            u_snapshot = torch.cat(us).split([u.numel() for u in us])
-            v_snapshot = torch.cat(vs).split([v.numel() for v in vs])
-            normalized = spectral_norm_normalize(weights, u_snapshot, v_snapshot, sigmas, dims)
+            normalized = spectral_norm_normalize(weights, us, vs, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
-                by_layer[sn] = (weight, w_sn, sigmas[index])
+                new_u, new_v = (us[index], vs[index]) if steps else (None, None)
+                by_layer[sn] = (weight, w_sn, sigmas[index], new_u, new_v)
         self.results.set(by_layer)
 
     def _after_forward(self, model, args, output):
