@@ -830,6 +830,12 @@ def test_empty_list_and_non_contiguous_weight():
 # ---- bad input -----------------------------------------------------------------------------------
 
 
+class ScalarWeight(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(3.0))
+
+
 class IntWeight(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -860,6 +866,12 @@ class IntWeight(torch.nn.Module):
             "name='wieght' is not a parameter or buffer of Linear",
         ),
         (lambda: torch.nn.Linear(3, 2), dict(dim=2), IndexError, "dim=2 is out of range"),
+        (  # PyTorch's raises at registration; ours registered and failed at forward on a missing _u
+            ScalarWeight,
+            {},
+            ValueError,
+            r"ScalarWeight.weight must have at least 1 dimension, got shape \[\]",
+        ),
         (lambda: torch.nn.Linear(3, 2), dict(dim=0.0), TypeError, "dim must be an int, got float"),
         (
             lambda: torch.nn.Linear(3, 2),

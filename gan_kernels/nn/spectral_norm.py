@@ -147,6 +147,8 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     if not isinstance(weight, torch.Tensor):
         raise ValueError(f"name={name!r} is not a parameter or buffer of {type(module).__name__}")
     check_weight_dtype(weight, f"{type(module).__name__}.{name}")
+    if weight.dim() == 0:  # PyTorch's raises too; ours registered and then failed at forward (no _u)
+        raise ValueError(f"{type(module).__name__}.{name} must have at least 1 dimension, got shape []")
     if dim is None:
         dim = 1 if isinstance(module, _CONV_TRANSPOSE) else 0
     first_on_this_weight = not parametrize.is_parametrized(module, name)
