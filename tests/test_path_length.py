@@ -134,6 +134,32 @@ def test_running_mean_is_a_buffer_in_the_state_dict():
     assert float(restored.mean_length) == means[-1]
 
 
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda m: m.to("cpu", torch.float16),
+        lambda m: m.to("cpu", torch.bfloat16),
+        lambda m: m.half(),
+        lambda m: m.bfloat16(),
+    ],
+    ids=["to-float16", "to-bfloat16", "half", "bfloat16"],
+)
+def test_running_mean_stays_float32_when_the_regularizer_is_converted_to_half_precision(convert):
+    # plr.to(device, torch.bfloat16) (or .half()) with the rest of the model: a half-precision running
+    # mean stalls where decay * (batch mean - a) is under half an ulp of a (in bfloat16, for a near
+    # 1, when the batch mean is within about 0.4 of a), so a stays far from the lengths' mean.
+    g_net = TinySynthesis().float()
+    reference = PathLengthRegularizer(decay=0.05)
+    converted = convert(PathLengthRegularizer(decay=0.05))
+    for seed in range(200):
+        ws = make_ws(seed).detach().float().requires_grad_()
+        ours(reference, g_net(ws), ws, noise_seed=seed)
+        ours(converted, g_net(ws), ws, noise_seed=seed)
+    torch.testing.assert_close(converted.mean_length, reference.mean_length, rtol=0, atol=0)
+    assert converted.state_dict()["mean_length"].dtype == torch.float32
+    assert PathLengthRegularizer().double().mean_length.dtype == torch.float64  # float64 stays possible
+
+
 def test_finite_at_zero_gradients():
     # A ReLU generator whose first two samples are cut off: their gradient is exactly 0 (the norm's
     # derivative is undefined there); the others are not.

@@ -45,7 +45,9 @@ class PathLengthRegularizer(torch.nn.Module):
     ``mean_length`` (in the state dict, float32), updated with the mean over the concatenated batch
     of the ranks of ``process_group`` (default: all ranks; each sample weighs alike when the ranks'
     batch sizes differ) when torch.distributed is initialised (every rank of the group must then
-    call the regulariser on the same steps); ``.double()`` makes it float64.
+    call the regulariser on the same steps); ``.double()`` makes it float64, while a conversion to
+    float16 or bfloat16 (``.half()``, ``.to(device, torch.bfloat16)``) moves it but keeps it float32,
+    where ``decay`` times the change would mostly be under half an ulp and ``a`` would stop moving.
 
     The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
     per sample, ``(||g_i|| / sqrt(k) - a)^2 = (||g_i|| - a sqrt(k))^2 / k``, and the centre
@@ -69,6 +71,22 @@ class PathLengthRegularizer(torch.nn.Module):
         # ranks outside a subgroup that never call the regulariser.
         self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # The running mean follows a conversion's device but not a half-precision dtype
+        # (``plr.to(device, torch.bfloat16)`` with the rest of a model, ``.half()``): there a step of
+        # ``decay * (batch mean - a)`` is mostly under half an ulp of ``a``, which then stops moving
+        # (GeneratorEMA keeps its float32 averages for the same reason). ``.double()`` still applies.
+        def keep_float32(tensor):
+            converted = fn(tensor)
+            if converted.dtype in (torch.float16, torch.bfloat16) and tensor.dtype not in (
+                torch.float16,
+                torch.bfloat16,
+            ):
+                return tensor.to(converted.device)
+            return converted
+
+        return super()._apply(keep_float32, recurse)
 
     def forward(self, images, latents, generator=None, scaler=None):
         _checks.check_floating(images, "images")
