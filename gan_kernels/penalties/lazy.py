@@ -6,12 +6,23 @@ from .. import _checks
 
 class LazyRegularizer:
     """``lazy(step, penalty_fn, *args, **kwargs)`` returns ``interval * penalty_fn(*args, **kwargs)``
-    on steps where ``step % interval == 0``, else None (and does not call ``penalty_fn``)::
+    on steps where ``step % interval == 0``, else None (and does not call ``penalty_fn``).
+    StyleGAN2 runs the penalty as a phase of its own, with its own optimiser step, and builds the
+    optimiser with :meth:`adam_hyperparameters` for those ``interval + 1`` steps per ``interval``
+    minibatches::
 
         lazy = LazyRegularizer(16)
+        lr, betas = lazy.adam_hyperparameters(0.0025, (0.0, 0.99))  # opt_d = Adam(D.parameters(), lr, betas)
+        ...                                                          # D's main step: zero_grad, backward, step
         reg = lazy(step, gan_kernels.penalties.r1, D, real, gamma=10.0)
         if reg is not None:
+            opt_d.zero_grad()
             reg.backward()
+            opt_d.step()
+
+    A penalty added to the main loss instead takes no optimiser step of its own: keep Adam's own
+    ``lr`` and ``betas`` there. A ``reg.backward()`` after ``opt_d.step()`` with no step of its own
+    is lost: the next ``zero_grad()`` discards it.
     """
 
     def __init__(self, interval):
@@ -37,7 +48,12 @@ class LazyRegularizer:
 
 def lazy_adam_hyperparameters(lr, betas, interval):
     """StyleGAN2's Adam correction for a regularisation step every ``interval`` steps: with
-    ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``."""
+    ``ratio = interval / (interval + 1)``, returns ``(lr * ratio, tuple(beta ** ratio for beta in betas))``.
+
+    It is for the regularisation as its own optimiser step (StyleGAN2's ``Dreg``/``Greg`` phases):
+    ``interval + 1`` steps per ``interval`` minibatches, which the correction brings back to the
+    learning rate and averaging horizon of ``interval`` steps. A penalty added to the main loss of a
+    step adds no step: there Adam's own ``lr`` and ``betas`` are the right ones."""
     interval = _checks.count(interval, "interval")
     lr = _checks.nonnegative(lr, "lr")  # as torch.optim.Adam, which takes lr = 0
     try:
