@@ -2,6 +2,7 @@
 value, parameter gradients and second derivatives; gradcheck / gradgradcheck; the running mean
 (buffer, state dict, average over ranks); zero gradients; lazy regularisation; bad input."""
 
+import copy
 import math
 import os
 import tempfile
@@ -315,6 +316,13 @@ def _path_length_on_rank(rank, world_size, init_file, out_dir):
         ws = make_ws(seed=10 + rank)
         ours(regularizer, g_net(ws), ws, noise_seed=rank)
         torch.save(regularizer.mean_length, os.path.join(out_dir, f"rank{rank}.pt"))
+        # A deep copy (of a model or loss holding it) shares the group, which cannot be copied, and
+        # averages over the same ranks.
+        grouped = PathLengthRegularizer(decay=0.5, process_group=torch.distributed.group.WORLD).double()
+        copied = copy.deepcopy(grouped)
+        assert copied.process_group is grouped.process_group
+        ours(copied, g_net(ws), ws, noise_seed=rank)
+        torch.save(copied.mean_length, os.path.join(out_dir, f"copy{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
 
@@ -325,6 +333,8 @@ def test_running_mean_is_averaged_over_ranks():
     with tempfile.TemporaryDirectory() as out_dir:
         torch.multiprocessing.spawn(_path_length_on_rank, args=(2, os.path.join(out_dir, "init"), out_dir), nprocs=2)
         means = [torch.load(os.path.join(out_dir, f"rank{rank}.pt")) for rank in range(2)]
+        copies = [torch.load(os.path.join(out_dir, f"copy{rank}.pt")) for rank in range(2)]
+    assert [float(m) for m in copies] == [float(m) for m in means]
     g_net = TinySynthesis()
     batch_means = []
     for rank in range(2):

@@ -1,6 +1,7 @@
 """StyleGAN2's path-length regulariser (Karras et al. 2020) for the generator, on the fused
 per-sample penalty op."""
 
+import copy
 import math
 
 import torch
@@ -45,7 +46,8 @@ class PathLengthRegularizer(torch.nn.Module):
     ``mean_length`` (in the state dict, float32), updated with the mean over the concatenated batch
     of the ranks of ``process_group`` (default: all ranks; each sample weighs alike when the ranks'
     batch sizes differ) when torch.distributed is initialised (every rank of the group must then
-    call the regulariser on the same steps); ``.double()`` makes it float64, while a conversion to
+    call the regulariser on the same steps; ``copy.deepcopy`` shares the group, which cannot be
+    copied); ``.double()`` makes it float64, while a conversion to
     float16 or bfloat16 (``.half()``, ``.to(device, torch.bfloat16)``) moves it but keeps it float32,
     where ``decay`` times the change would mostly be under half an ulp and ``a`` would stop moving.
 
@@ -71,6 +73,17 @@ class PathLengthRegularizer(torch.nn.Module):
         # ranks outside a subgroup that never call the regulariser.
         self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
+
+    def __deepcopy__(self, memo):
+        # The process group is a handle to the ranks' communicator, which cannot be copied: a deep
+        # copy of a model or loss holding the regulariser failed with "cannot pickle ProcessGroup".
+        # The copy shares the group (as MinibatchStd's does).
+        if self.process_group is not None:
+            memo[id(self.process_group)] = self.process_group
+        duplicate = type(self).__new__(type(self))
+        memo[id(self)] = duplicate
+        duplicate.__setstate__(copy.deepcopy(self.__dict__, memo))
+        return duplicate
 
     def _apply(self, fn, recurse=True):
         # The running mean follows a conversion's device but not a half-precision dtype
