@@ -225,6 +225,26 @@ def test_grad_scaler_follows_the_amp_recipe():
         assert torch.equal(got, want)
 
 
+def test_a_grad_scaler_overflow_leaves_the_running_mean_alone():
+    # GradScaler raises its scale until a gradient overflows, then skips that step: an fp16 g (ws
+    # from an autocast mapping network) that overflows is such a step. The running mean took its
+    # inf for good (lerp towards inf), so every later penalty was inf or NaN and the scaler skipped
+    # every later step of G. The penalty of the overflowing step itself stays non-finite.
+    G = TinySynthesis()
+    plr, reference = PathLengthRegularizer(), PathLengthRegularizer()
+    for step, scale in enumerate([2.0**10, 2.0**30, 2.0**10]):
+        ws = make_ws(seed=step).detach().half().requires_grad_()
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        penalty = plr(G(ws.double()), ws, generator=torch.Generator().manual_seed(step), scaler=scaler)
+        if scale == 2.0**10:
+            expected = reference(G(ws.double()), ws, generator=torch.Generator().manual_seed(step), scaler=scaler)
+            assert torch.equal(penalty, expected)
+        else:
+            assert not torch.isfinite(penalty)
+        torch.testing.assert_close(plr.mean_length, reference.mean_length, rtol=0, atol=0)
+    assert torch.isfinite(plr.mean_length) and plr.mean_length > 0
+
+
 @pytest.mark.parametrize("scale", [0.0, math.inf])
 def test_a_grad_scaler_whose_scale_is_zero_or_not_finite_is_named(scale):
     G, plr, ws = TinySynthesis(), PathLengthRegularizer(), make_ws()

@@ -61,9 +61,11 @@ class PathLengthRegularizer(torch.nn.Module):
     as 0). Lazy regularisation: ``LazyRegularizer(4)(step, plr, images, latents)``; multiply by
     StyleGAN2's weight 2 yourself. ``scaler``: a ``torch.amp.GradScaler`` whose scaled loss the caller
     backpropagates, as for ``gradient_penalty``: g is taken of the scaled sum and unscaled (the
-    noise's 1/sqrt(H * W) makes fp16 gradients small). The result includes ``0 * images`` (StyleGAN2's), so that a
-    penalty backpropagated on its own through a DistributedDataParallel G gives every parameter a
-    gradient for DDP to reduce.
+    noise's 1/sqrt(H * W) makes fp16 gradients small). A batch whose mean length is then inf or NaN
+    (the scaled gradient overflowed: a step the scaler skips) leaves ``a`` as it was, while the
+    penalty of that step stays non-finite; without an enabled scaler ``a`` takes it, as StyleGAN2's.
+    The result includes ``0 * images`` (StyleGAN2's), so that a penalty backpropagated on its own
+    through a DistributedDataParallel G gives every parameter a gradient for DDP to reduce.
     """
 
     def __init__(self, decay=0.01, process_group=None):
@@ -140,7 +142,12 @@ class PathLengthRegularizer(torch.nn.Module):
         with torch.no_grad():
             lengths = (per_sample_penalty(g.detach(), 0.0).to(compute) / vectors).sqrt()
             batch_mean = _batch_mean(lengths, self.process_group).to(self.mean_length.dtype)
-            self.mean_length.lerp_(batch_mean, self.decay)
+            updated = self.mean_length.lerp(batch_mean, self.decay)
+            if scaler is not None and scaler.is_enabled():
+                # An overflow of the scaled gradient is a step GradScaler skips, not a diverged G:
+                # the running mean would keep its inf for good. Decided on the device (no sync).
+                updated = torch.where(batch_mean.isfinite(), updated, self.mean_length)
+            self.mean_length.copy_(updated)
         center = (self.mean_length * math.sqrt(vectors)).to(compute)
         # a = 0 before any batch had a nonzero gradient (or with decay 0): the centre-0 form there.
         # A NaN a (a diverged batch) takes the centred form, whose penalty is then NaN, as StyleGAN2's.
