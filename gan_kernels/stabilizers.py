@@ -144,7 +144,8 @@ class InstanceNoise:
     Call :meth:`step` once per training iteration, after that iteration's D and G steps, so that
     both see the same ``std_t``. Once ``std_t`` is 0 the input is returned unchanged, without a draw.
     ``generator``: a ``torch.Generator`` on the inputs' device for reproducible noise (its state is
-    the caller's to save; :meth:`state_dict` holds the step count only).
+    the caller's to save; :meth:`state_dict` holds the step count only). Inside a ``torch.compile``d
+    function it runs eagerly (a graph break), so that the changing ``std_t`` does not recompile it.
 
         noise = InstanceNoise(std=0.1, anneal_steps=10_000)
         loss_d = losses.discriminator_loss(D(noise(real)), D(noise(fake.detach())), kind)
@@ -165,6 +166,10 @@ class InstanceNoise:
         """The noise's standard deviation now, ``std_t``."""
         return self.std * max(0.0, 1.0 - self.steps_taken / self.anneal_steps)
 
+    # Runs eagerly inside a compiled function (a graph break): its std changes with every step(), and
+    # traced, every step recompiled the caller (a guard on steps_taken) until dynamo's recompile
+    # limit, after which the caller ran eagerly for good (or failed under fullgraph=True).
+    @torch.compiler.disable
     def __call__(self, x):
         _checks.check_floating(x, "x")
         std = self.current_std

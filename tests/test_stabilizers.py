@@ -339,6 +339,29 @@ def test_instance_noise_anneals_linearly_to_zero_with_the_drawn_noise():
         noise.step()
 
 
+def test_instance_noise_in_a_compiled_step_does_not_recompile_it_every_step():
+    # Its std changes with every step(): traced into the caller, each step recompiled the whole
+    # function (a guard on steps_taken) until dynamo's recompile limit (8), after which the function
+    # ran eagerly for good, or failed under fullgraph=True. The noise must be the eager noise.
+    torch._dynamo.reset()
+    x = torch.randn(6, 3)
+    D = torch.nn.Linear(3, 1)
+    noise = stabilizers.InstanceNoise(std=0.5, anneal_steps=4, generator=torch.Generator().manual_seed(3))
+    eager_noise = stabilizers.InstanceNoise(std=0.5, anneal_steps=4, generator=torch.Generator().manual_seed(3))
+
+    def d_step(noise, x):
+        return D(noise(x))
+
+    compiled = torch.compile(d_step, backend="eager")
+    for step in range(5):  # the last one at std 0
+        with torch._dynamo.config.patch(error_on_recompile=step > 0):
+            got = compiled(noise, x)
+        torch.testing.assert_close(got, d_step(eager_noise, x), rtol=0, atol=0)
+        noise.step()
+        eager_noise.step()
+    torch._dynamo.reset()
+
+
 def test_instance_noise_passes_the_gradient_to_the_samples_unchanged():
     fake = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     noisy = stabilizers.InstanceNoise(0.5, 10)(fake)
