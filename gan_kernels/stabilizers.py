@@ -22,10 +22,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import _checks
+from ._module_state import HALF_PRECISION, keeping_full_precision
 from .nn import spectral_norm_layers
-
-# Dtypes whose EMA is kept in float32 (see GeneratorEMA).
-_HALF_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _check_module(module, arg):
@@ -318,15 +316,11 @@ def half_life_decay(half_life_kimg, batch_size):
 
 
 class _Float32Averages(torch.nn.Module):
-    """Holds GeneratorEMA's float32 averages: they follow a conversion's device but stay float32, so
-    ``ema.half()`` or ``ema.to(device, torch.bfloat16)`` does not bring back the stall they prevent."""
+    """Holds GeneratorEMA's float32 averages: ``ema.half()`` or ``ema.to(device, torch.bfloat16)``
+    moves them but does not bring back the stall they prevent."""
 
     def _apply(self, fn, recurse=True):
-        def device_only(tensor):
-            converted = fn(tensor)
-            return converted if converted.dtype == torch.float32 else tensor.to(converted.device)
-
-        return super()._apply(device_only, recurse)
+        return super()._apply(keeping_full_precision(fn), recurse)
 
 
 class GeneratorEMA(AveragedModel):
@@ -358,7 +352,7 @@ class GeneratorEMA(AveragedModel):
     the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
     as 0.998, and the average would silently stay at its first copy. Converting the EMA
     (``ema.half()``, ``ema.to(device, dtype)``) moves these averages to the new device but keeps them
-    float32. A state dict without the float32
+    float32 (``ema.double()`` makes them float64). A state dict without the float32
     average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
     from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
     average's (``ema.module``'s): another is a TypeError naming the tensor."""
@@ -374,7 +368,7 @@ class GeneratorEMA(AveragedModel):
         # not averaged by AveragedModel (which walks self.module), and ema.module.state_dict() loads into G.
         self.float32_average = _Float32Averages()
         for name, tensor in self._named_averaged_tensors():
-            if tensor.dtype in _HALF_PRECISION:
+            if tensor.dtype in HALF_PRECISION:
                 *path, leaf = name.split(".")
                 holder = self.float32_average
                 for part in path:  # nested as in the module, so that the names match module.*
@@ -412,7 +406,7 @@ class GeneratorEMA(AveragedModel):
         for (name, averaged), current in zip(self._named_averaged_tensors(), (*G.parameters(), *G.buffers())):
             if name in float32_averages:
                 average = float32_averages[name]
-                current = current.detach().to(average.device, torch.float32)
+                current = current.detach().to(average.device, average.dtype)  # float32, or float64 after .double()
                 if first_update:
                     average.copy_(current)
                 else:

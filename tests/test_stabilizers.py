@@ -785,6 +785,20 @@ def test_ema_converted_to_half_precision_keeps_its_float32_average(dtype, conver
     assert ema.module.weight.item() == torch.tensor(1.5 - 0.5 * 0.998**100, dtype=dtype).item()
 
 
+def test_ema_and_generator_converted_to_float64_average_in_float64():
+    g = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
+    ema = stabilizers.GeneratorEMA(g, 0.5).double()
+    g.double()
+    with torch.no_grad():
+        g.weight.fill_(1.0)
+    ema.update(g)
+    with torch.no_grad():
+        g.weight.fill_(1.0 + 2**-40)  # lost in float32
+    ema.update(g)
+    assert ema.float32_average.weight.dtype == torch.float64
+    assert ema.module.weight.item() == 1.0 + 2**-41
+
+
 def test_ema_float32_average_follows_a_device_conversion():
     ema = stabilizers.GeneratorEMA(torch.nn.Linear(2, 2).to(torch.bfloat16), 0.99).to("meta", torch.float16)
     for name, average in ema.float32_average.named_buffers():

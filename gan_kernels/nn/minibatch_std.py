@@ -1,13 +1,12 @@
-import copy
-
 import torch
 
 from .. import _checks
+from .._module_state import SharesProcessGroup
 from ..distributed import all_gather_batch
 from ..ops.minibatch_std import minibatch_std
 
 
-class MinibatchStd(torch.nn.Module):
+class MinibatchStd(SharesProcessGroup, torch.nn.Module):
     """StyleGAN2's ``MinibatchStdLayer(group_size, num_channels)`` as a drop-in layer:
     ``[N, C, H, W] -> [N, C + num_channels, H, W]``. ``group_size=None`` groups the whole batch.
     No parameters or buffers, so StyleGAN2 checkpoints load unchanged.
@@ -43,16 +42,6 @@ class MinibatchStd(torch.nn.Module):
         y = minibatch_std(all_gather_batch(x, self.process_group), self.group_size, self.num_channels)
         rows = x.shape[0]
         return y[rank * rows : (rank + 1) * rows]
-
-    def __deepcopy__(self, memo):
-        # The process group is a handle to the ranks' communicator, which cannot be copied (a D
-        # snapshot, StyleGAN2-ADA's copy.deepcopy(D), failed on it): the copy shares it.
-        if self.process_group is not None:
-            memo[id(self.process_group)] = self.process_group
-        duplicate = type(self).__new__(type(self))
-        memo[id(self)] = duplicate
-        duplicate.__setstate__(copy.deepcopy(self.__dict__, memo))
-        return duplicate
 
     def extra_repr(self):
         cross_rank = ", process_group=<across ranks>" if self.process_group is not None else ""

@@ -1,12 +1,12 @@
 """StyleGAN2's path-length regulariser (Karras et al. 2020) for the generator, on the fused
 per-sample penalty op."""
 
-import copy
 import math
 
 import torch
 
 from .. import _checks
+from .._module_state import SharesProcessGroup, keeping_full_precision
 from ..ops.gradient_penalty import per_sample_penalty
 from .gradient import scaled_input_gradient
 
@@ -33,7 +33,7 @@ def _batch_mean(lengths, group):
     return sum_and_count[0] / sum_and_count[1]
 
 
-class PathLengthRegularizer(torch.nn.Module):
+class PathLengthRegularizer(SharesProcessGroup, torch.nn.Module):
     """``plr(images, latents)`` -> the path-length penalty ``mean_i (length_i - a)^2``, where
 
         y ~ N(0, I) / sqrt(H * W)                  (per image element; H * W: the pixels per channel)
@@ -76,32 +76,8 @@ class PathLengthRegularizer(torch.nn.Module):
         self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
 
-    def __deepcopy__(self, memo):
-        # The process group is a handle to the ranks' communicator, which cannot be copied: a deep
-        # copy of a model or loss holding the regulariser failed with "cannot pickle ProcessGroup".
-        # The copy shares the group (as MinibatchStd's does).
-        if self.process_group is not None:
-            memo[id(self.process_group)] = self.process_group
-        duplicate = type(self).__new__(type(self))
-        memo[id(self)] = duplicate
-        duplicate.__setstate__(copy.deepcopy(self.__dict__, memo))
-        return duplicate
-
     def _apply(self, fn, recurse=True):
-        # The running mean follows a conversion's device but not a half-precision dtype
-        # (``plr.to(device, torch.bfloat16)`` with the rest of a model, ``.half()``): there a step of
-        # ``decay * (batch mean - a)`` is mostly under half an ulp of ``a``, which then stops moving
-        # (GeneratorEMA keeps its float32 averages for the same reason). ``.double()`` still applies.
-        def keep_float32(tensor):
-            converted = fn(tensor)
-            if converted.dtype in (torch.float16, torch.bfloat16) and tensor.dtype not in (
-                torch.float16,
-                torch.bfloat16,
-            ):
-                return tensor.to(converted.device)
-            return converted
-
-        return super()._apply(keep_float32, recurse)
+        return super()._apply(keeping_full_precision(fn), recurse)
 
     def forward(self, images, latents, generator=None, scaler=None):
         _checks.check_floating(images, "images")
