@@ -285,6 +285,13 @@ def test_autocast_path_matches_float32(device):
     torch.testing.assert_close(gp_amp, gp_fp32, **tol)
 
 
+@pytest.mark.parametrize("returned", [(torch.tensor(1.0), torch.tensor(2.0)), [1.0], None, "1.0", True])
+def test_lazy_regularizer_refuses_a_penalty_that_is_not_a_tensor_or_number(returned):
+    """A tuple times the interval repeated it (4 copies of the pair) instead of scaling it."""
+    with pytest.raises(TypeError, match="penalty_fn must return the penalty as a tensor or a number"):
+        penalties.LazyRegularizer(4)(0, lambda: returned)
+
+
 def test_lazy_regularizer_applies_every_interval_steps_scaled_by_it():
     lazy = penalties.LazyRegularizer(4)
     calls = []

@@ -1,6 +1,10 @@
 """Lazy regularisation (StyleGAN2): run the penalty every ``interval`` steps only, scaled by
 ``interval`` so its average strength is unchanged, and correct Adam for the extra steps."""
 
+import numbers
+
+import torch
+
 from .. import _checks
 
 
@@ -37,7 +41,14 @@ class LazyRegularizer:
     def __call__(self, step, penalty_fn, *args, **kwargs):
         if not self.due(step):
             return None
-        return penalty_fn(*args, **kwargs) * self.interval
+        penalty = penalty_fn(*args, **kwargs)
+        # A tuple (a penalty with its statistics, say) times the interval repeats it: refused.
+        if isinstance(penalty, bool) or not isinstance(penalty, (torch.Tensor, numbers.Real)):
+            raise TypeError(
+                f"penalty_fn must return the penalty as a tensor or a number, to scale by interval="
+                f"{self.interval}; got {type(penalty).__name__}"
+            )
+        return penalty * self.interval
 
     def adam_hyperparameters(self, lr, betas):
         return lazy_adam_hyperparameters(lr, betas, self.interval)
