@@ -5,11 +5,11 @@
 
 G: a mapping net (PixelNorm + EqualizedLinear, lr multiplier 0.01) and a synthesis net of
 EqualizedConv2d with pixel norm, as in ProGAN. D: EqualizedConv2d and EqualizedLinear with a
-MinibatchStd epilogue, trained with the non-saturating loss and lazy R1 (StyleGAN2's Adam
-correction), watched by gan_kernels' StabilityMonitor. Reports class coverage measured by a
-classifier trained on the real digits (classes produced, entropy of the class histogram, mean
-confidence) and what the monitor flagged; saves a sample grid PNG and the monitor's dashboard PNG.
-Needs scikit-learn (the data and the classifier) and tqdm; matplotlib for the pictures.
+MinibatchStd epilogue, trained with the non-saturating loss and lazy R1 (StyleGAN2's separate
+regularisation step and its Adam correction), watched by gan_kernels' StabilityMonitor. Reports
+class coverage measured by a classifier trained on the real digits (classes produced, entropy of
+the class histogram, mean confidence) and what the monitor flagged; saves a sample grid PNG and
+the monitor's dashboard PNG. Needs scikit-learn (the data and the classifier) and tqdm; matplotlib for the pictures.
 """
 
 import argparse
@@ -118,13 +118,17 @@ def train(steps, batch=64, r1_gamma=0.1, r1_interval=4, seed=0, log_every=100, m
         fake_logits = d(fake)
         real_logits = d(real)
         loss_d = losses.discriminator_loss(real_logits, fake_logits, "non_saturating")
-        r1 = lazy(step, penalties.r1, d, real, r1_gamma)
-        if r1 is not None:
-            loss_d = loss_d + r1
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         monitor.observe_gradients("D", d)
         opt_d.step()
+        # Lazy R1 as StyleGAN2's Dreg phase: an optimiser step of its own, which is what the Adam
+        # correction above accounts for (r1_interval + 1 steps per r1_interval minibatches).
+        r1 = lazy(step, penalties.r1, d, real, r1_gamma)
+        if r1 is not None:
+            opt_d.zero_grad(set_to_none=True)
+            r1.backward()
+            opt_d.step()
 
         fake = g(torch.randn(batch, Z_DIM))
         loss_g = losses.generator_loss(d(fake), kind="non_saturating")

@@ -146,6 +146,14 @@ def main(argv=None):
             f"{world_size} ranks on {device.type} ({dist.get_backend()}), loop {args.loop}, "
             f"batch {args.batch} per rank ({args.batch * world_size} in all), lazy R1 every {args.r1_interval}"
         )
+
+    def d_step(loss):
+        opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.loop == "all_reduce":
+            all_reduce_gradients(D)
+        opt_d.step()
+
     times = []
     for step in range(args.steps):
         if use_cuda:
@@ -154,19 +162,16 @@ def main(argv=None):
         real = shard[torch.randint(len(shard), (args.batch,), device=device, generator=gen)]
         z = torch.randn(args.batch, Z_DIM, device=device, generator=gen)
 
-        # D step: the adversarial loss; lazily, R1 backpropagated on its own (StyleGAN2's phases).
-        # penalties.r1 on the DDP module adds 0 * logits, so that DDP reduces this backward too.
+        # D step: the adversarial loss; lazily, R1 as a step of its own (StyleGAN2's Dmain and Dreg
+        # phases, which the Adam correction above accounts for). penalties.r1 on the DDP module adds
+        # 0 * logits, so that DDP reduces that backward too.
         with torch.no_grad():  # D's step needs no graph of G
             fake = G(z)
         loss_d = nn.functional.softplus(D_train(fake)).mean() + nn.functional.softplus(-D_train(real)).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        reg = lazy(step, penalties.r1, D_train, real, args.r1_gamma)
+        d_step(loss_d)
+        reg = lazy(step, penalties.r1, D_train, real, args.r1_gamma)  # at the weights Dmain left
         if reg is not None:
-            reg.backward()
-        if args.loop == "all_reduce":
-            all_reduce_gradients(D)
-        opt_d.step()
+            d_step(reg)
 
         # G step through D's plain module with its parameters frozen: G's step needs no gradient of
         # D, so none is computed or all-reduced (DDP's D would also work, at that extra cost).
