@@ -10,6 +10,7 @@ import argparse
 import datetime
 import importlib
 import json
+import math
 import pathlib
 import platform
 import subprocess
@@ -124,17 +125,32 @@ def fmt(value, spec):
 def misses(row):
     """The targets a measured row misses: "eager<2" when ours is under the case's eager target
     (see harness.Case), "compile<1" when torch.compile of the reference is faster than ours, "copy<40%"
-    when ours moves its ideal traffic at under the case's share of the copy bandwidth."""
+    when ours moves its ideal traffic at under the case's share of the copy bandwidth. A target the
+    row cannot be checked against (ours or eager failed, a time of None or NaN) is missed as
+    "eager<2 unmeasured" or "copy<85% unmeasured": a verdict needs a measurement. torch.compile is
+    optional (--no-compile), so its absence misses nothing."""
     out = []
     target = row.get("eager_target")
-    if target is not None and row["speedup_eager"] is not None and row["speedup_eager"] < target:
-        out.append(f"eager<{target:g}")
-    if row["speedup_compile"] is not None and row["speedup_compile"] < 1.0:
+    if target is not None:
+        speedup = row.get("speedup_eager")
+        if not measured(speedup):
+            out.append(f"eager<{target:g} unmeasured")
+        elif speedup < target:
+            out.append(f"eager<{target:g}")
+    if measured(row.get("speedup_compile")) and row["speedup_compile"] < 1.0:
         out.append("compile<1")
     share, pct = row.get("copy_target"), copy_share(row)
-    if share is not None and pct is not None and pct < 100 * share:
-        out.append(f"copy<{100 * share:g}%")
+    if share is not None:
+        if not measured(pct):
+            out.append(f"copy<{100 * share:g}% unmeasured")
+        elif pct < 100 * share:
+            out.append(f"copy<{100 * share:g}%")
     return out
+
+
+def measured(value):
+    """A number a verdict can rest on: not None, not NaN or infinite."""
+    return value is not None and math.isfinite(value)
 
 
 def copy_share(row):

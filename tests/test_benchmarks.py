@@ -20,7 +20,10 @@ import run  # noqa: E402
         (1.0, 0.99, None, ["eager<1"]),  # a drop-in layer slower than PyTorch's; compile not run
         (1.5, 1.4, None, ["eager<1.5"]),
         (None, 0.5, None, []),  # an added cost (a monitor): no eager target
-        (2.0, None, None, []),  # ours or eager failed: nothing to compare
+        (2.0, None, None, ["eager<2 unmeasured"]),  # ours or eager failed: the target is not met
+        (2.0, float("nan"), None, ["eager<2 unmeasured"]),
+        (None, None, None, []),  # no eager target: nothing to check
+        (2.0, 2.5, float("nan"), []),  # torch.compile is optional: no compile time misses nothing
     ],
 )
 def test_a_row_misses_the_targets_it_is_under(eager_target, speedup_eager, speedup_compile, expected):
@@ -35,7 +38,9 @@ def test_a_row_misses_the_targets_it_is_under(eager_target, speedup_eager, speed
         (0.40, 39.9, ["copy<40%"]),
         (0.85, 84.0, ["copy<85%"]),
         (None, 10.0, []),  # no bandwidth target for this row
-        (0.40, None, []),  # ours failed, or the case states no traffic
+        (0.40, None, ["copy<40% unmeasured"]),  # ours failed: a targeted row cannot pass unmeasured
+        (0.85, float("nan"), ["copy<85% unmeasured"]),
+        (None, None, []),  # no target, no traffic (a compute-bound layer)
     ],
 )
 def test_a_row_misses_its_share_of_the_copy_bandwidth(copy_target, pct_copy, expected):
@@ -93,6 +98,14 @@ def test_derive_gives_bandwidths_shares_and_speedups():
     assert row["ours_kernel_pct_copy"] == pytest.approx(200.0)
     assert row["speedup_eager"] == pytest.approx(3.0) and row["speedup_compile"] == pytest.approx(0.5)
     assert row["misses"] == ["compile<1"]
+
+
+def test_a_targeted_row_whose_ours_failed_misses_its_targets():
+    """A GPU row at an issue's shape where ours raised (ours_ms None) used to show no miss at all."""
+    row = {"bytes": 10**9, "ours_ms": None, "eager_ms": 6.0, "compile_ms": None}
+    row.update(eager_target=2.0, copy_target=0.85)
+    run.derive(row, copy_gbs=1000.0, clone_gbs=250.0)
+    assert row["misses"] == ["eager<2 unmeasured", "copy<85% unmeasured"]
 
 
 def test_device_time_counts_the_self_time_of_gpu_events_only():
