@@ -1,6 +1,6 @@
 import torch
 from cases.end_to_end import ReferenceEqualizedConv2d
-from harness import DROP_IN_TARGET, GPU_ELEMENTWISE_COPY_TARGETS, forward_backward_cases
+from harness import DROP_IN_TARGET, GPU_ELEMENTWISE_COPY_TARGETS, GPU_ELEMENTWISE_EAGER_TARGETS, forward_backward_cases
 
 import gan_kernels
 from gan_kernels import reference
@@ -37,12 +37,12 @@ def cases(device, quick, compile_fn):
         shapes = [(32, 512, 64, 64)]
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
         conv_shapes, conv_dtypes = [(32, 256, 64, 64)], [torch.bfloat16, torch.float32]
-        copy_targets = GPU_ELEMENTWISE_COPY_TARGETS
+        copy_targets, eager_targets = GPU_ELEMENTWISE_COPY_TARGETS, GPU_ELEMENTWISE_EAGER_TARGETS
     else:
         shapes = [(32, 256, 32, 32)]
         dtypes = [torch.float32, torch.bfloat16]
         conv_shapes, conv_dtypes = [(8, 64, 32, 32)], [torch.float32]
-        copy_targets = None
+        copy_targets = eager_targets = None
     if quick:
         dtypes, conv_dtypes = dtypes[:1], conv_dtypes[:1]
     out = []
@@ -61,6 +61,7 @@ def cases(device, quick, compile_fn):
                 3 * nbytes,
                 compile_fn,
                 copy_targets=copy_targets,
+                eager_targets=eager_targets,
             )
     for shape in conv_shapes:
         for dtype in conv_dtypes:

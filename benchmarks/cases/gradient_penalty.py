@@ -4,6 +4,7 @@ import torch
 from harness import (
     DROP_IN_TARGET,
     GPU_ELEMENTWISE_COPY_TARGETS,
+    GPU_ELEMENTWISE_EAGER_TARGETS,
     Case,
     dtype_name,
     forward_backward_cases,
@@ -73,11 +74,12 @@ def cases(device, quick, compile_fn):
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
         r1_shapes = [((32, 3, 256, 256), 256)]
         copy_targets = {shapes[0]: GPU_ELEMENTWISE_COPY_TARGETS}
+        eager_targets = {shapes[0]: GPU_ELEMENTWISE_EAGER_TARGETS}
     else:
         shapes = [(64, 3, 64, 64)]
         dtypes = [torch.float32, torch.bfloat16]
         r1_shapes = [((8, 3, 32, 32), 64)]
-        copy_targets = {}
+        copy_targets = eager_targets = {}
     centers = [1.0, 0.0]
     if quick:
         shapes, dtypes, centers = shapes[:1], dtypes[:1], centers[:1]
@@ -97,6 +99,7 @@ def cases(device, quick, compile_fn):
                     2 * g.nbytes,
                     compile_fn,
                     copy_targets=copy_targets.get(shape),
+                    eager_targets=eager_targets.get(shape),
                 )
     for shape, max_channels in r1_shapes:
         out.append(r1_step_case(device, shape, max_channels))

@@ -1,5 +1,10 @@
 import torch
-from harness import CPU_NORM_COPY_TARGETS, GPU_ELEMENTWISE_COPY_TARGETS, forward_backward_cases
+from harness import (
+    CPU_NORM_COPY_TARGETS,
+    GPU_ELEMENTWISE_COPY_TARGETS,
+    GPU_ELEMENTWISE_EAGER_TARGETS,
+    forward_backward_cases,
+)
 
 import gan_kernels
 from gan_kernels import reference
@@ -10,10 +15,12 @@ def cases(device, quick, compile_fn):
         shapes = [(32, 512, 64, 64), (32, 512, 16, 16)]
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
         copy_targets = {(shapes[0], dtype): GPU_ELEMENTWISE_COPY_TARGETS for dtype in dtypes}
+        eager_targets = {(shapes[0], dtype): GPU_ELEMENTWISE_EAGER_TARGETS for dtype in dtypes}
     else:
         shapes = [(32, 512, 32, 32), (32, 512, 8, 8)]
         dtypes = [torch.float32, torch.bfloat16]
         copy_targets = {(shapes[0], torch.float32): CPU_NORM_COPY_TARGETS}
+        eager_targets = {}
     if quick:
         shapes, dtypes = shapes[:1], dtypes[:1]
     fns = {"eager": reference.pixel_norm, "ours": gan_kernels.pixel_norm}
@@ -33,5 +40,6 @@ def cases(device, quick, compile_fn):
                 3 * nbytes,
                 compile_fn,
                 copy_targets=copy_targets.get((shape, dtype)),
+                eager_targets=eager_targets.get((shape, dtype)),
             )
     return out
