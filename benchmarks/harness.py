@@ -229,15 +229,28 @@ class Timer:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def device_events(averages, exclude=()):
+    """The events of a profile grouped by name (``prof.key_averages()``) that ran on the GPU (kernels,
+    copies, memsets), less those named in ``exclude``. Host-side events (an op, or the runtime call
+    that launched a kernel) may carry their kernels' time too, and are left out; so are GPU user
+    annotations (``gpu_user_annotation``: a record_function range projected onto the GPU timeline,
+    device type CUDA, spanning kernels that are events of their own), as torch's own table leaves
+    them out of its device time total (pytorch#130730)."""
+    return [
+        e
+        for e in averages
+        if e.device_type == torch.autograd.DeviceType.CUDA
+        and not getattr(e, "is_user_annotation", False)
+        and e.key not in exclude
+    ]
+
+
 def device_time_us(averages, exclude=()):
     """The device time, in us, of a profile's events grouped by name (``prof.key_averages()``): the
-    self time of the events that ran on the GPU (kernels, copies), each once, less those named in
-    ``exclude``. Host-side events (an op, or the runtime call that launched a kernel) may carry their
-    kernels' time too, and are left out."""
+    self time of each of its ``device_events``, counted once."""
     return sum(
         getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
-        for e in averages
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.key not in exclude
+        for e in device_events(averages, exclude)
     )
 
 

@@ -165,9 +165,32 @@ def test_device_time_counts_the_self_time_of_gpu_events_only():
         Average("group_positions", gpu, self_cuda_time_total=12.5),
         Average("cudaLaunchKernel", cpu, self_device_time_total=42.5),  # carrying its kernels' time
         Average("FillFunctor<unsigned char>", gpu, self_device_time_total=60.0),  # Timer.kernel_ms's L2 flush
+        # A record_function range on the GPU timeline, spanning the kernels above: counting it counted them twice.
+        Average("autograd::engine::evaluate_function", gpu, self_device_time_total=42.5, is_user_annotation=True),
     ]
     assert harness.device_time_us(averages, exclude={"FillFunctor<unsigned char>"}) == pytest.approx(42.5)
     assert harness.device_time_us(averages) == pytest.approx(102.5)
+
+
+def test_launches_count_gpu_events_but_not_annotations():
+    import torch
+    from cases import spectral_norm
+
+    gpu, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    class Average:
+        def __init__(self, key, device_type, count, is_user_annotation=False):
+            self.key, self.device_type, self.count = key, device_type, count
+            self.is_user_annotation = is_user_annotation
+
+    averages = [
+        Average("power_step_kernel", gpu, 1),
+        Average("Memset (Device)", gpu, 1),
+        Average("normalize_kernel", gpu, 1),
+        Average("cudaLaunchKernel", cpu, 2),
+        Average("gan_kernels::spectral_norm_power_iteration_", gpu, 1, is_user_annotation=True),
+    ]
+    assert spectral_norm.launch_count(averages) == 3
 
 
 def test_a_run_writes_its_json_and_marks_it_complete(tmp_path):

@@ -12,7 +12,7 @@ the power iteration mutates buffers and the GP step needs double backward.
 """
 
 import torch
-from harness import DROP_IN_TARGET, Case, dtype_name, shape_name
+from harness import DROP_IN_TARGET, Case, device_events, dtype_name, shape_name
 
 from gan_kernels import reference, spectral_norm_power_iteration_
 from gan_kernels.nn import batch_spectral_norm, spectral_norm
@@ -122,7 +122,12 @@ def launches(device, n_layers, normalise, batched):
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         weights()
         torch.cuda.synchronize()
-    return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+    return launch_count(prof.key_averages())
+
+
+def launch_count(averages):
+    """Kernels (and device copies and memsets) in a profile's events grouped by name, each call once."""
+    return sum(e.count for e in device_events(averages))
 
 
 def sn_part(model, batched):
