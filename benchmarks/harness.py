@@ -213,7 +213,12 @@ class Timer:
                 flush.zero_()
                 fn()
             torch.cuda.synchronize()
-        return device_time_us(prof.key_averages(), exclude=flush_kernels) / reps * 1e-3
+        total_us = device_time_us(prof.key_averages(), exclude=flush_kernels)
+        if not total_us > 0:
+            # A profiler that records no GPU activity (CUPTI failing to start, as it can in a VM) gives
+            # an empty profile, not an error: 0 ms would read as no kernel time at all.
+            raise RuntimeError(f"the profiler recorded no GPU time for the call (device time {total_us} us)")
+        return total_us / reps * 1e-3
 
     def peak_memory_mb(self, fn):
         """Peak memory allocated during one call, above what was allocated before it: CUDA's allocator

@@ -172,6 +172,31 @@ def test_device_time_counts_the_self_time_of_gpu_events_only():
     assert harness.device_time_us(averages) == pytest.approx(102.5)
 
 
+def test_a_profile_without_gpu_activity_is_an_error_not_zero_kernel_time(monkeypatch):
+    """Timer.kernel_ms where the profiler records nothing on the GPU (CUPTI failing to start): it used
+    to return 0 ms, which run.py stored as the row's ours_kernel_ms with no note."""
+    import contextlib
+
+    import harness
+    import torch
+
+    class EmptyProfile:
+        def key_averages(self):
+            return []
+
+    monkeypatch.setattr(torch.profiler, "profile", lambda **kwargs: contextlib.nullcontext(EmptyProfile()))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(harness, "L2_FLUSH_BYTES", 1024)
+    calls = []
+    timer = harness.Timer(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="no GPU time"):
+        timer.kernel_ms(lambda: calls.append(1))
+    assert calls  # the call ran; only its time was not seen
+    row = {}
+    run.measure_kernels(harness.Case("op", "s", "float32", "fwd", {"ours": lambda: None}), row, timer)
+    assert "ours_kernel_ms" not in row and "no GPU time" in row["ours_kernel_error"]
+
+
 def test_launches_count_gpu_events_but_not_annotations():
     import torch
     from cases import spectral_norm
