@@ -197,6 +197,32 @@ def test_a_profile_without_gpu_activity_is_an_error_not_zero_kernel_time(monkeyp
     assert "ours_kernel_ms" not in row and "no GPU time" in row["ours_kernel_error"]
 
 
+def test_gpu_medians_take_50_timed_calls_after_10_warm_ups_also_in_quick_mode(monkeypatch):
+    """The GPU check times torch.compile only in its --quick run: 3 warm-ups and a median of 10 calls
+    decided the compile<1 verdict there."""
+    import types
+
+    import harness
+    import torch
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            pass
+
+        def record(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 1.0
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    calls = []
+    timer = harness.Timer(types.SimpleNamespace(type="cuda"), quick=True)
+    assert timer(lambda: calls.append(1)) == 1.0
+    assert len(calls) == 60
+
+
 def test_launches_count_gpu_events_but_not_annotations():
     import torch
     from cases import spectral_norm
