@@ -48,7 +48,7 @@ class PathLengthRegularizer(SharesProcessGroup, torch.nn.Module):
     batch sizes differ) when torch.distributed is initialised (every rank of the group must then
     call the regulariser on the same steps; ``copy.deepcopy`` shares the group, which cannot be
     copied); ``.double()`` makes it float64, while a conversion to
-    float16 or bfloat16 (``.half()``, ``.to(device, torch.bfloat16)``) moves it but keeps it float32,
+    float16 or bfloat16 (``.half()``, ``.to(device, torch.bfloat16)``) moves it but keeps its dtype,
     where ``decay`` times the change would mostly be under half an ulp and ``a`` would stop moving.
 
     The penalty is one call of the fused per-sample penalty op: with k the number of latent vectors
