@@ -38,10 +38,38 @@ def runs_on_cuda(item):
     return callspec is not None and callspec.params.get("device") == "cuda"
 
 
-def pytest_collection_modifyitems(items):
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own
+def pytest_collection_modifyitems(config, items):
     for item in items:
         if runs_on_cuda(item) and _backend.IMPL != "reference":
             item.add_marker(pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"))
+    if config.getvalue("loadgroup"):
+        _keep_xdist_groups(items)
+
+
+def _keep_xdist_groups(items):
+    """Keeps --dist loadgroup's groups: one gloo job at a time, the fresh-python tests together, the
+    2^31-element CUDA tests one by one. pytest-xdist 3.8 names an item's group by appending "@group"
+    to its legacy ``_nodeid``, which pytest 9.2 no longer reads (nodeid comes from the structured
+    ``_id``): the groups were silently lost, and grouped tests ran on every worker at once
+    (pytest-xdist#1386). The suffix is carried over to ``_id``; should that not take either, the run
+    stops here rather than run ungrouped."""
+    for item in items:
+        groups = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        )
+        if not groups:
+            continue
+        suffix = f"@{'_'.join(groups)}"
+        if not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            from _pytest.nodes import NodeId
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+        if not item.nodeid.endswith(suffix):
+            raise pytest.UsageError(
+                f"--dist loadgroup cannot put {item.nodeid!r} in its group {groups}: this pytest and "
+                "pytest-xdist do not group (tests/conftest.py)"
+            )
 
 
 @pytest.fixture(autouse=True)

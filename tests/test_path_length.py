@@ -148,11 +148,12 @@ def test_running_mean_is_a_buffer_in_the_state_dict():
 def test_running_mean_stays_float32_when_the_regularizer_is_converted_to_half_precision(convert):
     # plr.to(device, torch.bfloat16) (or .half()) with the rest of the model: a half-precision running
     # mean stalls where decay * (batch mean - a) is under half an ulp of a (in bfloat16, for a near
-    # 1, when the batch mean is within about 0.4 of a), so a stays far from the lengths' mean.
+    # 1, when the batch mean is within about 0.4 of a), so a stays far from the lengths' mean. A few
+    # updates suffice: rounded to half precision, the mean leaves the float32 one at the first.
     g_net = TinySynthesis().float()
     reference = PathLengthRegularizer(decay=0.05)
     converted = convert(PathLengthRegularizer(decay=0.05))
-    for seed in range(200):
+    for seed in range(8):
         ws = make_ws(seed).detach().float().requires_grad_()
         ours(reference, g_net(ws), ws, noise_seed=seed)
         ours(converted, g_net(ws), ws, noise_seed=seed)
