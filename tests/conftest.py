@@ -43,7 +43,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if runs_on_cuda(item) and _backend.IMPL != "reference":
             item.add_marker(pytest.mark.filterwarnings("error::gan_kernels.FallbackWarning"))
-    if config.getvalue("loadgroup"):
+    if getattr(config.option, "loadgroup", False):  # set in xdist workers under --dist loadgroup
         _keep_xdist_groups(items)
 
 
