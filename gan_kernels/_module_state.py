@@ -22,16 +22,17 @@ class SharesProcessGroup:
         return duplicate
 
 
-def keeping_full_precision(fn):
-    """``fn``, a conversion as ``Module._apply`` takes it, for tensors that hold running averages: a
-    conversion to float16 or bfloat16 (``.half()``, ``.to(device, torch.bfloat16)``) only moves them
-    to its device, as there an update's small step would mostly be under half an ulp and the average
-    would stop moving; any other conversion (``.double()``, a device) applies."""
+class KeepsFullPrecision:
+    """Mixin for a module whose tensors hold running averages: a conversion to float16 or bfloat16
+    (``.half()``, ``.to(device, torch.bfloat16)``) only moves them to its device, as there an update's
+    small step would mostly be under half an ulp and the average would stop moving; any other
+    conversion (``.double()``, a device) applies."""
 
-    def convert(tensor):
-        converted = fn(tensor)
-        if converted.dtype in HALF_PRECISION and tensor.dtype not in HALF_PRECISION:
-            return tensor.to(converted.device)
-        return converted
+    def _apply(self, fn, recurse=True):
+        def convert(tensor):
+            converted = fn(tensor)
+            if converted.dtype in HALF_PRECISION and tensor.dtype not in HALF_PRECISION:
+                return tensor.to(converted.device)
+            return converted
 
-    return convert
+        return super()._apply(convert, recurse)

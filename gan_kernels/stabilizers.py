@@ -22,7 +22,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import _checks
-from ._module_state import HALF_PRECISION, keeping_full_precision
+from ._module_state import HALF_PRECISION, KeepsFullPrecision
 from .nn import spectral_norm_layers
 
 
@@ -315,12 +315,9 @@ def half_life_decay(half_life_kimg, batch_size):
     return 0.5 ** (batch_size / (1000 * half_life_kimg))
 
 
-class _Float32Averages(torch.nn.Module):
+class _Float32Averages(KeepsFullPrecision, torch.nn.Module):
     """Holds GeneratorEMA's float32 averages: ``ema.half()`` or ``ema.to(device, torch.bfloat16)``
     moves them but does not bring back the stall they prevent."""
-
-    def _apply(self, fn, recurse=True):
-        return super()._apply(keeping_full_precision(fn), recurse)
 
 
 class GeneratorEMA(AveragedModel):

@@ -6,7 +6,7 @@ import math
 import torch
 
 from .. import _checks
-from .._module_state import SharesProcessGroup, keeping_full_precision
+from .._module_state import KeepsFullPrecision, SharesProcessGroup
 from ..ops.gradient_penalty import per_sample_penalty
 from .gradient import scaled_input_gradient
 
@@ -33,7 +33,7 @@ def _batch_mean(lengths, group):
     return sum_and_count[0] / sum_and_count[1]
 
 
-class PathLengthRegularizer(SharesProcessGroup, torch.nn.Module):
+class PathLengthRegularizer(SharesProcessGroup, KeepsFullPrecision, torch.nn.Module):
     """``plr(images, latents)`` -> the path-length penalty ``mean_i (length_i - a)^2``, where
 
         y ~ N(0, I) / sqrt(H * W)                  (per image element; H * W: the pixels per channel)
@@ -75,9 +75,6 @@ class PathLengthRegularizer(SharesProcessGroup, torch.nn.Module):
         # ranks outside a subgroup that never call the regulariser.
         self.process_group = process_group
         self.register_buffer("mean_length", torch.zeros((), dtype=torch.float32))
-
-    def _apply(self, fn, recurse=True):
-        return super()._apply(keeping_full_precision(fn), recurse)
 
     def forward(self, images, latents, generator=None, scaler=None):
         _checks.check_floating(images, "images")
