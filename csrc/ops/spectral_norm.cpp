@@ -358,6 +358,9 @@ class NormalizeList : public torch::autograd::Function<NormalizeList> {
     saved.push_back(sigmas);
     ctx->save_for_backward(saved);
     ctx->saved_data["dims"] = dims.vec();
+    // An output the loss does not use (a layer the model's forward skipped) then reaches the backward
+    // undefined instead of as zeros, so that its weight gets no gradient.
+    ctx->set_materialize_grads(false);
     return op.call(weights, us, vs, sigmas, dims);
   }
 
@@ -369,12 +372,35 @@ class NormalizeList : public torch::autograd::Function<NormalizeList> {
         "gan_kernels::spectral_norm_normalize_backward");
     const torch::autograd::variable_list saved = ctx->get_saved_variables();
     const auto count = static_cast<int64_t>(grads.size());
-    const at::TensorList all(saved);
     const std::vector<int64_t> dims = ctx->saved_data["dims"].toIntVector();
-    // grads are defined: the context materialises unused outputs' gradients as zeros.
-    torch::autograd::variable_list out =
-        op.call(grads, all.slice(0, count), all.slice(count, count), all.slice(2 * count, count), saved.back(), dims);
-    out.resize(3 * count + 2);
+    torch::autograd::variable_list out(3 * count + 2);
+    // As PyTorch's per-layer spectral norm, a weight whose W / sigma the loss did not use gets no
+    // gradient (None), not zeros: Adam's momentum and weight decay would still move a zero-gradient
+    // weight. The backward op runs on the used layers only.
+    std::vector<int64_t> used;
+    for (int64_t l = 0; l < count; ++l)
+      if (grads[l].defined()) used.push_back(l);
+    if (used.empty()) return out;
+    if (static_cast<int64_t>(used.size()) == count) {
+      const at::TensorList all(saved);
+      const std::vector<at::Tensor> grad_weights =
+          op.call(grads, all.slice(0, count), all.slice(count, count), all.slice(2 * count, count), saved.back(), dims);
+      std::copy(grad_weights.begin(), grad_weights.end(), out.begin());
+      return out;
+    }
+    std::vector<at::Tensor> used_grads, used_weights, used_us, used_vs, used_sigmas;
+    std::vector<int64_t> used_dims;
+    for (const int64_t l : used) {
+      used_grads.push_back(grads[l]);
+      used_weights.push_back(saved[l]);
+      used_us.push_back(saved[count + l]);
+      used_vs.push_back(saved[2 * count + l]);
+      used_sigmas.push_back(saved.back().select(0, l));
+      used_dims.push_back(dims[l]);
+    }
+    const std::vector<at::Tensor> grad_weights =
+        op.call(used_grads, used_weights, used_us, used_vs, at::stack(used_sigmas), used_dims);
+    for (size_t i = 0; i < used.size(); ++i) out[used[i]] = grad_weights[i];
     return out;
   }
 };
