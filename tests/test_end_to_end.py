@@ -233,15 +233,16 @@ def test_stylegan2_like_d_penalty_is_sensitive_to_the_group_structure():
     assert not torch.allclose(a, b, rtol=1e-6, atol=0)
 
 
-def stylegan2_d_loss(D, real, fake, step, lazy, gamma, penalty):
-    """StyleGAN2's D loss: non-saturating logistic on fakes and reals; every lazy.interval steps, R1
-    on the real logits (the same forward), weighted by interval * gamma / 2."""
-    x = real.detach().requires_grad_(lazy.due(step))
-    logits = D(x)
-    loss = torch.nn.functional.softplus(D(fake)).mean() + torch.nn.functional.softplus(-logits).mean()
-    if lazy.due(step):
-        loss = loss + lazy.interval * (gamma / 2) * penalty(logits, x).mean()
-    return loss
+def stylegan2_d_main_loss(D, real, fake):
+    """StyleGAN2's Dmain phase: non-saturating logistic on fakes and reals."""
+    return torch.nn.functional.softplus(D(fake)).mean() + torch.nn.functional.softplus(-D(real)).mean()
+
+
+def stylegan2_d_reg_loss(D, real, step, lazy, gamma, penalty):
+    """StyleGAN2's Dreg phase, a step of its own every lazy.interval steps: R1 on the real logits,
+    weighted by interval * gamma / 2 (lazy scales by the interval); None on other steps."""
+    x = real.detach().requires_grad_(True)
+    return lazy(step, lambda: (gamma / 2) * penalty(D(x), x).mean())
 
 
 def textbook_r1_on_logits(logits, x):
@@ -251,28 +252,45 @@ def textbook_r1_on_logits(logits, x):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_stylegan2_training_loop_with_lazy_r1_matches_textbook(device):
+    """Dmain every step and Dreg every second step, each with its own Adam step under the lazy
+    correction of lr and betas (which is for exactly that schedule)."""
     D, D_ref = stylegan2_pair(device)
     lazy = penalties.LazyRegularizer(2)
     lr, betas = lazy.adam_hyperparameters(0.002, (0.0, 0.99))
     opt, opt_ref = (torch.optim.Adam(d.parameters(), lr=lr, betas=betas) for d in (D, D_ref))
-    for step in range(4):  # steps 0 and 2 are regularised
+    ours_r1 = lambda logits, x: gan_kernels.gradient_penalty(logits, x, center=0.0)  # noqa: E731
+    phases_run = []
+    for step in range(4):
         real, fake = samples(10 + step, device)
-        for d, o in ((D, opt), (D_ref, opt_ref)):
-            o.zero_grad(set_to_none=True)
-        with unregistered_autograd_is_an_error():
-            loss = stylegan2_d_loss(
-                D, real, fake, step, lazy, 10.0, lambda logits, x: gan_kernels.gradient_penalty(logits, x, center=0.0)
-            )
+        phases = [
+            (lambda d: stylegan2_d_main_loss(d, real, fake),) * 2,
+            (
+                lambda d: stylegan2_d_reg_loss(d, real, step, lazy, 10.0, ours_r1),
+                lambda d: stylegan2_d_reg_loss(d, real, step, lazy, 10.0, textbook_r1_on_logits),
+            ),
+        ]
+        for ours, textbook in phases:
+            for o in (opt, opt_ref):
+                o.zero_grad(set_to_none=True)
+            with unregistered_autograd_is_an_error():
+                loss = ours(D)
+            loss_ref = textbook(D_ref)
+            assert (loss is None) == (loss_ref is None)
+            if loss is None:
+                continue
+            phases_run.append(step)
             loss.backward()
-        loss_ref = stylegan2_d_loss(D_ref, real, fake, step, lazy, 10.0, textbook_r1_on_logits)
-        loss_ref.backward()
-        assert_close(loss.detach(), loss_ref.detach())
-        for (name, p), p_ref in zip(D.named_parameters(), D_ref.parameters()):
-            assert_close(p.grad, p_ref.grad)
-        opt.step()
-        opt_ref.step()
-        for p, p_ref in zip(D.parameters(), D_ref.parameters()):
-            assert_close(p.detach(), p_ref.detach())
+            loss_ref.backward()
+            assert_close(loss.detach(), loss_ref.detach())
+            for p, p_ref in zip(D.parameters(), D_ref.parameters()):
+                assert (p.grad is None) == (p_ref.grad is None)  # R1 leaves the output layer's bias out
+                if p.grad is not None:
+                    assert_close(p.grad, p_ref.grad)
+            opt.step()
+            opt_ref.step()
+            for p, p_ref in zip(D.parameters(), D_ref.parameters()):
+                assert_close(p.detach(), p_ref.detach())
+    assert phases_run == [0, 0, 1, 2, 2, 3]  # each step's Dmain, and Dreg on steps 0 and 2
 
 
 @pytest.mark.skipif(not OPS_REGISTERED, reason="gan_kernels._C is not built")
