@@ -6,6 +6,11 @@ TORCH_SPEC ?= torch==2.13.0
 RUFF_VERSION = 0.17.6
 CLANG_FORMAT_VERSION = 23.1.5
 CXX_SOURCES = $(shell find csrc tests/cuda_emulation tests/avx512_emulation -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
+# The test runners are pinned: a new pytest once silently turned off pytest-xdist's --dist loadgroup
+# (tests/conftest.py), and CI's pip takes whatever is newest.
+TEST_TOOLS = pytest==9.2.0 pytest-xdist==3.8.0 hypothesis==6.170.29
+TEST_TOOLS_INSTALLED = import importlib.metadata as m; \
+	assert all(m.version(p) == v for p, v in (t.split('==') for t in '$(TEST_TOOLS)'.split()))
 # cuobjdump and the nvdisasm it runs, for the machine-code audit where the CUDA toolkit lacks them
 # (CI's does); pinned, as the audit parses the text of their disassembly.
 SASS_TOOLS_VERSION = 13.5.37
@@ -23,8 +28,9 @@ PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 deps:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_SPEC)
-	@$(PYTHON) -c "import pytest, xdist, hypothesis, numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
-		$(PIP) install pytest pytest-xdist hypothesis numpy matplotlib scikit-learn tqdm tensorboard
+	@$(PYTHON) -c "$(TEST_TOOLS_INSTALLED)" 2>/dev/null || $(PIP) install $(TEST_TOOLS)
+	@$(PYTHON) -c "import numpy, matplotlib, sklearn, tqdm, tensorboard" 2>/dev/null || \
+		$(PIP) install numpy matplotlib scikit-learn tqdm tensorboard
 	@command -v ninja >/dev/null || $(PIP) install ninja
 	@$(PYTHON) -m ruff --version 2>/dev/null | grep -q "$(RUFF_VERSION)" || $(PIP) install ruff==$(RUFF_VERSION)
 	@clang-format --version 2>/dev/null | grep -q "version $(CLANG_FORMAT_VERSION)" || \
