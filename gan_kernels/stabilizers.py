@@ -304,15 +304,32 @@ def clip_weights_(module, c):
 # --- generator EMA --------------------------------------------------------------------------------
 
 
-def half_life_decay(half_life_kimg, batch_size):
+def half_life_decay(half_life_kimg, batch_size, images_seen=None, rampup=None):
     """The EMA decay per update for StyleGAN's convention of a half-life in thousands of images:
     after ``half_life_kimg * 1000`` images (that many / ``batch_size`` updates) an old weight's share
     has halved, ``decay = 0.5 ** (batch_size / (1000 * half_life_kimg))``. StyleGAN2-ADA's default
-    ``ema_kimg = 10`` at batch 32 gives 0.99778. (StyleGAN2-ADA can also ramp the half-life up at the
-    start, ``ema_rampup``; pass a fixed half-life here.)"""
+    ``ema_kimg = 10`` at batch 32 gives 0.99778.
+
+    With ``rampup`` and ``images_seen`` (StyleGAN2-ADA's ``ema_rampup``, 0.05 in its paper
+    configurations, and ``cur_nimg``: the images G trained on before this update), the half-life is
+    at most ``rampup * images_seen`` images, so that early in training the average does not hold on
+    to the first, useless weights; the decay is then recomputed before each update::
+
+        ema.decay = half_life_decay(10, batch_size, images_seen=step * batch_size, rampup=0.05)
+        ema.update(G)
+
+    At ``images_seen = 0`` the decay is 0 (the update copies G)."""
     half_life_kimg = _checks.positive(half_life_kimg, "half_life_kimg")
     batch_size = _checks.count(batch_size, "batch_size")
-    return 0.5 ** (batch_size / (1000 * half_life_kimg))
+    if (images_seen is None) != (rampup is None):
+        given, missing = ("images_seen", "rampup") if rampup is None else ("rampup", "images_seen")
+        raise ValueError(f"{given} is given but {missing} is not: the ramp needs both")
+    half_life_images = 1000 * half_life_kimg
+    if rampup is not None:
+        rampup = _checks.positive(rampup, "rampup")
+        images_seen = _checks.count(images_seen, "images_seen", minimum=0)
+        half_life_images = min(half_life_images, rampup * images_seen)
+    return 0.5 ** (batch_size / half_life_images) if half_life_images > 0 else 0.0
 
 
 class _Float32Averages(KeepsFullPrecision, torch.nn.Module):
@@ -340,8 +357,8 @@ class GeneratorEMA(AveragedModel):
     norm's u, v), as BigGAN averages its whole state dict. Integer buffers (BatchNorm's
     ``num_batches_tracked``) go through the same formula and are stored back in their integer dtype,
     as AveragedModel does. ``decay`` in [0, 1]; :func:`half_life_decay` converts StyleGAN's
-    half-life. The attribute ``decay`` may be set between updates (a ramp such as StyleGAN2-ADA's
-    ``ema_rampup``); the next :meth:`update` uses the new value. The state dict (``module.*`` and
+    half-life, and its ramp (StyleGAN2-ADA's ``ema_rampup``) when the attribute ``decay`` is set
+    between updates; the next :meth:`update` uses the new value. The state dict (``module.*`` and
     ``n_averaged``) saves and restores the average, not ``decay``.
 
     The average of a bfloat16 or float16 tensor is kept in float32 (``float32_average.*`` in the

@@ -657,6 +657,33 @@ def test_half_life_decay_halves_a_weight_after_the_half_life():
     assert decay ** (2500 / 50) == pytest.approx(0.5, rel=1e-12)
 
 
+def test_half_life_decay_ramps_up_as_stylegan2_ada():
+    """StyleGAN2-ADA's training loop: ema_nimg = min(ema_kimg * 1000, cur_nimg * ema_rampup), then
+    ema_beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))."""
+
+    def stylegan2_ada(ema_kimg, batch_size, cur_nimg, ema_rampup):
+        ema_nimg = min(ema_kimg * 1000, cur_nimg * ema_rampup)
+        return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+
+    for cur_nimg in (0, 32, 640, 6400, 199_968, 200_000, 10**7):
+        want = stylegan2_ada(10, 32, cur_nimg, 0.05)
+        assert stabilizers.half_life_decay(10, 32, images_seen=cur_nimg, rampup=0.05) == pytest.approx(want, rel=1e-15)
+    # Past rampup * images_seen = the half-life, the ramp is over.
+    assert stabilizers.half_life_decay(10, 32, images_seen=200_000, rampup=0.05) == stabilizers.half_life_decay(10, 32)
+    assert stabilizers.half_life_decay(10, 32, images_seen=0, rampup=0.05) == 0.0
+    assert stabilizers.half_life_decay(10, 32, images_seen=np.int64(640), rampup=np.float32(0.5)) == pytest.approx(
+        0.5 ** (32 / 320), rel=1e-15
+    )
+    with pytest.raises(ValueError, match="rampup is given but images_seen is not"):
+        stabilizers.half_life_decay(10, 32, rampup=0.05)
+    with pytest.raises(ValueError, match="images_seen is given but rampup is not"):
+        stabilizers.half_life_decay(10, 32, images_seen=100)
+    with pytest.raises(ValueError, match="images_seen must be >= 0, got -1"):
+        stabilizers.half_life_decay(10, 32, images_seen=-1, rampup=0.05)
+    with pytest.raises(ValueError, match="rampup must be a finite number > 0, got 0.0"):
+        stabilizers.half_life_decay(10, 32, images_seen=100, rampup=0)
+
+
 def test_ema_bad_arguments_name_the_argument():
     g = make_batchnorm_generator()
     with pytest.raises(ValueError, match="decay must be in \\[0, 1\\], got 1.5"):
