@@ -81,7 +81,10 @@ def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
     latest forward. Every step runs D on ``real``, then on ``fake``, in separate forwards (so that
     batch statistics such as minibatch stddev never mix real and fake samples).
 
-    ``fake``: G's samples, with their graph to G. ``real``: a real batch (detached here).
+    ``fake``: G's samples, with their graph to G (one that does not require grad, detached or a real
+    batch passed in its place, is a ValueError while grad mode is on: G would get no gradient).
+    ``real``: a real batch (detached here). The order is fake before real, as in
+    :func:`gan_kernels.losses.generator_loss` (the penalties and ``discriminator_loss`` take real first).
     ``d_loss(real_logits, fake_logits)`` -> scalar, D's loss for the unrolled steps, e.g.
     ``functools.partial(losses.discriminator_loss, kind="non_saturating")``; it sees logits only, so
     the unrolled steps carry no gradient penalty. ``g_loss(fake_logits, real_logits)`` -> scalar,
@@ -102,6 +105,16 @@ def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
     _check_callable(g_loss, "g_loss")
     steps = _checks.count(steps, "steps", minimum=0)
     lr = _checks.positive(lr, "lr")
+    if steps:
+        _checks.grad_enabled("the unrolled generator loss")
+    # Without G's graph the loss still requires grad (through the copies of D's parameters), so a
+    # detached fake, or real and fake swapped (real comes first in the penalties and losses), left
+    # G without a gradient and nothing said so.
+    if torch.is_grad_enabled() and not fake.requires_grad:
+        raise ValueError(
+            "fake does not require grad, so the loss cannot train G: pass G's samples with their graph "
+            "(unrolled_generator_loss(D, G(z), real, ...): fake before real, not detached)"
+        )
     real = real.detach()
     named = list(D.named_parameters())
     if steps and not named:

@@ -312,6 +312,26 @@ def test_unrolled_bad_arguments_name_the_argument():
         call(torch.nn.Tanh(), fake, real, d_loss, g_loss, 1, 0.1)
 
 
+def test_unrolled_refuses_a_fake_without_graph_to_g():
+    # Real and fake swapped (the penalties and losses take real first) or a detached fake: the loss
+    # still required grad through the copies of D's parameters, and G silently got no gradient.
+    d, g = make_torch_discriminator(), make_generator()
+    z, real = batches()
+    d_loss, g_loss = library_losses("non_saturating")
+    call = stabilizers.unrolled_generator_loss
+    for steps in (0, 2):
+        with pytest.raises(ValueError, match="fake does not require grad, so the loss cannot train G"):
+            call(d, real, g(z), d_loss, g_loss, steps, 0.1)
+        with pytest.raises(ValueError, match="fake does not require grad"):
+            call(d, g(z).detach(), real, d_loss, g_loss, steps, 0.1)
+    with torch.no_grad():
+        with pytest.raises(RuntimeError, match=r"the unrolled generator loss .* called under torch.no_grad\(\)"):
+            call(d, g(z), real, d_loss, g_loss, 2, 0.1)
+        # No step takes a gradient: the plain generator loss, as without no_grad.
+        plain = call(d, g(z), real, d_loss, g_loss, 0, 0.1)
+    torch.testing.assert_close(plain, g_loss(d(g(z)), d(real)), rtol=0, atol=0)
+
+
 def test_unrolled_takes_numpy_and_tensor_scalars():
     d, g = make_torch_discriminator(), make_generator()
     z, real = batches()
