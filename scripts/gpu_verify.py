@@ -382,8 +382,9 @@ def stages(out, tag):
             dry=check_benchmark,
             detail=last_match(r"json: .*"),
         ),
-        # Last: not a GPU check. The first run of our AVX512 CPU kernels on AVX-512 hardware, where the
-        # box's CPU has it (the environment step prints ATen's capability there).
+        # Last: not a GPU check. Our AVX512 CPU kernels on AVX-512 hardware, where the box's CPU has it
+        # (the environment step prints ATen's capability there), which the development machines only
+        # sometimes have.
         Step(
             "cpu-ops",
             [
