@@ -641,7 +641,11 @@ class StabilityMonitor:
 
     def _oscillation(self):
         t = self.thresholds
-        key = "logit_gap" if "logit_gap" in self.history[-1] else "d_loss"
+        # From the latest check that observed either: a check of a sample batch alone (warnings read
+        # after observe_samples) has neither, and judged the D loss instead, or nothing.
+        key = next((k for r in reversed(self.history) for k in ("logit_gap", "d_loss") if k in r), None)
+        if key is None:
+            return None
         records = []
         for record in reversed(self.history):
             if key in record:

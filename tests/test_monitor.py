@@ -47,9 +47,10 @@ def run_quietly(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
-def dirac_gan(gamma, steps=400, lr=0.1, every=10):
+def dirac_gan(gamma, steps=400, lr=0.1, every=10, observe_losses=True):
     """Mescheder et al.'s Dirac-GAN: data at 0, G a single point theta, D(x) = psi * x, the
-    non-saturating loss, alternating SGD steps; R1 with weight gamma when gamma > 0."""
+    non-saturating loss, alternating SGD steps; R1 with weight gamma when gamma > 0. The monitor
+    observes the logits, and the losses and penalty unless ``observe_losses`` is False."""
     d = torch.nn.Linear(1, 1, bias=False)
     g = torch.nn.Linear(1, 1, bias=False)  # G(1) = theta
     with torch.no_grad():
@@ -73,7 +74,12 @@ def dirac_gan(gamma, steps=400, lr=0.1, every=10):
         g_loss.backward()
         monitor.observe_gradients("G", g)
         opt_g.step()
-        monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss, penalty=penalty)
+        if observe_losses:
+            monitor.observe(
+                real_logits=real_logits, fake_logits=fake_logits, d_loss=d_loss, g_loss=g_loss, penalty=penalty
+            )
+        else:
+            monitor.observe(real_logits=real_logits, fake_logits=fake_logits)
     return monitor, g.weight.item(), d.weight.item()
 
 
@@ -84,6 +90,20 @@ def test_unregularised_dirac_gan_is_flagged_oscillation(one_thread):
     (issue,) = [w for w in monitor.warnings if w.name == "oscillation"]
     assert issue.evidence["crossings"] >= Thresholds().oscillation_crossings
     assert any("R1" in remedy for remedy in issue.remedies)
+
+
+@pytest.mark.parametrize("observe_losses", [True, False])
+def test_an_oscillation_stays_flagged_when_a_sample_batch_alone_is_checked(observe_losses, one_thread):
+    # Reading warnings (or report()) after observe_samples runs a check with the diversity alone. The
+    # oscillation's signal was picked from that check's record, which has no logit gap, so it turned
+    # to the D loss: without one, the oscillation flagged a moment earlier was gone from warnings.
+    monitor, _, _ = run_quietly(dirac_gan, 0.0, observe_losses=observe_losses)
+    (before,) = [w for w in monitor.warnings if w.name == "oscillation"]
+    assert before.evidence["signal"] == "logit_gap"
+    monitor.observe_samples(torch.randn(16, 2), torch.randn(16, 2))
+    (after,) = [w for w in run_quietly(lambda: monitor.warnings) if w.name == "oscillation"]
+    assert len(monitor.history) == 41 and monitor.history[-1]["step"] == before.step
+    assert after.evidence == before.evidence
 
 
 def test_dirac_gan_with_r1_converges_and_raises_nothing(stability_warnings_are_errors, one_thread):
