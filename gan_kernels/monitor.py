@@ -324,6 +324,11 @@ class StabilityMonitor:
         self._layers = _tracked_layers(D, "D", self._generator)
         if G is not None:
             self._layers += _tracked_layers(G, "G", self._generator)
+        # Made once, shared by every check's record: a key made at each check took more of a long run's
+        # history than the sigma itself.
+        self._sigma_keys = {
+            layer.name: (f"sigma/{layer.name}", f"sigma_normalized/{layer.name}") for layer in self._layers
+        }
         self._warmed_up = False
         self.step = 0  # observed steps
         self.history = []  # one dict of scalars per check
@@ -534,8 +539,8 @@ class StabilityMonitor:
         if self._latest_diversity is not None:  # the latest measurement, also in checks without one
             scalars["diversity"] = self._latest_diversity
         raw, normalised = self._sigmas() if self._layers else ({}, {})
-        scalars.update({f"sigma/{name}": value for name, value in raw.items()})
-        scalars.update({f"sigma_normalized/{name}": value for name, value in normalised.items()})
+        scalars.update({self._sigma_keys[name][0]: value for name, value in raw.items()})
+        scalars.update({self._sigma_keys[name][1]: value for name, value in normalised.items()})
         record = dict(
             scalars,
             _steps=self._window_steps,

@@ -512,6 +512,18 @@ def spiked(shape, dim, seed, top=3.0):
     return matrix.reshape(permuted).movedim(0, dim).float(), 1.0 / top
 
 
+def test_the_checks_records_share_their_sigma_keys():
+    # Each check made its sigma keys afresh, one string per layer per check: more of a long run's
+    # history (and of every checkpoint's state) than the sigmas themselves.
+    d = torch.nn.Sequential(gan_kernels.nn.spectral_norm(torch.nn.Linear(4, 4)), torch.nn.Linear(4, 4))
+    monitor = StabilityMonitor(d, every=1)
+    for _ in range(3):
+        monitor.observe(d_loss=0.5)
+    first, *later = [[k for k in record if k.startswith("sigma")] for record in monitor.history]
+    assert len(first) == 3  # two raw sigmas and one normalised
+    assert all(a is b for keys in later for a, b in zip(first, keys, strict=True))
+
+
 def test_empty_weights_are_not_tracked():
     # Linear(5, 0) has no rows: building the monitor divided by zero (and a spectral-normalised one
     # would divide its sigma by a normalising sigma of 0). They have no spectral norm to watch.
