@@ -278,6 +278,10 @@ def _start_vectors(weight, dim, generator):
 # The power iteration's warm-up (as torch's spectral norm at registration) and the steps per check.
 WARMUP_ITERATIONS = 15
 
+# The checks StabilityMonitor.history keeps by default: 500,000 steps at every=50, 4 kB a check
+# with 50 tracked weights.
+MAX_HISTORY = 10_000
+
 
 class StabilityMonitor:
     """Watches a GAN's training for the failure signs listed in this module's docstring.
@@ -292,7 +296,10 @@ class StabilityMonitor:
     (a larger ``patience`` fills up with the next measurements). ``sigma_iterations``:
     power-iteration steps per check. ``samples``: the subsample size for the diversity score.
     ``seed``: for the monitor's own random numbers (u, v, subsamples), so that it does not change the
-    run's.
+    run's. ``max_history``: the most checks ``history`` keeps (the latest; None: every one), so that a
+    run of days grows neither the monitor nor its state_dict (and every checkpoint) without bound; the
+    writer gets every check. It keeps at least ``patience + 1`` and ``oscillation_windows`` checks,
+    the most its conditions read.
     """
 
     @property
@@ -306,7 +313,18 @@ class StabilityMonitor:
             raise TypeError(f"thresholds must be a gan_kernels.monitor.Thresholds, got {type(thresholds).__name__}")
         self._thresholds = thresholds
 
-    def __init__(self, D, G=None, every=50, writer=None, thresholds=None, sigma_iterations=2, samples=256, seed=0):
+    def __init__(
+        self,
+        D,
+        G=None,
+        every=50,
+        writer=None,
+        thresholds=None,
+        sigma_iterations=2,
+        samples=256,
+        seed=0,
+        max_history=MAX_HISTORY,
+    ):
         for arg, network in (("D", D), ("G", G)):
             if network is not None and not isinstance(network, torch.nn.Module):
                 raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
@@ -315,11 +333,13 @@ class StabilityMonitor:
         every = _checks.count(every, "every")
         sigma_iterations = _checks.count(sigma_iterations, "sigma_iterations")
         samples = _checks.count(samples, "samples", minimum=2)
+        max_history = None if max_history is None else _checks.count(max_history, "max_history")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.every, self.writer = every, writer
         self.sigma_iterations, self.samples = sigma_iterations, samples
+        self.max_history = max_history
         self._generator = torch.Generator().manual_seed(seed)
         self._layers = _tracked_layers(D, "D", self._generator)
         if G is not None:
@@ -331,7 +351,7 @@ class StabilityMonitor:
         }
         self._warmed_up = False
         self.step = 0  # observed steps
-        self.history = []  # one dict of scalars per check
+        self.history = []  # one dict of scalars per check, the latest max_history
         self.first_seen = {}  # condition -> step it was first detected
         self._current = []
         self._diversity = []  # a 0-d tensor per observe_samples call since the latest check
@@ -549,6 +569,7 @@ class StabilityMonitor:
             _diversities=[float(d) for d in self._diversity],
         )
         self.history.append(record)
+        self._trim_history()
         self._diversity = []
         self._reset_window()
         if self.writer is not None:
@@ -560,6 +581,14 @@ class StabilityMonitor:
             if issue.name not in self.first_seen:
                 self.first_seen[issue.name] = issue.step
                 python_warnings.warn(f"gan_kernels.StabilityMonitor: {issue}", StabilityWarning, stacklevel=3)
+
+    def _trim_history(self):
+        if self.max_history is None:
+            return
+        t = self.thresholds  # read here, so that a later change of them applies
+        keep = max(self.max_history, t.patience + 1, t.oscillation_windows)
+        if len(self.history) > keep:
+            del self.history[:-keep]
 
     def _recent(self, key, count):
         """The last ``count`` values of ``key`` over the checks (oldest first), or None if fewer;
@@ -764,6 +793,7 @@ class StabilityMonitor:
                     )
         self.step = state["step"]
         self.history = copy.deepcopy(state["history"])
+        self._trim_history()  # a state saved with a longer history (or none: max_history=None)
         self.first_seen = dict(state["first_seen"])
         self._current = [StabilityIssue(**issue) for issue in state["current"]]
         self._largest_g_norm = state["largest_g_norm"]
@@ -808,7 +838,7 @@ class StabilityMonitor:
         return list(self._current)
 
     def plot(self, path):
-        """Draws a dashboard PNG of the checks so far: losses, logit gap and D accuracy, gradient
+        """Draws a dashboard PNG of the checks in ``history``: losses, logit gap and D accuracy, gradient
         norms, spectral norms and diversity, with the first detection of each condition marked."""
         # A Figure of its own, not pyplot's: matplotlib.use("Agg") switched the user's backend (a
         # notebook's too) for the rest of the process.

@@ -756,6 +756,10 @@ def test_bad_arguments_name_the_argument_and_value():
         StabilityMonitor(d, sigma_iterations=2.5)
     with pytest.raises(TypeError, match="every must be an int, got bool"):
         StabilityMonitor(d, every=True)
+    with pytest.raises(ValueError, match="max_history must be >= 1, got 0"):
+        StabilityMonitor(d, max_history=0)
+    with pytest.raises(TypeError, match="max_history must be an int, got float"):
+        StabilityMonitor(d, max_history=1e4)
     with pytest.raises(TypeError, match="D must be a torch.nn.Module, got str"):
         StabilityMonitor("D")
     with pytest.raises(TypeError, match="writer must have an add_scalar"):
@@ -949,6 +953,44 @@ def test_a_run_resumed_from_a_checkpoint_checks_and_warns_as_the_uninterrupted_r
     fresh, d, g = restart(load=False)
     run_resumable(fresh, d, g, range(28, 45))
     assert fresh.first_seen == {"mode_collapse": 10}
+
+
+# Read from only the latest 3 checks (patience + 1, oscillation_windows) in run_resumable's 9.
+SHORT_READS = Thresholds(sigma_baseline_checks=1, oscillation_windows=3, oscillation_crossings=2)
+
+
+@pytest.mark.parametrize("patience, windows", [(2, 4), (3, 3)])
+def test_a_bounded_history_keeps_the_latest_checks_and_the_same_verdicts(patience, windows):
+    # history grew by one record per check for the whole run (days: hundreds of MB, in every
+    # checkpoint's state too).
+    assert StabilityMonitor(torch.nn.Linear(2, 1)).max_history == gan_kernels.monitor.MAX_HISTORY
+    thresholds = dataclasses.replace(SHORT_READS, patience=patience, oscillation_windows=windows)
+    runs = {}
+    for max_history in (None, 5, 1):  # 1: fewer than the conditions read (4 checks), which are kept
+        d, g = resumable_gan()
+        monitor = StabilityMonitor(d, g, **dict(RESUMABLE, thresholds=thresholds), max_history=max_history)
+        runs[max_history] = run_resumable(monitor, d, g, range(45)), monitor
+    expected, unbounded = runs[None]
+    assert len(unbounded.history) == 9 and set(unbounded.first_seen) == {"exploding_sigma", "mode_collapse"}
+    for max_history, kept in ((5, 5), (1, 4)):
+        checks, monitor = runs[max_history]
+        assert checks == expected
+        assert monitor.history == unbounded.history[-kept:]
+        assert monitor.first_seen == unbounded.first_seen
+
+
+def test_a_longer_history_in_a_state_is_cut_to_the_monitors_bound():
+    d, g = resumable_gan()
+    saved = StabilityMonitor(d, g, **dict(RESUMABLE, thresholds=SHORT_READS), max_history=None)
+    run_resumable(saved, d, g, range(30))
+    d2, g2 = resumable_gan()
+    d2.load_state_dict(d.state_dict())
+    g2.load_state_dict(g.state_dict())
+    bounded = StabilityMonitor(d2, g2, **dict(RESUMABLE, thresholds=SHORT_READS), max_history=4)
+    bounded.load_state_dict(saved.state_dict())
+    assert len(saved.history) == 6 and bounded.history == saved.history[-4:]
+    assert run_resumable(bounded, d2, g2, range(30, 45)) == run_resumable(saved, d, g, range(30, 45))
+    assert bounded.history == saved.history[-4:] and bounded.first_seen == saved.first_seen
 
 
 def test_a_monitor_loaded_at_a_check_reports_and_warns_as_the_saved_one():
