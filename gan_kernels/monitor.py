@@ -24,7 +24,8 @@ for a layer whose sigma came out NaN, Inf or 0).
 Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
 row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 
-* ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm.
+* ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm;
+  with ``scaler=``, a gradient norm's or penalty's only where every step of the check overflowed.
 * ``discriminator_overpowering``: D classifies (by the sign of its logit) at least
   ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0.
 * ``vanishing_generator_gradient``: G's gradient norm below ``vanishing_gradient_ratio`` of the
@@ -201,6 +202,9 @@ _SLOTS = (
     "grad_norm/G",
 )
 _SLOT = {name: index for index, name in enumerate(_SLOTS)}
+# The values that come from gradients, which a GradScaler's overflow makes non-finite on each step it
+# skips (with a scaler= monitor, such a step is left out of the check's mean and counted).
+_SCALED_SLOTS = ("penalty", "grad_norm/D", "grad_norm/G")
 
 _CONV_TRANSPOSE = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
 
@@ -299,7 +303,12 @@ class StabilityMonitor:
     run's. ``max_history``: the most checks ``history`` keeps (the latest; None: every one), so that a
     run of days grows neither the monitor nor its state_dict (and every checkpoint) without bound; the
     writer gets every check. It keeps at least ``patience + 1`` and ``oscillation_windows`` checks,
-    the most its conditions read.
+    the most its conditions read. ``scaler``: the run's ``torch.amp.GradScaler``. An enabled one
+    skips the optimiser step wherever the scaled gradients overflow, which leaves a NaN or Inf
+    gradient norm (and penalty) on that step: the monitor then leaves such values out of the check's
+    means and records their number as ``overflowed/<signal>``, and flags ``non_finite`` for them only
+    where every step of a check overflowed (the run no longer trains). Without a scaler (or with a
+    disabled one), one NaN or Inf is ``non_finite`` at once.
     """
 
     @property
@@ -324,6 +333,7 @@ class StabilityMonitor:
         samples=256,
         seed=0,
         max_history=MAX_HISTORY,
+        scaler=None,
     ):
         for arg, network in (("D", D), ("G", G)):
             if network is not None and not isinstance(network, torch.nn.Module):
@@ -336,6 +346,11 @@ class StabilityMonitor:
         max_history = None if max_history is None else _checks.count(max_history, "max_history")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
+        if scaler is not None and not callable(getattr(scaler, "is_enabled", None)):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        # Whether a non-finite gradient value is a step the scaler skipped (its enabled flag is fixed
+        # at its construction).
+        self._skips_overflow = scaler is not None and bool(scaler.is_enabled())
         self.thresholds = thresholds if thresholds is not None else Thresholds()
         self.every, self.writer = every, writer
         self.sigma_iterations, self.samples = sigma_iterations, samples
@@ -369,8 +384,9 @@ class StabilityMonitor:
     # --- accumulation on the device ---------------------------------------------------------------
 
     def _reset_window(self):
-        # [sums of each slot, sums of their squares]: one tensor, read in one sync. A NaN or Inf
-        # value makes its slot's sum non-finite, which is how the check sees it.
+        # [sums of each slot, sums of their squares, counts of their finite values]: one tensor, read
+        # in one sync. A NaN or Inf value makes its slot's sum non-finite, which is how the check sees
+        # it, except a scaled slot's under a scaler, which is left out of the sums.
         self._totals = None
         self._counts = [0] * len(_SLOTS)
         self._window_steps = 0
@@ -385,15 +401,20 @@ class StabilityMonitor:
             self._device = observed[0].device
         device = self._device
         if self._totals is None:
-            self._totals = torch.zeros(2 * len(_SLOTS), dtype=torch.float64, device=device)
+            self._totals = torch.zeros(3 * len(_SLOTS), dtype=torch.float64, device=device)
         elif self._totals.device != device:
             self._totals = self._totals.to(device)
         names = tuple(values)
-        index = self._slot_indices.get((names, device))
-        if index is None:
+        found = self._slot_indices.get((names, device))
+        if found is None:
             slots = [_SLOT[name] for name in names]
-            index = torch.tensor(slots + [s + len(_SLOTS) for s in slots], device=device)
-            self._slot_indices[names, device] = index
+            index = torch.tensor([s + part * len(_SLOTS) for part in range(3) for s in slots], device=device)
+            scaled = [name in _SCALED_SLOTS for name in names]
+            found = self._slot_indices[names, device] = (
+                index,
+                torch.tensor(scaled, device=device) if any(scaled) else None,
+            )
+        index, scaled = found
         # A number is filled in on the device, not copied there: a copy from the host syncs with the GPU.
         tensors = [
             value if isinstance(value, torch.Tensor) else torch.full((), value, dtype=torch.float64, device=device)
@@ -402,7 +423,10 @@ class StabilityMonitor:
         if any(t.dtype != tensors[0].dtype or t.device != device for t in tensors):
             tensors = [t.to(device, torch.float64) for t in tensors]
         stacked = torch.stack(tensors).to(torch.float64)
-        self._totals.index_add_(0, index, torch.cat([stacked, stacked.square()]))
+        finite = torch.isfinite(stacked)
+        if self._skips_overflow and scaled is not None:
+            stacked = torch.where(finite | ~scaled, stacked, 0.0)
+        self._totals.index_add_(0, index, torch.cat([stacked, stacked.square(), finite.to(torch.float64)]))
         for name in names:
             self._counts[_SLOT[name]] += 1
 
@@ -544,11 +568,18 @@ class StabilityMonitor:
         if self._window_steps == 0 and not self._diversity:
             return
         scalars = {"step": self.step}
-        totals = self._totals.tolist() if self._totals is not None else [0.0] * (2 * len(_SLOTS))
-        sums, squares = totals[: len(_SLOTS)], totals[len(_SLOTS) :]
+        n = len(_SLOTS)
+        totals = self._totals.tolist() if self._totals is not None else [0.0] * (3 * n)
+        sums, squares, finite_counts = totals[:n], totals[n : 2 * n], totals[2 * n :]
         variances, counts = {}, {}
         for name, index in _SLOT.items():
             count = self._counts[index]
+            if count and self._skips_overflow and name in _SCALED_SLOTS:
+                finite = round(finite_counts[index])
+                scalars[f"overflowed/{name}"] = count - finite
+                count = finite
+                if not count:  # every step of the check overflowed: flagged non_finite
+                    scalars[name] = math.nan
             if count:
                 mean = sums[index] / count
                 scalars[name] = mean
@@ -809,7 +840,11 @@ class StabilityMonitor:
             layer.v = saved["v"].to(weight.device, weight.dtype, copy=True)
         window = state["window"]
         # Where this monitor accumulates (the state pins no device); the next observed values move them on.
-        self._totals = None if window["totals"] is None else window["totals"].to(self._device, copy=True)
+        totals = window["totals"]
+        if totals is not None and totals.numel() == 2 * len(_SLOTS):
+            # Saved before the counts of finite values were kept: every value counted.
+            totals = torch.cat([totals, torch.tensor(window["counts"], dtype=totals.dtype, device=totals.device)])
+        self._totals = None if totals is None else totals.to(self._device, copy=True)
         self._counts = list(window["counts"])
         self._window_steps = window["steps"]
         self._diversity = [diversity.clone() for diversity in window["diversity"]]

@@ -1140,3 +1140,84 @@ def test_a_state_for_other_layers_or_settings_is_refused_naming_the_difference()
         stricter.load_state_dict(d.state_dict())
     # A refused state changes nothing.
     assert stricter.step == 0 and stricter.history == [] and stricter.thresholds.patience == 3
+
+
+def _run_with_overflows(scaler, overflowing_steps, steps=10, every=5, state_at=None):
+    """Steps of a D whose gradients a GradScaler's overflow made Inf/NaN on ``overflowing_steps``
+    (the steps the scaler skips), with the penalty from the scaled outputs non-finite there too.
+    With ``state_at``, the monitor is saved after that many steps and a fresh one continues."""
+    torch.manual_seed(0)
+    d = torch.nn.Linear(3, 1)
+    make = lambda: StabilityMonitor(d, every=every, scaler=scaler)  # noqa: E731
+    monitor = make()
+    for step in range(steps):
+        if step == state_at:
+            resumed = make()
+            resumed.load_state_dict(monitor.state_dict())
+            monitor = resumed
+        overflow = step in overflowing_steps
+        d.weight.grad = torch.full_like(d.weight, math.inf if overflow else 0.1 * (step + 1))
+        d.bias.grad = torch.full_like(d.bias, math.nan if overflow else 0.0)
+        monitor.observe_gradients("D", d)
+        penalty = math.inf if overflow else 0.5
+        logits = torch.tensor([1.0, -1.0, 0.5, -0.5])  # D at chance
+        monitor.observe(real_logits=logits, fake_logits=-logits, d_loss=1.0, penalty=penalty)
+    return monitor
+
+
+def test_a_gradscaler_run_is_not_flagged_for_the_steps_the_scaler_skips():
+    """A healthy fp16 run: the scaler skips a few steps (gradients overflowed), and observe_gradients
+    after scaler.unscale_ sees their Inf/NaN. Every such run was flagged non_finite, and the README's
+    DDP recipe stopped it."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StabilityWarning)
+        monitor = _run_with_overflows(scaler, overflowing_steps={0, 1, 7})
+        assert monitor.warnings == []
+    first, second = monitor.history
+    assert first["overflowed/grad_norm/D"] == 2 and second["overflowed/grad_norm/D"] == 1
+    assert first["overflowed/penalty"] == 2 and first["penalty"] == 0.5
+    # The mean of the steps the scaler took: 0.1 * (step + 1) * sqrt(3) for steps 2, 3, 4.
+    assert first["grad_norm/D"] == pytest.approx(0.4 * math.sqrt(3), rel=1e-6)  # float32 norms
+    assert first["_counts"]["grad_norm/D"] == 3
+    assert second["overflowed/grad_norm/D"] == 1 and second["_counts"]["grad_norm/D"] == 4
+    # Saved and resumed mid-window, the checks are the same.
+    resumed = _run_with_overflows(scaler, overflowing_steps={0, 1, 7}, state_at=6)
+    assert resumed.history == monitor.history
+
+
+@pytest.mark.parametrize(
+    "scaler, overflowing_steps",
+    [
+        (None, {8}),  # without a scaler one Inf is non_finite at once
+        ("disabled", {8}),  # a disabled scaler skips nothing
+        ("enabled", {5, 6, 7, 8, 9}),  # every step of the second check overflowed: the run is stalled
+    ],
+)
+def test_non_finite_gradients_are_flagged_without_a_scaler_or_when_every_step_overflowed(scaler, overflowing_steps):
+    scaler = None if scaler is None else torch.amp.GradScaler("cpu", enabled=scaler == "enabled")
+    with pytest.warns(StabilityWarning, match="non_finite"):
+        monitor = _run_with_overflows(scaler, overflowing_steps)
+    issue = next(w for w in monitor.warnings if w.name == "non_finite")
+    assert "grad_norm/D" in issue.evidence["signals"] and "penalty" in issue.evidence["signals"]
+
+
+def test_a_scaler_must_be_a_gradscaler():
+    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler, got float"):
+        StabilityMonitor(torch.nn.Linear(2, 1), scaler=2.0**16)
+
+
+def test_a_window_saved_before_the_finite_counts_loads():
+    d = torch.nn.Linear(3, 1)
+    monitor = StabilityMonitor(d, every=5)
+    for _ in range(7):
+        monitor.observe(d_loss=1.0)
+    state = monitor.state_dict()
+    state["window"]["totals"] = state["window"]["totals"][: 2 * len(gan_kernels.monitor._SLOTS)]
+    resumed = StabilityMonitor(d, every=5)
+    resumed.load_state_dict(state)
+    for m in (monitor, resumed):
+        for _ in range(3):
+            m.observe(d_loss=2.0)
+    assert resumed.history[-1] == monitor.history[-1]
+    assert resumed.history[-1]["d_loss"] == pytest.approx(1.6)
