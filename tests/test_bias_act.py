@@ -127,6 +127,26 @@ def test_third_derivative_matches_reference(device, act):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("act", "kink"), [("elu", 0.0), ("selu", 0.0), ("softplus", 20.0)])
+def test_derivatives_at_a_kink_follow_pytorch(device, dtype, act, kink):
+    """At the kink PyTorch's first derivative takes the lower piece and its second and third the
+    upper one (0): ours gave exp(0) = 1 (elu) there, and softplus's sigmoid slope at 20."""
+    x0 = torch.tensor([kink, -kink, kink - 0.5, kink + 0.5], dtype=dtype, device=device)
+
+    def derivatives(fn):
+        x = x0.clone().requires_grad_()
+        y = fn(x, act=act)
+        (g1,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        (g2,) = torch.autograd.grad(g1.sum(), x, create_graph=True)
+        (g3,) = torch.autograd.grad(g2.sum(), x)
+        return g1, g2, g3
+
+    for got, want in zip(derivatives(gan_kernels.bias_act), derivatives(reference.bias_act)):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("act", ["linear", "relu", "lrelu"])
 def test_piecewise_linear_acts_have_no_second_derivative(device, act):
     torch.manual_seed(6)

@@ -91,6 +91,8 @@ template <Activation kAct, typename A> GAN_KERNELS_HD A act_value(A v, A alpha) 
 }
 
 // Branches at 0 follow PyTorch's backward formulas (the reference is differentiated by autograd).
+// Its first derivatives of elu, selu and softplus take the lower piece at the kink (v <= 0, v <=
+// threshold), its second derivatives the upper one (a mask v < 0, v < threshold): act''(0) is 0.
 // At a NaN v every derivative is NaN, the piecewise-linear ones included (torch.relu's backward
 // would pass the gradient there): a diverged sample must stay visible in a gradient penalty.
 template <Activation kAct, typename A> GAN_KERNELS_HD A act_first_derivative(A v, A alpha) {
@@ -128,12 +130,12 @@ template <Activation kAct, typename A> GAN_KERNELS_HD A act_second_derivative(A 
     const A s = sigmoid_of(v);
     return s * (A(1) - s) * (A(1) - A(2) * s);
   } else if constexpr (kAct == Activation::Elu) {
-    return M::select(v > A(0), A(0), M::exp(v));
+    return M::select(v >= A(0), A(0), M::exp(v));
   } else if constexpr (kAct == Activation::Selu) {
-    return M::select(v > A(0), A(0), A(kSeluScale * kSeluAlpha) * M::exp(v));
+    return M::select(v >= A(0), A(0), A(kSeluScale * kSeluAlpha) * M::exp(v));
   } else if constexpr (kAct == Activation::Softplus) {
     const A s = sigmoid_of(v);
-    return M::select(v > A(kSoftplusThreshold), A(0), s * (A(1) - s));
+    return M::select(v >= A(kSoftplusThreshold), A(0), s * (A(1) - s));
   } else {
     static_assert(kAct == Activation::Swish, "the piecewise-linear acts have no second derivative");
     const A s = sigmoid_of(v);

@@ -327,9 +327,9 @@ at::Tensor act_third_derivative(const at::Tensor& v, Activation act) {
   const at::Tensor ds = s * at::rsub(s, 1);
   switch (act) {
     case Activation::Sigmoid: return ds * (at::rsub(s * 6, 1) + s.square() * 6);
-    case Activation::Elu: return at::where(v.gt(0), 0.0, v.exp());
-    case Activation::Selu: return at::where(v.gt(0), 0.0, v.exp() * (kSeluScale * kSeluAlpha));
-    case Activation::Softplus: return at::where(v.gt(kSoftplusThreshold), 0.0, ds * at::rsub(s * 2, 1));
+    case Activation::Elu: return at::where(v.ge(0), 0.0, v.exp());
+    case Activation::Selu: return at::where(v.ge(0), 0.0, v.exp() * (kSeluScale * kSeluAlpha));
+    case Activation::Softplus: return at::where(v.ge(kSoftplusThreshold), 0.0, ds * at::rsub(s * 2, 1));
     case Activation::Swish: return ds * 3 * at::rsub(s * 2, 1) + v * ds * (at::rsub(s * 6, 1) + s.square() * 6);
     default: TORCH_INTERNAL_ASSERT(false, "the piecewise-linear acts have no act'''");
   }
