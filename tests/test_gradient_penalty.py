@@ -135,6 +135,28 @@ def test_third_derivative_matches_reference(device, center):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_second_derivative_of_a_tiny_gradient_is_finite(device, dtype):
+    """Norms of 1e-14 to 1e-18: 1/||g||^3 overflows float32, the second derivative (about 1/||g||)
+    does not. Rows with a zero element, where inf * 0 made NaN."""
+    directions = torch.tensor([[3.0, 0.0, -4.0], [0.0, 1.0, 2.0], [1.0, -1.0, 0.0]])
+    g0 = (directions * torch.tensor([[1e-14], [1e-16], [1e-18]])).to(dtype).to(device)
+    torch.manual_seed(8)
+    w = torch.randn(3, 3).to(dtype).to(device)  # exact in float64 too
+
+    def second(g0):
+        g = g0.clone().requires_grad_()
+        (d1,) = torch.autograd.grad(gan_kernels.per_sample_penalty(g, 1.0).sum(), g, create_graph=True)
+        (d2,) = torch.autograd.grad((d1 * w.to(g.dtype)).sum(), g)
+        return d2
+
+    got = second(g0)
+    assert got.isfinite().all()
+    want = second(g0.double())  # the same values, in float64
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1.6e-2, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("center", [0.0, 1.0])
 @pytest.mark.parametrize(
     "fn", [gan_kernels.per_sample_penalty, reference.per_sample_penalty], ids=["ours", "reference"]

@@ -87,7 +87,11 @@ def _backward_of_backward(upstream, grad, g, center):
         inv_norm = inv_norm.where(sum_squares.isfinite(), float("nan"))  # a diverged sample
         scale = torch.where(nonzero, 2 * (1 - center * inv_norm), 0.0)
         grad_grad = scale * dot
-        grad_g = (go * scale)[:, None] * u + (2 * center * go * dot * inv_norm.pow(3))[:, None] * gc
+        # 1/||g||^3 as (<u, g>/||g||) (1/||g||) (g/||g||): each factor stays finite wherever the result
+        # does, where inv_norm^3 overflowed float32 for ||g|| < 1e-13 and gave inf and inf * 0 = NaN.
+        grad_g = (go * scale)[:, None] * u + (2 * center * go * (dot * inv_norm) * inv_norm)[:, None] * (
+            gc * inv_norm[:, None]
+        )
     return grad_grad.to(grad.dtype), grad_g.reshape(g.shape).to(g.dtype)
 
 
