@@ -85,10 +85,31 @@ def process_group_rank(group, arg="group"):
     return rank
 
 
+def same_device(t, ref, arg, ref_arg):
+    """``t`` on ``ref``'s device (common.h's check_same_device, same message). The fake kernels need
+    it too: one meta argument beside real ones sends the whole call to them, and they would return
+    uninitialised tensors on the real device."""
+    if t.device != ref.device:
+        raise ValueError(f"{arg} is on {t.device} but {ref_arg} is on {ref.device}")
+
+
 def same_dtype(t, ref, arg, ref_arg):
     """``t`` in ``ref``'s dtype (common.h's check_same_dtype, same message)."""
     if t.dtype != ref.dtype:
         raise TypeError(f"{arg} has dtype {t.dtype} but {ref_arg} has dtype {ref.dtype}")
+
+
+def same_shape(t, shape, arg, what):
+    """``t`` of ``shape``, that of ``what`` (common.h's check_same and its kind, same message)."""
+    if list(t.shape) != list(shape):
+        raise ValueError(f"{arg} has shape {list(t.shape)} but {what} has shape {list(shape)}")
+
+
+def same(t, ref, arg, ref_arg):
+    """``t`` like ``ref``: its device, dtype and shape (common.h's check_same, same messages)."""
+    same_device(t, ref, arg, ref_arg)
+    same_dtype(t, ref, arg, ref_arg)
+    same_shape(t, ref.shape, arg, ref_arg)
 
 
 def symbolic(value):

@@ -103,6 +103,8 @@ class OpEntry:
         helpers.assert_same_penalty_and_grads.
     compile: Cases making a CompileCall.
     bad_inputs, bad_op_inputs: BadCalls of the public function(s) and of the dispatcher ops.
+    fakes_check_arguments: the fake kernels raise bad_op_inputs' errors too (torch.compile meets
+        them while tracing); spectral norm's check only that every tensor is on one device.
     forward_ad: ``forward_ad(device)`` makes (tensors, kwargs): ``function(*tensors, **kwargs)`` has the
         true tangent (jvp and dual tensors) and Hessian-vector product (in the first tensor).
     """
@@ -121,6 +123,7 @@ class OpEntry:
     compile: Sequence[Case] = ()
     bad_inputs: Sequence[BadCall] = ()
     bad_op_inputs: Sequence[BadCall] = ()
+    fakes_check_arguments: bool = True
     forward_ad: Optional[Callable] = None
 
 
@@ -227,6 +230,13 @@ PIXEL_NORM_BAD_OP_INPUTS = [
         lambda: ops().pixel_norm_backward.default(torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 3), 1, 1e-8),
         TypeError,
         "grad has dtype torch.float64 but x has dtype torch.float32",
+    ),
+    # A meta tensor beside CPU ones sends the call to the fake kernel, which returned uninitialised
+    # memory on the CPU; so in every backward op below.
+    BadCall(
+        lambda: ops().pixel_norm_backward.default(torch.randn(2, 3, device="meta"), torch.randn(2, 3), 1, 1e-8),
+        ValueError,
+        "grad is on meta but x is on cpu",
     ),
 ]
 
@@ -408,6 +418,20 @@ MINIBATCH_STD_BAD_OP_INPUTS = [
         ),
         ValueError,
         r"upstream has shape \[4, 7, 2, 2\] but x has shape \[4, 6, 2, 2\]",
+    ),
+    BadCall(
+        lambda: ops().minibatch_std_backward.default(
+            torch.randn(4, 7, 2, 2, device="meta"), torch.randn(4, 6, 2, 2), 4, 1
+        ),
+        ValueError,
+        "grad is on meta but x is on cpu",
+    ),
+    BadCall(
+        lambda: ops().minibatch_std_double_backward.default(
+            torch.randn(4, 6, 2, 2, device="meta"), torch.randn(4, 7, 2, 2), torch.randn(4, 6, 2, 2), 4, 1
+        ),
+        ValueError,
+        "upstream is on meta but x is on cpu",
     ),
 ]
 
@@ -659,6 +683,20 @@ BIAS_ACT_BAD_OP_INPUTS = [
         TypeError,
         "upstream has dtype torch.float64 but x has dtype torch.float32",
     ),
+    BadCall(
+        lambda: ops().bias_act_grad.default(
+            torch.randn(2, 3, device="meta"), X, None, 1, "relu", 0.0, 1.0, None, 1.0, True
+        ),
+        ValueError,
+        "grad is on meta but y is on cpu",
+    ),
+    BadCall(
+        lambda: ops().bias_act_grad2.default(
+            torch.randn(2, 3, device="meta"), X, X, None, 1, "tanh", 0.0, 1.0, None, 1.0
+        ),
+        ValueError,
+        "upstream is on meta but x is on cpu",
+    ),
 ]
 
 BIAS_ACT = OpEntry(
@@ -865,6 +903,16 @@ PENALTY_BAD_OP_INPUTS = [
         ),
         TypeError,
         r"sum_squares has dtype torch.float64 but the penalty of g \(torch.float32\) has dtype torch.float32",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2, device="meta"), torch.randn(2, 3), 1.0),
+        ValueError,
+        "grad is on meta but g is on cpu",
+    ),
+    BadCall(
+        lambda: _penalty_backward_op(torch.randn(2), torch.randn(2, 3), 1.0, sum_squares=torch.randn(2, device="meta")),
+        ValueError,
+        "sum_squares is on meta but g is on cpu",
     ),
 ]
 
@@ -1200,6 +1248,7 @@ SPECTRAL_NORM = OpEntry(
     ],
     bad_inputs=SPECTRAL_NORM_BAD_INPUTS,
     bad_op_inputs=SPECTRAL_NORM_BAD_OP_INPUTS,
+    fakes_check_arguments=False,
 )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch._subclasses import FakeTensorMode
 from helpers import (
     COMPILE_BACKEND,
     CUDA_EMULATION,
@@ -120,6 +121,18 @@ def test_bad_input_names_the_argument(op, bad):
 @pytest.mark.parametrize("op, bad", bad_input_params("bad_op_inputs"))
 def test_bad_input_to_the_ops_names_the_argument(op, bad):
     with pytest.raises(bad.error, match=bad.match):
+        bad.call()
+
+
+@requires_ops
+@pytest.mark.parametrize(
+    "op, bad", [param for param in bad_input_params("bad_op_inputs") if param.values[0].fakes_check_arguments]
+)
+def test_the_fake_kernels_reject_what_the_ops_reject(op, bad):
+    """Traced (torch.compile) or given a meta tensor beside real ones, a call runs the fake kernel: it
+    raises the op's error. Without the checks a meta grad beside a CPU x returned uninitialised CPU
+    memory from the backward ops' fakes, and a traced call with a wrong grad shape traced silently."""
+    with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(bad.error, match=bad.match):
         bad.call()
 
 

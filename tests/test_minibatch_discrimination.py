@@ -507,6 +507,12 @@ def test_bad_grad_and_upstream_to_the_backward_ops_name_them():
         double_backward_op(torch.randn(4, 3), torch.randn(4, 3), m)
     with pytest.raises(TypeError, match="upstream has dtype torch.float16 but m has dtype torch.float32"):
         double_backward_op(torch.randn(4, 3, 2, dtype=torch.float16), torch.randn(4, 3), m)
+    # A meta tensor beside CPU ones sends the call to the fake kernel, which returned uninitialised
+    # memory on the CPU.
+    with pytest.raises(ValueError, match="grad is on meta but m is on cpu"):
+        backward_op(torch.randn(4, 3, device="meta"), m)
+    with pytest.raises(ValueError, match="upstream is on meta but m is on cpu"):
+        double_backward_op(torch.randn(4, 3, 2, device="meta"), torch.randn(4, 3), m)
 
 
 @pytest.mark.parametrize(

@@ -37,10 +37,8 @@ def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     if x.dim() == 0:
         raise IndexError("b needs x with at least one dimension, got a 0-dimensional x")
     dim = _checks.wrap_dim(dim, x, "dim")
-    if b.device != x.device:
-        raise ValueError(f"b is on {b.device} but x is on {x.device}")
-    if b.dtype != x.dtype:
-        raise TypeError(f"b has dtype {b.dtype} but x has dtype {x.dtype}")
+    _checks.same_device(b, x, "b", "x")
+    _checks.same_dtype(b, x, "b", "x")
     if b.dim() != 1 or b.shape[0] != x.shape[dim]:
         raise ValueError(f"b must be a 1-D tensor of length x.shape[{dim}] = {x.shape[dim]}, got shape {list(b.shape)}")
     return dim, act, alpha, gain, clamp, scale
@@ -76,18 +74,33 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     return reference.bias_act(x, b, *_check_args(x, b, dim, act, alpha, gain, clamp, scale))
 
 
+def _gradient_from_output(act, alpha, gain, clamp):
+    """csrc/ops/bias_act.cpp's gradient_from_output: whether the sign of y gives act'(v). Values known
+    only when the graph runs pass, as in _checks (the op checks them then)."""
+    if not _activations.BY_NAME[act].piecewise_linear or clamp is not None:
+        return False
+    return _checks.symbolic(alpha) or _checks.symbolic(gain) or (alpha >= 0 and gain != 0)
+
+
 def _fake_forward(x, b, dim, act, alpha, gain, clamp, scale):
     _check_args(x, b, dim, act, alpha, gain, clamp, scale)
     return torch.empty_like(x)
 
 
 def _fake_grad(grad, ref, b, dim, act, alpha, gain, clamp, scale, ref_is_y):
+    ref_name = "y" if ref_is_y else "x"
+    _checks.check_floating(ref, ref_name)
     _check_args(ref, b, dim, act, alpha, gain, clamp, scale)
+    _checks.same(grad, ref, "grad", ref_name)
+    if ref_is_y and not _gradient_from_output(act, alpha, gain, clamp):
+        raise ValueError("ref_is_y needs act linear, relu or lrelu with alpha >= 0, gain != 0 and clamp None")
     return torch.empty_like(ref)
 
 
 def _fake_grad2(upstream, grad, x, b, dim, act, alpha, gain, clamp, scale):
     _check_args(x, b, dim, act, alpha, gain, clamp, scale)
+    _checks.same(upstream, x, "upstream", "x")
+    _checks.same(grad, x, "grad", "x")
     return torch.empty_like(x)
 
 

@@ -54,8 +54,20 @@ def _fake_forward(g, center):
     return per_sample, torch.empty_like(per_sample)
 
 
+def _check_per_sample(t, arg, g):
+    """csrc/ops/gradient_penalty.cpp's check of the backward's per-sample vectors, same messages."""
+    _checks.same_device(t, g, arg, "g")
+    penalty_dtype = reference._compute_dtype(g)
+    if t.dtype != penalty_dtype:
+        raise TypeError(f"{arg} has dtype {t.dtype} but the penalty of g ({g.dtype}) has dtype {penalty_dtype}")
+    if t.dim() != 1 or t.shape[0] != g.shape[0]:
+        raise ValueError(f"{arg} has shape {list(t.shape)} but expected [{g.shape[0]}], one value per sample of g")
+
+
 def _fake_backward(grad, g, sum_squares, center):
     _check_args(g, center)
+    _check_per_sample(grad, "grad", g)
+    _check_per_sample(sum_squares, "sum_squares", g)
     return torch.empty_like(g)
 
 

@@ -70,13 +70,23 @@ def _fake_forward(m):
     return m.new_empty(m.shape[:2])
 
 
+def _check_grad(grad, m):
+    """csrc/ops/minibatch_discrimination.cpp's check of dL/do, same messages."""
+    _checks.same_device(grad, m, "grad", "m")
+    _checks.same_dtype(grad, m, "grad", "m")
+    _checks.same_shape(grad, m.shape[:2], "grad", "the output of minibatch_discrimination")
+
+
 def _fake_backward(grad, m):
     _check_m(m)
+    _check_grad(grad, m)
     return torch.empty_like(m)
 
 
 def _fake_double_backward(upstream, grad, m):
     _check_m(m)
+    _check_grad(grad, m)
+    _checks.same(upstream, m, "upstream", "m")
     return m.new_empty(m.shape[:2]), torch.empty_like(m)
 
 

@@ -34,6 +34,7 @@ def _fake_forward(x, dim, eps):
 
 def _fake_backward(grad, x, dim, eps):
     _check_args(x, dim, eps)
+    _checks.same(grad, x, "grad", "x")
     return torch.empty_like(x)
 
 
