@@ -52,6 +52,20 @@ class Case:
     copy_target: Optional[float] = None  # the share of the copy bandwidth ours must reach, if any
 
 
+@dataclasses.dataclass
+class LaunchCase:
+    """One (op, shape, dtype, mode) whose device operations (kernels, copies, memsets) per call are
+    counted, not timed: ``impls`` holds "eager" and "ours" as zero-argument closures, and ours may
+    take at most ``launch_target`` of them (issue 14: the spectral-norm work of a forward)."""
+
+    op: str
+    shape: str
+    dtype: str
+    mode: str
+    impls: Dict[str, Callable[[], object]]
+    launch_target: int
+
+
 def dtype_name(dtype):
     return str(dtype).replace("torch.", "")
 
@@ -222,6 +236,23 @@ class Timer:
             raise RuntimeError(f"the profiler recorded no GPU time for the call (device time {total_us} us)")
         return total_us / reps * 1e-3
 
+    def launches(self, fn):
+        """Device operations (kernels, copies, memsets) of one call of ``fn`` after a first call, from
+        the profiler's CUDA activity. Like ``kernel_ms``, run after every event timing."""
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        count = launch_count(prof.key_averages())
+        if count == 0:
+            # As in kernel_ms: a profiler that records nothing on the GPU would read as a call that
+            # launches nothing, under any target.
+            raise RuntimeError("the profiler recorded no GPU activity for the call")
+        return count
+
     def peak_memory_mb(self, fn):
         """Peak memory allocated during one call, above what was allocated before it: CUDA's allocator
         statistics, or on the CPU the running sum of the allocations and frees the profiler records
@@ -259,6 +290,11 @@ def device_time_us(averages, exclude=()):
         getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
         for e in device_events(averages, exclude)
     )
+
+
+def launch_count(averages):
+    """Kernels (and device copies and memsets) in a profile's events grouped by name, each call once."""
+    return sum(e.count for e in device_events(averages))
 
 
 def cpu_peak_bytes(fn):

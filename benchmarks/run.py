@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
-from harness import IMPLS, Timer, copy_bandwidth_gbs  # noqa: E402
+from harness import IMPLS, LaunchCase, Timer, copy_bandwidth_gbs  # noqa: E402
 
 import gan_kernels  # noqa: E402
 
@@ -118,6 +118,20 @@ def measure_kernels(case, row, timer):
         row["ours_kernel_error"] = error_text(error)
 
 
+def count_launches(case, timer):
+    """A row of the device operations per call of each implementation of a LaunchCase (Timer.launches)."""
+    row = {"op": case.op, "shape": case.shape, "dtype": case.dtype, "mode": case.mode}
+    row["launch_target"] = case.launch_target
+    for name, fn in case.impls.items():
+        try:
+            row[f"{name}_launches"] = timer.launches(fn)
+        except Exception as error:  # a profiler that cannot see the GPU: the row says so, and misses
+            row[f"{name}_launches"] = None
+            row[f"{name}_launches_error"] = error_text(error)
+    row["misses"] = misses(row)
+    return row
+
+
 def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
@@ -125,11 +139,19 @@ def fmt(value, spec):
 def misses(row):
     """The targets a measured row misses: "eager<2" when ours is under the case's eager target
     (see harness.Case), "compile<1" when torch.compile of the reference is faster than ours, "copy<40%"
-    when ours moves its ideal traffic at under the case's share of the copy bandwidth. A target the
-    row cannot be checked against (ours or eager failed, a time of None or NaN) is missed as
-    "eager<2 unmeasured" or "copy<85% unmeasured": a verdict needs a measurement. torch.compile is
-    optional (--no-compile), so its absence misses nothing."""
+    when ours moves its ideal traffic at under the case's share of the copy bandwidth, "launches>8"
+    when ours takes more device operations per call than a LaunchCase's target. A target the row
+    cannot be checked against (ours or eager failed, a time of None or NaN) is missed as
+    "eager<2 unmeasured", "copy<85% unmeasured" or "launches>8 unmeasured": a verdict needs a
+    measurement. torch.compile is optional (--no-compile), so its absence misses nothing."""
     out = []
+    launch_target = row.get("launch_target")
+    if launch_target is not None:
+        launches = row.get("ours_launches")
+        if launches is None:
+            out.append(f"launches>{launch_target} unmeasured")
+        elif launches > launch_target:
+            out.append(f"launches>{launch_target}")
     target = row.get("eager_target")
     if target is not None:
         speedup = row.get("speedup_eager")
@@ -190,6 +212,8 @@ def print_columns(lines):
 
 
 def print_table(rows):
+    launch_rows = [r for r in rows if "launch_target" in r]
+    rows = [r for r in rows if "launch_target" not in r]
     kernels = any(r.get("ours_kernel_ms") is not None for r in rows)
     header = [
         "op",
@@ -232,6 +256,7 @@ def print_table(rows):
     print(
         f"\n{missed} of {len(rows)} rows miss a target (x eager or % copy under the row's target, or x compile under 1)"
     )
+    print_launch_table(launch_rows)
     print_memory_table(rows)
     errors = {
         (r["op"], r["mode"], label): r[key]
@@ -241,6 +266,26 @@ def print_table(rows):
     }
     for (op, mode, name), error in sorted(errors.items()):
         print(f"note: {op} {mode} {name}: {error}")
+
+
+def print_launch_table(rows):
+    """The LaunchCase rows: device operations (kernels, copies, memsets) per call."""
+    if not rows:
+        return
+    print("\ndevice operations (kernels, copies, memsets) per call")
+    header = ["op", "shape", "dtype", "mode", "eager", "ours", "ours at most", "misses"]
+    print_columns(
+        [header]
+        + [
+            [r["op"], r["shape"], r["dtype"], r["mode"], fmt(r.get("eager_launches"), "d")]
+            + [fmt(r.get("ours_launches"), "d"), r["launch_target"], ", ".join(r["misses"]) or "-"]
+            for r in rows
+        ]
+    )
+    for r in rows:
+        for name in ("eager", "ours"):
+            if r.get(f"{name}_launches_error"):
+                print(f"note: {r['op']} {r['shape']} {name} launches: {r[f'{name}_launches_error']}")
 
 
 def print_memory_table(rows):
@@ -342,10 +387,13 @@ def main():
         # After every row: a run cut short (the GPU box's time limit) still leaves what it measured.
         out.write_text(json.dumps({"meta": {**meta, "complete": complete}, "rows": rows}, indent=1) + "\n")
 
-    rows, targeted = [], []
+    rows, targeted, counted = [], [], []
     for op in args.ops.split(","):
         module = importlib.import_module(f"cases.{op}")
         for case in module.cases(device, args.quick, make_compile_fn(not args.no_compile)):
+            if isinstance(case, LaunchCase):  # counted by the profiler, after every event timing
+                counted.append(case)
+                continue
             rows.append(derive(measure(case, timer), copy_gbs, clone_gbs))
             if device.type == "cuda" and case.copy_target is not None and callable(case.impls.get("ours")):
                 targeted.append((case, rows[-1]))
@@ -354,6 +402,9 @@ def main():
     for case, row in targeted:  # after every event timing (Timer.kernel_ms says why)
         measure_kernels(case, row, timer)
         derive(row, copy_gbs, clone_gbs)
+        save(rows, complete=False)
+    for case in counted:
+        rows.append(count_launches(case, timer))
         save(rows, complete=False)
     save(rows, complete=True)
     print()

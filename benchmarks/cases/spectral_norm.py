@@ -6,13 +6,13 @@ overhead of either implementation, to a 512x512x3x3 conv; the spectral-norm part
 (power iteration, normalisation and their backward for every layer of an SNGAN-ResNet-like D, ours
 batched over the model); and a whole WGAN-GP D step on that D. On CUDA also the 22 layers of a
 StyleGAN2-size D (issue 14's targets): one power-iteration step of all of them (eager: the reference's
-per-layer PyTorch ops), and their spectral-norm part of a training step; and it prints the kernel
+per-layer PyTorch ops), and their spectral-norm part of a training step; and it counts the kernel
 launches of the spectral-norm work of one forward with 12 and 24 layers. torch.compile is not timed:
 the power iteration mutates buffers and the GP step needs double backward.
 """
 
 import torch
-from harness import DROP_IN_TARGET, Case, device_events, dtype_name, shape_name
+from harness import DROP_IN_TARGET, Case, LaunchCase, dtype_name, shape_name
 
 from gan_kernels import reference, spectral_norm_power_iteration_
 from gan_kernels.nn import batch_spectral_norm, spectral_norm
@@ -39,6 +39,9 @@ STYLEGAN2_D_SHAPES = (
 # PyTorch's per-layer spectral norm.
 POWER_ITERATION_COPY_TARGET = 0.5
 SN_PART_TARGET = 5.0
+# Issue 14: the spectral-norm work of a training forward in at most 8 kernel launches for 12 or 24 layers.
+LAUNCH_TARGET = 8
+LAUNCH_LAYERS = (12, 24)
 
 
 class DisBlock(torch.nn.Module):
@@ -110,24 +113,16 @@ def gp_step(d, real, fake, eps):
     return run
 
 
-def launches(device, n_layers, normalise, batched):
-    """Kernel launches of the spectral-norm work of one training forward of n_layers conv layers."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(*[normalise(torch.nn.Conv2d(64, 64, 3).to(device)) for _ in range(n_layers)])
-    weights = NormalisedWeights(model)
-    if batched:
-        batch_spectral_norm(weights)
-    weights()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        weights()
-        torch.cuda.synchronize()
-    return launch_count(prof.key_averages())
-
-
-def launch_count(averages):
-    """Kernels (and device copies and memsets) in a profile's events grouped by name, each call once."""
-    return sum(e.count for e in device_events(averages))
+def launch_case(device, n_layers):
+    """The spectral-norm work of one training forward of n_layers 64-channel 3x3 conv layers, PyTorch's
+    per layer against ours batched, whose device operations issue 14 allows at most LAUNCH_TARGET of."""
+    layers = {}
+    for name, normalise in (("eager", torch_spectral_norm), ("ours", spectral_norm)):
+        torch.manual_seed(0)
+        layers[name] = torch.nn.Sequential(*[normalise(torch.nn.Conv2d(64, 64, 3).to(device)) for _ in range(n_layers)])
+    weights = {name: NormalisedWeights(model) for name, model in layers.items()}
+    batch_spectral_norm(weights["ours"])
+    return LaunchCase("spectral_norm", f"{n_layers}_layers_64x64x3x3", "float32", "sn forward", weights, LAUNCH_TARGET)
 
 
 def sn_part(model, batched):
@@ -223,12 +218,7 @@ def cases(device, quick, compile_fn):
         )
     if device.type == "cuda":
         out += stylegan2_d_cases(device)
-        for n in (12, 24):
-            print(
-                f"spectral_norm: kernel launches of the SN work of one forward with {n} SN layers: "
-                f"ours {launches(device, n, spectral_norm, True)}, "
-                f"PyTorch {launches(device, n, torch_spectral_norm, False)}"
-            )
+        out += [launch_case(device, n) for n in LAUNCH_LAYERS]
     return out
 
 
