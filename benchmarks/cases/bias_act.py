@@ -38,11 +38,13 @@ def cases(device, quick, compile_fn):
         dtypes = [torch.float32, torch.float16, torch.bfloat16]
         conv_shapes, conv_dtypes = [(32, 256, 64, 64)], [torch.bfloat16, torch.float32]
         copy_targets, eager_targets = GPU_ELEMENTWISE_COPY_TARGETS, GPU_ELEMENTWISE_EAGER_TARGETS
+        compile_target = True
     else:
         shapes = [(32, 256, 32, 32)]
         dtypes = [torch.float32, torch.bfloat16]
         conv_shapes, conv_dtypes = [(8, 64, 32, 32)], [torch.float32]
         copy_targets = eager_targets = None
+        compile_target = False
     if quick:
         dtypes, conv_dtypes = dtypes[:1], conv_dtypes[:1]
     out = []
@@ -62,6 +64,7 @@ def cases(device, quick, compile_fn):
                 compile_fn,
                 copy_targets=copy_targets,
                 eager_targets=eager_targets,
+                compile_target=compile_target,
             )
     for shape in conv_shapes:
         for dtype in conv_dtypes:

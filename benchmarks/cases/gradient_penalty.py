@@ -75,11 +75,13 @@ def cases(device, quick, compile_fn):
         r1_shapes = [((32, 3, 256, 256), 256)]
         copy_targets = {shapes[0]: GPU_ELEMENTWISE_COPY_TARGETS}
         eager_targets = {shapes[0]: GPU_ELEMENTWISE_EAGER_TARGETS}
+        compile_targets = {shapes[0]}
     else:
         shapes = [(64, 3, 64, 64)]
         dtypes = [torch.float32, torch.bfloat16]
         r1_shapes = [((8, 3, 32, 32), 64)]
         copy_targets = eager_targets = {}
+        compile_targets = set()
     centers = [1.0, 0.0]
     if quick:
         shapes, dtypes, centers = shapes[:1], dtypes[:1], centers[:1]
@@ -100,6 +102,7 @@ def cases(device, quick, compile_fn):
                     compile_fn,
                     copy_targets=copy_targets.get(shape),
                     eager_targets=eager_targets.get(shape),
+                    compile_target=shape in compile_targets,
                 )
     for shape, max_channels in r1_shapes:
         out.append(r1_step_case(device, shape, max_channels))

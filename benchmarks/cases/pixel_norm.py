@@ -16,11 +16,12 @@ def cases(device, quick, compile_fn):
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
         copy_targets = {(shapes[0], dtype): GPU_ELEMENTWISE_COPY_TARGETS for dtype in dtypes}
         eager_targets = {(shapes[0], dtype): GPU_ELEMENTWISE_EAGER_TARGETS for dtype in dtypes}
+        compile_targets = {(shapes[0], dtype) for dtype in dtypes}
     else:
         shapes = [(32, 512, 32, 32), (32, 512, 8, 8)]
         dtypes = [torch.float32, torch.bfloat16]
         copy_targets = {(shapes[0], torch.float32): CPU_NORM_COPY_TARGETS}
-        eager_targets = {}
+        eager_targets, compile_targets = {}, set()
     if quick:
         shapes, dtypes = shapes[:1], dtypes[:1]
     fns = {"eager": reference.pixel_norm, "ours": gan_kernels.pixel_norm}
@@ -41,5 +42,6 @@ def cases(device, quick, compile_fn):
                 compile_fn,
                 copy_targets=copy_targets.get((shape, dtype)),
                 eager_targets=eager_targets.get((shape, dtype)),
+                compile_target=(shape, dtype) in compile_targets,
             )
     return out
