@@ -449,12 +449,14 @@ def run_step(step, limit_s, log_path):
         return result, log.read().decode(errors="replace")
 
 
-def print_table(title, rows, width=14):
+def table(title, rows, width=14):
     lines = [title, f"{'step':<{width}} {'result':<18} {'seconds':>7}  detail"]
     lines += [f"{name:<{width}} {result:<18} {seconds:>7}  {detail}" for name, result, seconds, detail in rows]
-    text = "\n".join(lines)
-    print("\n" + text, flush=True)
-    return text
+    return "\n".join(lines)
+
+
+def print_table(title, rows, width=14):
+    print("\n" + table(title, rows, width), flush=True)
 
 
 def run_stage(name, steps, out, budget_s):
@@ -463,7 +465,19 @@ def run_stage(name, steps, out, budget_s):
     start = time.monotonic()
     log_path = os.path.join(out, f"{name}.log")
     open(log_path, "w").close()  # each step appends to it
+
+    def title(state):
+        seconds = round(time.monotonic() - start)
+        return f"== gpu_verify {name}{state}: {seconds} s of a {budget_s} s budget; logs in {out}/{name}.log"
+
+    def write_summary(text):
+        with open(os.path.join(out, f"{name}-summary.txt"), "w") as f:
+            f.write(text + "\n")
+
     for step in steps:
+        # Before every step: a call the box's tool ends before the stage does (its device time spent)
+        # still brings back the table of the steps that finished.
+        write_summary(table(title(f" (ended during {step.name})"), rows))
         left = int(budget_s - (time.monotonic() - start))
         if aborted:
             rows.append((step.name, "not run", 0, "a required step failed"))
@@ -489,12 +503,8 @@ def run_stage(name, steps, out, budget_s):
                     flush=True,
                 )
                 aborted = True
-    table = print_table(
-        f"== gpu_verify {name}: {round(time.monotonic() - start)} s of a {budget_s} s budget; logs in {out}/{name}.log",
-        rows,
-    )
-    with open(os.path.join(out, f"{name}-summary.txt"), "w") as f:
-        f.write(table + "\n")
+    write_summary(table(title(""), rows))
+    print_table(title(""), rows)
     return all(r[1] in ("pass", "skipped") for r in rows)
 
 

@@ -34,3 +34,20 @@ def test_every_benchmark_output_carries_the_tag(tmp_path):
         if "--out" in step.argv
     ]
     assert len(outs) == 3 and all(pathlib.Path(out).name.startswith("cuda-h100") for out in outs), outs
+
+
+def test_the_summary_of_a_stage_is_on_disk_before_each_step(tmp_path):
+    """The box's tool ends a call at the session's device time, which can come before the stage's
+    budget: the summary, written only at the end of the stage, was then lost with every step's result."""
+    summary = tmp_path / "stage-summary.txt"
+    steps = [
+        gpu_verify.Step("one", ["true"], 30),
+        # Passes only if the table already holds step one's result when step two starts.
+        gpu_verify.Step("two", ["grep", "-q", r"^one  *pass", str(summary)], 30),
+    ]
+    assert gpu_verify.run_stage("stage", steps, str(tmp_path), 60)
+    lines = summary.read_text().splitlines()
+    assert "ended during" not in lines[0] and [line.split()[:2] for line in lines[2:]] == [
+        ["one", "pass"],
+        ["two", "pass"],
+    ]
