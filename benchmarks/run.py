@@ -13,6 +13,7 @@ import datetime
 import importlib
 import json
 import math
+import os
 import pathlib
 import platform
 import subprocess
@@ -42,6 +43,10 @@ def device_label(device):
 
 
 def git_commit():
+    """The commit of the code measured, +dirty where it differs. Where git cannot tell (the GPU box gets
+    a copy of the working tree without .git), GAN_KERNELS_COMMIT, which the call that sends the tree
+    sets (README, "When a GPU is drawn")."""
+    unknown = os.environ.get("GAN_KERNELS_COMMIT", "unknown")
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
         # Results of earlier runs (benchmarks/results/) are not the code: they do not make it dirty.
@@ -51,9 +56,9 @@ def git_commit():
             capture_output=True,
             text=True,
         ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else unknown
     except OSError:
-        return "unknown"
+        return unknown
 
 
 def make_compile_fn(enabled):

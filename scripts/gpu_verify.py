@@ -88,7 +88,7 @@ command -v nvcc >/dev/null && nvcc --version | tail -n 2
 command -v compute-sanitizer >/dev/null && compute-sanitizer --version | tail -n 1
 nproc; grep -m1 'model name' /proc/cpuinfo || true
 python3 -c "import torch; print('ATen CPU capability', torch.backends.cpu.get_cpu_capability())" || true
-git log -1 --format='commit %h %s' 2>/dev/null || true
+git log -1 --format='commit %h %s' 2>/dev/null || echo "commit ${GAN_KERNELS_COMMIT:-unknown}"
 """
 
 

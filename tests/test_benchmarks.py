@@ -499,3 +499,14 @@ def test_slow_closures_take_turns_and_a_failing_one_is_reported():
     assert times["eager"] >= 60 and times["ours"] >= 60 and times["fast"] < 60
     # Each: a first call and a probe, then three rounds, the order reversed every other round.
     assert calls == ["eager", "eager", "ours", "ours", "eager", "ours", "ours", "eager", "eager", "ours"]
+
+
+def test_results_name_the_commit_that_the_gpu_box_was_sent(monkeypatch, tmp_path):
+    """The box runs a copy of the working tree without .git: every JSON it brought back said commit
+    'unknown'."""
+    monkeypatch.setattr(run, "HERE", tmp_path)  # no repository here
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv("GAN_KERNELS_COMMIT", "1452544")
+    assert run.git_commit() == "1452544"
+    monkeypatch.delenv("GAN_KERNELS_COMMIT")
+    assert run.git_commit() == "unknown"
