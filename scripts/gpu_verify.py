@@ -413,6 +413,24 @@ def stages(out, tag):
 # ---- running ------------------------------------------------------------------------------------
 
 
+# Seconds a step stopped at its limit has for each signal before the next: SIGINT first, which pytest
+# answers as a KeyboardInterrupt by printing its summary of failures and writing its JUnit report
+# (SIGTERM ends Python at once: the report of a step cut short was lost), then SIGTERM, then SIGKILL.
+STOP_GRACE_S = (15, 10)
+
+
+def stop(process):
+    for sig, grace in zip((signal.SIGINT, signal.SIGTERM), STOP_GRACE_S):
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def run_step(step, limit_s, log_path):
     """Runs the step in its own process group (killed whole at the limit), its output going straight
     to the stage log, so a call cut short still leaves it there; returns (result, output)."""
@@ -437,12 +455,7 @@ def run_step(step, limit_s, log_path):
             process.wait(timeout=limit_s)
             result = "pass" if process.returncode == 0 else f"FAIL ({process.returncode})"
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop(process)
             result = f"TIMEOUT ({limit_s} s)"
     with open(log_path, "rb") as log:
         log.seek(begin)

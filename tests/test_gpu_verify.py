@@ -51,3 +51,17 @@ def test_the_summary_of_a_stage_is_on_disk_before_each_step(tmp_path):
         ["one", "pass"],
         ["two", "pass"],
     ]
+
+
+def test_a_pytest_step_cut_at_its_limit_still_writes_its_report(tmp_path):
+    """cuda-tests stopped at its limit lost its JUnit report (the step's pass/fail counts) and pytest's
+    summary of the failures so far: SIGTERM ends Python without either."""
+    (tmp_path / "test_slow.py").write_text(
+        "import time\n\ndef test_quick():\n    pass\n\ndef test_hangs():\n    time.sleep(60)\n"
+    )
+    report = tmp_path / "report.xml"
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", str(tmp_path)]
+    result, output = gpu_verify.run_step(gpu_verify.Step("tests", argv, 5), 5, str(tmp_path / "stage.log"))
+    assert result == "TIMEOUT (5 s)"
+    # However far a slow machine got in 5 s (test_quick ran here in well under that).
+    assert report.exists() and "failed" in gpu_verify.junit_counts(str(report))(output)
