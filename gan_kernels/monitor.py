@@ -27,7 +27,9 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 * ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm;
   with ``scaler=``, a gradient norm's or penalty's only where every step of the check overflowed.
 * ``discriminator_overpowering``: D classifies (by the sign of its logit) at least
-  ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0.
+  ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0. A
+  WGAN critic's scores have no such threshold: observe its losses, not its scores, and neither this
+  nor ``vanishing_generator_gradient`` is judged.
 * ``vanishing_generator_gradient``: G's gradient norm below ``vanishing_gradient_ratio`` of the
   largest value it has had, while D classifies at least ``vanishing_accuracy`` of the samples
   correctly (at a solved game's equilibrium the gradients vanish too, with D at chance).
