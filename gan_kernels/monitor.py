@@ -399,8 +399,10 @@ class StabilityMonitor:
         observed = [value for value in values.values() if isinstance(value, torch.Tensor)]
         if observed:
             # The sums follow the observed values (D.cuda() after the monitor was built): kept elsewhere,
-            # every step would copy its values to them, and a copy to the host waits for the GPU.
-            self._device = observed[0].device
+            # every step would copy its values to them, and a copy to the host waits for the GPU. With
+            # values on the CPU and on an accelerator (a CPU loss beside GPU gradient norms), on the
+            # accelerator, where the CPU values are filled in below.
+            self._device = next((t.device for t in observed if t.device.type != "cpu"), observed[0].device)
         device = self._device
         if self._totals is None:
             self._totals = torch.zeros(3 * len(_SLOTS), dtype=torch.float64, device=device)
@@ -417,9 +419,12 @@ class StabilityMonitor:
                 torch.tensor(scaled, device=device) if any(scaled) else None,
             )
         index, scaled = found
-        # A number is filled in on the device, not copied there: a copy from the host syncs with the GPU.
+        # A number, or a CPU tensor's value, is filled in on the device, not copied there: a copy from
+        # the host syncs with the GPU.
         tensors = [
-            value if isinstance(value, torch.Tensor) else torch.full((), value, dtype=torch.float64, device=device)
+            value
+            if isinstance(value, torch.Tensor) and (value.device == device or value.device.type != "cpu")
+            else torch.full((), float(value), dtype=torch.float64, device=device)
             for value in values.values()
         ]
         if any(t.dtype != tensors[0].dtype or t.device != device for t in tensors):

@@ -1095,11 +1095,24 @@ def test_the_statistics_accumulate_on_the_device_of_the_observed_values():
     assert monitor._totals.device.type == "meta"
 
 
+def test_the_statistics_stay_on_the_accelerator_when_a_value_is_on_the_cpu():
+    # A CPU 0-d loss observed before GPU gradient norms moved the sums to the CPU: every step then
+    # copied the norms to the host, a sync. The meta device stands in for the GPU.
+    d = torch.nn.Linear(2, 1)
+    monitor = StabilityMonitor(d, every=100)
+    d.to("meta")
+    d(torch.randn(4, 2, device="meta")).sum().backward()
+    monitor.observe_gradients("D", d)
+    monitor.observe(d_loss=torch.tensor(0.5))
+    assert monitor._totals.device.type == "meta"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_a_monitor_built_before_d_cuda_observes_on_cuda_without_a_host_sync():
     d = torch.nn.Linear(2, 1)
     monitor = StabilityMonitor(d, every=100)
     d.cuda()
+    cpu_loss = torch.tensor(0.25)
     for step in range(4):
         logits = d(torch.randn(4, 2, device="cuda"))
         d.zero_grad()
@@ -1108,7 +1121,8 @@ def test_a_monitor_built_before_d_cuda_observes_on_cuda_without_a_host_sync():
         torch.cuda.set_sync_debug_mode("error" if step else "default")
         try:
             monitor.observe_gradients("D", d)
-            monitor.observe(real_logits=logits.detach(), fake_logits=logits.detach(), d_loss=0.5)
+            # A number and a CPU tensor beside the CUDA values: both filled in on the GPU.
+            monitor.observe(real_logits=logits.detach(), fake_logits=logits.detach(), d_loss=0.5, g_loss=cpu_loss)
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert monitor._totals.is_cuda
