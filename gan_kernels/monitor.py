@@ -822,6 +822,10 @@ class StabilityMonitor:
                 f"{missing or 'none'}, unexpected in the state {unexpected or 'none'}"
             )
         for name, ours in expected["layers"].items():
+            entry = state["layers"][name]
+            if not isinstance(entry, dict) or entry.keys() != ours.keys():
+                got = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
+                raise ValueError(f"StabilityMonitor.load_state_dict: layer {name}: expected keys ['u', 'v'], got {got}")
             for vector in ("u", "v"):
                 if state["layers"][name][vector].shape != ours[vector].shape:
                     raise ValueError(
@@ -829,6 +833,18 @@ class StabilityMonitor:
                         f"{list(state['layers'][name][vector].shape)} in the state, "
                         f"{list(ours[vector].shape)} in this monitor"
                     )
+        try:
+            self._restore(state)
+        except Exception as error:
+            # A malformed entry found halfway (a checkpoint edited or from another version): back to
+            # the state this monitor had, rather than half of each.
+            self._restore(expected)
+            raise ValueError(
+                f"StabilityMonitor.load_state_dict: the state is malformed ({type(error).__name__}: {error}); "
+                "the monitor is left as it was"
+            ) from error
+
+    def _restore(self, state):
         self.step = state["step"]
         self.history = copy.deepcopy(state["history"])
         self._trim_history()  # a state saved with a longer history (or none: max_history=None)

@@ -1156,6 +1156,47 @@ def test_a_state_for_other_layers_or_settings_is_refused_naming_the_difference()
     assert stricter.step == 0 and stricter.history == [] and stricter.thresholds.patience == 3
 
 
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            _assert_same_state(a[key], b[key])
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], list) and a[key] and isinstance(a[key][0], torch.Tensor):
+            assert all(torch.equal(x, y) for x, y in zip(a[key], b[key])) and len(a[key]) == len(b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def test_a_malformed_state_is_refused_and_leaves_the_monitor_as_it_was():
+    """A malformed entry found after the first fields were assigned (the warnings, the generator
+    state) left the monitor half loaded; a layer entry without u was a bare KeyError."""
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    saved = StabilityMonitor(d, every=5)
+    for step in range(12):
+        saved.observe(d_loss=0.5 + 0.01 * step)
+    monitor = StabilityMonitor(d, every=5)
+    monitor.observe(d_loss=1.0)
+    before = monitor.state_dict()
+    for corrupt in (
+        lambda state: state["current"].append({"not": "an issue"}),
+        lambda state: state.update(generator=torch.zeros(3)),
+        lambda state: state["window"].pop("diversity"),
+    ):
+        state = saved.state_dict()
+        corrupt(state)
+        with pytest.raises(ValueError, match="the state is malformed .*; the monitor is left as it was"):
+            monitor.load_state_dict(state)
+        _assert_same_state(monitor.state_dict(), before)
+    state = saved.state_dict()
+    del state["layers"]["D/0.weight"]["u"]
+    with pytest.raises(ValueError, match=r"layer D/0.weight: expected keys \['u', 'v'\], got \['v'\]"):
+        monitor.load_state_dict(state)
+    _assert_same_state(monitor.state_dict(), before)
+
+
 def _run_with_overflows(scaler, overflowing_steps, steps=10, every=5, state_at=None):
     """Steps of a D whose gradients a GradScaler's overflow made Inf/NaN on ``overflowing_steps``
     (the steps the scaler skips), with the penalty from the scaled outputs non-finite there too.
