@@ -848,7 +848,9 @@ def test_ema_and_generator_converted_to_float64_average_in_float64():
 
 def test_ema_float32_average_follows_a_device_conversion():
     ema = stabilizers.GeneratorEMA(torch.nn.Linear(2, 2).to(torch.bfloat16), 0.99).to("meta", torch.float16)
-    for name, average in ema.float32_average.named_buffers():
+    averages = dict(ema.float32_average.named_buffers())
+    assert sorted(averages) == ["bias", "weight"]  # a conversion that dropped them passed the loop below
+    for name, average in averages.items():
         assert (average.device.type, average.dtype) == ("meta", torch.float32), name
     assert ema.module.weight.device.type == "meta"
 
