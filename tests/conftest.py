@@ -6,7 +6,9 @@ GAN_KERNELS_IMPL=reference is the one exception: then the reference is what is m
 With GAN_KERNELS_CUDA_EMULATION=1, gan_kernels._C is the CUDA emulation build (tests/cuda_emulation):
 the CPU cases run our CUDA kernels, on the host; with GAN_KERNELS_CUDA_EMULATION=asan, its build
 under AddressSanitizer. With GAN_KERNELS_AVX512_EMULATION=1, it is the build whose AVX2 slot runs
-our AVX512 CPU kernels on SIMDe's AVX-512 (tests/avx512_emulation)."""
+our AVX512 CPU kernels on SIMDe's AVX-512 (tests/avx512_emulation).
+
+On a GPU every test runs with deterministic full-float32 cuDNN and cuBLAS (no TF32)."""
 
 import importlib.util
 import os
@@ -30,7 +32,17 @@ elif os.environ.get("GAN_KERNELS_AVX512_EMULATION") == "1":
     _build_script("avx512_emulation").load()
 
 import gan_kernels  # noqa: E402
+import torch  # noqa: E402
 from gan_kernels import _backend  # noqa: E402
+
+# On a GPU the tests compare numbers, ours against PyTorch's or two paths bit for bit, so its
+# convolutions and products run in full float32 (cuDNN's default TF32 keeps 10 mantissa bits, far
+# coarser than the float32 tolerances) and repeatably (cuDNN may otherwise pick algorithms whose sums
+# differ between two backward passes of the same graph). No effect on the CPU.
+torch.backends.cudnn.deterministic = True
+torch.backends.cudnn.benchmark = False
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def runs_on_cuda(item):

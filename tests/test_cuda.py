@@ -796,12 +796,10 @@ def r1_step(d, real):
 
 
 @gpu_only
-def test_cuda_graph_of_a_whole_r1_discriminator_step(monkeypatch):
-    # Deterministic full-precision convolutions and products, so the captured and the eager step
-    # differ only by the order of float sums, if cuDNN or cuBLAS pick other algorithms in the capture.
-    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_cuda_graph_of_a_whole_r1_discriminator_step():
+    # tests/conftest.py's deterministic full-precision convolutions and products: the captured and the
+    # eager step differ only by the order of float sums, if cuDNN or cuBLAS pick other algorithms in
+    # the capture.
     torch.manual_seed(17)
     d = SmallD().to(DEVICE)
     with torch.no_grad():
