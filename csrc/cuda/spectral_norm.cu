@@ -206,8 +206,9 @@ constexpr unsigned kMaxPolls = 1u << 25;
 
 // Waits until `blocks` blocks have arrived at `done`, and sees their writes. Those blocks took earlier
 // tickets, so they have started, and they wait for nothing: no deadlock, whatever order the GPU starts
-// blocks in. Should a wait still not end, the kernel traps (the launch fails with an error the caller
-// sees) rather than hang the process.
+// blocks in. Should a wait still not end, the kernel traps rather than hang the process: the error
+// ("unspecified launch failure") surfaces at the next synchronising CUDA call, possibly another op's,
+// and stays set, so every later CUDA call of the process fails and it must restart.
 __device__ void wait_for(unsigned* done, unsigned blocks) {
   if (threadIdx.x == 0) {
     for (unsigned polls = 0; atomicAdd(done, 0u) < blocks; ++polls) {
