@@ -22,7 +22,8 @@ and G with one batched power-iteration call per device and dtype, on persistent 
 for a layer whose sigma came out NaN, Inf or 0).
 
 Conditions (``Thresholds`` holds every number; each condition must hold in ``patience`` checks in a
-row, except ``non_finite``, flagged at the first check after one NaN/Inf):
+row, except ``non_finite``, flagged at the first check after one NaN/Inf, and ``oscillation``,
+judged on its window of checks):
 
 * ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm;
   with ``scaler=``, a gradient norm's or penalty's only where every step of the check overflowed.
@@ -34,13 +35,20 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
   largest value it has had, while D classifies at least ``vanishing_accuracy`` of the samples
   correctly (at a solved game's equilibrium the gradients vanish too, with D at chance).
 * ``oscillation``: the logit gap (mean real logit - mean fake logit; the D loss when no logits are
-  observed) cycles instead of settling. Over the last ``oscillation_windows`` checks its check means
-  cross their mean at least ``oscillation_crossings`` times, vary ``oscillation_contrast`` times more
-  than the noise of a check mean would make them (variance between checks over the unbiased
-  within-check variance / the observations in the check: about 1 for noise around a fixed point),
-  and the amplitude of the later half is at least ``oscillation_decay`` of the earlier half (a damped
-  oscillation is settling). Checks with a single observation of the signal (``every=1``) carry no
-  within-check variance and are left out; without any other, oscillation is not judged.
+  observed) keeps cycling, neither settling nor wandering (a drifting gap is normal in a healthy
+  run). Judged on its last ``oscillation_windows`` checks alone (not in ``patience`` checks in a
+  row): their check means less their least-squares line (a drift or a trend is no cycle) cross 0 at
+  least ``oscillation_crossings`` times; vary ``oscillation_contrast`` times more than the noise of a
+  check mean would make them (their sum of squares / (windows - 2) over the unbiased within-check
+  variance / the observations in the check: about 1 for noise around a fixed point or a line); one
+  sinusoid of at least 2 cycles per window (a period of at most windows / 2 checks; least-squares
+  fits at frequencies 0.1 cycles per window apart) explains at least ``oscillation_periodicity`` of
+  that sum of squares (a random walk's or a mean-reverting wander's spreads over many frequencies);
+  and the amplitude (root mean square) of the later half is at least ``oscillation_decay`` of the
+  earlier half's (a damped oscillation is settling). The evidence gives the fitted sinusoid's share
+  (``periodicity``) and ``period`` in checks. Checks with a single observation of the signal
+  (``every=1``) carry no within-check variance and are left out; without any other, oscillation is
+  not judged.
 * ``mode_collapse``: the diversity (mean pairwise distance of generated samples over that of real
   ones, on subsamples) below ``collapse_diversity`` in ``patience`` observe_samples calls in a row
   (a NaN diversity is ``non_finite``, not below it).
@@ -53,6 +61,7 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf):
 
 import copy
 import dataclasses
+import functools
 import math
 import warnings as python_warnings
 
@@ -76,12 +85,16 @@ _THRESHOLD_CHECKS = {
     "vanishing_gradient_ratio": lambda value, arg: _checks.interval(value, arg, 0, 1, low_open=True),
     # 0 turns the accuracy gate off, which leaves a condition that can still stay quiet.
     "vanishing_accuracy": lambda value, arg: _checks.interval(value, arg, 0, 1),
-    # Two check means at least: the variance between them divides by windows - 1.
-    "oscillation_windows": lambda value, arg: _checks.count(value, arg, minimum=2),
+    # Four check means at least: the line taken out takes two, and the fastest cycle (a period of 2
+    # checks) at 2 cycles per window takes four.
+    "oscillation_windows": lambda value, arg: _checks.count(value, arg, minimum=4),
     "oscillation_crossings": _checks.count,
     "oscillation_contrast": _checks.positive,
     # Above 1 an oscillation of constant amplitude would count as settling.
     "oscillation_decay": lambda value, arg: _checks.interval(value, arg, 0, 1),
+    # 0 turns the periodicity test off; a share of 1 takes a noiseless sinusoid at one of the fitted
+    # frequencies, which no run gives.
+    "oscillation_periodicity": lambda value, arg: _checks.interval(value, arg, 0, 1, high_open=True),
     # Diversity is not bounded by 1 (G may spread wider than the data), so neither is its threshold.
     "collapse_diversity": _checks.positive,
     # Below 1 a sigma that rose back towards its baseline would be "exploding".
@@ -106,6 +119,7 @@ class Thresholds:
     oscillation_crossings: int = 4
     oscillation_contrast: float = 20.0
     oscillation_decay: float = 0.5
+    oscillation_periodicity: float = 0.9
     collapse_diversity: float = 0.2
     sigma_growth: float = 10.0
     sigma_baseline_checks: int = 3
@@ -232,6 +246,66 @@ class _Layer:
         module, name = self.computed
         with torch.no_grad():
             return getattr(module, name)
+
+
+def _detrended(values):
+    """``values`` less their least-squares line over their index."""
+    n = len(values)
+    centred = [i - (n - 1) / 2 for i in range(n)]
+    mean = sum(values) / n
+    slope = sum(c * v for c, v in zip(centred, values)) / sum(c * c for c in centred)
+    return [v - mean - slope * c for v, c in zip(values, centred)]
+
+
+# The frequencies _periodicity tries are this many cycles per window apart: one between two of them
+# correlates with the nearer at sin(pi x) / (pi x), x <= 0.05, and keeps over 99% of its share.
+_CYCLES_STEP = 0.1
+
+
+@functools.lru_cache(maxsize=4)
+def _sinusoids(n):
+    """For each frequency from 2 cycles per ``n`` values to n / 2 (a period of 2), ``_CYCLES_STEP``
+    apart: (cycles, unit vectors spanning its cosine and sine over the n values, made orthogonal to
+    every line and to each other). At n / 2 the sine is 0 at every value and only the cosine is kept."""
+    index = range(n)
+
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    def unit(vector, basis):
+        for b in basis:
+            projection = dot(vector, b)
+            vector = [x - projection * y for x, y in zip(vector, b)]
+        norm = math.sqrt(dot(vector, vector))
+        return [x / norm for x in vector] if norm > 1e-6 * math.sqrt(n) else None
+
+    line = [unit([1.0] * n, []), unit([i - (n - 1) / 2 for i in index], [])]
+    sinusoids = []
+    for multiple in range(round(2 / _CYCLES_STEP), round(n / 2 / _CYCLES_STEP) + 1):
+        cycles = multiple * _CYCLES_STEP
+        basis = list(line)
+        for wave in (math.cos, math.sin):
+            vector = unit([wave(2 * math.pi * cycles * i / n) for i in index], basis)
+            if vector is not None:
+                basis.append(vector)
+        sinusoids.append((cycles, tuple(basis[2:])))
+    return tuple(sinusoids)
+
+
+def _periodicity(deviations):
+    """The largest share of ``sum(d * d)`` (``deviations``: not all 0, and holding no line) that one
+    sinusoid of at least 2 cycles per window explains (its least-squares fit), and its cycles per
+    window. Fisher's test for a hidden periodicity, over frequencies between the Fourier ones too: a
+    cycle fills one frequency, while a random walk's or a mean-reverting wander's variance spreads
+    over many."""
+    cycles, explained = max(
+        (
+            (cycles, sum(sum(x * y for x, y in zip(vector, deviations)) ** 2 for vector in basis))
+            for cycles, basis in _sinusoids(len(deviations))
+        ),
+        key=lambda fit: fit[1],
+    )
+    return explained / sum(d * d for d in deviations), cycles
 
 
 def _is_spectral_norm(parametrization):
@@ -730,10 +804,11 @@ class StabilityMonitor:
         means = [r[key] for r in records]
         if not all(math.isfinite(m) for m in means):
             return None
-        centre = sum(means) / len(means)
-        deviations = [m - centre for m in means]
+        # About their least-squares line: a drift or a trend of the gap (normal in a healthy run) is
+        # no cycle, and about their mean it crossed it and varied like one.
+        deviations = _detrended(means)
         crossings = sum(1 for a, b in zip(deviations, deviations[1:]) if a * b < 0)
-        between = sum(d * d for d in deviations) / (len(deviations) - 1)
+        between = sum(d * d for d in deviations) / (len(deviations) - 2)  # the line took 2 of the values
         # The variance a check mean has from step-to-step noise alone: the unbiased within-check
         # variance over the n observations of the signal in that check, / n, which is the population
         # variance / (n - 1). A check with one observation (every=1) has no within-check variance: a
@@ -748,15 +823,20 @@ class StabilityMonitor:
         early = math.sqrt(sum(d * d for d in deviations[:half]) / half)
         late = math.sqrt(sum(d * d for d in deviations[half:]) / (len(deviations) - half))
         settling = late < t.oscillation_decay * early
-        if crossings >= t.oscillation_crossings and contrast >= t.oscillation_contrast and not settling:
-            return {
-                "signal": key,
-                "crossings": crossings,
-                "contrast": contrast,
-                "amplitude": late,
-                "earlier_amplitude": early,
-            }
-        return None
+        if crossings < t.oscillation_crossings or contrast < t.oscillation_contrast or settling:
+            return None
+        periodicity, cycles = _periodicity(deviations)
+        if periodicity < t.oscillation_periodicity:
+            return None
+        return {
+            "signal": key,
+            "crossings": crossings,
+            "contrast": contrast,
+            "periodicity": periodicity,
+            "period": len(deviations) / cycles,  # in checks
+            "amplitude": late,
+            "earlier_amplitude": early,
+        }
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -798,7 +878,8 @@ class StabilityMonitor:
     def load_state_dict(self, state):
         """Restores a :meth:`state_dict` into this monitor, which must track the same layers (by name,
         with the same shapes) with the same ``every``, ``sigma_iterations``, ``samples`` and
-        thresholds; a difference is a ``ValueError`` naming it, and leaves the monitor as it was. u, v
+        thresholds (a threshold absent from the state, saved before the field was added, as its
+        default); a difference is a ``ValueError`` naming it, and leaves the monitor as it was. u, v
         go to their layers' current device and dtype. ``seed`` and ``writer`` stay the monitor's own."""
         expected = self.state_dict()
         if not isinstance(state, dict) or state.keys() != expected.keys():
@@ -806,9 +887,18 @@ class StabilityMonitor:
             raise ValueError(
                 f"state is not a StabilityMonitor.state_dict(): expected keys {sorted(expected)}, got {got}"
             )
-        theirs, mine = state["settings"], expected["settings"]
+        saved, mine = state["settings"], expected["settings"]
+        # A state saved before a Thresholds field was added holds no value for it: the field's default
+        # stands for the run that saved it, which had none to set.
+        defaulted = {
+            f"thresholds.{field.name}": field.default
+            for field in dataclasses.fields(Thresholds)
+            if f"thresholds.{field.name}" not in saved
+        }
+        theirs = {**saved, **defaulted}
         mismatches = [
-            f"{name}: {theirs.get(name, 'absent')!r} in the state, {mine.get(name, 'absent')!r} in this monitor"
+            f"{name}: {theirs.get(name, 'absent')!r}{' (absent: the default)' if name in defaulted else ''} "
+            f"in the state, {mine.get(name, 'absent')!r} in this monitor"
             for name in dict.fromkeys([*mine, *theirs])
             if theirs.get(name, "absent") != mine.get(name, "absent")
         ]
