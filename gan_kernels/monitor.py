@@ -888,6 +888,10 @@ class StabilityMonitor:
                 f"state is not a StabilityMonitor.state_dict(): expected keys {sorted(expected)}, got {got}"
             )
         saved, mine = state["settings"], expected["settings"]
+        for entry in ("settings", "layers", "window"):
+            if not isinstance(state[entry], dict):
+                got = type(state[entry]).__name__
+                raise ValueError(f"StabilityMonitor.load_state_dict: the state's {entry} must be a dict, got {got}")
         # A state saved before a Thresholds field was added holds no value for it: the field's default
         # stands for the run that saved it, which had none to set.
         defaulted = {

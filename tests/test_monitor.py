@@ -1300,6 +1300,12 @@ def test_a_malformed_state_is_refused_and_leaves_the_monitor_as_it_was():
         with pytest.raises(ValueError, match="the state is malformed .*; the monitor is left as it was"):
             monitor.load_state_dict(state)
         _assert_same_state(monitor.state_dict(), before)
+    for entry in ("settings", "layers", "window"):
+        state = saved.state_dict()
+        state[entry] = [state[entry]]
+        with pytest.raises(ValueError, match=f"the state's {entry} must be a dict, got list"):
+            monitor.load_state_dict(state)
+        _assert_same_state(monitor.state_dict(), before)
     state = saved.state_dict()
     del state["layers"]["D/0.weight"]["u"]
     with pytest.raises(ValueError, match=r"layer D/0.weight: expected keys \['u', 'v'\], got \['v'\]"):
