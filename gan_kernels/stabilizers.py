@@ -379,9 +379,11 @@ class GeneratorEMA(AveragedModel):
     the tensor's own dtype, ``(1 - decay) * (p - p_ema)`` is mostly below half an ulp for decays such
     as 0.998, and the average would silently stay at its first copy. Converting the EMA
     (``ema.half()``, ``ema.to(device, dtype)``) moves these averages to the new device but keeps them
-    float32 (``ema.double()`` makes them float64). A state dict without the float32
-    average (saved before it existed, or from an EMA of a float32 G) loads, and the average continues
-    from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
+    float32 (``ema.double()`` makes them float64); a tensor it converts to half precision gets its
+    float32 average then, from its value before the conversion (one converted through ``ema.module``
+    gets it at the next :meth:`update` or state-dict load, from its rounded value). A state dict
+    without the float32 average (saved before it existed, or from an EMA of a float32 G) loads, and
+    the average continues from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
     average's (``ema.module``'s): another is a TypeError naming the tensor."""
 
     def __init__(self, G, decay, device=None):
@@ -394,15 +396,34 @@ class GeneratorEMA(AveragedModel):
         # Buffers of this wrapper, not of the module: they follow .to(device) and the state dict, are
         # not averaged by AveragedModel (which walks self.module), and ema.module.state_dict() loads into G.
         self.float32_average = _Float32Averages()
+        self._add_float32_averages()
+
+    def _add_float32_averages(self, full_precision=None):
+        """A float32 average for every half-precision tensor of the module that has none yet: at
+        construction, and after the module became half precision (``ema.to(torch.bfloat16)``, or
+        ``ema.module.half()``, seen at the next update or load), where the average had silently stalled.
+        ``full_precision``: the tensors before that conversion, the values to keep."""
+        averages = dict(self.float32_average.named_buffers())
         for name, tensor in self._named_averaged_tensors():
-            if tensor.dtype in HALF_PRECISION:
-                *path, leaf = name.split(".")
-                holder = self.float32_average
-                for part in path:  # nested as in the module, so that the names match module.*
-                    if not hasattr(holder, part):
-                        holder.add_module(part, torch.nn.Module())
-                    holder = getattr(holder, part)
-                holder.register_buffer(leaf, tensor.detach().float())
+            if tensor.dtype not in HALF_PRECISION or name in averages:
+                continue
+            source = (full_precision or {}).get(name)
+            if source is None or source.dtype in HALF_PRECISION:
+                source = tensor
+            *path, leaf = name.split(".")
+            holder = self.float32_average
+            for part in path:  # nested as in the module, so that the names match module.*
+                if not hasattr(holder, part):
+                    holder.add_module(part, torch.nn.Module())
+                holder = getattr(holder, part)
+            holder.register_buffer(leaf, source.detach().to(tensor.device, torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # Detached aliases keep the storage of the tensors before conversion (parameters get new .data).
+        before = {name: tensor.detach() for name, tensor in self._named_averaged_tensors()}
+        converted = super()._apply(fn, recurse)
+        self._add_float32_averages(before)
+        return converted
 
     def _named_averaged_tensors(self):
         """The module's tensors in the order AveragedModel pairs them with G's."""
@@ -444,6 +465,7 @@ class GeneratorEMA(AveragedModel):
         # A state dict saved before the float32 averages existed, or from an EMA of a float32 G, has
         # none: they start from the module's tensors, as at construction (BatchNorm's way with a
         # missing num_batches_tracked).
+        self._add_float32_averages()
         for name, _ in self.float32_average.named_buffers():
             module_key, average_key = f"{prefix}module.{name}", f"{prefix}float32_average.{name}"
             if average_key not in state_dict and module_key in state_dict:
@@ -468,6 +490,7 @@ class GeneratorEMA(AveragedModel):
                     f"G ({type(G).__name__}) does not match the averaged generator: tensor {index} of its "
                     f"parameters and buffers has {describe(other)}, the average's has {describe(mine)}"
                 )
+        self._add_float32_averages()
         first_update = bool(self.n_averaged == 0)
         # Also averages the half-precision tensors in their own dtype; their float32 averages replace that.
         self.update_parameters(G)

@@ -832,6 +832,40 @@ def test_ema_converted_to_half_precision_keeps_its_float32_average(dtype, conver
     assert ema.module.weight.item() == torch.tensor(1.5 - 0.5 * 0.998**100, dtype=dtype).item()
 
 
+@pytest.mark.parametrize("dtype", HALF_PRECISION)
+@pytest.mark.parametrize(
+    "convert",
+    [lambda ema, dtype: ema.to(dtype), lambda ema, dtype: ema.module.to(dtype)],
+    ids=["ema", "ema.module"],
+)
+def test_ema_of_a_float32_generator_converted_to_half_precision_averages_in_float32(dtype, convert):
+    """An EMA made of a float32 G had no float32 averages; after G and the EMA were converted to half
+    precision the average was kept in half precision and stayed at its first copy, 1.0."""
+    g = torch.nn.Linear(1, 1, bias=False)
+    ema = stabilizers.GeneratorEMA(g, 0.998)
+    convert(ema, dtype)
+    g.to(dtype)
+    with torch.no_grad():
+        g.weight.fill_(1.0)
+    ema.update(g)
+    with torch.no_grad():
+        g.weight.fill_(1.5)
+    for _ in range(100):
+        ema.update(g)
+    assert ema.module.weight.dtype == dtype
+    assert ema.module.weight.item() == torch.tensor(1.5 - 0.5 * 0.998**100, dtype=dtype).item()
+    restored = stabilizers.GeneratorEMA(g, 0.998)
+    restored.load_state_dict(ema.state_dict())
+    assert torch.equal(restored.float32_average.weight, ema.float32_average.weight)
+
+
+def test_ema_converted_to_half_precision_keeps_the_values_before_the_conversion():
+    g = torch.nn.Linear(3, 2)
+    ema = stabilizers.GeneratorEMA(g, 0.5).to(torch.bfloat16)
+    for name, value in g.named_parameters():
+        assert torch.equal(ema.float32_average.get_buffer(name), value.detach()), name
+
+
 def test_ema_and_generator_converted_to_float64_average_in_float64():
     g = torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)
     ema = stabilizers.GeneratorEMA(g, 0.5).double()
