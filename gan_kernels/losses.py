@@ -205,7 +205,8 @@ def feature_matching(real_features, fake_features):
     with the means over the batch (dim 0) taken per feature and the squared norm summed over every
     feature element. ``real_features`` and ``fake_features``: ``[N, ...]`` activations of an
     intermediate layer of D (any shape past the batch dim, the same for both); the batch sizes may
-    differ. The gradient reaches whatever produced either input: detach the real features so that
+    differ. fp16 and bf16 features are computed in float32; the loss has their dtype. The gradient
+    reaches whatever produced either input: detach the real features so that
     the loss trains G only (G's optimiser steps G alone anyway, but D's gradients would accumulate)."""
     _check_logits(real_features, "real_features")
     _check_logits(fake_features, "fake_features")
@@ -217,7 +218,10 @@ def feature_matching(real_features, fake_features):
         )
     _checks.has_samples(real_features, "real_features")
     _checks.has_samples(fake_features, "fake_features")
-    return (real_features.mean(0) - fake_features.mean(0)).square().sum()
+    # In bfloat16 each batch mean is rounded to 8 bits, and once G is close the difference of two
+    # rounded means is mostly rounding: the loss and its gradient were off by tens of percent.
+    r, f = _in_compute_dtype(real_features, fake_features)
+    return (r.mean(0) - f.mean(0)).square().sum().to(fake_features.dtype)
 
 
 def mode_seeking(fake_a, fake_b, z_a, z_b, eps=1e-5):

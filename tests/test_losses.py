@@ -291,6 +291,25 @@ def test_feature_matching_value_and_gradients_against_numpy_and_the_closed_form(
     torch.testing.assert_close(grad_fake, expected_fake, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_feature_matching_of_half_precision_features_is_the_float64_loss_rounded_once(dtype):
+    """The batch means were rounded to the features' dtype before their difference was taken: with
+    fake features close to the real ones (G doing well), the bfloat16 loss was 6% off and its
+    gradient 38%."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(16, 4096, generator=generator, dtype=torch.float64)
+    fake = real + 1e-2 * torch.randn(16, 4096, generator=generator, dtype=torch.float64)
+    real, fake = (t.to(dtype).requires_grad_() for t in (real, fake))
+    real64, fake64 = (t.detach().double().requires_grad_() for t in (real, fake))
+    ours, expected = losses.feature_matching(real, fake), losses.feature_matching(real64, fake64)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, expected.detach().to(dtype), **TOLERANCES[dtype])
+    grads, expected_grads = torch.autograd.grad(ours, (real, fake)), torch.autograd.grad(expected, (real64, fake64))
+    for grad, grad_expected in zip(grads, expected_grads):
+        # Gradients of about 1e-4: relative to their size, not within TOLERANCES' atol of zero.
+        torch.testing.assert_close(grad, grad_expected.to(dtype), rtol=TOLERANCES[dtype]["rtol"], atol=1e-7)
+
+
 def test_feature_matching_is_twice_differentiable():
     real, fake = features((5, 3), 3), features((4, 3), 4)
     assert torch.autograd.gradgradcheck(losses.feature_matching, (real, fake))
