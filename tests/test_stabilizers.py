@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import unregistered_autograd_is_an_error
+from helpers import TOLERANCES, unregistered_autograd_is_an_error
 
 import gan_kernels
 from gan_kernels import losses, stabilizers
@@ -512,6 +512,23 @@ def test_latent_consistency_terms_and_their_gradients_equal_the_transcription():
     for name, grad, grad_expected in zip(g_names, grads[len(d_params) :], torch.autograd.grad(expected_g, g_params)):
         assert (grad_expected.abs().sum() > 0) == (name != "2.bias")  # G's output bias cancels
         torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_consistency_terms_of_half_precision_samples_are_the_float64_terms_rounded_once(dtype):
+    """The squares were taken in the samples' dtype: G(z) and G(z + delta) a float16 ulp or two apart
+    (2^-14 near 0.1) gave squares of 0, and a g_term of 0 where the float64 term is -0.004."""
+    generator = torch.Generator().manual_seed(0)
+    ulps = torch.randint(-2, 3, (2, 8, 256, 256), generator=generator).double()
+    fake = torch.full(ulps.shape, 0.1, dtype=torch.float64) + ulps * 2**-14
+    perturbed = torch.full_like(fake, 0.1)
+    samples = iter((fake.to(dtype), perturbed.to(dtype)))  # G(z), then G(z + delta)
+    _, g_term = stabilizers.latent_consistency_penalty(
+        lambda z: next(samples), lambda x: x.flatten(1).sum(1), torch.zeros(2, 1, dtype=dtype), 0.03, 5, 1
+    )
+    expected = -(fake.to(dtype).double() - perturbed.to(dtype).double()).square().flatten(1).sum(1).mean()
+    assert g_term.dtype == dtype
+    torch.testing.assert_close(g_term, expected.to(dtype), **TOLERANCES[dtype])
 
 
 def test_latent_consistency_bad_arguments_name_the_argument():
