@@ -1,5 +1,6 @@
 """What the package's modules share about their own state: a process group that deep copies share,
-and running averages that a conversion to half precision must not round away."""
+running averages that a conversion to half precision must not round away, and how a spectral norm's
+state is recognised."""
 
 import copy
 
@@ -36,3 +37,10 @@ class KeepsFullPrecision:
             return converted
 
         return super()._apply(convert, recurse)
+
+
+def is_spectral_norm(parametrization):
+    """Whether ``parametrization`` is a spectral norm with power-iteration vectors: gan_kernels'
+    ``SpectralNorm`` or torch's ``_SpectralNorm``, which share these attributes (same buffers and
+    numerics), so that code reading the state needs neither class."""
+    return all(hasattr(parametrization, attr) for attr in ("_u", "_v", "dim", "n_power_iterations"))

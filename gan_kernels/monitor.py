@@ -69,6 +69,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from . import _checks
+from ._module_state import is_spectral_norm
 from .ops.spectral_norm import spectral_norm_power_iteration_
 
 
@@ -308,12 +309,6 @@ def _periodicity(deviations):
     return explained / sum(d * d for d in deviations), cycles
 
 
-def _is_spectral_norm(parametrization):
-    # gan_kernels.nn.SpectralNorm and torch's _SpectralNorm share these (same buffers and numerics);
-    # recognised by them so that the monitor needs nothing from the layers above the ops.
-    return all(hasattr(parametrization, attr) for attr in ("_u", "_v", "dim", "n_power_iterations"))
-
-
 def _tracked_layers(network, prefix, generator):
     layers = []
     for module_name, module in network.named_modules():
@@ -323,7 +318,7 @@ def _tracked_layers(network, prefix, generator):
         if parametrize.is_parametrized(module):
             for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
-                if _is_spectral_norm(first):
+                if is_spectral_norm(first):
                     normalised[name] = (parametrizations.original, first)
                 else:
                     # Weight norm and the like: their originals (g, v) are no weight of the layer's,

@@ -1027,3 +1027,31 @@ def test_g_in_another_dtype_than_the_average_is_an_error_that_names_the_tensor()
         ema.update(copy.deepcopy(g).bfloat16())
     for name, value in ema.state_dict().items():
         assert torch.equal(value, state[name]), name
+
+
+@pytest.mark.parametrize("spectral_norm", ["ours", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ema_keeps_the_spectral_norms_vectors_of_unit_length(spectral_norm, dtype):
+    """An average of two unit vectors is shorter than 1; a spectral norm in eval mode divides by
+    u . (W v) with u, v as stored, so the EMA's W / sigma had a spectral norm above 1. The average
+    keeps their direction, at unit length."""
+    normalise = (
+        gan_kernels.nn.spectral_norm if spectral_norm == "ours" else torch.nn.utils.parametrizations.spectral_norm
+    )
+    torch.manual_seed(0)
+    g = torch.nn.Sequential(normalise(torch.nn.Linear(6, 5)), torch.nn.Tanh()).to(dtype)
+    ema = stabilizers.GeneratorEMA(g, decay=0.5)
+    ema.update(g)
+    sn = g[0].parametrizations.weight[0]
+    first = (sn._u.float().clone(), sn._v.float().clone())
+    with torch.no_grad():
+        for vector in (sn._u, sn._v):  # G's power iteration moved on to other unit vectors
+            vector.copy_(torch.nn.functional.normalize(torch.randn_like(vector, dtype=torch.float32), dim=0))
+    ema.update(g)
+    averaged = ema.module[0].parametrizations.weight[0]
+    for got, old, new in zip((averaged._u, averaged._v), first, (sn._u, sn._v)):
+        want = torch.nn.functional.normalize(0.5 * old + 0.5 * new.float(), dim=0)
+        torch.testing.assert_close(got, want.to(dtype))  # the dtype's own tolerance: lerp rounds differently
+    if dtype == torch.bfloat16:  # the float32 average is the normalised one, which the module rounds
+        average = dict(ema.float32_average.named_buffers())["0.parametrizations.weight.0._u"]
+        torch.testing.assert_close(torch.linalg.vector_norm(average), torch.tensor(1.0))
