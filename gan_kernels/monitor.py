@@ -26,7 +26,7 @@ row, except ``non_finite``, flagged at the first check after one NaN/Inf, and ``
 judged on its window of checks):
 
 * ``non_finite``: a NaN or Inf in any observed value (any sample batch's diversity) or spectral norm;
-  with ``scaler=``, a gradient norm's or penalty's only where every step of the check overflowed.
+  with ``scaler=``, a gradient norm's or penalty's only where all its values in the check overflowed.
 * ``discriminator_overpowering``: D classifies (by the sign of its logit) at least
   ``overpowering_accuracy`` of the real and fake samples correctly: D(real) -> 1, D(fake) -> 0. A
   WGAN critic's scores have no such threshold: observe its losses, not its scores, and neither this
@@ -377,8 +377,9 @@ class StabilityMonitor:
     the most its conditions read. ``scaler``: the run's ``torch.amp.GradScaler``. An enabled one
     skips the optimiser step wherever the scaled gradients overflow, which leaves a NaN or Inf
     gradient norm (and penalty) on that step: the monitor then leaves such values out of the check's
-    means and records their number as ``overflowed/<signal>``, and flags ``non_finite`` for them only
-    where every step of a check overflowed (the run no longer trains). Without a scaler (or with a
+    means and records their number as ``overflowed/<signal>``, and flags ``non_finite`` for a signal
+    only where all its values in a check overflowed (that network no longer trains, or no
+    regularisation step of the check was taken). Without a scaler (or with a
     disabled one), one NaN or Inf is ``non_finite`` at once.
     """
 
@@ -654,7 +655,7 @@ class StabilityMonitor:
                 finite = round(finite_counts[index])
                 scalars[f"overflowed/{name}"] = count - finite
                 count = finite
-                if not count:  # every step of the check overflowed: flagged non_finite
+                if not count:  # every value of the check overflowed: flagged non_finite
                     scalars[name] = math.nan
             if count:
                 mean = sums[index] / count
