@@ -20,6 +20,7 @@ elements of images (StudioGAN's ``MSELoss``) use a weight smaller by the number 
 import itertools
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import _checks
@@ -391,10 +392,21 @@ class GeneratorEMA(AveragedModel):
     gets it at the next :meth:`update` or state-dict load, from its rounded value). A state dict
     without the float32 average (saved before it existed, or from an EMA of a float32 G) loads, and
     the average continues from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
-    average's (``ema.module``'s): another is a TypeError naming the tensor."""
+    average's (``ema.module``'s): another is a TypeError naming the tensor.
+
+    Under ``DistributedDataParallel`` build it from the wrapped module (``GeneratorEMA(G_ddp.module,
+    decay)``), so that the average is a plain module any rank can sample from alone; a DDP ``G`` is a
+    ``ValueError``. ``update`` takes the DDP module or the wrapped one (the same tensors)."""
 
     def __init__(self, G, decay, device=None):
         _check_module(G, "G")
+        if isinstance(G, DistributedDataParallel):
+            # The copy would be a DDP module too: every forward of the average would broadcast buffers
+            # with the other ranks, so sampling on one rank hung until the process group's timeout.
+            raise ValueError(
+                "G is a DistributedDataParallel: build the average from the module it wraps, "
+                "GeneratorEMA(G.module, decay); update() takes either"
+            )
         decay = self._check_decay(decay)
         # A bound method, so that the update reads the decay set now (a copy of the module, too).
         super().__init__(G, device=device, multi_avg_fn=self._average, use_buffers=True)

@@ -35,6 +35,7 @@ import gan_kernels
 from gan_kernels import penalties
 from gan_kernels.distributed import all_gather_batch, all_reduce_gradients, broadcast_state, global_std
 from gan_kernels.nn import EqualizedConv2d, EqualizedLinear, MinibatchStd, PixelNorm, batch_spectral_norm, spectral_norm
+from gan_kernels.stabilizers import GeneratorEMA
 
 from helpers import TOLERANCES
 
@@ -517,6 +518,9 @@ def bad_arguments_name_themselves(group):
         all_reduce_gradients(DistributedDataParallel(torch.nn.Linear(2, 2), process_group=group), group)
     with pytest.raises(TypeError, match="module must be a torch.nn.Module, got Tensor"):
         all_reduce_gradients(torch.zeros(2))
+    # A copy of the DDP wrapper broadcast buffers in every forward: sampling on one rank hung.
+    with pytest.raises(ValueError, match=re.escape("G is a DistributedDataParallel: build the average from")):
+        GeneratorEMA(DistributedDataParallel(spectral_norm(torch.nn.Linear(2, 2)), process_group=group), 0.9)
     # Refused on the rank itself, before the collective the other ranks would wait in.
     with pytest.raises(ValueError, match=r"x must be a 4-D tensor \[N, C, H, W\], got shape \[4, 3\]"):
         MinibatchStd(GROUP_SIZE, process_group=group)(torch.randn(4, 3))
