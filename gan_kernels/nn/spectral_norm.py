@@ -248,7 +248,8 @@ class SpectralNormGroup:
     precomputed ``W / sigma``, read from the group's ``results``. Results equal the per-layer path
     (same u, v, sigma, outputs and gradients), also when the model is called several times per
     step, when a forward uses a layer twice (its second use iterates again) or skips it (its u, v
-    stay put; its weight gets a zero gradient where PyTorch leaves None), and when several threads
+    stay put and its weight gets no gradient, as with PyTorch's; zeros under torch.compile), and
+    when several threads
     run forwards at once: each forward's results are kept for the thread running it. ``remove()``
     undoes it."""
 
