@@ -249,9 +249,8 @@ class SpectralNormGroup:
     (same u, v, sigma, outputs and gradients), also when the model is called several times per
     step, when a forward uses a layer twice (its second use iterates again) or skips it (its u, v
     stay put and its weight gets no gradient, as with PyTorch's; zeros under torch.compile), and
-    when several threads
-    run forwards at once: each forward's results are kept for the thread running it. ``remove()``
-    undoes it."""
+    when several threads run forwards at once: each forward's results are kept for the thread
+    running it. ``remove()`` undoes it."""
 
     def __init__(self, model):
         self.model = model
