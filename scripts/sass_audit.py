@@ -6,8 +6,9 @@ before any GPU runs it.
 
     python scripts/sass_audit.py [--json PATH] [--build-dir DIR] [SOURCE.cu ...]
 
-Exits 1 when a hot kernel spills or uses local memory (see HOT_KERNELS_RULE), 2 when a tool is
-missing or a compile fails, else 0. cuobjdump and the nvdisasm it runs are taken from PATH, else
+Exits 1 when a hot kernel spills or uses local memory (see HOT_KERNELS_RULE) or a kernel designed
+for 16-byte accesses lacks them in its loops (WIDE_LOOPS), 2 when a tool is missing, a compile fails or
+its output cannot be read, else 0. cuobjdump and the nvdisasm it runs are taken from PATH, else
 from the pip packages nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm (CUDA toolkits without them,
 like CI's, get them that way: `make cuda-check` installs both).
 
@@ -63,10 +64,41 @@ NVCC_ENVIRONMENT = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS", "NVCC_CCBIN")
 # float64 instances, which only gradcheck and tests use, come from the same source as the fp32 ones:
 # local memory there points at register pressure in code the hot instances share.
 
+
+@dataclasses.dataclass(frozen=True)
+class WideLoops:
+    """A kernel family designed for 16-byte global accesses in its innermost loops (WIDE_LOOPS)."""
+
+    source: str  # relative to the repository root
+    vector_argument: Optional[int]  # the template argument giving the vector width; None: every instance
+    stores: bool  # whether its loops store 16 bytes at a time as well as load them
+
+
+# WIDE_LOOPS: the design the README's "Machine-code audit" describes, checked rather than only printed.
+# An instance that should have 16-byte accesses in its innermost loops (a vector one: vector width
+# other than 1) and lacks them fails the audit, and so does a family with no such instance in an
+# audited source (renamed, or its vector instances no longer instantiated): either would otherwise
+# pass unnoticed.
+WIDE_LOOPS = {
+    "bias_act_kernel": WideLoops("csrc/cuda/bias_act.cu", 2, stores=True),
+    "chunk_sum_squares": WideLoops("csrc/cuda/gradient_penalty.cu", 1, stores=False),
+    "scale_samples": WideLoops("csrc/cuda/gradient_penalty.cu", 1, stores=True),
+    "group_positions": WideLoops("csrc/cuda/minibatch_std.cu", 3, stores=True),
+    "pixel_norm_rows": WideLoops("csrc/cuda/pixel_norm.cu", 1, stores=True),
+    "pixel_norm_tiles": WideLoops("csrc/cuda/pixel_norm.cu", 1, stores=True),
+    # One instance serves the vector and the scalar path.
+    "normalize_kernel": WideLoops("csrc/cuda/spectral_norm.cu", None, stores=True),
+    "power_step_kernel": WideLoops("csrc/cuda/spectral_norm.cu", None, stores=False),
+    "grad_dot_kernel": WideLoops("csrc/cuda/spectral_norm.cu", None, stores=False),
+}
+
 # Bytes moved by one LDG/STG, from its width suffix; no suffix means 32 bits.
 ACCESS_BYTES = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16, "256": 32}
 # An instruction line of `cuobjdump -sass`: address comment, optional predicate, opcode with modifiers.
 SASS_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]+)\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+# Any line holding an instruction: its end and encoding. One that SASS_INSTRUCTION does not read is an
+# error rather than skipped, since a skipped STL or LDG would pass unnoticed.
+SASS_ENCODED = re.compile(r";\s*/\* 0x[0-9a-f]+ \*/")
 
 
 @dataclasses.dataclass
@@ -91,9 +123,25 @@ class Kernel:
     def family(self) -> str:
         return self.name.split("<")[0]
 
+    @property
+    def wide(self) -> bool:
+        """Whether WIDE_LOOPS wants 16-byte accesses in this instance's innermost loops."""
+        rule = WIDE_LOOPS.get(self.family)
+        if rule is None or rule.source != self.source:
+            return False
+        if rule.vector_argument is None:
+            return True
+        arguments = self.name[self.name.index("<") + 1 : self.name.rindex(">")].split(", ")
+        return arguments[rule.vector_argument] != "1"
+
     def problems(self) -> List[str]:
-        """What makes this kernel fail the audit (every kernel is hot: HOT_KERNELS_RULE)."""
+        """What makes this kernel fail the audit (every kernel is hot: HOT_KERNELS_RULE; WIDE_LOOPS)."""
         found = []
+        if self.wide:
+            if not self.loop_loads.get(16):
+                found.append("no 16-byte global loads in its innermost loops")
+            if WIDE_LOOPS[self.family].stores and not self.loop_stores.get(16):
+                found.append("no 16-byte global stores in its innermost loops")
         if self.spill_store_bytes or self.spill_load_bytes:
             found.append(f"spills {self.spill_store_bytes} B stored, {self.spill_load_bytes} B loaded")
         if self.stack_frame_bytes or self.lmem_bytes:
@@ -103,13 +151,22 @@ class Kernel:
         return found
 
 
+def missing_wide_families(kernels: List[Kernel], sources: List[str]) -> List[str]:
+    """The WIDE_LOOPS families of `sources` (relative to the repository root) without an instance
+    that WIDE_LOOPS checks."""
+    checked = {k.family for k in kernels if k.wide}
+    return [family for family, rule in WIDE_LOOPS.items() if rule.source in sources and family not in checked]
+
+
 def parse_ptxas(text: str, source: str) -> Dict[str, Kernel]:
     """Entry functions of `nvcc -Xptxas -v` output (stderr), by mangled name. Device functions that
-    were not inlined also get "Function properties" lines; only entries are kept."""
+    were not inlined also get "Function properties" lines; only entries are kept. An entry without
+    its stack frame or registers line is an error: read as zero, a changed format would hide spills."""
     kernels: Dict[str, Kernel] = {}
     properties: Dict[str, List[int]] = {}
     entry = None
     described = None  # the function the last "Function properties for" line named
+    counted = set()  # the entries whose registers line was read
     for line in text.splitlines():
         if match := re.search(r"Compiling entry function '([^']+)'", line):
             entry = kernels.setdefault(match.group(1), Kernel(source, match.group(1)))
@@ -119,6 +176,7 @@ def parse_ptxas(text: str, source: str) -> Dict[str, Kernel]:
             properties[described] = [int(v) for v in match.groups()]
         elif entry is not None and (match := re.search(r"Used (\d+) registers(.*)", line)):
             entry.registers = int(match.group(1))
+            counted.add(entry.mangled)
             # The rest is a comma-separated list of "N bytes <what>" (and "used N barriers").
             for amount, what in re.findall(r"(\d+) bytes (\S+)", match.group(2)):
                 if what == "smem":
@@ -126,7 +184,9 @@ def parse_ptxas(text: str, source: str) -> Dict[str, Kernel]:
                 elif what == "lmem":
                     entry.lmem_bytes = int(amount)
     for name, kernel in kernels.items():
-        kernel.stack_frame_bytes, kernel.spill_store_bytes, kernel.spill_load_bytes = properties.get(name, [0, 0, 0])
+        if name not in properties or name not in counted:
+            raise RuntimeError(f"{source}: the ptxas report gives no stack frame or registers line for {name}")
+        kernel.stack_frame_bytes, kernel.spill_store_bytes, kernel.spill_load_bytes = properties[name]
     return kernels
 
 
@@ -156,12 +216,14 @@ def parse_sass(text: str) -> Dict[str, Dict[str, Dict[int, int]]]:
     loop's range is counted as outside the loop."""
     accesses: Dict[str, List[Tuple[int, str, int]]] = {}  # per function: (address, opcode, bytes)
     loops: Dict[str, List[Tuple[int, int]]] = {}  # per function: (target, address) of each backward branch
+    instructions: Dict[str, int] = {}  # per function: how many
     function = None
     for line in text.splitlines():
         if match := re.match(r"\s*Function : (\S+)", line):
             function = match.group(1)
-            accesses[function], loops[function] = [], []
+            accesses[function], loops[function], instructions[function] = [], [], 0
         elif function is not None and (match := SASS_INSTRUCTION.match(line)):
+            instructions[function] += 1
             address, opcode = int(match.group(1), 16), match.group(2).split(".")[0]
             if opcode in ("LDG", "STG"):
                 accesses[function].append((address, opcode, access_bytes(match.group(2))))
@@ -171,6 +233,10 @@ def parse_sass(text: str) -> Dict[str, Dict[str, Dict[int, int]]]:
                 # Every function ends in a branch to itself, which is no loop.
                 if int(target.group(1), 16) < address:
                     loops[function].append((int(target.group(1), 16), address))
+        elif function is not None and SASS_ENCODED.search(line):
+            raise RuntimeError(f"{function}: an instruction the audit cannot read: {line.strip()}")
+    if unread := [function for function, count in instructions.items() if not count]:
+        raise RuntimeError(f"no instruction of {', '.join(unread)} could be read in the disassembly")
     functions = {}
     for function, found in accesses.items():
         hot = innermost(loops[function])
@@ -218,8 +284,8 @@ def short_name(demangled: str, enums: Dict[str, List[str]]) -> str:
 
 
 def demangle(names: List[str]) -> List[str]:
-    """c++filt, in one call; the mangled names where binutils is missing."""
-    if not names or shutil.which("c++filt") is None:
+    """c++filt, in one call. Required: WIDE_LOOPS finds its families by their demangled names."""
+    if not names:
         return names
     result = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True)
     return result.stdout.splitlines()
@@ -383,6 +449,8 @@ def audit_source(source: str, toolchain: Toolchain, build_dir: str, cache_dir: s
     relative = os.path.relpath(source, ROOT)
     ptxas, sass = compile_cached(toolchain, source, build_dir, cache_dir)
     kernels = parse_ptxas(ptxas, relative)
+    if not kernels:  # every source holds kernels: none found means none was read
+        raise RuntimeError(f"{relative}: the ptxas report names no kernel")
     counts = parse_sass(sass)
     if set(counts) != set(kernels):
         raise RuntimeError(
@@ -461,10 +529,11 @@ def main(argv=None) -> int:
     sources = [os.path.abspath(s) for s in args.sources] or CUDA_SOURCES
     tools = {name: find_tool(name) for name in ("nvcc", "cuobjdump", "nvdisasm")}
     missing = [name for name, path in tools.items() if path is None]
+    missing += ["c++filt"] if shutil.which("c++filt") is None else []
     if missing:
         print(
-            f"not found on PATH or in a pip package: {', '.join(missing)} (a CUDA toolkit gives nvcc; "
-            "pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm the others)",
+            f"not found on PATH or in a pip package: {', '.join(missing)} (a CUDA toolkit gives nvcc, "
+            "binutils c++filt; pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm the others)",
             file=sys.stderr,
         )
         return 2
@@ -490,6 +559,7 @@ def main(argv=None) -> int:
         kernel.name = short_name(demangled, enums)
     kernels.sort(key=lambda k: (k.source, k.name))
     failing = [k for k in kernels if k.problems()]
+    missing = missing_wide_families(kernels, [os.path.relpath(s, ROOT) for s in sources])
     seconds = time.monotonic() - started
     versions = {name: release(toolchain.versions[name]) for name in ("nvcc", "cuobjdump")}
 
@@ -501,12 +571,14 @@ def main(argv=None) -> int:
         f"{len(kernels)} kernels in {len(sources)} files for {ARCH} in {seconds:.0f} s "
         f"(nvcc: {versions['nvcc']}; cuobjdump: {versions['cuobjdump']})"
     )
-    if failing:
-        print(f"FAIL: {len(failing)} hot kernel(s) with spills or local memory:")
+    if failing or missing:
+        print(f"FAIL: {len(failing)} kernel(s) with spills, local memory or lost 16-byte accesses:")
         for kernel in failing:
             print(f"  {kernel.source}: {kernel.name}: {'; '.join(kernel.problems())}")
+        for family in missing:
+            print(f"  {WIDE_LOOPS[family].source}: no instance of {family} that WIDE_LOOPS checks")
     else:
-        print("ok: no kernel spills or uses local memory")
+        print("ok: no kernel spills or uses local memory; the loops of WIDE_LOOPS have 16-byte accesses")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -520,7 +592,7 @@ def main(argv=None) -> int:
                 f,
                 indent=1,
             )
-    return 1 if failing else 0
+    return 1 if failing or missing else 0
 
 
 if __name__ == "__main__":

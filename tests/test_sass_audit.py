@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -96,6 +97,79 @@ def test_sass_access_widths_whole_kernel_and_innermost_loops():
     assert rows["LDL"] == {0: 1} and rows["STL"] == {0: 1}
     assert tiles["LDG"] == {2: 2} and tiles["STG"] == {8: 1}
     assert tiles["loop LDG"] == {} and tiles["loop STG"] == {} and tiles["LDL"] == {}
+
+
+def test_unread_ptxas_lines_are_errors():
+    """A kernel whose stack frame or registers line is missing (or reworded) would read as no spills."""
+    frame = "    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n"
+    for lost in (frame, "ptxas info    : Used 32 registers, used 0 barriers, 8 bytes cumulative stack size\n"):
+        assert lost in PTXAS
+        with pytest.raises(RuntimeError, match="_Z4rowsv"):
+            sass_audit.parse_ptxas(PTXAS.replace(lost, ""), "csrc/cuda/x.cu")
+    reworded = PTXAS.replace(frame, "    4 bytes spill stores, 4 bytes spill loads, 8 bytes stack frame\n")
+    with pytest.raises(RuntimeError, match="_Z4rowsv"):
+        sass_audit.parse_ptxas(reworded, "csrc/cuda/x.cu")
+
+
+def test_unread_sass_lines_are_errors():
+    """An instruction line in another format would be skipped, and with it an STL or a 16-byte LDG."""
+    stl = "        /*0010*/                   STL [R1], R6 ;"
+    assert stl in SASS
+    with pytest.raises(RuntimeError, match="STL"):
+        sass_audit.parse_sass(SASS.replace(stl, stl.replace("/*0010*/", "/*0x0010*/")))
+    with pytest.raises(RuntimeError, match="LDC"):
+        sass_audit.parse_sass(SASS.replace("/*00", "/* 00"))
+    # Without address and encoding comments no line is read: not a function without accesses.
+    with pytest.raises(RuntimeError, match="_Z5tilesv"):
+        sass_audit.parse_sass(re.sub(r"/\*[0-9a-f]+\*/|/\* 0x[0-9a-f]+ \*/", "", SASS))
+
+
+def test_a_source_without_kernels_is_an_error(monkeypatch):
+    """Nothing parsed from a source is not a clean source."""
+    monkeypatch.setattr(sass_audit, "compile_cached", lambda *args: ("ptxas info    : 0 bytes gmem\n", ""))
+    with pytest.raises(RuntimeError, match="no kernel"):
+        sass_audit.audit_source(os.path.join(ROOT, "csrc", "cuda", "bias_act.cu"), None, "", "")
+
+
+def wide_kernel(name, source="csrc/cuda/bias_act.cu", loads=None, stores=None):
+    return sass_audit.Kernel(source, "_Z1kv", name, loop_loads=loads or {}, loop_stores=stores or {})
+
+
+def test_lost_16_byte_accesses_fail():
+    """The vector instances of a WIDE_LOOPS family need 16-byte loads (and stores, where it says so) in
+    their innermost loops; its scalar instances, and kernels of other families, need none."""
+    assert wide_kernel("bias_act_kernel<float, Forward, 4>", loads={16: 1, 4: 4}, stores={16: 1}).problems() == []
+    assert wide_kernel("bias_act_kernel<float, Forward, 4>", loads={16: 1}, stores={4: 4}).problems() == [
+        "no 16-byte global stores in its innermost loops"
+    ]
+    assert wide_kernel("bias_act_kernel<__half, Grad2, 8>", loads={2: 8}, stores={16: 1}).problems() == [
+        "no 16-byte global loads in its innermost loops"
+    ]
+    assert wide_kernel("bias_act_kernel<float, Forward, 1>", loads={4: 2}, stores={4: 1}).problems() == []
+    gradient_penalty = "csrc/cuda/gradient_penalty.cu"
+    assert wide_kernel("chunk_sum_squares<float, 4>", gradient_penalty, {16: 4}, {4: 1}).problems() == []
+    assert wide_kernel("finish_penalty<float>", gradient_penalty, {4: 32}).problems() == []
+    # Every instance of a family without a vector-width argument.
+    spectral_norm = "csrc/cuda/spectral_norm.cu"
+    assert wide_kernel("normalize_kernel<double, Normalize>", spectral_norm, {8: 21}, {16: 5}).problems() == [
+        "no 16-byte global loads in its innermost loops"
+    ]
+
+
+def test_a_wide_family_without_a_checked_instance_fails():
+    """Renamed, or its vector instances no longer instantiated: nothing of it would be checked."""
+    scalar = wide_kernel("bias_act_kernel<float, Forward, 1>")
+    renamed = wide_kernel("bias_act<float, Forward, 4>", loads={16: 1}, stores={16: 1})
+    assert sass_audit.missing_wide_families([scalar, renamed], ["csrc/cuda/bias_act.cu"]) == ["bias_act_kernel"]
+    vector = wide_kernel("bias_act_kernel<float, Forward, 4>")
+    assert sass_audit.missing_wide_families([vector], ["csrc/cuda/bias_act.cu"]) == []
+    # Only the audited sources' families are expected.
+    assert sass_audit.missing_wide_families([scalar], ["csrc/cuda/minibatch_discrimination.cu"]) == []
+    assert set(sass_audit.missing_wide_families([], ["csrc/cuda/spectral_norm.cu"])) == {
+        "normalize_kernel",
+        "power_step_kernel",
+        "grad_dot_kernel",
+    }
 
 
 def test_kernel_names_shortened_with_enumerators():
