@@ -52,7 +52,9 @@ build: deps
 # CUDA_GLUE_TORCH_ROOT=<unpacked wheel>/torch checks the glue against another torch's headers, e.g.
 # the GPU box's 2.11 (README, "GPU status"). Then the machine-code audit (scripts/sass_audit.py, about
 # 30 s on 2 cores; a source compiled before the same way comes from build/sass-audit-cache): fails
-# when a kernel spills or uses local memory; its table is in build/sass-audit/audit.json.
+# when a kernel spills or uses local memory or a loop loses its 16-byte accesses (its WIDE_LOOPS); its
+# table is in build/sass-audit/audit.json.
+# GAN_KERNELS_REQUIRE_NVCC=1 (CI sets it) makes a missing nvcc an error rather than a skip.
 cuda-check: build
 	@if command -v nvcc >/dev/null; then \
 		cmake -S . -B build/cuda-check -G Ninja -DCMAKE_CUDA_ARCHITECTURES=80 >/dev/null && \
@@ -61,6 +63,8 @@ cuda-check: build
 		{ $(PYTHON) -c "$(SASS_TOOLS_INSTALLED)" 2>/dev/null || \
 			$(PIP) install $(SASS_TOOLS:%=%==$(SASS_TOOLS_VERSION)); } && \
 		$(PYTHON) scripts/sass_audit.py --json build/sass-audit/audit.json; \
+	elif [ -n "$(GAN_KERNELS_REQUIRE_NVCC)" ]; then \
+		echo "nvcc not found, and GAN_KERNELS_REQUIRE_NVCC is set: no CUDA compile check or audit" >&2; exit 1; \
 	else echo "nvcc not found: skipping the CUDA compile check"; fi
 
 # The GPU check's commands, assembled and checked on this machine (no GPU needed), so the script

@@ -203,6 +203,22 @@ def test_dependencies_of_a_make_rule():
     ]
 
 
+@pytest.mark.skipif(not os.path.exists("/usr/bin/make"), reason="needs make in /usr/bin")
+def test_ci_fails_where_nvcc_is_missing():
+    """CI relies on the compile check and the audit: there a missing nvcc fails `make cuda-check`
+    rather than skipping it (`-o build`: its prerequisite is not remade)."""
+    path = {**os.environ, "PATH": "/usr/bin:/bin"}  # no nvcc on it
+    if subprocess.run(["sh", "-c", "command -v nvcc"], env=path, capture_output=True).returncode == 0:
+        pytest.skip("nvcc is in /usr/bin or /bin")
+    make = ["make", "-s", "-C", ROOT, "-o", "build", "cuda-check"]
+    skipped = subprocess.run(make, env=path, capture_output=True, text=True)
+    assert skipped.returncode == 0 and "skipping" in skipped.stdout, skipped
+    required = subprocess.run(make, env={**path, "GAN_KERNELS_REQUIRE_NVCC": "1"}, capture_output=True, text=True)
+    assert required.returncode != 0 and "nvcc not found" in required.stderr, required
+    with open(os.path.join(ROOT, ".ci", "run")) as f:
+        assert "export GAN_KERNELS_REQUIRE_NVCC=1\n" in f.read()
+
+
 TOOLS = {tool: sass_audit.find_tool(tool) for tool in ("nvcc", "cuobjdump", "nvdisasm")}
 needs_tools = pytest.mark.skipif(
     None in TOOLS.values(),
