@@ -3,7 +3,9 @@ is found (or FORCE_CUDA=1)."""
 
 import glob
 import os
+import re
 import runpy
+import subprocess
 
 import torch
 from setuptools import find_packages, setup
@@ -14,22 +16,72 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 GENERATED = os.path.join(ROOT, "build", "generated")
 
 
+def fail(message):
+    """Stops the build before anything is compiled: a setting it cannot build would otherwise fail
+    minutes later, in a compiler's or linker's words, or in a traceback from torch's helpers."""
+    raise SystemExit(f"error: {message}")
+
+
 def cuda_wanted():
-    if os.environ.get("FORCE_CUDA", "0") == "1":
-        return True
-    return torch.version.cuda is not None and CUDA_HOME is not None
+    force = os.environ.get("FORCE_CUDA", "0").strip() or "0"
+    if force not in ("0", "1"):
+        fail(f"FORCE_CUDA={force!r} is not 0 or 1")
+    if force == "0":
+        return torch.version.cuda is not None and CUDA_HOME is not None
+    if torch.version.cuda is None:
+        fail(
+            f"FORCE_CUDA=1, but torch {torch.__version__} is a CPU-only build, without the CUDA libraries "
+            "the CUDA kernels link against: install a CUDA build of torch, or unset FORCE_CUDA to build "
+            "the CPU kernels alone"
+        )
+    if CUDA_HOME is None:
+        fail("FORCE_CUDA=1, but no CUDA toolkit was found: set CUDA_HOME to its root (the folder of bin/nvcc)")
+    return True
 
 
-def cuda_arch_names():
+def nvcc_arch_numbers(nvcc):
+    """The compute capabilities, as numbers (90 for sm_90), that ``nvcc`` can compile for."""
+    try:
+        listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        fail(
+            f"cannot ask {nvcc} which GPU architectures it targets ({error}): set CUDA_HOME to the CUDA toolkit's root"
+        )
+    return set(re.findall(r"compute_(\d+)", listed))
+
+
+def cuda_arch_names(nvcc):
+    """The sm_XX and compute_XX builds that TORCH_CUDA_ARCH_LIST (unset: the visible GPUs) asks for,
+    each checked against what ``nvcc`` can target (CUDA 13 dropped everything below sm_75)."""
     from torch.utils import cpp_extension
 
-    flags = cpp_extension._get_cuda_arch_flags()
-    return sorted({f.split("code=")[-1] for f in flags if "code=" in f})
+    requested = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    from_gpus = requested in ("", "native")  # as torch's _get_cuda_arch_flags reads it
+    if from_gpus and torch.cuda.device_count() == 0:
+        fail(
+            "no GPU is visible to choose the CUDA architectures from: set TORCH_CUDA_ARCH_LIST, "
+            "e.g. TORCH_CUDA_ARCH_LIST=9.0 for H100/H200"
+        )
+    setting = "the visible GPUs (TORCH_CUDA_ARCH_LIST unset)" if from_gpus else f"TORCH_CUDA_ARCH_LIST={requested!r}"
+    try:
+        flags = cpp_extension._get_cuda_arch_flags()
+    except ValueError as error:
+        fail(f"{setting}: {error}")
+    names = sorted({f.split("code=")[-1] for f in flags if "code=" in f})
+    targets = nvcc_arch_numbers(nvcc)
+    # sm_90a and the like build on sm_90's support.
+    beyond = [name for name in names if re.fullmatch(r"(?:sm|compute)_(\d+)[a-z]?", name).group(1) not in targets]
+    if beyond:
+        fail(
+            f"{setting} asks for {', '.join(beyond)}, which {nvcc} cannot target; it targets "
+            f"{', '.join(f'sm_{n}' for n in sorted(targets, key=int))}"
+        )
+    return names
 
 
-def write_build_info(with_cuda):
+def write_build_info(archs):
     """The facts csrc/module.cpp reports, as a header: quoting them through -D flags breaks on ';'."""
-    archs = ";".join(cuda_arch_names()) if with_cuda else ""
+    archs = ";".join(archs)
     os.makedirs(GENERATED, exist_ok=True)
     text = (
         "#pragma once\n"
@@ -79,7 +131,7 @@ def write_cpu_capability_sources():
 
 def extension():
     with_cuda = cuda_wanted()
-    write_build_info(with_cuda)
+    write_build_info(cuda_arch_names(os.path.join(CUDA_HOME, "bin", "nvcc")) if with_cuda else [])
     write_table_headers()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     # Last, so that where an inline function of a torch header is emitted by several sources the
@@ -108,17 +160,20 @@ def extension():
     return CUDAExtension(sources=sources + sorted(glob.glob("csrc/cuda/*.cu")), **kwargs)
 
 
-setup(
-    name="gan_kernels",
-    version=VERSION,
-    description="Fast, exact, twice-differentiable GAN stabilisation ops for PyTorch",
-    packages=find_packages(include=["gan_kernels", "gan_kernels.*"]),
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.9",
-    install_requires=["torch>=2.4"],
-    extras_require={
-        "test": ["pytest", "hypothesis", "numpy", "tensorboard"],
-        "examples": ["matplotlib", "scikit-learn", "tqdm"],
-    },
-)
+# Under __main__ only, as every build front end runs this file (pip, python -m build, python
+# setup.py), so that tests/test_packaging.py can load its checks without starting a build.
+if __name__ == "__main__":
+    setup(
+        name="gan_kernels",
+        version=VERSION,
+        description="Fast, exact, twice-differentiable GAN stabilisation ops for PyTorch",
+        packages=find_packages(include=["gan_kernels", "gan_kernels.*"]),
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        python_requires=">=3.9",
+        install_requires=["torch>=2.4"],
+        extras_require={
+            "test": ["pytest", "hypothesis", "numpy", "tensorboard"],
+            "examples": ["matplotlib", "scikit-learn", "tqdm"],
+        },
+    )
