@@ -40,14 +40,14 @@ def cuda_wanted():
 
 
 def nvcc_arch_numbers(nvcc):
-    """The compute capabilities, as numbers (90 for sm_90), that ``nvcc`` can compile for."""
+    """The compute capabilities, as numbers (90 for sm_90), that ``nvcc`` can compile for; empty where
+    it cannot say (an nvcc without --list-gpu-arch, or output in another form): the check is then
+    left to nvcc itself, as it would be without this one."""
     try:
-        listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as error:
-        fail(
-            f"cannot ask {nvcc} which GPU architectures it targets ({error}): set CUDA_HOME to the CUDA toolkit's root"
-        )
-    return set(re.findall(r"compute_(\d+)", listed))
+        result = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True)
+    except OSError as error:
+        fail(f"cannot run {nvcc} ({error}): set CUDA_HOME to the CUDA toolkit's root")
+    return set(re.findall(r"compute_(\d+)", result.stdout)) if result.returncode == 0 else set()
 
 
 def cuda_arch_names(nvcc):
@@ -70,7 +70,8 @@ def cuda_arch_names(nvcc):
     names = sorted({f.split("code=")[-1] for f in flags if "code=" in f})
     targets = nvcc_arch_numbers(nvcc)
     # sm_90a and the like build on sm_90's support.
-    beyond = [name for name in names if re.fullmatch(r"(?:sm|compute)_(\d+)[a-z]?", name).group(1) not in targets]
+    numbers = {name: re.fullmatch(r"(?:sm|compute)_(\d+)[a-z]?", name) for name in names}
+    beyond = [name for name, n in numbers.items() if targets and n is not None and n.group(1) not in targets]
     if beyond:
         fail(
             f"{setting} asks for {', '.join(beyond)}, which {nvcc} cannot target; it targets "

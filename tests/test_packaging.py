@@ -94,8 +94,19 @@ def test_without_arch_list_or_gpu_the_build_asks_for_the_arch_list(setup_py, cud
 def test_an_nvcc_that_does_not_run_is_named(setup_py, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
     missing = str(tmp_path / "bin" / "nvcc")
-    with pytest.raises(SystemExit, match=f"cannot ask {missing} .*set CUDA_HOME"):
+    with pytest.raises(SystemExit, match=f"cannot run {missing} .*set CUDA_HOME"):
         setup_py["cuda_arch_names"](missing)
+
+
+def test_an_nvcc_that_cannot_list_its_archs_leaves_the_check_to_nvcc(setup_py, tmp_path, monkeypatch):
+    # An nvcc without --list-gpu-arch (or answering in another form) is no reason to stop a build
+    # that may well work: the arch list goes to nvcc unchecked, as without this check.
+    for answer in ("echo 'nvcc fatal: Unknown option' >&2; exit 1", "echo sm_90 sm_100"):
+        nvcc = tmp_path / "nvcc"
+        nvcc.write_text(f"#!/bin/sh\n{answer}\n")
+        nvcc.chmod(0o755)
+        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+        assert setup_py["cuda_arch_names"](str(nvcc)) == ["sm_90"]
 
 
 def test_force_cuda_takes_0_or_1(setup_py, monkeypatch):
