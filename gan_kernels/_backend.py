@@ -67,8 +67,19 @@ def _load_extension():
             return None, "it is not built (no gan_kernels/_C*.so next to the package)"
         from . import _C
     except ImportError as error:  # built against another torch, or a missing library
+        if "undefined symbol" in str(error):
+            return None, f"{error}: it was most likely built against another torch than this {torch.__version__}"
         return None, f"{type(error).__name__}: {error}"
-    return _C, None
+    return _C, _other_torch(_C.torch_version)
+
+
+def _other_torch(built_with):
+    """Why an extension built against torch ``built_with`` is not used with this torch, or None. C++
+    extensions have no ABI promise across torch versions: one that still loads may crash or compute
+    wrongly, so it is refused rather than run."""
+    if built_with == torch.__version__:
+        return None
+    return f"it was built against torch {built_with}, and this is torch {torch.__version__}"
 
 
 def _user_stacklevel():
@@ -83,6 +94,8 @@ def _user_stacklevel():
 
 
 _C, C_ERROR = _load_extension()
+if C_ERROR is not None:
+    _C = None
 if _C is not None:
     _C.set_huge_page_outputs(HUGE_PAGES)
     _C.set_output_cache_limit(CPU_CACHE_BYTES)
@@ -90,7 +103,7 @@ if _C is not None:
 if _C is None and IMPL != "reference":
     warnings.warn(
         f"gan_kernels: the compiled extension gan_kernels._C could not be loaded ({C_ERROR}); every op "
-        "runs its pure-PyTorch reference (exact, slower). Build it with `make build` or "
+        "runs its pure-PyTorch reference (exact, slower). Build (or rebuild) it with `make build` or "
         "`pip install --no-build-isolation .`; set GAN_KERNELS_IMPL=reference to silence this.",
         FallbackWarning,
         stacklevel=_user_stacklevel(),
