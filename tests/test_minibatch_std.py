@@ -213,6 +213,26 @@ def test_module_matches_function_and_has_no_state():
     assert "group_size=None" in repr(gan_kernels.nn.MinibatchStd(None))
 
 
+def test_whole_batch_groups_are_not_specialised_to_the_traced_batch_size():
+    # group_size=None passed N itself to the op, a constant to the tracer: torch.compile(dynamic=True)
+    # compiled once per batch size (with fullgraph=True, FailOnRecompileLimitHit at the ninth) and
+    # torch.export refused a dynamic batch.
+    import torch._dynamo.testing
+
+    layer = gan_kernels.nn.MinibatchStd(group_size=None)
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend=counter)
+    for n in (2, 3, 5):
+        x = torch.randn(n, 4, 3, 3)
+        torch.testing.assert_close(compiled(x), gan_kernels.minibatch_std(x, n), rtol=0, atol=0)
+    assert counter.frame_count == 1
+    program = torch.export.export(
+        layer, (torch.randn(6, 4, 3, 3),), dynamic_shapes={"x": {0: torch.export.Dim("n", min=2)}}
+    )
+    x = torch.randn(7, 4, 3, 3)
+    torch.testing.assert_close(program.module()(x), gan_kernels.minibatch_std(x, 7), rtol=0, atol=0)
+
+
 @requires_ops
 def test_results_do_not_depend_on_the_thread_count():
     torch.manual_seed(9)

@@ -5,6 +5,9 @@ import torch
 from .. import _backend, _checks, reference
 
 EPS = 1e-8  # StyleGAN2's, inside the sqrt; not a parameter of the layer
+# group_size=None, the whole batch, as G = min(group_size, N): a group size no batch exceeds, rather
+# than N itself, which torch.compile and torch.export would specialise to the traced batch size.
+WHOLE_BATCH = 2**63 - 1
 
 
 def _check_args(x, group_size, num_channels):
@@ -22,7 +25,8 @@ def _check_args(x, group_size, num_channels):
             "use a num_channels that divides C"
         )
     g = min(group_size, n)
-    if n != 0 and n % g != 0:
+    # A whole batch divides itself; the tracer cannot tell that N % min(WHOLE_BATCH, N) is 0.
+    if group_size != WHOLE_BATCH and n != 0 and n % g != 0:
         raise ValueError(
             f"batch size N={n} is not divisible by group size G={g}; "
             f"use a batch size that is a multiple of {g} or a group_size that divides {n}"
@@ -40,12 +44,15 @@ def minibatch_std(x, group_size=4, num_channels=1):
     give channels_last outputs, any other layout a contiguous one. Differentiable to any order.
     """
     _checks.tensor(x, "x")
-    if group_size is None:  # the whole batch; for an x that is not 4-D, so that its check says so
-        group_size = max(x.shape[0], 1) if x.dim() else 1
+    if group_size is None:
+        group_size = WHOLE_BATCH
     if _backend.use_compiled(x.device, x):  # the op checks every argument (csrc/ops/minibatch_std.cpp)
         group_size, num_channels = _checks.int64(group_size, "group_size"), _checks.int64(num_channels, "num_channels")
         return torch.ops.gan_kernels.minibatch_std(x, group_size, num_channels)
-    return reference.minibatch_std(x, *_check_args(x, group_size, num_channels))
+    group_size, num_channels = _check_args(x, group_size, num_channels)
+    if group_size == WHOLE_BATCH:  # N itself, which traces as a size: min(WHOLE_BATCH, N) would not reduce
+        group_size = x.shape[0]
+    return reference.minibatch_std(x, group_size, num_channels)
 
 
 def _output_format(x):
