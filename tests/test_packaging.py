@@ -45,24 +45,28 @@ def setup_py():
     return runpy.run_path(os.path.join(ROOT, "setup.py"), run_name="setup_under_test")
 
 
+def fake_nvcc(path, script):
+    """A stand-in nvcc at ``path`` that runs the shell ``script``, whatever its arguments."""
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return str(path)
+
+
+def arch_listing(archs):
+    """What ``nvcc --list-gpu-arch`` prints for ``archs`` ("75 80 ...")."""
+    return "".join(f"echo compute_{a}\n" for a in archs.split())
+
+
 @pytest.fixture
 def cuda12_nvcc(tmp_path):
     """An nvcc that answers --list-gpu-arch as CUDA 12.8's does (from sm_50) and compiles nothing."""
-    nvcc = tmp_path / "nvcc"
-    archs = "50 52 53 60 61 62 70 72 75 80 86 87 89 90 100 101 120".split()
-    nvcc.write_text("#!/bin/sh\n" + "".join(f"echo compute_{a}\n" for a in archs))
-    nvcc.chmod(0o755)
-    return str(nvcc)
+    return fake_nvcc(tmp_path / "nvcc", arch_listing("50 52 53 60 61 62 70 72 75 80 86 87 89 90 100 101 120"))
 
 
 @pytest.fixture
 def cuda13_nvcc(tmp_path):
     """An nvcc that answers --list-gpu-arch as CUDA 13.0's does: nothing below sm_75."""
-    nvcc = tmp_path / "nvcc13"
-    archs = "75 80 86 87 88 89 90 100 110 103 120 121".split()
-    nvcc.write_text("#!/bin/sh\n" + "".join(f"echo compute_{a}\n" for a in archs))
-    nvcc.chmod(0o755)
-    return str(nvcc)
+    return fake_nvcc(tmp_path / "nvcc13", arch_listing("75 80 86 87 88 89 90 100 110 103 120 121"))
 
 
 def test_an_arch_nvcc_cannot_target_is_refused_naming_the_setting(setup_py, cuda13_nvcc, monkeypatch):
@@ -101,12 +105,9 @@ def test_an_nvcc_that_does_not_run_is_named(setup_py, tmp_path, monkeypatch):
 def test_an_nvcc_that_cannot_list_its_archs_leaves_the_check_to_nvcc(setup_py, tmp_path, monkeypatch):
     # An nvcc without --list-gpu-arch (or answering in another form) is no reason to stop a build
     # that may well work: the arch list goes to nvcc unchecked, as without this check.
-    for answer in ("echo 'nvcc fatal: Unknown option' >&2; exit 1", "echo sm_90 sm_100"):
-        nvcc = tmp_path / "nvcc"
-        nvcc.write_text(f"#!/bin/sh\n{answer}\n")
-        nvcc.chmod(0o755)
-        monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
-        assert setup_py["cuda_arch_names"](str(nvcc)) == ["sm_90"]
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    for answer in ("echo 'nvcc fatal: Unknown option' >&2; exit 1\n", "echo sm_90 sm_100\n"):
+        assert setup_py["cuda_arch_names"](fake_nvcc(tmp_path / "nvcc", answer)) == ["sm_90"]
 
 
 def test_force_cuda_takes_0_or_1(setup_py, monkeypatch):
