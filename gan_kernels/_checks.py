@@ -105,11 +105,12 @@ def same_shape(t, shape, arg, what):
         raise ValueError(f"{arg} has shape {list(t.shape)} but {what} has shape {list(shape)}")
 
 
-def same(t, ref, arg, ref_arg):
-    """``t`` like ``ref``: its device, dtype and shape (common.h's check_same, same messages)."""
+def same(t, ref, arg, ref_arg, shape=None, what=None):
+    """``t`` like ``ref``: its device, dtype and shape (common.h's check_same, same messages); with
+    ``shape``, that shape instead, ``what``'s (an op's output, say)."""
     same_device(t, ref, arg, ref_arg)
     same_dtype(t, ref, arg, ref_arg)
-    same_shape(t, ref.shape, arg, ref_arg)
+    same_shape(t, ref.shape if shape is None else shape, arg, ref_arg if what is None else what)
 
 
 def symbolic(value):

@@ -72,9 +72,7 @@ def _fake_forward(m):
 
 def _check_grad(grad, m):
     """csrc/ops/minibatch_discrimination.cpp's check of dL/do, same messages."""
-    _checks.same_device(grad, m, "grad", "m")
-    _checks.same_dtype(grad, m, "grad", "m")
-    _checks.same_shape(grad, m.shape[:2], "grad", "the output of minibatch_discrimination")
+    _checks.same(grad, m, "grad", "m", m.shape[:2], "the output of minibatch_discrimination")
 
 
 def _fake_backward(grad, m):

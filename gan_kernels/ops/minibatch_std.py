@@ -72,23 +72,16 @@ def _fake_forward(x, group_size, num_channels):
     return torch.empty(_output_shape(x, num_channels), dtype=x.dtype, device=x.device, memory_format=_output_format(x))
 
 
-def _check_like(t, arg, x, shape, what):
-    """csrc/ops/minibatch_std.cpp's check_like, same messages."""
-    _checks.same_device(t, x, arg, "x")
-    _checks.same_dtype(t, x, arg, "x")
-    _checks.same_shape(t, shape, arg, what)
-
-
 def _fake_backward(grad, x, group_size, num_channels):
     _check_args(x, group_size, num_channels)
-    _check_like(grad, "grad", x, _output_shape(x, num_channels), "the output of minibatch_std")
+    _checks.same(grad, x, "grad", "x", _output_shape(x, num_channels), "the output of minibatch_std")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x))
 
 
 def _fake_double_backward(upstream, grad, x, group_size, num_channels):
     _check_args(x, group_size, num_channels)
-    _check_like(upstream, "upstream", x, x.shape, "x")
-    _check_like(grad, "grad", x, _output_shape(x, num_channels), "the output of minibatch_std")
+    _checks.same(upstream, x, "upstream", "x")
+    _checks.same(grad, x, "grad", "x", _output_shape(x, num_channels), "the output of minibatch_std")
     fmt = _output_format(x)
     return (
         torch.empty(grad.shape, dtype=x.dtype, device=x.device, memory_format=fmt),
