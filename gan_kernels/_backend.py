@@ -70,7 +70,8 @@ def _load_extension():
         if "undefined symbol" in str(error):
             return None, f"{error}: it was most likely built against another torch than this {torch.__version__}"
         return None, f"{type(error).__name__}: {error}"
-    return _C, _other_torch(_C.torch_version)
+    other_torch = _other_torch(_C.torch_version)
+    return (None, other_torch) if other_torch else (_C, None)
 
 
 def _other_torch(built_with):
@@ -94,8 +95,6 @@ def _user_stacklevel():
 
 
 _C, C_ERROR = _load_extension()
-if C_ERROR is not None:
-    _C = None
 if _C is not None:
     _C.set_huge_page_outputs(HUGE_PAGES)
     _C.set_output_cache_limit(CPU_CACHE_BYTES)
