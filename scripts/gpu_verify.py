@@ -3,7 +3,8 @@
 
     bash scripts/gpu_verify.sh first     # environment, CUDA build, require the CUDA kernels, the CUDA
                                          # tests, memcheck on a smoke set, op benchmarks without compile
-    bash scripts/gpu_verify.sh second    # rebuild only if needed, racecheck, torch.compile columns of
+    bash scripts/gpu_verify.sh second    # rebuild only if needed (or carry first's build back, below),
+                                         # racecheck, torch.compile columns of
                                          # the headline rows, the end-to-end D steps, and the CPU op
                                          # tests on the box's CPU (AVX-512 where it has it)
     bash scripts/gpu_verify.sh --dry-run first second   # any machine, seconds: assemble every command
@@ -13,6 +14,10 @@ Each step has its own time limit, cut to what is left of the stage's budget. Eve
 prints goes to $OUT/<stage>.log ($OUT defaults to ./gpu-out); the benchmark JSON/PNG and the test
 report (JUnit XML) land beside it, at most 8 files a call as the box's tool returns them. The last
 lines printed are a table of the steps: result, seconds, what was counted.
+
+`first` also returns the extension it built (`keep-build`): a box that went cold between the calls
+(30 idle seconds) would spend 1-2 of the second call's few minutes building it again, so the second
+call carries it back (README, "When a GPU is drawn").
 """
 
 import argparse
@@ -81,6 +86,21 @@ RACECHECK_REACHES = [
 
 OPS = "bias_act,gradient_penalty,minibatch_discrimination,minibatch_std,pixel_norm,spectral_norm"
 COMPILE_TARGET_OPS = "bias_act,gradient_penalty,pixel_norm"
+# The largest file the box's tool returns from $OUT.
+RETURNED_FILE_LIMIT_BYTES = 16 << 20
+KEEP_BUILD = """
+import os, shutil, sys
+from gan_kernels import _backend
+out, limit = sys.argv[1], int(sys.argv[2])
+if _backend._C is None:
+    sys.exit(f"no extension to keep: {_backend.C_ERROR}")
+path = _backend._C.__file__
+name, size = os.path.basename(path), os.path.getsize(path)
+if size > limit:
+    sys.exit(f"{name} is {size / 2**20:.1f} MiB, over the {limit / 2**20:.0f} MiB a returned file may have")
+shutil.copy(path, out)
+print(f"kept {name} ({size / 2**20:.1f} MiB) for the second call to carry")
+"""
 ENVIRONMENT = r"""
 for tool in nvidia-smi nvcc compute-sanitizer; do command -v $tool >/dev/null || echo "$tool: not found"; done
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
@@ -276,6 +296,13 @@ def stages(out, tag):
         Step("environment", shell(ENVIRONMENT), 30, dry=check_by_running, detail=last_match(r"NVIDIA .*", "no GPU")),
         build_step(),
         require_cuda_step(),
+        Step(
+            "keep-build",
+            [PY, "-c", KEEP_BUILD, out, str(RETURNED_FILE_LIMIT_BYTES)],
+            30,
+            dry=check_by_running,
+            detail=last_match(r"(kept .*|.* MiB.*)"),
+        ),
         Step(
             "cuda-tests",
             # loadgroup: the tests of an xdist_group (the 20 GB ones past 2^31 elements) one at a time.

@@ -65,3 +65,25 @@ def test_a_pytest_step_cut_at_its_limit_still_writes_its_report(tmp_path):
     assert result == "TIMEOUT (5 s)"
     # However far a slow machine got in 5 s (test_quick ran here in well under that).
     assert report.exists() and "failed" in gpu_verify.junit_counts(str(report))(output)
+
+
+def keep_build_step(out):
+    (step,) = [s for s in gpu_verify.stages(str(out), "h100")["first"] if s.name == "keep-build"]
+    return step
+
+
+def test_the_first_stage_returns_its_build_for_the_second_call_to_carry(tmp_path):
+    step = keep_build_step(tmp_path)
+    result, output = gpu_verify.run_step(step, 60, str(tmp_path / "stage.log"))
+    built = pathlib.Path(gpu_verify.ROOT, "gan_kernels")
+    (kept,) = [p.name for p in tmp_path.glob("_C*.so")]
+    assert result == "pass" and (built / kept).read_bytes() == (tmp_path / kept).read_bytes(), output
+    assert step.detail(output).startswith(f"kept {kept} (")
+
+
+def test_a_build_larger_than_the_box_returns_is_not_kept(tmp_path):
+    step = keep_build_step(tmp_path)
+    step.argv[-1] = "1024"  # the limit in bytes
+    result, output = gpu_verify.run_step(step, 60, str(tmp_path / "stage.log"))
+    assert result == "FAIL (1)" and not list(tmp_path.glob("_C*.so"))
+    assert "MiB, over the 0 MiB a returned file may have" in step.detail(output), output
