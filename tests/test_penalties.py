@@ -146,6 +146,18 @@ def test_helper_matches_the_textbook_computation(helper, kind):
 
 
 @pytest.mark.parametrize("helper", HELPERS)
+def test_a_penalty_backpropagated_alone_gives_every_parameter_a_gradient(helper):
+    """A regularisation step of its own (StyleGAN2's Dreg): D's last bias does not change the input
+    gradient, and gets zeros, as under DistributedDataParallel (which needs a gradient of every
+    parameter) and in StyleGAN2, so an optimiser's momentum moves it alike in one process and many."""
+    D = make_discriminator("mlp")
+    real, fake = (torch.randn(SHAPE, dtype=torch.float64) for _ in range(2))
+    ours(helper, D, real, fake, 3, (), {}).backward()
+    assert all(p.grad is not None for p in D.parameters())
+    assert torch.equal(D[-1].bias.grad, torch.zeros_like(D[-1].bias))
+
+
+@pytest.mark.parametrize("helper", HELPERS)
 def test_d_args_that_is_not_a_tuple_is_one_argument(helper):
     """``d_args=labels``, as torch.func.functional_call takes its args: the labels were unpacked into
     one argument per sample (a TypeError from D for N > 1)."""

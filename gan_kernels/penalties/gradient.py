@@ -92,11 +92,13 @@ def _check_data_parallel(D):
 
 
 def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, scaler):
-    """``weight * mean_i penalty_i`` at ``x``. Under DistributedDataParallel the loss also gets
-    ``0 * outputs`` (StyleGAN2's ``real_logits * 0 + loss_Dr1``): a penalty on the input gradient does
-    not depend on every parameter (not on D's last bias), and DDP's backward waits for a gradient of
-    every parameter of the forward before it reduces, so a penalty backpropagated on its own (lazy
-    regularisation) would otherwise leave gradients unreduced and fail at the next forward."""
+    """``weight * mean_i penalty_i`` at ``x``, plus ``0 * outputs`` (StyleGAN2's ``real_logits * 0 +
+    loss_Dr1``). A penalty on the input gradient does not depend on every parameter (not on D's last
+    bias); DDP's backward waits for a gradient of every parameter of the forward, so a penalty
+    backpropagated on its own (lazy regularisation) would leave gradients unreduced and fail at the
+    next forward. Added in one process too, so that those parameters get zeros there as under DDP
+    (momentum and Adam's state then move them in both, as in StyleGAN2), not None in one and zeros in
+    the other."""
     if not callable(D):
         raise TypeError(f"D must be callable (a module or function), got {type(D).__name__}")
     _check_data_parallel(D)
@@ -110,10 +112,8 @@ def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, sc
     # An inference tensor (samples made under torch.inference_mode) cannot require grad: a copy can.
     x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
     outputs = D(x, *d_args, **(d_kwargs or {}))
-    loss = weight * gradient_penalty(outputs, x, center, scaler).mean()
-    if isinstance(D, DistributedDataParallel):
-        loss = loss + (outputs * 0).sum()
-    return loss
+    penalty = weight * gradient_penalty(outputs, x, center, scaler).mean()
+    return penalty + (outputs * 0).sum(dtype=penalty.dtype)
 
 
 def interpolates(real, fake, generator=None):
