@@ -246,6 +246,22 @@ def test_a_grad_scaler_overflow_leaves_the_running_mean_alone():
     assert torch.isfinite(plr.mean_length) and plr.mean_length > 0
 
 
+def test_a_grad_scaler_keeps_a_float16_gradient_that_underflows_unscaled():
+    # ws in float16 (a mapping network in half precision) have a float16 g: of about 1e-8 here, so
+    # subnormal or 0 in float16. Scaled by 2^24 it is a normal float16 number; unscaled in float16 it
+    # was subnormal again, and the running mean 19% off the float64 one, with the scaler as without it.
+    G = TinySynthesis()
+    ws = make_ws().detach().half().requires_grad_()
+    ws_exact = ws.detach().double().requires_grad_()  # the same values
+    plr = PathLengthRegularizer(decay=1.0)  # the running mean is then the batch's mean length
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**24)
+    penalty = plr(1e-7 * G(ws.double()), ws, generator=torch.Generator().manual_seed(3), scaler=scaler)
+    assert penalty.dtype == torch.float16  # the latents' dtype, as without a scaler
+    _, expected_mean = textbook(1e-7 * G(ws_exact), ws_exact, 0.0, 1.0, noise_seed=3)
+    # The scaled g rounded to float16 once: a relative error of at most 2^-11 per element.
+    torch.testing.assert_close(plr.mean_length, expected_mean.float(), rtol=2.0**-11, atol=0)
+
+
 @pytest.mark.parametrize("scale", [0.0, math.inf])
 def test_a_grad_scaler_whose_scale_is_zero_or_not_finite_is_named(scale):
     G, plr, ws = TinySynthesis(), PathLengthRegularizer(), make_ws()

@@ -243,30 +243,34 @@ def test_grad_scaler_follows_the_amp_recipe(device):
     assert_close(gan_kernels.gradient_penalty(D(x), x, 1.0, scaler=scaler), gan_kernels.gradient_penalty(D(x), x))
 
 
-def test_grad_scaler_keeps_a_float16_gradient_that_underflows_unscaled():
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.float16])
+def test_grad_scaler_keeps_a_float16_gradient_that_underflows_unscaled(input_dtype):
     """What the recipe is for. A power-of-2 scale round-trips exactly, so the test above passes
     whether or not the scaler is applied; here D computes in float16 and its backward multiplies by
     1e-4 twice: unscaled, dD/dx (1e-8) flushes to 0 in float16 and the penalty is 0; through a scale
-    of 2^14 it stays a normal float16 number (1.6e-4), and unscaled in float32 it is 1e-8 again."""
+    of 2^14 it stays a normal float16 number (1.6e-4), and unscaled in float32 it is 1e-8 again.
+    float16 samples (a D in .half()) have a float16 gradient: unscaled in float16 it was 0 again,
+    and the penalty with the scaler 0 as without it."""
     c = float(torch.tensor(1e-4, dtype=torch.float16))  # the constant as float16 holds it
 
     def D(x):
         return (x.half() * c).sum(dim=[1, 2, 3]) * c
 
     def D_exact(x):
-        return (x.double() * c).sum(dim=[1, 2, 3]) * c
+        return (x * c).sum(dim=[1, 2, 3]) * c
 
     torch.manual_seed(6)
-    real = torch.randn(SHAPE)
+    real = torch.randn(SHAPE).to(input_dtype)
+    real_exact = real.double()  # the same values
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
     assert penalties.r1(D, real, 10.0) == 0  # the case needs the scaler
     # Only the float16 rounding of the scaled products (c * 2^14 and its product with c) differs.
     tolerance = dict(rtol=TOLERANCES[torch.float16]["rtol"], atol=0, check_dtype=False)
     torch.testing.assert_close(
-        penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D_exact, real, 10.0), **tolerance
+        penalties.r1(D, real, 10.0, scaler=scaler), penalties.r1(D_exact, real_exact, 10.0), **tolerance
     )
     x = real.clone().requires_grad_()
-    x_exact = real.double().requires_grad_()
+    x_exact = real_exact.clone().requires_grad_()
     torch.testing.assert_close(
         gan_kernels.gradient_penalty(D(x), x, 0.0, scaler=scaler),
         gan_kernels.gradient_penalty(D_exact(x_exact), x_exact, 0.0),

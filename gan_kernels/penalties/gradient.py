@@ -48,7 +48,8 @@ def gradient_penalty(outputs, inputs, center=1.0, scaler=None):
 def scaled_input_gradient(total, inputs, scaler):
     """``d(total)/d(inputs)`` with ``create_graph=True`` (None where total does not depend on inputs);
     with a ``torch.amp.GradScaler``, PyTorch's AMP gradient-penalty recipe: the gradient of the scaled
-    total, so that fp16 gradients do not underflow, unscaled."""
+    total, so that fp16 gradients do not underflow, unscaled in at least float32 (a float16 g comes
+    back as float32)."""
     if scaler is None:
         return torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)[0]
     # A scale of 0 leaves no gradient to unscale (it divided by zero), and an infinite or NaN one a
@@ -57,7 +58,11 @@ def scaled_input_gradient(total, inputs, scaler):
     if scale == 0:
         raise ValueError(f"scaler.get_scale() must be nonzero, got {scale}: the scaled gradient cannot be unscaled")
     (g,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True, allow_unused=True)
-    return None if g is None else g * (1.0 / scale)
+    if g is None:
+        return None
+    # Unscaled in at least float32: a float16 g (of float16 inputs) unscaled in float16 underflowed
+    # again where the scale had kept it (1e-8 became 0), and the penalty was the unscaled one.
+    return g.to(torch.promote_types(g.dtype, torch.float32)) * (1.0 / scale)
 
 
 def _check_samples(x, arg):

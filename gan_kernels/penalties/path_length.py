@@ -136,8 +136,8 @@ class PathLengthRegularizer(SharesProcessGroup, KeepsFullPrecision, torch.nn.Mod
         # forward, and the ranks' parameters silently diverge. This module cannot see whether G is
         # a DDP module, so it always adds the term (unreached parameters get a zero gradient rather
         # than None, as in StyleGAN2).
-        zero = (images * 0).sum(dtype=g.dtype)
-        return (penalty / vectors).mean().to(g.dtype) + zero
+        zero = (images * 0).sum(dtype=latents.dtype)
+        return (penalty / vectors).mean().to(latents.dtype) + zero
 
     def extra_repr(self):
         return f"decay={self.decay}"
