@@ -530,6 +530,17 @@ def test_dragan_points_take_a_one_element_std_as_the_number(std):
         (lambda D, r, f: penalties.zero_centered_gp(D, r[:0], f[:0], 1.0), ValueError, "real has no samples"),
         (lambda D, r, f: penalties.dragan(D, r[:0], std=1.0), ValueError, "real has no samples"),
         (lambda D, r, f: penalties.r1("D", r, 1.0), TypeError, "D must be callable"),
+        # A D returning (logits, features) or a dict was refused as "outputs must be a torch.Tensor".
+        (
+            lambda D, r, f: penalties.r1(lambda x: (D(x), x), r, 1.0),
+            TypeError,
+            r"D must return its outputs \(the logits\) as a tensor, got tuple",
+        ),
+        (
+            lambda D, r, f: penalties.wgan_gp(lambda x: {"logits": D(x)}, r, f),
+            TypeError,
+            r"D must return its outputs \(the logits\) as a tensor, got dict",
+        ),
         (lambda D, r, f: penalties.r1(D, r[0, 0, 0, 0], 1.0), ValueError, "real must have a batch dimension"),
         (lambda D, r, f: penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
         (

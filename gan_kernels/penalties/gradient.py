@@ -117,6 +117,14 @@ def _weighted_penalty_at(D, x, samples_arg, center, weight, d_args, d_kwargs, sc
     # An inference tensor (samples made under torch.inference_mode) cannot require grad: a copy can.
     x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
     outputs = D(x, *d_args, **(d_kwargs or {}))
+    # A D that also returns its features ((logits, features), a dict) was refused as "outputs must be
+    # a torch.Tensor", naming an argument the caller never passed; which element holds the logits is
+    # the caller's to say.
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(
+            f"D must return its outputs (the logits) as a tensor, got {type(outputs).__name__}: for a D "
+            "that returns more, pass a function (or module) that returns the logits alone"
+        )
     penalty = weight * gradient_penalty(outputs, x, center, scaler).mean()
     return penalty + (outputs * 0).sum(dtype=penalty.dtype)
 
