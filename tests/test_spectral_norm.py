@@ -4,6 +4,7 @@ in test_contracts.py."""
 
 import collections
 import copy
+import io
 import sys
 import threading
 
@@ -172,6 +173,26 @@ def test_remove_parametrizations_keeps_the_normalised_weight():
     assert isinstance(ours.weight, torch.nn.Parameter) and not parametrize.is_parametrized(ours)
     torch.testing.assert_close(ours.weight.detach(), expected, **VS_TORCH[torch.float64])
     spectral_norm(ours)  # can be normalised again after removal
+
+
+def test_a_layer_with_its_spectral_norm_removed_is_torchs_plain_layer_again():
+    """It pickles (torch.save of the whole model) and loads an older spectral norm's checkpoint as a
+    plain torch.nn.Linear does, also one from before PyTorch 1.1 (keys unexpected, no rename)."""
+    ours = spectral_norm(torch.nn.Linear(5, 4))
+    parametrize.remove_parametrizations(ours, "weight")
+    buffer = io.BytesIO()
+    torch.save(ours, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert torch.equal(loaded.weight, ours.weight) and torch.equal(loaded.bias, ours.bias)
+
+    old = torch.nn.utils.spectral_norm(torch.nn.Linear(5, 4))
+    old(torch.randn(2, 5))
+    before_1_1 = {key: value for key, value in old.state_dict().items() if key != "weight_v"}
+    before_1_1["weight"] = old.weight.detach().clone()
+    for checkpoint in (old.state_dict(), before_1_1):
+        plain = torch.nn.Linear(5, 4).load_state_dict(dict(checkpoint), strict=False)
+        assert ours.load_state_dict(dict(checkpoint), strict=False) == plain
 
 
 def test_power_iteration_runs_in_float32_under_autocast():

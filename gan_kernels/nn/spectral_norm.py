@@ -94,19 +94,25 @@ def _old_solve_v(weight_orig, weight, u, dim):
     return (x * (sigma / torch.vdot(u_c, matrix @ x))).to(u.dtype)
 
 
-def _old_format_loader(name):
+class _OldFormatLoader:
     """Loads checkpoints of the older torch.nn.utils.spectral_norm: renames its keys (``weight_orig``,
     ``weight_u``, ``weight_v``) to the parametrization's, whose power iteration stores the same u, v.
     A checkpoint from before PyTorch 1.1 has no ``weight_v`` but the normalised ``weight``; v is then
-    recomputed from it, as PyTorch's own loader does."""
-    renames = {
-        f"{name}_orig": f"parametrizations.{name}.original",
-        f"{name}_u": f"parametrizations.{name}.0._u",
-        f"{name}_v": f"parametrizations.{name}.0._v",
-    }
+    recomputed from it, as PyTorch's own loader does.
 
-    def hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
-        if prefix + f"{name}_orig" not in state_dict:
+    A class at module level, not a closure: the hook stays on the module after
+    ``remove_parametrizations``, and a closure made the plain layer left behind unpicklable
+    (``torch.save`` of the whole model failed, where it works after PyTorch's spectral norm)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        name = self.name
+        normalisation = _spectral_norm_of(module, name)
+        if normalisation is None or prefix + f"{name}_orig" not in state_dict:
+            # Once the spectral norm is removed the layer is a plain one again, and loads such a
+            # checkpoint as torch's does (its keys unexpected) rather than renaming them.
             return
         normalised_key = prefix + name
         before_1_1 = prefix + f"{name}_v" not in state_dict and prefix + f"{name}_u" in state_dict
@@ -116,13 +122,24 @@ def _old_format_loader(name):
                     state_dict[prefix + f"{name}_orig"],
                     state_dict.pop(normalised_key),
                     state_dict[prefix + f"{name}_u"],
-                    module.parametrizations[name][0].dim,
+                    normalisation.dim,
                 )
+        renames = {
+            f"{name}_orig": f"parametrizations.{name}.original",
+            f"{name}_u": f"parametrizations.{name}.0._u",
+            f"{name}_v": f"parametrizations.{name}.0._v",
+        }
         for old, new in renames.items():
             if prefix + old in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
 
-    return hook
+
+def _spectral_norm_of(module, name):
+    """The gan_kernels spectral norm that is the first parametrization of ``module.<name>``, or None."""
+    if not parametrize.is_parametrized(module, name):
+        return None
+    first = module.parametrizations[name][0]
+    return first if isinstance(first, SpectralNorm) else None
 
 
 def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=None):
@@ -154,7 +171,7 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     first_on_this_weight = not parametrize.is_parametrized(module, name)
     parametrize.register_parametrization(module, name, SpectralNorm(weight, n_power_iterations, dim, eps))
     if first_on_this_weight:  # older checkpoints hold one spectral norm per weight
-        module.register_load_state_dict_pre_hook(_old_format_loader(name))
+        module.register_load_state_dict_pre_hook(_OldFormatLoader(name))
     return module
 
 
