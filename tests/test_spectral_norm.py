@@ -491,6 +491,32 @@ def test_batched_leaves_a_skipped_layers_weight_alone_under_adam_and_a_penalty()
             assert_close_to_torch(got, want)
 
 
+def test_batched_frozen_layers_stay_out_of_the_graph_as_per_layer():
+    """FreezeD-style training (D's first layers frozen with requires_grad_(False)): a frozen layer's
+    output needs no gradient, as with PyTorch's layers. Normalised in one op call with the trainable
+    layers, its W / sigma shared their autograd node, so the frozen layers' outputs required grad
+    and every backward computed and dropped their weight gradients."""
+    theirs, batched = make_d(torch_spectral_norm), make_d(spectral_norm)
+    batch_spectral_norm(batched)
+    needs_grad = {}
+    for d in (theirs, batched):
+        for layer in (d.c1, d.c2):
+            layer.requires_grad_(False)
+        d.c2.register_forward_hook(lambda layer, args, out, d=d: needs_grad.__setitem__(d, out.requires_grad))
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    outs = [d(x) for d in (theirs, batched)]
+    assert needs_grad[batched] is needs_grad[theirs] is False
+    for d, out in zip((theirs, batched), outs):
+        out.sum().backward()
+    assert_close_to_torch(outs[1], outs[0])
+    for layer in ("c3", "head"):
+        assert_close_to_torch(
+            getattr(batched, layer).parametrizations.weight.original.grad,
+            getattr(theirs, layer).parametrizations.weight.original.grad,
+        )
+
+
 @pytest.mark.parametrize("grouping", ["twice", "nested"])
 def test_a_layer_in_two_groups_iterates_once_per_forward(grouping):
     """batch_spectral_norm twice on one model, or on a model and on a model that contains it: each

@@ -259,6 +259,29 @@ class BatchedResults:
                 )
 
 
+def _normalize_by_requires_grad(weights, us, vs, sigmas, dims):
+    """spectral_norm_normalize, one call for the weights that need a gradient and one for the rest:
+    the outputs of one call share one autograd node, so a frozen layer's W / sigma (FreezeD's
+    ``requires_grad_(False)``) normalised with trainable ones required grad, unlike PyTorch's, and
+    each backward computed its weight gradient only to drop it."""
+    needs_grad = [torch.is_grad_enabled() and weight.requires_grad for weight in weights]
+    if all(needs_grad) or not any(needs_grad):
+        return spectral_norm_normalize(weights, us, vs, sigmas, dims)
+    normalized = [None] * len(weights)
+    for wanted in (True, False):
+        part = [index for index, needs in enumerate(needs_grad) if needs is wanted]
+        outputs = spectral_norm_normalize(
+            [weights[i] for i in part],
+            [us[i] for i in part],
+            [vs[i] for i in part],
+            sigmas[part],
+            [dims[i] for i in part],
+        )
+        for index, output in zip(part, outputs):
+            normalized[index] = output
+    return normalized
+
+
 class SpectralNormGroup:
     """Runs the power iterations and normalisations of every spectral norm in a model as one call
     of each batched op per model forward, before the layers run; each layer then only returns its
@@ -319,7 +342,7 @@ class SpectralNormGroup:
             us = torch.cat([sn._u for sn in layers]).split([sn._u.numel() for sn in layers])
             vs = torch.cat([sn._v for sn in layers]).split([sn._v.numel() for sn in layers])
             sigmas = spectral_norm_power_iteration_(weights, us, vs, dims, steps, eps)
-            normalized = spectral_norm_normalize(weights, us, vs, sigmas, dims)
+            normalized = _normalize_by_requires_grad(weights, us, vs, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
                 new_u, new_v = (us[index], vs[index]) if steps else (None, None)
                 by_layer[sn] = (weight, w_sn, sigmas[index], new_u, new_v)
