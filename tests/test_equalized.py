@@ -364,3 +364,18 @@ def test_built_on_the_meta_device_then_reset_as_built_directly(make):
     assert direct.state_dict().keys() == deferred.state_dict().keys()
     for name, value in direct.state_dict().items():
         assert torch.equal(deferred.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kwargs: EqualizedLinear(4, 3, **kwargs),
+        lambda **kwargs: EqualizedConv2d(4, 3, 3, **kwargs),
+    ],
+)
+def test_repr_tells_layers_of_another_bias_or_learning_rate_apart(make):
+    """A StyleGAN mapping network's layers (lr_multiplier=0.01) printed as its synthesis layers did,
+    and a layer without bias as one with; torch.nn.Linear and Conv2d print bias=."""
+    plain, other = repr(make()), [repr(make(bias=False)), repr(make(lr_multiplier=0.01))]
+    assert "bias=True" in plain and "lr_multiplier=1" in plain
+    assert "bias=False" in other[0] and "lr_multiplier=0.01" in other[1]

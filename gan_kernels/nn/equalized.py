@@ -93,7 +93,10 @@ class EqualizedLinear(_EqualizedLayer):
         return self._bias_act(x, self._runtime_bias(x.dtype), dim=-1, act=self.activation, gain=act_gain)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"activation={self.activation}, lr_multiplier={self.bias_gain}"
+        )
 
 
 class EqualizedConv2d(_EqualizedLayer):
@@ -179,7 +182,7 @@ class EqualizedConv2d(_EqualizedLayer):
 
     def extra_repr(self):
         return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"activation={self.activation}, stride={self.stride}, padding={self.padding}, "
-            f"conv_clamp={self.conv_clamp}"
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}, "
+            f"activation={self.activation}, lr_multiplier={self.bias_gain}, stride={self.stride}, "
+            f"padding={self.padding}, conv_clamp={self.conv_clamp}"
         )
