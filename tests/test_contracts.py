@@ -353,6 +353,12 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             "center must be a real number, got str",
         ),
         (lambda: gan_kernels.penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
+        # The layers and helpers outside gan_kernels.ops.
+        (
+            lambda: gan_kernels.nn.EqualizedLinear(2, 3, bias_init=float("nan")),
+            ValueError,
+            "bias_init must be a finite number, got nan",
+        ),
     ],
 )
 def test_unusual_arguments_get_a_clear_error(call, error, match):

@@ -70,7 +70,8 @@ class EqualizedLinear(_EqualizedLayer):
             _checks.count(out_features, "out_features", 0),
         )
         lr_multiplier = _checks.positive(lr_multiplier, "lr_multiplier")
-        bias_init = _checks.real(bias_init, "bias_init")
+        # Finite: a NaN or infinite bias_init made every output NaN or infinite from the first forward.
+        bias_init = _checks.finite(bias_init, "bias_init")
         self.in_features, self.out_features = in_features, out_features
         self.activation = activation
         self.bias_init = bias_init
