@@ -359,6 +359,17 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             ValueError,
             "bias_init must be a finite number, got nan",
         ),
+        (
+            lambda: gan_kernels.nn.EqualizedLinear(2, 3)(torch.randn(4, 2), gain="2"),
+            TypeError,
+            "gain must be a real number, got str '2'",
+        ),
+        (
+            lambda: gan_kernels.nn.EqualizedConv2d(2, 3, 1, conv_clamp=1.0)(torch.randn(4, 2, 3, 3), gain=None),
+            TypeError,
+            "gain must be a real number, got NoneType None",
+        ),
+        (lambda: gan_kernels.nn.EqualizedConv2d(2, 3, 1)([1.0]), TypeError, "x must be a torch.Tensor, got list"),
     ],
 )
 def test_unusual_arguments_get_a_clear_error(call, error, match):

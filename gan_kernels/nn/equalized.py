@@ -84,6 +84,10 @@ class EqualizedLinear(_EqualizedLayer):
     def forward(self, x, gain=1):
         """``x`` [*, in_features] -> [*, out_features], as torch.nn.Linear: the bias goes along the
         last dim (StyleGAN's layer takes [N, in] only, where that is dim 1)."""
+        _checks.tensor(x, "x")
+        # Before any arithmetic with it: a gain of another type failed there, naming neither the
+        # argument nor its value ("can't multiply sequence by non-int of type 'float'").
+        gain = _checks.finite(gain, "gain")
         w = self._runtime_weight(x)
         if self.activation == "linear" and self.bias is not None and gain == 1:
             if x.dim() != 2:  # addmm takes matrices only
@@ -161,6 +165,10 @@ class EqualizedConv2d(_EqualizedLayer):
         return (self.weight * self.weight_gain).to(x.dtype)
 
     def forward(self, x, gain=1):
+        _checks.tensor(x, "x")
+        # Before the clamp's sign test and any arithmetic: a gain of another type failed there, naming
+        # neither the argument nor its value ("'<' not supported between instances of 'str' and 'int'").
+        gain = _checks.finite(gain, "gain")
         if x.dim() == 3:  # unbatched [C, H, W], as conv2d takes it: the bias goes along C, not H
             return self.forward(x.unsqueeze(0), gain).squeeze(0)
         x = torch.nn.functional.conv2d(x, self._runtime_weight(x), stride=self.stride, padding=self.padding)
