@@ -1124,7 +1124,12 @@ SPECTRAL_NORM_BAD_INPUTS = spectral_bad_calls(
         (
             lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, -1),
             ValueError,
-            "n_power_iterations must be an integer >= 0, got -1",
+            "n_power_iterations must be >= 0, got -1",
+        ),
+        (
+            lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 2**63),
+            ValueError,
+            "n_power_iterations=9223372036854775808 is too large",
         ),
         (
             lambda w, u, v, d: gan_kernels.spectral_norm_power_iteration_(w, u, v, d, 1, float("inf")),

@@ -370,6 +370,11 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             "gain must be a real number, got NoneType None",
         ),
         (lambda: gan_kernels.nn.EqualizedConv2d(2, 3, 1)([1.0]), TypeError, "x must be a torch.Tensor, got list"),
+        (
+            lambda: gan_kernels.nn.spectral_norm(torch.nn.Linear(2, 3), n_power_iterations=2**63),
+            ValueError,
+            r"n_power_iterations=9223372036854775808 is too large",
+        ),
     ],
 )
 def test_unusual_arguments_get_a_clear_error(call, error, match):

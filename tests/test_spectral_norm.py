@@ -935,7 +935,7 @@ class IntWeight(torch.nn.Module):
             lambda: torch.nn.Linear(3, 2),
             dict(n_power_iterations=0),
             ValueError,
-            "n_power_iterations must be an integer >= 1, got 0",
+            "n_power_iterations must be >= 1, got 0",
         ),
         (lambda: torch.nn.Linear(3, 2), dict(eps=float("nan")), ValueError, "eps must be a finite number, got nan"),
         (lambda: torch.nn.Linear(3, 2), dict(eps=float("-inf")), ValueError, "eps must be a finite number, got -inf"),

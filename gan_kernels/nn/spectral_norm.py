@@ -9,7 +9,6 @@ from torch.nn.utils import parametrize
 
 from .. import _checks, reference
 from ..ops.spectral_norm import (
-    check_n_power_iterations,
     check_weight_dtype,
     spectral_norm_normalize,
     spectral_norm_one_,
@@ -30,7 +29,7 @@ class SpectralNorm(torch.nn.Module):
 
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
         super().__init__()
-        self.n_power_iterations = check_n_power_iterations(n_power_iterations)
+        self.n_power_iterations = _checks.count(n_power_iterations, "n_power_iterations")
         self.eps = _checks.finite(eps, "eps")
         self.dim = _checks.wrap_dim(dim, weight, "dim")
         self.sigma = None

@@ -111,14 +111,6 @@ def _check_vectors(weights, us, vs, dims, sigmas=None):
             _checks.same_dtype(sigmas, weights[0], "sigmas", "weights[0]")
 
 
-def check_n_power_iterations(value, arg="n_power_iterations", minimum=1):
-    """``value`` as an int >= ``minimum``."""
-    value = _checks.integer(value, arg)
-    if value < minimum:
-        raise ValueError(f"{arg} must be an integer >= {minimum}, got {value}")
-    return value
-
-
 def _use_compiled(weights, *tensors):
     """Real weights on a device with kernels; not under forward-mode AD (see _backend.use_compiled)."""
     return (
@@ -135,7 +127,7 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, 
     the weights' dtype even under autocast. Complex weights run on the reference (``W^H``, ``vdot``
     as PyTorch's spectral norm)."""
     dims = _check_lists(weights, us, vs, dims)
-    n_power_iterations = check_n_power_iterations(n_power_iterations, minimum=0)
+    n_power_iterations = _checks.count(n_power_iterations, "n_power_iterations", minimum=0)
     eps = _checks.finite(eps, "eps")
     if not torch.compiler.is_compiling():  # traced tensors have no addresses; the op checks at run time
         _check_no_shared_memory(us, vs)
