@@ -33,6 +33,13 @@ def tensor(t, arg):
     return t
 
 
+def module(value, arg):
+    """``value`` itself: a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(value).__name__}")
+    return value
+
+
 def check_floating(t, arg):
     tensor(t, arg)
     if t.dtype not in FLOAT_DTYPES:

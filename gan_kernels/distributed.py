@@ -13,11 +13,6 @@ from torch.nn.parallel import DistributedDataParallel
 from . import _checks
 
 
-def _check_module(module):
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-
-
 def _by_device_and_dtype(tensors):
     """Tensors grouped by (device, dtype), in the order of ``tensors``, so each group flattens into one buffer."""
     groups = {}
@@ -42,7 +37,7 @@ def all_reduce_gradients(module, group=None):
 
     Call it after ``backward()`` and before ``optimizer.step()``.
     """
-    _check_module(module)
+    _checks.module(module, "module")
     if isinstance(module, DistributedDataParallel):
         raise ValueError(
             "module is a DistributedDataParallel, whose backward already averages the gradients; "
@@ -88,7 +83,7 @@ def broadcast_state(module, src=0, group=None):
     Use it once after building the model on every rank, so that all ranks start from the same state
     without seeding them alike (DistributedDataParallel does the same when it wraps a module).
     """
-    _check_module(module)
+    _checks.module(module, "module")
     _checks.process_group_rank(group)
     world_size = dist.get_world_size()
     src = _checks.integer(src, "src")

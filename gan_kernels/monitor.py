@@ -407,11 +407,9 @@ class StabilityMonitor:
         max_history=MAX_HISTORY,
         scaler=None,
     ):
-        for arg, network in (("D", D), ("G", G)):
-            if network is not None and not isinstance(network, torch.nn.Module):
-                raise TypeError(f"{arg} must be a torch.nn.Module, got {type(network).__name__}")
-        if D is None:
-            raise TypeError("D must be a torch.nn.Module, got None")
+        _checks.module(D, "D")
+        if G is not None:
+            _checks.module(G, "G")
         every = _checks.count(every, "every")
         sigma_iterations = _checks.count(sigma_iterations, "sigma_iterations")
         samples = _checks.count(samples, "samples", minimum=2)
@@ -554,8 +552,7 @@ class StabilityMonitor:
         scaled gradients' norms follow the loss scale, which changes during the run."""
         if network not in ("D", "G"):
             raise ValueError(f"network must be 'D' or 'G', got {network!r}")
-        if not isinstance(module, torch.nn.Module):
-            raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+        _checks.module(module, "module")
         grads = [p.grad.detach() for p in module.parameters() if p.grad is not None]
         if not grads:
             raise ValueError(

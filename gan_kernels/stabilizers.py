@@ -29,11 +29,6 @@ from .nn import spectral_norm_layers
 from .reference import _compute_dtype
 
 
-def _check_module(module, arg):
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"{arg} must be a torch.nn.Module, got {type(module).__name__}")
-
-
 def _check_callable(fn, arg):
     if not callable(fn):
         raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
@@ -104,7 +99,7 @@ def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
     backward then differentiates through all of it (second derivatives of D's layers, which the
     gan_kernels ops and layers provide).
     """
-    _check_module(D, "D")
+    _checks.module(D, "D")
     _check_samples(fake, "fake")
     _check_samples(real, "real")
     _check_callable(d_loss, "d_loss")
@@ -313,7 +308,7 @@ def clip_weights_(module, c):
     0.01). Every parameter means biases and normalisation scales too, as the WGAN code clamps
     ``netD.parameters()``; buffers (BatchNorm running statistics, spectral norm's u, v) are not
     parameters and are left alone."""
-    _check_module(module, "module")
+    _checks.module(module, "module")
     c = _checks.positive(c, "c")
     with torch.no_grad():
         for parameter in module.parameters():
@@ -399,7 +394,7 @@ class GeneratorEMA(AveragedModel):
     ``ValueError``. ``update`` takes the DDP module or the wrapped one (the same tensors)."""
 
     def __init__(self, G, decay, device=None):
-        _check_module(G, "G")
+        _checks.module(G, "G")
         if isinstance(G, DistributedDataParallel):
             # The copy would be a DDP module too: every forward of the average would broadcast buffers
             # with the other ranks, so sampling on one rank hung until the process group's timeout.
@@ -493,7 +488,7 @@ class GeneratorEMA(AveragedModel):
 
     def update(self, G):
         """Moves the average towards ``G``'s current parameters and buffers (see the class docstring)."""
-        _check_module(G, "G")
+        _checks.module(G, "G")
         # AveragedModel pairs the tensors by position and stops at the shorter list, and torch's
         # grouping of the pairs (2.11) or its lerp (2.13) fails on two dtypes: check they match.
         ours = [(t.shape, t.dtype) for _, t in self._named_averaged_tensors()]

@@ -29,6 +29,7 @@ class SpectralNorm(torch.nn.Module):
 
     def __init__(self, weight, n_power_iterations=1, dim=0, eps=1e-12):
         super().__init__()
+        _checks.tensor(weight, "weight")
         self.n_power_iterations = _checks.count(n_power_iterations, "n_power_iterations")
         self.eps = _checks.finite(eps, "eps")
         self.dim = _checks.wrap_dim(dim, weight, "dim")
@@ -148,8 +149,7 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
     ``remove_parametrizations`` works, power iteration in the weight's dtype under autocast, complex
     weights, applying it twice to one weight). Also loads checkpoints of the older
     ``torch.nn.utils.spectral_norm``, including those from before PyTorch 1.1. Returns ``module``."""
-    if not isinstance(module, torch.nn.Module):
-        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    _checks.module(module, "module")
     if hasattr(module, f"{name}_orig") and not parametrize.is_parametrized(module, name):
         # The older spectral_norm's forward hook owns this attribute, so no parametrization can wrap
         # it (PyTorch's raises too, saying the module has no parameter of that name).
@@ -176,6 +176,7 @@ def spectral_norm(module, name="weight", n_power_iterations=1, eps=1e-12, dim=No
 
 def spectral_norm_layers(model):
     """``(qualified name, SpectralNorm)`` for every gan_kernels spectral norm in ``model``."""
+    _checks.module(model, "model")
     found = []
     for module_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
@@ -363,6 +364,5 @@ def batch_spectral_norm(model):
     """Groups every gan_kernels spectral norm of ``model`` so that each model forward runs one
     batched power iteration and normalisation for all of them. Returns the SpectralNormGroup
     (``.remove()`` to undo)."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _checks.module(model, "model")
     return SpectralNormGroup(model)
