@@ -378,6 +378,11 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
         (lambda: gan_kernels.nn.spectral_norm_layers(3), TypeError, "model must be a torch.nn.Module, got int"),
         (lambda: gan_kernels.nn.spectral_sigmas([]), TypeError, "model must be a torch.nn.Module, got list"),
         (lambda: gan_kernels.nn.SpectralNorm([[1.0]]), TypeError, "weight must be a torch.Tensor, got list"),
+        (
+            lambda: gan_kernels.nn.MinibatchDiscrimination(3, 2, 2)(torch.randn(4, 3, device="meta")),
+            ValueError,
+            "x is on meta but T is on cpu",
+        ),
     ],
 )
 def test_unusual_arguments_get_a_clear_error(call, error, match):

@@ -54,6 +54,8 @@ class MinibatchDiscrimination(torch.nn.Module):
 
     def forward(self, x):
         _checks.check_floating(x, "x")
+        # matmul does not check this for a meta x: the output was a meta tensor, silently.
+        _checks.same_device(x, self.T, "x", "T")
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must be a 2-D tensor [N, in_features={self.in_features}], got shape {list(x.shape)}")
         t = self.T.to(x.dtype) * self.weight_gain
