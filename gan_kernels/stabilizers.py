@@ -49,6 +49,11 @@ def _check_scalar(loss, arg):
 
 def _mean_squared_distance(a, b, arg_a, arg_b):
     """``mean_i ||a_i - b_i||^2`` over the batch (dim 0), the squared norm over every other dim."""
+    # What D or G returned: a scalar, a tuple or integers failed below, naming neither ("len() of a
+    # 0-d tensor", "'tuple' object has no attribute 'shape'").
+    _check_samples(a, arg_a)
+    _check_samples(b, arg_b)
+    _checks.same_device(b, a, arg_b, arg_a)
     if a.shape != b.shape:
         raise ValueError(f"{arg_b} has shape {list(b.shape)} but {arg_a} has shape {list(a.shape)}")
     dtype = torch.promote_types(a.dtype, b.dtype)
@@ -262,8 +267,9 @@ def latent_consistency_penalty(G, D, z, sigma, weight_d, weight_g, *, generator=
     weight_g = _checks.nonnegative(weight_g, "weight_g")
     delta = sigma * torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
     fake, perturbed = G(z), G(z + delta)
-    d_term = weight_d * _mean_squared_distance(D(fake.detach()), D(perturbed.detach()), "D(G(z))", "D(G(z + delta))")
+    # First, so that what G returned is checked before D is called on it.
     g_term = -weight_g * _mean_squared_distance(fake, perturbed, "G(z)", "G(z + delta)")
+    d_term = weight_d * _mean_squared_distance(D(fake.detach()), D(perturbed.detach()), "D(G(z))", "D(G(z + delta))")
     return d_term, g_term
 
 

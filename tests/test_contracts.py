@@ -383,6 +383,25 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             ValueError,
             "x is on meta but T is on cpu",
         ),
+        (
+            lambda: gan_kernels.stabilizers.consistency_penalty(lambda t: t.sum(), torch.randn(4, 3), torch.neg, 1.0),
+            ValueError,
+            r"D\(x\) must have a batch dimension, got a 0-dimensional tensor",
+        ),
+        (
+            lambda: gan_kernels.stabilizers.latent_consistency_penalty(
+                lambda z: (z,), lambda t: t, torch.randn(4, 3), 0.1, 1.0, 1.0
+            ),
+            TypeError,
+            r"G\(z\) must be a torch.Tensor, got tuple",
+        ),
+        (
+            lambda: gan_kernels.stabilizers.consistency_penalty(
+                lambda t: t, torch.randn(4, 3), torch.neg, 1.0, outputs=torch.randn(4, 3, device="meta")
+            ),
+            ValueError,
+            r"D\(augment\(x\)\) is on cpu but D\(x\) is on meta",
+        ),
     ],
 )
 def test_unusual_arguments_get_a_clear_error(call, error, match):
