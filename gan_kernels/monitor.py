@@ -425,7 +425,8 @@ class StabilityMonitor:
         self.every, self.writer = every, writer
         self.sigma_iterations, self.samples = sigma_iterations, samples
         self.max_history = max_history
-        self._generator = torch.Generator().manual_seed(seed)
+        # torch.Generator.manual_seed takes Python ints only ("an integer is required" for a numpy one).
+        self._generator = torch.Generator().manual_seed(_checks.integer(seed, "seed"))
         self._layers = _tracked_layers(D, "D", self._generator)
         if G is not None:
             self._layers += _tracked_layers(G, "G", self._generator)

@@ -303,6 +303,11 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
     assert gan_kernels.penalties.LazyRegularizer(value).interval == 4
     assert gan_kernels.penalties.lazy_adam_hyperparameters(0.1, (0.0, 0.99), value)[0] == pytest.approx(0.08)
     assert gan_kernels.nn.EqualizedLinear(value, value).weight.shape == (4, 4)
+    monitor_state = gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=value).state_dict()
+    assert torch.equal(
+        monitor_state["generator"],
+        gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=4).state_dict()["generator"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -353,6 +358,11 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             "center must be a real number, got str",
         ),
         (lambda: gan_kernels.penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
+        (
+            lambda: gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=2.0),
+            TypeError,
+            "seed must be an int, got float 2.0",
+        ),
         # The layers and helpers outside gan_kernels.ops.
         (
             lambda: gan_kernels.nn.EqualizedLinear(2, 3, bias_init=float("nan")),
