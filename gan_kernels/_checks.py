@@ -40,6 +40,14 @@ def module(value, arg):
     return value
 
 
+def grad_scaler(value, arg="scaler"):
+    """``value`` itself: a ``torch.amp.GradScaler``, or anything with the methods of one that are used
+    here (``scale``, ``get_scale``, ``is_enabled``)."""
+    if not all(callable(getattr(value, method, None)) for method in ("scale", "get_scale", "is_enabled")):
+        raise TypeError(f"{arg} must be a torch.amp.GradScaler, got {type(value).__name__}")
+    return value
+
+
 def check_floating(t, arg):
     tensor(t, arg)
     if t.dtype not in FLOAT_DTYPES:

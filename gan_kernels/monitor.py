@@ -416,8 +416,8 @@ class StabilityMonitor:
         max_history = None if max_history is None else _checks.count(max_history, "max_history")
         if writer is not None and not callable(getattr(writer, "add_scalar", None)):
             raise TypeError(f"writer must have an add_scalar(tag, value, step) method, got {type(writer).__name__}")
-        if scaler is not None and not callable(getattr(scaler, "is_enabled", None)):
-            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        if scaler is not None:
+            _checks.grad_scaler(scaler)
         # Whether a non-finite gradient value is a step the scaler skipped (its enabled flag is fixed
         # at its construction).
         self._skips_overflow = scaler is not None and bool(scaler.is_enabled())

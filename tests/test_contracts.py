@@ -310,6 +310,12 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
     )
 
 
+def images_and_latents():
+    """Images [4, 3, 2, 2] computed from latents [4, 4] that require grad, for a path-length penalty."""
+    latents = torch.randn(4, 4, requires_grad=True)
+    return latents.reshape(4, 1, 2, 2).expand(4, 3, 2, 2), latents
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -358,6 +364,16 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
             "center must be a real number, got str",
         ),
         (lambda: gan_kernels.penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
+        (
+            lambda: gan_kernels.penalties.r1(lambda t: t.square().sum(1), torch.randn(4, 3), 1.0, scaler=2.0),
+            TypeError,
+            "scaler must be a torch.amp.GradScaler, got float",
+        ),
+        (
+            lambda: gan_kernels.penalties.PathLengthRegularizer()(*images_and_latents(), scaler="1024"),
+            TypeError,
+            "scaler must be a torch.amp.GradScaler, got str",
+        ),
         (
             lambda: gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=2.0),
             TypeError,

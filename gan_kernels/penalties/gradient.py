@@ -52,6 +52,8 @@ def scaled_input_gradient(total, inputs, scaler):
     back as float32)."""
     if scaler is None:
         return torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True)[0]
+    # Another object failed at its first method call ("'int' object has no attribute 'get_scale'").
+    _checks.grad_scaler(scaler)
     # A scale of 0 leaves no gradient to unscale (it divided by zero), and an infinite or NaN one a
     # NaN penalty: refused before the gradient is taken. A disabled scaler's scale is 1.0.
     scale = _checks.finite(scaler.get_scale(), "scaler.get_scale()")
