@@ -408,7 +408,7 @@ class GeneratorEMA(AveragedModel):
                 "G is a DistributedDataParallel: build the average from the module it wraps, "
                 "GeneratorEMA(G.module, decay); update() takes either"
             )
-        decay = self._check_decay(decay)
+        decay = _checks.interval(decay, "decay", 0, 1)
         # A bound method, so that the update reads the decay set now (a copy of the module, too).
         super().__init__(G, device=device, multi_avg_fn=self._average, use_buffers=True)
         self.decay = decay
@@ -449,13 +449,6 @@ class GeneratorEMA(AveragedModel):
         """The module's tensors in the order AveragedModel pairs them with G's."""
         return itertools.chain(self.module.named_parameters(), self.module.named_buffers())
 
-    @staticmethod
-    def _check_decay(decay):
-        decay = _checks.real(decay, "decay")
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
-        return decay
-
     @property
     def decay(self):
         """The weight of the old average in each update, in [0, 1]."""
@@ -463,7 +456,7 @@ class GeneratorEMA(AveragedModel):
 
     @decay.setter
     def decay(self, value):
-        self._decay = self._check_decay(value)
+        self._decay = _checks.interval(value, "decay", 0, 1)
 
     def _average(self, averaged, current, n_averaged):
         get_ema_multi_avg_fn(self._decay)(averaged, current, n_averaged)

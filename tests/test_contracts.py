@@ -375,6 +375,11 @@ def images_and_latents():
             "scaler must be a torch.amp.GradScaler, got str",
         ),
         (
+            lambda: gan_kernels.penalties.PathLengthRegularizer(np.float32(1.5)),
+            ValueError,
+            r"^decay must be in \[0, 1\], got 1.5$",
+        ),
+        (
             lambda: gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=2.0),
             TypeError,
             "seed must be an int, got float 2.0",

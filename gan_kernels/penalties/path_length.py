@@ -11,13 +11,6 @@ from ..ops.gradient_penalty import per_sample_penalty
 from .gradient import scaled_input_gradient
 
 
-def _check_decay(decay):
-    value = _checks.real(decay, "decay")
-    if not (0 <= value <= 1):
-        raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
-    return value
-
-
 def _batch_mean(lengths, group):
     """The mean of ``lengths`` over the concatenated batch of the ranks of ``group`` (None: all
     ranks) when torch.distributed is initialised, else over ``lengths``: one all-reduce of their sum
@@ -70,7 +63,7 @@ class PathLengthRegularizer(SharesProcessGroup, KeepsFullPrecision, torch.nn.Mod
 
     def __init__(self, decay=0.01, process_group=None):
         super().__init__()
-        self.decay = _check_decay(decay)
+        self.decay = _checks.interval(decay, "decay", 0, 1)
         # The ranks that train G together: an all-reduce over all ranks would wait forever for
         # ranks outside a subgroup that never call the regulariser.
         self.process_group = process_group
