@@ -193,7 +193,9 @@ def real(value, arg):
                 f"{arg} is a tensor that requires grad, but it is taken as a constant and gets no "
                 f"gradient: pass {arg}.detach() (or a number), or compute under torch.no_grad()"
             )
-        return value.item()
+        # A float as from every other form: item() of an integer tensor is an int.
+        value = value.item()
+        return value if symbolic(value) else float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{arg} must be a real number, got {type(value).__name__} {value!r}")
     return value if symbolic(value) else float(value)

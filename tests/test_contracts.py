@@ -303,6 +303,12 @@ def test_every_count_argument_takes_numpy_ints_and_0d_tensors(value):
     assert gan_kernels.penalties.LazyRegularizer(value).interval == 4
     assert gan_kernels.penalties.lazy_adam_hyperparameters(0.1, (0.0, 0.99), value)[0] == pytest.approx(0.08)
     assert gan_kernels.nn.EqualizedLinear(value, value).weight.shape == (4, 4)
+    # An integer where a real number is taken (an eps, a threshold) is a float, in each of these forms.
+    for real in (
+        gan_kernels.nn.PixelNorm(eps=value).eps,
+        gan_kernels.monitor.Thresholds(collapse_diversity=value).collapse_diversity,
+    ):
+        assert type(real) is float and real == 4.0
     monitor_state = gan_kernels.StabilityMonitor(torch.nn.Linear(2, 1), seed=value).state_dict()
     assert torch.equal(
         monitor_state["generator"],
