@@ -33,6 +33,13 @@ def tensor(t, arg):
     return t
 
 
+def function(value, arg):
+    """``value`` itself: something callable."""
+    if not callable(value):
+        raise TypeError(f"{arg} must be callable, got {type(value).__name__}")
+    return value
+
+
 def module(value, arg):
     """``value`` itself: a ``torch.nn.Module``."""
     if not isinstance(value, torch.nn.Module):

@@ -29,11 +29,6 @@ from .nn import spectral_norm_layers
 from .reference import _compute_dtype
 
 
-def _check_callable(fn, arg):
-    if not callable(fn):
-        raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
-
-
 def _check_samples(x, arg):
     _checks.check_floating(x, arg)
     if x.dim() == 0:
@@ -107,8 +102,8 @@ def unrolled_generator_loss(D, fake, real, d_loss, g_loss, steps, lr):
     _checks.module(D, "D")
     _check_samples(fake, "fake")
     _check_samples(real, "real")
-    _check_callable(d_loss, "d_loss")
-    _check_callable(g_loss, "g_loss")
+    _checks.function(d_loss, "d_loss")
+    _checks.function(g_loss, "g_loss")
     steps = _checks.count(steps, "steps", minimum=0)
     lr = _checks.positive(lr, "lr")
     if steps:
@@ -230,9 +225,9 @@ def consistency_penalty(D, x, augment, weight, *, outputs=None):
 
     ``outputs``: ``D(x)`` when the caller already has it (the adversarial loss's logits), saving a
     forward. D's outputs may have any shape [N, ...] (the squared distance is summed per sample)."""
-    _check_callable(D, "D")
+    _checks.function(D, "D")
     _check_samples(x, "x")
-    _check_callable(augment, "augment")
+    _checks.function(augment, "augment")
     _checks.has_samples(x, "x")
     weight = _checks.nonnegative(weight, "weight")
     if outputs is None:
@@ -258,8 +253,8 @@ def latent_consistency_penalty(G, D, z, sigma, weight_d, weight_g, *, generator=
     ``g_term`` runs no D, so its gradient reaches only G. The paper's settings: ``sigma`` 0.03,
     ``weight_d`` 5, ``weight_g`` 0.5 (with its squared norms; see the module docstring for
     reimplementations that average over elements). ``generator``: a ``torch.Generator`` for delta."""
-    _check_callable(G, "G")
-    _check_callable(D, "D")
+    _checks.function(G, "G")
+    _checks.function(D, "D")
     _check_samples(z, "z")
     _checks.has_samples(z, "z")
     sigma = _checks.nonnegative(sigma, "sigma")

@@ -370,6 +370,7 @@ def images_and_latents():
             "center must be a real number, got str",
         ),
         (lambda: gan_kernels.penalties.LazyRegularizer(0), ValueError, "interval must be >= 1, got 0"),
+        (lambda: gan_kernels.penalties.LazyRegularizer(2)(1, "r1"), TypeError, "penalty_fn must be callable, got str"),
         (
             lambda: gan_kernels.penalties.r1(lambda t: t.square().sum(1), torch.randn(4, 3), 1.0, scaler=2.0),
             TypeError,

@@ -39,6 +39,8 @@ class LazyRegularizer:
         return step % self.interval == 0
 
     def __call__(self, step, penalty_fn, *args, **kwargs):
+        # On every step: one that is not due never calls it, and a mistake would wait for the next one that is.
+        _checks.function(penalty_fn, "penalty_fn")
         if not self.due(step):
             return None
         penalty = penalty_fn(*args, **kwargs)
