@@ -47,6 +47,13 @@ def module(value, arg):
     return value
 
 
+def generator(value, arg="generator"):
+    """``value`` itself: a ``torch.Generator`` or None."""
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{arg} must be a torch.Generator or None, got {type(value).__name__}")
+    return value
+
+
 def grad_scaler(value, arg="scaler"):
     """``value`` itself: a ``torch.amp.GradScaler``, or anything with the methods of one that are used
     here (``scale``, ``get_scale``, ``is_enabled``)."""
@@ -158,7 +165,7 @@ def int64(value, arg):
     """``value`` as an int the ops' int64 arguments can carry."""
     value = integer(value, arg)
     if type(value) is int and value > INT64_MAX:  # else symbolic, its value unknown while tracing
-        raise ValueError(f"{arg}={value} is too large: the ops take 64-bit integers (at most 2**63 - 1)")
+        raise ValueError(f"{arg}={value} is too large: at most 2**63 - 1 (a 64-bit integer)")
     return value
 
 

@@ -168,9 +168,7 @@ class InstanceNoise:
     def __init__(self, std, anneal_steps, generator=None):
         self.std = _checks.nonnegative(std, "std")
         self.anneal_steps = _checks.count(anneal_steps, "anneal_steps", minimum=1)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.generator = generator
+        self.generator = _checks.generator(generator)
         self.steps_taken = 0
 
     @property
@@ -260,7 +258,7 @@ def latent_consistency_penalty(G, D, z, sigma, weight_d, weight_g, *, generator=
     sigma = _checks.nonnegative(sigma, "sigma")
     weight_d = _checks.nonnegative(weight_d, "weight_d")
     weight_g = _checks.nonnegative(weight_g, "weight_g")
-    delta = sigma * torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    delta = sigma * torch.randn(z.shape, generator=_checks.generator(generator), dtype=z.dtype, device=z.device)
     fake, perturbed = G(z), G(z + delta)
     # First, so that what G returned is checked before D is called on it.
     g_term = -weight_g * _mean_squared_distance(fake, perturbed, "G(z)", "G(z + delta)")

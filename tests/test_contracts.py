@@ -382,6 +382,30 @@ def images_and_latents():
             "scaler must be a torch.amp.GradScaler, got str",
         ),
         (
+            lambda: gan_kernels.penalties.wgan_gp(
+                lambda t: t.sum(1), torch.randn(4, 3), torch.randn(4, 3), generator=5
+            ),
+            TypeError,
+            "generator must be a torch.Generator or None, got int",
+        ),
+        (
+            lambda: gan_kernels.penalties.dragan_points(torch.randn(4, 3), generator="seed"),
+            TypeError,
+            "generator must be a torch.Generator or None, got str",
+        ),
+        (
+            lambda: gan_kernels.penalties.PathLengthRegularizer()(*images_and_latents(), generator=0),
+            TypeError,
+            "generator must be a torch.Generator or None, got int",
+        ),
+        (
+            lambda: gan_kernels.stabilizers.latent_consistency_penalty(
+                lambda z: z, lambda x: x.sum(1), torch.randn(4, 3), 0.1, 1.0, 1.0, generator=1
+            ),
+            TypeError,
+            "generator must be a torch.Generator or None, got int",
+        ),
+        (
             lambda: gan_kernels.penalties.PathLengthRegularizer(np.float32(1.5)),
             ValueError,
             r"^decay must be in \[0, 1\], got 1.5$",

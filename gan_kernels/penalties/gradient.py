@@ -86,7 +86,8 @@ def _check_pair(real, fake):
 
 def _per_sample_uniform(x, generator):
     """U(0,1) per sample, broadcastable against x."""
-    return torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device, generator=generator)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    return torch.rand(shape, dtype=x.dtype, device=x.device, generator=_checks.generator(generator))
 
 
 def _check_data_parallel(D):
@@ -185,7 +186,7 @@ def dragan_points(real, perturbation=0.5, std=None, generator=None):
         # 0-d, so that it neither broadcasts the points to more dims ([1, 1, 1, 1, 1]) nor promotes them
         # to its dtype (a float64 [1] against float32 samples), and detached, as the points are.
         std = std.detach().reshape(())
-    noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=generator)
+    noise = torch.rand(r.shape, dtype=r.dtype, device=r.device, generator=_checks.generator(generator))
     alpha = _per_sample_uniform(r, generator)
     return r + alpha * (perturbation * std * noise)
 

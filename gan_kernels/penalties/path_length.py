@@ -95,7 +95,9 @@ class PathLengthRegularizer(SharesProcessGroup, KeepsFullPrecision, torch.nn.Mod
                 "move it with .to(device)"
             )
         pixels = math.prod(images.shape[2:])
-        noise = torch.randn(images.shape, dtype=images.dtype, device=images.device, generator=generator)
+        noise = torch.randn(
+            images.shape, dtype=images.dtype, device=images.device, generator=_checks.generator(generator)
+        )
         noise = noise / math.sqrt(pixels)
         # Summed in at least float32, as gradient_penalty does: fp16 products can overflow the sum.
         total = (images * noise).sum(dtype=torch.promote_types(images.dtype, torch.float32))
