@@ -119,7 +119,7 @@ avx512-emulation: build
 # backend, and run once, with the compiled ops. opcheck calls the registered ops themselves, whatever
 # GAN_KERNELS_IMPL says: the first pass has run it.
 REFERENCE_TESTS = $(CAPABILITY_TESTS) tests/test_backend.py tests/test_end_to_end.py tests/test_equalized.py \
-	tests/test_penalties.py tests/test_path_length.py
+	tests/test_penalties.py tests/test_path_length.py tests/test_readme.py
 
 # Style: ruff (format + pyflakes/pycodestyle errors) for Python, clang-format for C++ and CUDA.
 # `make format` applies both.
