@@ -385,8 +385,10 @@ class GeneratorEMA(AveragedModel):
     float32 average then, from its value before the conversion (one converted through ``ema.module``
     gets it at the next :meth:`update` or state-dict load, from its rounded value). A state dict
     without the float32 average (saved before it existed, or from an EMA of a float32 G) loads, and
-    the average continues from ``module.*``. G's tensors are moved to the average's device; their dtypes must be the
-    average's (``ema.module``'s): another is a TypeError naming the tensor.
+    the average continues from ``module.*``; one with it loads into an EMA that keeps those tensors in
+    float32 or float64 (a half-precision run resumed or evaluated in full precision), whose module then
+    takes the float32 averages, not their rounding. G's tensors are moved to the average's device;
+    their dtypes must be the average's (``ema.module``'s): another is a TypeError naming the tensor.
 
     Under ``DistributedDataParallel`` build it from the wrapped module (``GeneratorEMA(G_ddp.module,
     decay)``), so that the average is a plain module any rank can sample from alone; a DDP ``G`` is a
@@ -472,10 +474,18 @@ class GeneratorEMA(AveragedModel):
         # none: they start from the module's tensors, as at construction (BatchNorm's way with a
         # missing num_batches_tracked).
         self._add_float32_averages()
-        for name, _ in self.float32_average.named_buffers():
+        averages = dict(self.float32_average.named_buffers())
+        for name, _ in self._named_averaged_tensors():
             module_key, average_key = f"{prefix}module.{name}", f"{prefix}float32_average.{name}"
-            if average_key not in state_dict and module_key in state_dict:
-                state_dict[average_key] = state_dict[module_key].to(torch.float32)
+            if name in averages:
+                if average_key not in state_dict and module_key in state_dict:
+                    state_dict[average_key] = state_dict[module_key].to(torch.float32)
+            elif average_key in state_dict:
+                # Saved where this tensor was half precision (a bf16 G, ema.half()), loaded where it is
+                # not: the float32 average is the average, module.* only its rounding. Left in, the
+                # strict load failed on it as an unexpected key (a half-precision run resumed or
+                # evaluated in float32).
+                state_dict[module_key] = state_dict.pop(average_key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def update(self, G):

@@ -1011,6 +1011,39 @@ def test_ema_of_a_half_precision_generator_loads_a_state_dict_without_float32_av
         assert torch.equal(value, expected[name].lerp(current, 1 - 0.998).bfloat16()), name
 
 
+@pytest.mark.parametrize("converted", ["half-precision G", "ema.half()"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ema_state_of_half_precision_tensors_loads_into_a_full_precision_average(converted, dtype):
+    # A half-precision run resumed or evaluated in full precision: the strict load failed on every
+    # float32_average.* key as unexpected.
+    generator = torch.Generator().manual_seed(0)
+    if converted == "half-precision G":
+        g = make_half_precision_generator(torch.bfloat16)
+        ema = stabilizers.GeneratorEMA(g, 0.998)
+    else:
+        g = make_half_precision_generator(torch.float32)
+        ema = stabilizers.GeneratorEMA(g, 0.998).half()
+        g.half()
+    for _ in range(5):
+        random_step(g, generator)
+        ema.update(g)
+    state = ema.state_dict()
+    restored = stabilizers.GeneratorEMA(make_half_precision_generator(dtype, seed=9), 0.998)
+    restored.load_state_dict(state)
+    assert not [name for name in restored.state_dict() if name.startswith("float32_average.")]
+    assert int(restored.n_averaged) == 5
+    loaded = floating_state(restored.module)
+    assert set(loaded) == set(floating_state(ema.module))
+    rounded_differently = 0
+    for name, value in loaded.items():
+        average = state[f"float32_average.{name}"]
+        # The float32 average itself, not module.*'s half-precision rounding of it.
+        assert value.dtype == dtype and torch.equal(value, average.to(dtype)), name
+        rounded_differently += not torch.equal(state[f"module.{name}"].to(dtype), value)
+    assert rounded_differently  # else the test could not tell the average from its rounding
+    assert torch.equal(restored.module[1].num_batches_tracked, ema.module[1].num_batches_tracked)
+
+
 def test_g_in_another_dtype_than_the_average_is_an_error_that_names_the_tensor():
     # It failed inside torch: in its lerp (2.13: "expected dtype float for `end` but got dtype
     # c10::BFloat16") or its grouping of the pairs (2.11: "Tensors of the same index must be on the
