@@ -10,9 +10,13 @@ helpers.TOLERANCES.
 * An SNGAN-like D (nn.Conv2d / nn.Linear): gan_kernels.nn.spectral_norm (+ batch_spectral_norm)
   with penalties.wgan_gp vs torch.nn.utils.parametrizations.spectral_norm with the textbook
   WGAN-GP, over a few optimiser steps (u, v move each forward).
+* Checkpoint and resume: a GAN run using every stateful object of the package, saved midway, read
+  back with weights_only=True into objects built afresh, continues bitwise as the uninterrupted run.
 """
 
+import io
 import math
+import warnings
 
 import pytest
 import torch
@@ -27,7 +31,8 @@ from helpers import (
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 import gan_kernels
-from gan_kernels import _backend, penalties, reference
+from gan_kernels import _backend, penalties, reference, stabilizers
+from gan_kernels.monitor import StabilityMonitor, StabilityWarning
 from gan_kernels.nn import batch_spectral_norm, spectral_norm
 
 DTYPE = torch.float64
@@ -409,3 +414,153 @@ def test_sngan_like_d_every_penalty_matches_textbook(helper, device):
     # a ReLU network is piecewise linear in x: no bias moves the input gradient
     biases = {name for name in got[1] if name.endswith("bias")}
     assert_same_loss_and_grads(got, want, zero_grads=biases)
+
+
+# --- checkpoint and resume ------------------------------------------------------------------------
+
+
+class ResumableG(torch.nn.Module):
+    """A mapping net and a synthesis net (ws -> [N, 3, 4, 4]) with a spectrally normalised conv and
+    BatchNorm (an integer buffer): every kind of tensor GeneratorEMA averages."""
+
+    def __init__(self):
+        super().__init__()
+        self.mapping = torch.nn.Sequential(
+            gan_kernels.nn.EqualizedLinear(8, 8, activation="lrelu"), gan_kernels.nn.EqualizedLinear(8, 8)
+        )
+        self.fc = gan_kernels.nn.EqualizedLinear(8, 4 * 4 * 4, activation="lrelu")
+        self.conv = spectral_norm(torch.nn.Conv2d(4, 4, 3, padding=1))
+        self.out = torch.nn.Sequential(gan_kernels.nn.EqualizedConv2d(4, 3, 3), torch.nn.BatchNorm2d(3))
+
+    def synthesis(self, ws):
+        x = self.fc(ws).reshape(-1, 4, 4, 4)
+        return self.out(torch.nn.functional.leaky_relu(self.conv(x), 0.2))
+
+    def forward(self, z):
+        return self.synthesis(self.mapping(z))
+
+
+def resumable_run(dtype, batched, seed):
+    """Everything stateful a user of gan_kernels builds; ``seed``: the initial draws (a restarted
+    process gets other ones, which its checkpoint must override)."""
+    torch.manual_seed(seed)
+    D = torch.nn.Sequential(
+        spectral_norm(torch.nn.Conv2d(3, 8, 3, padding=1)),
+        torch.nn.LeakyReLU(0.2),
+        gan_kernels.nn.MinibatchStd(2),
+        spectral_norm(torch.nn.Conv2d(9, 8, 3, stride=2, padding=1)),
+        torch.nn.LeakyReLU(0.2),
+        torch.nn.Flatten(),
+        spectral_norm(torch.nn.Linear(8 * 2 * 2, 1)),
+    ).to(dtype)
+    G = ResumableG().to(dtype)
+    if batched:
+        batch_spectral_norm(D)
+    lazy_d, lazy_g = penalties.LazyRegularizer(2), penalties.LazyRegularizer(3)
+    noise_generator = torch.Generator().manual_seed(seed + 1)
+    return dict(
+        D=D,
+        G=G,
+        lazy_d=lazy_d,
+        lazy_g=lazy_g,
+        opt_d=torch.optim.Adam(D.parameters(), *lazy_d.adam_hyperparameters(2e-3, (0.0, 0.99))),
+        opt_g=torch.optim.Adam(G.parameters(), 2e-3, (0.0, 0.99)),
+        ema=stabilizers.GeneratorEMA(G, decay=0.0),
+        plr=penalties.PathLengthRegularizer().to(dtype),
+        noise=stabilizers.InstanceNoise(0.1, 20, generator=noise_generator),
+        noise_generator=noise_generator,
+        monitor=StabilityMonitor(D, G, every=2, samples=4),
+    )
+
+
+def resumable_steps(run, steps, dtype):
+    """A training loop using all of it; returns every value it computed, in order."""
+    D, G, noise, monitor = run["D"], run["G"], run["noise"], run["monitor"]
+    values = []
+    for step in steps:
+        real, z = torch.randn(4, 3, 4, 4, dtype=dtype), torch.randn(4, 8, dtype=dtype)
+        fake = G(z)
+        real_logits, fake_logits = D(noise(real)), D(noise(fake.detach()))
+        loss_d = gan_kernels.losses.discriminator_loss(real_logits, fake_logits, "non_saturating")
+        run["opt_d"].zero_grad()
+        loss_d.backward()
+        monitor.observe_gradients("D", D)
+        run["opt_d"].step()
+        r1 = run["lazy_d"](step, penalties.r1, D, real, 1.0)
+        if r1 is not None:
+            run["opt_d"].zero_grad()
+            r1.backward()
+            run["opt_d"].step()
+            values.append(r1.detach())
+        loss_g = gan_kernels.losses.generator_loss(D(noise(fake)), kind="non_saturating")
+        if run["lazy_g"].due(step):
+            ws = G.mapping(z).detach().requires_grad_()
+            path_length = run["lazy_g"](step, run["plr"], G.synthesis(ws), ws)
+            values += [path_length.detach(), run["plr"].mean_length.clone()]
+            loss_g = loss_g + 2.0 * path_length
+        run["opt_g"].zero_grad()
+        loss_g.backward()
+        monitor.observe_gradients("G", G)
+        run["opt_g"].step()
+        run["ema"].decay = stabilizers.half_life_decay(0.01, 4, images_seen=4 * step, rampup=0.5)
+        run["ema"].update(G)
+        noise.step()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StabilityWarning)
+            monitor.observe_samples(fake.detach(), real)
+            monitor.observe(real_logits=real_logits, fake_logits=fake_logits, d_loss=loss_d, g_loss=loss_g)
+        run["ema"].module.eval()  # a sample from the average, as an evaluation does
+        with torch.no_grad():
+            values += [loss_d.detach(), loss_g.detach(), run["ema"].module(torch.randn(2, 8, dtype=dtype))]
+        run["ema"].module.train()
+    return values
+
+
+def run_state(run):
+    """Every tensor of the run's state dicts, by name."""
+    state = {f"{key}.{name}": t for key in ("D", "G", "ema", "plr") for name, t in run[key].state_dict().items()}
+    for key in ("opt_d", "opt_g"):
+        for index, entry in run[key].state_dict()["state"].items():
+            state.update({f"{key}.{index}.{name}": t for name, t in entry.items()})
+    return state
+
+
+@pytest.mark.parametrize(("dtype", "batched"), [(torch.float64, False), (torch.float32, True)])
+def test_a_run_resumed_from_a_checkpoint_continues_bitwise_as_the_uninterrupted_run(dtype, batched):
+    """What the README's "Checkpoint and resume" lists, saved after 4 of 7 steps, read back with
+    weights_only=True into objects built afresh (other initial draws): the spectral norms' u, v (per
+    layer and batched), the EMA with its ramp, the path-length running mean, lazy R1, instance noise,
+    the monitor and the random number generators carry the run on bitwise."""
+    uninterrupted = resumable_run(dtype, batched, seed=0)
+    expected = resumable_steps(uninterrupted, range(7), dtype)
+
+    first = resumable_run(dtype, batched, seed=0)
+    values = resumable_steps(first, range(4), dtype)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            **{key: first[key].state_dict() for key in ("D", "G", "opt_d", "opt_g", "ema", "plr", "noise", "monitor")},
+            "rng": torch.get_rng_state(),
+            "noise_generator": first["noise_generator"].get_state(),
+            "step": 4,
+        },
+        buffer,
+    )
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed = resumable_run(dtype, batched, seed=1)
+    for key in ("D", "G", "opt_d", "opt_g", "ema", "plr", "noise", "monitor"):
+        resumed[key].load_state_dict(checkpoint[key])
+    torch.set_rng_state(checkpoint["rng"])
+    resumed["noise_generator"].set_state(checkpoint["noise_generator"])
+    values += resumable_steps(resumed, range(checkpoint["step"], 7), dtype)
+
+    assert len(values) == len(expected)
+    for got, want in zip(values, expected):
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    state, want_state = run_state(resumed), run_state(uninterrupted)
+    assert state.keys() == want_state.keys()
+    for name, want in want_state.items():
+        assert state[name].dtype == want.dtype and torch.equal(state[name], want), name
+    assert resumed["monitor"].history == uninterrupted["monitor"].history
+    assert resumed["monitor"].first_seen == uninterrupted["monitor"].first_seen
