@@ -33,6 +33,12 @@ def row_sums(rows):
     return padded.reshape(n, chunks, ROW_CHUNK).sum(2).sum(1)
 
 
+def total_sum(t):
+    """The sum of all of ``t``'s elements, the same bits whatever the number of threads (torch's sum,
+    and MKL's dot, split a long tensor by the thread count). Differentiable."""
+    return row_sums(t.reshape(1, -1))[0]
+
+
 def per_sample_penalty(g, center=1.0):
     """Gradient penalty per sample of ``g`` [N, ...]: ``(||g_i||_2 - center)^2`` over all non-batch
     dims, and exactly ``sum(g_i^2)`` (no sqrt) for ``center == 0``.

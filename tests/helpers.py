@@ -57,6 +57,28 @@ def unregistered_autograd_is_an_error():
         yield
 
 
+def on_thread_counts(fn, counts=(1, 2, 3)):
+    """``[fn() for each torch intra-op thread count in counts]``, the caller's count restored after.
+    Counts above the machine's cores are fine: only how the work is split changes."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in counts:
+            torch.set_num_threads(count)
+            results.append(fn())
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def assert_same_bits(results):
+    """Every entry of ``results`` (lists of tensors) equal to the first, bit for bit."""
+    for result in results[1:]:
+        assert len(result) == len(results[0])
+        for got, want in zip(result, results[0]):
+            assert torch.equal(got, want), (got - want).abs().max()
+
+
 def assert_same_penalty_and_grads(penalty_and_grads, ours, reference_fn):
     """A penalty through `ours` (with no op lacking an autograd kernel) gives the reference path's
     value and parameter gradients, each of them nonzero."""

@@ -17,7 +17,9 @@ from helpers import (
     OPS_REGISTERED,
     SPECTRAL_SHAPES,
     assert_close,
+    assert_same_bits,
     normalised_weights,
+    on_thread_counts,
     random_spectral_layers,
     requires_ops,
     unregistered_autograd_is_an_error,
@@ -30,6 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 import gan_kernels
 from gan_kernels import _backend, reference
 from gan_kernels.nn import batch_spectral_norm, spectral_norm, spectral_sigmas
+from gan_kernels.ops.spectral_norm import spectral_norm_one_
 
 power_op = torch.ops.gan_kernels.spectral_norm_power_iteration_.default if OPS_REGISTERED else None
 normalize_op = torch.ops.gan_kernels.spectral_norm_normalize.default if OPS_REGISTERED else None
@@ -378,6 +381,31 @@ def test_a_large_layer_gives_the_same_bits_on_one_and_two_threads_and_in_a_batch
         [weight.double()], [u0.double()], [v0.double()], [dim], 2, 1e-12
     )
     torch.testing.assert_close(one_thread[2].double(), sigma_ref[0], rtol=1e-5, atol=0)
+
+
+@requires_ops
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+@pytest.mark.parametrize("batched", [False, True], ids=["one", "batch"])
+def test_double_backward_gives_the_same_bits_on_any_thread_count(batched):
+    """The backward's backward (the WGAN-GP / R1 step through a spectral-normalised layer) ran in aten
+    ops whose sums over a whole weight (torch's sum, MKL's mv and dot) split it by the thread count:
+    its last bits changed between 1, 2 and 3 threads for every weight of 32K elements or more."""
+    torch.manual_seed(22)
+    (weight,), (u0,), (v0,), (dim,) = random_spectral_layers(torch.float32, "cpu", [((128, 64, 3, 3), 0)])
+    up, w2 = torch.randn_like(weight), torch.randn_like(weight)
+
+    def second_order():
+        w = weight.clone().requires_grad_()
+        u, v = u0.clone(), v0.clone()
+        if batched:
+            sigmas = gan_kernels.ops.spectral_norm_power_iteration_([weight], [u], [v], [dim], 1, 1e-12)
+            out = gan_kernels.ops.spectral_norm_normalize([w], [u], [v], sigmas, [dim])[0]
+        else:
+            out, _ = spectral_norm_one_(w, u, v, dim, 1, 1e-12)
+        (g,) = torch.autograd.grad(out, w, up, create_graph=True)
+        return [out.detach(), g.detach(), torch.autograd.grad(g, w, w2)[0]]
+
+    assert_same_bits(on_thread_counts(second_order))
 
 
 def test_sigma_is_readable_after_each_forward():

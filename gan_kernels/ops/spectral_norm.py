@@ -190,13 +190,15 @@ def _normalize_backward_grads(upstream, grad, weight, u, v, dim, need_grad, need
     up, g, w = upstream.to(compute), grad.to(compute), weight.to(compute)
     uc, vc = u.to(compute), v.to(compute)
     a = _weight_shaped(torch.outer(uc, vc), w, dim)
-    s = torch.vdot(uc, torch.mv(reference.spectral_weight_matrix(w, dim), vc))
-    up_a = (up * a).sum()
+    # Every sum over the weight in a fixed order (not torch.mv / vdot / sum), so that the double
+    # backward keeps the kernels' promise: the same bits on any thread count.
+    s = reference.total_sum(a * w)
+    up_a = reference.total_sum(up * a)
     grad_grad = grad_weight = None
     if need_grad:
         grad_grad = ((up - up_a * w / s) / s).to(grad.dtype)
     if need_weight:
-        up_g, g_w = (up * g).sum(), (g * w).sum()
+        up_g, g_w = reference.total_sum(up * g), reference.total_sum(g * w)
         grad_weight = ((2 * g_w * up_a / s * a - up_g * a - up_a * g) / s.square()).to(weight.dtype)
     return grad_grad, grad_weight
 
