@@ -3,12 +3,12 @@ gradcheck, opcheck, a penalty through it, compile, bad inputs) run in test_contr
 
 import pytest
 import torch
-from helpers import DEVICES, assert_close, make_4d
+from helpers import DEVICES, assert_close, assert_same_bits, make_4d, on_thread_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gan_kernels
-from gan_kernels import reference
+from gan_kernels import _backend, reference
 
 
 def grads(fn, x, dim, grad_out):
@@ -117,3 +117,21 @@ def test_random_shapes_dims_and_layouts_match_reference(shape, data):
     y_ref, gx_ref = grads(reference.pixel_norm, x, dim, grad_out)
     assert_close(y, y_ref)
     assert_close(gx, gx_ref)
+
+
+@pytest.mark.skipif(_backend.IMPL == "reference", reason="GAN_KERNELS_IMPL=reference routes to the reference")
+@pytest.mark.parametrize("shape, dim", [((1, 40000), 1), ((40000, 1), 0)])
+def test_one_long_vector_gets_the_same_bits_on_any_thread_count(shape, dim):
+    """The double backward's means over `dim` (aten ops) reduced a single vector of 32K elements or
+    more in shares set by the thread count: its last bits changed between 1, 2 and 3 threads."""
+    torch.manual_seed(12)
+    x0 = torch.randn(shape)
+    up, w = torch.randn(shape), torch.randn(shape)
+
+    def second_order():
+        x = x0.clone().requires_grad_()
+        y = gan_kernels.pixel_norm(x, dim)
+        (gx,) = torch.autograd.grad(y, x, up, create_graph=True)
+        return [y.detach(), gx.detach(), torch.autograd.grad(gx, x, w)[0]]
+
+    assert_same_bits(on_thread_counts(second_order))

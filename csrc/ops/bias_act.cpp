@@ -230,7 +230,7 @@ at::Tensor sum_to_dim(const at::Tensor& grad_v, int64_t dim) {
   for (int64_t d = 0; d < grad_v.dim(); ++d) {
     if (d != dim) others.push_back(d);
   }
-  return others.empty() ? grad_v : grad_v.sum(others);  // sum over no dims would sum everything
+  return others.empty() ? grad_v : thread_invariant_sum(grad_v, others, /*keepdim=*/false);  // no dims: everything
 }
 
 // The three ops take x and b only through v = x * scale + b, so a gradient dL/dv gives dL/dx (times

@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
+#include <ATen/OpMathType.h>
+#include <ATen/WrapDimUtilsMulti.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/CPUAllocator.h>
 
@@ -12,8 +14,10 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "common/dtype.h"
+#include "common/host_device.h"
 #include "cpu/output_memory.h"
 
 #ifdef GAN_KERNELS_CUDA_EMULATION
@@ -100,6 +104,39 @@ inline ChannelView channel_view(const at::Tensor& dense, int64_t dim) {
   }
   const int64_t inner = dense.stride(dim);
   return {dense.numel() / (channels * inner), channels, inner};
+}
+
+// Elements per chunk of thread_invariant_sum, as reference.ROW_CHUNK: below ATen's parallel grain, so
+// one thread sums each chunk.
+constexpr int64_t kSumChunk = 16384;
+
+// t.sum(dims, keepdim), the same bits whatever the number of threads. ATen splits a CPU sum with
+// several outputs by its outputs, each summed whole by one thread, but a sum to a single element of
+// 32K elements or more in per-thread shares, so its last bits depend on the thread count. Such a sum
+// runs here in fixed chunks, then over the chunk sums, accumulating in the op-math type as torch's
+// sum does. Aten ops, so it is differentiable.
+inline at::Tensor thread_invariant_sum(const at::Tensor& t, at::IntArrayRef dims, bool keepdim) {
+  const auto reduced = at::dim_list_to_bitset(dims, t.dim());
+  std::vector<int64_t> shape;
+  int64_t outputs = 1;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (!reduced[d]) {
+      outputs *= t.size(d);
+      shape.push_back(t.size(d));
+    } else if (keepdim) {
+      shape.push_back(1);
+    }
+  }
+  if (!t.is_cpu() || outputs != 1 || t.numel() <= kSumChunk) return t.sum(dims, keepdim);
+  const at::ScalarType accumulate = at::toOpMathType(t.scalar_type());
+  at::Tensor partial = t.reshape({-1});
+  while (partial.numel() > kSumChunk) {
+    const int64_t chunks = ceil_div(partial.numel(), kSumChunk);
+    partial = at::constant_pad_nd(partial, {0, chunks * kSumChunk - partial.numel()})
+                  .view({chunks, kSumChunk})
+                  .sum(1, /*keepdim=*/false, accumulate);
+  }
+  return partial.sum(accumulate).to(t.scalar_type()).reshape(shape);
 }
 
 // The allocator of our large CPU outputs: blocks of cpu/output_memory.h's cache, reported to the

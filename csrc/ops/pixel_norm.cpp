@@ -85,7 +85,7 @@ at::Tensor backward_grad_x(const at::Tensor& upstream, const at::Tensor& grad, c
   const at::Tensor u = upstream.to(compute);
   const at::Tensor g = grad.to(compute);
   const at::Tensor xc = x.to(compute);
-  const auto mean = [dim](const at::Tensor& t) { return t.mean(dim, /*keepdim=*/true); };
+  const auto mean = [dim](const at::Tensor& t) { return thread_invariant_sum(t, dim, /*keepdim=*/true) / t.size(dim); };
   const at::Tensor r = (mean(xc.square()) + eps).rsqrt();
   const at::Tensor m_ug = mean(u * g);
   const at::Tensor m_ux = mean(u * xc);
