@@ -6,11 +6,14 @@ import gc
 import math
 import mmap
 import os
+import shutil
+import subprocess
+import textwrap
 import threading
 
 import pytest
 import torch
-from fresh_imports import Case, run_fresh_imports
+from fresh_imports import ROOT, Case, run_fresh_imports
 from helpers import requires_ops
 
 import gan_kernels
@@ -48,12 +51,66 @@ CACHE_LIMITS_AT_IMPORT = [("0", 0), ("64", 64 * MiB), ("", 1024 * MiB), (" 8 ", 
 BAD_CACHE_LIMITS = ["-1", "1.5", "lots"]
 PRINT_HUGE_PAGES = "from gan_kernels._backend import _C; print(_C.huge_page_outputs())"
 PRINT_CACHE_LIMIT = "import gan_kernels; print(gan_kernels.cpu_cache_info().limit_bytes)"
+# A parent that used the ops (two intra-op threads, in-use and cached blocks) forks DataLoader workers
+# and a plain child, each calling the ops: the same bits as the parent's, no hang (SIGALRM ends a
+# stuck process), and the child's inherited cache works. Prints the parent's limit when all passed.
+FORKS_AFTER_USE = textwrap.dedent(
+    """
+    import os, signal, torch, gan_kernels
+    signal.alarm(100)
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    xs = torch.randn(4, 8, 64, 32, 32)  # 2 MiB per sample: cached outputs
+    b = torch.randn(64)
+
+    def ops(x):
+        return [gan_kernels.pixel_norm(x), gan_kernels.bias_act(x, b, act="lrelu"), gan_kernels.minibatch_std(x)]
+
+    want = [ops(x) for x in xs]
+    del ops(xs[0])[0]
+    limit = gan_kernels.cpu_cache_info().limit_bytes
+    assert limit == 0 or gan_kernels.cpu_cache_info().cached_bytes > 0
+
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(xs)
+
+        def __getitem__(self, i):
+            return ops(xs[i])
+
+    loader = torch.utils.data.DataLoader(
+        Data(), batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=60
+    )
+    for i, got in enumerate(loader):
+        assert all(torch.equal(g, w) for g, w in zip(got, want[i])), f"DataLoader sample {i}"
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            signal.alarm(60)
+            torch.set_num_threads(1)  # as DataLoader workers do: OpenMP's threads are the parent's
+            same = all(torch.equal(g, w) for x, ws in zip(xs, want) for g, w in zip(ops(x), ws))
+            in_use = gan_kernels.cpu_cache_info().in_use_bytes
+            del want[:]
+            info = gan_kernels.cpu_cache_info()
+            freed_into_cache = info.in_use_bytes < in_use and info.cached_bytes > 0
+            gan_kernels.empty_cpu_cache()
+            emptied = gan_kernels.cpu_cache_info().cached_bytes == 0
+            status = 0 if same and (freed_into_cache or limit == 0) and emptied else 1
+        finally:
+            os._exit(status)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the forked child"
+    print(limit)
+    """
+)
+FORK_LIMITS = [("64", 64 * MiB), ("0", 0)]
 # The `python -c` of each test of a variable read at import: (code, variable, value).
 IMPORTS = [
     *((PRINT_HUGE_PAGES, "GAN_KERNELS_HUGE_PAGES", value) for value, _ in HUGE_PAGES_AT_IMPORT),
     ("import gan_kernels", "GAN_KERNELS_HUGE_PAGES", "yes"),
     *((PRINT_CACHE_LIMIT, "GAN_KERNELS_CPU_CACHE_MB", value) for value, _ in CACHE_LIMITS_AT_IMPORT),
     *(("import gan_kernels", "GAN_KERNELS_CPU_CACHE_MB", value) for value in BAD_CACHE_LIMITS),
+    *((FORKS_AFTER_USE, "GAN_KERNELS_CPU_CACHE_MB", value) for value, _ in FORK_LIMITS),
 ]
 # One worker runs them, once, rather than each worker that gets one of their tests.
 in_fresh_python = pytest.mark.xdist_group("test_output_memory fresh pythons")
@@ -262,3 +319,81 @@ def test_a_bad_cache_limit_is_an_error_that_names_the_variable(value, fresh_pyth
     out = fresh_python["import gan_kernels", "GAN_KERNELS_CPU_CACHE_MB", value]
     assert out.returncode != 0
     assert f"GAN_KERNELS_CPU_CACHE_MB={value!r} is not a whole number of MiB" in out.stderr
+
+
+@in_fresh_python
+@pytest.mark.parametrize("value, limit", FORK_LIMITS)
+def test_forked_dataloader_workers_and_children_use_the_ops_after_the_parent(value, limit, fresh_python):
+    out = fresh_python[FORKS_AFTER_USE, "GAN_KERNELS_CPU_CACHE_MB", value]
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(limit)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs the system g++")
+def test_the_cache_is_safe_under_threads_and_across_fork(tmp_path):
+    """tests/cpp/output_memory_check.cpp, torch-free. Before the cache held its lock across fork(), a
+    child forked while another thread was taking or giving back a block found the lock taken by a
+    thread it did not have, and hung on its first large output (within a few forks in the driver;
+    about 1 DataLoader-style fork in 500 with a Python thread running ops)."""
+    binary = tmp_path / "output_memory_check"
+    sources = [
+        os.path.join(ROOT, "tests", "cpp", "output_memory_check.cpp"),
+        os.path.join(ROOT, "csrc", "cpu", "output_memory.cpp"),
+    ]
+    flags = ["-std=c++20", "-O1", "-Wall", "-Werror", "-pthread", f"-I{os.path.join(ROOT, 'csrc')}"]
+    subprocess.run(["g++", *flags, *sources, "-o", str(binary)], check=True)
+    run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == "0 failures", run.stdout + run.stderr
+
+
+def test_threads_running_mixed_ops_get_the_single_thread_bits():
+    """Python threads run our ops at once (torch releases the GIL in them), forward, backward and
+    double backward over outputs of several cached sizes, while another empties the cache and reads
+    its stats: every result must be the bits one thread alone gets."""
+    torch.manual_seed(3)
+    calls = []
+    for shape in [(8, 64, 32, 32), (4, 32, 33, 31), (8, 128, 16, 16)]:
+        b = torch.randn(shape[1])
+        calls += [
+            (torch.randn(shape), lambda x: gan_kernels.pixel_norm(x)),
+            (torch.randn(shape), lambda x, b=b: gan_kernels.bias_act(x, b, act="swish", clamp=2.0)),
+            (torch.randn(shape), lambda x: gan_kernels.per_sample_penalty(x, 1.0)),
+            (torch.randn(shape), lambda x: gan_kernels.minibatch_std(x, 4, 1)),
+        ]
+    calls.append((torch.randn(32, 16, 5), gan_kernels.minibatch_discrimination))
+
+    def run(call):
+        x0, fn = call
+        x = x0.clone().requires_grad_()
+        y = fn(x)
+        (g,) = torch.autograd.grad(y, x, torch.ones_like(y), create_graph=True)
+        return [y.detach(), g.detach(), *torch.autograd.grad(g, x, torch.ones_like(g))]
+
+    want = [run(call) for call in calls]
+    errors = []
+    done = threading.Event()
+
+    def work(k):
+        try:
+            for i in range(2 * len(calls)):
+                j = (3 * k + i) % len(calls)
+                assert all(torch.equal(a, b) for a, b in zip(run(calls[j]), want[j])), (k, i)
+        except Exception as error:  # reported on the main thread below
+            errors.append(error)
+
+    def admin():
+        while not done.wait(0.001):
+            gan_kernels.cpu_cache_info()
+            gan_kernels.empty_cpu_cache()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    emptying = threading.Thread(target=admin)
+    emptying.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    done.set()
+    emptying.join(timeout=120)
+    assert not any(t.is_alive() for t in [*threads, emptying]), "a thread hung"
+    assert not errors

@@ -10,6 +10,9 @@
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
 namespace gan_kernels {
 namespace {
@@ -130,6 +133,11 @@ class OutputCache {
     return limit_;
   }
 
+  // Held across fork() (pthread_atfork below): a child must not inherit the lock taken by a thread
+  // it does not have, or its first large output would wait for it forever.
+  void lock_for_fork() { mutex_.lock(); }
+  void unlock_after_fork() { mutex_.unlock(); }
+
   void empty() {
     std::vector<OutputBlock*> unmapped;
     {
@@ -150,7 +158,16 @@ class OutputCache {
 
 // Never destroyed: tensors may be freed during the interpreter's exit, after static destructors ran.
 OutputCache& cache() {
-  static auto* instance = new OutputCache();
+  static auto* instance = [] {
+    auto* created = new OutputCache();
+#ifndef _WIN32
+    // DataLoader workers and torch.multiprocessing children are forked while other threads of the
+    // parent may be running our ops.
+    pthread_atfork([] { cache().lock_for_fork(); }, [] { cache().unlock_after_fork(); },
+                   [] { cache().unlock_after_fork(); });
+#endif
+    return created;
+  }();
   return *instance;
 }
 
