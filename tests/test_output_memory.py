@@ -17,11 +17,14 @@ from fresh_imports import ROOT, Case, run_fresh_imports
 from helpers import requires_ops
 
 import gan_kernels
-from gan_kernels._backend import _C
+from gan_kernels._backend import IMPL, _C
 
 HUGE_PAGE = 2 << 20
 MiB = 1 << 20
 pytestmark = requires_ops
+# What the compiled ops' outputs promise; GAN_KERNELS_IMPL=reference runs torch's ops, whose outputs
+# come from torch's allocator.
+compiled_outputs = pytest.mark.skipif(IMPL == "reference", reason="GAN_KERNELS_IMPL=reference: torch's outputs")
 needs_thp = pytest.mark.skipif(
     not os.path.exists("/sys/kernel/mm/transparent_hugepage"), reason="no transparent huge pages here"
 )
@@ -153,6 +156,7 @@ def interior_page(t):
     ],
     ids=["pixel_norm", "bias_act", "minibatch_std"],
 )
+@compiled_outputs
 def test_a_large_output_asks_for_huge_pages(op):
     # The input in a mapping of its own: memory from the allocator may be a freed output of an
     # earlier test, which keeps its advice.
@@ -164,6 +168,7 @@ def test_a_large_output_asks_for_huge_pages(op):
     assert not advised_huge_pages(interior_page(x))  # the input is left alone
 
 
+@compiled_outputs
 @needs_thp
 def test_the_advice_can_be_turned_off():
     x = torch.randn(16, 256, 32, 32)
@@ -192,6 +197,7 @@ def test_a_bad_value_of_the_huge_page_variable_is_an_error_that_names_it(fresh_p
     assert "GAN_KERNELS_HUGE_PAGES='yes' is not 0 or 1" in out.stderr
 
 
+@compiled_outputs
 def test_a_freed_output_block_is_reused_by_the_next_output_of_its_size(empty_cache):
     x = torch.randn(8, 256, 32, 32)  # 8 MiB
     before = gan_kernels.cpu_cache_info()
@@ -214,6 +220,7 @@ def test_small_outputs_come_from_the_default_allocator(empty_cache):
     assert gan_kernels.cpu_cache_info() == before
 
 
+@compiled_outputs
 def test_the_cache_keeps_at_most_its_limit_dropping_the_least_recently_freed(empty_cache, cache_limit):
     cache_limit(10 * MiB)
     small, large = torch.randn(1, 4, MiB // 4), torch.randn(1, 6, MiB // 4)
@@ -240,6 +247,7 @@ def test_a_limit_of_zero_keeps_nothing_and_uses_the_default_allocator(empty_cach
     assert gan_kernels.cpu_cache_info().cached_bytes == 0
 
 
+@compiled_outputs
 def test_empty_cpu_cache_frees_the_cached_blocks_only(empty_cache):
     x = torch.randn(8, 256, 32, 32)
     kept, freed = gan_kernels.pixel_norm(x), gan_kernels.pixel_norm(x)
@@ -250,6 +258,7 @@ def test_empty_cpu_cache_frees_the_cached_blocks_only(empty_cache):
     torch.testing.assert_close(kept, gan_kernels.reference.pixel_norm(x))
 
 
+@compiled_outputs
 def test_cached_outputs_keep_the_layout_empty_like_gives():
     # A non-dense g of 6 MiB: its gradient is allocated as torch.empty_like(g) would be.
     g = torch.randn(16, 3, 256, 128).transpose(2, 3)[:, :, ::2]
@@ -321,6 +330,7 @@ def test_a_bad_cache_limit_is_an_error_that_names_the_variable(value, fresh_pyth
     assert f"GAN_KERNELS_CPU_CACHE_MB={value!r} is not a whole number of MiB" in out.stderr
 
 
+@compiled_outputs
 @in_fresh_python
 @pytest.mark.parametrize("value, limit", FORK_LIMITS)
 def test_forked_dataloader_workers_and_children_use_the_ops_after_the_parent(value, limit, fresh_python):
