@@ -34,9 +34,10 @@ def row_sums(rows):
 
 
 def total_sum(t):
-    """The sum of all of ``t``'s elements, the same bits whatever the number of threads (torch's sum,
-    and MKL's dot, split a long tensor by the thread count). Differentiable."""
-    return row_sums(t.reshape(1, -1))[0]
+    """The sum of all of ``t``'s elements, the same bits whatever the number of threads (torch's CPU
+    sum, and MKL's dot, split a long tensor by the thread count; a GPU's sum has no thread count to
+    depend on, and is left one reduction, without row_sums' padded copy). Differentiable."""
+    return row_sums(t.reshape(1, -1))[0] if t.device.type == "cpu" else t.sum()
 
 
 def per_sample_penalty(g, center=1.0):
