@@ -164,6 +164,10 @@ def compiled_available():
 
 
 _warned_devices = set()
+# torch.device -> device.type, which builds its string anew on every read: that cost as much as the
+# rest of use_compiled.
+_device_types = {}
+_peek_interpreter_stack = torch._C._functorch.peek_interpreter_stack
 
 
 def _warn_once(device_type, message):
@@ -177,8 +181,6 @@ def forward_ad_active(*tensors):
     ``torch.autograd.forward_ad``) tracks any of ``tensors``. The compiled ops define reverse mode
     only (``register_autograd``), and PyTorch would give them a silent zero tangent, so such calls
     run the reference, which is plain aten ops and supports every mode."""
-    if forward_ad._current_level < 0 and torch._C._functorch.peek_interpreter_stack() is None:
-        return False  # no dual level and no functorch transform: the common case, decided cheaply
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
     if forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors):
         return True
@@ -195,8 +197,6 @@ def functorch_grad_active():
     The compiled ops' autograd is C++ (``torch::autograd::Function``), which such a transform refuses
     ("cannot use C++ torch::autograd::Function with functorch transforms"), even for an argument it
     does not track, so such calls run the reference."""
-    if torch._C._functorch.peek_interpreter_stack() is None:
-        return False  # no functorch transform: the common case, decided cheaply
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
     grad = torch._C._functorch.TransformType.Grad
@@ -209,11 +209,21 @@ def use_compiled(device, *tensors):
     transforms are routed to the reference."""
     if not compiled_available():
         return False
-    if tensors and not torch.compiler.is_compiling() and (forward_ad_active(*tensors) or functorch_grad_active()):
+    if (
+        tensors
+        and not torch.compiler.is_compiling()
+        # Neither transform runs without a dual level or a functorch interpreter: the common case,
+        # decided here without the calls (every op call passes through here).
+        and (forward_ad._current_level >= 0 or _peek_interpreter_stack() is not None)
+        and (forward_ad_active(*tensors) or functorch_grad_active())
+    ):
         return False
-    if device.type in ("cpu", "meta"):
+    device_type = _device_types.get(device)
+    if device_type is None:
+        device_type = _device_types.setdefault(device, device.type)
+    if device_type in ("cpu", "meta"):
         return True
-    if device.type == "cuda":
+    if device_type == "cuda":
         if _C.cuda_compiled:
             return True
         _warn_once(
@@ -223,6 +233,6 @@ def use_compiled(device, *tensors):
         )
         return False
     _warn_once(
-        device.type, f"gan_kernels has no kernels for {device.type} tensors; they use the pure-PyTorch reference."
+        device_type, f"gan_kernels has no kernels for {device_type} tensors; they use the pure-PyTorch reference."
     )
     return False

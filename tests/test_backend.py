@@ -179,6 +179,21 @@ def test_cuda_tensors_fall_back_with_one_warning_when_built_without_cuda(monkeyp
     assert "CUDA tensors use the reference" in _backend.backend().reason
 
 
+@pytest.mark.skipif(not _backend.compiled_available(), reason="the reference path asks no transform probes")
+def test_op_calls_outside_any_transform_skip_the_transform_probes(monkeypatch):
+    """Every op call asks use_compiled, and most run with no dual level and no functorch transform:
+    there it decides without calling the probes, which were most of a small op's Python time."""
+    calls = []
+    monkeypatch.setattr(_backend, "forward_ad_active", lambda *tensors: calls.append("forward_ad_active") and False)
+    monkeypatch.setattr(_backend, "functorch_grad_active", lambda: calls.append("functorch_grad_active") and False)
+    x = torch.randn(2, 8, requires_grad=True)
+    gan_kernels.bias_act(gan_kernels.pixel_norm(x), act="lrelu").sum().backward()
+    assert calls == []
+    with torch.autograd.forward_ad.dual_level():  # a dual level: the probes decide
+        gan_kernels.pixel_norm(x)
+    assert calls == ["forward_ad_active", "functorch_grad_active"]
+
+
 def test_backend_reports_this_build():
     info = gan_kernels.backend()
     if _backend.IMPL == "reference":
