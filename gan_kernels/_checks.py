@@ -193,6 +193,8 @@ def real(value, arg):
     from the tensor would silently drop the gradient the caller asked for."""
     if type(value) is float:  # the common case first: every call of an op passes through here
         return value
+    if type(value) is int:  # a layer's default gain=1: spared the abstract numbers.Real test below
+        return value if torch.compiler.is_compiling() else float(value)
     if isinstance(value, (torch.SymFloat, torch.SymInt)):
         return value
     if isinstance(value, torch.Tensor):
