@@ -15,9 +15,12 @@ from .. import _activations, _backend, _checks, reference
 ACTIVATIONS = tuple(a.name for a in _activations.ACTIVATIONS)
 
 
-def _check_activation(act):
-    if act not in ACTIVATIONS:
+def _activation(act):
+    """``act``'s row of the activations table; a ValueError naming the choices for anything else."""
+    row = _activations.BY_NAME.get(act) if isinstance(act, str) else None
+    if row is None:
         raise ValueError(f"act must be one of {', '.join(ACTIVATIONS)}, got {act!r}")
+    return row
 
 
 def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
@@ -25,7 +28,7 @@ def _check_args(x, b, dim, act, alpha, gain, clamp, scale):
     kernels. Returns dim (wrapped; 0 without a bias, where, as in StyleGAN, it plays no part, so 1-d
     inputs work with the default dim=1), act and the numbers as floats."""
     _checks.check_floating(x, "x")
-    _check_activation(act)
+    _activation(act)
     dim = _checks.integer(dim, "dim")
     alpha, gain, scale = (
         _checks.finite(value, arg) for value, arg in ((alpha, "alpha"), (gain, "gain"), (scale, "scale"))
@@ -52,9 +55,9 @@ def bias_act(x, b=None, dim=1, act="linear", alpha=None, gain=None, clamp=None, 
     ``scale`` multiplies x before the bias (a layer can fold its weight gain in here). Any floating
     dtype (fp16/bf16 compute in float32), any layout, differentiable to any order.
     """
-    _check_activation(act)  # its defaults fill alpha and gain on either path
-    alpha = reference.BIAS_ACT_ACTIVATIONS[act][1] if alpha is None else alpha
-    gain = reference.BIAS_ACT_ACTIVATIONS[act][2] if gain is None else gain
+    row = _activation(act)  # its defaults fill alpha and gain on either path
+    alpha = row.default_alpha if alpha is None else alpha
+    gain = row.default_gain if gain is None else gain
     _checks.tensor(x, "x")
     if b is not None and not isinstance(b, torch.Tensor):
         raise TypeError(f"b must be a torch.Tensor or None, got {type(b).__name__}")
