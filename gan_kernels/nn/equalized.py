@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .. import _checks, reference
+from .. import _activations, _checks, reference
 from ..ops.bias_act import bias_act
 
 
@@ -23,7 +23,13 @@ def _check_activation(activation):
 
 
 def _default_gain(activation):
-    return reference.bias_act_defaults(activation)[1]
+    return _activations.BY_NAME[activation].default_gain
+
+
+def _cast(t, dtype):
+    """``t.to(dtype)``, without the call where that returns ``t`` itself: a dispatcher round trip is
+    a good part of a small layer's time."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class _EqualizedLayer(torch.nn.Module):
@@ -44,13 +50,13 @@ class _EqualizedLayer(torch.nn.Module):
                 self.bias.fill_(self.bias_init)
 
     def _runtime_weight(self, x):
-        return self.weight.to(x.dtype) * self.weight_gain
+        return _cast(self.weight, x.dtype) * self.weight_gain
 
-    def _runtime_bias(self, dtype):
-        """In the dtype of the matmul or conv output, which autocast may have lowered."""
-        b = self.bias
+    def _runtime_bias(self, b, dtype):
+        """``b``, ``self.bias`` (read once by the caller: each read of a parameter is a Python call), in
+        the dtype of the matmul or conv output, which autocast may have lowered."""
         if b is not None:
-            b = b.to(dtype)
+            b = _cast(b, dtype)
             if self.bias_gain != 1:
                 b = b * self.bias_gain
         return b
@@ -89,13 +95,14 @@ class EqualizedLinear(_EqualizedLayer):
         # argument nor its value ("can't multiply sequence by non-int of type 'float'").
         gain = _checks.finite(gain, "gain")
         w = self._runtime_weight(x)
-        if self.activation == "linear" and self.bias is not None and gain == 1:
+        bias = self.bias
+        if self.activation == "linear" and bias is not None and gain == 1:
             if x.dim() != 2:  # addmm takes matrices only
-                return torch.nn.functional.linear(x, w, self._runtime_bias(x.dtype))
-            return torch.addmm(self._runtime_bias(x.dtype).unsqueeze(0), x, w.t())
+                return torch.nn.functional.linear(x, w, self._runtime_bias(bias, x.dtype))
+            return torch.addmm(self._runtime_bias(bias, x.dtype).unsqueeze(0), x, w.t())
         act_gain = _default_gain(self.activation) * gain
         x = x.matmul(w.t())
-        return self._bias_act(x, self._runtime_bias(x.dtype), dim=-1, act=self.activation, gain=act_gain)
+        return self._bias_act(x, self._runtime_bias(bias, x.dtype), dim=-1, act=self.activation, gain=act_gain)
 
     def extra_repr(self):
         return (
@@ -162,7 +169,7 @@ class EqualizedConv2d(_EqualizedLayer):
         # StyleGAN's Conv2dLayer scales in the weight's dtype and then casts (``(w * gain).to(x.dtype)``),
         # unlike its FullyConnectedLayer: casting first rounds twice for fp16/bf16 activations and
         # scales in float64 for float64 ones, neither of which gives StyleGAN's numbers.
-        return (self.weight * self.weight_gain).to(x.dtype)
+        return _cast(self.weight * self.weight_gain, x.dtype)
 
     def forward(self, x, gain=1):
         _checks.tensor(x, "x")
@@ -180,7 +187,7 @@ class EqualizedConv2d(_EqualizedLayer):
                 raise ValueError(f"gain must be >= 0 for a layer with conv_clamp={self.conv_clamp}, got {gain}")
             act_clamp = self.conv_clamp * gain
         return self._bias_act(
-            x, self._runtime_bias(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
+            x, self._runtime_bias(self.bias, x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
