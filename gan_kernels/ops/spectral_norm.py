@@ -33,14 +33,20 @@ def _check_weight(weight, arg):
 
 
 def _entries(arg, values):
-    return [(f"{arg}[{index}]", t) for index, t in enumerate(values)]
+    """``(arg, index, tensor)`` for each entry of the list ``arg``; the index is named only in an error,
+    as building every entry's name cost more than checking it."""
+    return [(arg, index, t) for index, t in enumerate(values)]
 
 
-def _check_same_device(named_tensors, device):
-    """Every tensor on ``device`` (weights[0]'s). A tensor elsewhere would make the dispatcher pick
-    another device's kernel for the whole call: a `meta` entry, for one, runs the fake kernel and
-    returns uninitialised values."""
-    for name, t in named_tensors:
+def _check_same_device(entries, device):
+    """Every tensor of ``entries`` (``_entries``, or ``(arg, None, tensor)`` for a single tensor) on
+    ``device`` (weights[0]'s). A tensor elsewhere would make the dispatcher pick another device's
+    kernel for the whole call: a `meta` entry, for one, runs the fake kernel and returns
+    uninitialised values."""
+    for arg, index, t in entries:
+        if isinstance(t, torch.Tensor) and t.device == device:
+            continue
+        name = arg if index is None else f"{arg}[{index}]"
         _checks.tensor(t, name)
         if t.device != device:
             raise ValueError(
@@ -129,13 +135,13 @@ def spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations=1, 
     dims = _check_lists(weights, us, vs, dims)
     n_power_iterations = _checks.count(n_power_iterations, "n_power_iterations", minimum=0)
     eps = _checks.finite(eps, "eps")
-    if not torch.compiler.is_compiling():  # traced tensors have no addresses; the op checks at run time
-        _check_no_shared_memory(us, vs)
     with torch.no_grad():
-        if _use_compiled(weights):
+        if _use_compiled(weights):  # the op checks that no two of us, vs share memory
             return torch.ops.gan_kernels.spectral_norm_power_iteration_(
                 list(weights), list(us), list(vs), dims, n_power_iterations, eps
             )
+        if not torch.compiler.is_compiling():  # traced tensors have no addresses
+            _check_no_shared_memory(us, vs)
         _check_vectors(weights, us, vs, dims)
         return reference.spectral_norm_power_iteration_(weights, us, vs, dims, n_power_iterations, eps)
 
@@ -144,9 +150,15 @@ def spectral_norm_normalize(weights, us, vs, sigmas, dims):
     """``[W_i / sigma_i]``, differentiable in W to any order with ``sigma_i = u_i . (W_i v_i)`` (u, v
     constants). ``sigmas`` must be what spectral_norm_power_iteration_ returned for these u, v; the
     compiled op uses them instead of recomputing, the reference recomputes them."""
-    dims = _check_lists(weights, us, vs, dims)
+    return normalize_checked(weights, us, vs, sigmas, _check_lists(weights, us, vs, dims))
+
+
+def normalize_checked(weights, us, vs, sigmas, dims):
+    """spectral_norm_normalize of lists that have passed its list checks (``dims`` wrapped), as those
+    of a spectral_norm_power_iteration_ call just made: the batched group's, which would otherwise
+    check every layer twice in each model forward."""
     if weights:
-        _check_same_device([("sigmas", sigmas)], weights[0].device)
+        _check_same_device([("sigmas", None, sigmas)], weights[0].device)
     if _use_compiled(weights, *us, *vs, sigmas):
         return torch.ops.gan_kernels.spectral_norm_normalize(list(weights), list(us), list(vs), sigmas, dims)
     _check_vectors(weights, us, vs, dims, sigmas)
@@ -253,8 +265,8 @@ def _check_fake_devices(weights, us, vs, others=()):
     # The dispatcher also picks these kernels when only a later entry is on `meta`: without this
     # check a CPU call with one meta u would return uninitialised sigmas.
     if weights:
-        named = _entries("weights", weights) + _entries("us", us) + _entries("vs", vs) + list(others)
-        _check_same_device(named, weights[0].device)
+        entries = _entries("weights", weights) + _entries("us", us) + _entries("vs", vs) + list(others)
+        _check_same_device(entries, weights[0].device)
 
 
 def _fake_sigmas(weights, us, vs, dims, n_power_iterations, eps):
@@ -265,12 +277,12 @@ def _fake_sigmas(weights, us, vs, dims, n_power_iterations, eps):
 
 
 def _fake_normalized(weights, us, vs, sigmas, dims):
-    _check_fake_devices(weights, us, vs, [("sigmas", sigmas)])
+    _check_fake_devices(weights, us, vs, [("sigmas", None, sigmas)])
     return [torch.empty_like(w) for w in weights]  # W / sigma in W's memory order, as PyTorch's
 
 
 def _fake_normalize_backward(grads, weights, us, vs, sigmas, dims):
-    _check_fake_devices(weights, us, vs, [("sigmas", sigmas)] + _entries("grads", grads))
+    _check_fake_devices(weights, us, vs, [("sigmas", None, sigmas)] + _entries("grads", grads))
     return [torch.empty_like(w, memory_format=torch.contiguous_format) for w in weights]
 
 
@@ -280,12 +292,12 @@ def _fake_sigma(weight, u, v, dim, n_power_iterations, eps):
 
 
 def _fake_normalized_one(weight, u, v, sigma, dim):
-    _check_fake_devices([weight], [u], [v], [("sigma", sigma)])
+    _check_fake_devices([weight], [u], [v], [("sigma", None, sigma)])
     return torch.empty_like(weight)
 
 
 def _fake_normalize_one_backward(grad, weight, u, v, sigma, dim):
-    _check_fake_devices([weight], [u], [v], [("sigma", sigma), ("grad", grad)])
+    _check_fake_devices([weight], [u], [v], [("sigma", None, sigma), ("grad", None, grad)])
     return torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
