@@ -10,7 +10,7 @@ from torch.nn.utils import parametrize
 from .. import _checks, reference
 from ..ops.spectral_norm import (
     check_weight_dtype,
-    spectral_norm_normalize,
+    normalize_checked,
     spectral_norm_one_,
     spectral_norm_power_iteration_,
 )
@@ -260,17 +260,17 @@ class BatchedResults:
 
 
 def _normalize_by_requires_grad(weights, us, vs, sigmas, dims):
-    """spectral_norm_normalize, one call for the weights that need a gradient and one for the rest:
-    the outputs of one call share one autograd node, so a frozen layer's W / sigma (FreezeD's
-    ``requires_grad_(False)``) normalised with trainable ones required grad, unlike PyTorch's, and
-    each backward computed its weight gradient only to drop it."""
+    """spectral_norm_normalize of the lists of the power iteration just run, one call for the weights
+    that need a gradient and one for the rest: the outputs of one call share one autograd node, so a
+    frozen layer's W / sigma (FreezeD's ``requires_grad_(False)``) normalised with trainable ones
+    required grad, unlike PyTorch's, and each backward computed its weight gradient only to drop it."""
     needs_grad = [torch.is_grad_enabled() and weight.requires_grad for weight in weights]
     if all(needs_grad) or not any(needs_grad):
-        return spectral_norm_normalize(weights, us, vs, sigmas, dims)
+        return normalize_checked(weights, us, vs, sigmas, dims)
     normalized = [None] * len(weights)
     for wanted in (True, False):
         part = [index for index, needs in enumerate(needs_grad) if needs is wanted]
-        outputs = spectral_norm_normalize(
+        outputs = normalize_checked(
             [weights[i] for i in part],
             [us[i] for i in part],
             [vs[i] for i in part],
@@ -280,6 +280,11 @@ def _normalize_by_requires_grad(weights, us, vs, sigmas, dims):
         for index, output in zip(part, outputs):
             normalized[index] = output
     return normalized
+
+
+def _joined_copy(vectors):
+    """A copy of ``vectors`` in one block, as views of it (each buffer read once: a Python call)."""
+    return torch.cat(vectors).split([v.numel() for v in vectors])
 
 
 class SpectralNormGroup:
@@ -304,12 +309,16 @@ class SpectralNormGroup:
         # norm that is the first parametrization sees the original parameter itself.
         members = []
         for module in (self.model if model is None else model).modules():
-            if not parametrize.is_parametrized(module):
+            # register_parametrization keeps them among the submodules: most modules are ruled out
+            # here, without is_parametrized's failing Module.__getattr__ (a raised AttributeError).
+            if "parametrizations" not in module._modules or not parametrize.is_parametrized(module):
                 continue
             for name, parametrizations in module.parametrizations.items():
                 first = parametrizations[0]
-                if isinstance(first, SpectralNorm) and parametrizations.original.ndim > 1:
-                    members.append((first, parametrizations.original, module, name))
+                if isinstance(first, SpectralNorm):
+                    original = parametrizations.original
+                    if original.ndim > 1:
+                        members.append((first, original, module, name))
         return members
 
     def _before_forward(self, model, args):
@@ -325,7 +334,8 @@ class SpectralNormGroup:
                     # model. Its result serves the layer; iterating again would run two steps.
                     continue
                 sn.batched.commit()  # u, v of a use in that group's forward, before iterating on
-            sn.batched = self.results
+            if sn.batched is not self.results:  # Module.__setattr__ is slow, and this is every forward
+                sn.batched = self.results
             if _cached_by_parametrize(module, name):
                 # Inside parametrize.cached() the layer returns the W / sigma cached at its first
                 # access: PyTorch's then neither iterates nor normalises again, so neither do we.
@@ -339,8 +349,8 @@ class SpectralNormGroup:
             dims = [sn.dim for sn in layers]
             # Iterated on one copy of all u, v, which is also the snapshot this forward's graph keeps
             # (the clones PyTorch takes per layer); each layer's buffers take their values at its use.
-            us = torch.cat([sn._u for sn in layers]).split([sn._u.numel() for sn in layers])
-            vs = torch.cat([sn._v for sn in layers]).split([sn._v.numel() for sn in layers])
+            us = _joined_copy([sn._u for sn in layers])
+            vs = _joined_copy([sn._v for sn in layers])
             sigmas = spectral_norm_power_iteration_(weights, us, vs, dims, steps, eps)
             normalized = _normalize_by_requires_grad(weights, us, vs, sigmas, dims)
             for index, (sn, weight, w_sn) in enumerate(zip(layers, weights, normalized)):
