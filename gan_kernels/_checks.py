@@ -219,8 +219,6 @@ def real(value, arg):
 
 def finite(value, arg):
     value = real(value, arg)
-    if type(value) is float and math.isfinite(value):  # the common case, without asking symbolic()
-        return value
     if not symbolic(value) and not math.isfinite(value):
         raise ValueError(f"{arg} must be a finite number, got {value}")
     return value
@@ -229,8 +227,6 @@ def finite(value, arg):
 def nonnegative(value, arg):
     """A finite number >= 0, as a float."""
     value = real(value, arg)
-    if type(value) is float and math.isfinite(value) and value >= 0:  # the common case, as in finite()
-        return value
     if not symbolic(value) and not (math.isfinite(value) and value >= 0):
         raise ValueError(f"{arg} must be a finite number >= 0, got {value}")
     return value
